@@ -1,0 +1,384 @@
+//! Types shared by the svcnat eBPF program and its agent.
+//!
+//! Every map key and value is `#[repr(C)]`, `Copy`, has explicit padding fields
+//! and no `bool`, so that its layout is the same on both sides and BTF (and so
+//! `bpftool map dump`) shows every byte by field name. Addresses are stored as
+//! byte arrays in network order (they dump as `[198,18,0,10]`); ports are
+//! stored in host order (they dump as `80`).
+//!
+//! Map names, default sizes and stat reasons are defined here once and used by
+//! both sides.
+#![no_std]
+
+/// Names of the maps in the eBPF object. They are also the file names of the
+/// pins under the agent's bpffs folder.
+pub mod map_names {
+    /// [`crate::Svc4Key`] -> [`crate::SvcValue`].
+    pub const SVC4: &str = "SVCNAT_SVC4";
+    /// [`crate::SlotKey`] -> [`crate::SlotValue`].
+    pub const SLOTS: &str = "SVCNAT_SLOTS";
+    /// backend id (`u32`) -> [`crate::Backend4`].
+    pub const BACKEND4: &str = "SVCNAT_BACKEND4";
+    /// service id (`u32`) -> [`crate::RevNat4`].
+    pub const REVNAT4: &str = "SVCNAT_REVNAT4";
+    /// [`crate::Ct4Key`] -> [`crate::CtValue`] (LRU).
+    pub const CT4: &str = "SVCNAT_CT4";
+    /// [`crate::Frag4Key`] -> [`crate::Frag4Value`] (LRU).
+    pub const FRAG4: &str = "SVCNAT_FRAG4";
+    /// reason (`u32`) -> [`crate::StatValue`] (per CPU).
+    pub const STATS: &str = "SVCNAT_STATS";
+    /// All maps, in the order the agent creates and pins them.
+    pub const ALL: [&str; 7] = [SVC4, SLOTS, BACKEND4, REVNAT4, CT4, FRAG4, STATS];
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// TC ingress on pod-facing interfaces: service lookup, conntrack, DNAT.
+    pub const TC_POD_INGRESS: &str = "svcnat_pod_ingress";
+    /// TC egress on pod-facing interfaces: reverse NAT of replies.
+    pub const TC_POD_EGRESS: &str = "svcnat_pod_egress";
+}
+
+/// Default number of entries of each map; the agent may size them at load time.
+pub mod default_sizes {
+    /// Service frontends (one per VIP, port and protocol, plus one per VIP).
+    pub const SVC4: u32 = 65_536;
+    /// Backend slots over all services.
+    pub const SLOTS: u32 = 524_288;
+    /// Distinct backends.
+    pub const BACKEND4: u32 = 262_144;
+    /// Reverse NAT entries (one per service frontend).
+    pub const REVNAT4: u32 = 65_536;
+    /// Conntrack entries. Each flow takes two (service and reply direction).
+    pub const CT4: u32 = 524_288;
+    /// Fragmented datagrams in flight.
+    pub const FRAG4: u32 = 8_192;
+}
+
+/// IP protocol numbers.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol numbers.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol numbers.
+pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol numbers.
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Key of a service frontend: a VIP, a port and a protocol.
+///
+/// The agent also writes one entry per VIP with `port == 0` and `proto == 0`
+/// and [`SVC_FLAG_VIP`] set. The datapath uses it to tell "a known VIP on a port
+/// no service defines" (rejected, as kube-proxy does) from "not a VIP" (passed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Svc4Key {
+    /// Service address, network order.
+    pub vip: [u8; 4],
+    /// Service port, host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`SCOPE_EXTERNAL`] or [`SCOPE_INTERNAL`] (traffic policies, later).
+    pub scope: u8,
+}
+
+/// Scope of a frontend entry: traffic from anywhere.
+pub const SCOPE_EXTERNAL: u8 = 0;
+/// Scope of a frontend entry: traffic from this node's pods (internal policy).
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// Value of a service frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SvcValue {
+    /// Service id: the key of its slots and of its reverse NAT entry.
+    pub svc_id: u32,
+    /// Number of backend slots, 1..=count. Zero means "reject".
+    pub count: u16,
+    /// `SVC_FLAG_*` bits.
+    pub flags: u16,
+    /// Session affinity timeout in seconds (0: no affinity).
+    pub affinity_timeout: u32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+
+/// The entry marks a VIP (`port == 0`, `proto == 0`), not a service port.
+pub const SVC_FLAG_VIP: u16 = 1;
+
+/// Key of a backend slot: the `slot`-th backend (1-based) of service `svc_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    /// Service id.
+    pub svc_id: u32,
+    /// 1..=count.
+    pub slot: u32,
+}
+
+/// Value of a backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotValue {
+    /// Key into the backends map.
+    pub backend_id: u32,
+}
+
+/// An IPv4 backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend4 {
+    /// Backend address, network order.
+    pub addr: [u8; 4],
+    /// Backend port, host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u8,
+}
+
+/// The backend is on this node (traffic policies, later).
+pub const BACKEND_FLAG_LOCAL: u8 = 1;
+/// The backend is terminating (used only when no ready backend exists).
+pub const BACKEND_FLAG_TERMINATING: u8 = 2;
+
+/// Reverse NAT entry of a service: the address replies are rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNat4 {
+    /// Service address, network order.
+    pub vip: [u8; 4],
+    /// Service port, host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub pad: u8,
+}
+
+/// Conntrack key. Ports in host order.
+///
+/// A translated flow has two entries: [`CT_DIR_SERVICE`] keyed by the tuple the
+/// client sent (client -> VIP) and [`CT_DIR_REPLY`] keyed by the tuple of the
+/// backend's replies (backend -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ct4Key {
+    /// Source address, network order.
+    pub saddr: [u8; 4],
+    /// Destination address, network order.
+    pub daddr: [u8; 4],
+    /// Source port, host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`CT_DIR_SERVICE`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// Conntrack direction: client -> VIP, before DNAT.
+pub const CT_DIR_SERVICE: u8 = 0;
+/// Conntrack direction: backend -> client, before reverse NAT.
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Conntrack value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// Address to write: the backend (service direction) or the VIP (reply direction).
+    pub nat_addr: [u8; 4],
+    /// Port to write, host order.
+    pub nat_port: u16,
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    /// Explicit padding.
+    pub pad: u8,
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// The service (reverse NAT id).
+    pub svc_id: u32,
+    /// `bpf_ktime_get_ns()` when the entry was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` after which the entry is dead.
+    pub expires_ns: u64,
+}
+
+/// The flow saw a packet after its first one (TCP: handshake went on).
+pub const CT_F_SEEN_NON_SYN: u8 = 1;
+/// The client sent FIN.
+pub const CT_F_FIN_SERVICE: u8 = 2;
+/// The backend sent FIN.
+pub const CT_F_FIN_REPLY: u8 = 4;
+/// RST seen, or FIN seen both ways: a new SYN on this tuple chooses anew.
+pub const CT_F_CLOSED: u8 = 8;
+
+/// Lifetime of a TCP entry before the handshake completes, seconds.
+pub const CT_TCP_SYN_LIFETIME_S: u64 = 60;
+/// Lifetime of an established TCP entry without traffic, seconds (as Cilium).
+pub const CT_TCP_LIFETIME_S: u64 = 21_600;
+/// Lifetime of a TCP entry after RST or FIN both ways, seconds.
+pub const CT_TCP_CLOSE_LIFETIME_S: u64 = 10;
+/// Lifetime of a UDP entry without traffic, seconds.
+pub const CT_UDP_LIFETIME_S: u64 = 60;
+/// The datapath refreshes `expires_ns` at most this often per entry.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Key of an IPv4 fragment train (RFC 791: source, destination, protocol, id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag4Key {
+    /// Source address, network order.
+    pub saddr: [u8; 4],
+    /// Destination address, network order.
+    pub daddr: [u8; 4],
+    /// IP identification, host order.
+    pub id: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`CT_DIR_SERVICE`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+}
+
+/// Where the later fragments of a translated datagram go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag4Value {
+    /// The address that replaces the destination (service direction) or the
+    /// source (reply direction).
+    pub addr: [u8; 4],
+}
+
+/// Per-CPU counter of one reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StatValue {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (skb length).
+    pub bytes: u64,
+}
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident = $val:expr, $label:literal;)*) => {
+        /// Why the datapath did what it did with a packet. Every verdict is
+        /// counted under one of these in the stats map.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[$doc])* $name = $val,)*
+        }
+
+        impl Reason {
+            /// Every reason, in index order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// Stable name used in `svcnat inspect stats` and metrics labels.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$name => $label,)*
+                }
+            }
+
+            /// The reason with this index, if any.
+            pub fn from_index(i: u32) -> Option<Reason> {
+                Self::ALL.iter().copied().find(|r| *r as u32 == i)
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Not IPv4 (ARP, IPv6 for now, ...): passed.
+    PassNotIpv4 = 0, "pass_not_ipv4";
+    /// Not addressed to a VIP, or a reply of no translated flow: passed.
+    PassNotService = 1, "pass_not_service";
+    /// IPv4 with options: passed untouched.
+    PassIpOptions = 2, "pass_ip_options";
+    /// A later fragment of a datagram whose first fragment was not seen: passed.
+    PassFragmentUntracked = 3, "pass_fragment_untracked";
+    /// To a VIP with a protocol other than TCP and UDP: passed.
+    PassOtherProtocol = 4, "pass_other_protocol";
+    /// New flow: backend chosen, conntrack created, DNAT.
+    DnatNew = 5, "dnat_new";
+    /// Packet of a known flow: DNAT.
+    DnatEstablished = 6, "dnat_established";
+    /// Reply of a translated flow: source rewritten to the VIP.
+    RevnatReply = 7, "revnat_reply";
+    /// ICMP error about a translated flow: inner and outer headers rewritten.
+    RevnatIcmpError = 8, "revnat_icmp_error";
+    /// Service port without backends: TCP RST / ICMP port unreachable sent.
+    RejectNoBackend = 9, "reject_no_backend";
+    /// Known VIP, port that no service defines: TCP RST / ICMP port unreachable sent.
+    RejectUnknownPort = 10, "reject_unknown_port";
+    /// Headers shorter than they claim: dropped.
+    DropTruncated = 11, "drop_truncated";
+    /// Conntrack entry could not be created: dropped (fail closed).
+    DropCtCreate = 12, "drop_ct_create";
+    /// A slot or backend the service points to is missing: dropped.
+    DropBackendMissing = 13, "drop_backend_missing";
+    /// A packet rewrite helper failed: dropped.
+    DropRewrite = 14, "drop_rewrite";
+    /// A later fragment of a translated datagram: address rewritten.
+    NatFragment = 15, "nat_fragment";
+    /// A service port with SCTP or another protocol the datapath refuses: dropped.
+    DropUnsupportedProtocol = 16, "drop_unsupported_protocol";
+}
+
+/// Size of the stats map: room for reasons added later without a new layout.
+pub const STATS_SLOTS: u32 = 64;
+
+/// Layout version of the pinned maps. Bump when a key or value changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers
+    // and byte arrays, with every padding byte an explicit field.
+    unsafe impl aya::Pod for super::Svc4Key {}
+    unsafe impl aya::Pod for super::SvcValue {}
+    unsafe impl aya::Pod for super::SlotKey {}
+    unsafe impl aya::Pod for super::SlotValue {}
+    unsafe impl aya::Pod for super::Backend4 {}
+    unsafe impl aya::Pod for super::RevNat4 {}
+    unsafe impl aya::Pod for super::Ct4Key {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::Frag4Key {}
+    unsafe impl aya::Pod for super::Frag4Value {}
+    unsafe impl aya::Pod for super::StatValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Svc4Key>(), 8);
+        assert_eq!(size_of::<SvcValue>(), 16);
+        assert_eq!(size_of::<SlotKey>(), 8);
+        assert_eq!(size_of::<SlotValue>(), 4);
+        assert_eq!(size_of::<Backend4>(), 8);
+        assert_eq!(size_of::<RevNat4>(), 8);
+        assert_eq!(size_of::<Ct4Key>(), 16);
+        assert_eq!(size_of::<CtValue>(), 32);
+        assert_eq!(size_of::<Frag4Key>(), 12);
+        assert_eq!(size_of::<Frag4Value>(), 4);
+        assert_eq!(size_of::<StatValue>(), 16);
+    }
+
+    #[test]
+    fn reasons_are_dense_unique_and_fit() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{} out of order", r.name());
+            assert_eq!(Reason::from_index(i as u32), Some(*r));
+        }
+        assert!((Reason::ALL.len() as u32) < STATS_SLOTS);
+        assert_eq!(Reason::from_index(STATS_SLOTS), None);
+    }
+}

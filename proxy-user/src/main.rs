@@ -1,0 +1,2 @@
+//! The `svcnat` command.
+fn main() {}

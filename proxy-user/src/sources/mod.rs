@@ -1,0 +1,57 @@
+//! Where Services and EndpointSlices come from.
+//!
+//! Every source sends [`SourceEvent`]s into one channel; the sync task keeps the
+//! objects, coalesces bursts and recomputes only the services that changed.
+//! Both sources produce the same Kubernetes objects, so everything downstream is
+//! the same for a cluster and for a folder of manifests.
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+pub mod kube;
+pub mod manifests;
+
+/// A Service or an EndpointSlice, with managed fields already stripped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    /// `v1/Service`.
+    Service(Box<Service>),
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+/// Which kind of object an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `v1/Service`.
+    Service,
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice,
+}
+
+/// What a source tells the sync task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceEvent {
+    /// The object was added or changed.
+    Apply(Object),
+    /// The object is gone.
+    Delete {
+        /// Its kind.
+        kind: Kind,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The complete current set of objects of `kind` (initial list, relist
+    /// after `410 Gone`, or a re-read of the manifests). Objects of that kind
+    /// missing from it are gone. Objects that did not change must cost nothing
+    /// downstream.
+    Resync {
+        /// Which kind this list replaces.
+        kind: Kind,
+        /// Every object of that kind.
+        objects: Vec<Object>,
+    },
+    /// A source could not read its input; the last good state stays in force.
+    Error(String),
+}
