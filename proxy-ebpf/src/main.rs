@@ -1,2 +1,78 @@
+//! svcnat datapath.
+//!
+//! This file only dispatches: each entry point is a thin wrapper over a `try_`
+//! pipeline that returns the TC action and the [`Reason`] it is counted under,
+//! or an error reason (always a drop). Every packet is counted exactly once.
 #![no_std]
 #![no_main]
+
+mod csum;
+mod ct4;
+mod frag4;
+mod lb4;
+mod maps;
+mod nat4;
+mod parse;
+mod pod;
+mod reject4;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use proxy_common::Reason;
+
+/// A TC action and the reason it is counted under.
+pub(crate) type Verdict = (i32, Reason);
+
+/// Pass the packet on untouched (or as rewritten), counted under `reason`.
+pub(crate) const fn pass(reason: Reason) -> Verdict {
+    (TC_ACT_OK as i32, reason)
+}
+
+/// TC ingress on pod-facing interfaces: packets from pods to services.
+#[classifier]
+pub fn svcnat_pod_ingress(ctx: TcContext) -> i32 {
+    finish(&ctx, pod::try_ingress(&ctx))
+}
+
+/// TC egress on pod-facing interfaces: replies of translated flows.
+#[classifier]
+pub fn svcnat_pod_egress(ctx: TcContext) -> i32 {
+    finish(&ctx, pod::try_egress(&ctx))
+}
+
+/// The action for a pipeline that stopped early with `reason`: the pass
+/// reasons pass the packet untouched, every other one drops it (a packet we
+/// could not translate correctly must not reach a pod half-rewritten).
+#[inline(always)]
+const fn action_for(reason: Reason) -> i32 {
+    match reason {
+        Reason::PassNotIpv4
+        | Reason::PassNotService
+        | Reason::PassIpOptions
+        | Reason::PassFragmentUntracked
+        | Reason::PassOtherProtocol => TC_ACT_OK as i32,
+        _ => TC_ACT_SHOT as i32,
+    }
+}
+
+/// Counts the verdict and returns its action.
+#[inline(always)]
+fn finish(ctx: &TcContext, result: Result<Verdict, Reason>) -> i32 {
+    let (action, reason) = match result {
+        Ok(v) => v,
+        Err(reason) => (action_for(reason), reason),
+    };
+    stats::count(reason, ctx.len());
+    action
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects programs that can reach a panic; this is never called.
+    loop {}
+}

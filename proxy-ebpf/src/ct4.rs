@@ -1,0 +1,177 @@
+//! Conntrack (IPv4): pins a flow to its backend and drives reverse NAT.
+//!
+//! A translated flow has a service-direction entry (client -> VIP, what the
+//! client sends) and a reply-direction entry (backend -> client, what the
+//! backend answers). Entries are refreshed at most once per `CT_REFRESH_NS`
+//! to keep writes off the per-packet path.
+
+use aya_ebpf::bindings::BPF_ANY;
+use proxy_common::{
+    Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE,
+    CT_F_SEEN_NON_SYN, CT_REFRESH_NS, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S,
+    CT_TCP_SYN_LIFETIME_S, CT_UDP_LIFETIME_S, Ct4Key, CtValue, Reason, SvcValue,
+};
+
+use crate::{
+    maps::CT4,
+    parse::{L4, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+const NS: u64 = 1_000_000_000;
+
+/// The key of the service-direction entry of a packet from a client.
+#[inline(always)]
+pub(crate) fn service_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
+    Ct4Key {
+        saddr,
+        daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto: l4.proto,
+        dir: CT_DIR_SERVICE,
+        pad: 0,
+    }
+}
+
+/// The key of the reply-direction entry of a packet from a backend.
+#[inline(always)]
+pub(crate) fn reply_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
+    Ct4Key { dir: CT_DIR_REPLY, ..service_key(saddr, daddr, l4) }
+}
+
+/// How long an entry lives without traffic, given its flags.
+#[inline(always)]
+fn lifetime_ns(proto_is_tcp: bool, flags: u8) -> u64 {
+    if !proto_is_tcp {
+        CT_UDP_LIFETIME_S * NS
+    } else if flags & CT_F_CLOSED != 0 {
+        CT_TCP_CLOSE_LIFETIME_S * NS
+    } else if flags & CT_F_SEEN_NON_SYN != 0 {
+        CT_TCP_LIFETIME_S * NS
+    } else {
+        CT_TCP_SYN_LIFETIME_S * NS
+    }
+}
+
+/// New flags of an entry after a TCP packet with `tcp_flags` from the side
+/// whose FIN bit is `fin_bit`.
+#[inline(always)]
+fn next_flags(flags: u8, tcp_flags: u8, fin_bit: u8) -> u8 {
+    let mut f = flags;
+    if tcp_flags & TCP_SYN == 0 {
+        f |= CT_F_SEEN_NON_SYN;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        f |= CT_F_CLOSED;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        f |= fin_bit;
+        if f & (CT_F_FIN_SERVICE | CT_F_FIN_REPLY) == (CT_F_FIN_SERVICE | CT_F_FIN_REPLY) {
+            f |= CT_F_CLOSED;
+        }
+    }
+    f
+}
+
+/// Applies a packet's TCP flags and refreshes the lifetime of the entry at `e`.
+#[inline(always)]
+fn touch(e: *mut CtValue, l4: &L4, fin_bit: u8, now: u64) {
+    // SAFETY: `e` points into a map value; racing writers only refresh the
+    // same fields, and a lost update costs at most one refresh.
+    unsafe {
+        let old = (*e).flags;
+        let flags = if l4.is_tcp() { next_flags(old, l4.flags, fin_bit) } else { old };
+        let newly_closed = flags & CT_F_CLOSED != 0 && old & CT_F_CLOSED == 0;
+        if flags != old {
+            (*e).flags = flags;
+        }
+        let want = now + lifetime_ns(l4.is_tcp(), flags);
+        // A closed entry only ever gets shorter; an open one is extended
+        // when its expiry would move by more than the refresh interval.
+        if newly_closed || (flags & CT_F_CLOSED == 0 && want > (*e).expires_ns + CT_REFRESH_NS) {
+            (*e).expires_ns = want;
+        }
+    }
+}
+
+/// Looks up the service-direction entry of a client packet. Returns the
+/// backend address and port when the entry may carry this packet: alive, and
+/// not a closed entry seeing a new SYN (that connection chooses anew).
+#[inline(always)]
+pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16)> {
+    let e = CT4.get_ptr_mut(key)?;
+    // SAFETY: pointer from a successful lookup.
+    let (expires, flags, addr, port) =
+        unsafe { ((*e).expires_ns, (*e).flags, (*e).nat_addr, (*e).nat_port) };
+    if now >= expires {
+        return None;
+    }
+    if flags & CT_F_CLOSED != 0 && l4.is_syn_only() {
+        return None;
+    }
+    touch(e, l4, CT_F_FIN_SERVICE, now);
+    Some((addr, port))
+}
+
+/// Creates both entries of a new flow. Fails closed: if either cannot be
+/// written the packet is dropped, since a flow without its reply entry would
+/// reach the client with the backend's address.
+#[inline(always)]
+pub(crate) fn ct4_create(
+    key: &Ct4Key,
+    svc: &SvcValue,
+    backend_id: u32,
+    backend: &Backend4,
+    l4: &L4,
+    now: u64,
+) -> Result<(), Reason> {
+    let flags = if l4.is_tcp() { next_flags(0, l4.flags, CT_F_FIN_SERVICE) } else { 0 };
+    let expires_ns = now + lifetime_ns(l4.is_tcp(), flags);
+    let fwd = CtValue {
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        flags,
+        pad: 0,
+        backend_id,
+        svc_id: svc.svc_id,
+        created_ns: now,
+        expires_ns,
+    };
+    let rkey = Ct4Key {
+        saddr: backend.addr,
+        daddr: key.saddr,
+        sport: backend.port,
+        dport: key.sport,
+        proto: key.proto,
+        dir: CT_DIR_REPLY,
+        pad: 0,
+    };
+    let rev = CtValue { nat_addr: key.daddr, nat_port: key.dport, ..fwd };
+    CT4.insert(&rkey, &rev, u64::from(BPF_ANY)).map_err(|_| Reason::DropCtCreate)?;
+    CT4.insert(key, &fwd, u64::from(BPF_ANY)).map_err(|_| Reason::DropCtCreate)?;
+    Ok(())
+}
+
+/// Looks up the reply-direction entry of a backend packet and returns the
+/// VIP and port to write as its source. TCP FIN and RST from the backend are
+/// recorded on the service-direction entry, which decides the flow's life.
+#[inline(always)]
+pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16)> {
+    // SAFETY: copied at once.
+    let e = unsafe { CT4.get(key).copied() }?;
+    if l4.is_tcp() && l4.flags & (TCP_FIN | TCP_RST) != 0 {
+        let skey = Ct4Key {
+            saddr: key.daddr,
+            daddr: e.nat_addr,
+            sport: key.dport,
+            dport: e.nat_port,
+            proto: key.proto,
+            dir: CT_DIR_SERVICE,
+            pad: 0,
+        };
+        if let Some(s) = CT4.get_ptr_mut(&skey) {
+            touch(s, l4, CT_F_FIN_REPLY, now);
+        }
+    }
+    Some((e.nat_addr, e.nat_port))
+}

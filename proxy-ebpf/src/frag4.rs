@@ -1,0 +1,55 @@
+//! IPv4 fragments of service traffic.
+//!
+//! Only the first fragment carries ports, so only it can be looked up as a
+//! service flow. When it is translated, where it went is recorded under the
+//! datagram's (source, destination, protocol, id); later fragments with that
+//! key get the same address rewrite (they have no L4 header, and the L4
+//! checksum in the first fragment was already fixed for the whole datagram).
+//! A later fragment that arrives before its first one, or whose first one was
+//! not service traffic, is passed untouched and counted as untracked: to the
+//! stack it is a fragment for an address nobody owns, so it is dropped there
+//! on reassembly timeout rather than misdelivered.
+
+use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
+use proxy_common::{Frag4Key, Frag4Value, Reason};
+
+use crate::{
+    Verdict,
+    maps::FRAG4,
+    nat4::{End, nat4_rewrite_addr},
+    parse::Ipv4Hdr,
+    pass,
+};
+
+#[inline(always)]
+fn key(ip: &Ipv4Hdr, dir: u8) -> Frag4Key {
+    Frag4Key { saddr: ip.saddr, daddr: ip.daddr, id: ip.id(), proto: ip.proto, dir }
+}
+
+/// Records where the later fragments of `ip`'s datagram go. Best effort: if
+/// the map cannot take it the later fragments pass untranslated (and are
+/// counted), the first one is still translated.
+#[inline(always)]
+pub(crate) fn frag4_record(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4]) {
+    let _ = FRAG4.insert(&key(ip, dir), &Frag4Value { addr }, u64::from(BPF_ANY));
+}
+
+/// Translates a later fragment, rewriting the `end` address.
+#[inline(always)]
+pub(crate) fn frag4_translate(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    dir: u8,
+    end: End,
+) -> Result<Verdict, Reason> {
+    // SAFETY: copied at once.
+    let Some(v) = (unsafe { FRAG4.get(&key(ip, dir)).copied() }) else {
+        return Ok(pass(Reason::PassFragmentUntracked));
+    };
+    let old = match end {
+        End::Dst => ip.daddr,
+        End::Src => ip.saddr,
+    };
+    nat4_rewrite_addr(ctx, end, old, v.addr)?;
+    Ok(pass(Reason::NatFragment))
+}

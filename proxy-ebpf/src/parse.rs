@@ -1,0 +1,168 @@
+//! Header parsing. Headers are copied out of the packet with
+//! `bpf_skb_load_bytes`, which also works when they are not in the linear part
+//! of the skb; a header shorter than it must be is an error.
+
+use aya_ebpf::programs::TcContext;
+use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+/// Offset of the IPv4 header (no VLAN tags: pod-facing devices carry none).
+pub(crate) const L3_OFF: usize = ETH_HLEN;
+/// Offset of the L4 header, since packets with IP options are passed untouched.
+pub(crate) const L4_OFF: usize = L3_OFF + IPV4_HLEN;
+pub(crate) const IPV4_HLEN: usize = 20;
+pub(crate) const IP_CSUM_OFF: usize = L3_OFF + 10;
+pub(crate) const IP_SADDR_OFF: usize = L3_OFF + 12;
+pub(crate) const IP_DADDR_OFF: usize = L3_OFF + 16;
+pub(crate) const TCP_CSUM_OFF: usize = L4_OFF + 16;
+pub(crate) const UDP_CSUM_OFF: usize = L4_OFF + 6;
+
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
+
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Ipv4Hdr {
+    pub ver_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    pub(crate) fn ihl(&self) -> u8 {
+        self.ver_ihl & 0x0f
+    }
+    pub(crate) fn frag(&self) -> u16 {
+        u16::from_be_bytes(self.frag_off)
+    }
+    /// A fragment other than the first: no L4 header in it.
+    pub(crate) fn is_later_fragment(&self) -> bool {
+        self.frag() & IP_OFFSET_MASK != 0
+    }
+    /// The first fragment of a fragmented datagram.
+    pub(crate) fn is_first_fragment(&self) -> bool {
+        self.frag() & (IP_MF | IP_OFFSET_MASK) == IP_MF
+    }
+    pub(crate) fn id(&self) -> u16 {
+        u16::from_be_bytes(self.id)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct TcpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack_seq: [u8; 4],
+    pub doff_res: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg_ptr: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct UdpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub len: [u8; 2],
+    pub check: [u8; 2],
+}
+
+/// The fields of a TCP or UDP header the datapath needs. Ports in host order.
+#[derive(Clone, Copy)]
+pub(crate) struct L4 {
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags; 0 for UDP.
+    pub flags: u8,
+    /// Raw L4 checksum as in the packet (UDP: 0 means "none").
+    pub check: [u8; 2],
+}
+
+impl L4 {
+    pub(crate) fn is_tcp(&self) -> bool {
+        self.proto == IPPROTO_TCP
+    }
+    pub(crate) fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+    /// A TCP SYN without ACK: the start of a new connection.
+    pub(crate) fn is_syn_only(&self) -> bool {
+        self.is_tcp() && self.has(TCP_SYN) && !self.has(TCP_ACK)
+    }
+    pub(crate) fn csum_off(&self) -> usize {
+        if self.is_tcp() { TCP_CSUM_OFF } else { UDP_CSUM_OFF }
+    }
+}
+
+/// The IPv4 header. A frame that is not IPv4 ends the pipeline with
+/// `Err(PassNotIpv4)` (an `Option` here would leave undefined bytes that the
+/// verifier refuses to see copied).
+#[inline(always)]
+pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Reason> {
+    let Ok(proto) = ctx.load::<[u8; 2]>(12) else {
+        return Err(Reason::PassNotIpv4);
+    };
+    if u16::from_be_bytes(proto) != ETH_P_IP {
+        return Err(Reason::PassNotIpv4);
+    }
+    let ip: Ipv4Hdr = ctx.load(L3_OFF).map_err(|_| Reason::DropTruncated)?;
+    if ip.ver_ihl >> 4 != 4 || ip.ihl() < 5 {
+        return Err(Reason::DropTruncated);
+    }
+    Ok(ip)
+}
+
+/// The TCP or UDP header after an option-less IPv4 header.
+#[inline(always)]
+pub(crate) fn l4(ctx: &TcContext, proto: u8) -> Result<L4, Reason> {
+    if proto == IPPROTO_TCP {
+        let tcp: TcpHdr = ctx.load(L4_OFF).map_err(|_| Reason::DropTruncated)?;
+        if tcp.doff_res >> 4 < 5 {
+            return Err(Reason::DropTruncated);
+        }
+        Ok(L4 {
+            proto,
+            sport: u16::from_be_bytes(tcp.sport),
+            dport: u16::from_be_bytes(tcp.dport),
+            flags: tcp.flags,
+            check: tcp.check,
+        })
+    } else if proto == IPPROTO_UDP {
+        let udp: UdpHdr = ctx.load(L4_OFF).map_err(|_| Reason::DropTruncated)?;
+        Ok(L4 {
+            proto,
+            sport: u16::from_be_bytes(udp.sport),
+            dport: u16::from_be_bytes(udp.dport),
+            flags: 0,
+            check: udp.check,
+        })
+    } else {
+        Err(Reason::PassOtherProtocol)
+    }
+}

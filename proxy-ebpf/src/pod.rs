@@ -1,0 +1,176 @@
+//! The pipelines of the pod-facing TC programs:
+//! parse -> service lookup -> conntrack -> pick backend -> rewrite.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use proxy_common::{CT_DIR_REPLY, CT_DIR_SERVICE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason};
+
+use crate::{
+    Verdict,
+    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service, reply_key, service_key},
+    frag4::{frag4_record, frag4_translate},
+    lb4::{lb4_is_vip, lb4_lookup, lb4_select_backend},
+    maps::CT4,
+    nat4::{End, nat4_rewrite, nat4_rewrite_addr, replace2, replace4},
+    parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
+    pass,
+    reject4::reject4,
+};
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A packet from a pod: DNAT when it is addressed to a service.
+#[inline(always)]
+pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
+    let ip = parse::ipv4(ctx)?;
+    if ip.ihl() > 5 {
+        return Ok(pass(Reason::PassIpOptions));
+    }
+    if ip.is_later_fragment() {
+        return frag4_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        let reason =
+            if lb4_is_vip(ip.daddr) { Reason::PassOtherProtocol } else { Reason::PassNotService };
+        return Ok(pass(reason));
+    }
+    let l4 = parse::l4(ctx, ip.proto)?;
+    let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
+        if lb4_is_vip(ip.daddr) {
+            return reject4(ctx, &ip, &l4, Reason::RejectUnknownPort);
+        }
+        return Ok(pass(Reason::PassNotService));
+    };
+    if svc.count == 0 {
+        return reject4(ctx, &ip, &l4, Reason::RejectNoBackend);
+    }
+    let now = now();
+    let key = service_key(ip.saddr, ip.daddr, &l4);
+    let (addr, port, reason) = match ct4_lookup_service(&key, &l4, now) {
+        Some((addr, port)) => (addr, port, Reason::DnatEstablished),
+        None => {
+            let (backend_id, backend) = lb4_select_backend(&svc)?;
+            ct4_create(&key, &svc, backend_id, &backend, &l4, now)?;
+            (backend.addr, backend.port, Reason::DnatNew)
+        }
+    };
+    if ip.is_first_fragment() {
+        frag4_record(&ip, CT_DIR_SERVICE, addr);
+    }
+    nat4_rewrite(ctx, End::Dst, ip.daddr, addr, &l4, port)?;
+    Ok(pass(reason))
+}
+
+/// A packet to a pod: reverse NAT when it is a reply of a translated flow,
+/// or an ICMP error about one.
+#[inline(always)]
+pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
+    let ip = parse::ipv4(ctx)?;
+    if ip.ihl() > 5 {
+        return Ok(pass(Reason::PassIpOptions));
+    }
+    if ip.is_later_fragment() {
+        return frag4_translate(ctx, &ip, CT_DIR_REPLY, End::Src);
+    }
+    if ip.proto == IPPROTO_ICMP {
+        return icmp_error(ctx, &ip);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(pass(Reason::PassNotService));
+    }
+    let l4 = parse::l4(ctx, ip.proto)?;
+    let key = reply_key(ip.saddr, ip.daddr, &l4);
+    let Some((vip, vport)) = ct4_lookup_reply(&key, &l4, now()) else {
+        return Ok(pass(Reason::PassNotService));
+    };
+    if ip.is_first_fragment() {
+        frag4_record(&ip, CT_DIR_REPLY, vip);
+    }
+    nat4_rewrite(ctx, End::Src, ip.saddr, vip, &l4, vport)?;
+    Ok(pass(Reason::RevnatReply))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IcmpHdr {
+    ty: u8,
+    code: u8,
+    check: [u8; 2],
+    rest: [u8; 4],
+}
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// An ICMP error (destination unreachable, including fragmentation needed,
+/// or time exceeded) quoting a packet the client sent to a backend: the
+/// quoted packet is rewritten to what the client sent (to the VIP), and the
+/// error's source too when the backend itself sent it. Without this the
+/// client's stack would not match the error to its socket and path MTU
+/// discovery would break.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
+    let not_ours = Ok(pass(Reason::PassNotService));
+    let Ok(icmp) = ctx.load::<IcmpHdr>(L4_OFF) else {
+        return not_ours;
+    };
+    if icmp.ty != ICMP_DEST_UNREACH && icmp.ty != ICMP_TIME_EXCEEDED {
+        return not_ours;
+    }
+    let in_ip_off = L4_OFF + 8;
+    let in_l4_off = in_ip_off + IPV4_HLEN;
+    let Ok(inner) = ctx.load::<Ipv4Hdr>(in_ip_off) else {
+        return not_ours;
+    };
+    if inner.ihl() != 5 || (inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP) {
+        return not_ours;
+    }
+    // The first 8 bytes of TCP and UDP both start with the ports.
+    let Ok(ports) = ctx.load::<UdpHdr>(in_l4_off) else {
+        return not_ours;
+    };
+    let quoted = L4 {
+        proto: inner.proto,
+        sport: u16::from_be_bytes(ports.dport),
+        dport: u16::from_be_bytes(ports.sport),
+        flags: 0,
+        check: [0, 0],
+    };
+    let key = reply_key(inner.daddr, inner.saddr, &quoted);
+    // SAFETY: copied at once.
+    let Some(e) = (unsafe { CT4.get(&key).copied() }) else {
+        return not_ours;
+    };
+    let icmp_csum = L4_OFF + 2;
+    let in_ip_csum = in_ip_off + 10;
+    let in_udp_csum = in_l4_off + 6;
+    // The inner UDP checksum is in the quoted 8 bytes (the TCP one is not).
+    let udp_sum = inner.proto == IPPROTO_UDP && ports.check != [0, 0];
+    if udp_sum {
+        replace4(ctx, in_ip_off + 16, inner.daddr, e.nat_addr, &[in_ip_csum, icmp_csum, in_udp_csum])?;
+        replace2(ctx, in_l4_off + 2, ports.dport, e.nat_port.to_be_bytes(), &[icmp_csum, in_udp_csum])?;
+        let new_udp: [u8; 2] = ctx.load(in_udp_csum).map_err(|_| Reason::DropRewrite)?;
+        fix_icmp_for(ctx, icmp_csum, ports.check, new_udp)?;
+    } else {
+        replace4(ctx, in_ip_off + 16, inner.daddr, e.nat_addr, &[in_ip_csum, icmp_csum])?;
+        replace2(ctx, in_l4_off + 2, ports.dport, e.nat_port.to_be_bytes(), &[icmp_csum])?;
+    }
+    // The inner IPv4 checksum changed too, and the ICMP checksum covers it.
+    let new_ip: [u8; 2] = ctx.load(in_ip_csum).map_err(|_| Reason::DropRewrite)?;
+    fix_icmp_for(ctx, icmp_csum, inner.check, new_ip)?;
+    if ip.saddr == inner.daddr {
+        nat4_rewrite_addr(ctx, End::Src, ip.saddr, e.nat_addr)?;
+    }
+    Ok(pass(Reason::RevnatIcmpError))
+}
+
+/// Accounts in the ICMP checksum for a 16-bit field inside the ICMP message
+/// that another checksum update already changed from `old` to `new`.
+#[inline(always)]
+fn fix_icmp_for(ctx: &TcContext, icmp_csum: usize, old: [u8; 2], new: [u8; 2]) -> Result<(), Reason> {
+    let (o, n) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
+    ctx.l3_csum_replace(icmp_csum, o, n, 2).map_err(|_| Reason::DropRewrite)
+}
