@@ -1,1 +1,1262 @@
-//! (in progress)
+//! The datapath from userspace: loads the eBPF object, sizes and pins its
+//! maps, attaches the programs to interfaces, and offers typed, idempotent
+//! operations on services and backends.
+//!
+//! Everything lives under one bpffs folder (`--bpffs`, default
+//! `/sys/fs/bpf/svcnat`): maps as `<dir>/<MAP NAME>`, TCX links as
+//! `<dir>/links/<ifindex>-<ifname>-<ingress|egress>`, and a folder
+//! `layout-v<N>` naming the [`LAYOUT_VERSION`] of the maps. Pins outlive the agent, so the programs keep running
+//! while it is stopped, and a new agent adopts the maps (their contents are
+//! read back into the mirror) and swaps its programs into the existing links
+//! atomically: a restart changes nothing on the wire.
+//!
+//! Update order keeps the datapath consistent at every instant: backends are
+//! written before the slots that name them, slots before the count that makes
+//! them reachable; a count is lowered before its slots are deleted, and a
+//! backend is deleted only when no slot names it any more.
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    ffi::CStr,
+    fs, io,
+    net::Ipv4Addr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use proxy_common::{
+    Backend4, LAYOUT_VERSION, Reason, RevNat4, SCOPE_EXTERNAL, SVC_FLAG_VIP, SlotKey, SlotValue,
+    StatValue, Svc4Key, SvcValue, default_sizes, map_names, program_names,
+};
+
+/// Default pin folder.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svcnat";
+
+/// Errors of the dataplane. Each names what failed; none is matched by text.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The agent was built without its eBPF object.
+    #[error(
+        "the eBPF object is not embedded in this build: run `cargo xtask build-ebpf --release` and rebuild"
+    )]
+    NoObject,
+    /// The pin folder holds maps of another layout.
+    #[error(
+        "pinned maps in {dir} have layout version {found}, this agent uses {expected}: run `svcnat cleanup --bpffs {dir}` (this drops established flows) or use the agent version that pinned them"
+    )]
+    Layout {
+        /// The pin folder.
+        dir: PathBuf,
+        /// Version found in its `layout` file.
+        found: String,
+        /// Version of this build.
+        expected: u32,
+    },
+    /// Loading the object or a program failed (verifier, missing BTF, ...).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program operation failed.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program or interface concerned.
+        name: String,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Cause.
+        #[source]
+        source: MapError,
+    },
+    /// The map cannot take what the operation needs.
+    #[error("map {map} is full: {needed} more entries needed, {free} free of {capacity}")]
+    MapFull {
+        /// Map name.
+        map: &'static str,
+        /// Entries the operation needs.
+        needed: usize,
+        /// Entries still free.
+        free: usize,
+        /// Map size.
+        capacity: u32,
+    },
+    /// A service has more backends than one service can address.
+    #[error("{count} backends exceed the {max} a service can have")]
+    TooManyBackends {
+        /// Backends asked for.
+        count: usize,
+        /// Limit (the count field is 16 bits).
+        max: usize,
+    },
+    /// Filesystem operation on the pin folder.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path concerned.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Linking a program to an interface failed.
+    #[error("interface {ifname}: {what}")]
+    Link {
+        /// Interface.
+        ifname: String,
+        /// What failed.
+        what: String,
+    },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
+    move |source| DataplaneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Map sizes, set at load time. A map that already exists pinned keeps its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Service frontends (+ one per VIP).
+    pub services: u32,
+    /// Backend slots over all services.
+    pub slots: u32,
+    /// Distinct backends.
+    pub backends: u32,
+    /// Reverse NAT entries.
+    pub revnat: u32,
+    /// Conntrack entries (two per flow).
+    pub conntrack: u32,
+    /// Fragment trains in flight.
+    pub fragments: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: default_sizes::SVC4,
+            slots: default_sizes::SLOTS,
+            backends: default_sizes::BACKEND4,
+            revnat: default_sizes::REVNAT4,
+            conntrack: default_sizes::CT4,
+            fragments: default_sizes::FRAG4,
+        }
+    }
+}
+
+/// How to open the dataplane.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Pin folder on a bpffs.
+    pub bpffs: PathBuf,
+    /// Map sizes for maps created now.
+    pub sizes: MapSizes,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            bpffs: PathBuf::from(DEFAULT_BPFFS),
+            sizes: MapSizes::default(),
+        }
+    }
+}
+
+/// A service frontend: VIP, port, IP protocol number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend4 {
+    /// Service address.
+    pub vip: Ipv4Addr,
+    /// Service port.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+}
+
+impl std::fmt::Display for Frontend4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{}", self.vip, self.port, proto_name(self.proto))
+    }
+}
+
+/// Name of an IP protocol number.
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        6 => "tcp",
+        17 => "udp",
+        132 => "sctp",
+        1 => "icmp",
+        _ => "other",
+    }
+}
+
+/// A backend of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend4Spec {
+    /// Backend address.
+    pub addr: Ipv4Addr,
+    /// Backend port.
+    pub port: u16,
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u8,
+}
+
+/// What the maps hold for one frontend, as the dataplane knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Service id (key of slots and reverse NAT).
+    pub svc_id: u32,
+    /// Backends in slot order (slot 1 first).
+    pub backends: Vec<Backend4Spec>,
+    /// Session affinity timeout, seconds (0: none).
+    pub affinity_timeout: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BackendKey {
+    addr: Ipv4Addr,
+    port: u16,
+    proto: u8,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BackendSlot {
+    id: u32,
+    flags: u8,
+    refs: u32,
+}
+
+struct ServiceMirror {
+    svc_id: u32,
+    backend_ids: Vec<u32>,
+    affinity_timeout: u32,
+}
+
+/// Id allocator: smallest freed id first, then the next unused one. Id 0 is
+/// never handed out.
+#[derive(Default)]
+struct Ids {
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl Ids {
+    fn take(&mut self) -> u32 {
+        if let Some(id) = self.free.pop() {
+            return id;
+        }
+        self.next += 1;
+        self.next
+    }
+    fn give(&mut self, id: u32) {
+        self.free.push(id);
+    }
+    fn rebuild(&mut self, used: impl Iterator<Item = u32>) {
+        let mut used: Vec<u32> = used.collect();
+        used.sort_unstable();
+        self.next = used.last().copied().unwrap_or(0);
+        self.free = (1..self.next)
+            .filter(|i| used.binary_search(i).is_err())
+            .rev()
+            .collect();
+    }
+}
+
+/// The loaded datapath and a mirror of what its maps hold.
+pub struct Dataplane {
+    dir: PathBuf,
+    ebpf: Ebpf,
+    svc4: HashMap<MapData, Svc4Key, SvcValue>,
+    slots: HashMap<MapData, SlotKey, SlotValue>,
+    backend4: HashMap<MapData, u32, Backend4>,
+    revnat4: HashMap<MapData, u32, RevNat4>,
+    stats: PerCpuArray<MapData, StatValue>,
+    capacity: MapSizes,
+    services: BTreeMap<Frontend4, ServiceMirror>,
+    backends: StdHashMap<BackendKey, BackendSlot>,
+    backend_keys: StdHashMap<u32, BackendKey>,
+    vips: StdHashMap<Ipv4Addr, u32>,
+    slot_count: usize,
+    svc_ids: Ids,
+    backend_ids: Ids,
+    attached: BTreeMap<(u32, String), ()>,
+}
+
+/// What [`Dataplane::upsert_service`] changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upsert {
+    /// The frontend is new.
+    Created,
+    /// The frontend existed and something changed.
+    Updated,
+    /// The maps already held exactly this.
+    Unchanged,
+}
+
+/// What one [`Dataplane::attach_matching`] pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachReport {
+    /// Interfaces newly attached (fresh links).
+    pub attached: Vec<String>,
+    /// Interfaces whose pinned links now run this agent's programs.
+    pub adopted: Vec<String>,
+    /// Pins removed because their interface is gone.
+    pub removed: Vec<String>,
+    /// Interfaces that could not be attached, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Dataplane {
+    /// Loads the embedded object, adopting maps already pinned under
+    /// `cfg.bpffs` (their contents are kept and read back) or creating and
+    /// pinning new ones. Programs are loaded but not attached.
+    pub fn open(cfg: &DataplaneConfig) -> Result<Self> {
+        Self::open_object(cfg, crate::EBPF_OBJECT)
+    }
+
+    /// [`Dataplane::open`] with an explicit object (tests, tools).
+    pub fn open_object(cfg: &DataplaneConfig, object: &[u8]) -> Result<Self> {
+        if object.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let dir = cfg.bpffs.clone();
+        fs::create_dir_all(dir.join("links")).map_err(io_err(&dir))?;
+        check_layout(&dir)?;
+        let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
+        let s = cfg.sizes;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(map_names::SVC4, s.services)
+            .map_max_entries(map_names::SLOTS, s.slots)
+            .map_max_entries(map_names::BACKEND4, s.backends)
+            .map_max_entries(map_names::REVNAT4, s.revnat)
+            .map_max_entries(map_names::CT4, s.conntrack)
+            .map_max_entries(map_names::FRAG4, s.fragments);
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object)?;
+        let layout = dir.join(layout_marker(LAYOUT_VERSION));
+        match fs::create_dir(&layout) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&layout)(e)),
+            _ => {}
+        }
+        for name in [program_names::TC_POD_INGRESS, program_names::TC_POD_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DataplaneError::Program {
+                    name: name.into(),
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program {
+                    name: name.into(),
+                    source,
+                })?;
+            prog.load().map_err(|source| DataplaneError::Program {
+                name: name.into(),
+                source,
+            })?;
+        }
+        let svc4 = HashMap::try_from(take(&mut ebpf, map_names::SVC4)?)
+            .map_err(map_err(map_names::SVC4))?;
+        let slots = HashMap::try_from(take(&mut ebpf, map_names::SLOTS)?)
+            .map_err(map_err(map_names::SLOTS))?;
+        let backend4 = HashMap::try_from(take(&mut ebpf, map_names::BACKEND4)?)
+            .map_err(map_err(map_names::BACKEND4))?;
+        let revnat4 = HashMap::try_from(take(&mut ebpf, map_names::REVNAT4)?)
+            .map_err(map_err(map_names::REVNAT4))?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, map_names::STATS)?)
+            .map_err(map_err(map_names::STATS))?;
+        let capacity = MapSizes {
+            services: pinned_max_entries(&dir, map_names::SVC4)?,
+            slots: pinned_max_entries(&dir, map_names::SLOTS)?,
+            backends: pinned_max_entries(&dir, map_names::BACKEND4)?,
+            revnat: pinned_max_entries(&dir, map_names::REVNAT4)?,
+            conntrack: pinned_max_entries(&dir, map_names::CT4)?,
+            fragments: pinned_max_entries(&dir, map_names::FRAG4)?,
+        };
+        let mut dp = Self {
+            dir,
+            ebpf,
+            svc4,
+            slots,
+            backend4,
+            revnat4,
+            stats,
+            capacity,
+            services: BTreeMap::new(),
+            backends: StdHashMap::new(),
+            backend_keys: StdHashMap::new(),
+            vips: StdHashMap::new(),
+            slot_count: 0,
+            svc_ids: Ids::default(),
+            backend_ids: Ids::default(),
+            attached: BTreeMap::new(),
+        };
+        dp.adopt()?;
+        Ok(dp)
+    }
+
+    /// The pin folder.
+    pub fn bpffs(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sizes of the maps as loaded (pinned maps keep the size they had).
+    pub fn capacity(&self) -> MapSizes {
+        self.capacity
+    }
+
+    /// Reads what the pinned maps hold into the mirror, without changing
+    /// them. Entries that do not hang together (a slot naming a missing
+    /// backend, a backend no slot names) are left for [`Self::repair`].
+    fn adopt(&mut self) -> Result<()> {
+        let backends: Vec<(u32, Backend4)> = self
+            .backend4
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::BACKEND4))?;
+        let by_id: StdHashMap<u32, Backend4> = backends.into_iter().collect();
+        let entries: Vec<(Svc4Key, SvcValue)> = self
+            .svc4
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SVC4))?;
+        for (k, v) in entries {
+            if v.flags & SVC_FLAG_VIP != 0 || k.scope != SCOPE_EXTERNAL {
+                continue;
+            }
+            let fe = Frontend4 {
+                vip: Ipv4Addr::from(k.vip),
+                port: k.port,
+                proto: k.proto,
+            };
+            let mut ids = Vec::with_capacity(usize::from(v.count));
+            for slot in 1..=u32::from(v.count) {
+                if let Ok(s) = self.slots.get(
+                    &SlotKey {
+                        svc_id: v.svc_id,
+                        slot,
+                    },
+                    0,
+                ) {
+                    if by_id.contains_key(&s.backend_id) {
+                        ids.push(s.backend_id);
+                    }
+                }
+            }
+            for id in &ids {
+                let b = by_id[id];
+                let key = BackendKey {
+                    addr: Ipv4Addr::from(b.addr),
+                    port: b.port,
+                    proto: b.proto,
+                };
+                let e = self.backends.entry(key).or_insert(BackendSlot {
+                    id: *id,
+                    flags: b.flags,
+                    refs: 0,
+                });
+                e.refs += 1;
+                self.backend_keys.insert(*id, key);
+            }
+            self.slot_count += ids.len();
+            *self.vips.entry(fe.vip).or_default() += 1;
+            self.services.insert(
+                fe,
+                ServiceMirror {
+                    svc_id: v.svc_id,
+                    backend_ids: ids,
+                    affinity_timeout: v.affinity_timeout,
+                },
+            );
+        }
+        self.svc_ids
+            .rebuild(self.services.values().map(|s| s.svc_id));
+        self.backend_ids.rebuild(by_id.keys().copied());
+        Ok(())
+    }
+
+    /// Makes the maps equal to the mirror: rewrites every frontend, slot,
+    /// backend and VIP marker the mirror holds and deletes what it does not.
+    /// Repairs drift such as an entry deleted by hand. Returns how many map
+    /// entries it had to write or delete.
+    pub fn repair(&mut self) -> Result<usize> {
+        let mut fixed = 0;
+        // Backends first, then slots, then frontends (the safe order).
+        for (key, b) in &self.backends {
+            let want = Backend4 {
+                addr: key.addr.octets(),
+                port: key.port,
+                proto: key.proto,
+                flags: b.flags,
+            };
+            if self.backend4.get(&b.id, 0).ok() != Some(want) {
+                self.backend4
+                    .insert(b.id, want, 0)
+                    .map_err(map_err(map_names::BACKEND4))?;
+                fixed += 1;
+            }
+        }
+        for (fe, s) in &self.services {
+            for (i, id) in s.backend_ids.iter().enumerate() {
+                let k = SlotKey {
+                    svc_id: s.svc_id,
+                    slot: i as u32 + 1,
+                };
+                let v = SlotValue { backend_id: *id };
+                if self.slots.get(&k, 0).ok() != Some(v) {
+                    self.slots
+                        .insert(k, v, 0)
+                        .map_err(map_err(map_names::SLOTS))?;
+                    fixed += 1;
+                }
+            }
+            let rv = RevNat4 {
+                vip: fe.vip.octets(),
+                port: fe.port,
+                proto: fe.proto,
+                pad: 0,
+            };
+            if self.revnat4.get(&s.svc_id, 0).ok() != Some(rv) {
+                self.revnat4
+                    .insert(s.svc_id, rv, 0)
+                    .map_err(map_err(map_names::REVNAT4))?;
+                fixed += 1;
+            }
+            let (k, v) = svc_entry(fe, s);
+            if self.svc4.get(&k, 0).ok() != Some(v) {
+                self.svc4
+                    .insert(k, v, 0)
+                    .map_err(map_err(map_names::SVC4))?;
+                fixed += 1;
+            }
+        }
+        for vip in self.vips.keys() {
+            let (k, v) = vip_marker(*vip);
+            if self.svc4.get(&k, 0).ok() != Some(v) {
+                self.svc4
+                    .insert(k, v, 0)
+                    .map_err(map_err(map_names::SVC4))?;
+                fixed += 1;
+            }
+        }
+        // Deletions last: what the maps hold and the mirror does not.
+        let svc_keys: Vec<Svc4Key> = self
+            .svc4
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SVC4))?;
+        for k in svc_keys {
+            let keep = if k.port == 0 && k.proto == 0 {
+                self.vips.contains_key(&Ipv4Addr::from(k.vip))
+            } else {
+                k.scope == SCOPE_EXTERNAL
+                    && self.services.contains_key(&Frontend4 {
+                        vip: Ipv4Addr::from(k.vip),
+                        port: k.port,
+                        proto: k.proto,
+                    })
+            };
+            if !keep {
+                ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
+                fixed += 1;
+            }
+        }
+        let by_svc: StdHashMap<u32, usize> = self
+            .services
+            .values()
+            .map(|s| (s.svc_id, s.backend_ids.len()))
+            .collect();
+        let slot_keys: Vec<SlotKey> = self
+            .slots
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SLOTS))?;
+        for k in slot_keys {
+            if by_svc
+                .get(&k.svc_id)
+                .is_none_or(|n| k.slot == 0 || k.slot as usize > *n)
+            {
+                ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+                fixed += 1;
+            }
+        }
+        let rev_keys: Vec<u32> = self
+            .revnat4
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::REVNAT4))?;
+        for k in rev_keys {
+            if !by_svc.contains_key(&k) {
+                ignore_missing(self.revnat4.remove(&k)).map_err(map_err(map_names::REVNAT4))?;
+                fixed += 1;
+            }
+        }
+        let backend_ids: Vec<u32> = self
+            .backend4
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::BACKEND4))?;
+        for id in backend_ids {
+            if !self.backend_keys.contains_key(&id) {
+                ignore_missing(self.backend4.remove(&id)).map_err(map_err(map_names::BACKEND4))?;
+                fixed += 1;
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Every frontend the maps hold, with its backends in slot order.
+    pub fn services(&self) -> BTreeMap<Frontend4, ServiceState> {
+        self.services
+            .iter()
+            .map(|(fe, s)| (*fe, self.state_of(s)))
+            .collect()
+    }
+
+    /// One frontend's state, if the maps hold it.
+    pub fn service(&self, fe: &Frontend4) -> Option<ServiceState> {
+        self.services.get(fe).map(|s| self.state_of(s))
+    }
+
+    fn state_of(&self, s: &ServiceMirror) -> ServiceState {
+        let backends = s
+            .backend_ids
+            .iter()
+            .filter_map(|id| {
+                let k = self.backend_keys.get(id)?;
+                let b = self.backends.get(k)?;
+                Some(Backend4Spec {
+                    addr: k.addr,
+                    port: k.port,
+                    flags: b.flags,
+                })
+            })
+            .collect();
+        ServiceState {
+            svc_id: s.svc_id,
+            backends,
+            affinity_timeout: s.affinity_timeout,
+        }
+    }
+
+    /// Makes the maps hold `fe` with exactly `backends` (in this slot order;
+    /// duplicates are removed). An empty list keeps the frontend and makes
+    /// the datapath reject its traffic. Idempotent. On error the maps are
+    /// left consistent: either unchanged or fully updated for the parts
+    /// written.
+    pub fn upsert_service(
+        &mut self,
+        fe: Frontend4,
+        backends: &[Backend4Spec],
+        affinity_timeout: u32,
+    ) -> Result<Upsert> {
+        let mut want: Vec<Backend4Spec> = Vec::with_capacity(backends.len());
+        for b in backends {
+            if !want.iter().any(|w| w.addr == b.addr && w.port == b.port) {
+                want.push(*b);
+            }
+        }
+        if want.len() > usize::from(u16::MAX) {
+            return Err(DataplaneError::TooManyBackends {
+                count: want.len(),
+                max: usize::from(u16::MAX),
+            });
+        }
+        if let Some(cur) = self.service(&fe) {
+            if cur.backends == want && cur.affinity_timeout == affinity_timeout {
+                return Ok(Upsert::Unchanged);
+            }
+        }
+        self.check_capacity(&fe, &want)?;
+
+        // 1. Backends: new ones written, changed flags rewritten.
+        let mut ids = Vec::with_capacity(want.len());
+        let mut taken = Vec::new();
+        for b in &want {
+            let key = BackendKey {
+                addr: b.addr,
+                port: b.port,
+                proto: fe.proto,
+            };
+            let value = Backend4 {
+                addr: b.addr.octets(),
+                port: b.port,
+                proto: fe.proto,
+                flags: b.flags,
+            };
+            let id = match self.backends.get_mut(&key) {
+                Some(slot) => {
+                    if slot.flags != b.flags {
+                        self.backend4
+                            .insert(slot.id, value, 0)
+                            .map_err(map_err(map_names::BACKEND4))?;
+                        slot.flags = b.flags;
+                    }
+                    slot.id
+                }
+                None => {
+                    let id = self.backend_ids.take();
+                    if let Err(e) = self.backend4.insert(id, value, 0) {
+                        self.backend_ids.give(id);
+                        self.release_backends(&taken)?;
+                        return Err(map_err(map_names::BACKEND4)(e));
+                    }
+                    self.backends.insert(
+                        key,
+                        BackendSlot {
+                            id,
+                            flags: b.flags,
+                            refs: 0,
+                        },
+                    );
+                    self.backend_keys.insert(id, key);
+                    id
+                }
+            };
+            // Count the reference now so a failure below releases it.
+            if let Some(slot) = self.backends.get_mut(&key) {
+                slot.refs += 1;
+            }
+            taken.push(id);
+            ids.push(id);
+        }
+
+        let created = !self.services.contains_key(&fe);
+        let (svc_id, old_ids) = match self.services.get(&fe) {
+            Some(s) => (s.svc_id, s.backend_ids.clone()),
+            None => (self.svc_ids.take(), Vec::new()),
+        };
+        let mirror = ServiceMirror {
+            svc_id,
+            backend_ids: ids.clone(),
+            affinity_timeout,
+        };
+        let result = self.write_service(&fe, &mirror, &old_ids, created);
+        if let Err(e) = result {
+            if created {
+                self.svc_ids.give(svc_id);
+            }
+            self.release_backends(&taken)?;
+            return Err(e);
+        }
+        self.slot_count = self.slot_count + ids.len() - old_ids.len();
+        self.services.insert(fe, mirror);
+        if created {
+            *self.vips.entry(fe.vip).or_default() += 1;
+            let (k, v) = vip_marker(fe.vip);
+            self.svc4
+                .insert(k, v, 0)
+                .map_err(map_err(map_names::SVC4))?;
+        }
+        // 4. Backends no slot names any more go last.
+        self.release_backends(&old_ids)?;
+        Ok(if created {
+            Upsert::Created
+        } else {
+            Upsert::Updated
+        })
+    }
+
+    /// Slots, reverse NAT and the frontend entry, in the safe order.
+    fn write_service(
+        &mut self,
+        fe: &Frontend4,
+        s: &ServiceMirror,
+        old_ids: &[u32],
+        created: bool,
+    ) -> Result<()> {
+        // 2. Slots that change, before the count that exposes them.
+        for (i, id) in s.backend_ids.iter().enumerate() {
+            if old_ids.get(i) != Some(id) {
+                let k = SlotKey {
+                    svc_id: s.svc_id,
+                    slot: i as u32 + 1,
+                };
+                self.slots
+                    .insert(k, SlotValue { backend_id: *id }, 0)
+                    .map_err(map_err(map_names::SLOTS))?;
+            }
+        }
+        if created {
+            let rv = RevNat4 {
+                vip: fe.vip.octets(),
+                port: fe.port,
+                proto: fe.proto,
+                pad: 0,
+            };
+            self.revnat4
+                .insert(s.svc_id, rv, 0)
+                .map_err(map_err(map_names::REVNAT4))?;
+        }
+        // 3. The frontend with its new count, then slots past the count.
+        let (k, v) = svc_entry(fe, s);
+        self.svc4
+            .insert(k, v, 0)
+            .map_err(map_err(map_names::SVC4))?;
+        for slot in s.backend_ids.len() + 1..=old_ids.len() {
+            let k = SlotKey {
+                svc_id: s.svc_id,
+                slot: slot as u32,
+            };
+            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+        }
+        Ok(())
+    }
+
+    fn check_capacity(&self, fe: &Frontend4, want: &[Backend4Spec]) -> Result<()> {
+        let cur = self.services.get(fe);
+        let new_backends = want
+            .iter()
+            .filter(|b| {
+                !self.backends.contains_key(&BackendKey {
+                    addr: b.addr,
+                    port: b.port,
+                    proto: fe.proto,
+                })
+            })
+            .count();
+        let old_slots = cur.map_or(0, |s| s.backend_ids.len());
+        let slots_after = self.slot_count - old_slots + want.len();
+        let free_backends = (self.capacity.backends as usize).saturating_sub(self.backends.len());
+        if new_backends > free_backends {
+            return Err(DataplaneError::MapFull {
+                map: map_names::BACKEND4,
+                needed: new_backends,
+                free: free_backends,
+                capacity: self.capacity.backends,
+            });
+        }
+        if slots_after > self.capacity.slots as usize {
+            return Err(DataplaneError::MapFull {
+                map: map_names::SLOTS,
+                needed: want.len().saturating_sub(old_slots),
+                free: (self.capacity.slots as usize).saturating_sub(self.slot_count),
+                capacity: self.capacity.slots,
+            });
+        }
+        if cur.is_none() {
+            let entries = self.services.len() + self.vips.len();
+            let needed = 1 + usize::from(!self.vips.contains_key(&fe.vip));
+            let free = (self.capacity.services as usize).saturating_sub(entries);
+            if needed > free {
+                return Err(DataplaneError::MapFull {
+                    map: map_names::SVC4,
+                    needed,
+                    free,
+                    capacity: self.capacity.services,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops one reference of each backend id; deletes backends no slot names.
+    fn release_backends(&mut self, ids: &[u32]) -> Result<()> {
+        for id in ids {
+            let Some(key) = self.backend_keys.get(id).copied() else {
+                continue;
+            };
+            let Some(slot) = self.backends.get_mut(&key) else {
+                continue;
+            };
+            slot.refs = slot.refs.saturating_sub(1);
+            if slot.refs == 0 {
+                self.backends.remove(&key);
+                self.backend_keys.remove(id);
+                ignore_missing(self.backend4.remove(id)).map_err(map_err(map_names::BACKEND4))?;
+                self.backend_ids.give(*id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `fe` from the maps. Returns whether it was there (deleting
+    /// what is absent is not an error). Established flows keep their
+    /// conntrack entries and so their backend; new ones are rejected if the
+    /// VIP still has other ports, else no longer translated.
+    pub fn delete_service(&mut self, fe: &Frontend4) -> Result<bool> {
+        let Some(s) = self.services.remove(fe) else {
+            return Ok(false);
+        };
+        let key = Svc4Key {
+            vip: fe.vip.octets(),
+            port: fe.port,
+            proto: fe.proto,
+            scope: SCOPE_EXTERNAL,
+        };
+        ignore_missing(self.svc4.remove(&key)).map_err(map_err(map_names::SVC4))?;
+        let remaining = self
+            .vips
+            .get(&fe.vip)
+            .copied()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        if remaining == 0 {
+            self.vips.remove(&fe.vip);
+            let (k, _) = vip_marker(fe.vip);
+            ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
+        } else {
+            self.vips.insert(fe.vip, remaining);
+        }
+        for slot in 1..=s.backend_ids.len() {
+            let k = SlotKey {
+                svc_id: s.svc_id,
+                slot: slot as u32,
+            };
+            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+        }
+        ignore_missing(self.revnat4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
+        self.slot_count -= s.backend_ids.len();
+        self.svc_ids.give(s.svc_id);
+        self.release_backends(&s.backend_ids)?;
+        Ok(true)
+    }
+
+    /// Datapath counters summed over CPUs, by reason.
+    pub fn stats(&self) -> Result<Vec<(Reason, StatValue)>> {
+        read_stats(&self.stats)
+    }
+
+    /// Attaches both pod programs to every interface of the current network
+    /// namespace whose name matches one of `patterns` (shell globs), and
+    /// removes pins of interfaces that are gone. Call it periodically to
+    /// cover interfaces created later. Links are pinned; an interface with
+    /// pinned links from an earlier agent gets this agent's programs swapped
+    /// in atomically.
+    pub fn attach_matching(&mut self, patterns: &[glob::Pattern]) -> Result<AttachReport> {
+        let mut report = AttachReport::default();
+        let ifaces = interfaces().map_err(io_err(Path::new("if_nameindex")))?;
+        let wanted: Vec<&(u32, String)> = ifaces
+            .iter()
+            .filter(|(_, n)| patterns.iter().any(|p| p.matches(n)))
+            .collect();
+        for (index, name) in &wanted {
+            if self.attached.contains_key(&(*index, name.clone())) {
+                continue;
+            }
+            match self.attach_one(*index, name) {
+                Ok(true) => report.adopted.push(name.clone()),
+                Ok(false) => report.attached.push(name.clone()),
+                Err(e) => {
+                    report.failed.push((name.clone(), e.to_string()));
+                    continue;
+                }
+            }
+            self.attached.insert((*index, name.clone()), ());
+        }
+        // Pins whose interface no longer exists (or was renamed/reindexed).
+        let links = self.dir.join("links");
+        let live: Vec<String> = ifaces.iter().map(|(i, n)| format!("{i}-{n}-")).collect();
+        if let Ok(rd) = fs::read_dir(&links) {
+            for entry in rd.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if !live.iter().any(|p| file.starts_with(p.as_str())) {
+                    let _ = fs::remove_file(entry.path());
+                    report.removed.push(file);
+                }
+            }
+        }
+        self.attached
+            .retain(|(i, n), _| ifaces.iter().any(|(ii, nn)| ii == i && nn == n));
+        Ok(report)
+    }
+
+    /// Attaches ingress and egress on one interface. Returns whether pinned
+    /// links were adopted (true) rather than created (false).
+    fn attach_one(&mut self, index: u32, name: &str) -> Result<bool> {
+        let mut adopted = true;
+        for (prog_name, kind, suffix) in [
+            (
+                program_names::TC_POD_INGRESS,
+                TcAttachType::Ingress,
+                "ingress",
+            ),
+            (program_names::TC_POD_EGRESS, TcAttachType::Egress, "egress"),
+        ] {
+            let pin = self
+                .dir
+                .join("links")
+                .join(format!("{index}-{name}-{suffix}"));
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .ok_or_else(|| DataplaneError::Program {
+                    name: prog_name.into(),
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program {
+                    name: prog_name.into(),
+                    source,
+                })?;
+            let link_err = |what: String| DataplaneError::Link {
+                ifname: name.into(),
+                what,
+            };
+            match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    // Atomic replacement of the program behind the existing link.
+                    let link = SchedClassifierLink::try_from(FdLink::from(old))
+                        .map_err(|e| link_err(format!("pinned link {}: {e}", pin.display())))?;
+                    let id =
+                        prog.attach_to_link(link)
+                            .map_err(|source| DataplaneError::Program {
+                                name: format!("{prog_name} on {name}"),
+                                source,
+                            })?;
+                    // The pin keeps the link; our handle can go.
+                    drop(prog.take_link(id));
+                }
+                Err(_) => {
+                    adopted = false;
+                    let id = prog
+                        .attach_with_options(
+                            name,
+                            kind,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .map_err(|source| DataplaneError::Program {
+                            name: format!("{prog_name} on {name}"),
+                            source,
+                        })?;
+                    let link = prog
+                        .take_link(id)
+                        .map_err(|source| DataplaneError::Program {
+                            name: prog_name.into(),
+                            source,
+                        })?;
+                    let fd = FdLink::try_from(link)
+                        .map_err(|e| link_err(format!("not a TCX link: {e}")))?;
+                    fd.pin(&pin)
+                        .map_err(|e| link_err(format!("pin {}: {e}", pin.display())))?;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name).ok_or(DataplaneError::Map {
+        map: name,
+        source: MapError::InvalidName { name: name.into() },
+    })
+}
+
+/// Size of a pinned map (a map adopted from an earlier agent keeps its size).
+fn pinned_max_entries(dir: &Path, name: &'static str) -> Result<u32> {
+    aya::maps::MapInfo::from_pin(dir.join(name))
+        .map(|i| i.max_entries())
+        .map_err(map_err(name))
+}
+
+fn svc_entry(fe: &Frontend4, s: &ServiceMirror) -> (Svc4Key, SvcValue) {
+    (
+        Svc4Key {
+            vip: fe.vip.octets(),
+            port: fe.port,
+            proto: fe.proto,
+            scope: SCOPE_EXTERNAL,
+        },
+        SvcValue {
+            svc_id: s.svc_id,
+            count: s.backend_ids.len() as u16,
+            flags: 0,
+            affinity_timeout: s.affinity_timeout,
+            pad: 0,
+        },
+    )
+}
+
+fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
+    (
+        Svc4Key {
+            vip: vip.octets(),
+            port: 0,
+            proto: 0,
+            scope: SCOPE_EXTERNAL,
+        },
+        SvcValue {
+            svc_id: 0,
+            count: 0,
+            flags: SVC_FLAG_VIP,
+            affinity_timeout: 0,
+            pad: 0,
+        },
+    )
+}
+
+/// Deleting what is absent is not an error.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Name of the marker folder that records the layout version of the maps
+/// pinned next to it (bpffs holds only folders and BPF objects, no files).
+fn layout_marker(version: u32) -> String {
+    format!("layout-v{version}")
+}
+
+/// The layout versions marked in `dir`.
+fn marked_layouts(dir: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("layout-v")
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn check_layout(dir: &Path) -> Result<()> {
+    let found = marked_layouts(dir);
+    let ours = LAYOUT_VERSION.to_string();
+    if let Some(other) = found.iter().find(|v| **v != ours) {
+        return Err(DataplaneError::Layout {
+            dir: dir.to_path_buf(),
+            found: other.clone(),
+            expected: LAYOUT_VERSION,
+        });
+    }
+    if found.is_empty() && map_names::ALL.iter().any(|n| dir.join(n).exists()) {
+        // Maps pinned by something that did not mark its layout.
+        return Err(DataplaneError::Layout {
+            dir: dir.to_path_buf(),
+            found: "none".into(),
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Sums a per-CPU stats array by reason.
+pub fn read_stats(stats: &PerCpuArray<MapData, StatValue>) -> Result<Vec<(Reason, StatValue)>> {
+    let mut out = Vec::with_capacity(Reason::ALL.len());
+    for r in Reason::ALL {
+        let per_cpu = stats
+            .get(&(*r as u32), 0)
+            .map_err(map_err(map_names::STATS))?;
+        let mut sum = StatValue::default();
+        for v in per_cpu.iter() {
+            sum.packets += v.packets;
+            sum.bytes += v.bytes;
+        }
+        out.push((*r, sum));
+    }
+    Ok(out)
+}
+
+/// Opens one pinned map of `dir` by name (for inspection while the agent is
+/// stopped).
+pub fn open_pinned(dir: &Path, name: &'static str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// The interfaces of the calling thread's network namespace: (index, name).
+pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
+    // SAFETY: if_nameindex returns a heap array terminated by a zero entry,
+    // freed below with if_freenameindex.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut p = head;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            out.push((
+                (*p).if_index,
+                CStr::from_ptr((*p).if_name).to_string_lossy().into_owned(),
+            ));
+            p = p.add(1);
+        }
+        libc::if_freenameindex(head);
+        Ok(out)
+    }
+}
+
+/// Removes every pin svcnat made under `dir` (links first, so traffic stops
+/// being translated before its maps go) and the folder itself. Programs and
+/// maps are freed by the kernel once nothing holds them. Returns the paths
+/// removed; a missing folder is not an error.
+pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let links = dir.join("links");
+    if let Ok(rd) = fs::read_dir(&links) {
+        for e in rd.flatten() {
+            fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+            removed.push(e.path());
+        }
+        fs::remove_dir(&links).map_err(io_err(&links))?;
+    }
+    for v in marked_layouts(dir) {
+        let p = dir.join(format!("layout-v{v}"));
+        fs::remove_dir(&p).map_err(io_err(&p))?;
+        removed.push(p);
+    }
+    for name in map_names::ALL {
+        let p = dir.join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataplaneError::Io { path: p, source: e }),
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(DataplaneError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
+    }
+    Ok(removed)
+}
+
+/// The program fd of one loaded program (for `BPF_PROG_TEST_RUN`).
+pub fn program_fd<'a>(ebpf: &'a Ebpf, name: &str) -> Option<std::os::fd::BorrowedFd<'a>> {
+    let prog: &SchedClassifier = ebpf.program(name)?.try_into().ok()?;
+    Some(prog.fd().ok()?.as_fd())
+}
+
+impl Dataplane {
+    /// The underlying aya object (programs), e.g. for test runs.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}

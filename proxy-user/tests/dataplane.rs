@@ -1,0 +1,414 @@
+//! The `dataplane` module against the real kernel: maps pinned under a
+//! private bpffs folder per test, checked through the pins themselves.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::maps::HashMap;
+use proxy_common::{
+    Backend4, RevNat4, SCOPE_EXTERNAL, SVC_FLAG_VIP, SlotKey, SlotValue, Svc4Key, SvcValue,
+    map_names,
+};
+use svcnat::dataplane::{
+    Backend4Spec, Dataplane, DataplaneConfig, DataplaneError, Frontend4, MapSizes, Upsert, cleanup,
+    open_pinned,
+};
+
+/// A pin folder that is removed when the test ends, also on panic.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/svcnat-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = cleanup(&dir);
+        Self(dir)
+    }
+    fn config(&self, sizes: MapSizes) -> DataplaneConfig {
+        DataplaneConfig {
+            bpffs: self.0.clone(),
+            sizes,
+        }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = cleanup(&self.0);
+    }
+}
+
+fn skip_reason() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    if svcnat::EBPF_OBJECT.is_empty() {
+        return Some("eBPF object not built: run `cargo xtask build-ebpf --release`");
+    }
+    if !std::path::Path::new("/sys/fs/bpf").exists() {
+        return Some("no bpffs at /sys/fs/bpf");
+    }
+    None
+}
+
+macro_rules! require_kernel {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn small() -> MapSizes {
+    MapSizes {
+        services: 64,
+        slots: 64,
+        backends: 16,
+        revnat: 64,
+        conntrack: 1024,
+        fragments: 64,
+    }
+}
+
+fn fe(last: u8, port: u16) -> Frontend4 {
+    Frontend4 {
+        vip: Ipv4Addr::new(198, 19, 0, last),
+        port,
+        proto: 6,
+    }
+}
+
+fn be(last: u8) -> Backend4Spec {
+    Backend4Spec {
+        addr: Ipv4Addr::new(198, 18, 1, last),
+        port: 8080,
+        flags: 0,
+    }
+}
+
+/// What the pinned maps say about one frontend: its entry and its backends
+/// in slot order, read without the dataplane's mirror.
+fn read_back(dir: &PinDir, f: Frontend4) -> Option<(SvcValue, Vec<Backend4>)> {
+    let svc: HashMap<_, Svc4Key, SvcValue> =
+        HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("svc map")).expect("svc");
+    let slots: HashMap<_, SlotKey, SlotValue> =
+        HashMap::try_from(open_pinned(&dir.0, map_names::SLOTS).expect("slots map"))
+            .expect("slots");
+    let backends: HashMap<_, u32, Backend4> =
+        HashMap::try_from(open_pinned(&dir.0, map_names::BACKEND4).expect("be map")).expect("be");
+    let key = Svc4Key {
+        vip: f.vip.octets(),
+        port: f.port,
+        proto: f.proto,
+        scope: SCOPE_EXTERNAL,
+    };
+    let v = svc.get(&key, 0).ok()?;
+    let list = (1..=u32::from(v.count))
+        .map(|slot| {
+            let s = slots
+                .get(
+                    &SlotKey {
+                        svc_id: v.svc_id,
+                        slot,
+                    },
+                    0,
+                )
+                .expect("slot present");
+            backends.get(&s.backend_id, 0).expect("backend present")
+        })
+        .collect();
+    Some((v, list))
+}
+
+fn count_entries(dir: &PinDir, name: &'static str) -> usize {
+    count_keys(aya::maps::MapData::from_pin(dir.0.join(name)).expect("pinned map"))
+}
+
+fn count_keys(m: aya::maps::MapData) -> usize {
+    // Key sizes differ per map: walk BPF_MAP_GET_NEXT_KEY with a buffer of
+    // the map's key size.
+    let info = m.info().expect("info");
+    let key_size = info.key_size() as usize;
+    let fd = m.fd();
+    let mut count = 0;
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut first = true;
+    loop {
+        let r = get_next_key(fd, if first { None } else { Some(&key) }, &mut next);
+        if !r {
+            break;
+        }
+        first = false;
+        count += 1;
+        key.copy_from_slice(&next);
+    }
+    count
+}
+
+fn get_next_key(fd: &aya::maps::MapFd, key: Option<&[u8]>, next: &mut [u8]) -> bool {
+    use std::os::fd::{AsFd, AsRawFd};
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        next_key: u64,
+        rest: [u64; 13],
+    }
+    let attr = Attr {
+        map_fd: fd.as_fd().as_raw_fd() as u32,
+        pad: 0,
+        key: key.map_or(0, |k| k.as_ptr() as u64),
+        next_key: next.as_mut_ptr() as u64,
+        rest: [0; 13],
+    };
+    // SAFETY: BPF_MAP_GET_NEXT_KEY (4) with buffers of the map's key size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            4,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    r == 0
+}
+
+#[test]
+fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
+    require_kernel!();
+    let dir = PinDir::new("upsert");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let f = fe(10, 80);
+    assert_eq!(
+        dp.upsert_service(f, &[be(1), be(2), be(3)], 0)
+            .expect("upsert"),
+        Upsert::Created
+    );
+    let (v, list) = read_back(&dir, f).expect("frontend in map");
+    assert_eq!(v.count, 3);
+    assert_eq!(
+        list.iter()
+            .map(|b| (Ipv4Addr::from(b.addr), b.port, b.proto))
+            .collect::<Vec<_>>(),
+        vec![
+            (Ipv4Addr::new(198, 18, 1, 1), 8080, 6),
+            (Ipv4Addr::new(198, 18, 1, 2), 8080, 6),
+            (Ipv4Addr::new(198, 18, 1, 3), 8080, 6)
+        ]
+    );
+    let svc: HashMap<_, Svc4Key, SvcValue> =
+        HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("map")).expect("svc");
+    let marker = svc
+        .get(
+            &Svc4Key {
+                vip: f.vip.octets(),
+                port: 0,
+                proto: 0,
+                scope: SCOPE_EXTERNAL,
+            },
+            0,
+        )
+        .expect("VIP marker");
+    assert_eq!(marker.flags & SVC_FLAG_VIP, SVC_FLAG_VIP);
+    let rev: HashMap<_, u32, RevNat4> =
+        HashMap::try_from(open_pinned(&dir.0, map_names::REVNAT4).expect("map")).expect("rev");
+    let r = rev.get(&v.svc_id, 0).expect("revnat entry");
+    assert_eq!((Ipv4Addr::from(r.vip), r.port, r.proto), (f.vip, 80, 6));
+
+    // Idempotent.
+    assert_eq!(
+        dp.upsert_service(f, &[be(1), be(2), be(3)], 0)
+            .expect("again"),
+        Upsert::Unchanged
+    );
+    // Duplicates collapse.
+    assert_eq!(
+        dp.upsert_service(f, &[be(1), be(2), be(3), be(2)], 0)
+            .expect("dup"),
+        Upsert::Unchanged
+    );
+}
+
+#[test]
+fn shrinking_and_deleting_remove_slots_and_unreferenced_backends_only() {
+    require_kernel!();
+    let dir = PinDir::new("shrink");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let a = fe(10, 80);
+    let b = fe(10, 443);
+    dp.upsert_service(a, &[be(1), be(2), be(3)], 0).expect("a");
+    dp.upsert_service(b, &[be(3)], 0).expect("b");
+    assert_eq!(count_entries(&dir, map_names::BACKEND4), 3);
+    assert_eq!(count_entries(&dir, map_names::SLOTS), 4);
+    // 3 frontends entries: two ports + one marker for the shared VIP.
+    assert_eq!(count_entries(&dir, map_names::SVC4), 3);
+
+    assert_eq!(
+        dp.upsert_service(a, &[be(1)], 0).expect("shrink"),
+        Upsert::Updated
+    );
+    let (v, list) = read_back(&dir, a).expect("a present");
+    assert_eq!(v.count, 1);
+    assert_eq!(Ipv4Addr::from(list[0].addr), Ipv4Addr::new(198, 18, 1, 1));
+    // be(2) is gone; be(3) stays because b still uses it.
+    assert_eq!(count_entries(&dir, map_names::BACKEND4), 2);
+    assert_eq!(count_entries(&dir, map_names::SLOTS), 2);
+
+    assert!(dp.delete_service(&a).expect("delete a"));
+    assert!(
+        !dp.delete_service(&a)
+            .expect("delete a again is not an error")
+    );
+    assert!(read_back(&dir, a).is_none());
+    // The VIP still has port 443: the marker stays.
+    assert_eq!(count_entries(&dir, map_names::SVC4), 2);
+    assert!(dp.delete_service(&b).expect("delete b"));
+    for m in [
+        map_names::SVC4,
+        map_names::SLOTS,
+        map_names::BACKEND4,
+        map_names::REVNAT4,
+    ] {
+        assert_eq!(count_entries(&dir, m), 0, "{m} should be empty");
+    }
+}
+
+#[test]
+fn empty_backend_list_keeps_the_frontend_with_count_zero() {
+    require_kernel!();
+    let dir = PinDir::new("empty");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let f = fe(11, 53);
+    dp.upsert_service(f, &[be(1)], 0).expect("one");
+    dp.upsert_service(f, &[], 0).expect("none");
+    let (v, list) = read_back(&dir, f).expect("frontend kept");
+    assert_eq!(v.count, 0);
+    assert!(list.is_empty());
+    assert_eq!(count_entries(&dir, map_names::BACKEND4), 0);
+}
+
+#[test]
+fn a_new_dataplane_adopts_pinned_maps_without_changing_them() {
+    require_kernel!();
+    let dir = PinDir::new("adopt");
+    let before = {
+        let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+        dp.upsert_service(fe(10, 80), &[be(1), be(2)], 0)
+            .expect("a");
+        dp.upsert_service(fe(12, 81), &[be(2), be(4)], 30)
+            .expect("b");
+        dp.services()
+    };
+    let mut dp = Dataplane::open(&dir.config(small())).expect("reopen");
+    assert_eq!(dp.services(), before);
+    assert_eq!(
+        dp.repair().expect("repair"),
+        0,
+        "adopted state must already match the maps"
+    );
+    // Further updates work on adopted state: ids are not handed out twice.
+    dp.upsert_service(fe(13, 82), &[be(5)], 0).expect("c");
+    let ids: std::collections::BTreeSet<u32> = dp.services().values().map(|s| s.svc_id).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        dp.upsert_service(fe(10, 80), &[be(1), be(2)], 0)
+            .expect("same"),
+        Upsert::Unchanged
+    );
+}
+
+#[test]
+fn repair_restores_entries_deleted_by_hand_and_removes_strays() {
+    require_kernel!();
+    let dir = PinDir::new("repair");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let f = fe(10, 80);
+    dp.upsert_service(f, &[be(1), be(2)], 0).expect("upsert");
+    {
+        let mut svc: HashMap<_, Svc4Key, SvcValue> =
+            HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("map")).expect("svc");
+        svc.remove(&Svc4Key {
+            vip: f.vip.octets(),
+            port: 80,
+            proto: 6,
+            scope: SCOPE_EXTERNAL,
+        })
+        .expect("delete by hand");
+        let stray = Svc4Key {
+            vip: [198, 19, 9, 9],
+            port: 9,
+            proto: 17,
+            scope: SCOPE_EXTERNAL,
+        };
+        svc.insert(
+            stray,
+            SvcValue {
+                svc_id: 999,
+                count: 0,
+                flags: 0,
+                affinity_timeout: 0,
+                pad: 0,
+            },
+            0,
+        )
+        .expect("stray");
+    }
+    assert!(read_back(&dir, f).is_none());
+    assert_eq!(dp.repair().expect("repair"), 2);
+    let (v, _) = read_back(&dir, f).expect("restored");
+    assert_eq!(v.count, 2);
+    assert_eq!(
+        count_entries(&dir, map_names::SVC4),
+        2,
+        "frontend + marker, stray removed"
+    );
+}
+
+#[test]
+fn capacity_is_checked_before_anything_is_written() {
+    require_kernel!();
+    let dir = PinDir::new("full");
+    let sizes = MapSizes {
+        backends: 4,
+        ..small()
+    };
+    let mut dp = Dataplane::open(&dir.config(sizes)).expect("open");
+    dp.upsert_service(fe(10, 80), &[be(1), be(2)], 0)
+        .expect("fits");
+    let err = dp
+        .upsert_service(fe(10, 81), &[be(3), be(4), be(5)], 0)
+        .expect_err("three more backends do not fit in four");
+    assert!(
+        matches!(err, DataplaneError::MapFull { map, .. } if map == map_names::BACKEND4),
+        "{err}"
+    );
+    assert!(read_back(&dir, fe(10, 81)).is_none());
+    assert_eq!(count_entries(&dir, map_names::BACKEND4), 2);
+    // Sharing existing backends needs no new entries.
+    dp.upsert_service(fe(10, 82), &[be(1), be(2), be(3), be(4)], 0)
+        .expect("exactly fits");
+}
+
+#[test]
+fn a_pin_folder_of_another_layout_is_refused_with_a_clear_error() {
+    require_kernel!();
+    let dir = PinDir::new("layout");
+    drop(Dataplane::open(&dir.config(small())).expect("open"));
+    std::fs::create_dir(dir.0.join("layout-v999")).expect("mark another layout");
+    let err = Dataplane::open(&dir.config(small()))
+        .err()
+        .expect("must refuse");
+    assert!(matches!(err, DataplaneError::Layout { .. }), "{err}");
+    assert!(err.to_string().contains("999"), "{err}");
+}
