@@ -5,6 +5,7 @@
 
 pub mod dataplane;
 pub mod model;
+pub mod netns;
 pub mod sources;
 pub mod testing;
 

@@ -1,0 +1,293 @@
+//! Real TCP and UDP through a ClusterIP: a node namespace with a bridge, a
+//! client pod and two backend pods as namespaces behind veths, the svcnat
+//! programs attached to the pod veths, the maps written by the `dataplane`
+//! module. Everything on 198.18.0.0/15, inside namespaces this test creates.
+
+use std::{
+    collections::BTreeMap,
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use proxy_common::Reason;
+use svcnat::{
+    dataplane::{Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, cleanup},
+    netns::{NetNs, skip_reason, unique_tag, veth},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const GW: &str = "198.18.0.1";
+
+struct Topology {
+    node: NetNs,
+    client: NetNs,
+    backends: Vec<(NetNs, Ipv4Addr)>,
+    bpffs: std::path::PathBuf,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = cleanup(&self.bpffs);
+    }
+}
+
+fn topology() -> Topology {
+    let t = unique_tag();
+    let node = NetNs::new(&format!("sn-node-{t}")).expect("node ns");
+    node.ip(&["link", "add", "br0", "type", "bridge"])
+        .expect("bridge");
+    node.ip(&["addr", "add", &format!("{GW}/24"), "dev", "br0"])
+        .expect("gw addr");
+    node.ip(&["link", "set", "br0", "up"]).expect("br up");
+    node.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+    node.sysctl("net.ipv4.conf.all.send_redirects", "0")
+        .expect("no redirects");
+    node.sysctl("net.ipv4.conf.br0.send_redirects", "0")
+        .expect("no redirects");
+    let pod = |name: &str, addr: Ipv4Addr| -> NetNs {
+        let ns = NetNs::new(&format!("sn-{name}-{t}")).expect("pod ns");
+        let host = format!("vh{name}");
+        veth(&node, &host, &ns, "eth0").expect("veth");
+        node.ip(&["link", "set", &host, "master", "br0"])
+            .expect("enslave");
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])
+            .expect("pod addr");
+        ns.ip(&["route", "add", "default", "via", GW])
+            .expect("pod route");
+        ns
+    };
+    let client = pod("c", Ipv4Addr::new(198, 18, 0, 10));
+    let b1 = Ipv4Addr::new(198, 18, 0, 11);
+    let b2 = Ipv4Addr::new(198, 18, 0, 12);
+    let backends = vec![(pod("b1", b1), b1), (pod("b2", b2), b2)];
+    let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/svcnat-netns-{t}"));
+    Topology {
+        node,
+        client,
+        backends,
+        bpffs,
+    }
+}
+
+/// A TCP server answering each connection with its name, and a UDP server
+/// answering each datagram with its name, until `stop`.
+fn serve(ns: &NetNs, name: &'static str, stop: Arc<AtomicBool>) {
+    let stop_tcp = stop.clone();
+    drop(ns.spawn(move || {
+        let l = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
+        l.set_nonblocking(true).expect("nonblocking");
+        while !stop_tcp.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(name.as_bytes());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }));
+    drop(ns.spawn(move || {
+        let u = UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
+        u.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(name.as_bytes(), from);
+            }
+        }
+    }));
+}
+
+fn tcp_request(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"hello")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Sends one datagram from a fresh socket; returns the reply and the address
+/// it came from.
+fn udp_request(addr: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
+    let u = UdpSocket::bind("0.0.0.0:0")?;
+    u.set_read_timeout(Some(Duration::from_secs(3)))?;
+    u.connect(addr)?;
+    u.send(b"q")?;
+    let mut buf = [0u8; 64];
+    let n = u.recv(&mut buf)?;
+    Ok((
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+        u.peer_addr()?,
+    ))
+}
+
+#[test]
+fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let topo = topology();
+    let stop = Arc::new(AtomicBool::new(false));
+    serve(&topo.backends[0].0, "b1", stop.clone());
+    serve(&topo.backends[1].0, "b2", stop.clone());
+
+    // Program the datapath from inside the node namespace.
+    let bpffs = topo.bpffs.clone();
+    let backends: Vec<Ipv4Addr> = topo.backends.iter().map(|(_, a)| *a).collect();
+    let dp = topo
+        .node
+        .run(move || {
+            let cfg = DataplaneConfig {
+                bpffs,
+                sizes: MapSizes {
+                    conntrack: 65_536,
+                    ..MapSizes::default()
+                },
+            };
+            let mut dp = Dataplane::open(&cfg).expect("open dataplane");
+            let pattern = glob::Pattern::new("vh*").expect("glob");
+            let report = dp.attach_matching(&[pattern]).expect("attach");
+            assert!(
+                report.failed.is_empty(),
+                "attach failures: {:?}",
+                report.failed
+            );
+            assert_eq!(report.attached.len(), 3, "{report:?}");
+            let specs: Vec<Backend4Spec> = backends
+                .iter()
+                .map(|a| Backend4Spec {
+                    addr: *a,
+                    port: 8080,
+                    flags: 0,
+                })
+                .collect();
+            dp.upsert_service(
+                Frontend4 {
+                    vip: VIP,
+                    port: 80,
+                    proto: 6,
+                },
+                &specs,
+                0,
+            )
+            .expect("tcp service");
+            let udp: Vec<Backend4Spec> = backends
+                .iter()
+                .map(|a| Backend4Spec {
+                    addr: *a,
+                    port: 5353,
+                    flags: 0,
+                })
+                .collect();
+            dp.upsert_service(
+                Frontend4 {
+                    vip: VIP,
+                    port: 53,
+                    proto: 17,
+                },
+                &udp,
+                0,
+            )
+            .expect("udp service");
+            // A port whose service has no endpoints.
+            dp.upsert_service(
+                Frontend4 {
+                    vip: VIP,
+                    port: 81,
+                    proto: 6,
+                },
+                &[],
+                0,
+            )
+            .expect("empty tcp service");
+            dp.upsert_service(
+                Frontend4 {
+                    vip: VIP,
+                    port: 54,
+                    proto: 17,
+                },
+                &[],
+                0,
+            )
+            .expect("empty udp service");
+            dp
+        })
+        .expect("node thread");
+
+    let results = topo
+        .client
+        .run(|| {
+            let mut tcp: BTreeMap<String, u32> = BTreeMap::new();
+            for _ in 0..40 {
+                let who = tcp_request(SocketAddr::from((VIP, 80))).expect("tcp via ClusterIP");
+                *tcp.entry(who).or_default() += 1;
+            }
+            let mut udp: BTreeMap<String, u32> = BTreeMap::new();
+            for _ in 0..20 {
+                let (who, from) =
+                    udp_request(SocketAddr::from((VIP, 53))).expect("udp via ClusterIP");
+                assert_eq!(
+                    from,
+                    SocketAddr::from((VIP, 53)),
+                    "reply must come from the VIP"
+                );
+                *udp.entry(who).or_default() += 1;
+            }
+            // Rejects: refused at once, not timed out.
+            let no_backend = tcp_request(SocketAddr::from((VIP, 81))).expect_err("no endpoints");
+            let unknown_port =
+                tcp_request(SocketAddr::from((VIP, 9999))).expect_err("unknown port");
+            let udp_no_backend =
+                udp_request(SocketAddr::from((VIP, 54))).expect_err("no endpoints");
+            (
+                tcp,
+                udp,
+                no_backend.kind(),
+                unknown_port.kind(),
+                udp_no_backend.kind(),
+            )
+        })
+        .expect("client thread");
+    stop.store(true, Ordering::Relaxed);
+
+    let (tcp, udp, no_backend, unknown_port, udp_no_backend) = results;
+    assert_eq!(tcp.values().sum::<u32>(), 40);
+    assert!(
+        tcp.contains_key("b1") && tcp.contains_key("b2"),
+        "both backends answer TCP: {tcp:?}"
+    );
+    assert_eq!(udp.values().sum::<u32>(), 20);
+    assert!(
+        udp.contains_key("b1") && udp.contains_key("b2"),
+        "both backends answer UDP: {udp:?}"
+    );
+    assert_eq!(no_backend, ErrorKind::ConnectionRefused);
+    assert_eq!(unknown_port, ErrorKind::ConnectionRefused);
+    assert_eq!(udp_no_backend, ErrorKind::ConnectionRefused);
+
+    let stats: BTreeMap<&str, u64> = dp
+        .stats()
+        .expect("stats")
+        .into_iter()
+        .map(|(r, v)| (r.name(), v.packets))
+        .collect();
+    assert!(stats[Reason::DnatNew.name()] >= 60, "{stats:?}");
+    assert!(stats[Reason::DnatEstablished.name()] >= 40, "{stats:?}");
+    assert!(stats[Reason::RevnatReply.name()] >= 60, "{stats:?}");
+    assert!(stats[Reason::RejectNoBackend.name()] >= 2, "{stats:?}");
+    assert!(stats[Reason::RejectUnknownPort.name()] >= 1, "{stats:?}");
+    drop(dp);
+}
