@@ -27,8 +27,11 @@ pub mod map_names {
     pub const FRAG4: &str = "SVCNAT_FRAG4";
     /// reason (`u32`) -> [`crate::StatValue`] (per CPU).
     pub const STATS: &str = "SVCNAT_STATS";
+    /// service id (`u32`) -> [`crate::SvcLabel`]: names for inspection only;
+    /// the datapath never reads it.
+    pub const LABELS: &str = "SVCNAT_LABELS";
     /// All maps, in the order the agent creates and pins them.
-    pub const ALL: [&str; 7] = [SVC4, SLOTS, BACKEND4, REVNAT4, CT4, FRAG4, STATS];
+    pub const ALL: [&str; 8] = [SVC4, SLOTS, BACKEND4, REVNAT4, CT4, FRAG4, STATS, LABELS];
 }
 
 /// Names of the programs in the eBPF object.
@@ -253,6 +256,41 @@ pub struct Frag4Value {
     pub addr: [u8; 4],
 }
 
+/// Length of a service label.
+pub const SVC_LABEL_LEN: usize = 96;
+
+/// The name of a service frontend (`namespace/name:port`), NUL-padded, so
+/// that `svcnat inspect` can name services from the pinned maps alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SvcLabel {
+    /// UTF-8, NUL-padded; cut at a character boundary when too long.
+    pub name: [u8; SVC_LABEL_LEN],
+}
+
+impl SvcLabel {
+    /// A label holding as much of `s` as fits.
+    pub fn new(s: &str) -> Self {
+        let mut name = [0u8; SVC_LABEL_LEN];
+        let mut end = s.len().min(SVC_LABEL_LEN);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        name[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Self { name }
+    }
+
+    /// The label's text.
+    pub fn as_str(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(SVC_LABEL_LEN);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("")
+    }
+}
+
 /// Per-CPU counter of one reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -350,6 +388,7 @@ mod pod {
     unsafe impl aya::Pod for super::Frag4Key {}
     unsafe impl aya::Pod for super::Frag4Value {}
     unsafe impl aya::Pod for super::StatValue {}
+    unsafe impl aya::Pod for super::SvcLabel {}
 }
 
 #[cfg(test)]
@@ -370,6 +409,17 @@ mod tests {
         assert_eq!(size_of::<Frag4Key>(), 12);
         assert_eq!(size_of::<Frag4Value>(), 4);
         assert_eq!(size_of::<StatValue>(), 16);
+        assert_eq!(size_of::<SvcLabel>(), SVC_LABEL_LEN);
+    }
+
+    #[test]
+    fn labels_round_trip_and_cut_at_char_boundaries() {
+        assert_eq!(SvcLabel::new("demo/web:http").as_str(), "demo/web:http");
+        let long = "é".repeat(SVC_LABEL_LEN);
+        let cut = SvcLabel::new(&long);
+        assert!(cut.as_str().len() <= SVC_LABEL_LEN);
+        assert!(cut.as_str().chars().all(|c| c == 'é'));
+        assert_eq!(cut.as_str().len() % 2, 0);
     }
 
     #[test]

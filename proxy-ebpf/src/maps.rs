@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Backend4, Ct4Key, CtValue, Frag4Key, Frag4Value, RevNat4, STATS_SLOTS, SlotKey, SlotValue,
-    StatValue, Svc4Key, SvcValue, default_sizes as sz,
+    StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes as sz,
 };
 
 /// Service frontends, plus one marker entry per VIP.
@@ -39,3 +39,7 @@ pub(crate) static FRAG4: LruHashMap<Frag4Key, Frag4Value, { sz::FRAG4 as usize }
 /// Counters by [`proxy_common::Reason`].
 #[btf_map(name = "SVCNAT_STATS")]
 pub(crate) static STATS: PerCpuArray<StatValue, { STATS_SLOTS as usize }> = PerCpuArray::new();
+
+/// Names of services for `svcnat inspect`; written by the agent, never read here.
+#[btf_map(name = "SVCNAT_LABELS")]
+pub(crate) static LABELS: HashMap<u32, SvcLabel, { sz::REVNAT4 as usize }> = HashMap::new();

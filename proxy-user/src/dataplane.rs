@@ -35,7 +35,7 @@ use aya::{
 };
 use proxy_common::{
     Backend4, LAYOUT_VERSION, Reason, RevNat4, SCOPE_EXTERNAL, SVC_FLAG_VIP, SlotKey, SlotValue,
-    StatValue, Svc4Key, SvcValue, default_sizes, map_names, program_names,
+    StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes, map_names, program_names,
 };
 
 /// Default pin folder.
@@ -230,6 +230,17 @@ pub struct ServiceState {
     pub backends: Vec<Backend4Spec>,
     /// Session affinity timeout, seconds (0: none).
     pub affinity_timeout: u32,
+    /// Name for inspection (`namespace/name:port`).
+    pub label: String,
+}
+
+/// Per-frontend settings besides the backends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOpts {
+    /// Session affinity timeout, seconds (0: none).
+    pub affinity_timeout: u32,
+    /// Name for inspection (`namespace/name:port`), kept in the labels map.
+    pub label: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -250,6 +261,7 @@ struct ServiceMirror {
     svc_id: u32,
     backend_ids: Vec<u32>,
     affinity_timeout: u32,
+    label: String,
 }
 
 /// Id allocator: smallest freed id first, then the next unused one. Id 0 is
@@ -290,6 +302,7 @@ pub struct Dataplane {
     slots: HashMap<MapData, SlotKey, SlotValue>,
     backend4: HashMap<MapData, u32, Backend4>,
     revnat4: HashMap<MapData, u32, RevNat4>,
+    labels: HashMap<MapData, u32, SvcLabel>,
     stats: PerCpuArray<MapData, StatValue>,
     capacity: MapSizes,
     services: BTreeMap<Frontend4, ServiceMirror>,
@@ -350,6 +363,7 @@ impl Dataplane {
             .map_max_entries(map_names::SLOTS, s.slots)
             .map_max_entries(map_names::BACKEND4, s.backends)
             .map_max_entries(map_names::REVNAT4, s.revnat)
+            .map_max_entries(map_names::LABELS, s.revnat)
             .map_max_entries(map_names::CT4, s.conntrack)
             .map_max_entries(map_names::FRAG4, s.fragments);
         for (name, path) in &pins {
@@ -386,6 +400,8 @@ impl Dataplane {
             .map_err(map_err(map_names::BACKEND4))?;
         let revnat4 = HashMap::try_from(take(&mut ebpf, map_names::REVNAT4)?)
             .map_err(map_err(map_names::REVNAT4))?;
+        let labels = HashMap::try_from(take(&mut ebpf, map_names::LABELS)?)
+            .map_err(map_err(map_names::LABELS))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, map_names::STATS)?)
             .map_err(map_err(map_names::STATS))?;
         let capacity = MapSizes {
@@ -403,6 +419,7 @@ impl Dataplane {
             slots,
             backend4,
             revnat4,
+            labels,
             stats,
             capacity,
             services: BTreeMap::new(),
@@ -483,12 +500,18 @@ impl Dataplane {
             }
             self.slot_count += ids.len();
             *self.vips.entry(fe.vip).or_default() += 1;
+            let label = self
+                .labels
+                .get(&v.svc_id, 0)
+                .map(|l| l.as_str().to_string())
+                .unwrap_or_default();
             self.services.insert(
                 fe,
                 ServiceMirror {
                     svc_id: v.svc_id,
                     backend_ids: ids,
                     affinity_timeout: v.affinity_timeout,
+                    label,
                 },
             );
         }
@@ -543,6 +566,13 @@ impl Dataplane {
                 self.revnat4
                     .insert(s.svc_id, rv, 0)
                     .map_err(map_err(map_names::REVNAT4))?;
+                fixed += 1;
+            }
+            let label = SvcLabel::new(&s.label);
+            if self.labels.get(&s.svc_id, 0).ok() != Some(label) {
+                self.labels
+                    .insert(s.svc_id, label, 0)
+                    .map_err(map_err(map_names::LABELS))?;
                 fixed += 1;
             }
             let (k, v) = svc_entry(fe, s);
@@ -614,6 +644,17 @@ impl Dataplane {
                 fixed += 1;
             }
         }
+        let label_keys: Vec<u32> = self
+            .labels
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::LABELS))?;
+        for k in label_keys {
+            if !by_svc.contains_key(&k) {
+                ignore_missing(self.labels.remove(&k)).map_err(map_err(map_names::LABELS))?;
+                fixed += 1;
+            }
+        }
         let backend_ids: Vec<u32> = self
             .backend4
             .keys()
@@ -659,6 +700,7 @@ impl Dataplane {
             svc_id: s.svc_id,
             backends,
             affinity_timeout: s.affinity_timeout,
+            label: s.label.clone(),
         }
     }
 
@@ -671,8 +713,9 @@ impl Dataplane {
         &mut self,
         fe: Frontend4,
         backends: &[Backend4Spec],
-        affinity_timeout: u32,
+        opts: &ServiceOpts,
     ) -> Result<Upsert> {
+        let affinity_timeout = opts.affinity_timeout;
         let mut want: Vec<Backend4Spec> = Vec::with_capacity(backends.len());
         for b in backends {
             if !want.iter().any(|w| w.addr == b.addr && w.port == b.port) {
@@ -686,7 +729,10 @@ impl Dataplane {
             });
         }
         if let Some(cur) = self.service(&fe) {
-            if cur.backends == want && cur.affinity_timeout == affinity_timeout {
+            if cur.backends == want
+                && cur.affinity_timeout == affinity_timeout
+                && cur.label == opts.label
+            {
                 return Ok(Upsert::Unchanged);
             }
         }
@@ -745,16 +791,26 @@ impl Dataplane {
         }
 
         let created = !self.services.contains_key(&fe);
-        let (svc_id, old_ids) = match self.services.get(&fe) {
-            Some(s) => (s.svc_id, s.backend_ids.clone()),
-            None => (self.svc_ids.take(), Vec::new()),
+        let (svc_id, old_ids, old_label) = match self.services.get(&fe) {
+            Some(s) => (s.svc_id, s.backend_ids.clone(), Some(s.label.clone())),
+            None => (self.svc_ids.take(), Vec::new(), None),
         };
         let mirror = ServiceMirror {
             svc_id,
             backend_ids: ids.clone(),
             affinity_timeout,
+            label: opts.label.clone(),
         };
-        let result = self.write_service(&fe, &mirror, &old_ids, created);
+        let result = self
+            .write_service(&fe, &mirror, &old_ids, created)
+            .and_then(|()| {
+                if old_label.as_deref() != Some(opts.label.as_str()) {
+                    self.labels
+                        .insert(svc_id, SvcLabel::new(&opts.label), 0)
+                        .map_err(map_err(map_names::LABELS))?;
+                }
+                Ok(())
+            });
         if let Err(e) = result {
             if created {
                 self.svc_ids.give(svc_id);
@@ -929,6 +985,7 @@ impl Dataplane {
             ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
         }
         ignore_missing(self.revnat4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
+        ignore_missing(self.labels.remove(&s.svc_id)).map_err(map_err(map_names::LABELS))?;
         self.slot_count -= s.backend_ids.len();
         self.svc_ids.give(s.svc_id);
         self.release_backends(&s.backend_ids)?;

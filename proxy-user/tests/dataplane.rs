@@ -13,8 +13,8 @@ use proxy_common::{
     map_names,
 };
 use svcnat::dataplane::{
-    Backend4Spec, Dataplane, DataplaneConfig, DataplaneError, Frontend4, MapSizes, Upsert, cleanup,
-    open_pinned,
+    Backend4Spec, Dataplane, DataplaneConfig, DataplaneError, Frontend4, MapSizes, ServiceOpts,
+    Upsert, cleanup, open_pinned,
 };
 
 /// A pin folder that is removed when the test ends, also on panic.
@@ -191,7 +191,7 @@ fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let f = fe(10, 80);
     assert_eq!(
-        dp.upsert_service(f, &[be(1), be(2), be(3)], 0)
+        dp.upsert_service(f, &[be(1), be(2), be(3)], &opts(0))
             .expect("upsert"),
         Upsert::Created
     );
@@ -228,13 +228,13 @@ fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
 
     // Idempotent.
     assert_eq!(
-        dp.upsert_service(f, &[be(1), be(2), be(3)], 0)
+        dp.upsert_service(f, &[be(1), be(2), be(3)], &opts(0))
             .expect("again"),
         Upsert::Unchanged
     );
     // Duplicates collapse.
     assert_eq!(
-        dp.upsert_service(f, &[be(1), be(2), be(3), be(2)], 0)
+        dp.upsert_service(f, &[be(1), be(2), be(3), be(2)], &opts(0))
             .expect("dup"),
         Upsert::Unchanged
     );
@@ -247,15 +247,16 @@ fn shrinking_and_deleting_remove_slots_and_unreferenced_backends_only() {
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let a = fe(10, 80);
     let b = fe(10, 443);
-    dp.upsert_service(a, &[be(1), be(2), be(3)], 0).expect("a");
-    dp.upsert_service(b, &[be(3)], 0).expect("b");
+    dp.upsert_service(a, &[be(1), be(2), be(3)], &opts(0))
+        .expect("a");
+    dp.upsert_service(b, &[be(3)], &opts(0)).expect("b");
     assert_eq!(count_entries(&dir, map_names::BACKEND4), 3);
     assert_eq!(count_entries(&dir, map_names::SLOTS), 4);
     // 3 frontends entries: two ports + one marker for the shared VIP.
     assert_eq!(count_entries(&dir, map_names::SVC4), 3);
 
     assert_eq!(
-        dp.upsert_service(a, &[be(1)], 0).expect("shrink"),
+        dp.upsert_service(a, &[be(1)], &opts(0)).expect("shrink"),
         Upsert::Updated
     );
     let (v, list) = read_back(&dir, a).expect("a present");
@@ -290,8 +291,8 @@ fn empty_backend_list_keeps_the_frontend_with_count_zero() {
     let dir = PinDir::new("empty");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let f = fe(11, 53);
-    dp.upsert_service(f, &[be(1)], 0).expect("one");
-    dp.upsert_service(f, &[], 0).expect("none");
+    dp.upsert_service(f, &[be(1)], &opts(0)).expect("one");
+    dp.upsert_service(f, &[], &opts(0)).expect("none");
     let (v, list) = read_back(&dir, f).expect("frontend kept");
     assert_eq!(v.count, 0);
     assert!(list.is_empty());
@@ -304,9 +305,9 @@ fn a_new_dataplane_adopts_pinned_maps_without_changing_them() {
     let dir = PinDir::new("adopt");
     let before = {
         let mut dp = Dataplane::open(&dir.config(small())).expect("open");
-        dp.upsert_service(fe(10, 80), &[be(1), be(2)], 0)
+        dp.upsert_service(fe(10, 80), &[be(1), be(2)], &opts(0))
             .expect("a");
-        dp.upsert_service(fe(12, 81), &[be(2), be(4)], 30)
+        dp.upsert_service(fe(12, 81), &[be(2), be(4)], &opts(30))
             .expect("b");
         dp.services()
     };
@@ -318,11 +319,12 @@ fn a_new_dataplane_adopts_pinned_maps_without_changing_them() {
         "adopted state must already match the maps"
     );
     // Further updates work on adopted state: ids are not handed out twice.
-    dp.upsert_service(fe(13, 82), &[be(5)], 0).expect("c");
+    dp.upsert_service(fe(13, 82), &[be(5)], &opts(0))
+        .expect("c");
     let ids: std::collections::BTreeSet<u32> = dp.services().values().map(|s| s.svc_id).collect();
     assert_eq!(ids.len(), 3);
     assert_eq!(
-        dp.upsert_service(fe(10, 80), &[be(1), be(2)], 0)
+        dp.upsert_service(fe(10, 80), &[be(1), be(2)], &opts(0))
             .expect("same"),
         Upsert::Unchanged
     );
@@ -334,7 +336,8 @@ fn repair_restores_entries_deleted_by_hand_and_removes_strays() {
     let dir = PinDir::new("repair");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let f = fe(10, 80);
-    dp.upsert_service(f, &[be(1), be(2)], 0).expect("upsert");
+    dp.upsert_service(f, &[be(1), be(2)], &opts(0))
+        .expect("upsert");
     {
         let mut svc: HashMap<_, Svc4Key, SvcValue> =
             HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("map")).expect("svc");
@@ -384,10 +387,10 @@ fn capacity_is_checked_before_anything_is_written() {
         ..small()
     };
     let mut dp = Dataplane::open(&dir.config(sizes)).expect("open");
-    dp.upsert_service(fe(10, 80), &[be(1), be(2)], 0)
+    dp.upsert_service(fe(10, 80), &[be(1), be(2)], &opts(0))
         .expect("fits");
     let err = dp
-        .upsert_service(fe(10, 81), &[be(3), be(4), be(5)], 0)
+        .upsert_service(fe(10, 81), &[be(3), be(4), be(5)], &opts(0))
         .expect_err("three more backends do not fit in four");
     assert!(
         matches!(err, DataplaneError::MapFull { map, .. } if map == map_names::BACKEND4),
@@ -396,7 +399,7 @@ fn capacity_is_checked_before_anything_is_written() {
     assert!(read_back(&dir, fe(10, 81)).is_none());
     assert_eq!(count_entries(&dir, map_names::BACKEND4), 2);
     // Sharing existing backends needs no new entries.
-    dp.upsert_service(fe(10, 82), &[be(1), be(2), be(3), be(4)], 0)
+    dp.upsert_service(fe(10, 82), &[be(1), be(2), be(3), be(4)], &opts(0))
         .expect("exactly fits");
 }
 
@@ -411,4 +414,11 @@ fn a_pin_folder_of_another_layout_is_refused_with_a_clear_error() {
         .expect("must refuse");
     assert!(matches!(err, DataplaneError::Layout { .. }), "{err}");
     assert!(err.to_string().contains("999"), "{err}");
+}
+
+fn opts(affinity_timeout: u32) -> ServiceOpts {
+    ServiceOpts {
+        affinity_timeout,
+        label: String::new(),
+    }
 }

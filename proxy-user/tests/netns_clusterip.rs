@@ -16,7 +16,9 @@ use std::{
 
 use proxy_common::Reason;
 use svcnat::{
-    dataplane::{Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, cleanup},
+    dataplane::{
+        Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, ServiceOpts, cleanup,
+    },
     netns::{NetNs, skip_reason, unique_tag, veth},
 };
 
@@ -181,7 +183,7 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
                     proto: 6,
                 },
                 &specs,
-                0,
+                &opts(0),
             )
             .expect("tcp service");
             let udp: Vec<Backend4Spec> = backends
@@ -199,7 +201,7 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
                     proto: 17,
                 },
                 &udp,
-                0,
+                &opts(0),
             )
             .expect("udp service");
             // A port whose service has no endpoints.
@@ -210,7 +212,7 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
                     proto: 6,
                 },
                 &[],
-                0,
+                &opts(0),
             )
             .expect("empty tcp service");
             dp.upsert_service(
@@ -220,7 +222,7 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
                     proto: 17,
                 },
                 &[],
-                0,
+                &opts(0),
             )
             .expect("empty udp service");
             dp
@@ -290,4 +292,11 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
     assert!(stats[Reason::RejectNoBackend.name()] >= 2, "{stats:?}");
     assert!(stats[Reason::RejectUnknownPort.name()] >= 1, "{stats:?}");
     drop(dp);
+}
+
+fn opts(affinity_timeout: u32) -> ServiceOpts {
+    ServiceOpts {
+        affinity_timeout,
+        label: String::new(),
+    }
 }
