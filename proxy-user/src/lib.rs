@@ -3,10 +3,13 @@
 //!
 //! Sources -> model -> sync -> dataplane (maps). See `DESIGN.md`.
 
+pub mod agent;
 pub mod dataplane;
+pub mod inspect;
 pub mod model;
 pub mod netns;
 pub mod sources;
+pub mod sync;
 pub mod testing;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time

@@ -1,2 +1,204 @@
-//! The `svcnat` command.
-fn main() {}
+//! The `svcnat` command: `run`, `inspect`, `cleanup`.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use svcnat::{
+    agent::{self, AgentConfig, SourceConfig},
+    dataplane::{self, DEFAULT_BPFFS, MapSizes},
+    inspect,
+    sources::kube::{ApiServerOverride, KubeConfigSource},
+    sync::LoopConfig,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "svcnat",
+    version,
+    about = "Kubernetes Services in eBPF: a kube-proxy replacement"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch Services and EndpointSlices and keep the datapath equal to them.
+    Run(RunArgs),
+    /// Show what the pinned maps hold (works while the agent is stopped).
+    Inspect {
+        /// What to show.
+        #[arg(value_enum)]
+        what: inspect::What,
+        /// Pin folder.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every program link and map pin svcnat installed under the folder.
+    Cleanup {
+        /// Pin folder.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This node's name, as endpoints' `nodeName` spell it.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Read Services and EndpointSlices from this file or folder of manifests
+    /// (watched for changes) instead of a cluster.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig file; without it and without --manifests, the in-cluster
+    /// configuration is used.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// API server host, to reach it without the `kubernetes` ClusterIP.
+    #[arg(long, env = "SVCNAT_API_SERVER_HOST")]
+    api_server_host: Option<String>,
+    /// API server port (with --api-server-host).
+    #[arg(long, env = "SVCNAT_API_SERVER_PORT", default_value_t = 6443)]
+    api_server_port: u16,
+    /// Pod-facing interfaces (globs), e.g. 'veth*' or 'lxc*'. Repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', num_args = 1.., required = true)]
+    pod_interfaces: Vec<String>,
+    /// Node interfaces (globs); their addresses are the NodePort addresses.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "eth0")]
+    node_interfaces: Vec<String>,
+    /// Pin folder on a bpffs.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Conntrack entries (two per flow); applies when the map is created.
+    #[arg(long, default_value_t = proxy_common::default_sizes::CT4)]
+    conntrack_size: u32,
+    /// Seconds between full drift repairs of the maps.
+    #[arg(long, default_value_t = 60)]
+    repair_interval: u64,
+    /// Milliseconds between looks for new pod interfaces.
+    #[arg(long, default_value_t = 250)]
+    attach_interval_ms: u64,
+}
+
+fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>, String> {
+    globs
+        .iter()
+        .map(|g| glob::Pattern::new(g).map_err(|e| format!("bad interface glob {g:?}: {e}")))
+        .collect()
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Inspect { what, bpffs, json } => match inspect::render(&bpffs, what, json) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "svcnat inspect: {e} (is svcnat running with --bpffs {}?)",
+                    bpffs.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cleanup { bpffs } => match dataplane::cleanup(&bpffs) {
+            Ok(removed) => {
+                for p in &removed {
+                    println!("removed {}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("svcnat cleanup: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match build_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("svcnat run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("svcnat run: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agent::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
+    let source = match (args.manifests, args.kubeconfig) {
+        (Some(path), _) => SourceConfig::Manifests(path),
+        (None, kubeconfig) => SourceConfig::Kube {
+            config: kubeconfig.map_or(KubeConfigSource::InCluster, KubeConfigSource::Kubeconfig),
+            api_server: args.api_server_host.map(|host| ApiServerOverride {
+                host,
+                port: args.api_server_port,
+            }),
+        },
+    };
+    Ok(AgentConfig {
+        node_name: args.node_name,
+        source,
+        pod_interfaces: patterns(&args.pod_interfaces)?,
+        node_interfaces: patterns(&args.node_interfaces)?,
+        bpffs: args.bpffs,
+        sizes: MapSizes {
+            conntrack: args.conntrack_size,
+            ..MapSizes::default()
+        },
+        attach_every: Duration::from_millis(args.attach_interval_ms.max(10)),
+        sync: LoopConfig {
+            repair_every: Duration::from_secs(args.repair_interval.max(1)),
+            ..LoopConfig::default()
+        },
+    })
+}

@@ -1,0 +1,214 @@
+//! `svcnat run`: wires a source, the sync loop and the dataplane together.
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    dataplane::{Dataplane, DataplaneConfig, MapSizes},
+    model::NodeInfo,
+    sources::{self, SourceEvent},
+    sync::{self, Health, LoopConfig, SyncStats, Syncer},
+};
+
+/// Where Services and EndpointSlices come from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A file or folder of manifests, watched for changes.
+    Manifests(PathBuf),
+    /// A Kubernetes API server.
+    Kube {
+        /// How to find credentials.
+        config: sources::kube::KubeConfigSource,
+        /// Explicit API server address (svcnat replaces kube-proxy, so the
+        /// `kubernetes` ClusterIP may not work yet).
+        api_server: Option<sources::kube::ApiServerOverride>,
+    },
+}
+
+/// Everything `svcnat run` needs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// This node's name (matched against endpoints' `nodeName`).
+    pub node_name: String,
+    /// The source.
+    pub source: SourceConfig,
+    /// Globs of pod-facing interfaces (TC programs).
+    pub pod_interfaces: Vec<glob::Pattern>,
+    /// Globs of node interfaces (their addresses are the NodePort addresses).
+    pub node_interfaces: Vec<glob::Pattern>,
+    /// Pin folder.
+    pub bpffs: PathBuf,
+    /// Map sizes for maps created now.
+    pub sizes: MapSizes,
+    /// How often to look for new matching interfaces.
+    pub attach_every: Duration,
+    /// Sync loop settings.
+    pub sync: LoopConfig,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The dataplane could not be opened or attached.
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
+    /// The Kubernetes client could not be built.
+    #[error(transparent)]
+    Kube(#[from] sources::kube::KubeSourceError),
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The addresses of the interfaces matching `patterns` in the current
+/// network namespace (the NodePort addresses, as kube-proxy's `primary`).
+pub fn interface_addresses(patterns: &[glob::Pattern]) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs allocates a list freed below with freeifaddrs; each
+    // entry's address is read according to its family.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut p = head;
+        while !p.is_null() {
+            let ifa = &*p;
+            p = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if !patterns.iter().any(|pat| pat.matches(&name)) {
+                continue;
+            }
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    out.push(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let a = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                    if !a.is_unicast_link_local() {
+                        out.push(IpAddr::V6(a));
+                    }
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Programs, links and maps stay pinned
+/// when it returns: the datapath keeps working without the agent.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let node = NodeInfo {
+        name: cfg.node_name.clone(),
+        addresses: interface_addresses(&cfg.node_interfaces),
+    };
+    tracing::info!(node = %node.name, addresses = ?node.addresses, bpffs = %cfg.bpffs.display(), "starting");
+    let mut dp = Dataplane::open(&DataplaneConfig {
+        bpffs: cfg.bpffs.clone(),
+        sizes: cfg.sizes,
+    })?;
+    tracing::info!(frontends = dp.services().len(), "adopted pinned state");
+    report_attach(dp.attach_matching(&cfg.pod_interfaces)?);
+
+    let (tx, rx) = mpsc::channel::<SourceEvent>(1024);
+    let source = match cfg.source.clone() {
+        SourceConfig::Manifests(path) => tokio::spawn(async move {
+            if let Err(e) = sources::manifests::run(path, tx).await {
+                tracing::error!("manifests source stopped: {e}");
+            }
+        }),
+        SourceConfig::Kube { config, api_server } => {
+            let client = sources::kube::client(config, api_server).await?;
+            let stats = Arc::new(sources::kube::KubeSourceStats::default());
+            tokio::spawn(async move {
+                if let Err(e) = sources::kube::run(client, tx, stats).await {
+                    tracing::error!("kube source stopped: {e}");
+                }
+            })
+        }
+    };
+
+    let stats = Arc::new(SyncStats::default());
+    let health = Arc::new(Health::default());
+    let syncer = Syncer::new(node, stats.clone());
+    let dp = Arc::new(Mutex::new(dp));
+    // Interfaces appear as pods start: look for new matching ones periodically.
+    let attach_dp = dp.clone();
+    let patterns = cfg.pod_interfaces.clone();
+    let mut every = tokio::time::interval(cfg.attach_every);
+    let attacher = tokio::spawn(async move {
+        loop {
+            every.tick().await;
+            let result = sync::lock(&attach_dp).attach_matching(&patterns);
+            match result {
+                Ok(r) => report_attach(r),
+                Err(e) => tracing::warn!("attach pass failed: {e}"),
+            }
+        }
+    });
+    let sync = tokio::spawn(sync::run(
+        syncer,
+        dp,
+        rx,
+        cfg.sync.clone(),
+        health,
+        |_, _, _| {},
+    ));
+    wait_for_signal().await;
+    tracing::info!(
+        "stopping; programs, links and maps stay pinned in {}",
+        cfg.bpffs.display()
+    );
+    source.abort();
+    attacher.abort();
+    sync.abort();
+    Ok(())
+}
+
+fn report_attach(r: crate::dataplane::AttachReport) {
+    for n in &r.attached {
+        tracing::info!(interface = %n, "attached");
+    }
+    for n in &r.adopted {
+        tracing::info!(interface = %n, "adopted pinned links");
+    }
+    for n in &r.removed {
+        tracing::info!(pin = %n, "removed pin of a vanished interface");
+    }
+    for (n, e) in &r.failed {
+        tracing::error!(interface = %n, "attach failed: {e}");
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,441 @@
+//! `svcnat inspect`: reads the pinned maps (the agent need not run) and shows
+//! them joined back to names, as tables or JSON.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, path::Path};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use proxy_common::{
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_SERVICE, CT_F_CLOSED,
+    CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN, Ct4Key, CtValue, SVC_FLAG_VIP, SlotKey,
+    SlotValue, StatValue, Svc4Key, SvcLabel, SvcValue, map_names,
+};
+use serde::Serialize;
+
+use crate::dataplane::{DataplaneError, open_pinned, proto_name, read_stats};
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+fn hash<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>> {
+    HashMap::try_from(open_pinned(dir, name)?).map_err(map_err(name))
+}
+
+/// One service frontend and its backends.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ServiceRow {
+    /// `namespace/name:port` (empty if unknown).
+    pub name: String,
+    /// VIP.
+    pub vip: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// `tcp` / `udp`.
+    pub protocol: &'static str,
+    /// Service id.
+    pub svc_id: u32,
+    /// Backends as `addr:port`, in slot order.
+    pub backends: Vec<String>,
+    /// Session affinity timeout (0: none).
+    pub affinity_timeout: u32,
+}
+
+/// One backend.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BackendRow {
+    /// Backend id.
+    pub id: u32,
+    /// Address.
+    pub address: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: &'static str,
+    /// `local`, `terminating`.
+    pub flags: Vec<&'static str>,
+    /// Services (names) whose slots name it.
+    pub services: Vec<String>,
+}
+
+/// One conntrack entry.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ConntrackRow {
+    /// `service` (client -> VIP) or `reply` (backend -> client).
+    pub direction: &'static str,
+    /// Protocol.
+    pub protocol: &'static str,
+    /// Source `addr:port`.
+    pub source: String,
+    /// Destination `addr:port`.
+    pub destination: String,
+    /// What is written: the backend (service direction) or the VIP (reply).
+    pub nat: String,
+    /// Backend id.
+    pub backend_id: u32,
+    /// Service name.
+    pub service: String,
+    /// Seconds since creation.
+    pub age_s: f64,
+    /// Seconds until expiry (negative: expired, awaiting reuse or eviction).
+    pub expires_in_s: f64,
+    /// `seen_non_syn`, `fin_client`, `fin_backend`, `closed`.
+    pub flags: Vec<&'static str>,
+}
+
+/// One stats counter.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StatRow {
+    /// Reason name.
+    pub reason: &'static str,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+fn labels(dir: &Path) -> Result<BTreeMap<u32, String>> {
+    let m: HashMap<MapData, u32, SvcLabel> = hash(dir, map_names::LABELS)?;
+    let mut out = BTreeMap::new();
+    for e in m.iter() {
+        let (k, v) = e.map_err(map_err(map_names::LABELS))?;
+        out.insert(k, v.as_str().to_string());
+    }
+    Ok(out)
+}
+
+/// Every service frontend in the pinned maps.
+pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
+    let svc: HashMap<MapData, Svc4Key, SvcValue> = hash(dir, map_names::SVC4)?;
+    let slots: HashMap<MapData, SlotKey, SlotValue> = hash(dir, map_names::SLOTS)?;
+    let backends: HashMap<MapData, u32, Backend4> = hash(dir, map_names::BACKEND4)?;
+    let names = labels(dir)?;
+    let mut rows = Vec::new();
+    for e in svc.iter() {
+        let (k, v) = e.map_err(map_err(map_names::SVC4))?;
+        if v.flags & SVC_FLAG_VIP != 0 {
+            continue;
+        }
+        let mut list = Vec::new();
+        for slot in 1..=u32::from(v.count) {
+            let b = slots
+                .get(
+                    &SlotKey {
+                        svc_id: v.svc_id,
+                        slot,
+                    },
+                    0,
+                )
+                .ok()
+                .and_then(|s| backends.get(&s.backend_id, 0).ok());
+            list.push(match b {
+                Some(b) => format!("{}:{}", Ipv4Addr::from(b.addr), b.port),
+                None => format!("<slot {slot} missing>"),
+            });
+        }
+        rows.push(ServiceRow {
+            name: names.get(&v.svc_id).cloned().unwrap_or_default(),
+            vip: Ipv4Addr::from(k.vip),
+            port: k.port,
+            protocol: proto_name(k.proto),
+            svc_id: v.svc_id,
+            backends: list,
+            affinity_timeout: v.affinity_timeout,
+        });
+    }
+    rows.sort_by(|a, b| {
+        (&a.name, a.vip, a.port, a.protocol).cmp(&(&b.name, b.vip, b.port, b.protocol))
+    });
+    Ok(rows)
+}
+
+/// Every backend in the pinned maps, with the services that use it.
+pub fn backends(dir: &Path) -> Result<Vec<BackendRow>> {
+    let svc: HashMap<MapData, Svc4Key, SvcValue> = hash(dir, map_names::SVC4)?;
+    let slots: HashMap<MapData, SlotKey, SlotValue> = hash(dir, map_names::SLOTS)?;
+    let backends: HashMap<MapData, u32, Backend4> = hash(dir, map_names::BACKEND4)?;
+    let names = labels(dir)?;
+    let mut counts: BTreeMap<u32, u16> = BTreeMap::new();
+    for e in svc.iter() {
+        let (_, v) = e.map_err(map_err(map_names::SVC4))?;
+        if v.flags & SVC_FLAG_VIP == 0 {
+            counts.insert(v.svc_id, v.count);
+        }
+    }
+    let mut users: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for e in slots.iter() {
+        let (k, v) = e.map_err(map_err(map_names::SLOTS))?;
+        if counts
+            .get(&k.svc_id)
+            .is_some_and(|c| k.slot >= 1 && k.slot <= u32::from(*c))
+        {
+            let name = names
+                .get(&k.svc_id)
+                .cloned()
+                .unwrap_or_else(|| format!("id {}", k.svc_id));
+            users.entry(v.backend_id).or_default().push(name);
+        }
+    }
+    let mut rows = Vec::new();
+    for e in backends.iter() {
+        let (id, b) = e.map_err(map_err(map_names::BACKEND4))?;
+        let mut flags = Vec::new();
+        if b.flags & BACKEND_FLAG_LOCAL != 0 {
+            flags.push("local");
+        }
+        if b.flags & BACKEND_FLAG_TERMINATING != 0 {
+            flags.push("terminating");
+        }
+        let mut services = users.remove(&id).unwrap_or_default();
+        services.sort();
+        services.dedup();
+        rows.push(BackendRow {
+            id,
+            address: Ipv4Addr::from(b.addr),
+            port: b.port,
+            protocol: proto_name(b.proto),
+            flags,
+            services,
+        });
+    }
+    rows.sort_by_key(|r| (r.address, r.port, r.id));
+    Ok(rows)
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Every conntrack entry in the pinned map.
+pub fn conntrack(dir: &Path) -> Result<Vec<ConntrackRow>> {
+    let ct: HashMap<MapData, Ct4Key, CtValue> = hash(dir, map_names::CT4)?;
+    let names = labels(dir)?;
+    let now = monotonic_ns() as f64;
+    let mut rows = Vec::new();
+    for e in ct.iter() {
+        let (k, v) = e.map_err(map_err(map_names::CT4))?;
+        let mut flags = Vec::new();
+        for (bit, name) in [
+            (CT_F_SEEN_NON_SYN, "seen_non_syn"),
+            (CT_F_FIN_SERVICE, "fin_client"),
+            (CT_F_FIN_REPLY, "fin_backend"),
+            (CT_F_CLOSED, "closed"),
+        ] {
+            if v.flags & bit != 0 {
+                flags.push(name);
+            }
+        }
+        rows.push(ConntrackRow {
+            direction: if k.dir == CT_DIR_SERVICE {
+                "service"
+            } else {
+                "reply"
+            },
+            protocol: proto_name(k.proto),
+            source: format!("{}:{}", Ipv4Addr::from(k.saddr), k.sport),
+            destination: format!("{}:{}", Ipv4Addr::from(k.daddr), k.dport),
+            nat: format!("{}:{}", Ipv4Addr::from(v.nat_addr), v.nat_port),
+            backend_id: v.backend_id,
+            service: names
+                .get(&v.svc_id)
+                .cloned()
+                .unwrap_or_else(|| format!("id {}", v.svc_id)),
+            age_s: ((now - v.created_ns as f64) / 1e9 * 10.0).round() / 10.0,
+            expires_in_s: ((v.expires_ns as f64 - now) / 1e9 * 10.0).round() / 10.0,
+            flags,
+        });
+    }
+    rows.sort_by(|a, b| {
+        (&a.source, &a.destination, a.direction).cmp(&(&b.source, &b.destination, b.direction))
+    });
+    Ok(rows)
+}
+
+/// Datapath counters by reason (summed over CPUs).
+pub fn stats(dir: &Path) -> Result<Vec<StatRow>> {
+    let m: PerCpuArray<MapData, StatValue> =
+        PerCpuArray::try_from(open_pinned(dir, map_names::STATS)?)
+            .map_err(map_err(map_names::STATS))?;
+    Ok(read_stats(&m)?
+        .into_iter()
+        .map(|(r, v)| StatRow {
+            reason: r.name(),
+            packets: v.packets,
+            bytes: v.bytes,
+        })
+        .collect())
+}
+
+/// Renders rows as an aligned text table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.len());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// What `svcnat inspect` can show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum What {
+    /// Service frontends and their backends.
+    Services,
+    /// Backends and the services that use them.
+    Backends,
+    /// Conntrack entries.
+    Conntrack,
+    /// Datapath counters by reason.
+    Stats,
+}
+
+/// Renders `what` from the pins in `dir` as text or JSON.
+pub fn render(dir: &Path, what: What, json: bool) -> Result<String> {
+    let to_json =
+        |v: serde_json::Result<String>| v.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    Ok(match what {
+        What::Services => {
+            let rows = services(dir)?;
+            if json {
+                return Ok(to_json(serde_json::to_string_pretty(&rows)));
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        format!("{}:{}", r.vip, r.port),
+                        r.protocol.to_string(),
+                        r.svc_id.to_string(),
+                        if r.backends.is_empty() {
+                            "(none: rejects)".into()
+                        } else {
+                            r.backends.join(", ")
+                        },
+                    ]
+                })
+                .collect();
+            table(&["SERVICE", "FRONTEND", "PROTO", "ID", "BACKENDS"], &cells)
+        }
+        What::Backends => {
+            let rows = backends(dir)?;
+            if json {
+                return Ok(to_json(serde_json::to_string_pretty(&rows)));
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        format!("{}:{}", r.address, r.port),
+                        r.protocol.to_string(),
+                        r.flags.join(","),
+                        r.services.join(", "),
+                    ]
+                })
+                .collect();
+            table(&["ID", "BACKEND", "PROTO", "FLAGS", "SERVICES"], &cells)
+        }
+        What::Conntrack => {
+            let rows = conntrack(dir)?;
+            if json {
+                return Ok(to_json(serde_json::to_string_pretty(&rows)));
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.direction.to_string(),
+                        r.protocol.to_string(),
+                        r.source.clone(),
+                        r.destination.clone(),
+                        r.nat.clone(),
+                        r.service.clone(),
+                        format!("{:.1}", r.age_s),
+                        format!("{:.1}", r.expires_in_s),
+                        r.flags.join(","),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "DIR",
+                    "PROTO",
+                    "SOURCE",
+                    "DESTINATION",
+                    "NAT",
+                    "SERVICE",
+                    "AGE_S",
+                    "EXPIRES_S",
+                    "FLAGS",
+                ],
+                &cells,
+            )
+        }
+        What::Stats => {
+            let rows = stats(dir)?;
+            if json {
+                return Ok(to_json(serde_json::to_string_pretty(&rows)));
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.reason.to_string(),
+                        r.packets.to_string(),
+                        r.bytes.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["REASON", "PACKETS", "BYTES"], &cells)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn table_aligns_columns_to_the_widest_cell() {
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["xxx".into(), "y".into()],
+                vec!["z".into(), "ww".into()],
+            ],
+        );
+        assert_eq!(t, "A    BB\nxxx  y\nz    ww\n");
+    }
+}

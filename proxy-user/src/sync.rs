@@ -1,0 +1,522 @@
+//! Sync: keeps the maps equal to the model of what the sources say.
+//!
+//! The [`Syncer`] keeps every Service and EndpointSlice it was told about and
+//! the set of services whose inputs changed since the last pass ("dirty").
+//! A pass models only the dirty services and applies only the difference
+//! through the dataplane, so its cost follows the change, not the cluster.
+//! [`run`] feeds it from the sources' channel, coalescing bursts into one
+//! pass, and repairs drift periodically.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use proxy_common::{BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING};
+use tokio::sync::mpsc;
+
+use crate::{
+    dataplane::{Backend4Spec, Dataplane, DataplaneError, Frontend4, ServiceOpts, Upsert},
+    model::{self, Family, NodeInfo, Protocol, ServiceModel, ServiceName},
+    sources::{Kind, Object, SourceEvent},
+};
+
+type ObjKey = (String, String);
+
+fn obj_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjKey {
+    (
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| model::DEFAULT_NAMESPACE.to_string()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Counters of the sync engine (read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Passes run.
+    pub passes: AtomicU64,
+    /// Frontends created or updated in the maps.
+    pub upserts: AtomicU64,
+    /// Frontends deleted from the maps.
+    pub deletes: AtomicU64,
+    /// Frontends or ports left out (bad input, capacity, unsupported).
+    pub skipped: AtomicU64,
+    /// Map entries rewritten by drift repair.
+    pub repaired: AtomicU64,
+    /// Source errors reported (the last good state stayed in force).
+    pub source_errors: AtomicU64,
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Services modelled.
+    pub services: usize,
+    /// Frontends created or changed.
+    pub upserted: usize,
+    /// Frontends whose maps already matched.
+    pub unchanged: usize,
+    /// Frontends deleted.
+    pub deleted: usize,
+    /// Problems, one line each (`namespace/name port: reason`).
+    pub skipped: Vec<String>,
+}
+
+/// The object store, the dirty set, and what each service owns in the maps.
+pub struct Syncer {
+    node: NodeInfo,
+    services: BTreeMap<ObjKey, Service>,
+    slices: BTreeMap<ObjKey, EndpointSlice>,
+    slices_of: BTreeMap<ServiceName, BTreeSet<ObjKey>>,
+    dirty: BTreeSet<ServiceName>,
+    /// When each dirty service first changed (for programming latency).
+    dirty_since: BTreeMap<ServiceName, Instant>,
+    owned: BTreeMap<ServiceName, BTreeSet<Frontend4>>,
+    owner: BTreeMap<Frontend4, ServiceName>,
+    /// Last problems reported per service, to log each once until it changes.
+    reported: BTreeMap<ServiceName, Vec<String>>,
+    resynced: BTreeSet<Kind>,
+    first_pass_done: bool,
+    stats: Arc<SyncStats>,
+    /// Programming latencies (first change seen -> maps written) of the last pass.
+    pub last_latencies: Vec<Duration>,
+}
+
+impl Syncer {
+    /// A syncer for this node.
+    pub fn new(node: NodeInfo, stats: Arc<SyncStats>) -> Self {
+        Self {
+            node,
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            slices_of: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            dirty_since: BTreeMap::new(),
+            owned: BTreeMap::new(),
+            owner: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            resynced: BTreeSet::new(),
+            first_pass_done: false,
+            stats,
+            last_latencies: Vec::new(),
+        }
+    }
+
+    /// Whether both kinds have been listed completely at least once: before
+    /// that a pass would program a half-empty cluster.
+    pub fn ready(&self) -> bool {
+        self.resynced.contains(&Kind::Service) && self.resynced.contains(&Kind::EndpointSlice)
+    }
+
+    /// Whether a pass has work to do.
+    pub fn has_work(&self) -> bool {
+        self.ready() && (!self.dirty.is_empty() || !self.first_pass_done)
+    }
+
+    fn mark(&mut self, name: ServiceName, at: Instant) {
+        self.dirty_since.entry(name.clone()).or_insert(at);
+        self.dirty.insert(name);
+    }
+
+    /// Takes one event into the store and marks the services it touches.
+    pub fn handle(&mut self, ev: SourceEvent) {
+        let now = Instant::now();
+        match ev {
+            SourceEvent::Apply(obj) => self.apply(obj, now),
+            SourceEvent::Delete {
+                kind,
+                namespace,
+                name,
+            } => self.delete(kind, (namespace, name), now),
+            SourceEvent::Resync { kind, objects } => {
+                let mut seen = BTreeSet::new();
+                for obj in objects {
+                    match &obj {
+                        Object::Service(s) if kind == Kind::Service => {
+                            seen.insert(obj_key(&s.metadata));
+                        }
+                        Object::EndpointSlice(s) if kind == Kind::EndpointSlice => {
+                            seen.insert(obj_key(&s.metadata));
+                        }
+                        _ => continue,
+                    }
+                    self.apply(obj, now);
+                }
+                let gone: Vec<ObjKey> = match kind {
+                    Kind::Service => self
+                        .services
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect(),
+                    Kind::EndpointSlice => self
+                        .slices
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect(),
+                };
+                for k in gone {
+                    self.delete(kind, k, now);
+                }
+                self.resynced.insert(kind);
+            }
+            SourceEvent::Error(msg) => {
+                self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("source error, keeping the last good state: {msg}");
+            }
+        }
+    }
+
+    fn apply(&mut self, obj: Object, now: Instant) {
+        match obj {
+            Object::Service(svc) => {
+                let key = obj_key(&svc.metadata);
+                if self.services.get(&key) == Some(&*svc) {
+                    return;
+                }
+                self.mark(ServiceName::new(key.0.clone(), key.1.clone()), now);
+                self.services.insert(key, *svc);
+            }
+            Object::EndpointSlice(slice) => {
+                let key = obj_key(&slice.metadata);
+                if self.slices.get(&key) == Some(&*slice) {
+                    return;
+                }
+                self.unlink_slice(&key, now);
+                if let Some(name) = model::slice_service(&slice) {
+                    self.slices_of
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(key.clone());
+                    self.mark(name, now);
+                }
+                self.slices.insert(key, *slice);
+            }
+        }
+    }
+
+    fn unlink_slice(&mut self, key: &ObjKey, now: Instant) {
+        let Some(old) = self.slices.get(key) else {
+            return;
+        };
+        if let Some(name) = model::slice_service(old) {
+            if let Some(set) = self.slices_of.get_mut(&name) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_of.remove(&name);
+                }
+            }
+            self.mark(name, now);
+        }
+    }
+
+    fn delete(&mut self, kind: Kind, key: ObjKey, now: Instant) {
+        match kind {
+            Kind::Service => {
+                if self.services.remove(&key).is_some() {
+                    self.mark(ServiceName::new(key.0, key.1), now);
+                }
+            }
+            Kind::EndpointSlice => {
+                self.unlink_slice(&key, now);
+                self.slices.remove(&key);
+            }
+        }
+    }
+
+    /// Models the dirty services and applies the difference to `dp`. The
+    /// first pass also deletes frontends found in the maps that no service
+    /// owns (left by an earlier agent for services deleted meanwhile).
+    pub fn pass(&mut self, dp: &mut Dataplane) -> PassReport {
+        let mut report = PassReport::default();
+        let dirty = std::mem::take(&mut self.dirty);
+        let since = std::mem::take(&mut self.dirty_since);
+        for name in &dirty {
+            self.sync_service(dp, name, &mut report);
+        }
+        if !self.first_pass_done {
+            for fe in dp.services().keys() {
+                if !self.owner.contains_key(fe) {
+                    match dp.delete_service(fe) {
+                        Ok(_) => report.deleted += 1,
+                        Err(e) => report.skipped.push(format!("{fe}: delete failed: {e}")),
+                    }
+                }
+            }
+            self.first_pass_done = true;
+        }
+        let done = Instant::now();
+        self.last_latencies = since.values().map(|t| done.duration_since(*t)).collect();
+        report.services = dirty.len();
+        let s = &self.stats;
+        s.passes.fetch_add(1, Ordering::Relaxed);
+        s.upserts
+            .fetch_add(report.upserted as u64, Ordering::Relaxed);
+        s.deletes
+            .fetch_add(report.deleted as u64, Ordering::Relaxed);
+        report
+    }
+
+    fn sync_service(&mut self, dp: &mut Dataplane, name: &ServiceName, report: &mut PassReport) {
+        let key = (name.namespace.clone(), name.name.clone());
+        let mut problems = Vec::new();
+        let mut want: BTreeMap<Frontend4, (Vec<Backend4Spec>, ServiceOpts)> = BTreeMap::new();
+        if let Some(svc) = self.services.get(&key) {
+            let slices: Vec<&EndpointSlice> = self
+                .slices_of
+                .get(name)
+                .map(|keys| keys.iter().filter_map(|k| self.slices.get(k)).collect())
+                .unwrap_or_default();
+            let m = model::model_service(svc, &slices, &self.node);
+            problems.extend(m.skipped.iter().map(|s| s.to_string()));
+            self.desired(&m, &mut want, &mut problems);
+        }
+        // Frontends another service already owns are not taken over.
+        want.retain(|fe, _| match self.owner.get(fe) {
+            Some(owner) if owner != name => {
+                problems.push(format!(
+                    "service {name}: frontend {fe} already belongs to service {owner}"
+                ));
+                false
+            }
+            _ => true,
+        });
+        let had = self.owned.remove(name).unwrap_or_default();
+        let mut now_owned = BTreeSet::new();
+        for (fe, (backends, opts)) in &want {
+            match dp.upsert_service(*fe, backends, opts) {
+                Ok(Upsert::Unchanged) => report.unchanged += 1,
+                Ok(_) => report.upserted += 1,
+                Err(e) => {
+                    problems.push(format!("service {name} frontend {fe}: {e}"));
+                    if !matches!(
+                        e,
+                        DataplaneError::MapFull { .. } | DataplaneError::TooManyBackends { .. }
+                    ) {
+                        // The frontend may be half-written: keep owning it so
+                        // a later pass fixes or deletes it.
+                        now_owned.insert(*fe);
+                        continue;
+                    }
+                    if had.contains(fe) {
+                        // It keeps its previous (consistent) state in the maps.
+                        now_owned.insert(*fe);
+                    }
+                    continue;
+                }
+            }
+            now_owned.insert(*fe);
+        }
+        let gone: Vec<Frontend4> = had.difference(&now_owned).copied().collect();
+        for fe in &gone {
+            match dp.delete_service(fe) {
+                Ok(_) => report.deleted += 1,
+                Err(e) => {
+                    problems.push(format!("service {name} frontend {fe}: delete failed: {e}"));
+                    now_owned.insert(*fe);
+                }
+            }
+            if !now_owned.contains(fe) {
+                self.owner.remove(fe);
+            }
+        }
+        for fe in &now_owned {
+            self.owner.insert(*fe, name.clone());
+        }
+        if !now_owned.is_empty() {
+            self.owned.insert(name.clone(), now_owned);
+        }
+        // One log line per problem, once, until the service's problems change.
+        let previous = self.reported.get(name);
+        if previous != Some(&problems) {
+            for p in &problems {
+                if previous.is_none_or(|prev| !prev.contains(p)) {
+                    tracing::warn!("skipped: {p}");
+                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if problems.is_empty() {
+            self.reported.remove(name);
+        } else {
+            self.reported.insert(name.clone(), problems.clone());
+        }
+        report.skipped.extend(problems);
+    }
+
+    /// The IPv4 TCP/UDP frontends of a model and their backends. SCTP and
+    /// IPv6 are reported as not supported by the datapath yet.
+    fn desired(
+        &self,
+        m: &ServiceModel,
+        want: &mut BTreeMap<Frontend4, (Vec<Backend4Spec>, ServiceOpts)>,
+        problems: &mut Vec<String>,
+    ) {
+        for port in &m.ports {
+            let what = if port.port_name.is_empty() {
+                format!(
+                    "service {} port {}",
+                    m.name,
+                    port.frontends.first().map_or(0, |f| f.port)
+                )
+            } else {
+                format!("service {} port {}", m.name, port.port_name)
+            };
+            if port.protocol == Protocol::Sctp {
+                problems.push(format!("{what}: SCTP is not supported by the datapath yet"));
+                continue;
+            }
+            if port.family == Family::V6 {
+                problems.push(format!("{what}: IPv6 is not supported by the datapath yet"));
+                continue;
+            }
+            let backends: Vec<Backend4Spec> = port
+                .backends
+                .iter()
+                .filter_map(|b| match b.address {
+                    IpAddr::V4(addr) => Some(Backend4Spec {
+                        addr,
+                        port: b.port,
+                        flags: (if b.is_local { BACKEND_FLAG_LOCAL } else { 0 })
+                            | (if b.terminating {
+                                BACKEND_FLAG_TERMINATING
+                            } else {
+                                0
+                            }),
+                    }),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            for fe in &port.frontends {
+                let IpAddr::V4(vip) = fe.address else {
+                    continue;
+                };
+                let f4 = Frontend4 {
+                    vip,
+                    port: fe.port,
+                    proto: fe.protocol.number(),
+                };
+                let label = if port.port_name.is_empty() {
+                    format!("{}:{}", m.name, fe.port)
+                } else {
+                    format!("{}:{}", m.name, port.port_name)
+                };
+                let opts = ServiceOpts {
+                    affinity_timeout: port.affinity_timeout_s.unwrap_or(0),
+                    label,
+                };
+                want.insert(f4, (backends.clone(), opts));
+            }
+        }
+    }
+}
+
+/// Options of the sync loop.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// After an event, wait this long for more before a pass (coalescing).
+    pub debounce: Duration,
+    /// Never delay a pass more than this after the first pending event.
+    pub max_delay: Duration,
+    /// Full drift repair interval.
+    pub repair_every: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(5),
+            max_delay: Duration::from_millis(100),
+            repair_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared view of the sync loop's health.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix time (ms) of the end of the last pass; 0 before the first.
+    pub last_pass_ms: AtomicU64,
+    /// Whether the first complete pass finished.
+    pub synced: std::sync::atomic::AtomicBool,
+}
+
+/// Runs the sync loop until the channel closes: coalesces events, runs a
+/// pass when something changed, repairs drift every `repair_every`, and
+/// calls `on_pass` after each pass (metrics, tests).
+pub async fn run(
+    mut syncer: Syncer,
+    dp: Arc<Mutex<Dataplane>>,
+    mut rx: mpsc::Receiver<SourceEvent>,
+    cfg: LoopConfig,
+    health: Arc<Health>,
+    mut on_pass: impl FnMut(&PassReport, &Syncer, &Dataplane),
+) {
+    let mut repair = tokio::time::interval(cfg.repair_every);
+    repair.tick().await;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                syncer.handle(ev);
+                // Coalesce: keep taking events while they come quickly.
+                let started = Instant::now();
+                while started.elapsed() < cfg.max_delay {
+                    match tokio::time::timeout(cfg.debounce, rx.recv()).await {
+                        Ok(Some(ev)) => syncer.handle(ev),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            _ = repair.tick() => {
+                if syncer.first_pass_done {
+                    let mut dp = lock(&dp);
+                    match dp.repair() {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            syncer.stats.repaired.fetch_add(n as u64, Ordering::Relaxed);
+                            tracing::warn!("drift repair rewrote {n} map entries");
+                        }
+                        Err(e) => tracing::error!("drift repair failed: {e}"),
+                    }
+                }
+                continue;
+            }
+        }
+        if syncer.has_work() {
+            let mut dp = lock(&dp);
+            let t = Instant::now();
+            let report = syncer.pass(&mut dp);
+            tracing::info!(
+                services = report.services,
+                upserted = report.upserted,
+                deleted = report.deleted,
+                unchanged = report.unchanged,
+                skipped = report.skipped.len(),
+                elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
+                "sync pass"
+            );
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            health.last_pass_ms.store(now_ms, Ordering::Relaxed);
+            health.synced.store(true, Ordering::Relaxed);
+            on_pass(&report, &syncer, &dp);
+        }
+    }
+}
+
+/// Locks the shared dataplane; a panic elsewhere while holding it does not
+/// make the maps unusable, so a poisoned lock is taken over.
+pub fn lock(dp: &Mutex<Dataplane>) -> std::sync::MutexGuard<'_, Dataplane> {
+    dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
