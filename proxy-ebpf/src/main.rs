@@ -35,13 +35,15 @@ pub(crate) const fn pass(reason: Reason) -> Verdict {
 /// TC ingress on pod-facing interfaces: packets from pods to services.
 #[classifier]
 pub fn svcnat_pod_ingress(ctx: TcContext) -> i32 {
-    finish(&ctx, pod::try_ingress(&ctx))
+    let len = ctx.len();
+    finish(len, pod::try_ingress(&ctx))
 }
 
 /// TC egress on pod-facing interfaces: replies of translated flows.
 #[classifier]
 pub fn svcnat_pod_egress(ctx: TcContext) -> i32 {
-    finish(&ctx, pod::try_egress(&ctx))
+    let len = ctx.len();
+    finish(len, pod::try_egress(&ctx))
 }
 
 /// The action for a pipeline that stopped early with `reason`: the pass
@@ -59,14 +61,15 @@ const fn action_for(reason: Reason) -> i32 {
     }
 }
 
-/// Counts the verdict and returns its action.
+/// Counts the verdict under the length the packet had when it arrived (a
+/// reject replaces it with a reply of another size) and returns its action.
 #[inline(always)]
-fn finish(ctx: &TcContext, result: Result<Verdict, Reason>) -> i32 {
+fn finish(len: u32, result: Result<Verdict, Reason>) -> i32 {
     let (action, reason) = match result {
         Ok(v) => v,
         Err(reason) => (action_for(reason), reason),
     };
-    stats::count(reason, ctx.len());
+    stats::count(reason, len);
     action
 }
 
