@@ -1,0 +1,389 @@
+//! The datapath loaded for packet tests and benchmarks: the embedded eBPF
+//! object with small private maps (nothing pinned, nothing attached), its TC
+//! programs ready for [`super::prog_run::test_run`], and helpers to seed the
+//! maps and read the stats.
+
+use std::{
+    io,
+    net::SocketAddrV4,
+    os::fd::{AsFd, BorrowedFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, ProgramFd, SchedClassifier},
+};
+use proxy_common::{
+    Backend4, Ct4Key, CtValue, Frag4Key, Frag4Value, Reason, RevNat4, SVC_FLAG_VIP, SlotKey,
+    SlotValue, StatValue, Svc4Key, SvcValue, map_names, program_names,
+};
+
+use super::prog_run::{TestRunOutput, test_run};
+
+/// TC verdict: pass the packet on.
+pub const TC_ACT_OK: u32 = 0;
+/// TC verdict: drop the packet.
+pub const TC_ACT_SHOT: u32 = 2;
+/// TC verdict: the packet was redirected (`bpf_redirect`).
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// Map sizes for tests: large enough for 10,000 flows (two conntrack entries
+/// each), small enough that loading many times costs little memory.
+pub const TEST_MAP_SIZES: &[(&str, u32)] = &[
+    (map_names::SVC4, 1024),
+    (map_names::SLOTS, 4096),
+    (map_names::BACKEND4, 4096),
+    (map_names::REVNAT4, 1024),
+    (map_names::CT4, 65_536),
+    (map_names::FRAG4, 1024),
+];
+
+/// Which TC program to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcProgram {
+    /// `svcnat_pod_ingress`: packets from a pod (service direction).
+    PodIngress,
+    /// `svcnat_pod_egress`: packets to a pod (replies).
+    PodEgress,
+}
+
+impl TcProgram {
+    /// The program's name in the object.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcProgram::PodIngress => program_names::TC_POD_INGRESS,
+            TcProgram::PodEgress => program_names::TC_POD_EGRESS,
+        }
+    }
+}
+
+/// Why the datapath could not be loaded for a test.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The agent was built without the eBPF object.
+    #[error("the eBPF object is not embedded: run `cargo xtask build-ebpf --release` first")]
+    NoObject,
+    /// aya could not load the object (parse, BTF, map creation).
+    #[error("loading the eBPF object: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    /// A program is not in the object.
+    #[error("program {0} is not in the eBPF object")]
+    MissingProgram(&'static str),
+    /// A program could not be loaded (verifier) or has the wrong type.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// What aya said.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map is not in the object.
+    #[error("map {0} is not in the eBPF object")]
+    MissingMap(&'static str),
+    /// A map has an unexpected type or key/value size.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// What aya said.
+        #[source]
+        source: MapError,
+    },
+    /// Duplicating a program fd failed.
+    #[error("duplicating a program fd: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The loaded object with its maps taken out for the test to seed and read.
+pub struct TestDatapath {
+    /// Keeps the programs loaded.
+    _ebpf: Ebpf,
+    ingress: ProgramFd,
+    egress: ProgramFd,
+    /// Service frontends.
+    pub svc4: HashMap<MapData, Svc4Key, SvcValue>,
+    /// Backend slots.
+    pub slots: HashMap<MapData, SlotKey, SlotValue>,
+    /// Backends.
+    pub backend4: HashMap<MapData, u32, Backend4>,
+    /// Reverse NAT.
+    pub revnat4: HashMap<MapData, u32, RevNat4>,
+    /// Conntrack (LRU).
+    pub ct4: HashMap<MapData, Ct4Key, CtValue>,
+    /// Fragment trains (LRU).
+    pub frag4: HashMap<MapData, Frag4Key, Frag4Value>,
+    /// Per-CPU stats by reason.
+    pub stats: PerCpuArray<MapData, StatValue>,
+}
+
+/// Why packet tests cannot run here, if they cannot: not root, or no object.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: loading BPF programs needs CAP_BPF and CAP_NET_ADMIN".into());
+    }
+    if crate::EBPF_OBJECT.is_empty() {
+        return Some(
+            "the eBPF object is not embedded: run `cargo xtask build-ebpf --release` first".into(),
+        );
+    }
+    None
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, which
+/// the datapath stores in conntrack entries.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn take<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    convert(map).map_err(|source| LoadError::Map { name, source })
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, LoadError> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })?;
+    prog.load()
+        .map_err(|source| LoadError::Program { name, source })?;
+    let fd = prog
+        .fd()
+        .map_err(|source| LoadError::Program { name, source })?;
+    Ok(fd.try_clone()?)
+}
+
+impl TestDatapath {
+    /// Loads the embedded object with [`TEST_MAP_SIZES`] and both TC programs.
+    pub fn load() -> Result<Self, LoadError> {
+        Self::load_with_sizes(TEST_MAP_SIZES)
+    }
+
+    /// Loads the embedded object with the given map sizes (others at their
+    /// defaults) and both TC programs. Maps are private to this instance.
+    pub fn load_with_sizes(sizes: &[(&str, u32)]) -> Result<Self, LoadError> {
+        if crate::EBPF_OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, *size);
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
+        let ingress = load_program(&mut ebpf, program_names::TC_POD_INGRESS)?;
+        let egress = load_program(&mut ebpf, program_names::TC_POD_EGRESS)?;
+        Ok(TestDatapath {
+            svc4: take(&mut ebpf, map_names::SVC4, HashMap::try_from)?,
+            slots: take(&mut ebpf, map_names::SLOTS, HashMap::try_from)?,
+            backend4: take(&mut ebpf, map_names::BACKEND4, HashMap::try_from)?,
+            revnat4: take(&mut ebpf, map_names::REVNAT4, HashMap::try_from)?,
+            ct4: take(&mut ebpf, map_names::CT4, HashMap::try_from)?,
+            frag4: take(&mut ebpf, map_names::FRAG4, HashMap::try_from)?,
+            stats: take(&mut ebpf, map_names::STATS, PerCpuArray::try_from)?,
+            _ebpf: ebpf,
+            ingress,
+            egress,
+        })
+    }
+
+    /// The fd of a loaded program.
+    pub fn program_fd(&self, prog: TcProgram) -> BorrowedFd<'_> {
+        match prog {
+            TcProgram::PodIngress => self.ingress.as_fd(),
+            TcProgram::PodEgress => self.egress.as_fd(),
+        }
+    }
+
+    /// Runs `prog` once on `frame`.
+    pub fn run(&self, prog: TcProgram, frame: &[u8]) -> io::Result<TestRunOutput> {
+        test_run(self.program_fd(prog), frame, 1)
+    }
+
+    /// The counter of `reason`, summed over all CPUs.
+    pub fn stat(&self, reason: Reason) -> Result<StatValue, MapError> {
+        let per_cpu = self.stats.get(&(reason as u32), 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(StatValue::default(), |acc, v| StatValue {
+                packets: acc.packets + v.packets,
+                bytes: acc.bytes + v.bytes,
+            }))
+    }
+
+    /// Every reason's counter, summed over all CPUs, in [`Reason::ALL`] order.
+    pub fn all_stats(&self) -> Result<Vec<(Reason, StatValue)>, MapError> {
+        Reason::ALL
+            .iter()
+            .map(|r| Ok((*r, self.stat(*r)?)))
+            .collect()
+    }
+
+    /// Writes a service frontend `vip` (`proto`) with id `svc_id` and the
+    /// given `(backend id, address)` backends in slots 1..=n, its VIP marker
+    /// entry and its reverse NAT entry, in the datapath's safe order
+    /// (backends, slots, then the frontend). An empty list makes a service
+    /// that rejects.
+    pub fn add_service(
+        &mut self,
+        vip: SocketAddrV4,
+        proto: u8,
+        svc_id: u32,
+        backends: &[(u32, SocketAddrV4)],
+    ) -> Result<(), MapError> {
+        for (slot, (id, addr)) in backends.iter().enumerate() {
+            self.backend4.insert(
+                id,
+                Backend4 {
+                    addr: addr.ip().octets(),
+                    port: addr.port(),
+                    proto,
+                    flags: 0,
+                },
+                0,
+            )?;
+            let slot = u32::try_from(slot + 1).expect("few backends");
+            self.slots
+                .insert(SlotKey { svc_id, slot }, SlotValue { backend_id: *id }, 0)?;
+        }
+        self.revnat4.insert(
+            svc_id,
+            RevNat4 {
+                vip: vip.ip().octets(),
+                port: vip.port(),
+                proto,
+                pad: 0,
+            },
+            0,
+        )?;
+        self.add_vip_marker(vip)?;
+        self.svc4.insert(
+            Svc4Key {
+                vip: vip.ip().octets(),
+                port: vip.port(),
+                proto,
+                scope: proxy_common::SCOPE_EXTERNAL,
+            },
+            SvcValue {
+                svc_id,
+                count: u16::try_from(backends.len()).expect("few backends"),
+                flags: 0,
+                affinity_timeout: 0,
+                pad: 0,
+            },
+            0,
+        )
+    }
+
+    /// Writes the marker entry that makes `vip`'s address a known VIP.
+    pub fn add_vip_marker(&mut self, vip: SocketAddrV4) -> Result<(), MapError> {
+        self.svc4.insert(
+            Svc4Key {
+                vip: vip.ip().octets(),
+                port: 0,
+                proto: 0,
+                scope: proxy_common::SCOPE_EXTERNAL,
+            },
+            SvcValue {
+                svc_id: 0,
+                count: 0,
+                flags: SVC_FLAG_VIP,
+                affinity_timeout: 0,
+                pad: 0,
+            },
+            0,
+        )
+    }
+
+    /// Writes both conntrack entries of a translated flow (see [`ct4_pair`]).
+    pub fn add_flow(&mut self, flow: &Flow) -> Result<(), MapError> {
+        for (k, v) in ct4_pair(flow) {
+            self.ct4.insert(k, v, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// A translated flow, to seed or to look up its conntrack entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The client's address and port.
+    pub client: SocketAddrV4,
+    /// The service frontend the client sent to.
+    pub vip: SocketAddrV4,
+    /// The backend the flow is pinned to.
+    pub backend: SocketAddrV4,
+    /// IP protocol.
+    pub proto: u8,
+    /// Backend id.
+    pub backend_id: u32,
+    /// Service id.
+    pub svc_id: u32,
+    /// `CT_F_*` flags of the service-direction entry (the reply entry gets 0).
+    pub flags: u8,
+    /// Creation time (`CLOCK_MONOTONIC` ns).
+    pub created_ns: u64,
+    /// Expiry time (`CLOCK_MONOTONIC` ns; 1 makes an expired entry).
+    pub expires_ns: u64,
+}
+
+impl Flow {
+    /// The key of the service-direction entry (client -> VIP).
+    pub fn service_key(&self) -> Ct4Key {
+        Ct4Key {
+            saddr: self.client.ip().octets(),
+            daddr: self.vip.ip().octets(),
+            sport: self.client.port(),
+            dport: self.vip.port(),
+            proto: self.proto,
+            dir: proxy_common::CT_DIR_SERVICE,
+            pad: 0,
+        }
+    }
+
+    /// The key of the reply-direction entry (backend -> client).
+    pub fn reply_key(&self) -> Ct4Key {
+        Ct4Key {
+            saddr: self.backend.ip().octets(),
+            daddr: self.client.ip().octets(),
+            sport: self.backend.port(),
+            dport: self.client.port(),
+            proto: self.proto,
+            dir: proxy_common::CT_DIR_REPLY,
+            pad: 0,
+        }
+    }
+}
+
+/// The two conntrack entries of `flow`: the service entry (NAT to the
+/// backend) and the reply entry (NAT back to the VIP).
+pub fn ct4_pair(flow: &Flow) -> [(Ct4Key, CtValue); 2] {
+    let value = |nat: SocketAddrV4, flags| CtValue {
+        nat_addr: nat.ip().octets(),
+        nat_port: nat.port(),
+        flags,
+        pad: 0,
+        backend_id: flow.backend_id,
+        svc_id: flow.svc_id,
+        created_ns: flow.created_ns,
+        expires_ns: flow.expires_ns,
+    };
+    [
+        (flow.service_key(), value(flow.backend, flow.flags)),
+        (flow.reply_key(), value(flow.vip, 0)),
+    ]
+}
