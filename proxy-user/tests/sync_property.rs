@@ -1,0 +1,272 @@
+//! Property: any sequence of adds, updates and deletes of Services and
+//! EndpointSlices, with sync passes at arbitrary points, ends with the real
+//! BPF maps holding exactly what the model says. The maps are read back
+//! through `svcnat inspect`'s readers, not through the syncer's own state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use proptest::prelude::*;
+use svcnat::{
+    dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
+    inspect,
+    model::{self, Family, NodeInfo, Protocol},
+    netns::skip_reason,
+    sources::{Kind, Object, SourceEvent},
+    sync::{SyncStats, Syncer},
+};
+
+const SERVICES: u8 = 4;
+const SLICES: u8 = 6;
+
+#[derive(Clone, Debug)]
+enum Op {
+    ApplyService {
+        i: u8,
+        ports: u8,
+    },
+    DeleteService {
+        i: u8,
+    },
+    ApplySlice {
+        j: u8,
+        svc: u8,
+        endpoints: u8,
+        ready: u8,
+    },
+    DeleteSlice {
+        j: u8,
+    },
+    Pass,
+    ResyncAll,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..SERVICES, 1u8..4).prop_map(|(i, ports)| Op::ApplyService { i, ports }),
+        1 => (0..SERVICES).prop_map(|i| Op::DeleteService { i }),
+        4 => (0..SLICES, 0..SERVICES, any::<u8>(), any::<u8>())
+            .prop_map(|(j, svc, endpoints, ready)| Op::ApplySlice { j, svc, endpoints, ready }),
+        1 => (0..SLICES).prop_map(|j| Op::DeleteSlice { j }),
+        2 => Just(Op::Pass),
+        1 => Just(Op::ResyncAll),
+    ]
+}
+
+fn service(i: u8, ports: u8) -> Service {
+    let mut p = Vec::new();
+    if ports & 1 != 0 {
+        p.push(
+            serde_json::json!({"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}),
+        );
+    }
+    if ports & 2 != 0 {
+        p.push(
+            serde_json::json!({"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}),
+        );
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("svc-{i}"), "namespace": "prop"},
+        "spec": {"clusterIP": format!("198.19.0.{}", i + 1), "clusterIPs": [format!("198.19.0.{}", i + 1)], "ports": p}
+    }))
+    .expect("service json")
+}
+
+fn slice(j: u8, svc: u8, endpoints: u8, ready: u8) -> EndpointSlice {
+    let eps: Vec<serde_json::Value> = (0..8)
+        .filter(|b| endpoints & (1 << b) != 0)
+        .map(|b| {
+            serde_json::json!({
+                "addresses": [format!("198.18.1.{}", b + 1)],
+                "conditions": {"ready": ready & (1 << b) != 0, "serving": true, "terminating": ready & (1 << b) == 0},
+                "nodeName": if b % 2 == 0 { "node-a" } else { "node-b" }
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("slice-{j}"), "namespace": "prop",
+                      "labels": {"kubernetes.io/service-name": format!("svc-{svc}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": eps
+    }))
+    .expect("slice json")
+}
+
+type Table = BTreeMap<(String, u16, &'static str), BTreeSet<String>>;
+
+fn expected(
+    services: &BTreeMap<u8, Service>,
+    slices: &BTreeMap<u8, EndpointSlice>,
+    node: &NodeInfo,
+) -> Table {
+    let svcs: Vec<Service> = services.values().cloned().collect();
+    let sls: Vec<EndpointSlice> = slices.values().cloned().collect();
+    let mut t = Table::new();
+    for m in model::model_cluster(&svcs, &sls, node).values() {
+        for p in &m.ports {
+            if p.family != Family::V4 || p.protocol == Protocol::Sctp {
+                continue;
+            }
+            let proto = if p.protocol == Protocol::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            };
+            for f in &p.frontends {
+                let backends = p
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}:{}", b.address, b.port))
+                    .collect();
+                t.insert((f.address.to_string(), f.port, proto), backends);
+            }
+        }
+    }
+    t
+}
+
+fn actual(dir: &std::path::Path) -> Table {
+    inspect::services(dir)
+        .expect("read services from the maps")
+        .into_iter()
+        .map(|r| {
+            (
+                (r.vip.to_string(), r.port, r.protocol),
+                r.backends.into_iter().collect(),
+            )
+        })
+        .collect()
+}
+
+fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/svcnat-prop-{}-{case}",
+        std::process::id()
+    ));
+    let _ = cleanup(&dir);
+    struct Guard(PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = cleanup(&self.0);
+        }
+    }
+    let _guard = Guard(dir.clone());
+    let sizes = MapSizes {
+        services: 256,
+        slots: 1024,
+        backends: 256,
+        revnat: 256,
+        conntrack: 256,
+        fragments: 16,
+    };
+    let mut dp = Dataplane::open(&DataplaneConfig {
+        bpffs: dir.clone(),
+        sizes,
+    })
+    .expect("open");
+    let node = NodeInfo {
+        name: "node-a".into(),
+        addresses: vec![IpAddr::from([198, 18, 0, 1])],
+    };
+    let mut syncer = Syncer::new(node.clone(), Arc::new(SyncStats::default()));
+    let mut services: BTreeMap<u8, Service> = BTreeMap::new();
+    let mut slices: BTreeMap<u8, EndpointSlice> = BTreeMap::new();
+    // Start from a complete (empty) list, as the sources do.
+    syncer.handle(SourceEvent::Resync {
+        kind: Kind::Service,
+        objects: vec![],
+    });
+    syncer.handle(SourceEvent::Resync {
+        kind: Kind::EndpointSlice,
+        objects: vec![],
+    });
+    for op in ops {
+        match op {
+            Op::ApplyService { i, ports } => {
+                let s = service(i, ports);
+                services.insert(i, s.clone());
+                syncer.handle(SourceEvent::Apply(Object::Service(Box::new(s))));
+            }
+            Op::DeleteService { i } => {
+                services.remove(&i);
+                syncer.handle(SourceEvent::Delete {
+                    kind: Kind::Service,
+                    namespace: "prop".into(),
+                    name: format!("svc-{i}"),
+                });
+            }
+            Op::ApplySlice {
+                j,
+                svc,
+                endpoints,
+                ready,
+            } => {
+                let s = slice(j, svc, endpoints, ready);
+                slices.insert(j, s.clone());
+                syncer.handle(SourceEvent::Apply(Object::EndpointSlice(Box::new(s))));
+            }
+            Op::DeleteSlice { j } => {
+                slices.remove(&j);
+                syncer.handle(SourceEvent::Delete {
+                    kind: Kind::EndpointSlice,
+                    namespace: "prop".into(),
+                    name: format!("slice-{j}"),
+                });
+            }
+            Op::Pass => {
+                syncer.pass(&mut dp);
+            }
+            Op::ResyncAll => {
+                syncer.handle(SourceEvent::Resync {
+                    kind: Kind::Service,
+                    objects: services
+                        .values()
+                        .cloned()
+                        .map(|s| Object::Service(Box::new(s)))
+                        .collect(),
+                });
+                syncer.handle(SourceEvent::Resync {
+                    kind: Kind::EndpointSlice,
+                    objects: slices
+                        .values()
+                        .cloned()
+                        .map(|s| Object::EndpointSlice(Box::new(s)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    syncer.pass(&mut dp);
+    let want = expected(&services, &slices, &node);
+    let got = actual(&dir);
+    prop_assert_eq!(&got, &want);
+    // And nothing is left to repair: the mirror equals the maps.
+    prop_assert_eq!(dp.repair().expect("repair"), 0);
+    Ok(())
+}
+
+#[test]
+fn random_event_sequences_end_with_maps_equal_to_the_model() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..40), |ops| {
+            check(ops, case.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
