@@ -1,1 +1,118 @@
-fn main() {}
+//! `cargo xtask`: setup, build and test tasks for svcnat.
+//!
+//! The alias in `.cargo/config.toml` runs this crate; `cargo xtask --help`
+//! lists the tasks. Every command run for real is echoed first.
+
+mod cmd;
+mod demo;
+mod ebpf;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "svcnat setup, build and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: nightly with rust-src and
+    /// clippy, bpf-linker for the nightly's LLVM, Debian packages, bpffs.
+    /// Idempotent; a second run only checks.
+    Setup,
+    /// Run setup, then build the eBPF object (printed on stdout).
+    BuildEbpf {
+        /// Release profile: the object the agent embeds by default.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, then clippy on the eBPF crate for its own target.
+    ClippyEbpf,
+    /// Run setup, build-ebpf --release, then `cargo test` on the workspace.
+    Test {
+        /// Passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run setup, build-ebpf --release, then `svcnat demo` in release mode.
+    Demo {
+        /// Passed to `svcnat demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    let root = cmd::workspace_root();
+    let toolchain = setup::run(&root)?;
+    match task {
+        Task::Setup => Ok(()),
+        Task::BuildEbpf { release } => {
+            let object = ebpf::build(&root, &toolchain, release)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Task::ClippyEbpf => ebpf::clippy(&root, &toolchain),
+        Task::Test { args } => {
+            let object = ebpf::build(&root, &toolchain, true)?;
+            test::run(&root, &object, &args)
+        }
+        Task::Demo { args } => {
+            let object = ebpf::build(&root, &toolchain, true)?;
+            demo::run(&root, &object, &args)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Task {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .expect("arguments parse")
+            .task
+    }
+
+    #[test]
+    fn test_passes_everything_after_the_separator_to_cargo_test() {
+        let Task::Test { args } = parse(&["test", "--", "-p", "proxy-user", "--", "--nocapture"])
+        else {
+            panic!("not the test task");
+        };
+        assert_eq!(args, ["-p", "proxy-user", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn demo_passes_its_arguments_through() {
+        let Task::Demo { args } = parse(&["demo", "--nodes", "3"]) else {
+            panic!("not the demo task");
+        };
+        assert_eq!(args, ["--nodes", "3"]);
+    }
+
+    #[test]
+    fn build_ebpf_takes_release() {
+        assert!(matches!(
+            parse(&["build-ebpf", "--release"]),
+            Task::BuildEbpf { release: true }
+        ));
+    }
+}
