@@ -36,7 +36,10 @@ pub(crate) fn service_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
 /// The key of the reply-direction entry of a packet from a backend.
 #[inline(always)]
 pub(crate) fn reply_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
-    Ct4Key { dir: CT_DIR_REPLY, ..service_key(saddr, daddr, l4) }
+    Ct4Key {
+        dir: CT_DIR_REPLY,
+        ..service_key(saddr, daddr, l4)
+    }
 }
 
 /// How long an entry lives without traffic, given its flags.
@@ -80,7 +83,11 @@ fn touch(e: *mut CtValue, l4: &L4, fin_bit: u8, now: u64) {
     // same fields, and a lost update costs at most one refresh.
     unsafe {
         let old = (*e).flags;
-        let flags = if l4.is_tcp() { next_flags(old, l4.flags, fin_bit) } else { old };
+        let flags = if l4.is_tcp() {
+            next_flags(old, l4.flags, fin_bit)
+        } else {
+            old
+        };
         let newly_closed = flags & CT_F_CLOSED != 0 && old & CT_F_CLOSED == 0;
         if flags != old {
             (*e).flags = flags;
@@ -125,7 +132,11 @@ pub(crate) fn ct4_create(
     l4: &L4,
     now: u64,
 ) -> Result<(), Reason> {
-    let flags = if l4.is_tcp() { next_flags(0, l4.flags, CT_F_FIN_SERVICE) } else { 0 };
+    let flags = if l4.is_tcp() {
+        next_flags(0, l4.flags, CT_F_FIN_SERVICE)
+    } else {
+        0
+    };
     let expires_ns = now + lifetime_ns(l4.is_tcp(), flags);
     let fwd = CtValue {
         nat_addr: backend.addr,
@@ -146,9 +157,15 @@ pub(crate) fn ct4_create(
         dir: CT_DIR_REPLY,
         pad: 0,
     };
-    let rev = CtValue { nat_addr: key.daddr, nat_port: key.dport, ..fwd };
-    CT4.insert(&rkey, &rev, u64::from(BPF_ANY)).map_err(|_| Reason::DropCtCreate)?;
-    CT4.insert(key, &fwd, u64::from(BPF_ANY)).map_err(|_| Reason::DropCtCreate)?;
+    let rev = CtValue {
+        nat_addr: key.daddr,
+        nat_port: key.dport,
+        ..fwd
+    };
+    CT4.insert(rkey, rev, u64::from(BPF_ANY))
+        .map_err(|_| Reason::DropCtCreate)?;
+    CT4.insert(key, fwd, u64::from(BPF_ANY))
+        .map_err(|_| Reason::DropCtCreate)?;
     Ok(())
 }
 
@@ -169,7 +186,7 @@ pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 
             dir: CT_DIR_SERVICE,
             pad: 0,
         };
-        if let Some(s) = CT4.get_ptr_mut(&skey) {
+        if let Some(s) = CT4.get_ptr_mut(skey) {
             touch(s, l4, CT_F_FIN_REPLY, now);
         }
     }

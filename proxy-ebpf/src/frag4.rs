@@ -23,7 +23,13 @@ use crate::{
 
 #[inline(always)]
 fn key(ip: &Ipv4Hdr, dir: u8) -> Frag4Key {
-    Frag4Key { saddr: ip.saddr, daddr: ip.daddr, id: ip.id(), proto: ip.proto, dir }
+    Frag4Key {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id(),
+        proto: ip.proto,
+        dir,
+    }
 }
 
 /// Records where the later fragments of `ip`'s datagram go. Best effort: if
@@ -31,7 +37,7 @@ fn key(ip: &Ipv4Hdr, dir: u8) -> Frag4Key {
 /// counted), the first one is still translated.
 #[inline(always)]
 pub(crate) fn frag4_record(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4]) {
-    let _ = FRAG4.insert(&key(ip, dir), &Frag4Value { addr }, u64::from(BPF_ANY));
+    let _ = FRAG4.insert(key(ip, dir), Frag4Value { addr }, u64::from(BPF_ANY));
 }
 
 /// Translates a later fragment, rewriting the `end` address.
@@ -43,7 +49,7 @@ pub(crate) fn frag4_translate(
     end: End,
 ) -> Result<Verdict, Reason> {
     // SAFETY: copied at once.
-    let Some(v) = (unsafe { FRAG4.get(&key(ip, dir)).copied() }) else {
+    let Some(v) = (unsafe { FRAG4.get(key(ip, dir)).copied() }) else {
         return Ok(pass(Reason::PassFragmentUntracked));
     };
     let old = match end {

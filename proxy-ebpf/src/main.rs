@@ -29,7 +29,7 @@ pub(crate) type Verdict = (i32, Reason);
 
 /// Pass the packet on untouched (or as rewritten), counted under `reason`.
 pub(crate) const fn pass(reason: Reason) -> Verdict {
-    (TC_ACT_OK as i32, reason)
+    (TC_ACT_OK, reason)
 }
 
 /// TC ingress on pod-facing interfaces: packets from pods to services.
@@ -56,8 +56,8 @@ const fn action_for(reason: Reason) -> i32 {
         | Reason::PassNotService
         | Reason::PassIpOptions
         | Reason::PassFragmentUntracked
-        | Reason::PassOtherProtocol => TC_ACT_OK as i32,
-        _ => TC_ACT_SHOT as i32,
+        | Reason::PassOtherProtocol => TC_ACT_OK,
+        _ => TC_ACT_SHOT,
     }
 }
 

@@ -47,7 +47,11 @@ pub(crate) fn nat4_rewrite(
         End::Src => (IP_SADDR_OFF, L4_OFF, l4.sport),
     };
     let udp_zero = !l4.is_tcp() && l4.check == [0, 0];
-    let mangled = if l4.is_tcp() { 0 } else { u64::from(BPF_F_MARK_MANGLED_0) };
+    let mangled = if l4.is_tcp() {
+        0
+    } else {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    };
     let csum_off = l4.csum_off();
     if old_addr != new_addr {
         if !udp_zero {
@@ -61,14 +65,21 @@ pub(crate) fn nat4_rewrite(
         }
         ctx.l3_csum_replace(IP_CSUM_OFF, addr_u64(old_addr), addr_u64(new_addr), 4)
             .map_err(|_| Reason::DropRewrite)?;
-        ctx.store(addr_off, &new_addr, 0).map_err(|_| Reason::DropRewrite)?;
+        ctx.store(addr_off, &new_addr, 0)
+            .map_err(|_| Reason::DropRewrite)?;
     }
     if old_port != new_port {
         if !udp_zero {
-            ctx.l4_csum_replace(csum_off, port_u64(old_port), port_u64(new_port), mangled | 2)
-                .map_err(|_| Reason::DropRewrite)?;
+            ctx.l4_csum_replace(
+                csum_off,
+                port_u64(old_port),
+                port_u64(new_port),
+                mangled | 2,
+            )
+            .map_err(|_| Reason::DropRewrite)?;
         }
-        ctx.store(port_off, &new_port.to_be_bytes(), 0).map_err(|_| Reason::DropRewrite)?;
+        ctx.store(port_off, &new_port.to_be_bytes(), 0)
+            .map_err(|_| Reason::DropRewrite)?;
     }
     Ok(())
 }
@@ -88,7 +99,8 @@ pub(crate) fn nat4_rewrite_addr(
     };
     ctx.l3_csum_replace(IP_CSUM_OFF, addr_u64(old_addr), addr_u64(new_addr), 4)
         .map_err(|_| Reason::DropRewrite)?;
-    ctx.store(off, &new_addr, 0).map_err(|_| Reason::DropRewrite)
+    ctx.store(off, &new_addr, 0)
+        .map_err(|_| Reason::DropRewrite)
 }
 
 /// Replaces a 4-byte field at `off` and fixes the 16-bit checksums at
@@ -103,7 +115,8 @@ pub(crate) fn replace4(
     csum_offs: &[usize],
 ) -> Result<(), Reason> {
     for c in csum_offs {
-        ctx.l3_csum_replace(*c, addr_u64(old), addr_u64(new), 4).map_err(|_| Reason::DropRewrite)?;
+        ctx.l3_csum_replace(*c, addr_u64(old), addr_u64(new), 4)
+            .map_err(|_| Reason::DropRewrite)?;
     }
     ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
 }
@@ -118,9 +131,13 @@ pub(crate) fn replace2(
     new: [u8; 2],
     csum_offs: &[usize],
 ) -> Result<(), Reason> {
-    let (o, n) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
+    let (o, n) = (
+        u64::from(u16::from_ne_bytes(old)),
+        u64::from(u16::from_ne_bytes(new)),
+    );
     for c in csum_offs {
-        ctx.l3_csum_replace(*c, o, n, 2).map_err(|_| Reason::DropRewrite)?;
+        ctx.l3_csum_replace(*c, o, n, 2)
+            .map_err(|_| Reason::DropRewrite)?;
     }
     ctx.store(off, &new, 0).map_err(|_| Reason::DropRewrite)
 }

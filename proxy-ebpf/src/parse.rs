@@ -116,7 +116,11 @@ impl L4 {
         self.is_tcp() && self.has(TCP_SYN) && !self.has(TCP_ACK)
     }
     pub(crate) fn csum_off(&self) -> usize {
-        if self.is_tcp() { TCP_CSUM_OFF } else { UDP_CSUM_OFF }
+        if self.is_tcp() {
+            TCP_CSUM_OFF
+        } else {
+            UDP_CSUM_OFF
+        }
     }
 }
 

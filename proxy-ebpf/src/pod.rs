@@ -33,8 +33,11 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return frag4_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        let reason =
-            if lb4_is_vip(ip.daddr) { Reason::PassOtherProtocol } else { Reason::PassNotService };
+        let reason = if lb4_is_vip(ip.daddr) {
+            Reason::PassOtherProtocol
+        } else {
+            Reason::PassNotService
+        };
         return Ok(pass(reason));
     }
     let l4 = parse::l4(ctx, ip.proto)?;
@@ -141,7 +144,7 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
     };
     let key = reply_key(inner.daddr, inner.saddr, &quoted);
     // SAFETY: copied at once.
-    let Some(e) = (unsafe { CT4.get(&key).copied() }) else {
+    let Some(e) = (unsafe { CT4.get(key).copied() }) else {
         return not_ours;
     };
     let icmp_csum = L4_OFF + 2;
@@ -150,13 +153,37 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
     // The inner UDP checksum is in the quoted 8 bytes (the TCP one is not).
     let udp_sum = inner.proto == IPPROTO_UDP && ports.check != [0, 0];
     if udp_sum {
-        replace4(ctx, in_ip_off + 16, inner.daddr, e.nat_addr, &[in_ip_csum, icmp_csum, in_udp_csum])?;
-        replace2(ctx, in_l4_off + 2, ports.dport, e.nat_port.to_be_bytes(), &[icmp_csum, in_udp_csum])?;
+        replace4(
+            ctx,
+            in_ip_off + 16,
+            inner.daddr,
+            e.nat_addr,
+            &[in_ip_csum, icmp_csum, in_udp_csum],
+        )?;
+        replace2(
+            ctx,
+            in_l4_off + 2,
+            ports.dport,
+            e.nat_port.to_be_bytes(),
+            &[icmp_csum, in_udp_csum],
+        )?;
         let new_udp: [u8; 2] = ctx.load(in_udp_csum).map_err(|_| Reason::DropRewrite)?;
         fix_icmp_for(ctx, icmp_csum, ports.check, new_udp)?;
     } else {
-        replace4(ctx, in_ip_off + 16, inner.daddr, e.nat_addr, &[in_ip_csum, icmp_csum])?;
-        replace2(ctx, in_l4_off + 2, ports.dport, e.nat_port.to_be_bytes(), &[icmp_csum])?;
+        replace4(
+            ctx,
+            in_ip_off + 16,
+            inner.daddr,
+            e.nat_addr,
+            &[in_ip_csum, icmp_csum],
+        )?;
+        replace2(
+            ctx,
+            in_l4_off + 2,
+            ports.dport,
+            e.nat_port.to_be_bytes(),
+            &[icmp_csum],
+        )?;
     }
     // The inner IPv4 checksum changed too, and the ICMP checksum covers it.
     let new_ip: [u8; 2] = ctx.load(in_ip_csum).map_err(|_| Reason::DropRewrite)?;
@@ -170,7 +197,16 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
 /// Accounts in the ICMP checksum for a 16-bit field inside the ICMP message
 /// that another checksum update already changed from `old` to `new`.
 #[inline(always)]
-fn fix_icmp_for(ctx: &TcContext, icmp_csum: usize, old: [u8; 2], new: [u8; 2]) -> Result<(), Reason> {
-    let (o, n) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
-    ctx.l3_csum_replace(icmp_csum, o, n, 2).map_err(|_| Reason::DropRewrite)
+fn fix_icmp_for(
+    ctx: &TcContext,
+    icmp_csum: usize,
+    old: [u8; 2],
+    new: [u8; 2],
+) -> Result<(), Reason> {
+    let (o, n) = (
+        u64::from(u16::from_ne_bytes(old)),
+        u64::from(u16::from_ne_bytes(new)),
+    );
+    ctx.l3_csum_replace(icmp_csum, o, n, 2)
+        .map_err(|_| Reason::DropRewrite)
 }

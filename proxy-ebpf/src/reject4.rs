@@ -13,7 +13,10 @@ use proxy_common::{IPPROTO_ICMP, IPPROTO_TCP, Reason};
 use crate::{
     Verdict,
     csum::{fold, words},
-    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, L3_OFF, L4, L4_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, UdpHdr},
+    parse::{
+        ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, L3_OFF, L4, L4_OFF, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
+    },
 };
 
 const TCP_HLEN: usize = 20;
@@ -85,13 +88,22 @@ fn resize_and_bounce(ctx: &TcContext, len: usize) -> Result<(), Reason> {
 #[inline(always)]
 fn swapped_eth(ctx: &TcContext) -> Result<EthHdr, Reason> {
     let eth: EthHdr = ctx.load(0).map_err(|_| Reason::DropTruncated)?;
-    Ok(EthHdr { dst: eth.src, src: eth.dst, proto: ETH_P_IP.to_be_bytes() })
+    Ok(EthHdr {
+        dst: eth.src,
+        src: eth.dst,
+        proto: ETH_P_IP.to_be_bytes(),
+    })
 }
 
 /// Replaces the packet with a reject for it and returns the verdict that
 /// sends the reject back to the sender, counted under `reason`.
 #[inline(always)]
-pub(crate) fn reject4(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, reason: Reason) -> Result<Verdict, Reason> {
+pub(crate) fn reject4(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    l4: &L4,
+    reason: Reason,
+) -> Result<Verdict, Reason> {
     if l4.proto == IPPROTO_TCP {
         reject_tcp(ctx, ip, l4, reason)
     } else {
@@ -104,7 +116,7 @@ pub(crate) fn reject4(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, reason: Reason) ->
     if action != i64::from(TC_ACT_REDIRECT) {
         return Err(Reason::DropRewrite);
     }
-    Ok((TC_ACT_REDIRECT as i32, reason))
+    Ok((TC_ACT_REDIRECT, reason))
 }
 
 #[inline(always)]
@@ -153,8 +165,10 @@ fn reject_tcp(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, reason: Reason) -> Result<
     c.tcp.check = sum.to_ne_bytes();
     resize_and_bounce(ctx, RST_LEN)?;
     ctx.store(0, &eth, 0).map_err(|_| Reason::DropRewrite)?;
-    ctx.store(L3_OFF, &nip.0, 0).map_err(|_| Reason::DropRewrite)?;
-    ctx.store(L4_OFF, &c.tcp, 0).map_err(|_| Reason::DropRewrite)?;
+    ctx.store(L3_OFF, &nip.0, 0)
+        .map_err(|_| Reason::DropRewrite)?;
+    ctx.store(L4_OFF, &c.tcp, 0)
+        .map_err(|_| Reason::DropRewrite)?;
     Ok(())
 }
 
@@ -176,7 +190,8 @@ fn reject_udp(ctx: &TcContext, ip: &Ipv4Hdr, _reason: Reason) -> Result<(), Reas
     m.check = sum.to_ne_bytes();
     resize_and_bounce(ctx, ICMP_ERR_LEN)?;
     ctx.store(0, &eth, 0).map_err(|_| Reason::DropRewrite)?;
-    ctx.store(L3_OFF, &nip.0, 0).map_err(|_| Reason::DropRewrite)?;
+    ctx.store(L3_OFF, &nip.0, 0)
+        .map_err(|_| Reason::DropRewrite)?;
     ctx.store(L4_OFF, &m, 0).map_err(|_| Reason::DropRewrite)?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use crate::{
 
 /// Where Services and EndpointSlices come from.
 #[derive(Clone, Debug)]
+#[expect(clippy::large_enum_variant, reason = "built once at start-up")]
 pub enum SourceConfig {
     /// A file or folder of manifests, watched for changes.
     Manifests(PathBuf),

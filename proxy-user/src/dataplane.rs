@@ -471,16 +471,14 @@ impl Dataplane {
             };
             let mut ids = Vec::with_capacity(usize::from(v.count));
             for slot in 1..=u32::from(v.count) {
-                if let Ok(s) = self.slots.get(
-                    &SlotKey {
-                        svc_id: v.svc_id,
-                        slot,
-                    },
-                    0,
-                ) {
-                    if by_id.contains_key(&s.backend_id) {
-                        ids.push(s.backend_id);
-                    }
+                let key = SlotKey {
+                    svc_id: v.svc_id,
+                    slot,
+                };
+                if let Ok(s) = self.slots.get(&key, 0)
+                    && by_id.contains_key(&s.backend_id)
+                {
+                    ids.push(s.backend_id);
                 }
             }
             for id in &ids {
@@ -728,13 +726,12 @@ impl Dataplane {
                 max: usize::from(u16::MAX),
             });
         }
-        if let Some(cur) = self.service(&fe) {
-            if cur.backends == want
-                && cur.affinity_timeout == affinity_timeout
-                && cur.label == opts.label
-            {
-                return Ok(Upsert::Unchanged);
-            }
+        if let Some(cur) = self.service(&fe)
+            && cur.backends == want
+            && cur.affinity_timeout == affinity_timeout
+            && cur.label == opts.label
+        {
+            return Ok(Upsert::Unchanged);
         }
         self.check_capacity(&fe, &want)?;
 
