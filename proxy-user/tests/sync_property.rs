@@ -270,3 +270,71 @@ fn random_event_sequences_end_with_maps_equal_to_the_model() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn a_service_too_big_for_the_maps_is_skipped_with_a_reason_and_the_rest_works() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = PathBuf::from(format!("/sys/fs/bpf/svcnat-full-{}", std::process::id()));
+    let _ = cleanup(&dir);
+    struct Guard(PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = cleanup(&self.0);
+        }
+    }
+    let _guard = Guard(dir.clone());
+    // Room for 6 backends: svc-0 needs 2, svc-1 needs 8.
+    let sizes = MapSizes {
+        services: 64,
+        slots: 64,
+        backends: 6,
+        revnat: 64,
+        conntrack: 64,
+        fragments: 16,
+    };
+    let mut dp = Dataplane::open(&DataplaneConfig {
+        bpffs: dir.clone(),
+        sizes,
+    })
+    .expect("open");
+    let node = NodeInfo {
+        name: "node-a".into(),
+        addresses: vec![],
+    };
+    let mut syncer = Syncer::new(node, Arc::new(SyncStats::default()));
+    syncer.handle(SourceEvent::Resync {
+        kind: Kind::Service,
+        objects: vec![
+            Object::Service(Box::new(service(0, 1))),
+            Object::Service(Box::new(service(1, 1))),
+        ],
+    });
+    syncer.handle(SourceEvent::Resync {
+        kind: Kind::EndpointSlice,
+        objects: vec![
+            Object::EndpointSlice(Box::new(slice(0, 0, 0b11, 0xff))),
+            Object::EndpointSlice(Box::new(slice(1, 1, 0xff, 0xff))),
+        ],
+    });
+    let report = syncer.pass(&mut dp);
+    assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
+    assert!(
+        report.skipped[0].contains("prop/svc-1"),
+        "{}",
+        report.skipped[0]
+    );
+    assert!(report.skipped[0].contains("full"), "{}", report.skipped[0]);
+    let got = actual(&dir);
+    assert_eq!(got.len(), 1, "only svc-0 is programmed: {got:?}");
+    assert_eq!(got.values().next().map(BTreeSet::len), Some(2));
+    // When it shrinks to fit, it is retried and programmed.
+    syncer.handle(SourceEvent::Apply(Object::EndpointSlice(Box::new(slice(
+        1, 1, 0b1100, 0xff,
+    )))));
+    let report = syncer.pass(&mut dp);
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(actual(&dir).len(), 2);
+}
