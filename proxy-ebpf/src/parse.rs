@@ -1,6 +1,7 @@
-//! Header parsing. Headers are copied out of the packet with
-//! `bpf_skb_load_bytes`, which also works when they are not in the linear part
-//! of the skb; a header shorter than it must be is an error.
+//! Header parsing. Headers are copied out of the packet by direct packet
+//! access when they lie in the skb's linear area (the usual case), else with
+//! `bpf_skb_load_bytes`, which also reads paged data; a header shorter than it
+//! must be is an error.
 
 use aya_ebpf::programs::TcContext;
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
@@ -124,18 +125,32 @@ impl L4 {
     }
 }
 
+/// Copies a `T` at `off` out of the packet.
+#[inline(always)]
+pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: the bounds check above keeps the read inside the linear
+        // packet data (and proves it to the verifier).
+        Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+    } else {
+        ctx.load::<T>(off).map_err(|_| ())
+    }
+}
+
 /// The IPv4 header. A frame that is not IPv4 ends the pipeline with
 /// `Err(PassNotIpv4)` (an `Option` here would leave undefined bytes that the
 /// verifier refuses to see copied).
 #[inline(always)]
 pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Reason> {
-    let Ok(proto) = ctx.load::<[u8; 2]>(12) else {
+    let Ok(proto) = read::<[u8; 2]>(ctx, 12) else {
         return Err(Reason::PassNotIpv4);
     };
     if u16::from_be_bytes(proto) != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
-    let ip: Ipv4Hdr = ctx.load(L3_OFF).map_err(|_| Reason::DropTruncated)?;
+    let ip: Ipv4Hdr = read(ctx, L3_OFF).map_err(|()| Reason::DropTruncated)?;
     if ip.ver_ihl >> 4 != 4 || ip.ihl() < 5 {
         return Err(Reason::DropTruncated);
     }
@@ -146,7 +161,7 @@ pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Reason> {
 #[inline(always)]
 pub(crate) fn l4(ctx: &TcContext, proto: u8) -> Result<L4, Reason> {
     if proto == IPPROTO_TCP {
-        let tcp: TcpHdr = ctx.load(L4_OFF).map_err(|_| Reason::DropTruncated)?;
+        let tcp: TcpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
         if tcp.doff_res >> 4 < 5 {
             return Err(Reason::DropTruncated);
         }
@@ -158,7 +173,7 @@ pub(crate) fn l4(ctx: &TcContext, proto: u8) -> Result<L4, Reason> {
             check: tcp.check,
         })
     } else if proto == IPPROTO_UDP {
-        let udp: UdpHdr = ctx.load(L4_OFF).map_err(|_| Reason::DropTruncated)?;
+        let udp: UdpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
         Ok(L4 {
             proto,
             sport: u16::from_be_bytes(udp.sport),
