@@ -1,7 +1,7 @@
 //! `svcnat run`: wires a source, the sync loop and the dataplane together.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes},
+    metrics::{self, AgentHealth, Metrics},
     model::NodeInfo,
     sources::{self, SourceEvent},
     sync::{self, Health, LoopConfig, SyncStats, Syncer},
@@ -51,6 +52,10 @@ pub struct AgentConfig {
     pub attach_every: Duration,
     /// Sync loop settings.
     pub sync: LoopConfig,
+    /// Where to serve `/metrics` (`None`: nowhere).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve `/healthz` and `/readyz` (`None`: nowhere).
+    pub healthz_addr: Option<SocketAddr>,
 }
 
 /// Errors that stop the agent.
@@ -129,6 +134,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     report_attach(dp.attach_matching(&cfg.pod_interfaces)?);
 
     let (tx, rx) = mpsc::channel::<SourceEvent>(1024);
+    let mut kube_stats = None;
     let source = match cfg.source.clone() {
         SourceConfig::Manifests(path) => tokio::spawn(async move {
             if let Err(e) = sources::manifests::run(path, tx).await {
@@ -138,6 +144,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         SourceConfig::Kube { config, api_server } => {
             let client = sources::kube::client(config, api_server).await?;
             let stats = Arc::new(sources::kube::KubeSourceStats::default());
+            kube_stats = Some(Arc::clone(&stats));
             tokio::spawn(async move {
                 if let Err(e) = sources::kube::run(client, tx, stats).await {
                     tracing::error!("kube source stopped: {e}");
@@ -150,6 +157,23 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let health = Arc::new(Health::default());
     let syncer = Syncer::new(node, stats.clone());
     let dp = Arc::new(Mutex::new(dp));
+    let metrics = Arc::new(Metrics::new(stats, health.clone(), kube_stats));
+    let mut servers = Vec::new();
+    if let Some(addr) = cfg.metrics_addr {
+        let m = metrics.clone();
+        servers.push(tokio::spawn(async move {
+            let listener = metrics::bind_retrying(addr, "metrics").await;
+            if let Err(e) = metrics::serve_metrics(listener, m).await {
+                tracing::error!("metrics server stopped: {e}");
+            }
+        }));
+        servers.push(tokio::spawn(metrics::sample_datapath(
+            metrics.clone(),
+            dp.clone(),
+            metrics::SAMPLE_EVERY,
+            metrics::CONNTRACK_COUNT_EVERY,
+        )));
+    }
     // Interfaces appear as pods start: look for new matching ones periodically.
     let attach_dp = dp.clone();
     let patterns = cfg.pod_interfaces.clone();
@@ -164,14 +188,41 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         }
     });
+    let agent_health = Arc::new(AgentHealth::new(
+        health.clone(),
+        AgentHealth::timeout_for(cfg.sync.repair_every),
+    ));
     let sync = tokio::spawn(sync::run(
         syncer,
-        dp,
+        dp.clone(),
         rx,
         cfg.sync.clone(),
         health,
-        |_, _, _| {},
+        move |_, syncer, _| {
+            metrics.observe_pass_duration(syncer.last_pass_duration);
+            metrics.observe_programming_latencies(&syncer.last_latencies);
+        },
     ));
+    if let Some(addr) = cfg.healthz_addr {
+        let h = agent_health.clone();
+        servers.push(tokio::spawn(async move {
+            let listener = metrics::bind_retrying(addr, "health").await;
+            if let Err(e) = metrics::serve_health(listener, h).await {
+                tracing::error!("health server stopped: {e}");
+            }
+        }));
+    }
+    // Heartbeats for /healthz: the sync loop only passes on change.
+    servers.push(tokio::spawn(metrics::watch_liveness(
+        agent_health,
+        dp,
+        vec![
+            ("source", source.abort_handle()),
+            ("attacher", attacher.abort_handle()),
+            ("sync", sync.abort_handle()),
+        ],
+        cfg.sync.repair_every.min(Duration::from_secs(10)),
+    )));
     wait_for_signal().await;
     tracing::info!(
         "stopping; programs, links and maps stay pinned in {}",
@@ -180,6 +231,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     source.abort();
     attacher.abort();
     sync.abort();
+    for s in servers {
+        s.abort();
+    }
     Ok(())
 }
 

@@ -6,8 +6,10 @@
 pub mod agent;
 pub mod dataplane;
 pub mod inspect;
+pub mod metrics;
 pub mod model;
 pub mod netns;
+pub mod rbac;
 pub mod sources;
 pub mod sync;
 pub mod testing;

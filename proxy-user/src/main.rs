@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use svcnat::{
     agent::{self, AgentConfig, SourceConfig},
     dataplane::{self, DEFAULT_BPFFS, MapSizes},
-    inspect,
+    inspect, metrics,
     sources::kube::{ApiServerOverride, KubeConfigSource},
     sync::LoopConfig,
 };
@@ -32,6 +32,7 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start-up")]
 enum Command {
     /// Watch Services and EndpointSlices and keep the datapath equal to them.
     Run(RunArgs),
@@ -92,6 +93,24 @@ struct RunArgs {
     /// Milliseconds between looks for new pod interfaces.
     #[arg(long, default_value_t = 250)]
     attach_interval_ms: u64,
+    /// Address of the Prometheus `/metrics` server; empty to serve none.
+    #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR)]
+    metrics_addr: String,
+    /// Address of the `/healthz` and `/readyz` server; empty to serve none.
+    #[arg(long, default_value = metrics::DEFAULT_HEALTHZ_ADDR)]
+    healthz_addr: String,
+}
+
+/// `ADDR:PORT`, or `None` for an empty string.
+fn optional_addr(flag: &str, value: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    value
+        .trim()
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("bad --{flag} {value:?}: {e} (expected ADDRESS:PORT)"))
 }
 
 fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>, String> {
@@ -200,5 +219,7 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
             repair_every: Duration::from_secs(args.repair_interval.max(1)),
             ..LoopConfig::default()
         },
+        metrics_addr: optional_addr("metrics-addr", &args.metrics_addr)?,
+        healthz_addr: optional_addr("healthz-addr", &args.healthz_addr)?,
     })
 }

@@ -88,6 +88,8 @@ pub struct Syncer {
     stats: Arc<SyncStats>,
     /// Programming latencies (first change seen -> maps written) of the last pass.
     pub last_latencies: Vec<Duration>,
+    /// How long the last pass took.
+    pub last_pass_duration: Duration,
 }
 
 impl Syncer {
@@ -107,6 +109,7 @@ impl Syncer {
             first_pass_done: false,
             stats,
             last_latencies: Vec::new(),
+            last_pass_duration: Duration::ZERO,
         }
     }
 
@@ -237,6 +240,7 @@ impl Syncer {
     /// first pass also deletes frontends found in the maps that no service
     /// owns (left by an earlier agent for services deleted meanwhile).
     pub fn pass(&mut self, dp: &mut Dataplane) -> PassReport {
+        let started = Instant::now();
         let mut report = PassReport::default();
         let dirty = std::mem::take(&mut self.dirty);
         let since = std::mem::take(&mut self.dirty_since);
@@ -256,6 +260,7 @@ impl Syncer {
         }
         let done = Instant::now();
         self.last_latencies = since.values().map(|t| done.duration_since(*t)).collect();
+        self.last_pass_duration = done.duration_since(started);
         report.services = dirty.len();
         let s = &self.stats;
         s.passes.fetch_add(1, Ordering::Relaxed);
