@@ -59,7 +59,7 @@ impl Agent {
             .arg("--bpffs")
             .arg(&self.bpffs)
             .args(["--repair-interval", "1", "--conntrack-size", "65536"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -70,6 +70,15 @@ impl Agent {
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (nsenter execs the agent, so the pid is the agent's) and wait.
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
     }
@@ -206,18 +215,26 @@ fn request() -> std::io::Result<String> {
     Ok(out)
 }
 
-#[test]
-fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_loss() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        eprintln!("skipped: nsenter (util-linux) is not installed");
-        return;
-    }
+struct Setup {
+    // Dropped first: the agent stops and its pins go before the namespaces.
+    agent: Agent,
+    node: NetNs,
+    client: NetNs,
+    b1: NetNs,
+    b2: NetNs,
+    stop: Arc<AtomicBool>,
+    dir: TempDir,
+    file: PathBuf,
+    bpffs: PathBuf,
+    both: [(Ipv4Addr, &'static str); 2],
+}
+
+/// A node namespace with a bridge, a client pod and two backend pods
+/// serving on 8080, a manifests folder with one service over both, and the
+/// agent running in the node namespace.
+fn setup(prefix: &str) -> Setup {
     let t = unique_tag();
-    let node = NetNs::new(&format!("sa-node-{t}")).expect("node");
+    let node = NetNs::new(&format!("{prefix}-node-{t}")).expect("node");
     node.ip(&["link", "add", "br0", "type", "bridge"])
         .expect("bridge");
     node.ip(&["addr", "add", &format!("{GW}/24"), "dev", "br0"])
@@ -229,7 +246,7 @@ fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_los
     node.sysctl("net.ipv4.conf.br0.send_redirects", "0")
         .expect("redirects");
     let pod = |name: &str, addr: &str| -> NetNs {
-        let ns = NetNs::new(&format!("sa-{name}-{t}")).expect("pod");
+        let ns = NetNs::new(&format!("{prefix}-{name}-{t}")).expect("pod");
         let host = format!("vh{name}");
         veth(&node, &host, &ns, "eth0").expect("veth");
         node.ip(&["link", "set", &host, "master", "br0"])
@@ -247,7 +264,7 @@ fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_los
     serve(&b1, "b1", stop.clone());
     serve(&b2, "b2", stop.clone());
 
-    let dir = TempDir(std::env::temp_dir().join(format!("svcnat-agent-{t}")));
+    let dir = TempDir(std::env::temp_dir().join(format!("svcnat-{prefix}-{t}")));
     std::fs::create_dir_all(&dir.0).expect("manifests dir");
     let file = dir.0.join("web.yaml");
     let both = [
@@ -255,9 +272,45 @@ fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_los
         (Ipv4Addr::new(198, 18, 0, 12), "node-b"),
     ];
     write_atomically(&file, &manifest(&both));
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/svcnat-agent-{t}"));
-    let mut agent = Agent::start(&node, &bpffs, &dir.0);
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/svcnat-{prefix}-{t}"));
+    let agent = Agent::start(&node, &bpffs, &dir.0);
 
+    Setup {
+        agent,
+        node,
+        client,
+        b1,
+        b2,
+        stop,
+        dir,
+        file,
+        bpffs,
+        both,
+    }
+}
+
+#[test]
+fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_loss() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if Command::new("nsenter").arg("--version").output().is_err() {
+        eprintln!("skipped: nsenter (util-linux) is not installed");
+        return;
+    }
+    let Setup {
+        mut agent,
+        node: _node,
+        client,
+        b1: _b1,
+        b2: _b2,
+        stop,
+        dir: _dir,
+        file,
+        bpffs,
+        both,
+    } = setup("sa");
     let first = wait_for("the first sync", Duration::from_secs(30), || {
         backends_of(&bpffs, 80).is_some_and(|b| b.len() == 2)
     });
@@ -382,5 +435,220 @@ fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_los
         ),
         "{err:?}"
     );
+    stop.store(true, Ordering::Relaxed);
+}
+
+fn skip() -> bool {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return true;
+    }
+    if Command::new("nsenter").arg("--version").output().is_err() {
+        eprintln!("skipped: nsenter (util-linux) is not installed");
+        return true;
+    }
+    false
+}
+
+/// A backend that streams bytes to each connection until the peer closes.
+fn serve_stream(ns: &NetNs, stop: Arc<AtomicBool>) {
+    drop(ns.spawn(move || {
+        let l = TcpListener::bind("0.0.0.0:9090").expect("bind stream");
+        l.set_nonblocking(true).expect("nonblocking");
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        let chunk = [0x5au8; 16 * 1024];
+                        while !stop.load(Ordering::Relaxed) {
+                            if s.write_all(&chunk).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(_) => {}
+            }
+        }
+    }));
+}
+
+#[test]
+fn twenty_restarts_under_load_fail_no_connection_and_keep_a_long_transfer() {
+    if skip() {
+        return;
+    }
+    let Setup {
+        mut agent,
+        node: _node,
+        client,
+        b1,
+        b2: _b2,
+        stop,
+        dir: _dir,
+        file,
+        bpffs,
+        both,
+    } = setup("sr");
+    wait_for("the first sync", Duration::from_secs(30), || {
+        backends_of(&bpffs, 80).is_some_and(|b| b.len() == 2)
+    });
+    // A second service for the long transfer, on b1 only.
+    serve_stream(&b1, stop.clone());
+    let stream_svc = manifest(&both).replace("name: web,", "name: stream,").replace("name: web-1", "name: stream-1")
+        .replace("kubernetes.io/service-name: web", "kubernetes.io/service-name: stream")
+        .replace(&format!("clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\"]"), "clusterIP: 198.19.0.11\n  clusterIPs: [\"198.19.0.11\"]")
+        .replace("port: 80, targetPort: 8080", "port: 90, targetPort: 9090")
+        .replace("port: 8080, protocol", "port: 9090, protocol")
+        .replace("  - addresses: [\"198.18.0.12\"]\n    conditions: {ready: true}\n    nodeName: node-b\n", "");
+    write_atomically(&file.with_file_name("stream.yaml"), &stream_svc);
+    wait_for("the stream service", Duration::from_secs(10), || {
+        inspect_services(&bpffs).iter().any(|s| {
+            s["vip"] == "198.19.0.11" && s["backends"].as_array().is_some_and(|b| b.len() == 1)
+        })
+    });
+
+    let running = Arc::new(AtomicBool::new(true));
+    let failures = Arc::new(AtomicU32::new(0));
+    let successes = Arc::new(AtomicU32::new(0));
+    let clients = {
+        let (running, failures, successes) = (running.clone(), failures.clone(), successes.clone());
+        client.spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                match request() {
+                    Ok(_) => successes.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    let transfer = {
+        let running = running.clone();
+        client.spawn(move || -> std::io::Result<u64> {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from(([198, 19, 0, 11], 90)),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = [0u8; 64 * 1024];
+            let mut total = 0u64;
+            while running.load(Ordering::Relaxed) {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "stream closed",
+                    ));
+                }
+                total += n as u64;
+            }
+            Ok(total)
+        })
+    };
+    for i in 0..20 {
+        if i % 2 == 0 {
+            agent.terminate();
+        } else {
+            agent.kill();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        agent.spawn();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    running.store(false, Ordering::Relaxed);
+    clients.join().expect("join").expect("client ns");
+    let moved = transfer
+        .join()
+        .expect("join")
+        .expect("client ns")
+        .expect("the long transfer survived 20 restarts");
+    eprintln!(
+        "20 restarts: {} requests ok, {} failed; long transfer moved {} MiB",
+        successes.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+        moved >> 20
+    );
+    assert!(
+        successes.load(Ordering::Relaxed) > 100,
+        "too few requests made"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "connections failed across restarts"
+    );
+    assert!(moved > 1 << 20, "the transfer moved only {moved} bytes");
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn cleanup_removes_every_pin_and_link_and_nothing_else() {
+    if skip() {
+        return;
+    }
+    let Setup {
+        mut agent,
+        node: _node,
+        client,
+        b1: _b1,
+        b2: _b2,
+        stop,
+        dir: _dir,
+        file: _file,
+        bpffs,
+        both: _,
+    } = setup("sc");
+    wait_for("the first sync", Duration::from_secs(30), || {
+        backends_of(&bpffs, 80).is_some_and(|b| b.len() == 2)
+    });
+    // Two TCX links (ingress, egress) pinned per pod veth. (bpftool 7.1 does
+    // not list TCX links, so detachment is checked by behaviour below.)
+    let pinned = std::fs::read_dir(bpffs.join("links"))
+        .expect("links folder")
+        .count();
+    assert_eq!(pinned, 6, "two links for each of the three pod veths");
+    // A pin of someone else's in the same bpffs must survive.
+    let other = PathBuf::from(format!("{}-other", bpffs.display()));
+    std::fs::create_dir_all(&other).expect("other pin folder");
+    agent.terminate();
+    // The datapath keeps working with the agent stopped.
+    assert_eq!(
+        client
+            .run(request)
+            .expect("client")
+            .expect("served while the agent is stopped")
+            .len(),
+        2
+    );
+    let out = Command::new(BIN)
+        .arg("cleanup")
+        .arg("--bpffs")
+        .arg(&bpffs)
+        .output()
+        .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!bpffs.exists(), "pin folder still there");
+    assert!(other.exists(), "cleanup touched another folder");
+    let _ = std::fs::remove_dir(&other);
+    // With the links gone the programs are detached: the VIP is no longer
+    // translated, so the client cannot reach the service (the kernel frees a
+    // link whose last reference went from a workqueue: allow it a moment).
+    wait_for("the programs to detach", Duration::from_secs(10), || {
+        client.run(request).expect("client").is_err()
+    });
     stop.store(true, Ordering::Relaxed);
 }
