@@ -4,6 +4,7 @@
 //! Sources -> model -> sync -> dataplane (maps). See `DESIGN.md`.
 
 pub mod agent;
+pub mod cluster;
 pub mod dataplane;
 pub mod inspect;
 pub mod metrics;

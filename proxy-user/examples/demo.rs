@@ -1,0 +1,351 @@
+//! The svcnat demo (`cargo xtask demo`): a two-node cluster on this machine,
+//! made of network namespaces, with the real `svcnat run` on each node
+//! reading `deploy/examples/`, and real nginx, dnsmasq, curl and dig in pods.
+//!
+//! It sends requests through the `web` ClusterIP from a pod, prints which
+//! backend answered how often, asks the `dns` and `external` Services, shows
+//! `svcnat inspect services`, and tears everything down, also on Ctrl-C or
+//! failure. Needs root. Everything stays inside namespaces it creates, on
+//! 198.18.0.0/15.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use svcnat::cluster::{
+    Cluster, ClusterConfig, Host, Proto, node_addr, node_name, pod_addr, pod_gateway, skip_reason,
+};
+
+/// Start the demo cluster, send traffic through the example Services, tear down.
+#[derive(Parser)]
+#[command(name = "demo")]
+struct Args {
+    /// Requests to send through the `web` Service (each a new connection).
+    #[arg(long, default_value_t = 90)]
+    requests: usize,
+    /// The folder of manifests every agent reads.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples"))]
+    manifests: PathBuf,
+    /// The `svcnat` binary (default: the one built next to this example).
+    #[arg(long)]
+    svcnat: Option<PathBuf>,
+}
+
+/// The Services of `deploy/examples/` (web.yaml, dns.yaml, external.yaml).
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 53);
+const EXTERNAL_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 80);
+const DNS_NAME: &str = "web.demo.svc.cluster.local";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Nginx,
+    Dnsmasq,
+}
+
+/// The pods the example EndpointSlices name: (name, node, last octet, server).
+const PODS: &[(&str, usize, u8, Server)] = &[
+    ("web-1", 0, 10, Server::Nginx),
+    ("web-2", 0, 11, Server::Nginx),
+    ("web-3", 1, 10, Server::Nginx),
+    ("dns-1", 0, 20, Server::Dnsmasq),
+    ("dns-2", 1, 20, Server::Dnsmasq),
+    ("external", 1, 30, Server::Nginx),
+];
+const CLIENT: (&str, usize, u8) = ("client", 0, 100);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "demo: must run as root: it creates network namespaces and loads eBPF programs \
+             (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN). Try: sudo -E cargo xtask demo"
+        );
+        return ExitCode::from(2);
+    }
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(sig, handler as libc::sighandler_t);
+        }
+    }
+    let started = Instant::now();
+    let result = run(&args);
+    match result {
+        Ok(()) => {
+            println!(
+                "\ndone in {:.1} s: everything torn down",
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                eprintln!("\ndemo: interrupted; everything torn down");
+            } else {
+                eprintln!("\ndemo: error: {e:#}\n(everything torn down)");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn svcnat_binary(args: &Args) -> Result<PathBuf> {
+    if let Some(p) = &args.svcnat {
+        return Ok(p.clone());
+    }
+    // target/<profile>/examples/demo -> target/<profile>/svcnat
+    let exe = std::env::current_exe().context("where is this program")?;
+    let bin = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|profile| profile.join("svcnat"))
+        .context("no folder above this program")?;
+    if !bin.is_file() {
+        bail!(
+            "the svcnat binary is not at {}: build it with \
+             `cargo build --release -p proxy-user --bin svcnat` (or run `cargo xtask demo`), \
+             or pass --svcnat PATH",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n[{n}/6] {text}");
+}
+
+fn run(args: &Args) -> Result<()> {
+    if let Some(why) = skip_reason(&["nginx", "dnsmasq", "curl", "dig"]) {
+        bail!("cannot run here: {why}");
+    }
+    let svcnat = svcnat_binary(args)?;
+    let manifests = args
+        .manifests
+        .canonicalize()
+        .with_context(|| format!("manifests folder {}", args.manifests.display()))?;
+
+    step(
+        1,
+        "network namespaces: a fabric bridge, two nodes, their pod bridges",
+    );
+    let t = Instant::now();
+    let mut cfg = ClusterConfig::new(svcnat, 2).prefix("demo");
+    cfg.manifests = Some(manifests.clone());
+    let mut cluster = Cluster::new(cfg)?;
+    cluster.set_interrupt(&INTERRUPTED);
+    for i in 0..cluster.nodes() {
+        println!(
+            "  {}: eth0 {} on the fabric, cni0 {}/24 for its pods (ns {})",
+            node_name(i),
+            node_addr(i),
+            pod_gateway(i),
+            cluster.node_ns(i).name()
+        );
+    }
+    println!("  ({:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+    check_interrupt()?;
+
+    step(
+        2,
+        "pods (namespaces behind veths vp* on cni0) and their servers",
+    );
+    let t = Instant::now();
+    let mut web = Vec::new();
+    for &(name, node, host, server) in PODS {
+        check_interrupt()?;
+        let pod = cluster.add_pod(node, name, pod_addr(node, host))?;
+        match server {
+            Server::Nginx => cluster.nginx(&pod)?,
+            Server::Dnsmasq => cluster.dnsmasq(&pod, &[(DNS_NAME, WEB_VIP)])?,
+        }
+        let what = match server {
+            Server::Nginx => "nginx :80, answers with its name",
+            Server::Dnsmasq => "dnsmasq :53, knows web.demo.svc.cluster.local",
+        };
+        println!(
+            "  {name:<9} {:<12} on {}  {what}",
+            pod.addr.to_string(),
+            node_name(node)
+        );
+        if name.starts_with("web") {
+            web.push(pod);
+        }
+    }
+    let (name, node, host) = CLIENT;
+    let client = cluster.add_pod(node, name, pod_addr(node, host))?;
+    println!(
+        "  {name:<9} {:<12} on {}  curl, dig",
+        client.addr.to_string(),
+        node_name(node)
+    );
+    println!("  ({:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+
+    step(
+        3,
+        &format!("svcnat run on every node, reading {}", manifests.display()),
+    );
+    let t = Instant::now();
+    cluster.start_agents()?;
+    for i in 0..cluster.nodes() {
+        println!(
+            "  nsenter --net={} svcnat run --node-name {} --manifests {} \
+             --pod-interfaces 'vp*' --node-interfaces eth0 --bpffs {}",
+            cluster.node_ns(i).path().display(),
+            node_name(i),
+            manifests.display(),
+            cluster.bpffs(i).display()
+        );
+    }
+    let web_backends: Vec<SocketAddrV4> =
+        web.iter().map(|p| SocketAddrV4::new(p.addr, 80)).collect();
+    cluster
+        .wait_backends(
+            WEB_VIP,
+            80,
+            Proto::Tcp,
+            Some(&web_backends),
+            Duration::from_secs(30),
+        )
+        .context(
+            "the web Service of deploy/examples/web.yaml should have the three web pods \
+             as backends (did the example change?)",
+        )?;
+    println!(
+        "  every node programmed {WEB_VIP}:80 -> {} backends after {:.0} ms",
+        web_backends.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    step(
+        4,
+        &format!(
+            "{} requests from {} ({}) to http://{WEB_VIP}/, a new connection each",
+            args.requests, client.name, client.addr
+        ),
+    );
+    check_interrupt()?;
+    let t = Instant::now();
+    let outcomes = client.curl_many(
+        &format!("http://{WEB_VIP}/"),
+        args.requests.max(1),
+        Duration::from_secs(5),
+    )?;
+    let elapsed = t.elapsed();
+    print_table(&web, &outcomes);
+    println!(
+        "  ({} requests in {:.0} ms)",
+        outcomes.len(),
+        elapsed.as_secs_f64() * 1e3
+    );
+
+    step(5, "the other example Services");
+    check_interrupt()?;
+    let dig = client.dig(DNS_VIP, 53, DNS_NAME, false, Duration::from_secs(2))?;
+    println!(
+        "  dig @{DNS_VIP} {DNS_NAME} (UDP)  -> {}",
+        show(&dig.answers, dig.exit)
+    );
+    let dig = client.dig(DNS_VIP, 53, DNS_NAME, true, Duration::from_secs(2))?;
+    println!(
+        "  dig @{DNS_VIP} {DNS_NAME} +tcp   -> {}",
+        show(&dig.answers, dig.exit)
+    );
+    let ext = client.curl(
+        &format!("http://{EXTERNAL_VIP}:8080/"),
+        Duration::from_secs(5),
+    )?;
+    println!(
+        "  curl http://{EXTERNAL_VIP}:8080/ (no selector, hand-written slice) -> {}",
+        if ext.ok() {
+            format!("answered by {}", ext.body)
+        } else {
+            format!("failed (curl exit {})", ext.exit)
+        }
+    );
+
+    step(
+        6,
+        &format!(
+            "svcnat inspect services --bpffs {}",
+            cluster.bpffs(0).display()
+        ),
+    );
+    check_interrupt()?;
+    for line in cluster.inspect(0, "services", false)?.lines() {
+        println!("  {line}");
+    }
+
+    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    println!("\ntearing down (agents, servers, pins, namespaces)...");
+    drop(cluster);
+    if failed > 0 {
+        bail!("{failed} of {} requests failed", outcomes.len());
+    }
+    Ok(())
+}
+
+fn show(answers: &[Ipv4Addr], exit: i32) -> String {
+    if answers.is_empty() {
+        format!("no answer (dig exit {exit})")
+    } else {
+        answers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn print_table(web: &[Host], outcomes: &[svcnat::cluster::CurlOutcome]) {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for o in outcomes {
+        let key = if o.ok() {
+            o.body.clone()
+        } else {
+            format!("(failed, curl exit {})", o.exit)
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    println!(
+        "  {:<10} {:<14} {:<8} {:>7}",
+        "backend", "address", "node", "answers"
+    );
+    for pod in web {
+        let n = counts.remove(&pod.name).unwrap_or(0);
+        println!(
+            "  {:<10} {:<14} {:<8} {:>7}  {}",
+            pod.name,
+            pod.addr.to_string(),
+            pod.node_name().unwrap_or_default(),
+            n,
+            "#".repeat(n.div_ceil(2))
+        );
+    }
+    for (other, n) in counts {
+        println!("  {other:<34} {n:>7}");
+    }
+}

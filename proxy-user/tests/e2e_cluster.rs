@@ -1,0 +1,551 @@
+//! End to end on a cluster on one machine (`svcnat::cluster`): nodes, pods
+//! and the fabric are network namespaces, every node runs the real
+//! `svcnat run` on one manifests folder, and real programs talk through
+//! the Services: nginx and curl, dnsmasq and dig, iperf3.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use svcnat::cluster::{
+    Cluster, ClusterConfig, Endpoint, Host, Port, Proto, pod_addr, service_with_slice,
+    service_yaml, skip_reason, slice_yaml,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+/// How long agents may take to show a change (generous: tests run in parallel).
+const WAIT: Duration = Duration::from_secs(30);
+const CURL_TIME: Duration = Duration::from_secs(5);
+/// Length of the iperf3 stream that must outlive agent restarts.
+const IPERF_SECONDS: u32 = 8;
+
+/// A cluster of `nodes` nodes, or None (after printing why) when this
+/// machine cannot run it.
+fn cluster(prefix: &str, nodes: usize, programs: &[&str]) -> Option<Cluster> {
+    if let Some(why) = skip_reason(programs) {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(Cluster::new(ClusterConfig::new(BIN, nodes).prefix(prefix)).expect("build the cluster"))
+}
+
+fn addrs(pods: &[&Host], port: u16) -> Vec<SocketAddrV4> {
+    pods.iter()
+        .map(|p| SocketAddrV4::new(p.addr, port))
+        .collect()
+}
+
+fn endpoints(pods: &[&Host]) -> Vec<Endpoint> {
+    pods.iter().map(|p| Endpoint::of(p)).collect()
+}
+
+fn web_manifest(backends: &[&Host]) -> String {
+    service_with_slice(
+        "demo",
+        "web",
+        VIP,
+        &[Port::tcp("http", 80, 80)],
+        &endpoints(backends),
+    )
+}
+
+fn start_and_wait(c: &Cluster, vip: Ipv4Addr, port: u16, proto: Proto, want: &[SocketAddrV4]) {
+    let t = Instant::now();
+    c.start_agents().expect("start agents");
+    let d = c
+        .wait_backends(vip, port, proto, Some(want), WAIT)
+        .expect("first sync on every node");
+    eprintln!(
+        "agents started; {vip}:{port} programmed on every node after {:?} (polled for {d:?})",
+        t.elapsed()
+    );
+}
+
+/// 300 HTTP requests (each a new connection) from client pods on both
+/// nodes reach all three backends, local and remote, each at least 60 times.
+#[test]
+fn http_through_a_cluster_ip_spreads_over_local_and_remote_backends() {
+    let Some(mut c) = cluster("eh", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let b1 = c.add_pod(0, "b1", pod_addr(0, 10)).expect("pod");
+    let b2 = c.add_pod(0, "b2", pod_addr(0, 11)).expect("pod");
+    let b3 = c.add_pod(1, "b3", pod_addr(1, 10)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    for b in [&b1, &b2, &b3] {
+        c.nginx(b).expect("nginx");
+    }
+    let backends = [&b1, &b2, &b3];
+    c.write_manifest("web.yaml", &web_manifest(&backends))
+        .expect("manifest");
+    start_and_wait(&c, VIP, 80, Proto::Tcp, &addrs(&backends, 80));
+
+    let url = format!("http://{VIP}/");
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let t = Instant::now();
+    for client in [&ca, &cb] {
+        let outcomes = client.curl_many(&url, 150, CURL_TIME).expect("curl");
+        for (i, o) in outcomes.iter().enumerate() {
+            assert!(o.ok(), "request {i} from {} failed: {o:?}", client.name);
+            assert_eq!(o.num_connects, 1, "request {i} reused a connection");
+            *counts.entry(o.body.clone()).or_default() += 1;
+        }
+    }
+    eprintln!("300 requests in {:?}: {counts:?}", t.elapsed());
+    assert_eq!(
+        counts.keys().cloned().collect::<BTreeSet<_>>(),
+        ["b1", "b2", "b3"].map(String::from).into()
+    );
+    for (backend, n) in &counts {
+        assert!(*n >= 60, "{backend} answered only {n} of 300: {counts:?}");
+    }
+}
+
+/// dig through a UDP ClusterIP gets dnsmasq's records from backends on both
+/// nodes; the TCP port of the same service answers too.
+#[test]
+fn dns_over_udp_and_tcp_through_a_cluster_ip() {
+    let Some(mut c) = cluster("ed", 2, &["dnsmasq", "dig"]) else {
+        return;
+    };
+    let d1 = c.add_pod(0, "d1", pod_addr(0, 20)).expect("pod");
+    let d2 = c.add_pod(1, "d2", pod_addr(1, 20)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    let web = Ipv4Addr::new(198, 19, 0, 10);
+    let who1 = Ipv4Addr::new(198, 18, 255, 1);
+    let who2 = Ipv4Addr::new(198, 18, 255, 2);
+    c.dnsmasq(
+        &d1,
+        &[("web.demo.svc.cluster.local", web), ("whoami.test", who1)],
+    )
+    .expect("dnsmasq");
+    c.dnsmasq(
+        &d2,
+        &[("web.demo.svc.cluster.local", web), ("whoami.test", who2)],
+    )
+    .expect("dnsmasq");
+    let dns = Ipv4Addr::new(198, 19, 0, 53);
+    c.write_manifest(
+        "dns.yaml",
+        &service_with_slice(
+            "demo",
+            "dns",
+            dns,
+            &[Port::udp("dns", 53, 53), Port::tcp("dns-tcp", 53, 53)],
+            &endpoints(&[&d1, &d2]),
+        ),
+    )
+    .expect("manifest");
+    start_and_wait(&c, dns, 53, Proto::Udp, &addrs(&[&d1, &d2], 53));
+    c.wait_backends(dns, 53, Proto::Tcp, Some(&addrs(&[&d1, &d2], 53)), WAIT)
+        .expect("tcp port");
+
+    let timeout = Duration::from_secs(2);
+    for client in [&ca, &cb] {
+        let r = client
+            .dig(dns, 53, "web.demo.svc.cluster.local", false, timeout)
+            .expect("dig");
+        assert_eq!((r.exit, r.answers.clone()), (0, vec![web]), "{r:?}");
+        let r = client
+            .dig(dns, 53, "web.demo.svc.cluster.local", true, timeout)
+            .expect("dig +tcp");
+        assert_eq!(
+            (r.exit, r.answers.clone()),
+            (0, vec![web]),
+            "over TCP: {r:?}"
+        );
+        let mut seen: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+        let t = Instant::now();
+        for _ in 0..24 {
+            let r = client
+                .dig(dns, 53, "whoami.test", false, timeout)
+                .expect("dig");
+            assert_eq!(r.exit, 0, "{r:?}");
+            assert_eq!(r.answers.len(), 1, "{r:?}");
+            *seen.entry(r.answers[0]).or_default() += 1;
+        }
+        eprintln!(
+            "{}: 24 UDP queries in {:?}, answered by {seen:?}",
+            client.name,
+            t.elapsed()
+        );
+        assert_eq!(
+            seen.keys().copied().collect::<Vec<_>>(),
+            vec![who1, who2],
+            "both backends answer"
+        );
+    }
+}
+
+/// A backend leaves the EndpointSlice while clients on both nodes loop:
+/// once every node's maps show it, no new connection reaches it; no request
+/// fails; established downloads (to it and to another backend) complete.
+#[test]
+fn endpoint_removal_under_load_moves_new_connections_only() {
+    let Some(mut c) = cluster("ec", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let b1 = c.add_pod(0, "b1", pod_addr(0, 10)).expect("pod");
+    let b2 = c.add_pod(0, "b2", pod_addr(0, 11)).expect("pod");
+    let b3 = c.add_pod(1, "b3", pod_addr(1, 10)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    let all = [&b1, &b2, &b3];
+    for b in all {
+        c.nginx(b).expect("nginx");
+    }
+    c.write_manifest("web.yaml", &web_manifest(&all))
+        .expect("manifest");
+    start_and_wait(&c, VIP, 80, Proto::Tcp, &addrs(&all, 80));
+
+    // Established, slow downloads from ca: the first one's backend is the one
+    // to remove; more until one runs to another backend.
+    let base = format!("http://{VIP}");
+    // 6 s each at 1 MB/s.
+    let bytes = 6_000_000;
+    let mut downloads = Vec::new();
+    let mut removed: Option<String> = None;
+    let mut other_seen = false;
+    for k in 0..16u16 {
+        let port = 41000 + k;
+        let d = c
+            .download(&ca, &base, bytes, 1_000_000, port)
+            .expect("download");
+        let mut backend = None;
+        let t = Instant::now();
+        while backend.is_none() && t.elapsed() < WAIT {
+            backend = c
+                .flow_backend(0, SocketAddrV4::new(ca.addr, port))
+                .expect("conntrack");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let backend = backend.expect("the download's flow in node-a's conntrack");
+        eprintln!("download from port {port} runs to {backend}");
+        let removed = removed.get_or_insert_with(|| backend.clone());
+        other_seen |= backend != *removed;
+        downloads.push((d, backend));
+        if other_seen {
+            break;
+        }
+    }
+    assert!(other_seen, "16 downloads all went to one backend");
+    let removed = removed.expect("a backend to remove");
+    let (gone, keep): (Vec<&Host>, Vec<&Host>) = all
+        .iter()
+        .partition(|b| SocketAddrV4::new(b.addr, 80).to_string() == removed);
+    let gone = gone[0];
+    eprintln!("removing {} ({removed})", gone.name);
+
+    let url = format!("http://{VIP}/");
+    let loops = [
+        c.client_loop(&ca, &url, CURL_TIME),
+        c.client_loop(&cb, &url, CURL_TIME),
+    ];
+    for l in &loops {
+        l.wait_more(3, WAIT).expect("client loop progress");
+    }
+    let edited = Instant::now();
+    c.write_manifest("web.yaml", &web_manifest(&keep))
+        .expect("manifest");
+    c.wait_backends(VIP, 80, Proto::Tcp, Some(&addrs(&keep, 80)), WAIT)
+        .expect("the removal on every node");
+    let updated = Instant::now();
+    eprintln!(
+        "edit -> every node's maps updated after {:?}",
+        updated - edited
+    );
+    for (d, backend) in &mut downloads {
+        assert!(
+            d.running(),
+            "the download to {backend} ended before the update (it took over 6 s): \
+             cannot judge whether established connections survive it"
+        );
+    }
+    // At least 10 requests per client opened after the update.
+    for l in &loops {
+        l.wait_more(11, WAIT).expect("client loop progress");
+    }
+    let mut total = 0;
+    let mut after = 0;
+    for (l, client) in loops.into_iter().zip([&ca, &cb]) {
+        let requests = l.stop();
+        total += requests.len();
+        for r in &requests {
+            assert!(
+                r.outcome.ok(),
+                "a request from {} failed: {:?}",
+                client.name,
+                r.outcome
+            );
+            if r.started > updated {
+                after += 1;
+                assert_ne!(
+                    r.outcome.body, gone.name,
+                    "a connection opened after the update reached the removed backend"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{total} requests, none failed; {after} opened after the update, none to {}",
+        gone.name
+    );
+    assert!(after >= 20, "{after} requests after the update");
+
+    for (d, backend) in downloads {
+        let port = d.local_port;
+        let o = d.finish(Duration::from_secs(60)).expect("download ends");
+        assert_eq!(
+            (o.exit, o.http_code, o.size),
+            (0, 206, bytes),
+            "download from port {port} to {backend}: {o:?}"
+        );
+        eprintln!(
+            "download from port {port} to {backend}: complete in {:?}",
+            o.elapsed
+        );
+    }
+}
+
+/// No endpoints: refused at once (TCP RST, ICMP port unreachable for UDP).
+/// Service deleted: connections fail at once with an error, not a timeout.
+#[test]
+fn no_endpoints_is_refused_and_a_deleted_service_fails_at_once() {
+    let Some(mut c) = cluster("er", 2, &["nginx", "curl", "dig"]) else {
+        return;
+    };
+    let b1 = c.add_pod(1, "b1", pod_addr(1, 10)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    c.nginx(&b1).expect("nginx");
+    c.write_manifest("web.yaml", &web_manifest(&[&b1]))
+        .expect("manifest");
+    start_and_wait(&c, VIP, 80, Proto::Tcp, &addrs(&[&b1], 80));
+    let url = format!("http://{VIP}/");
+    for client in [&ca, &cb] {
+        let o = client.curl(&url, CURL_TIME).expect("curl");
+        assert!(o.ok() && o.body == "b1", "{o:?}");
+    }
+
+    // No endpoints (and a UDP port without endpoints too).
+    let dns = Ipv4Addr::new(198, 19, 0, 53);
+    c.write_manifest("web.yaml", &web_manifest(&[]))
+        .expect("manifest");
+    c.write_manifest(
+        "dns.yaml",
+        &service_with_slice("demo", "dns", dns, &[Port::udp("dns", 53, 53)], &[]),
+    )
+    .expect("manifest");
+    c.wait_backends(VIP, 80, Proto::Tcp, Some(&[]), WAIT)
+        .expect("no backends");
+    c.wait_backends(dns, 53, Proto::Udp, Some(&[]), WAIT)
+        .expect("no backends");
+    let limit = Duration::from_secs(10);
+    for client in [&ca, &cb] {
+        let o = client.curl(&url, limit).expect("curl");
+        eprintln!(
+            "{}: no endpoints -> curl exit {} after {:?}: {:?}",
+            client.name,
+            o.exit,
+            o.elapsed,
+            o.connect_error()
+        );
+        assert_eq!(o.exit, 7, "{o:?}");
+        assert_eq!(o.connect_error(), Some("Connection refused"), "{o:?}");
+        let r = client
+            .dig(dns, 53, "web.demo", false, Duration::from_secs(5))
+            .expect("dig");
+        eprintln!(
+            "{}: UDP without endpoints -> dig exit {} after {:?}",
+            client.name, r.exit, r.elapsed
+        );
+        assert!(
+            r.stdout.contains("connection refused"),
+            "dig should report the ICMP port unreachable: {r:?}"
+        );
+    }
+
+    // Deleted.
+    c.remove_manifest("web.yaml").expect("remove");
+    c.wait_backends(VIP, 80, Proto::Tcp, None, WAIT)
+        .expect("service gone");
+    for client in [&ca, &cb] {
+        let o = client.curl(&url, limit).expect("curl");
+        eprintln!(
+            "{}: service deleted -> curl exit {} after {:?}: {:?}",
+            client.name,
+            o.exit,
+            o.elapsed,
+            o.connect_error()
+        );
+        // 7: could not connect (an ICMP error from the node), not 28 (timeout).
+        assert_eq!(o.exit, 7, "{o:?}");
+        assert!(
+            matches!(
+                o.connect_error(),
+                Some("Network is unreachable" | "No route to host" | "Connection refused")
+            ),
+            "{o:?}"
+        );
+    }
+}
+
+/// SIGKILL and restart of the client node's agent (and SIGTERM and restart
+/// of the other's) while a client connects in a loop and iperf3 streams
+/// through another service: no connection fails, the stream survives, and a
+/// change made while the agent was down is applied once it is back.
+#[test]
+fn agent_restarts_fail_no_connection_and_keep_a_long_transfer() {
+    let Some(mut c) = cluster("ek", 2, &["nginx", "curl", "iperf3"]) else {
+        return;
+    };
+    let b1 = c.add_pod(0, "b1", pod_addr(0, 10)).expect("pod");
+    let b2 = c.add_pod(1, "b2", pod_addr(1, 10)).expect("pod");
+    let b3 = c.add_pod(1, "b3", pod_addr(1, 11)).expect("pod");
+    let perf = c.add_pod(1, "perf", pod_addr(1, 30)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    for b in [&b1, &b2, &b3] {
+        c.nginx(b).expect("nginx");
+    }
+    c.iperf3_server(&perf, 5201).expect("iperf3 server");
+    let perf_vip = Ipv4Addr::new(198, 19, 0, 20);
+    let web = [&b1, &b2, &b3];
+    c.write_manifest("web.yaml", &web_manifest(&web))
+        .expect("manifest");
+    // One backend: iperf3's control and data connections must meet.
+    c.write_manifest(
+        "perf.yaml",
+        &service_with_slice(
+            "demo",
+            "perf",
+            perf_vip,
+            &[Port::tcp("iperf", 5201, 5201)],
+            &endpoints(&[&perf]),
+        ),
+    )
+    .expect("manifest");
+    start_and_wait(&c, VIP, 80, Proto::Tcp, &addrs(&web, 80));
+    c.wait_backends(
+        perf_vip,
+        5201,
+        Proto::Tcp,
+        Some(&addrs(&[&perf], 5201)),
+        WAIT,
+    )
+    .expect("perf service");
+
+    // A paced stream long enough to span the restarts below (if it is not,
+    // the test fails rather than judging nothing).
+    let mut iperf = c
+        .iperf3_client(&ca, perf_vip, 5201, IPERF_SECONDS, Some("200M"))
+        .expect("iperf3 -c");
+    let client = c.client_loop(&ca, &format!("http://{VIP}/"), CURL_TIME);
+    let phase = |what: &str| {
+        let n = client.wait_more(5, WAIT).expect("client loop progress");
+        eprintln!("{n} requests done; {what}");
+    };
+    phase("SIGKILL node-a's agent");
+
+    // SIGKILL node-a's agent; while it is down, drop b3 from the slice and
+    // let traffic flow on the pinned datapath.
+    c.kill_agent(0).expect("kill");
+    let fewer = [&b1, &b2];
+    c.write_manifest("web.yaml", &web_manifest(&fewer))
+        .expect("manifest");
+    phase("start node-a's agent again");
+    c.start_agent(0).expect("restart");
+    let want: BTreeSet<String> = addrs(&fewer, 80).iter().map(ToString::to_string).collect();
+    let d = c
+        .wait_frontends(
+            "node-a to catch up with the change made while it was down",
+            WAIT,
+            |n, fs| n != 0 || fs.iter().any(|f| f.vip == VIP && f.backend_set() == want),
+        )
+        .expect("catch up");
+    eprintln!("restarted agent applied the missed change {d:?} after its start");
+    phase("SIGTERM node-b's agent");
+
+    let st = c.terminate_agent(1).expect("terminate");
+    eprintln!("node-b's agent exited on SIGTERM: {st}");
+    phase("start node-b's agent again");
+    c.start_agent(1).expect("start again");
+    c.wait_backends(VIP, 80, Proto::Tcp, Some(&addrs(&fewer, 80)), WAIT)
+        .expect("both nodes");
+    phase("stop");
+    assert!(
+        iperf.running(),
+        "iperf3 ended before the restarts were done (they took over {IPERF_SECONDS} s): \
+         cannot judge whether a stream survives them"
+    );
+
+    let requests = client.stop();
+    let failed: Vec<_> = requests.iter().filter(|r| !r.outcome.ok()).collect();
+    eprintln!(
+        "{} requests across the restarts, {} failed",
+        requests.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+
+    let o = iperf.finish(Duration::from_secs(60)).expect("iperf3 ends");
+    eprintln!(
+        "iperf3 through {perf_vip}: {} bytes in {:.1} s across both restarts",
+        o.bytes_received, o.seconds
+    );
+    assert!(o.success, "iperf3 failed: {o:?}");
+    assert!(o.error.is_none(), "{o:?}");
+    assert!(o.bytes_received > 0, "{o:?}");
+    assert!(
+        o.seconds >= f64::from(IPERF_SECONDS) - 0.5,
+        "the stream stopped early: {o:?}"
+    );
+}
+
+/// A Service without a selector, with a hand-written EndpointSlice (an
+/// unnamed port, an endpoint with neither conditions nor nodeName) works
+/// from both nodes; a remote pod answers. The outside client reaches pods.
+#[test]
+fn service_without_selector_and_hand_written_slice() {
+    let Some(mut c) = cluster("es", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let ext = c.add_pod(1, "ext", pod_addr(1, 30)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    c.nginx(&ext).expect("nginx");
+    let vip = Ipv4Addr::new(198, 19, 0, 80);
+    let port = Port::tcp("", 8080, 80).unnamed();
+    let text = format!(
+        "{}---\n{}",
+        service_yaml("demo", "external", vip, std::slice::from_ref(&port), false),
+        slice_yaml(
+            "demo",
+            "external-1",
+            "external",
+            std::slice::from_ref(&port),
+            &[Endpoint::bare(ext.addr)]
+        )
+    );
+    assert!(!text.contains("selector"));
+    c.write_manifest("external.yaml", &text).expect("manifest");
+    start_and_wait(&c, vip, 8080, Proto::Tcp, &addrs(&[&ext], 80));
+    for client in [&ca, &cb] {
+        let outcomes = client
+            .curl_many(&format!("http://{vip}:8080/"), 10, CURL_TIME)
+            .expect("curl");
+        for o in outcomes {
+            assert!(o.ok() && o.body == "ext", "from {}: {o:?}", client.name);
+        }
+    }
+    // The outside client reaches pods through node-a (for NodePort tests).
+    let outside = c.outside().expect("outside client");
+    let o = outside
+        .curl(&format!("http://{}/", ext.addr), CURL_TIME)
+        .expect("curl");
+    assert!(o.ok() && o.body == "ext", "from outside: {o:?}");
+}
