@@ -30,8 +30,26 @@ pub mod map_names {
     /// service id (`u32`) -> [`crate::SvcLabel`]: names for inspection only;
     /// the datapath never reads it.
     pub const LABELS: &str = "SVCNAT_LABELS";
+    /// [`crate::Ct4Key`] -> [`crate::Snat4Value`] (LRU): source NAT of
+    /// node-port flows to backends on other nodes. Two entries per flow: the
+    /// forward one keyed by the DNATed tuple (client -> backend, direction
+    /// service) gives the node address and allocated port; the reverse one
+    /// keyed by the backend's reply (backend -> node:port, direction reply)
+    /// gives the client's address and port.
+    pub const SNAT4: &str = "SVCNAT_SNAT4";
+    /// ifindex (`u32`) -> [`crate::NodeAddr4`]: the address of each node
+    /// interface, the source of SNATed flows that arrive on it.
+    pub const NODE4: &str = "SVCNAT_NODE4";
+    /// [`crate::AffinityKey`] -> [`crate::AffinityValue`] (LRU):
+    /// `sessionAffinity: ClientIP`.
+    pub const AFFINITY4: &str = "SVCNAT_AFFINITY4";
+    /// LPM trie of [`crate::SrcRange4`] -> `u32`: `loadBalancerSourceRanges`.
+    pub const SRCRANGE4: &str = "SVCNAT_SRCRANGE4";
     /// All maps, in the order the agent creates and pins them.
-    pub const ALL: [&str; 8] = [SVC4, SLOTS, BACKEND4, REVNAT4, CT4, FRAG4, STATS, LABELS];
+    pub const ALL: [&str; 12] = [
+        SVC4, SLOTS, BACKEND4, REVNAT4, CT4, FRAG4, STATS, LABELS, SNAT4, NODE4, AFFINITY4,
+        SRCRANGE4,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -40,6 +58,11 @@ pub mod program_names {
     pub const TC_POD_INGRESS: &str = "svcnat_pod_ingress";
     /// TC egress on pod-facing interfaces: reverse NAT of replies.
     pub const TC_POD_EGRESS: &str = "svcnat_pod_egress";
+    /// XDP on node interfaces: node-port, external and load-balancer
+    /// traffic from outside, and replies of SNATed flows.
+    pub const XDP_NODE: &str = "svcnat_node_xdp";
+    /// TC egress on node interfaces: reverse NAT of replies from local backends.
+    pub const TC_NODE_EGRESS: &str = "svcnat_node_egress";
 }
 
 /// Default number of entries of each map; the agent may size them at load time.
@@ -56,7 +79,23 @@ pub mod default_sizes {
     pub const CT4: u32 = 524_288;
     /// Fragmented datagrams in flight.
     pub const FRAG4: u32 = 8_192;
+    /// SNAT entries (two per node-port flow to a remote backend).
+    pub const SNAT4: u32 = 65_536;
+    /// Node interfaces.
+    pub const NODE4: u32 = 256;
+    /// Session affinity entries (one per client and service).
+    pub const AFFINITY4: u32 = 65_536;
+    /// Source ranges over all services.
+    pub const SRCRANGE4: u32 = 16_384;
 }
+
+/// First port of the SNAT range. Ports allocated for node-port flows to
+/// remote backends stay out of the local ephemeral range (32768-60999 by
+/// default) and the NodePort range (30000-32767), so they never collide with
+/// the node's own sockets.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// Last port of the SNAT range.
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = 1;
@@ -108,6 +147,22 @@ pub struct SvcValue {
 
 /// The entry marks a VIP (`port == 0`, `proto == 0`), not a service port.
 pub const SVC_FLAG_VIP: u16 = 1;
+/// A node-port, external-IP or load-balancer frontend: XDP on node
+/// interfaces translates traffic to it (cluster IPs are translated only for
+/// pods).
+pub const SVC_FLAG_EXTERNAL: u16 = 2;
+/// A traffic policy `Local` applies: the slots hold only this node's
+/// backends and a count of zero means drop (not reject).
+pub const SVC_FLAG_LOCAL_ONLY: u16 = 4;
+/// Traffic from pods uses the [`SCOPE_INTERNAL`] entry of this frontend
+/// (externalTrafficPolicy Local: outside clients get local backends, pods
+/// get all).
+pub const SVC_FLAG_TWO_SCOPES: u16 = 8;
+/// `loadBalancerSourceRanges`: only clients in the service's ranges.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 16;
+/// The address is a node address (node port): no VIP marker, so other
+/// ports of the node stay reachable.
+pub const SVC_FLAG_NODE_PORT: u16 = 32;
 
 /// Key of a backend slot: the `slot`-th backend (1-based) of service `svc_id`.
 #[repr(C)]
@@ -219,6 +274,9 @@ pub const CT_F_FIN_SERVICE: u8 = 2;
 pub const CT_F_FIN_REPLY: u8 = 4;
 /// RST seen, or FIN seen both ways: a new SYN on this tuple chooses anew.
 pub const CT_F_CLOSED: u8 = 8;
+/// The flow is also source-NATed (node port to a remote backend): see the
+/// SNAT map.
+pub const CT_F_SNAT: u8 = 16;
 
 /// Lifetime of a TCP entry before the handshake completes, seconds.
 pub const CT_TCP_SYN_LIFETIME_S: u64 = 60;
@@ -253,6 +311,61 @@ pub struct Frag4Key {
 pub struct Frag4Value {
     /// The address that replaces the destination (service direction) or the
     /// source (reply direction).
+    pub addr: [u8; 4],
+}
+
+/// Source NAT of one direction of a node-port flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Snat4Value {
+    /// Address to write: the node (forward: source) or the client (reverse:
+    /// destination), network order.
+    pub addr: [u8; 4],
+    /// Port to write, host order.
+    pub port: u16,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// The address of one node interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddr4 {
+    /// Network order.
+    pub addr: [u8; 4],
+}
+
+/// Session affinity key: a client of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    /// Client address, network order.
+    pub client: [u8; 4],
+    /// Service id.
+    pub svc_id: u32,
+}
+
+/// Session affinity value: the backend a client was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// The backend.
+    pub backend_id: u32,
+    /// Its slot then; the entry counts only while that slot still names it.
+    pub slot: u32,
+    /// `bpf_ktime_get_ns()` of the last new connection that used it.
+    pub last_ns: u64,
+}
+
+/// Data of a source-range LPM key: the service id (big-endian, always
+/// matched whole) then the range's address. The prefix length of a key is
+/// 32 plus the range's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SrcRange4 {
+    /// Service id, big-endian.
+    pub svc_id: [u8; 4],
+    /// Range or client address, network order.
     pub addr: [u8; 4],
 }
 
@@ -365,6 +478,21 @@ reasons! {
     NatFragment = 15, "nat_fragment";
     /// A service port with SCTP or another protocol the datapath refuses: dropped.
     DropUnsupportedProtocol = 16, "drop_unsupported_protocol";
+    /// New node-port flow to a backend on another node: DNAT and SNAT.
+    SnatNew = 17, "snat_new";
+    /// Packet of a known node-port flow to a remote backend: DNAT and SNAT.
+    SnatEstablished = 18, "snat_established";
+    /// Reply of a remote backend to an SNATed flow: back to the client.
+    RevsnatReply = 19, "revsnat_reply";
+    /// Traffic policy Local and no backend on this node: dropped.
+    DropNoLocalBackend = 20, "drop_no_local_backend";
+    /// Client outside the service's loadBalancerSourceRanges: dropped.
+    DropSourceRange = 21, "drop_source_range";
+    /// No free SNAT port for a new flow: dropped.
+    DropSnatPorts = 22, "drop_snat_ports";
+    /// External frontend without backends at XDP: passed to the stack,
+    /// which answers a node address with RST / port unreachable.
+    PassNoBackend = 23, "pass_no_backend";
 }
 
 /// Size of the stats map: room for reasons added later without a new layout.
@@ -389,6 +517,11 @@ mod pod {
     unsafe impl aya::Pod for super::Frag4Value {}
     unsafe impl aya::Pod for super::StatValue {}
     unsafe impl aya::Pod for super::SvcLabel {}
+    unsafe impl aya::Pod for super::Snat4Value {}
+    unsafe impl aya::Pod for super::NodeAddr4 {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SrcRange4 {}
 }
 
 #[cfg(test)]
@@ -410,6 +543,11 @@ mod tests {
         assert_eq!(size_of::<Frag4Value>(), 4);
         assert_eq!(size_of::<StatValue>(), 16);
         assert_eq!(size_of::<SvcLabel>(), SVC_LABEL_LEN);
+        assert_eq!(size_of::<Snat4Value>(), 8);
+        assert_eq!(size_of::<NodeAddr4>(), 4);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<SrcRange4>(), 8);
     }
 
     #[test]

@@ -106,6 +106,16 @@ fn touch(e: *mut CtValue, l4: &L4, fin_bit: u8, now: u64) {
 /// not a closed entry seeing a new SYN (that connection chooses anew).
 #[inline(always)]
 pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16)> {
+    ct4_lookup_service_flags(key, l4, now).map(|(a, p, _)| (a, p))
+}
+
+/// [`ct4_lookup_service`], also returning the entry's `CT_F_*` flags.
+#[inline(always)]
+pub(crate) fn ct4_lookup_service_flags(
+    key: &Ct4Key,
+    l4: &L4,
+    now: u64,
+) -> Option<([u8; 4], u16, u8)> {
     let e = CT4.get_ptr_mut(key)?;
     // SAFETY: pointer from a successful lookup.
     let (expires, flags, addr, port) =
@@ -117,7 +127,7 @@ pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8
         return None;
     }
     touch(e, l4, CT_F_FIN_SERVICE, now);
-    Some((addr, port))
+    Some((addr, port, flags))
 }
 
 /// Creates both entries of a new flow. Fails closed: if either cannot be
@@ -131,12 +141,13 @@ pub(crate) fn ct4_create(
     backend: &Backend4,
     l4: &L4,
     now: u64,
+    extra_flags: u8,
 ) -> Result<(), Reason> {
     let flags = if l4.is_tcp() {
         next_flags(0, l4.flags, CT_F_FIN_SERVICE)
     } else {
         0
-    };
+    } | extra_flags;
     let expires_ns = now + lifetime_ns(l4.is_tcp(), flags);
     let fwd = CtValue {
         nat_addr: backend.addr,

@@ -12,20 +12,29 @@ mod frag4;
 mod lb4;
 mod maps;
 mod nat4;
+mod node;
 mod parse;
 mod pod;
 mod reject4;
+mod snat4;
 mod stats;
+mod xdp4;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
+    bindings::{
+        TC_ACT_OK, TC_ACT_SHOT,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use proxy_common::Reason;
 
 /// A TC action and the reason it is counted under.
 pub(crate) type Verdict = (i32, Reason);
+
+/// An XDP action and the reason it is counted under.
+pub(crate) type XdpVerdict = (u32, Reason);
 
 /// Pass the packet on untouched (or as rewritten), counted under `reason`.
 pub(crate) const fn pass(reason: Reason) -> Verdict {
@@ -46,6 +55,35 @@ pub fn svcnat_pod_egress(ctx: TcContext) -> i32 {
     finish(len, pod::try_egress(&ctx))
 }
 
+/// XDP on node interfaces: node-port, external-IP and load-balancer traffic
+/// from outside, and replies of remote backends to SNATed flows.
+#[xdp]
+pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
+    let len = xdp4::len(&ctx);
+    let (action, reason) = match node::try_xdp(&ctx) {
+        Ok(v) => v,
+        Err(reason) => (
+            if action_for(reason) == TC_ACT_OK {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            },
+            reason,
+        ),
+    };
+    stats::count(reason, len);
+    action
+}
+
+/// TC egress on node interfaces: replies of local backends to outside
+/// clients of node ports (the flow was DNATed at XDP) get the frontend's
+/// address back. The same reverse NAT as towards pods.
+#[classifier]
+pub fn svcnat_node_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    finish(len, pod::try_egress(&ctx))
+}
+
 /// The action for a pipeline that stopped early with `reason`: the pass
 /// reasons pass the packet untouched, every other one drops it (a packet we
 /// could not translate correctly must not reach a pod half-rewritten).
@@ -56,7 +94,8 @@ const fn action_for(reason: Reason) -> i32 {
         | Reason::PassNotService
         | Reason::PassIpOptions
         | Reason::PassFragmentUntracked
-        | Reason::PassOtherProtocol => TC_ACT_OK,
+        | Reason::PassOtherProtocol
+        | Reason::PassNoBackend => TC_ACT_OK,
         _ => TC_ACT_SHOT,
     }
 }

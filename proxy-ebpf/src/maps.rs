@@ -2,12 +2,13 @@
 //! All are BTF maps so that `bpftool map dump` prints their fields by name.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use proxy_common::{
-    Backend4, Ct4Key, CtValue, Frag4Key, Frag4Value, RevNat4, STATS_SLOTS, SlotKey, SlotValue,
-    StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes as sz,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, CtValue, Frag4Key, Frag4Value, NodeAddr4,
+    RevNat4, STATS_SLOTS, SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key, SvcLabel,
+    SvcValue, default_sizes as sz,
 };
 
 /// Service frontends, plus one marker entry per VIP.
@@ -43,3 +44,20 @@ pub(crate) static STATS: PerCpuArray<StatValue, { STATS_SLOTS as usize }> = PerC
 /// Names of services for `svcnat inspect`; written by the agent, never read here.
 #[btf_map(name = "SVCNAT_LABELS")]
 pub(crate) static LABELS: HashMap<u32, SvcLabel, { sz::REVNAT4 as usize }> = HashMap::new();
+
+/// Source NAT of node-port flows to remote backends (two entries per flow).
+#[btf_map(name = "SVCNAT_SNAT4")]
+pub(crate) static SNAT4: LruHashMap<Ct4Key, Snat4Value, { sz::SNAT4 as usize }> = LruHashMap::new();
+
+/// Address of each node interface, by ifindex; written by the agent.
+#[btf_map(name = "SVCNAT_NODE4")]
+pub(crate) static NODE4: HashMap<u32, NodeAddr4, { sz::NODE4 as usize }> = HashMap::new();
+
+/// Session affinity: client and service -> backend.
+#[btf_map(name = "SVCNAT_AFFINITY4")]
+pub(crate) static AFFINITY4: LruHashMap<AffinityKey, AffinityValue, { sz::AFFINITY4 as usize }> =
+    LruHashMap::new();
+
+/// loadBalancerSourceRanges by service id.
+#[btf_map(name = "SVCNAT_SRCRANGE4")]
+pub(crate) static SRCRANGE4: LpmTrie<SrcRange4, u32, { sz::SRCRANGE4 as usize }> = LpmTrie::new();

@@ -2,13 +2,16 @@
 //! parse -> service lookup -> conntrack -> pick backend -> rewrite.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
-use proxy_common::{CT_DIR_REPLY, CT_DIR_SERVICE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason};
+use proxy_common::{
+    CT_DIR_REPLY, CT_DIR_SERVICE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_TWO_SCOPES,
+};
 
 use crate::{
     Verdict,
     ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service, reply_key, service_key},
     frag4::{frag4_record, frag4_translate},
-    lb4::{lb4_is_vip, lb4_lookup, lb4_select_backend},
+    lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select},
     maps::CT4,
     nat4::{End, nat4_rewrite, nat4_rewrite_addr, replace2, replace4},
     parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
@@ -41,13 +44,23 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return Ok(pass(reason));
     }
     let l4 = parse::l4(ctx, ip.proto)?;
-    let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
+    let Some(mut svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
         if lb4_is_vip(ip.daddr) {
             return reject4(ctx, &ip, &l4, Reason::RejectUnknownPort);
         }
         return Ok(pass(Reason::PassNotService));
     };
+    if svc.flags & SVC_FLAG_TWO_SCOPES != 0 {
+        // Pods of this node see the internal-scope backends (for example all
+        // of them where outside clients see only local ones).
+        svc = lb4_lookup_internal(ip.daddr, l4.dport, l4.proto)?;
+    }
     if svc.count == 0 {
+        if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+            // Traffic policy Local without a local endpoint: dropped, as
+            // kube-proxy does, rather than rejected.
+            return Err(Reason::DropNoLocalBackend);
+        }
         return reject4(ctx, &ip, &l4, Reason::RejectNoBackend);
     }
     let now = now();
@@ -55,8 +68,8 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     let (addr, port, reason) = match ct4_lookup_service(&key, &l4, now) {
         Some((addr, port)) => (addr, port, Reason::DnatEstablished),
         None => {
-            let (backend_id, backend) = lb4_select_backend(&svc)?;
-            ct4_create(&key, &svc, backend_id, &backend, &l4, now)?;
+            let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
+            ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0)?;
             (backend.addr, backend.port, Reason::DnatNew)
         }
     };

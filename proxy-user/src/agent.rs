@@ -132,6 +132,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     })?;
     tracing::info!(frontends = dp.services().len(), "adopted pinned state");
     report_attach(dp.attach_matching(&cfg.pod_interfaces)?);
+    report_attach(dp.attach_node_matching(&cfg.node_interfaces)?);
 
     let (tx, rx) = mpsc::channel::<SourceEvent>(1024);
     let mut kube_stats = None;
@@ -177,14 +178,23 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     // Interfaces appear as pods start: look for new matching ones periodically.
     let attach_dp = dp.clone();
     let patterns = cfg.pod_interfaces.clone();
+    let node_patterns = cfg.node_interfaces.clone();
     let mut every = tokio::time::interval(cfg.attach_every);
     let attacher = tokio::spawn(async move {
         loop {
             every.tick().await;
-            let result = sync::lock(&attach_dp).attach_matching(&patterns);
-            match result {
-                Ok(r) => report_attach(r),
-                Err(e) => tracing::warn!("attach pass failed: {e}"),
+            let (pods, nodes) = {
+                let mut dp = sync::lock(&attach_dp);
+                (
+                    dp.attach_matching(&patterns),
+                    dp.attach_node_matching(&node_patterns),
+                )
+            };
+            for result in [pods, nodes] {
+                match result {
+                    Ok(r) => report_attach(r),
+                    Err(e) => tracing::warn!("attach pass failed: {e}"),
+                }
             }
         }
     });

@@ -26,16 +26,19 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use proxy_common::{
-    Backend4, LAYOUT_VERSION, Reason, RevNat4, SCOPE_EXTERNAL, SVC_FLAG_VIP, SlotKey, SlotValue,
-    StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes, map_names, program_names,
+    Backend4, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey,
+    SlotValue, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes, map_names,
+    program_names,
 };
 
 /// Default pin folder.
@@ -232,6 +235,32 @@ pub struct ServiceState {
     pub affinity_timeout: u32,
     /// Name for inspection (`namespace/name:port`).
     pub label: String,
+    /// `SVC_FLAG_*` bits of the frontend entry.
+    pub flags: u16,
+    /// Backends of the internal-scope entry, when the frontend has one
+    /// (`SVC_FLAG_TWO_SCOPES`: pods see these, outside clients the above).
+    pub internal_backends: Option<Vec<Backend4Spec>>,
+    /// Source ranges (`loadBalancerSourceRanges`) as (network, prefix length).
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+}
+
+/// Everything about one frontend: what [`Dataplane::upsert_frontend`] writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendSpec {
+    /// Backends of the frontend entry: what traffic from anywhere sees (with
+    /// a traffic policy Local, only this node's backends).
+    pub backends: Vec<Backend4Spec>,
+    /// Backends for this node's pods when they differ from `backends`:
+    /// written as a second, internal-scope entry.
+    pub internal_backends: Option<Vec<Backend4Spec>>,
+    /// `SVC_FLAG_EXTERNAL`, `SVC_FLAG_LOCAL_ONLY`, `SVC_FLAG_NODE_PORT`,
+    /// `SVC_FLAG_SOURCE_RANGES` (with an empty `source_ranges`: nobody is
+    /// admitted). `SVC_FLAG_TWO_SCOPES` follows `internal_backends`.
+    pub flags: u16,
+    /// Admitted client ranges as (address, prefix length).
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// Affinity and label.
+    pub opts: ServiceOpts,
 }
 
 /// Per-frontend settings besides the backends.
@@ -262,6 +291,15 @@ struct ServiceMirror {
     backend_ids: Vec<u32>,
     affinity_timeout: u32,
     label: String,
+    flags: u16,
+    ranges: Vec<(Ipv4Addr, u8)>,
+}
+
+/// Whether a frontend entry with `flags` gets a VIP marker: external-scope
+/// frontends on service addresses, not node addresses (other ports of the
+/// node must stay reachable).
+fn has_marker(flags: u16) -> bool {
+    flags & SVC_FLAG_NODE_PORT == 0
 }
 
 /// Id allocator: smallest freed id first, then the next unused one. Id 0 is
@@ -304,8 +342,12 @@ pub struct Dataplane {
     revnat4: HashMap<MapData, u32, RevNat4>,
     labels: HashMap<MapData, u32, SvcLabel>,
     stats: PerCpuArray<MapData, StatValue>,
+    node4: HashMap<MapData, u32, NodeAddr4>,
+    srcrange4: LpmTrie<MapData, SrcRange4, u32>,
     capacity: MapSizes,
     services: BTreeMap<Frontend4, ServiceMirror>,
+    /// Internal-scope entries of frontends with two scopes.
+    internal: BTreeMap<Frontend4, ServiceMirror>,
     backends: StdHashMap<BackendKey, BackendSlot>,
     backend_keys: StdHashMap<u32, BackendKey>,
     vips: StdHashMap<Ipv4Addr, u32>,
@@ -313,6 +355,7 @@ pub struct Dataplane {
     svc_ids: Ids,
     backend_ids: Ids,
     attached: BTreeMap<(u32, String), ()>,
+    node_attached: BTreeMap<(u32, String), ()>,
 }
 
 /// What [`Dataplane::upsert_service`] changed.
@@ -375,7 +418,11 @@ impl Dataplane {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&layout)(e)),
             _ => {}
         }
-        for name in [program_names::TC_POD_INGRESS, program_names::TC_POD_EGRESS] {
+        for name in [
+            program_names::TC_POD_INGRESS,
+            program_names::TC_POD_EGRESS,
+            program_names::TC_NODE_EGRESS,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| DataplaneError::Program {
@@ -392,6 +439,28 @@ impl Dataplane {
                 source,
             })?;
         }
+        {
+            let name = program_names::XDP_NODE;
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DataplaneError::Program {
+                    name: name.into(),
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program {
+                    name: name.into(),
+                    source,
+                })?;
+            prog.load().map_err(|source| DataplaneError::Program {
+                name: name.into(),
+                source,
+            })?;
+        }
+        let node4 = HashMap::try_from(take(&mut ebpf, map_names::NODE4)?)
+            .map_err(map_err(map_names::NODE4))?;
+        let srcrange4 = LpmTrie::try_from(take(&mut ebpf, map_names::SRCRANGE4)?)
+            .map_err(map_err(map_names::SRCRANGE4))?;
         let svc4 = HashMap::try_from(take(&mut ebpf, map_names::SVC4)?)
             .map_err(map_err(map_names::SVC4))?;
         let slots = HashMap::try_from(take(&mut ebpf, map_names::SLOTS)?)
@@ -421,8 +490,11 @@ impl Dataplane {
             revnat4,
             labels,
             stats,
+            node4,
+            srcrange4,
             capacity,
             services: BTreeMap::new(),
+            internal: BTreeMap::new(),
             backends: StdHashMap::new(),
             backend_keys: StdHashMap::new(),
             vips: StdHashMap::new(),
@@ -430,6 +502,7 @@ impl Dataplane {
             svc_ids: Ids::default(),
             backend_ids: Ids::default(),
             attached: BTreeMap::new(),
+            node_attached: BTreeMap::new(),
         };
         dp.adopt()?;
         Ok(dp)
@@ -460,8 +533,19 @@ impl Dataplane {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(map_names::SVC4))?;
+        let mut ranges: StdHashMap<u32, Vec<(Ipv4Addr, u8)>> = StdHashMap::new();
+        for k in self.srcrange4.keys() {
+            let k = k.map_err(map_err(map_names::SRCRANGE4))?;
+            let data = k.data();
+            ranges
+                .entry(u32::from_be_bytes(data.svc_id))
+                .or_default()
+                .push((Ipv4Addr::from(data.addr), (k.prefix_len() - 32) as u8));
+        }
         for (k, v) in entries {
-            if v.flags & SVC_FLAG_VIP != 0 || k.scope != SCOPE_EXTERNAL {
+            if v.flags & SVC_FLAG_VIP != 0
+                || (k.scope != SCOPE_EXTERNAL && k.scope != SCOPE_INTERNAL)
+            {
                 continue;
             }
             let fe = Frontend4 {
@@ -497,24 +581,35 @@ impl Dataplane {
                 self.backend_keys.insert(*id, key);
             }
             self.slot_count += ids.len();
-            *self.vips.entry(fe.vip).or_default() += 1;
+            if k.scope == SCOPE_EXTERNAL && has_marker(v.flags) {
+                *self.vips.entry(fe.vip).or_default() += 1;
+            }
             let label = self
                 .labels
                 .get(&v.svc_id, 0)
                 .map(|l| l.as_str().to_string())
                 .unwrap_or_default();
-            self.services.insert(
+            let mut r = ranges.remove(&v.svc_id).unwrap_or_default();
+            r.sort();
+            self.table_mut(k.scope).insert(
                 fe,
                 ServiceMirror {
                     svc_id: v.svc_id,
                     backend_ids: ids,
                     affinity_timeout: v.affinity_timeout,
                     label,
+                    flags: v.flags,
+                    ranges: r,
                 },
             );
         }
-        self.svc_ids
-            .rebuild(self.services.values().map(|s| s.svc_id));
+        let ids: Vec<u32> = self
+            .services
+            .values()
+            .chain(self.internal.values())
+            .map(|s| s.svc_id)
+            .collect();
+        self.svc_ids.rebuild(ids.into_iter());
         self.backend_ids.rebuild(by_id.keys().copied());
         Ok(())
     }
@@ -540,7 +635,12 @@ impl Dataplane {
                 fixed += 1;
             }
         }
-        for (fe, s) in &self.services {
+        for (scope, fe, s) in self
+            .services
+            .iter()
+            .map(|(f, s)| (SCOPE_EXTERNAL, f, s))
+            .chain(self.internal.iter().map(|(f, s)| (SCOPE_INTERNAL, f, s)))
+        {
             for (i, id) in s.backend_ids.iter().enumerate() {
                 let k = SlotKey {
                     svc_id: s.svc_id,
@@ -573,7 +673,7 @@ impl Dataplane {
                     .map_err(map_err(map_names::LABELS))?;
                 fixed += 1;
             }
-            let (k, v) = svc_entry(fe, s);
+            let (k, v) = svc_entry(fe, scope, s);
             if self.svc4.get(&k, 0).ok() != Some(v) {
                 self.svc4
                     .insert(k, v, 0)
@@ -600,12 +700,13 @@ impl Dataplane {
             let keep = if k.port == 0 && k.proto == 0 {
                 self.vips.contains_key(&Ipv4Addr::from(k.vip))
             } else {
-                k.scope == SCOPE_EXTERNAL
-                    && self.services.contains_key(&Frontend4 {
-                        vip: Ipv4Addr::from(k.vip),
-                        port: k.port,
-                        proto: k.proto,
-                    })
+                let fe = Frontend4 {
+                    vip: Ipv4Addr::from(k.vip),
+                    port: k.port,
+                    proto: k.proto,
+                };
+                (k.scope == SCOPE_EXTERNAL && self.services.contains_key(&fe))
+                    || (k.scope == SCOPE_INTERNAL && self.internal.contains_key(&fe))
             };
             if !keep {
                 ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
@@ -615,6 +716,7 @@ impl Dataplane {
         let by_svc: StdHashMap<u32, usize> = self
             .services
             .values()
+            .chain(self.internal.values())
             .map(|s| (s.svc_id, s.backend_ids.len()))
             .collect();
         let slot_keys: Vec<SlotKey> = self
@@ -670,20 +772,52 @@ impl Dataplane {
     /// Every frontend the maps hold, with its backends in slot order.
     pub fn services(&self) -> BTreeMap<Frontend4, ServiceState> {
         self.services
-            .iter()
-            .map(|(fe, s)| (*fe, self.state_of(s)))
+            .keys()
+            .filter_map(|fe| Some((*fe, self.service(fe)?)))
             .collect()
     }
 
     /// One frontend's state, if the maps hold it.
     pub fn service(&self, fe: &Frontend4) -> Option<ServiceState> {
-        self.services.get(fe).map(|s| self.state_of(s))
+        let s = self.services.get(fe)?;
+        let mut state = self.state_of(s);
+        state.internal_backends = self
+            .internal
+            .get(fe)
+            .map(|i| self.backends_of(&i.backend_ids));
+        Some(state)
+    }
+
+    fn table(&self, scope: u8) -> &BTreeMap<Frontend4, ServiceMirror> {
+        if scope == SCOPE_INTERNAL {
+            &self.internal
+        } else {
+            &self.services
+        }
+    }
+
+    fn table_mut(&mut self, scope: u8) -> &mut BTreeMap<Frontend4, ServiceMirror> {
+        if scope == SCOPE_INTERNAL {
+            &mut self.internal
+        } else {
+            &mut self.services
+        }
     }
 
     fn state_of(&self, s: &ServiceMirror) -> ServiceState {
-        let backends = s
-            .backend_ids
-            .iter()
+        ServiceState {
+            svc_id: s.svc_id,
+            backends: self.backends_of(&s.backend_ids),
+            affinity_timeout: s.affinity_timeout,
+            label: s.label.clone(),
+            flags: s.flags,
+            internal_backends: None,
+            source_ranges: s.ranges.clone(),
+        }
+    }
+
+    fn backends_of(&self, ids: &[u32]) -> Vec<Backend4Spec> {
+        ids.iter()
             .filter_map(|id| {
                 let k = self.backend_keys.get(id)?;
                 let b = self.backends.get(k)?;
@@ -693,25 +827,79 @@ impl Dataplane {
                     flags: b.flags,
                 })
             })
-            .collect();
-        ServiceState {
-            svc_id: s.svc_id,
-            backends,
-            affinity_timeout: s.affinity_timeout,
-            label: s.label.clone(),
-        }
+            .collect()
     }
 
     /// Makes the maps hold `fe` with exactly `backends` (in this slot order;
     /// duplicates are removed). An empty list keeps the frontend and makes
     /// the datapath reject its traffic. Idempotent. On error the maps are
     /// left consistent: either unchanged or fully updated for the parts
-    /// written.
+    /// written. A plain frontend: no policy flags, one scope.
     pub fn upsert_service(
         &mut self,
         fe: Frontend4,
         backends: &[Backend4Spec],
         opts: &ServiceOpts,
+    ) -> Result<Upsert> {
+        self.upsert_frontend(
+            fe,
+            &FrontendSpec {
+                backends: backends.to_vec(),
+                opts: opts.clone(),
+                ..FrontendSpec::default()
+            },
+        )
+    }
+
+    /// Makes the maps hold `fe` as `spec` says: the frontend entry with its
+    /// flags, backends and source ranges, and the internal-scope entry when
+    /// `spec.internal_backends` is set (written before the flag that sends
+    /// pods to it, deleted after). Idempotent; same consistency as
+    /// [`Self::upsert_service`].
+    pub fn upsert_frontend(&mut self, fe: Frontend4, spec: &FrontendSpec) -> Result<Upsert> {
+        let mut flags = spec.flags & !(SVC_FLAG_VIP | SVC_FLAG_TWO_SCOPES);
+        let mut changed = false;
+        if let Some(internal) = &spec.internal_backends {
+            flags |= SVC_FLAG_TWO_SCOPES;
+            let r = self.upsert_scoped(
+                fe,
+                SCOPE_INTERNAL,
+                internal,
+                &spec.opts,
+                flags & !(SVC_FLAG_TWO_SCOPES | SVC_FLAG_SOURCE_RANGES),
+                &[],
+            )?;
+            changed |= r != Upsert::Unchanged;
+        }
+        let mut ranges = spec.source_ranges.clone();
+        ranges.sort();
+        ranges.dedup();
+        let r = self.upsert_scoped(
+            fe,
+            SCOPE_EXTERNAL,
+            &spec.backends,
+            &spec.opts,
+            flags,
+            &ranges,
+        )?;
+        if spec.internal_backends.is_none() && self.internal.contains_key(&fe) {
+            self.delete_scoped(&fe, SCOPE_INTERNAL)?;
+            changed = true;
+        }
+        Ok(match r {
+            Upsert::Unchanged if changed => Upsert::Updated,
+            other => other,
+        })
+    }
+
+    fn upsert_scoped(
+        &mut self,
+        fe: Frontend4,
+        scope: u8,
+        backends: &[Backend4Spec],
+        opts: &ServiceOpts,
+        flags: u16,
+        ranges: &[(Ipv4Addr, u8)],
     ) -> Result<Upsert> {
         let affinity_timeout = opts.affinity_timeout;
         let mut want: Vec<Backend4Spec> = Vec::with_capacity(backends.len());
@@ -726,14 +914,16 @@ impl Dataplane {
                 max: usize::from(u16::MAX),
             });
         }
-        if let Some(cur) = self.service(&fe)
-            && cur.backends == want
+        if let Some(cur) = self.table(scope).get(&fe)
+            && self.backends_of(&cur.backend_ids) == want
             && cur.affinity_timeout == affinity_timeout
             && cur.label == opts.label
+            && cur.flags == flags
+            && cur.ranges == ranges
         {
             return Ok(Upsert::Unchanged);
         }
-        self.check_capacity(&fe, &want)?;
+        self.check_capacity(&fe, scope, &want)?;
 
         // 1. Backends: new ones written, changed flags rewritten.
         let mut ids = Vec::with_capacity(want.len());
@@ -787,19 +977,28 @@ impl Dataplane {
             ids.push(id);
         }
 
-        let created = !self.services.contains_key(&fe);
-        let (svc_id, old_ids, old_label) = match self.services.get(&fe) {
-            Some(s) => (s.svc_id, s.backend_ids.clone(), Some(s.label.clone())),
-            None => (self.svc_ids.take(), Vec::new(), None),
+        let cur = self.table(scope).get(&fe);
+        let created = cur.is_none();
+        let (svc_id, old_ids, old_label, old_flags, old_ranges) = match cur {
+            Some(s) => (
+                s.svc_id,
+                s.backend_ids.clone(),
+                Some(s.label.clone()),
+                Some(s.flags),
+                s.ranges.clone(),
+            ),
+            None => (self.svc_ids.take(), Vec::new(), None, None, Vec::new()),
         };
         let mirror = ServiceMirror {
             svc_id,
             backend_ids: ids.clone(),
             affinity_timeout,
             label: opts.label.clone(),
+            flags,
+            ranges: ranges.to_vec(),
         };
         let result = self
-            .write_service(&fe, &mirror, &old_ids, created)
+            .write_service(&fe, scope, &mirror, &old_ids, &old_ranges, created)
             .and_then(|()| {
                 if old_label.as_deref() != Some(opts.label.as_str()) {
                     self.labels
@@ -816,13 +1015,18 @@ impl Dataplane {
             return Err(e);
         }
         self.slot_count = self.slot_count + ids.len() - old_ids.len();
-        self.services.insert(fe, mirror);
-        if created {
-            *self.vips.entry(fe.vip).or_default() += 1;
-            let (k, v) = vip_marker(fe.vip);
-            self.svc4
-                .insert(k, v, 0)
-                .map_err(map_err(map_names::SVC4))?;
+        self.table_mut(scope).insert(fe, mirror);
+        if scope == SCOPE_EXTERNAL {
+            let had = old_flags.is_some_and(has_marker);
+            if has_marker(flags) && !had {
+                *self.vips.entry(fe.vip).or_default() += 1;
+                let (k, v) = vip_marker(fe.vip);
+                self.svc4
+                    .insert(k, v, 0)
+                    .map_err(map_err(map_names::SVC4))?;
+            } else if had && !has_marker(flags) {
+                self.drop_marker(fe.vip)?;
+            }
         }
         // 4. Backends no slot names any more go last.
         self.release_backends(&old_ids)?;
@@ -833,12 +1037,15 @@ impl Dataplane {
         })
     }
 
-    /// Slots, reverse NAT and the frontend entry, in the safe order.
+    /// Slots, reverse NAT, source ranges and the frontend entry, in the safe
+    /// order.
     fn write_service(
         &mut self,
         fe: &Frontend4,
+        scope: u8,
         s: &ServiceMirror,
         old_ids: &[u32],
+        old_ranges: &[(Ipv4Addr, u8)],
         created: bool,
     ) -> Result<()> {
         // 2. Slots that change, before the count that exposes them.
@@ -864,8 +1071,16 @@ impl Dataplane {
                 .insert(s.svc_id, rv, 0)
                 .map_err(map_err(map_names::REVNAT4))?;
         }
+        // New ranges before the entry that may start checking them.
+        for r in &s.ranges {
+            if !old_ranges.contains(r) {
+                self.srcrange4
+                    .insert(&range_key(s.svc_id, *r), 1, 0)
+                    .map_err(map_err(map_names::SRCRANGE4))?;
+            }
+        }
         // 3. The frontend with its new count, then slots past the count.
-        let (k, v) = svc_entry(fe, s);
+        let (k, v) = svc_entry(fe, scope, s);
         self.svc4
             .insert(k, v, 0)
             .map_err(map_err(map_names::SVC4))?;
@@ -876,11 +1091,17 @@ impl Dataplane {
             };
             ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
         }
+        for r in old_ranges {
+            if !s.ranges.contains(r) {
+                ignore_missing(self.srcrange4.remove(&range_key(s.svc_id, *r)))
+                    .map_err(map_err(map_names::SRCRANGE4))?;
+            }
+        }
         Ok(())
     }
 
-    fn check_capacity(&self, fe: &Frontend4, want: &[Backend4Spec]) -> Result<()> {
-        let cur = self.services.get(fe);
+    fn check_capacity(&self, fe: &Frontend4, scope: u8, want: &[Backend4Spec]) -> Result<()> {
+        let cur = self.table(scope).get(fe);
         let new_backends = want
             .iter()
             .filter(|b| {
@@ -911,7 +1132,7 @@ impl Dataplane {
             });
         }
         if cur.is_none() {
-            let entries = self.services.len() + self.vips.len();
+            let entries = self.services.len() + self.internal.len() + self.vips.len();
             let needed = 1 + usize::from(!self.vips.contains_key(&fe.vip));
             let free = (self.capacity.services as usize).saturating_sub(entries);
             if needed > free {
@@ -922,6 +1143,62 @@ impl Dataplane {
                     capacity: self.capacity.services,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Removes `fe` from the maps (both scopes). Returns whether it was there
+    /// (deleting what is absent is not an error). Established flows keep
+    /// their conntrack entries and so their backend; new ones are rejected
+    /// if the VIP still has other ports, else no longer translated.
+    pub fn delete_service(&mut self, fe: &Frontend4) -> Result<bool> {
+        let found = self.delete_scoped(fe, SCOPE_EXTERNAL)?;
+        self.delete_scoped(fe, SCOPE_INTERNAL)?;
+        Ok(found)
+    }
+
+    fn delete_scoped(&mut self, fe: &Frontend4, scope: u8) -> Result<bool> {
+        let Some(s) = self.table_mut(scope).remove(fe) else {
+            return Ok(false);
+        };
+        let key = Svc4Key {
+            vip: fe.vip.octets(),
+            port: fe.port,
+            proto: fe.proto,
+            scope,
+        };
+        ignore_missing(self.svc4.remove(&key)).map_err(map_err(map_names::SVC4))?;
+        if scope == SCOPE_EXTERNAL && has_marker(s.flags) {
+            self.drop_marker(fe.vip)?;
+        }
+        for slot in 1..=s.backend_ids.len() {
+            let k = SlotKey {
+                svc_id: s.svc_id,
+                slot: slot as u32,
+            };
+            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+        }
+        for r in &s.ranges {
+            ignore_missing(self.srcrange4.remove(&range_key(s.svc_id, *r)))
+                .map_err(map_err(map_names::SRCRANGE4))?;
+        }
+        ignore_missing(self.revnat4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
+        ignore_missing(self.labels.remove(&s.svc_id)).map_err(map_err(map_names::LABELS))?;
+        self.slot_count -= s.backend_ids.len();
+        self.svc_ids.give(s.svc_id);
+        self.release_backends(&s.backend_ids)?;
+        Ok(true)
+    }
+
+    /// One frontend fewer on `vip`; its marker goes with the last one.
+    fn drop_marker(&mut self, vip: Ipv4Addr) -> Result<()> {
+        let remaining = self.vips.get(&vip).copied().unwrap_or(1).saturating_sub(1);
+        if remaining == 0 {
+            self.vips.remove(&vip);
+            let (k, _) = vip_marker(vip);
+            ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
+        } else {
+            self.vips.insert(vip, remaining);
         }
         Ok(())
     }
@@ -944,49 +1221,6 @@ impl Dataplane {
             }
         }
         Ok(())
-    }
-
-    /// Removes `fe` from the maps. Returns whether it was there (deleting
-    /// what is absent is not an error). Established flows keep their
-    /// conntrack entries and so their backend; new ones are rejected if the
-    /// VIP still has other ports, else no longer translated.
-    pub fn delete_service(&mut self, fe: &Frontend4) -> Result<bool> {
-        let Some(s) = self.services.remove(fe) else {
-            return Ok(false);
-        };
-        let key = Svc4Key {
-            vip: fe.vip.octets(),
-            port: fe.port,
-            proto: fe.proto,
-            scope: SCOPE_EXTERNAL,
-        };
-        ignore_missing(self.svc4.remove(&key)).map_err(map_err(map_names::SVC4))?;
-        let remaining = self
-            .vips
-            .get(&fe.vip)
-            .copied()
-            .unwrap_or(1)
-            .saturating_sub(1);
-        if remaining == 0 {
-            self.vips.remove(&fe.vip);
-            let (k, _) = vip_marker(fe.vip);
-            ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
-        } else {
-            self.vips.insert(fe.vip, remaining);
-        }
-        for slot in 1..=s.backend_ids.len() {
-            let k = SlotKey {
-                svc_id: s.svc_id,
-                slot: slot as u32,
-            };
-            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
-        }
-        ignore_missing(self.revnat4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
-        ignore_missing(self.labels.remove(&s.svc_id)).map_err(map_err(map_names::LABELS))?;
-        self.slot_count -= s.backend_ids.len();
-        self.svc_ids.give(s.svc_id);
-        self.release_backends(&s.backend_ids)?;
-        Ok(true)
     }
 
     /// Datapath counters summed over CPUs, by reason.
@@ -1113,6 +1347,175 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// Attaches the node programs to every interface of the current network
+    /// namespace whose name matches one of `patterns`: XDP (native mode where
+    /// the driver has it, else generic mode with one warning) and TC egress
+    /// (reverse NAT of replies from local backends). Links are pinned as
+    /// `<ifindex>-<ifname>-xdp` and `-node-egress`, and adopted like the pod
+    /// ones. Each interface's first IPv4 address is written to the node
+    /// address map (the source of SNATed flows that arrive on it), and
+    /// `accept_local` is set on it: the kernel routes packets the XDP program
+    /// rewrote to carry the node's own address as source. Call it
+    /// periodically; interfaces already done are skipped.
+    pub fn attach_node_matching(&mut self, patterns: &[glob::Pattern]) -> Result<AttachReport> {
+        let mut report = AttachReport::default();
+        let ifaces = interfaces().map_err(io_err(Path::new("if_nameindex")))?;
+        let addrs = ipv4_addresses().map_err(io_err(Path::new("getifaddrs")))?;
+        for (index, name) in ifaces
+            .iter()
+            .filter(|(_, n)| patterns.iter().any(|p| p.matches(n)))
+        {
+            if let Some(addr) = addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a) {
+                self.set_node_address(*index, addr)?;
+            }
+            if self.node_attached.contains_key(&(*index, name.clone())) {
+                continue;
+            }
+            let sysctl = format!("/proc/sys/net/ipv4/conf/{name}/accept_local");
+            if let Err(e) = fs::write(&sysctl, "1") {
+                report.failed.push((name.clone(), format!("{sysctl}: {e}")));
+                continue;
+            }
+            match self.attach_node_one(*index, name) {
+                Ok(true) => report.adopted.push(name.clone()),
+                Ok(false) => report.attached.push(name.clone()),
+                Err(e) => {
+                    report.failed.push((name.clone(), e.to_string()));
+                    continue;
+                }
+            }
+            self.node_attached.insert((*index, name.clone()), ());
+        }
+        self.node_attached
+            .retain(|(i, n), _| ifaces.iter().any(|(ii, nn)| ii == i && nn == n));
+        Ok(report)
+    }
+
+    /// Records `addr` as the address of node interface `ifindex`.
+    pub fn set_node_address(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
+        let v = NodeAddr4 {
+            addr: addr.octets(),
+        };
+        if self.node4.get(&ifindex, 0).ok() != Some(v) {
+            self.node4
+                .insert(ifindex, v, 0)
+                .map_err(map_err(map_names::NODE4))?;
+        }
+        Ok(())
+    }
+
+    fn attach_node_one(&mut self, index: u32, name: &str) -> Result<bool> {
+        let link_err = |what: String| DataplaneError::Link {
+            ifname: name.into(),
+            what,
+        };
+        let prog_err = |source| DataplaneError::Program {
+            name: format!("{} on {name}", program_names::XDP_NODE),
+            source,
+        };
+        let links = self.dir.join("links");
+        let pin = links.join(format!("{index}-{name}-xdp"));
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program_names::XDP_NODE)
+            .ok_or_else(|| prog_err(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(prog_err)?;
+        let mut adopted = true;
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old))
+                    .map_err(|e| link_err(format!("pinned link {}: {e}", pin.display())))?;
+                let id = prog.attach_to_link(link).map_err(prog_err)?;
+                drop(prog.take_link(id));
+            }
+            Err(_) => {
+                adopted = false;
+                let id = match prog.attach_to_if_index(index, XdpMode::Driver) {
+                    Ok(id) => id,
+                    Err(native) => {
+                        tracing::warn!(
+                            "interface {name}: no native XDP ({native}); using generic mode, which is slower"
+                        );
+                        prog.attach_to_if_index(index, XdpMode::Skb)
+                            .map_err(prog_err)?
+                    }
+                };
+                let link = prog.take_link(id).map_err(prog_err)?;
+                let fd = FdLink::try_from(link)
+                    .map_err(|e| link_err(format!("not an XDP bpf_link: {e}")))?;
+                fd.pin(&pin)
+                    .map_err(|e| link_err(format!("pin {}: {e}", pin.display())))?;
+            }
+        }
+        let pin = links.join(format!("{index}-{name}-node-egress"));
+        let prog_name = program_names::TC_NODE_EGRESS;
+        let tc_err = |source| DataplaneError::Program {
+            name: format!("{prog_name} on {name}"),
+            source,
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog_name)
+            .ok_or_else(|| tc_err(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(tc_err)?;
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| link_err(format!("pinned link {}: {e}", pin.display())))?;
+                let id = prog.attach_to_link(link).map_err(tc_err)?;
+                drop(prog.take_link(id));
+            }
+            Err(_) => {
+                adopted = false;
+                let id = prog
+                    .attach_with_options(
+                        name,
+                        TcAttachType::Egress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(tc_err)?;
+                let link = prog.take_link(id).map_err(tc_err)?;
+                let fd =
+                    FdLink::try_from(link).map_err(|e| link_err(format!("not a TCX link: {e}")))?;
+                fd.pin(&pin)
+                    .map_err(|e| link_err(format!("pin {}: {e}", pin.display())))?;
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+/// The IPv4 addresses of the calling thread's network namespace, by
+/// interface name, in the order the kernel lists them.
+pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut p = head;
+    // SAFETY: walks the list getifaddrs returned; every node and its
+    // address are valid until freeifaddrs.
+    unsafe {
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                let sin = a as *const libc::sockaddr_in;
+                let addr = Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
+                let name = CStr::from_ptr((*p).ifa_name).to_string_lossy().into_owned();
+                out.push((name, addr));
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(out)
+}
+
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
     ebpf.take_map(name).ok_or(DataplaneError::Map {
         map: name,
@@ -1127,18 +1530,36 @@ fn pinned_max_entries(dir: &Path, name: &'static str) -> Result<u32> {
         .map_err(map_err(name))
 }
 
-fn svc_entry(fe: &Frontend4, s: &ServiceMirror) -> (Svc4Key, SvcValue) {
+/// The LPM key of source range `r` of service `svc_id`.
+fn range_key(svc_id: u32, r: (Ipv4Addr, u8)) -> aya::maps::lpm_trie::Key<SrcRange4> {
+    let len = r.1.min(32);
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    let net = u32::from(r.0) & mask;
+    aya::maps::lpm_trie::Key::new(
+        32 + u32::from(len),
+        SrcRange4 {
+            svc_id: svc_id.to_be_bytes(),
+            addr: net.to_be_bytes(),
+        },
+    )
+}
+
+fn svc_entry(fe: &Frontend4, scope: u8, s: &ServiceMirror) -> (Svc4Key, SvcValue) {
     (
         Svc4Key {
             vip: fe.vip.octets(),
             port: fe.port,
             proto: fe.proto,
-            scope: SCOPE_EXTERNAL,
+            scope,
         },
         SvcValue {
             svc_id: s.svc_id,
             count: s.backend_ids.len() as u16,
-            flags: 0,
+            flags: s.flags,
             affinity_timeout: s.affinity_timeout,
             pad: 0,
         },

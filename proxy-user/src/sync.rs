@@ -18,12 +18,17 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use proxy_common::{BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING};
+use proxy_common::{
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY,
+    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+};
 use tokio::sync::mpsc;
 
 use crate::{
-    dataplane::{Backend4Spec, Dataplane, DataplaneError, Frontend4, ServiceOpts, Upsert},
-    model::{self, Family, NodeInfo, Protocol, ServiceModel, ServiceName},
+    dataplane::{
+        Backend4Spec, Dataplane, DataplaneError, Frontend4, FrontendSpec, ServiceOpts, Upsert,
+    },
+    model::{self, Family, FrontendKind, NodeInfo, Protocol, ServiceModel, ServiceName},
     sources::{Kind, Object, SourceEvent},
 };
 
@@ -274,7 +279,7 @@ impl Syncer {
     fn sync_service(&mut self, dp: &mut Dataplane, name: &ServiceName, report: &mut PassReport) {
         let key = (name.namespace.clone(), name.name.clone());
         let mut problems = Vec::new();
-        let mut want: BTreeMap<Frontend4, (Vec<Backend4Spec>, ServiceOpts)> = BTreeMap::new();
+        let mut want: BTreeMap<Frontend4, FrontendSpec> = BTreeMap::new();
         if let Some(svc) = self.services.get(&key) {
             let slices: Vec<&EndpointSlice> = self
                 .slices_of
@@ -297,8 +302,8 @@ impl Syncer {
         });
         let had = self.owned.remove(name).unwrap_or_default();
         let mut now_owned = BTreeSet::new();
-        for (fe, (backends, opts)) in &want {
-            match dp.upsert_service(*fe, backends, opts) {
+        for (fe, spec) in &want {
+            match dp.upsert_frontend(*fe, spec) {
                 Ok(Upsert::Unchanged) => report.unchanged += 1,
                 Ok(_) => report.upserted += 1,
                 Err(e) => {
@@ -358,12 +363,21 @@ impl Syncer {
         report.skipped.extend(problems);
     }
 
-    /// The IPv4 TCP/UDP frontends of a model and their backends. SCTP and
-    /// IPv6 are reported as not supported by the datapath yet.
+    /// The IPv4 TCP/UDP frontends of a model, their backends and policies.
+    /// SCTP and IPv6 are reported as not supported by the datapath yet.
+    ///
+    /// - Cluster IPs: all backends, or with `internalTrafficPolicy: Local`
+    ///   only this node's, none meaning drop.
+    /// - Node ports, external IPs, load-balancer IPs: translated at XDP too
+    ///   (`SVC_FLAG_EXTERNAL`). With `externalTrafficPolicy: Local` the
+    ///   frontend entry holds only this node's backends (none: drop) and a
+    ///   second, internal-scope entry holds all of them for this node's pods
+    ///   (kube-proxy sends pod traffic to external addresses cluster-wide).
+    /// - `loadBalancerSourceRanges` apply to load-balancer IPs.
     fn desired(
         &self,
         m: &ServiceModel,
-        want: &mut BTreeMap<Frontend4, (Vec<Backend4Spec>, ServiceOpts)>,
+        want: &mut BTreeMap<Frontend4, FrontendSpec>,
         problems: &mut Vec<String>,
     ) {
         for port in &m.ports {
@@ -419,7 +433,47 @@ impl Syncer {
                     affinity_timeout: port.affinity_timeout_s.unwrap_or(0),
                     label,
                 };
-                want.insert(f4, (backends.clone(), opts));
+                let local: Vec<Backend4Spec> = backends
+                    .iter()
+                    .filter(|b| b.flags & BACKEND_FLAG_LOCAL != 0)
+                    .copied()
+                    .collect();
+                let mut spec = FrontendSpec {
+                    backends: backends.clone(),
+                    opts,
+                    ..FrontendSpec::default()
+                };
+                match fe.kind {
+                    FrontendKind::ClusterIp => {
+                        if port.internal_traffic_local {
+                            spec.backends = local;
+                            spec.flags |= SVC_FLAG_LOCAL_ONLY;
+                        }
+                    }
+                    kind => {
+                        spec.flags |= SVC_FLAG_EXTERNAL;
+                        if kind == FrontendKind::NodePort {
+                            spec.flags |= SVC_FLAG_NODE_PORT;
+                        }
+                        if port.external_traffic_local {
+                            spec.internal_backends = Some(backends.clone());
+                            spec.backends = local;
+                            spec.flags |= SVC_FLAG_LOCAL_ONLY;
+                        }
+                        if kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
+                            spec.flags |= SVC_FLAG_SOURCE_RANGES;
+                            spec.source_ranges = port
+                                .source_ranges
+                                .iter()
+                                .filter_map(|(a, len)| match a {
+                                    IpAddr::V4(a) => Some((*a, *len)),
+                                    IpAddr::V6(_) => None,
+                                })
+                                .collect();
+                        }
+                    }
+                }
+                want.insert(f4, spec);
             }
         }
     }

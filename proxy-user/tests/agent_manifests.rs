@@ -52,7 +52,7 @@ impl Agent {
                 "--pod-interfaces",
                 "vh*",
                 "--node-interfaces",
-                "br0",
+                "eth0",
             ])
             .arg("--manifests")
             .arg(&self.manifests)

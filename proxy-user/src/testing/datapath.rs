@@ -11,12 +11,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, ProgramFd, SchedClassifier},
+    maps::{
+        HashMap, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{ProgramError, ProgramFd, SchedClassifier, Xdp},
 };
 use proxy_common::{
-    Backend4, Ct4Key, CtValue, Frag4Key, Frag4Value, Reason, RevNat4, SVC_FLAG_VIP, SlotKey,
-    SlotValue, StatValue, Svc4Key, SvcValue, map_names, program_names,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, CtValue, Frag4Key, Frag4Value, NodeAddr4, Reason,
+    RevNat4, SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key, SvcValue,
+    map_names, program_names,
 };
 
 use super::prog_run::{TestRunOutput, test_run};
@@ -27,6 +31,16 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 /// TC verdict: the packet was redirected (`bpf_redirect`).
 pub const TC_ACT_REDIRECT: u32 = 7;
+/// XDP verdict: drop.
+pub const XDP_DROP: u32 = 1;
+/// XDP verdict: on to the kernel stack.
+pub const XDP_PASS: u32 = 2;
+/// XDP verdict: back out of the interface it came in on.
+pub const XDP_TX: u32 = 3;
+
+/// The ifindex `BPF_PROG_TEST_RUN` gives an XDP program (the loopback
+/// device of the caller's network namespace): seed the node address under it.
+pub const TEST_RUN_IFINDEX: u32 = 1;
 
 /// Map sizes for tests: large enough for 10,000 flows (two conntrack entries
 /// each), small enough that loading many times costs little memory.
@@ -37,15 +51,24 @@ pub const TEST_MAP_SIZES: &[(&str, u32)] = &[
     (map_names::REVNAT4, 1024),
     (map_names::CT4, 65_536),
     (map_names::FRAG4, 1024),
+    (map_names::SNAT4, 65_536),
+    (map_names::AFFINITY4, 4096),
+    (map_names::SRCRANGE4, 1024),
 ];
 
-/// Which TC program to run.
+/// Which program to run (the TC programs and, despite the name, the XDP one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcProgram {
     /// `svcnat_pod_ingress`: packets from a pod (service direction).
     PodIngress,
     /// `svcnat_pod_egress`: packets to a pod (replies).
     PodEgress,
+    /// `svcnat_node_xdp` (XDP, verdicts `XDP_*`): packets from outside the
+    /// node, and replies of remote backends to SNATed flows.
+    NodeXdp,
+    /// `svcnat_node_egress`: packets leaving a node interface (replies of
+    /// local backends to outside clients).
+    NodeEgress,
 }
 
 impl TcProgram {
@@ -54,6 +77,8 @@ impl TcProgram {
         match self {
             TcProgram::PodIngress => program_names::TC_POD_INGRESS,
             TcProgram::PodEgress => program_names::TC_POD_EGRESS,
+            TcProgram::NodeXdp => program_names::XDP_NODE,
+            TcProgram::NodeEgress => program_names::TC_NODE_EGRESS,
         }
     }
 }
@@ -102,6 +127,8 @@ pub struct TestDatapath {
     _ebpf: Ebpf,
     ingress: ProgramFd,
     egress: ProgramFd,
+    node_xdp: ProgramFd,
+    node_egress: ProgramFd,
     /// Service frontends.
     pub svc4: HashMap<MapData, Svc4Key, SvcValue>,
     /// Backend slots.
@@ -116,6 +143,14 @@ pub struct TestDatapath {
     pub frag4: HashMap<MapData, Frag4Key, Frag4Value>,
     /// Per-CPU stats by reason.
     pub stats: PerCpuArray<MapData, StatValue>,
+    /// SNAT of node-port flows (LRU).
+    pub snat4: HashMap<MapData, Ct4Key, Snat4Value>,
+    /// Node interface addresses.
+    pub node4: HashMap<MapData, u32, NodeAddr4>,
+    /// Session affinity (LRU).
+    pub affinity4: HashMap<MapData, AffinityKey, AffinityValue>,
+    /// Source ranges.
+    pub srcrange4: LpmTrie<MapData, SrcRange4, u32>,
 }
 
 /// Why packet tests cannot run here, if they cannot: not root, or no object.
@@ -187,6 +222,20 @@ impl TestDatapath {
         let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
         let ingress = load_program(&mut ebpf, program_names::TC_POD_INGRESS)?;
         let egress = load_program(&mut ebpf, program_names::TC_POD_EGRESS)?;
+        let node_egress = load_program(&mut ebpf, program_names::TC_NODE_EGRESS)?;
+        let node_xdp = {
+            let name = program_names::XDP_NODE;
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.fd()
+                .map_err(|source| LoadError::Program { name, source })?
+                .try_clone()?
+        };
         Ok(TestDatapath {
             svc4: take(&mut ebpf, map_names::SVC4, HashMap::try_from)?,
             slots: take(&mut ebpf, map_names::SLOTS, HashMap::try_from)?,
@@ -195,9 +244,15 @@ impl TestDatapath {
             ct4: take(&mut ebpf, map_names::CT4, HashMap::try_from)?,
             frag4: take(&mut ebpf, map_names::FRAG4, HashMap::try_from)?,
             stats: take(&mut ebpf, map_names::STATS, PerCpuArray::try_from)?,
+            snat4: take(&mut ebpf, map_names::SNAT4, HashMap::try_from)?,
+            node4: take(&mut ebpf, map_names::NODE4, HashMap::try_from)?,
+            affinity4: take(&mut ebpf, map_names::AFFINITY4, HashMap::try_from)?,
+            srcrange4: take(&mut ebpf, map_names::SRCRANGE4, LpmTrie::try_from)?,
             _ebpf: ebpf,
             ingress,
             egress,
+            node_xdp,
+            node_egress,
         })
     }
 
@@ -206,6 +261,8 @@ impl TestDatapath {
         match prog {
             TcProgram::PodIngress => self.ingress.as_fd(),
             TcProgram::PodEgress => self.egress.as_fd(),
+            TcProgram::NodeXdp => self.node_xdp.as_fd(),
+            TcProgram::NodeEgress => self.node_egress.as_fd(),
         }
     }
 
@@ -287,6 +344,99 @@ impl TestDatapath {
             },
             0,
         )
+    }
+
+    /// Writes a frontend entry of `scope` with `flags` and session affinity
+    /// `affinity_timeout`, and its backends `(id, address, BACKEND_FLAG_*)`
+    /// in slots 1..=n, plus its reverse NAT entry (no VIP marker: add one
+    /// with [`Self::add_vip_marker`] for service addresses).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a seed helper mirroring the map fields"
+    )]
+    pub fn add_frontend(
+        &mut self,
+        vip: SocketAddrV4,
+        proto: u8,
+        scope: u8,
+        svc_id: u32,
+        flags: u16,
+        affinity_timeout: u32,
+        backends: &[(u32, SocketAddrV4, u8)],
+    ) -> Result<(), MapError> {
+        for (slot, (id, addr, bflags)) in backends.iter().enumerate() {
+            self.backend4.insert(
+                id,
+                Backend4 {
+                    addr: addr.ip().octets(),
+                    port: addr.port(),
+                    proto,
+                    flags: *bflags,
+                },
+                0,
+            )?;
+            let slot = u32::try_from(slot + 1).expect("few backends");
+            self.slots
+                .insert(SlotKey { svc_id, slot }, SlotValue { backend_id: *id }, 0)?;
+        }
+        self.revnat4.insert(
+            svc_id,
+            RevNat4 {
+                vip: vip.ip().octets(),
+                port: vip.port(),
+                proto,
+                pad: 0,
+            },
+            0,
+        )?;
+        self.svc4.insert(
+            Svc4Key {
+                vip: vip.ip().octets(),
+                port: vip.port(),
+                proto,
+                scope,
+            },
+            SvcValue {
+                svc_id,
+                count: u16::try_from(backends.len()).expect("few backends"),
+                flags,
+                affinity_timeout,
+                pad: 0,
+            },
+            0,
+        )
+    }
+
+    /// Records `addr` as the node address of interface `ifindex`.
+    pub fn set_node_address(
+        &mut self,
+        ifindex: u32,
+        addr: std::net::Ipv4Addr,
+    ) -> Result<(), MapError> {
+        self.node4.insert(
+            ifindex,
+            NodeAddr4 {
+                addr: addr.octets(),
+            },
+            0,
+        )
+    }
+
+    /// Admits clients in `net/len` to service `svc_id`.
+    pub fn add_source_range(
+        &mut self,
+        svc_id: u32,
+        net: std::net::Ipv4Addr,
+        len: u8,
+    ) -> Result<(), MapError> {
+        let key = Key::new(
+            32 + u32::from(len),
+            SrcRange4 {
+                svc_id: svc_id.to_be_bytes(),
+                addr: net.octets(),
+            },
+        );
+        self.srcrange4.insert(&key, 1, 0)
     }
 
     /// Writes the marker entry that makes `vip`'s address a known VIP.

@@ -1,0 +1,151 @@
+//! The pipeline of XDP on node interfaces: traffic from outside the node.
+//!
+//! reply of an SNATed flow? -> reverse SNAT + reverse DNAT, back to the client
+//! else: external frontend lookup -> source ranges -> conntrack -> pick
+//! backend (policy, affinity) -> DNAT, plus SNAT when the backend is on
+//! another node.
+//!
+//! Every rewritten packet is passed to the kernel (`XDP_PASS`), which routes
+//! it: to a local pod over the bridge, to another node, or back to the
+//! client. This costs a trip through the stack per packet, but needs no
+//! next-hop MAC: `bpf_fib_lookup` and `XDP_TX`/redirect would skip it
+//! (later). A packet whose new source is the node's own address needs
+//! `accept_local` on the interface, which the agent sets when it attaches.
+
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use proxy_common::{
+    BACKEND_FLAG_LOCAL, CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP, Reason, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SvcValue,
+};
+
+use crate::{
+    XdpVerdict,
+    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, reply_key, service_key},
+    lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
+    maps::NODE4,
+    nat4::End,
+    parse::{Ipv4Hdr, L4},
+    snat4::{fwd_key, snat4_allocate, snat4_lookup_fwd, snat4_lookup_rev},
+    xdp4::{self, xdp4_rewrite},
+};
+
+#[inline(always)]
+const fn pass(reason: Reason) -> XdpVerdict {
+    (XDP_PASS, reason)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A packet arriving on a node interface.
+#[inline(always)]
+pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
+    let ip = xdp4::ipv4(ctx)?;
+    if ip.ihl() > 5 {
+        return Ok(pass(Reason::PassIpOptions));
+    }
+    if ip.is_later_fragment() {
+        // Fragmented node-port traffic is not translated at XDP (yet).
+        return Ok(pass(Reason::PassFragmentUntracked));
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(pass(Reason::PassNotService));
+    }
+    let l4 = xdp4::l4(ctx, ip.proto)?;
+    if let Some(client) = snat4_lookup_rev(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto) {
+        return rev_snat(ctx, &ip, &l4, client.addr, client.port);
+    }
+    let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
+        return Ok(pass(Reason::PassNotService));
+    };
+    if svc.flags & SVC_FLAG_EXTERNAL == 0 {
+        // A cluster IP reached from outside: not ours to translate.
+        return Ok(pass(Reason::PassNotService));
+    }
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb4_source_allowed(svc.svc_id, ip.saddr) {
+        return Err(Reason::DropSourceRange);
+    }
+    if svc.count == 0 {
+        if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+            return Err(Reason::DropNoLocalBackend);
+        }
+        // The stack answers a node address with RST / port unreachable.
+        return Ok(pass(Reason::PassNoBackend));
+    }
+    let now = now();
+    let key = service_key(ip.saddr, ip.daddr, &l4);
+    if let Some((addr, port, flags)) = ct4_lookup_service_flags(&key, &l4, now) {
+        if flags & CT_F_SNAT == 0 {
+            xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
+            return Ok(pass(Reason::DnatEstablished));
+        }
+        let fwd = fwd_key(ip.saddr, l4.sport, addr, port, l4.proto);
+        let (node, nport) = match snat4_lookup_fwd(&fwd) {
+            Some(s) => (s.addr, s.port),
+            // Evicted: the flow gets a new port (UDP survives, TCP resets).
+            None => {
+                let node = node_addr(ctx, &ip, &svc)?;
+                (node, snat4_allocate(&fwd, node)?)
+            }
+        };
+        xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
+        xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
+        return Ok(pass(Reason::SnatEstablished));
+    }
+    let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
+    if backend.flags & BACKEND_FLAG_LOCAL != 0 {
+        ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0)?;
+        xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
+        return Ok(pass(Reason::DnatNew));
+    }
+    let node = node_addr(ctx, &ip, &svc)?;
+    let fwd = fwd_key(ip.saddr, l4.sport, backend.addr, backend.port, l4.proto);
+    let nport = snat4_allocate(&fwd, node)?;
+    ct4_create(&key, &svc, backend_id, &backend, &l4, now, CT_F_SNAT)?;
+    xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
+    xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
+    Ok(pass(Reason::SnatNew))
+}
+
+/// The address SNATed flows leave with: the node port's own address (a node
+/// address the client already talks to), else the address of the interface
+/// the packet came in on.
+#[inline(always)]
+fn node_addr(ctx: &XdpContext, ip: &Ipv4Hdr, svc: &SvcValue) -> Result<[u8; 4], Reason> {
+    if svc.flags & SVC_FLAG_NODE_PORT != 0 {
+        return Ok(ip.daddr);
+    }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: copied at once.
+    match unsafe { NODE4.get(ifindex).copied() } {
+        Some(n) => Ok(n.addr),
+        None => Err(Reason::DropSnatPorts),
+    }
+}
+
+/// A remote backend's reply to an SNATed flow: destination back to the
+/// client, source back to the frontend. Without the conntrack entry (it
+/// expired first) the packet is left alone.
+#[inline(always)]
+fn rev_snat(
+    ctx: &XdpContext,
+    ip: &Ipv4Hdr,
+    l4: &L4,
+    client: [u8; 4],
+    cport: u16,
+) -> Result<XdpVerdict, Reason> {
+    let back = L4 {
+        dport: cport,
+        ..*l4
+    };
+    let key = reply_key(ip.saddr, client, &back);
+    let Some((vip, vport)) = ct4_lookup_reply(&key, l4, now()) else {
+        return Ok(pass(Reason::PassNotService));
+    };
+    xdp4_rewrite(ctx, End::Dst, client, l4, cport)?;
+    xdp4_rewrite(ctx, End::Src, vip, l4, vport)?;
+    Ok(pass(Reason::RevsnatReply))
+}
