@@ -1,6 +1,7 @@
 //! Control-plane scale measurement: full sync of N services with 5
 //! endpoints each into real maps, then single-endpoint changes one at a time.
-//! Prints figures; asserts nothing. Used by `cargo xtask bench`.
+//! Prints figures, and the kernel's memlock of each map (`bpftool`);
+//! asserts nothing. Used by `cargo xtask bench`.
 //!
 //! `cargo run --release -p proxy-user --example sync_scale -- [N] [CHANGES]`
 
@@ -14,8 +15,11 @@ use svcnat::{
     sync::{SyncStats, Syncer},
 };
 
+/// ClusterIP of service `i`: 198.18.64.0 + i, so that 100,000 services fit in
+/// 198.18.0.0/15 above the endpoints' 198.18.0.0/18.
 fn service(i: u32) -> Service {
-    let ip = format!("198.19.{}.{}", i / 250, i % 250 + 1);
+    let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 64, 0)) + i)
+        .to_string();
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("s{i}"), "namespace": "scale"},
@@ -25,11 +29,14 @@ fn service(i: u32) -> Service {
     .expect("service")
 }
 
+/// Endpoints distinct across services: addresses in 198.18.0.0/18 (16,000
+/// of them), and a port per block of 3,200 services.
 fn slice(i: u32, generation: u32) -> EndpointSlice {
+    let port = 8080 + i / 3200;
     let eps: Vec<serde_json::Value> = (0..5)
         .map(|e| {
-            let n = i * 5 + e + generation;
-            serde_json::json!({"addresses": [format!("198.18.{}.{}", (n / 250) % 256, n % 250 + 1)],
+            let n = (i % 3200) * 5 + e + generation;
+            serde_json::json!({"addresses": [format!("198.18.{}.{}", (n / 250) % 64, n % 250 + 1)],
                                "conditions": {"ready": true}, "nodeName": "node-a"})
         })
         .collect();
@@ -38,7 +45,7 @@ fn slice(i: u32, generation: u32) -> EndpointSlice {
         "metadata": {"name": format!("s{i}-x"), "namespace": "scale",
                      "labels": {"kubernetes.io/service-name": format!("s{i}")}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         "endpoints": eps
     }))
     .expect("slice")
@@ -68,6 +75,7 @@ fn main() {
     let changes: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let dir = PathBuf::from(format!("/sys/fs/bpf/svcnat-scale-{}", std::process::id()));
     let _ = cleanup(&dir);
+    let _pins = Pins(dir.clone());
     let sizes = MapSizes {
         services: (2 * n + 64).max(1024),
         slots: (5 * n + 64).max(1024),
@@ -85,6 +93,7 @@ fn main() {
             eprintln!(
                 "cannot open the dataplane (root and `cargo xtask build-ebpf --release` needed): {e}"
             );
+            let _ = cleanup(&dir);
             std::process::exit(1);
         }
     };
@@ -141,6 +150,45 @@ fn main() {
         rss_kib("VmHWM:"),
         rss_kib("VmRSS:").saturating_sub(rss_before)
     );
+    print_map_memory(&dir);
     drop(dp);
-    let _ = cleanup(&dir);
+}
+
+/// Removes the pin folder on every way out (a panic included).
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = cleanup(&self.0);
+    }
+}
+
+/// The kernel's own account of each pinned map (`bpftool map show`):
+/// `bytes_memlock`, which for preallocated hash maps follows `max_entries`,
+/// not the number of entries in use. One line per map, then the total.
+fn print_map_memory(dir: &std::path::Path) {
+    let mut total: u64 = 0;
+    for name in proxy_common::map_names::ALL {
+        let path = dir.join(name);
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(&path)
+            .output();
+        let json: Option<serde_json::Value> = out
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+        let Some(json) = json else {
+            eprintln!("bpftool map show pinned {} failed", path.display());
+            continue;
+        };
+        let memlock = json["bytes_memlock"].as_u64().unwrap_or(0);
+        total += memlock;
+        println!(
+            "map_memory map={name} type={} max_entries={} memlock_bytes={memlock}",
+            json["type"].as_str().unwrap_or("?"),
+            json["max_entries"].as_u64().unwrap_or(0),
+        );
+    }
+    println!("map_memory_total memlock_bytes={total}");
 }

@@ -3,6 +3,7 @@
 //! The alias in `.cargo/config.toml` runs this crate; `cargo xtask --help`
 //! lists the tasks. Every command run for real is echoed first.
 
+mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -40,6 +41,19 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run setup, build-ebpf --release, then the benchmarks (per-packet
+    /// cost, control plane, end to end against kube-proxy's iptables and
+    /// nftables modes) and write `bench/REPORT.md` and `bench/report.json`.
+    /// Needs root.
+    Bench {
+        /// Small sizes and short runs (CI smoke; a couple of minutes). Writes
+        /// to `target/bench-quick/` unless `--out` is given.
+        #[arg(long)]
+        quick: bool,
+        /// Folder for REPORT.md and report.json.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Run setup, build-ebpf --release, then `svcnat demo` in release mode.
     Demo {
         /// Passed to `svcnat demo`.
@@ -74,6 +88,10 @@ fn run(task: Task) -> anyhow::Result<()> {
             let object = ebpf::build(&root, &toolchain, true)?;
             test::run(&root, &object, &args)
         }
+        Task::Bench { quick, out } => {
+            let object = ebpf::build(&root, &toolchain, true)?;
+            bench::run(&root, &object, quick, out.as_deref())
+        }
         Task::Demo { args } => {
             let object = ebpf::build(&root, &toolchain, true)?;
             demo::run(&root, &object, &args)
@@ -106,6 +124,22 @@ mod tests {
             panic!("not the demo task");
         };
         assert_eq!(args, ["--nodes", "3"]);
+    }
+
+    #[test]
+    fn bench_takes_quick_and_out() {
+        assert!(matches!(
+            parse(&["bench"]),
+            Task::Bench {
+                quick: false,
+                out: None
+            }
+        ));
+        let Task::Bench { quick, out } = parse(&["bench", "--quick", "--out", "x"]) else {
+            panic!("not the bench task");
+        };
+        assert!(quick);
+        assert_eq!(out.as_deref(), Some(std::path::Path::new("x")));
     }
 
     #[test]
