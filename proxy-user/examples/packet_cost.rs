@@ -26,8 +26,22 @@ use svcnat::testing::{
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
+/// VIP of service `i`: 198.19.0.0/16 first, then 198.18.0.0/16 (131,072 in
+/// all, so 100,000 services get distinct VIPs inside 198.18.0.0/15).
 fn vip(i: u32) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(198, 19, (i >> 8) as u8, (i & 0xff) as u8), 80)
+    SocketAddrV4::new(
+        Ipv4Addr::from(0xc613_0000 - (i & 0x1_0000) + (i & 0xffff)),
+        80,
+    )
+}
+
+/// Backend `id`: addresses cycle through 198.18.0.0/16 and the port moves
+/// on every lap, so every (address, port) is distinct.
+fn backend(id: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(0xc612_0000 + (id & 0xffff)),
+        8080 + (id >> 16) as u16,
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -99,16 +113,14 @@ fn main() {
             let backends: Vec<(u32, SocketAddrV4)> = (0..5)
                 .map(|b| {
                     let id = i * 5 + b + 1;
-                    (
-                        id,
-                        SocketAddrV4::new(Ipv4Addr::from(0xc612_0000 + id), 8080),
-                    )
+                    (id, backend(id))
                 })
                 .collect();
             dp.add_service(vip(i), 6, i + 1, &backends)
                 .expect("seed service");
         }
         let target = vip(n / 2);
+        // Outside the VIPs of up to 120,000 services.
         let client = Ipv4Addr::new(198, 18, 250, 1);
         // New flows: distinct source ports, one run each.
         let mut new_flow = Vec::with_capacity(20_000);
