@@ -54,9 +54,9 @@ enum Task {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// Run setup, build-ebpf --release, then `svcnat demo` in release mode.
+    /// Run setup, build-ebpf --release, then the demo (`proxy-user/examples/demo.rs`) in release mode.
     Demo {
-        /// Passed to `svcnat demo`.
+        /// Passed to the demo (`--requests N`, `--manifests DIR`, `--svcnat PATH`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
