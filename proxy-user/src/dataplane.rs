@@ -691,81 +691,40 @@ impl Dataplane {
             }
         }
         // Deletions last: what the maps hold and the mirror does not.
-        let svc_keys: Vec<Svc4Key> = self
-            .svc4
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::SVC4))?;
-        for k in svc_keys {
-            let keep = if k.port == 0 && k.proto == 0 {
-                self.vips.contains_key(&Ipv4Addr::from(k.vip))
-            } else {
-                let fe = Frontend4 {
-                    vip: Ipv4Addr::from(k.vip),
-                    port: k.port,
-                    proto: k.proto,
-                };
-                (k.scope == SCOPE_EXTERNAL && self.services.contains_key(&fe))
-                    || (k.scope == SCOPE_INTERNAL && self.internal.contains_key(&fe))
-            };
-            if !keep {
-                ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
-                fixed += 1;
+        let (services, internal, vips) = (&self.services, &self.internal, &self.vips);
+        fixed += prune(&mut self.svc4, map_names::SVC4, |k| {
+            if k.port == 0 && k.proto == 0 {
+                return vips.contains_key(&Ipv4Addr::from(k.vip));
             }
-        }
+            let fe = Frontend4 {
+                vip: Ipv4Addr::from(k.vip),
+                port: k.port,
+                proto: k.proto,
+            };
+            (k.scope == SCOPE_EXTERNAL && services.contains_key(&fe))
+                || (k.scope == SCOPE_INTERNAL && internal.contains_key(&fe))
+        })?;
         let by_svc: StdHashMap<u32, usize> = self
             .services
             .values()
             .chain(self.internal.values())
             .map(|s| (s.svc_id, s.backend_ids.len()))
             .collect();
-        let slot_keys: Vec<SlotKey> = self
-            .slots
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::SLOTS))?;
-        for k in slot_keys {
-            if by_svc
+        fixed += prune(&mut self.slots, map_names::SLOTS, |k| {
+            by_svc
                 .get(&k.svc_id)
-                .is_none_or(|n| k.slot == 0 || k.slot as usize > *n)
-            {
-                ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
-                fixed += 1;
-            }
-        }
-        let rev_keys: Vec<u32> = self
-            .revnat4
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::REVNAT4))?;
-        for k in rev_keys {
-            if !by_svc.contains_key(&k) {
-                ignore_missing(self.revnat4.remove(&k)).map_err(map_err(map_names::REVNAT4))?;
-                fixed += 1;
-            }
-        }
-        let label_keys: Vec<u32> = self
-            .labels
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::LABELS))?;
-        for k in label_keys {
-            if !by_svc.contains_key(&k) {
-                ignore_missing(self.labels.remove(&k)).map_err(map_err(map_names::LABELS))?;
-                fixed += 1;
-            }
-        }
-        let backend_ids: Vec<u32> = self
-            .backend4
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::BACKEND4))?;
-        for id in backend_ids {
-            if !self.backend_keys.contains_key(&id) {
-                ignore_missing(self.backend4.remove(&id)).map_err(map_err(map_names::BACKEND4))?;
-                fixed += 1;
-            }
-        }
+                .is_some_and(|n| k.slot >= 1 && k.slot as usize <= *n)
+        })?;
+        fixed += prune(&mut self.revnat4, map_names::REVNAT4, |k| {
+            by_svc.contains_key(k)
+        })?;
+        fixed += prune(&mut self.labels, map_names::LABELS, |k| {
+            by_svc.contains_key(k)
+        })?;
+        let backend_keys = &self.backend_keys;
+        fixed += prune(&mut self.backend4, map_names::BACKEND4, |k| {
+            backend_keys.contains_key(k)
+        })?;
         Ok(fixed)
     }
 
@@ -1582,6 +1541,25 @@ fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
             pad: 0,
         },
     )
+}
+
+/// Deletes every entry of `map` whose key `keep` rejects. Returns how many
+/// it deleted.
+fn prune<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    keep: impl Fn(&K) -> bool,
+) -> Result<usize> {
+    let keys: Vec<K> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    let mut deleted = 0;
+    for k in keys.iter().filter(|k| !keep(k)) {
+        ignore_missing(map.remove(k)).map_err(map_err(name))?;
+        deleted += 1;
+    }
+    Ok(deleted)
 }
 
 /// Deleting what is absent is not an error.
