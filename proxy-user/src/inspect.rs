@@ -320,106 +320,99 @@ pub enum What {
     Stats,
 }
 
+/// A row of one of the `inspect` tables.
+trait Row: Serialize {
+    /// Column titles.
+    const HEADERS: &'static [&'static str];
+    /// The row's cells, in column order.
+    fn cells(&self) -> Vec<String>;
+}
+
+impl Row for ServiceRow {
+    const HEADERS: &'static [&'static str] = &["SERVICE", "FRONTEND", "PROTO", "ID", "BACKENDS"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            format!("{}:{}", self.vip, self.port),
+            self.protocol.to_string(),
+            self.svc_id.to_string(),
+            if self.backends.is_empty() {
+                "(none: rejects)".into()
+            } else {
+                self.backends.join(", ")
+            },
+        ]
+    }
+}
+
+impl Row for BackendRow {
+    const HEADERS: &'static [&'static str] = &["ID", "BACKEND", "PROTO", "FLAGS", "SERVICES"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            format!("{}:{}", self.address, self.port),
+            self.protocol.to_string(),
+            self.flags.join(","),
+            self.services.join(", "),
+        ]
+    }
+}
+
+impl Row for ConntrackRow {
+    const HEADERS: &'static [&'static str] = &[
+        "DIR",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "NAT",
+        "SERVICE",
+        "AGE_S",
+        "EXPIRES_S",
+        "FLAGS",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.direction.to_string(),
+            self.protocol.to_string(),
+            self.source.clone(),
+            self.destination.clone(),
+            self.nat.clone(),
+            self.service.clone(),
+            format!("{:.1}", self.age_s),
+            format!("{:.1}", self.expires_in_s),
+            self.flags.join(","),
+        ]
+    }
+}
+
+impl Row for StatRow {
+    const HEADERS: &'static [&'static str] = &["REASON", "PACKETS", "BYTES"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.reason.to_string(),
+            self.packets.to_string(),
+            self.bytes.to_string(),
+        ]
+    }
+}
+
+/// Rows as pretty JSON or as an aligned table.
+fn show<R: Row>(rows: &[R], json: bool) -> String {
+    if json {
+        return serde_json::to_string_pretty(rows)
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    }
+    let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
+    table(R::HEADERS, &cells)
+}
+
 /// Renders `what` from the pins in `dir` as text or JSON.
 pub fn render(dir: &Path, what: What, json: bool) -> Result<String> {
-    let to_json =
-        |v: serde_json::Result<String>| v.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     Ok(match what {
-        What::Services => {
-            let rows = services(dir)?;
-            if json {
-                return Ok(to_json(serde_json::to_string_pretty(&rows)));
-            }
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.name.clone(),
-                        format!("{}:{}", r.vip, r.port),
-                        r.protocol.to_string(),
-                        r.svc_id.to_string(),
-                        if r.backends.is_empty() {
-                            "(none: rejects)".into()
-                        } else {
-                            r.backends.join(", ")
-                        },
-                    ]
-                })
-                .collect();
-            table(&["SERVICE", "FRONTEND", "PROTO", "ID", "BACKENDS"], &cells)
-        }
-        What::Backends => {
-            let rows = backends(dir)?;
-            if json {
-                return Ok(to_json(serde_json::to_string_pretty(&rows)));
-            }
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.id.to_string(),
-                        format!("{}:{}", r.address, r.port),
-                        r.protocol.to_string(),
-                        r.flags.join(","),
-                        r.services.join(", "),
-                    ]
-                })
-                .collect();
-            table(&["ID", "BACKEND", "PROTO", "FLAGS", "SERVICES"], &cells)
-        }
-        What::Conntrack => {
-            let rows = conntrack(dir)?;
-            if json {
-                return Ok(to_json(serde_json::to_string_pretty(&rows)));
-            }
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.direction.to_string(),
-                        r.protocol.to_string(),
-                        r.source.clone(),
-                        r.destination.clone(),
-                        r.nat.clone(),
-                        r.service.clone(),
-                        format!("{:.1}", r.age_s),
-                        format!("{:.1}", r.expires_in_s),
-                        r.flags.join(","),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "DIR",
-                    "PROTO",
-                    "SOURCE",
-                    "DESTINATION",
-                    "NAT",
-                    "SERVICE",
-                    "AGE_S",
-                    "EXPIRES_S",
-                    "FLAGS",
-                ],
-                &cells,
-            )
-        }
-        What::Stats => {
-            let rows = stats(dir)?;
-            if json {
-                return Ok(to_json(serde_json::to_string_pretty(&rows)));
-            }
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.reason.to_string(),
-                        r.packets.to_string(),
-                        r.bytes.to_string(),
-                    ]
-                })
-                .collect();
-            table(&["REASON", "PACKETS", "BYTES"], &cells)
-        }
+        What::Services => show(&services(dir)?, json),
+        What::Backends => show(&backends(dir)?, json),
+        What::Conntrack => show(&conntrack(dir)?, json),
+        What::Stats => show(&stats(dir)?, json),
     })
 }
 
