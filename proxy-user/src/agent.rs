@@ -75,44 +75,18 @@ pub enum AgentError {
 /// The addresses of the interfaces matching `patterns` in the current
 /// network namespace (the NodePort addresses, as kube-proxy's `primary`).
 pub fn interface_addresses(patterns: &[glob::Pattern]) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    // SAFETY: getifaddrs allocates a list freed below with freeifaddrs; each
-    // entry's address is read according to its family.
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut p = head;
-        while !p.is_null() {
-            let ifa = &*p;
-            p = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-                continue;
-            }
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if !patterns.iter().any(|pat| pat.matches(&name)) {
-                continue;
-            }
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    out.push(IpAddr::from(
-                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                    ));
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let a = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                    if !a.is_unicast_link_local() {
-                        out.push(IpAddr::V6(a));
-                    }
-                }
-                _ => {}
-            }
-        }
-        libc::freeifaddrs(head);
-    }
+    let all = crate::dataplane::addresses().unwrap_or_else(|e| {
+        tracing::warn!("cannot list the node's addresses: {e}");
+        Vec::new()
+    });
+    let mut out: Vec<IpAddr> = all
+        .into_iter()
+        .filter(|(name, addr)| {
+            patterns.iter().any(|p| p.matches(name))
+                && !matches!(addr, IpAddr::V6(a) if a.is_unicast_link_local())
+        })
+        .map(|(_, addr)| addr)
+        .collect();
     out.sort();
     out.dedup();
     out

@@ -16,10 +16,10 @@
 //! backend is deleted only when no slot names it any more.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     ffi::CStr,
     fs, io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::AsFd,
     path::{Path, PathBuf},
 };
@@ -354,8 +354,8 @@ pub struct Dataplane {
     slot_count: usize,
     svc_ids: Ids,
     backend_ids: Ids,
-    attached: BTreeMap<(u32, String), ()>,
-    node_attached: BTreeMap<(u32, String), ()>,
+    attached: BTreeSet<(u32, String)>,
+    node_attached: BTreeSet<(u32, String)>,
 }
 
 /// What [`Dataplane::upsert_service`] changed.
@@ -423,40 +423,19 @@ impl Dataplane {
             program_names::TC_POD_EGRESS,
             program_names::TC_NODE_EGRESS,
         ] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| DataplaneError::Program {
-                    name: name.into(),
-                    source: ProgramError::NotLoaded,
-                })?
-                .try_into()
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
                 .map_err(|source| DataplaneError::Program {
                     name: name.into(),
                     source,
                 })?;
-            prog.load().map_err(|source| DataplaneError::Program {
-                name: name.into(),
+        }
+        program_mut::<Xdp>(&mut ebpf, program_names::XDP_NODE)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: program_names::XDP_NODE.into(),
                 source,
             })?;
-        }
-        {
-            let name = program_names::XDP_NODE;
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| DataplaneError::Program {
-                    name: name.into(),
-                    source: ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program {
-                    name: name.into(),
-                    source,
-                })?;
-            prog.load().map_err(|source| DataplaneError::Program {
-                name: name.into(),
-                source,
-            })?;
-        }
         let node4 = HashMap::try_from(take(&mut ebpf, map_names::NODE4)?)
             .map_err(map_err(map_names::NODE4))?;
         let srcrange4 = LpmTrie::try_from(take(&mut ebpf, map_names::SRCRANGE4)?)
@@ -501,8 +480,8 @@ impl Dataplane {
             slot_count: 0,
             svc_ids: Ids::default(),
             backend_ids: Ids::default(),
-            attached: BTreeMap::new(),
-            node_attached: BTreeMap::new(),
+            attached: BTreeSet::new(),
+            node_attached: BTreeSet::new(),
         };
         dp.adopt()?;
         Ok(dp)
@@ -1201,7 +1180,7 @@ impl Dataplane {
             .filter(|(_, n)| patterns.iter().any(|p| p.matches(n)))
             .collect();
         for (index, name) in &wanted {
-            if self.attached.contains_key(&(*index, name.clone())) {
+            if self.attached.contains(&(*index, name.clone())) {
                 continue;
             }
             match self.attach_one(*index, name) {
@@ -1212,7 +1191,7 @@ impl Dataplane {
                     continue;
                 }
             }
-            self.attached.insert((*index, name.clone()), ());
+            self.attached.insert((*index, name.clone()));
         }
         // Pins whose interface no longer exists (or was renamed/reindexed).
         let links = self.dir.join("links");
@@ -1227,7 +1206,7 @@ impl Dataplane {
             }
         }
         self.attached
-            .retain(|(i, n), _| ifaces.iter().any(|(ii, nn)| ii == i && nn == n));
+            .retain(|(i, n)| ifaces.iter().any(|(ii, nn)| ii == i && nn == n));
         Ok(report)
     }
 
@@ -1247,18 +1226,7 @@ impl Dataplane {
                 .dir
                 .join("links")
                 .join(format!("{index}-{name}-{suffix}"));
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(prog_name)
-                .ok_or_else(|| DataplaneError::Program {
-                    name: prog_name.into(),
-                    source: ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program {
-                    name: prog_name.into(),
-                    source,
-                })?;
+            let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, prog_name)?;
             let link_err = |what: String| DataplaneError::Link {
                 ifname: name.into(),
                 what,
@@ -1320,7 +1288,14 @@ impl Dataplane {
     pub fn attach_node_matching(&mut self, patterns: &[glob::Pattern]) -> Result<AttachReport> {
         let mut report = AttachReport::default();
         let ifaces = interfaces().map_err(io_err(Path::new("if_nameindex")))?;
-        let addrs = ipv4_addresses().map_err(io_err(Path::new("getifaddrs")))?;
+        let addrs: Vec<(String, Ipv4Addr)> = addresses()
+            .map_err(io_err(Path::new("getifaddrs")))?
+            .into_iter()
+            .filter_map(|(n, a)| match a {
+                IpAddr::V4(v4) => Some((n, v4)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         for (index, name) in ifaces
             .iter()
             .filter(|(_, n)| patterns.iter().any(|p| p.matches(n)))
@@ -1328,7 +1303,7 @@ impl Dataplane {
             if let Some(addr) = addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a) {
                 self.set_node_address(*index, addr)?;
             }
-            if self.node_attached.contains_key(&(*index, name.clone())) {
+            if self.node_attached.contains(&(*index, name.clone())) {
                 continue;
             }
             let sysctl = format!("/proc/sys/net/ipv4/conf/{name}/accept_local");
@@ -1344,10 +1319,10 @@ impl Dataplane {
                     continue;
                 }
             }
-            self.node_attached.insert((*index, name.clone()), ());
+            self.node_attached.insert((*index, name.clone()));
         }
         self.node_attached
-            .retain(|(i, n), _| ifaces.iter().any(|(ii, nn)| ii == i && nn == n));
+            .retain(|(i, n)| ifaces.iter().any(|(ii, nn)| ii == i && nn == n));
         Ok(report)
     }
 
@@ -1375,12 +1350,7 @@ impl Dataplane {
         };
         let links = self.dir.join("links");
         let pin = links.join(format!("{index}-{name}-xdp"));
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(program_names::XDP_NODE)
-            .ok_or_else(|| prog_err(ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(prog_err)?;
+        let prog: &mut Xdp = program_mut(&mut self.ebpf, program_names::XDP_NODE)?;
         let mut adopted = true;
         match PinnedLink::from_pin(&pin) {
             Ok(old) => {
@@ -1414,12 +1384,7 @@ impl Dataplane {
             name: format!("{prog_name} on {name}"),
             source,
         };
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(prog_name)
-            .ok_or_else(|| tc_err(ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(tc_err)?;
+        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, prog_name)?;
         match PinnedLink::from_pin(&pin) {
             Ok(old) => {
                 let link = SchedClassifierLink::try_from(FdLink::from(old))
@@ -1447,9 +1412,9 @@ impl Dataplane {
     }
 }
 
-/// The IPv4 addresses of the calling thread's network namespace, by
-/// interface name, in the order the kernel lists them.
-pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
+/// The IPv4 and IPv6 addresses of the calling thread's network namespace,
+/// by interface name, in the order the kernel lists them.
+pub fn addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -1458,21 +1423,52 @@ pub fn ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr)>> {
     let mut out = Vec::new();
     let mut p = head;
     // SAFETY: walks the list getifaddrs returned; every node and its
-    // address are valid until freeifaddrs.
+    // address are valid until freeifaddrs, and each address is read as the
+    // type its family says.
     unsafe {
         while !p.is_null() {
             let a = (*p).ifa_addr;
-            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
-                let sin = a as *const libc::sockaddr_in;
-                let addr = Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
-                let name = CStr::from_ptr((*p).ifa_name).to_string_lossy().into_owned();
-                out.push((name, addr));
+            if !a.is_null() && !(*p).ifa_name.is_null() {
+                let addr = match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let sin = a as *const libc::sockaddr_in;
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            (*sin).sin_addr.s_addr,
+                        ))))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = a as *const libc::sockaddr_in6;
+                        Some(IpAddr::V6(std::net::Ipv6Addr::from(
+                            (*sin6).sin6_addr.s6_addr,
+                        )))
+                    }
+                    _ => None,
+                };
+                if let Some(addr) = addr {
+                    let name = CStr::from_ptr((*p).ifa_name).to_string_lossy().into_owned();
+                    out.push((name, addr));
+                }
             }
             p = (*p).ifa_next;
         }
         libc::freeifaddrs(head);
     }
     Ok(out)
+}
+
+/// The loaded program `name` as its concrete type.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let err = |source| DataplaneError::Program {
+        name: name.into(),
+        source,
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(|| err(ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(err)
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {

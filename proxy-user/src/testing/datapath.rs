@@ -167,18 +167,7 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, which
-/// the datapath stores in conntrack entries.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail");
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::inspect::monotonic_ns;
 
 fn take<T>(
     ebpf: &mut Ebpf,
@@ -302,48 +291,18 @@ impl TestDatapath {
         svc_id: u32,
         backends: &[(u32, SocketAddrV4)],
     ) -> Result<(), MapError> {
-        for (slot, (id, addr)) in backends.iter().enumerate() {
-            self.backend4.insert(
-                id,
-                Backend4 {
-                    addr: addr.ip().octets(),
-                    port: addr.port(),
-                    proto,
-                    flags: 0,
-                },
-                0,
-            )?;
-            let slot = u32::try_from(slot + 1).expect("few backends");
-            self.slots
-                .insert(SlotKey { svc_id, slot }, SlotValue { backend_id: *id }, 0)?;
-        }
-        self.revnat4.insert(
+        let backends: Vec<(u32, SocketAddrV4, u8)> =
+            backends.iter().map(|(id, addr)| (*id, *addr, 0)).collect();
+        self.add_frontend(
+            vip,
+            proto,
+            proxy_common::SCOPE_EXTERNAL,
             svc_id,
-            RevNat4 {
-                vip: vip.ip().octets(),
-                port: vip.port(),
-                proto,
-                pad: 0,
-            },
             0,
+            0,
+            &backends,
         )?;
-        self.add_vip_marker(vip)?;
-        self.svc4.insert(
-            Svc4Key {
-                vip: vip.ip().octets(),
-                port: vip.port(),
-                proto,
-                scope: proxy_common::SCOPE_EXTERNAL,
-            },
-            SvcValue {
-                svc_id,
-                count: u16::try_from(backends.len()).expect("few backends"),
-                flags: 0,
-                affinity_timeout: 0,
-                pad: 0,
-            },
-            0,
-        )
+        self.add_vip_marker(vip)
     }
 
     /// Writes a frontend entry of `scope` with `flags` and session affinity
