@@ -493,6 +493,9 @@ reasons! {
     /// External frontend without backends at XDP: passed to the stack,
     /// which answers a node address with RST / port unreachable.
     PassNoBackend = 23, "pass_no_backend";
+    /// New flow whose client port already reached the same backend through
+    /// another frontend: DNAT, and the source port remapped (NAT clash).
+    DnatNewPortRemapped = 24, "dnat_new_port_remapped";
 }
 
 /// Size of the stats map: room for reasons added later without a new layout.

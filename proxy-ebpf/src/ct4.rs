@@ -5,10 +5,10 @@
 //! backend answers). Entries are refreshed at most once per `CT_REFRESH_NS`
 //! to keep writes off the per-packet path.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
     Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE,
-    CT_F_SEEN_NON_SYN, CT_REFRESH_NS, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S,
+    CT_F_SEEN_NON_SYN, CT_F_SNAT, CT_REFRESH_NS, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S,
     CT_TCP_SYN_LIFETIME_S, CT_UDP_LIFETIME_S, Ct4Key, CtValue, Reason, SvcValue,
 };
 
@@ -102,14 +102,9 @@ fn touch(e: *mut CtValue, l4: &L4, fin_bit: u8, now: u64) {
 }
 
 /// Looks up the service-direction entry of a client packet. Returns the
-/// backend address and port when the entry may carry this packet: alive, and
-/// not a closed entry seeing a new SYN (that connection chooses anew).
-#[inline(always)]
-pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16)> {
-    ct4_lookup_service_flags(key, l4, now).map(|(a, p, _)| (a, p))
-}
-
-/// [`ct4_lookup_service`], also returning the entry's `CT_F_*` flags.
+/// backend address and port and the entry's `CT_F_*` flags when the entry
+/// may carry this packet: alive, and not a closed entry seeing a new SYN
+/// (that connection chooses anew).
 #[inline(always)]
 pub(crate) fn ct4_lookup_service_flags(
     key: &Ct4Key,
@@ -130,10 +125,35 @@ pub(crate) fn ct4_lookup_service_flags(
     Some((addr, port, flags))
 }
 
-/// Creates both entries of a new flow. Fails closed: if either cannot be
-/// written the packet is dropped, since a flow without its reply entry would
-/// reach the client with the backend's address.
+/// Whether the live reply entry at a new flow's reply key may be replaced:
+/// it is expired or closed, or it belongs to the same client socket and
+/// frontend (an earlier flow on this tuple whose service entry is gone).
+/// Otherwise another flow owns that tuple: the same client port reached the
+/// same backend through another frontend, and the backend could not tell
+/// the two connections apart.
 #[inline(always)]
+fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, extra_flags: u8, now: u64) -> bool {
+    // SAFETY: copied at once.
+    let Some(e) = (unsafe { CT4.get(rkey).copied() }) else {
+        return true;
+    };
+    now >= e.expires_ns
+        || e.flags & CT_F_CLOSED != 0
+        || (e.flags & CT_F_SNAT == 0
+            && extra_flags & CT_F_SNAT == 0
+            && e.nat_addr == key.daddr
+            && e.nat_port == key.dport)
+}
+
+/// Creates both entries of a new flow, where the backend sees the flow
+/// coming from `src:src_port` (the client itself, or the address and port
+/// it was source-NATed to). Returns `Ok(false)` and writes nothing when
+/// another live flow already owns that reply tuple (see [`reply_reusable`]);
+/// the caller then picks another source port. Fails closed: if an entry
+/// cannot be written the packet is dropped, since a flow without its reply
+/// entry would reach the client with the backend's address.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined; one call per path")]
 pub(crate) fn ct4_create(
     key: &Ct4Key,
     svc: &SvcValue,
@@ -142,7 +162,8 @@ pub(crate) fn ct4_create(
     l4: &L4,
     now: u64,
     extra_flags: u8,
-) -> Result<(), Reason> {
+    src: ([u8; 4], u16),
+) -> Result<bool, Reason> {
     let flags = if l4.is_tcp() {
         next_flags(0, l4.flags, CT_F_FIN_SERVICE)
     } else {
@@ -161,9 +182,9 @@ pub(crate) fn ct4_create(
     };
     let rkey = Ct4Key {
         saddr: backend.addr,
-        daddr: key.saddr,
+        daddr: src.0,
         sport: backend.port,
-        dport: key.sport,
+        dport: src.1,
         proto: key.proto,
         dir: CT_DIR_REPLY,
         pad: 0,
@@ -173,25 +194,39 @@ pub(crate) fn ct4_create(
         nat_port: key.dport,
         ..fwd
     };
-    CT4.insert(rkey, rev, u64::from(BPF_ANY))
-        .map_err(|_| Reason::DropCtCreate)?;
+    if CT4.insert(rkey, rev, u64::from(BPF_NOEXIST)).is_err() {
+        if !reply_reusable(&rkey, key, extra_flags, now) {
+            return Ok(false);
+        }
+        CT4.insert(rkey, rev, u64::from(BPF_ANY))
+            .map_err(|_| Reason::DropCtCreate)?;
+    }
     CT4.insert(key, fwd, u64::from(BPF_ANY))
         .map_err(|_| Reason::DropCtCreate)?;
-    Ok(())
+    Ok(true)
 }
 
 /// Looks up the reply-direction entry of a backend packet and returns the
-/// VIP and port to write as its source. TCP FIN and RST from the backend are
-/// recorded on the service-direction entry, which decides the flow's life.
+/// frontend address and port to write as its source, with the entry's
+/// `CT_F_*` flags. `client` is the client's own address and port (the
+/// reply's destination, unless the flow was source-NATed). TCP FIN and RST
+/// from the backend are recorded on the service-direction entry, which
+/// decides the flow's life.
 #[inline(always)]
-pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16)> {
+pub(crate) fn ct4_lookup_reply(
+    key: &Ct4Key,
+    l4: &L4,
+    now: u64,
+    client: Option<([u8; 4], u16)>,
+) -> Option<([u8; 4], u16, u8)> {
     // SAFETY: copied at once.
     let e = unsafe { CT4.get(key).copied() }?;
     if l4.is_tcp() && l4.flags & (TCP_FIN | TCP_RST) != 0 {
+        let (caddr, cport) = client.unwrap_or((key.daddr, key.dport));
         let skey = Ct4Key {
-            saddr: key.daddr,
+            saddr: caddr,
             daddr: e.nat_addr,
-            sport: key.dport,
+            sport: cport,
             dport: e.nat_port,
             proto: key.proto,
             dir: CT_DIR_SERVICE,
@@ -201,5 +236,5 @@ pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 
             touch(s, l4, CT_F_FIN_REPLY, now);
         }
     }
-    Some((e.nat_addr, e.nat_port))
+    Some((e.nat_addr, e.nat_port, e.flags))
 }

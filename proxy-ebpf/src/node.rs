@@ -14,18 +14,18 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP, Reason, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SvcValue,
+    BACKEND_FLAG_LOCAL, CT_F_SNAT, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Reason, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, Snat4Value, SvcValue,
 };
 
 use crate::{
     XdpVerdict,
-    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, reply_key, service_key},
+    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, service_key},
     lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
     maps::NODE4,
     nat4::End,
     parse::{Ipv4Hdr, L4},
-    snat4::{fwd_key, snat4_allocate, snat4_lookup_fwd, snat4_lookup_rev},
+    snat4::{rev_key, snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
     xdp4::{self, xdp4_rewrite},
 };
 
@@ -55,8 +55,9 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         return Ok(pass(Reason::PassNotService));
     }
     let l4 = xdp4::l4(ctx, ip.proto)?;
-    if let Some(client) = snat4_lookup_rev(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto) {
-        return rev_snat(ctx, &ip, &l4, client.addr, client.port);
+    let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
+    if let Some(client) = snat4_lookup_rev(&rkey) {
+        return rev_snat(ctx, &rkey, &l4, client);
     }
     let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
         return Ok(pass(Reason::PassNotService));
@@ -82,29 +83,34 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
             xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
             return Ok(pass(Reason::DnatEstablished));
         }
-        let fwd = fwd_key(ip.saddr, l4.sport, addr, port, l4.proto);
-        let (node, nport) = match snat4_lookup_fwd(&fwd) {
-            Some(s) => (s.addr, s.port),
-            // Evicted: the flow gets a new port (UDP survives, TCP resets).
-            None => {
-                let node = node_addr(ctx, &ip, &svc)?;
-                (node, snat4_allocate(&fwd, node)?)
-            }
-        };
-        xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
-        xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
-        return Ok(pass(Reason::SnatEstablished));
+        if let Some(s) = snat4_lookup_fwd(&key) {
+            xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
+            xdp4_rewrite(ctx, End::Src, s.addr, &l4, s.port)?;
+            return Ok(pass(if s.addr == ip.saddr {
+                Reason::DnatEstablished
+            } else {
+                Reason::SnatEstablished
+            }));
+        }
+        // The SNAT entries were evicted before the conntrack entry: the
+        // flow opens anew below (UDP survives; the backend resets TCP).
     }
     let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
-        ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0)?;
+        let src = (ip.saddr, l4.sport);
+        if ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0, src)? {
+            xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
+            return Ok(pass(Reason::DnatNew));
+        }
+        // This client port already reaches that backend through another
+        // frontend: keep the client's address, remap its port.
+        let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, ip.saddr)?;
         xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
-        return Ok(pass(Reason::DnatNew));
+        xdp4_rewrite(ctx, End::Src, ip.saddr, &l4, sport)?;
+        return Ok(pass(Reason::DnatNewPortRemapped));
     }
     let node = node_addr(ctx, &ip, &svc)?;
-    let fwd = fwd_key(ip.saddr, l4.sport, backend.addr, backend.port, l4.proto);
-    let nport = snat4_allocate(&fwd, node)?;
-    ct4_create(&key, &svc, backend_id, &backend, &l4, now, CT_F_SNAT)?;
+    let nport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, node)?;
     xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
     xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
     Ok(pass(Reason::SnatNew))
@@ -126,26 +132,22 @@ fn node_addr(ctx: &XdpContext, ip: &Ipv4Hdr, svc: &SvcValue) -> Result<[u8; 4], 
     }
 }
 
-/// A remote backend's reply to an SNATed flow: destination back to the
-/// client, source back to the frontend. Without the conntrack entry (it
-/// expired first) the packet is left alone.
+/// A backend's reply to an SNATed flow (`rkey`: the tuple it answers to):
+/// destination back to the client's address and port, source back to the
+/// frontend. Without the conntrack entry (it expired first) the packet is
+/// left alone.
 #[inline(always)]
 fn rev_snat(
     ctx: &XdpContext,
-    ip: &Ipv4Hdr,
+    rkey: &Ct4Key,
     l4: &L4,
-    client: [u8; 4],
-    cport: u16,
+    client: Snat4Value,
 ) -> Result<XdpVerdict, Reason> {
-    let back = L4 {
-        dport: cport,
-        ..*l4
-    };
-    let key = reply_key(ip.saddr, client, &back);
-    let Some((vip, vport)) = ct4_lookup_reply(&key, l4, now()) else {
+    let Some((vip, vport, _)) = ct4_lookup_reply(rkey, l4, now(), Some((client.addr, client.port)))
+    else {
         return Ok(pass(Reason::PassNotService));
     };
-    xdp4_rewrite(ctx, End::Dst, client, l4, cport)?;
+    xdp4_rewrite(ctx, End::Dst, client.addr, l4, client.port)?;
     xdp4_rewrite(ctx, End::Src, vip, l4, vport)?;
     Ok(pass(Reason::RevsnatReply))
 }

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_TWO_SCOPES,
+    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    Reason, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_TWO_SCOPES,
 };
 
 use crate::{
     Verdict,
-    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service, reply_key, service_key},
+    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, reply_key, service_key},
     frag4::{frag4_record, frag4_translate},
     lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select},
     maps::CT4,
@@ -17,6 +17,7 @@ use crate::{
     parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
     pass,
     reject4::reject4,
+    snat4::{snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
 };
 
 #[inline(always)]
@@ -65,19 +66,45 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    let (addr, port, reason) = match ct4_lookup_service(&key, &l4, now) {
-        Some((addr, port)) => (addr, port, Reason::DnatEstablished),
+    let (addr, port, sport, reason) = match established(&key, &l4, now) {
+        Some((addr, port, sport)) => (addr, port, sport, Reason::DnatEstablished),
         None => {
             let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
-            ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0)?;
-            (backend.addr, backend.port, Reason::DnatNew)
+            let src = (ip.saddr, l4.sport);
+            if ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0, src)? {
+                (backend.addr, backend.port, l4.sport, Reason::DnatNew)
+            } else {
+                let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, ip.saddr)?;
+                (
+                    backend.addr,
+                    backend.port,
+                    sport,
+                    Reason::DnatNewPortRemapped,
+                )
+            }
         }
     };
     if ip.is_first_fragment() {
         frag4_record(&ip, CT_DIR_SERVICE, addr);
     }
     nat4_rewrite(ctx, End::Dst, ip.daddr, addr, &l4, port)?;
+    if sport != l4.sport {
+        nat4_rewrite(ctx, End::Src, ip.saddr, ip.saddr, &l4, sport)?;
+    }
     Ok(pass(reason))
+}
+
+/// The backend address and port, and the source port to write, of a
+/// packet of a known flow. `None`: no usable entry, or a port-remapped flow
+/// whose SNAT entry is gone (it opens anew).
+#[inline(always)]
+fn established(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16, u16)> {
+    let (addr, port, flags) = ct4_lookup_service_flags(key, l4, now)?;
+    if flags & CT_F_SNAT == 0 {
+        return Some((addr, port, l4.sport));
+    }
+    let s = snat4_lookup_fwd(key)?;
+    Some((addr, port, s.port))
 }
 
 /// A packet to a pod: reverse NAT when it is a reply of a translated flow,
@@ -99,11 +126,22 @@ pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let l4 = parse::l4(ctx, ip.proto)?;
     let key = reply_key(ip.saddr, ip.daddr, &l4);
-    let Some((vip, vport)) = ct4_lookup_reply(&key, &l4, now()) else {
+    // Set when the client's port (or address) was remapped for this flow.
+    let client = snat4_lookup_rev(&key);
+    let Some((vip, vport, flags)) =
+        ct4_lookup_reply(&key, &l4, now(), client.map(|c| (c.addr, c.port)))
+    else {
         return Ok(pass(Reason::PassNotService));
     };
     if ip.is_first_fragment() {
         frag4_record(&ip, CT_DIR_REPLY, vip);
+    }
+    if flags & CT_F_SNAT != 0 {
+        // Without its SNAT entry the reply cannot be given back its port.
+        let Some(c) = client else {
+            return Ok(pass(Reason::PassNotService));
+        };
+        nat4_rewrite(ctx, End::Dst, ip.daddr, c.addr, &l4, c.port)?;
     }
     nat4_rewrite(ctx, End::Src, ip.saddr, vip, &l4, vport)?;
     Ok(pass(Reason::RevnatReply))
@@ -165,6 +203,18 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
     let in_udp_csum = in_l4_off + 6;
     // The inner UDP checksum is in the quoted 8 bytes (the TCP one is not).
     let udp_sum = inner.proto == IPPROTO_UDP && ports.check != [0, 0];
+    if e.flags & CT_F_SNAT != 0 {
+        // The client's source port was remapped: quote the one it sent.
+        let Some(c) = snat4_lookup_rev(&key) else {
+            return not_ours;
+        };
+        let new = c.port.to_be_bytes();
+        if udp_sum {
+            replace2(ctx, in_l4_off, ports.sport, new, &[icmp_csum, in_udp_csum])?;
+        } else {
+            replace2(ctx, in_l4_off, ports.sport, new, &[icmp_csum])?;
+        }
+    }
     if udp_sum {
         replace4(
             ctx,

@@ -1,116 +1,131 @@
-//! Source NAT of node-port flows to backends on other nodes (IPv4).
+//! Source NAT (IPv4): a flow leaves with another source address or port,
+//! and its replies are translated back.
 //!
-//! The backend must answer through this node, so the flow leaves with this
-//! node's address and a port from `SNAT_PORT_MIN..=SNAT_PORT_MAX`, a range
-//! outside the node's ephemeral ports and the NodePort range: the reply can
-//! never be taken for one of the node's own connections. The port is
-//! allocated by inserting the reverse entry with `BPF_NOEXIST`, which makes
-//! the allocation atomic: two CPUs cannot take the same (backend, node,
-//! port) tuple.
+//! Two uses:
+//! - node-port flows to backends on other nodes leave with this node's
+//!   address, so that the backend answers through this node;
+//! - a new flow whose client port already reaches the same backend through
+//!   another frontend (two Services sharing endpoints, one client socket
+//!   port reused for both) keeps its address but gets another source port,
+//!   as netfilter's NAT clash resolution does: otherwise the backend would
+//!   see one connection where there are two.
+//!
+//! Ports come from `SNAT_PORT_MIN..=SNAT_PORT_MAX`, a range outside the
+//! default ephemeral ports (32768-60999) and the NodePort range, so a reply
+//! can never be taken for one of the node's or the pod's own connections.
+//! The port is allocated by inserting the reverse entry with `BPF_NOEXIST`,
+//! which makes the allocation atomic: two CPUs cannot take the same
+//! (backend, address, port) tuple.
+//!
+//! Keys: the forward entry is keyed by the flow's conntrack service key
+//! (client -> frontend), unique per flow; the reverse entry by the tuple the
+//! backend answers to (backend -> address:port, reply direction), the same
+//! key as the flow's conntrack reply entry.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_get_prandom_u32,
 };
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, Snat4Value,
+    Backend4, CT_DIR_REPLY, CT_F_SNAT, Ct4Key, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, Snat4Value,
+    SvcValue,
 };
 
-use crate::maps::SNAT4;
+use crate::{ct4::ct4_create, maps::SNAT4, parse::L4};
 
 /// Random ports tried before giving up on a new flow.
 const TRIES: u32 = 8;
 
-/// The key of the forward entry: the flow after DNAT (client -> backend).
-#[inline(always)]
-pub(crate) fn fwd_key(
-    client: [u8; 4],
-    cport: u16,
-    backend: [u8; 4],
-    bport: u16,
-    proto: u8,
-) -> Ct4Key {
-    Ct4Key {
-        saddr: client,
-        daddr: backend,
-        sport: cport,
-        dport: bport,
-        proto,
-        dir: CT_DIR_SERVICE,
-        pad: 0,
-    }
-}
-
-/// The node address and port of an SNATed flow (forward direction).
+/// The address and port an SNATed flow leaves with, by its conntrack
+/// service key.
 #[inline(always)]
 pub(crate) fn snat4_lookup_fwd(key: &Ct4Key) -> Option<Snat4Value> {
     // SAFETY: copied at once.
     unsafe { SNAT4.get(key).copied() }
 }
 
-/// The client address and port a reply to `node:port` from `backend` goes
-/// back to (reverse direction).
+/// The key of the reverse entry: what the backend answers to.
 #[inline(always)]
-pub(crate) fn snat4_lookup_rev(
-    backend: [u8; 4],
-    bport: u16,
-    node: [u8; 4],
-    port: u16,
-    proto: u8,
-) -> Option<Snat4Value> {
-    if port < SNAT_PORT_MIN {
-        return None;
-    }
-    let key = Ct4Key {
+pub(crate) fn rev_key(backend: [u8; 4], bport: u16, addr: [u8; 4], port: u16, proto: u8) -> Ct4Key {
+    Ct4Key {
         saddr: backend,
-        daddr: node,
+        daddr: addr,
         sport: bport,
         dport: port,
         proto,
         dir: CT_DIR_REPLY,
         pad: 0,
-    };
+    }
+}
+
+/// The client address and port a reply to `addr:port` from `backend` goes
+/// back to, when `addr:port` was allocated here.
+#[inline(always)]
+pub(crate) fn snat4_lookup_rev(key: &Ct4Key) -> Option<Snat4Value> {
+    if key.dport < SNAT_PORT_MIN {
+        return None;
+    }
     // SAFETY: copied at once.
     unsafe { SNAT4.get(key).copied() }
 }
 
-/// Allocates a port on `node` for the flow `fwd` (client -> backend) and
-/// writes both entries. Fails closed with `DropSnatPorts` when no port was
-/// free after a few random tries.
+/// Opens a new flow (`key`: client -> frontend) to `backend` from `addr`
+/// and a port allocated here: the reverse SNAT entry, both conntrack
+/// entries (flagged `CT_F_SNAT`), then the forward SNAT entry. Returns the
+/// port. Fails closed with `DropSnatPorts` when no port was free after a
+/// few random tries.
 #[inline(always)]
-pub(crate) fn snat4_allocate(fwd: &Ct4Key, node: [u8; 4]) -> Result<u16, Reason> {
+pub(crate) fn snat4_open(
+    key: &Ct4Key,
+    svc: &SvcValue,
+    backend_id: u32,
+    backend: &Backend4,
+    l4: &L4,
+    now: u64,
+    addr: [u8; 4],
+) -> Result<u16, Reason> {
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
     let back = Snat4Value {
-        addr: fwd.saddr,
-        port: fwd.sport,
+        addr: key.saddr,
+        port: key.sport,
         pad: 0,
     };
     let mut i = 0;
     while i < TRIES {
+        i += 1;
         // SAFETY: helper without arguments.
         let port = SNAT_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % range) as u16;
-        let rkey = Ct4Key {
-            saddr: fwd.daddr,
-            daddr: node,
-            sport: fwd.dport,
-            dport: port,
-            proto: fwd.proto,
-            dir: CT_DIR_REPLY,
-            pad: 0,
-        };
-        if SNAT4.insert(rkey, back, u64::from(BPF_NOEXIST)).is_ok() {
-            let out = Snat4Value {
-                addr: node,
-                port,
-                pad: 0,
-            };
-            if SNAT4.insert(fwd, out, u64::from(BPF_ANY)).is_err() {
-                let _ = SNAT4.remove(rkey);
-                return Err(Reason::DropSnatPorts);
-            }
-            return Ok(port);
+        let rkey = rev_key(backend.addr, backend.port, addr, port, key.proto);
+        if SNAT4.insert(rkey, back, u64::from(BPF_NOEXIST)).is_err() {
+            continue;
         }
-        i += 1;
+        match ct4_create(
+            key,
+            svc,
+            backend_id,
+            backend,
+            l4,
+            now,
+            CT_F_SNAT,
+            (addr, port),
+        ) {
+            Ok(true) => {}
+            // A live flow still owns that tuple (its SNAT entry was evicted
+            // first): try another port.
+            Ok(false) => {
+                let _ = SNAT4.remove(rkey);
+                continue;
+            }
+            Err(e) => {
+                let _ = SNAT4.remove(rkey);
+                return Err(e);
+            }
+        }
+        let out = Snat4Value { addr, port, pad: 0 };
+        SNAT4
+            .insert(key, out, u64::from(BPF_ANY))
+            .map_err(|_| Reason::DropSnatPorts)?;
+        return Ok(port);
     }
     Err(Reason::DropSnatPorts)
 }

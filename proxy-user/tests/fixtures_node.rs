@@ -319,6 +319,14 @@ fn xdp_after(f: impl Fn(&[u8]) -> Result<Vec<u8>, String> + 'static) -> Step {
     }
 }
 
+/// `prog`, with an input made from the previous step's output.
+fn after(prog: TcProgram, f: impl Fn(&[u8]) -> Result<Vec<u8>, String> + 'static) -> Step {
+    Step {
+        input: Box::new(f),
+        ..on(prog, Vec::new())
+    }
+}
+
 struct Case {
     name: &'static str,
     seed: Seed,
@@ -461,6 +469,164 @@ fn seed_affinity(
             )
             .map_err(|e| format!("seed affinity: {e}"))
     }
+}
+
+/// The output goes from `client`'s address, from a port of the SNAT range
+/// (not `client`'s own), to `backend`.
+fn port_remapped(
+    client: SocketAddrV4,
+    backend: SocketAddrV4,
+) -> impl Fn(&[u8], &[u8]) -> Result<(), String> {
+    move |_, out| {
+        let (src, dst) = ends(out)?;
+        if dst != backend {
+            return Err(format!("destination {dst}, want {backend}"));
+        }
+        if src.ip() != client.ip() || !(SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&src.port()) {
+            return Err(format!(
+                "source {src}, want {}:{SNAT_PORT_MIN}..={SNAT_PORT_MAX}",
+                client.ip()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The output goes from `from` to `to`.
+fn between(from: SocketAddrV4, to: SocketAddrV4) -> impl Fn(&[u8], &[u8]) -> Result<(), String> {
+    move |_, out| {
+        let (src, dst) = ends(out)?;
+        if src != from || dst != to {
+            return Err(format!("{src} -> {dst}, want {from} -> {to}"));
+        }
+        Ok(())
+    }
+}
+
+/// `backend`'s TCP reply to the packet `prev` (which reached it).
+fn reply_of(prev: &[u8], flags: u8) -> Result<Vec<u8>, String> {
+    let (src, dst) = ends(prev)?;
+    Ok(tcp(dst, src, flags).macs(NODE_MAC, CLIENT_MAC).build())
+}
+
+/// The port the SNAT forward entry of the flow `client -> frontend` holds.
+fn snat_port_of(
+    dp: &TestDatapath,
+    client: SocketAddrV4,
+    frontend: SocketAddrV4,
+) -> Result<u16, String> {
+    let key = Ct4Key {
+        saddr: client.ip().octets(),
+        daddr: frontend.ip().octets(),
+        sport: client.port(),
+        dport: frontend.port(),
+        proto: IPPROTO_TCP,
+        dir: 0,
+        pad: 0,
+    };
+    dp.snat4
+        .get(&key, 0)
+        .map(|v| v.port)
+        .map_err(|e| format!("SNAT forward entry of {client} -> {frontend}: {e}"))
+}
+
+/// One client socket port reaching one backend through two frontends (two
+/// Services sharing endpoints): the backend would see one connection where
+/// there are two, and the reply entries would collide. The second flow
+/// keeps its address and gets another source port; both replies go back
+/// to the right socket from the right frontend.
+fn port_clash_cases() -> Vec<Case> {
+    let pod_a = tcp(POD, CLUSTER_IP, TCP_SYN);
+    let pod_b = tcp(POD, NP_LOCAL, TCP_SYN);
+    let pod_b_ack = tcp(POD, NP_LOCAL, TCP_ACK);
+    let l1_to_pod = tcp(L1, POD, TCP_SYN | TCP_ACK).macs(NODE_MAC, CLIENT_MAC);
+    let ext_a = tcp(CLIENT, NP_LOCAL, TCP_SYN);
+    let ext_b = tcp(CLIENT, LB, TCP_SYN);
+    let l1_to_client = tcp(L1, CLIENT, TCP_SYN | TCP_ACK).macs(NODE_MAC, CLIENT_MAC);
+    const NP_REMOTE_2: SocketAddrV4 = SocketAddrV4::new(NODE, 30082);
+    vec![
+        case("port clash, pod path: second frontend to the same backend remaps the source port")
+            .step(on(TcProgram::PodIngress, pod_a.build()).passed(dnat(&pod_a, L1).build(), Reason::DnatNew))
+            .step(
+                on(TcProgram::PodIngress, pod_b.build())
+                    .checked(Reason::DnatNewPortRemapped, port_remapped(POD, L1))
+                    .effect(|dp, _, out| {
+                        let (src, _) = ends(out)?;
+                        let port = snat_port_of(dp, POD, NP_LOCAL)?;
+                        if port != src.port() {
+                            return Err(format!("SNAT entry holds port {port}, packet left from {src}"));
+                        }
+                        Ok(())
+                    }),
+            )
+            .step(
+                after(TcProgram::PodEgress, |prev| reply_of(prev, TCP_SYN | TCP_ACK))
+                    .checked(Reason::RevnatReply, between(NP_LOCAL, POD)),
+            )
+            .step(
+                on(TcProgram::PodEgress, l1_to_pod.build())
+                    .passed(snat(&l1_to_pod, CLUSTER_IP).build(), Reason::RevnatReply),
+            )
+            .step(
+                on(TcProgram::PodIngress, pod_b_ack.build()).checked(
+                    Reason::DnatEstablished,
+                    port_remapped(POD, L1),
+                ).effect(|dp, _, out| {
+                    let (src, _) = ends(out)?;
+                    let port = snat_port_of(dp, POD, NP_LOCAL)?;
+                    if port != src.port() {
+                        return Err(format!("established packet left from {src}, flow has port {port}"));
+                    }
+                    Ok(())
+                }),
+            ),
+        case("port clash, pod path: the first flow is untouched by the second")
+            .step(on(TcProgram::PodIngress, pod_a.build()).passed(dnat(&pod_a, L1).build(), Reason::DnatNew))
+            .step(on(TcProgram::PodIngress, pod_b.build()).checked(Reason::DnatNewPortRemapped, port_remapped(POD, L1)))
+            .step(
+                on(TcProgram::PodIngress, tcp(POD, CLUSTER_IP, TCP_ACK).build())
+                    .passed(dnat(&tcp(POD, CLUSTER_IP, TCP_ACK), L1).build(), Reason::DnatEstablished),
+            ),
+        case("port clash at XDP: an outside client port reused for two frontends of one local backend")
+            .step(xdp(ext_a.build()).passed(dnat(&ext_a, L1).build(), Reason::DnatNew))
+            .step(xdp(ext_b.build()).checked(Reason::DnatNewPortRemapped, port_remapped(CLIENT, L1)))
+            .step(
+                after(TcProgram::NodeEgress, |prev| reply_of(prev, TCP_SYN | TCP_ACK))
+                    .checked(Reason::RevnatReply, between(LB, CLIENT)),
+            )
+            .step(
+                on(TcProgram::NodeEgress, l1_to_client.build())
+                    .passed(snat(&l1_to_client, NP_LOCAL).build(), Reason::RevnatReply),
+            ),
+        case("port clash, remote backend: two node ports to one remote backend get two SNAT ports")
+            .seed(|dp| {
+                dp.add_frontend(NP_REMOTE_2, IPPROTO_TCP, SCOPE_EXTERNAL, 9, NP, 0, &[(R1_ID, R1, 0)])
+                    .map_err(|e| format!("seed NP_REMOTE_2: {e}"))
+            })
+            .step(xdp(rsyn_of(NP_REMOTE)).checked(Reason::SnatNew, snat_to(R1)))
+            .step(xdp(rsyn_of(NP_REMOTE_2)).checked(Reason::SnatNew, |prev, out| {
+                let (first, _) = ends(prev)?;
+                let (second, dst) = ends(out)?;
+                if dst != R1 || first == second {
+                    return Err(format!("second flow {second} -> {dst}, first left from {first}"));
+                }
+                Ok(())
+            }).effect(|dp, _, _| {
+                let n = dp.snat4.keys().count();
+                if n != 4 {
+                    return Err(format!("{n} SNAT entries, want 4 (two per flow)"));
+                }
+                Ok(())
+            }))
+            .step(
+                xdp_after(|prev| reply_to_snat(prev, TCP_SYN | TCP_ACK, false))
+                    .checked(Reason::RevsnatReply, between(NP_REMOTE_2, CLIENT)),
+            ),
+    ]
+}
+
+fn rsyn_of(frontend: SocketAddrV4) -> Vec<u8> {
+    tcp(CLIENT, frontend, TCP_SYN).build()
 }
 
 // ---------------------------------------------------------------------------
@@ -649,6 +815,7 @@ fn cases() -> Vec<Case> {
                     .effect(affinity_entry(*CLIENT.ip(), None)),
             ),
     ];
+    t.extend(port_clash_cases());
     // Not IPv4: passed, counted.
     t.push(
         case("ARP passes XDP untouched").step(

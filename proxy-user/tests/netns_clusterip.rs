@@ -300,3 +300,130 @@ fn opts(affinity_timeout: u32) -> ServiceOpts {
         label: String::new(),
     }
 }
+
+/// Answers each connection with the address it saw the client at, until
+/// `stop`.
+fn serve_peer(ns: &NetNs, stop: Arc<AtomicBool>) {
+    drop(ns.spawn(move || {
+        let l = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
+        l.set_nonblocking(true).expect("nonblocking");
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(peer.to_string().as_bytes());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }));
+}
+
+/// A TCP socket bound to `local` with SO_REUSEADDR (so that two sockets can
+/// share one local port towards different destinations), connected to `to`.
+fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&local.into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(3))?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    Ok(s)
+}
+
+/// Two Services sharing one backend, and one client socket port used for
+/// both (as Linux does when the destinations differ): the backend must see
+/// two connections, so svcnat remaps the second one's source port, as
+/// netfilter's NAT clash resolution does. Without that the second SYN would
+/// hit the first connection at the backend and the connect would time out.
+#[test]
+fn one_client_port_to_two_services_sharing_a_backend() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let topo = topology();
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_peer(&topo.backends[0].0, stop.clone());
+    let vip2 = Ipv4Addr::new(198, 19, 0, 11);
+    let bpffs = topo.bpffs.clone();
+    let backend = topo.backends[0].1;
+    let dp = topo
+        .node
+        .run(move || {
+            let cfg = DataplaneConfig {
+                bpffs,
+                sizes: MapSizes {
+                    conntrack: 65_536,
+                    ..MapSizes::default()
+                },
+            };
+            let mut dp = Dataplane::open(&cfg).expect("open dataplane");
+            let pattern = glob::Pattern::new("vh*").expect("glob");
+            let report = dp.attach_matching(&[pattern]).expect("attach");
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            let spec = [Backend4Spec {
+                addr: backend,
+                port: 8080,
+                flags: 0,
+            }];
+            for vip in [VIP, vip2] {
+                dp.upsert_service(
+                    Frontend4 {
+                        vip,
+                        port: 80,
+                        proto: 6,
+                    },
+                    &spec,
+                    &opts(0),
+                )
+                .expect("service");
+            }
+            dp
+        })
+        .expect("node thread");
+
+    let local = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 10), 45_000));
+    let seen = topo
+        .client
+        .run(move || -> std::io::Result<Vec<(SocketAddr, String)>> {
+            // Both connections open at once, from the same port.
+            let mut a = connect_from(local, SocketAddr::from((VIP, 80)))?;
+            let mut b = connect_from(local, SocketAddr::from((vip2, 80)))?;
+            let mut out = Vec::new();
+            for s in [&mut a, &mut b] {
+                s.write_all(b"hello")?;
+                let mut seen = String::new();
+                s.read_to_string(&mut seen)?;
+                out.push((s.peer_addr()?, seen));
+            }
+            Ok(out)
+        })
+        .expect("client thread")
+        .expect("both connections through one client port");
+    stop.store(true, Ordering::Relaxed);
+
+    assert_eq!(seen[0].0, SocketAddr::from((VIP, 80)));
+    assert_eq!(seen[1].0, SocketAddr::from((vip2, 80)));
+    let first: SocketAddr = seen[0].1.parse().expect("first peer");
+    let second: SocketAddr = seen[1].1.parse().expect("second peer");
+    assert_eq!(first, local, "the first connection keeps its port");
+    assert_eq!(second.ip(), local.ip(), "the client address is kept");
+    assert!(
+        (proxy_common::SNAT_PORT_MIN..=proxy_common::SNAT_PORT_MAX).contains(&second.port()),
+        "the second connection's port is remapped into the SNAT range: {second}"
+    );
+    let remapped = dp
+        .stats()
+        .expect("stats")
+        .into_iter()
+        .find(|(r, _)| *r == Reason::DnatNewPortRemapped)
+        .map_or(0, |(_, v)| v.packets);
+    assert_eq!(remapped, 1, "one new flow remapped");
+    drop(dp);
+}
