@@ -286,6 +286,10 @@ pub const CT_TCP_LIFETIME_S: u64 = 21_600;
 pub const CT_TCP_CLOSE_LIFETIME_S: u64 = 10;
 /// Lifetime of a UDP entry without traffic, seconds.
 pub const CT_UDP_LIFETIME_S: u64 = 60;
+/// How long a backend keeps a closed connection's tuple (Linux's
+/// TIME_WAIT): another flow reaching the same backend from the same client
+/// port within that time gets its source port remapped.
+pub const CT_TIME_WAIT_S: u64 = 60;
 /// The datapath refreshes `expires_ns` at most this often per entry.
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 

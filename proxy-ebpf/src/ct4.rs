@@ -9,7 +9,7 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
     Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE,
     CT_F_SEEN_NON_SYN, CT_F_SNAT, CT_REFRESH_NS, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S,
-    CT_TCP_SYN_LIFETIME_S, CT_UDP_LIFETIME_S, Ct4Key, CtValue, Reason, SvcValue,
+    CT_TCP_SYN_LIFETIME_S, CT_TIME_WAIT_S, CT_UDP_LIFETIME_S, Ct4Key, CtValue, Reason, SvcValue,
 };
 
 use crate::{
@@ -125,24 +125,31 @@ pub(crate) fn ct4_lookup_service_flags(
     Some((addr, port, flags))
 }
 
-/// Whether the live reply entry at a new flow's reply key may be replaced:
-/// it is expired or closed, or it belongs to the same client socket and
-/// frontend (an earlier flow on this tuple whose service entry is gone).
-/// Otherwise another flow owns that tuple: the same client port reached the
-/// same backend through another frontend, and the backend could not tell
-/// the two connections apart.
+/// Whether the reply entry at a new flow's reply key may be replaced: it
+/// belongs to the same client socket and frontend (an earlier flow on this
+/// tuple whose service entry is gone), or it is over. Otherwise another
+/// flow owns that tuple: the same client port reached the same backend
+/// through another frontend, and the backend could not tell the two
+/// connections apart. A closed TCP flow keeps its tuple for the backend's
+/// TIME_WAIT (`CT_TIME_WAIT_S` after the close) while its entry is still
+/// in the map: a new SYN on that tuple would hit the old connection there.
 #[inline(always)]
 fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, extra_flags: u8, now: u64) -> bool {
     // SAFETY: copied at once.
     let Some(e) = (unsafe { CT4.get(rkey).copied() }) else {
         return true;
     };
+    if e.flags & CT_F_SNAT == 0
+        && extra_flags & CT_F_SNAT == 0
+        && e.nat_addr == key.daddr
+        && e.nat_port == key.dport
+    {
+        return true;
+    }
+    if e.flags & CT_F_CLOSED != 0 {
+        return now >= e.expires_ns + (CT_TIME_WAIT_S - CT_TCP_CLOSE_LIFETIME_S) * NS;
+    }
     now >= e.expires_ns
-        || e.flags & CT_F_CLOSED != 0
-        || (e.flags & CT_F_SNAT == 0
-            && extra_flags & CT_F_SNAT == 0
-            && e.nat_addr == key.daddr
-            && e.nat_port == key.dport)
 }
 
 /// Creates both entries of a new flow, where the backend sees the flow

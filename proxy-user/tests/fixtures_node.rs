@@ -25,7 +25,7 @@ use svcnat::testing::{
         TC_ACT_OK, TEST_RUN_IFINDEX, TcProgram, TestDatapath, XDP_DROP, XDP_PASS, monotonic_ns,
         skip_reason,
     },
-    packet::{L4, PacketBuilder, TCP_ACK, TCP_SYN, checksums_ok, parse},
+    packet::{L4, PacketBuilder, TCP_ACK, TCP_RST, TCP_SYN, checksums_ok, parse},
 };
 
 const NS: u64 = 1_000_000_000;
@@ -586,6 +586,20 @@ fn port_clash_cases() -> Vec<Case> {
             .step(
                 on(TcProgram::PodIngress, tcp(POD, CLUSTER_IP, TCP_ACK).build())
                     .passed(dnat(&tcp(POD, CLUSTER_IP, TCP_ACK), L1).build(), Reason::DnatEstablished),
+            ),
+        case("port clash, pod path: a closed flow keeps its tuple for the backend's TIME_WAIT")
+            .step(
+                on(TcProgram::PodIngress, pod_a.build())
+                    .passed(dnat(&pod_a, L1).build(), Reason::DnatNew),
+            )
+            .step({
+                let rst = tcp(POD, CLUSTER_IP, TCP_RST);
+                on(TcProgram::PodIngress, rst.build())
+                    .passed(dnat(&rst, L1).build(), Reason::DnatEstablished)
+            })
+            .step(
+                on(TcProgram::PodIngress, pod_b.build())
+                    .checked(Reason::DnatNewPortRemapped, port_remapped(POD, L1)),
             ),
         case("port clash at XDP: an outside client port reused for two frontends of one local backend")
             .step(xdp(ext_a.build()).passed(dnat(&ext_a, L1).build(), Reason::DnatNew))
