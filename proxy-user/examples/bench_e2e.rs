@@ -1107,6 +1107,7 @@ fn setup_svcnat(topo: &mut Topology, svcs: &[Svc]) -> Result<f64> {
                 revnat: (n + 64).max(1024),
                 conntrack: 262_144,
                 fragments: 1024,
+                ..MapSizes::default()
             },
         };
         let mut dp = Dataplane::open(&cfg).context("open the dataplane")?;

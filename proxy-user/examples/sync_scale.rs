@@ -83,6 +83,7 @@ fn main() {
         revnat: (n + 64).max(1024),
         conntrack: 65_536,
         fragments: 1024,
+        ..MapSizes::default()
     };
     let mut dp = match Dataplane::open(&DataplaneConfig {
         bpffs: dir.clone(),

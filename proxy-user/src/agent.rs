@@ -7,10 +7,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes},
+    healthcheck::{self, HealthChecks, Responder},
     metrics::{self, AgentHealth, Metrics},
     model::NodeInfo,
     sources::{self, SourceEvent},
@@ -56,6 +57,9 @@ pub struct AgentConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Where to serve `/healthz` and `/readyz` (`None`: nowhere).
     pub healthz_addr: Option<SocketAddr>,
+    /// Address the `healthCheckNodePort`s of services are served on
+    /// (`None`: not served).
+    pub healthcheck_bind: Option<IpAddr>,
 }
 
 /// Errors that stop the agent.
@@ -176,6 +180,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         health.clone(),
         AgentHealth::timeout_for(cfg.sync.repair_every),
     ));
+    // healthCheckNodePorts: the sync loop publishes, the responder serves.
+    let (hc_tx, hc_rx) = watch::channel(HealthChecks::new());
+    let mut tasks = Vec::new();
+    if let Some(bind) = cfg.healthcheck_bind {
+        let h = agent_health.clone();
+        let responder = Responder::new(bind, Arc::new(move || h.status().healthy));
+        let task = tokio::spawn(healthcheck::run(responder, hc_rx, healthcheck::RETRY_EVERY));
+        tasks.push(("healthcheck", task.abort_handle()));
+        servers.push(task);
+    }
     let sync = tokio::spawn(sync::run(
         syncer,
         dp.clone(),
@@ -185,6 +199,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         move |_, syncer, _| {
             metrics.observe_pass_duration(syncer.last_pass_duration);
             metrics.observe_programming_latencies(&syncer.last_latencies);
+            let now = syncer.health_checks();
+            hc_tx.send_if_modified(|published| {
+                if published == now {
+                    return false;
+                }
+                published.clone_from(now);
+                true
+            });
         },
     ));
     if let Some(addr) = cfg.healthz_addr {
@@ -200,11 +222,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     servers.push(tokio::spawn(metrics::watch_liveness(
         agent_health,
         dp,
-        vec![
+        [
             ("source", source.abort_handle()),
             ("attacher", attacher.abort_handle()),
             ("sync", sync.abort_handle()),
-        ],
+        ]
+        .into_iter()
+        .chain(tasks)
+        .collect(),
         cfg.sync.repair_every.min(Duration::from_secs(10)),
     )));
     wait_for_signal().await;

@@ -35,10 +35,10 @@ use aya::{
     },
 };
 use proxy_common::{
-    Backend4, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey,
-    SlotValue, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes, map_names,
-    program_names,
+    AffinityKey, AffinityValue, Backend4, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, StatValue, Svc4Key, SvcLabel,
+    SvcValue, default_sizes, map_names, program_names,
 };
 
 /// Default pin folder.
@@ -152,6 +152,15 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// Fragment trains in flight.
     pub fragments: u32,
+    /// Source NAT entries (two per node-port flow to a backend on another
+    /// node).
+    pub snat: u32,
+    /// Node interface addresses.
+    pub node_addresses: u32,
+    /// Session affinity entries (one per client and service).
+    pub affinity: u32,
+    /// Source ranges (`loadBalancerSourceRanges`) over all services.
+    pub source_ranges: u32,
 }
 
 impl Default for MapSizes {
@@ -163,6 +172,10 @@ impl Default for MapSizes {
             revnat: default_sizes::REVNAT4,
             conntrack: default_sizes::CT4,
             fragments: default_sizes::FRAG4,
+            snat: default_sizes::SNAT4,
+            node_addresses: default_sizes::NODE4,
+            affinity: default_sizes::AFFINITY4,
+            source_ranges: default_sizes::SRCRANGE4,
         }
     }
 }
@@ -344,6 +357,7 @@ pub struct Dataplane {
     stats: PerCpuArray<MapData, StatValue>,
     node4: HashMap<MapData, u32, NodeAddr4>,
     srcrange4: LpmTrie<MapData, SrcRange4, u32>,
+    affinity4: HashMap<MapData, AffinityKey, AffinityValue>,
     capacity: MapSizes,
     services: BTreeMap<Frontend4, ServiceMirror>,
     /// Internal-scope entries of frontends with two scopes.
@@ -408,7 +422,11 @@ impl Dataplane {
             .map_max_entries(map_names::REVNAT4, s.revnat)
             .map_max_entries(map_names::LABELS, s.revnat)
             .map_max_entries(map_names::CT4, s.conntrack)
-            .map_max_entries(map_names::FRAG4, s.fragments);
+            .map_max_entries(map_names::FRAG4, s.fragments)
+            .map_max_entries(map_names::SNAT4, s.snat)
+            .map_max_entries(map_names::NODE4, s.node_addresses)
+            .map_max_entries(map_names::AFFINITY4, s.affinity)
+            .map_max_entries(map_names::SRCRANGE4, s.source_ranges);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -440,6 +458,8 @@ impl Dataplane {
             .map_err(map_err(map_names::NODE4))?;
         let srcrange4 = LpmTrie::try_from(take(&mut ebpf, map_names::SRCRANGE4)?)
             .map_err(map_err(map_names::SRCRANGE4))?;
+        let affinity4 = HashMap::try_from(take(&mut ebpf, map_names::AFFINITY4)?)
+            .map_err(map_err(map_names::AFFINITY4))?;
         let svc4 = HashMap::try_from(take(&mut ebpf, map_names::SVC4)?)
             .map_err(map_err(map_names::SVC4))?;
         let slots = HashMap::try_from(take(&mut ebpf, map_names::SLOTS)?)
@@ -459,6 +479,10 @@ impl Dataplane {
             revnat: pinned_max_entries(&dir, map_names::REVNAT4)?,
             conntrack: pinned_max_entries(&dir, map_names::CT4)?,
             fragments: pinned_max_entries(&dir, map_names::FRAG4)?,
+            snat: pinned_max_entries(&dir, map_names::SNAT4)?,
+            node_addresses: pinned_max_entries(&dir, map_names::NODE4)?,
+            affinity: pinned_max_entries(&dir, map_names::AFFINITY4)?,
+            source_ranges: pinned_max_entries(&dir, map_names::SRCRANGE4)?,
         };
         let mut dp = Self {
             dir,
@@ -471,6 +495,7 @@ impl Dataplane {
             stats,
             node4,
             srcrange4,
+            affinity4,
             capacity,
             services: BTreeMap::new(),
             internal: BTreeMap::new(),
@@ -515,11 +540,10 @@ impl Dataplane {
         let mut ranges: StdHashMap<u32, Vec<(Ipv4Addr, u8)>> = StdHashMap::new();
         for k in self.srcrange4.keys() {
             let k = k.map_err(map_err(map_names::SRCRANGE4))?;
-            let data = k.data();
-            ranges
-                .entry(u32::from_be_bytes(data.svc_id))
-                .or_default()
-                .push((Ipv4Addr::from(data.addr), (k.prefix_len() - 32) as u8));
+            // A key no agent writes (prefix outside 32..=64) is left for repair.
+            if let Some((svc_id, range)) = range_of(&k) {
+                ranges.entry(svc_id).or_default().push(range);
+            }
         }
         for (k, v) in entries {
             if v.flags & SVC_FLAG_VIP != 0
@@ -594,11 +618,31 @@ impl Dataplane {
     }
 
     /// Makes the maps equal to the mirror: rewrites every frontend, slot,
-    /// backend and VIP marker the mirror holds and deletes what it does not.
-    /// Repairs drift such as an entry deleted by hand. Returns how many map
-    /// entries it had to write or delete.
+    /// backend, source range and VIP marker the mirror holds and deletes what
+    /// it does not. Repairs drift such as an entry deleted by hand. Returns
+    /// how many map entries it had to write or delete.
     pub fn repair(&mut self) -> Result<usize> {
         let mut fixed = 0;
+        // Source ranges: an LPM lookup matches prefixes, not exact keys, so
+        // compare the sets of keys.
+        let want_ranges: BTreeSet<RangeId> = self
+            .services
+            .values()
+            .chain(self.internal.values())
+            .flat_map(|s| s.ranges.iter().map(|r| range_id(&range_key(s.svc_id, *r))))
+            .collect();
+        let have_ranges: Vec<aya::maps::lpm_trie::Key<SrcRange4>> = self
+            .srcrange4
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SRCRANGE4))?;
+        let have_ids: BTreeSet<RangeId> = have_ranges.iter().map(range_id).collect();
+        for id in want_ranges.difference(&have_ids) {
+            self.srcrange4
+                .insert(&range_key_of(*id), 1, 0)
+                .map_err(map_err(map_names::SRCRANGE4))?;
+            fixed += 1;
+        }
         // Backends first, then slots, then frontends (the safe order).
         for (key, b) in &self.backends {
             let want = Backend4 {
@@ -704,6 +748,13 @@ impl Dataplane {
         fixed += prune(&mut self.backend4, map_names::BACKEND4, |k| {
             backend_keys.contains_key(k)
         })?;
+        for k in have_ranges
+            .iter()
+            .filter(|k| !want_ranges.contains(&range_id(k)))
+        {
+            ignore_missing(self.srcrange4.remove(k)).map_err(map_err(map_names::SRCRANGE4))?;
+            fixed += 1;
+        }
         Ok(fixed)
     }
 
@@ -809,7 +860,12 @@ impl Dataplane {
             )?;
             changed |= r != Upsert::Unchanged;
         }
-        let mut ranges = spec.source_ranges.clone();
+        // Normalized, so that the mirror equals what adoption reads back.
+        let mut ranges: Vec<(Ipv4Addr, u8)> = spec
+            .source_ranges
+            .iter()
+            .map(|r| normalize_range(*r))
+            .collect();
         ranges.sort();
         ranges.dedup();
         let r = self.upsert_scoped(
@@ -917,6 +973,7 @@ impl Dataplane {
 
         let cur = self.table(scope).get(&fe);
         let created = cur.is_none();
+        let old_affinity = cur.map_or(0, |s| s.affinity_timeout);
         let (svc_id, old_ids, old_label, old_flags, old_ranges) = match cur {
             Some(s) => (
                 s.svc_id,
@@ -968,6 +1025,11 @@ impl Dataplane {
         }
         // 4. Backends no slot names any more go last.
         self.release_backends(&old_ids)?;
+        // Affinity turned off: forget the clients, so that turning it on
+        // again starts afresh.
+        if old_affinity != 0 && affinity_timeout == 0 {
+            self.flush_affinity(svc_id)?;
+        }
         Ok(if created {
             Upsert::Created
         } else {
@@ -1125,7 +1187,21 @@ impl Dataplane {
         self.slot_count -= s.backend_ids.len();
         self.svc_ids.give(s.svc_id);
         self.release_backends(&s.backend_ids)?;
+        // The id may name another service next: its clients start afresh.
+        if s.affinity_timeout != 0 {
+            self.flush_affinity(s.svc_id)?;
+        }
         Ok(true)
+    }
+
+    /// Deletes the session affinity entries of service id `svc_id`. The map
+    /// is walked whole (an LRU map has no index by service), so the cost
+    /// follows the number of live entries, at most the map's size. Returns
+    /// how many entries it deleted.
+    fn flush_affinity(&mut self, svc_id: u32) -> Result<usize> {
+        prune(&mut self.affinity4, map_names::AFFINITY4, |k| {
+            k.svc_id != svc_id
+        })
     }
 
     /// One frontend fewer on `vip`; its marker goes with the last one.
@@ -1485,22 +1561,44 @@ fn pinned_max_entries(dir: &Path, name: &'static str) -> Result<u32> {
         .map_err(map_err(name))
 }
 
-/// The LPM key of source range `r` of service `svc_id`.
-fn range_key(svc_id: u32, r: (Ipv4Addr, u8)) -> aya::maps::lpm_trie::Key<SrcRange4> {
-    let len = r.1.min(32);
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    };
-    let net = u32::from(r.0) & mask;
+/// A source-range key as (service id, address, LPM prefix length), to
+/// compare keys (the LPM key type has no ordering).
+type RangeId = (u32, [u8; 4], u32);
+
+fn range_id(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> RangeId {
+    let data = k.data();
+    (u32::from_be_bytes(data.svc_id), data.addr, k.prefix_len())
+}
+
+fn range_key_of((svc_id, addr, prefix_len): RangeId) -> aya::maps::lpm_trie::Key<SrcRange4> {
     aya::maps::lpm_trie::Key::new(
-        32 + u32::from(len),
+        prefix_len,
         SrcRange4 {
             svc_id: svc_id.to_be_bytes(),
-            addr: net.to_be_bytes(),
+            addr,
         },
     )
+}
+
+/// The service id and range of a source-range key; `None` for a key whose
+/// prefix length is not 32 (the service id) plus 0..=32.
+fn range_of(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> Option<(u32, (Ipv4Addr, u8))> {
+    let (svc_id, addr, prefix_len) = range_id(k);
+    let len = prefix_len.checked_sub(32).filter(|l| *l <= 32)?;
+    Some((svc_id, (Ipv4Addr::from(addr), len as u8)))
+}
+
+/// A range with its host bits cleared and its prefix length at most 32.
+fn normalize_range((addr, len): (Ipv4Addr, u8)) -> (Ipv4Addr, u8) {
+    let len = len.min(32);
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    (Ipv4Addr::from(u32::from(addr) & mask), len)
+}
+
+/// The LPM key of source range `r` of service `svc_id`.
+fn range_key(svc_id: u32, r: (Ipv4Addr, u8)) -> aya::maps::lpm_trie::Key<SrcRange4> {
+    let (net, len) = normalize_range(r);
+    range_key_of((svc_id, net.octets(), 32 + u32::from(len)))
 }
 
 fn svc_entry(fe: &Frontend4, scope: u8, s: &ServiceMirror) -> (Svc4Key, SvcValue) {

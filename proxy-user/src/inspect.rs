@@ -3,11 +3,12 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, path::Path};
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_SERVICE, CT_F_CLOSED,
-    CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN, Ct4Key, CtValue, SVC_FLAG_VIP, SlotKey,
-    SlotValue, StatValue, Svc4Key, SvcLabel, SvcValue, map_names,
+    CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN, Ct4Key, CtValue, SCOPE_INTERNAL,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue, map_names,
 };
 use serde::Serialize;
 
@@ -26,11 +27,18 @@ fn hash<K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(open_pinned(dir, name)?).map_err(map_err(name))
 }
 
-/// One service frontend and its backends.
+/// One service frontend: its kind, policies and backends, with the
+/// internal-scope entry of the same frontend folded in.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ServiceRow {
     /// `namespace/name:port` (empty if unknown).
     pub name: String,
+    /// How traffic reaches it, from the entry's `SVC_FLAG_*` bits:
+    /// `cluster-ip`, `node-port`, `load-balancer` or `external`. The maps do
+    /// not tell an `externalIPs` address from a load-balancer address (both
+    /// are written alike): such a frontend shows as `external`, unless it has
+    /// source ranges, which only load-balancer addresses get.
+    pub kind: &'static str,
     /// VIP.
     pub vip: Ipv4Addr,
     /// Port.
@@ -39,10 +47,38 @@ pub struct ServiceRow {
     pub protocol: &'static str,
     /// Service id.
     pub svc_id: u32,
-    /// Backends as `addr:port`, in slot order.
+    /// Backends as `addr:port`, in slot order: what traffic from anywhere
+    /// gets (with a traffic policy `local`, this node's backends only).
     pub backends: Vec<String>,
-    /// Session affinity timeout (0: none).
+    /// `cluster`, or `local` when a traffic policy Local applies
+    /// (`externalTrafficPolicy` for node-port, external and load-balancer
+    /// frontends, `internalTrafficPolicy` for cluster IPs): no backend here
+    /// means drop rather than reject.
+    pub traffic_policy: &'static str,
+    /// Service id of the internal-scope entry, when the frontend has one.
+    pub internal_svc_id: Option<u32>,
+    /// Backends this node's pods get when they differ from `backends`
+    /// (`externalTrafficPolicy: Local`: pods still reach every backend), as
+    /// `addr:port` in slot order; `None` when pods get `backends`.
+    pub internal_backends: Option<Vec<String>>,
+    /// `loadBalancerSourceRanges` as `addr/len`; `None` when every client is
+    /// admitted, an empty list when none is.
+    pub source_ranges: Option<Vec<String>>,
+    /// Session affinity (`ClientIP`) timeout in seconds (0: none).
     pub affinity_timeout: u32,
+}
+
+/// The kind of a frontend entry with `flags` (see [`ServiceRow::kind`]).
+pub fn frontend_kind(flags: u16) -> &'static str {
+    if flags & SVC_FLAG_EXTERNAL == 0 {
+        "cluster-ip"
+    } else if flags & SVC_FLAG_NODE_PORT != 0 {
+        "node-port"
+    } else if flags & SVC_FLAG_SOURCE_RANGES != 0 {
+        "load-balancer"
+    } else {
+        "external"
+    }
 }
 
 /// One backend.
@@ -108,45 +144,117 @@ fn labels(dir: &Path) -> Result<BTreeMap<u32, String>> {
     Ok(out)
 }
 
-/// Every service frontend in the pinned maps.
+/// The source ranges in the pinned map, by service id, as `addr/len`.
+fn source_ranges(dir: &Path) -> Result<BTreeMap<u32, Vec<String>>> {
+    let m: LpmTrie<MapData, SrcRange4, u32> =
+        LpmTrie::try_from(open_pinned(dir, map_names::SRCRANGE4)?)
+            .map_err(map_err(map_names::SRCRANGE4))?;
+    let mut out: BTreeMap<u32, Vec<(Ipv4Addr, u32)>> = BTreeMap::new();
+    for k in m.keys() {
+        let k = k.map_err(map_err(map_names::SRCRANGE4))?;
+        let data = k.data();
+        out.entry(u32::from_be_bytes(data.svc_id))
+            .or_default()
+            .push((Ipv4Addr::from(data.addr), k.prefix_len().saturating_sub(32)));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(id, mut ranges)| {
+            ranges.sort();
+            let text = ranges.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+            (id, text)
+        })
+        .collect())
+}
+
+/// Every service frontend in the pinned maps, one row per frontend (the
+/// internal-scope entry of a frontend is shown in its row).
 pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
     let svc: HashMap<MapData, Svc4Key, SvcValue> = hash(dir, map_names::SVC4)?;
     let slots: HashMap<MapData, SlotKey, SlotValue> = hash(dir, map_names::SLOTS)?;
     let backends: HashMap<MapData, u32, Backend4> = hash(dir, map_names::BACKEND4)?;
     let names = labels(dir)?;
-    let mut rows = Vec::new();
+    let mut ranges = source_ranges(dir)?;
+    let list = |v: &SvcValue| -> Vec<String> {
+        (1..=u32::from(v.count))
+            .map(|slot| {
+                let key = SlotKey {
+                    svc_id: v.svc_id,
+                    slot,
+                };
+                let b = slots
+                    .get(&key, 0)
+                    .ok()
+                    .and_then(|s| backends.get(&s.backend_id, 0).ok());
+                match b {
+                    Some(b) => format!("{}:{}", Ipv4Addr::from(b.addr), b.port),
+                    None => format!("<slot {slot} missing>"),
+                }
+            })
+            .collect()
+    };
+    let mut external: BTreeMap<(Ipv4Addr, u16, u8), ServiceRow> = BTreeMap::new();
+    let mut internal: Vec<(Svc4Key, SvcValue)> = Vec::new();
     for e in svc.iter() {
         let (k, v) = e.map_err(map_err(map_names::SVC4))?;
         if v.flags & SVC_FLAG_VIP != 0 {
             continue;
         }
-        let mut list = Vec::new();
-        for slot in 1..=u32::from(v.count) {
-            let b = slots
-                .get(
-                    &SlotKey {
-                        svc_id: v.svc_id,
-                        slot,
-                    },
-                    0,
-                )
-                .ok()
-                .and_then(|s| backends.get(&s.backend_id, 0).ok());
-            list.push(match b {
-                Some(b) => format!("{}:{}", Ipv4Addr::from(b.addr), b.port),
-                None => format!("<slot {slot} missing>"),
-            });
+        if k.scope == SCOPE_INTERNAL {
+            internal.push((k, v));
+            continue;
         }
-        rows.push(ServiceRow {
+        let row = ServiceRow {
             name: names.get(&v.svc_id).cloned().unwrap_or_default(),
+            kind: frontend_kind(v.flags),
             vip: Ipv4Addr::from(k.vip),
             port: k.port,
             protocol: proto_name(k.proto),
             svc_id: v.svc_id,
-            backends: list,
+            backends: list(&v),
+            traffic_policy: if v.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+                "local"
+            } else {
+                "cluster"
+            },
+            internal_svc_id: None,
+            internal_backends: None,
+            source_ranges: if v.flags & SVC_FLAG_SOURCE_RANGES != 0 {
+                Some(ranges.remove(&v.svc_id).unwrap_or_default())
+            } else {
+                None
+            },
             affinity_timeout: v.affinity_timeout,
-        });
+        };
+        external.insert((row.vip, row.port, k.proto), row);
     }
+    let mut rows = Vec::new();
+    for (k, v) in internal {
+        match external.get_mut(&(Ipv4Addr::from(k.vip), k.port, k.proto)) {
+            Some(row) => {
+                row.internal_svc_id = Some(v.svc_id);
+                row.internal_backends = Some(list(&v));
+            }
+            // An internal entry without its frontend entry (not written by
+            // the agent, or drift): shown on its own, with no backends for
+            // traffic from outside.
+            None => rows.push(ServiceRow {
+                name: names.get(&v.svc_id).cloned().unwrap_or_default(),
+                kind: frontend_kind(v.flags),
+                vip: Ipv4Addr::from(k.vip),
+                port: k.port,
+                protocol: proto_name(k.proto),
+                svc_id: v.svc_id,
+                backends: Vec::new(),
+                traffic_policy: "local",
+                internal_svc_id: Some(v.svc_id),
+                internal_backends: Some(list(&v)),
+                source_ranges: None,
+                affinity_timeout: v.affinity_timeout,
+            }),
+        }
+    }
+    rows.extend(external.into_values());
     rows.sort_by(|a, b| {
         (&a.name, a.vip, a.port, a.protocol).cmp(&(&b.name, b.vip, b.port, b.protocol))
     });
@@ -329,17 +437,53 @@ trait Row: Serialize {
 }
 
 impl Row for ServiceRow {
-    const HEADERS: &'static [&'static str] = &["SERVICE", "FRONTEND", "PROTO", "ID", "BACKENDS"];
+    const HEADERS: &'static [&'static str] = &[
+        "SERVICE",
+        "KIND",
+        "FRONTEND",
+        "PROTO",
+        "ID",
+        "POLICY",
+        "AFFINITY",
+        "SOURCE RANGES",
+        "BACKENDS",
+        "POD BACKENDS",
+    ];
     fn cells(&self) -> Vec<String> {
+        let local = self.traffic_policy == "local";
+        let backends = |list: &[String], local: bool| {
+            if !list.is_empty() {
+                list.join(", ")
+            } else if local {
+                "(none on this node: drops)".into()
+            } else {
+                "(none: rejects)".into()
+            }
+        };
         vec![
             self.name.clone(),
+            self.kind.to_string(),
             format!("{}:{}", self.vip, self.port),
             self.protocol.to_string(),
-            self.svc_id.to_string(),
-            if self.backends.is_empty() {
-                "(none: rejects)".into()
+            match self.internal_svc_id {
+                Some(internal) if internal != self.svc_id => format!("{}/{internal}", self.svc_id),
+                _ => self.svc_id.to_string(),
+            },
+            self.traffic_policy.to_string(),
+            if self.affinity_timeout == 0 {
+                "-".into()
             } else {
-                self.backends.join(", ")
+                format!("ClientIP {}s", self.affinity_timeout)
+            },
+            match &self.source_ranges {
+                None => "-".into(),
+                Some(r) if r.is_empty() => "(none: drops all)".into(),
+                Some(r) => r.join(", "),
+            },
+            backends(&self.backends, local),
+            match &self.internal_backends {
+                None => "(same)".into(),
+                Some(list) => backends(list, false),
             },
         ]
     }
@@ -418,7 +562,70 @@ pub fn render(dir: &Path, what: What, json: bool) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::table;
+    use super::*;
+
+    #[test]
+    fn frontend_kinds_follow_the_entry_flags() {
+        assert_eq!(frontend_kind(0), "cluster-ip");
+        assert_eq!(frontend_kind(SVC_FLAG_LOCAL_ONLY), "cluster-ip");
+        assert_eq!(
+            frontend_kind(SVC_FLAG_EXTERNAL | SVC_FLAG_NODE_PORT),
+            "node-port"
+        );
+        assert_eq!(
+            frontend_kind(SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES),
+            "load-balancer"
+        );
+        assert_eq!(frontend_kind(SVC_FLAG_EXTERNAL), "external");
+    }
+
+    #[test]
+    fn service_rows_render_policies_scopes_and_ranges() {
+        let row = ServiceRow {
+            name: "shop/web:http".into(),
+            kind: "node-port",
+            vip: Ipv4Addr::new(198, 18, 0, 2),
+            port: 30080,
+            protocol: "tcp",
+            svc_id: 3,
+            backends: vec![],
+            traffic_policy: "local",
+            internal_svc_id: Some(4),
+            internal_backends: Some(vec!["198.18.1.1:8080".into()]),
+            source_ranges: Some(vec![]),
+            affinity_timeout: 60,
+        };
+        assert_eq!(
+            row.cells(),
+            [
+                "shop/web:http",
+                "node-port",
+                "198.18.0.2:30080",
+                "tcp",
+                "3/4",
+                "local",
+                "ClientIP 60s",
+                "(none: drops all)",
+                "(none on this node: drops)",
+                "198.18.1.1:8080",
+            ]
+        );
+        let plain = ServiceRow {
+            kind: "cluster-ip",
+            traffic_policy: "cluster",
+            internal_svc_id: None,
+            internal_backends: None,
+            source_ranges: None,
+            affinity_timeout: 0,
+            ..row
+        };
+        let cells = plain.cells();
+        assert_eq!(
+            cells[4..],
+            ["3", "cluster", "-", "-", "(none: rejects)", "(same)"]
+        );
+        assert_eq!(cells.len(), ServiceRow::HEADERS.len());
+    }
 
     #[test]
     fn table_aligns_columns_to_the_widest_cell() {

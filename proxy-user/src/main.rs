@@ -3,10 +3,11 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use proxy_common::default_sizes;
 use svcnat::{
     agent::{self, AgentConfig, SourceConfig},
     dataplane::{self, DEFAULT_BPFFS, MapSizes},
-    inspect, metrics,
+    healthcheck, inspect, metrics,
     sources::kube::{ApiServerOverride, KubeConfigSource},
     sync::LoopConfig,
 };
@@ -85,8 +86,23 @@ struct RunArgs {
     #[arg(long, default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
     /// Conntrack entries (two per flow); applies when the map is created.
-    #[arg(long, default_value_t = proxy_common::default_sizes::CT4)]
+    #[arg(long, default_value_t = default_sizes::CT4, value_parser = size_parser())]
     conntrack_size: u32,
+    /// Source NAT entries (two per node-port flow to a backend on another
+    /// node); applies when the map is created.
+    #[arg(long, default_value_t = default_sizes::SNAT4, value_parser = size_parser())]
+    snat_size: u32,
+    /// Session affinity entries (one per client and service); applies when
+    /// the map is created.
+    #[arg(long, default_value_t = default_sizes::AFFINITY4, value_parser = size_parser())]
+    affinity_size: u32,
+    /// Load balancer source ranges over all services; applies when the map
+    /// is created.
+    #[arg(long, default_value_t = default_sizes::SRCRANGE4, value_parser = size_parser())]
+    source_ranges_size: u32,
+    /// Node interface addresses; applies when the map is created.
+    #[arg(long, default_value_t = default_sizes::NODE4, value_parser = size_parser())]
+    node_addresses_size: u32,
     /// Seconds between full drift repairs of the maps.
     #[arg(long, default_value_t = 60)]
     repair_interval: u64,
@@ -99,6 +115,27 @@ struct RunArgs {
     /// Address of the `/healthz` and `/readyz` server; empty to serve none.
     #[arg(long, default_value = metrics::DEFAULT_HEALTHZ_ADDR)]
     healthz_addr: String,
+    /// IP address the healthCheckNodePorts of LoadBalancer services with
+    /// externalTrafficPolicy Local are served on; empty to serve none.
+    #[arg(long, default_value_t = healthcheck::DEFAULT_BIND_ADDRESS.to_string())]
+    healthcheck_bind_address: String,
+}
+
+/// Map sizes: at least one entry.
+fn size_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
+}
+
+/// An IP address, or `None` for an empty string.
+fn optional_ip(flag: &str, value: &str) -> Result<Option<std::net::IpAddr>, String> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    value
+        .trim()
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("bad --{flag} {value:?}: {e} (expected an IP address)"))
 }
 
 /// `ADDR:PORT`, or `None` for an empty string.
@@ -212,6 +249,10 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         bpffs: args.bpffs,
         sizes: MapSizes {
             conntrack: args.conntrack_size,
+            snat: args.snat_size,
+            affinity: args.affinity_size,
+            source_ranges: args.source_ranges_size,
+            node_addresses: args.node_addresses_size,
             ..MapSizes::default()
         },
         attach_every: Duration::from_millis(args.attach_interval_ms.max(10)),
@@ -221,5 +262,6 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         },
         metrics_addr: optional_addr("metrics-addr", &args.metrics_addr)?,
         healthz_addr: optional_addr("healthz-addr", &args.healthz_addr)?,
+        healthcheck_bind: optional_ip("healthcheck-bind-address", &args.healthcheck_bind_address)?,
     })
 }

@@ -6,6 +6,9 @@
 //! through the dataplane, so its cost follows the change, not the cluster.
 //! [`run`] feeds it from the sources' channel, coalescing bursts into one
 //! pass, and repairs drift periodically.
+//!
+//! A pass also works out which service each `healthCheckNodePort` answers
+//! for ([`Syncer::health_checks`], see [`crate::healthcheck`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -28,6 +31,7 @@ use crate::{
     dataplane::{
         Backend4Spec, Dataplane, DataplaneError, Frontend4, FrontendSpec, ServiceOpts, Upsert,
     },
+    healthcheck::{self, HealthChecks},
     model::{self, Family, FrontendKind, NodeInfo, Protocol, ServiceModel, ServiceName},
     sources::{Kind, Object, SourceEvent},
 };
@@ -71,7 +75,9 @@ pub struct PassReport {
     pub unchanged: usize,
     /// Frontends deleted.
     pub deleted: usize,
-    /// Problems, one line each (`namespace/name port: reason`).
+    /// Problems, one line each (`namespace/name port: reason`). Health check
+    /// port conflicts appear in the pass that finds them (or finds them
+    /// changed).
     pub skipped: Vec<String>,
 }
 
@@ -90,6 +96,12 @@ pub struct Syncer {
     reported: BTreeMap<ServiceName, Vec<String>>,
     resynced: BTreeSet<Kind>,
     first_pass_done: bool,
+    /// What each service needs of the health check responder.
+    hc_needs: BTreeMap<ServiceName, healthcheck::Need>,
+    /// Health check ports as assigned at the end of the last pass.
+    health_checks: HealthChecks,
+    /// Health check port conflicts reported, per service left out.
+    hc_reported: BTreeMap<ServiceName, String>,
     stats: Arc<SyncStats>,
     /// Programming latencies (first change seen -> maps written) of the last pass.
     pub last_latencies: Vec<Duration>,
@@ -112,6 +124,9 @@ impl Syncer {
             reported: BTreeMap::new(),
             resynced: BTreeSet::new(),
             first_pass_done: false,
+            hc_needs: BTreeMap::new(),
+            health_checks: HealthChecks::new(),
+            hc_reported: BTreeMap::new(),
             stats,
             last_latencies: Vec::new(),
             last_pass_duration: Duration::ZERO,
@@ -122,6 +137,12 @@ impl Syncer {
     /// that a pass would program a half-empty cluster.
     pub fn ready(&self) -> bool {
         self.resynced.contains(&Kind::Service) && self.resynced.contains(&Kind::EndpointSlice)
+    }
+
+    /// The health check ports and the service each answers for, as of the
+    /// last pass: what the responder should serve.
+    pub fn health_checks(&self) -> &HealthChecks {
+        &self.health_checks
     }
 
     /// Whether a pass has work to do.
@@ -263,6 +284,7 @@ impl Syncer {
             }
             self.first_pass_done = true;
         }
+        self.assign_health_checks(&mut report);
         let done = Instant::now();
         self.last_latencies = since.values().map(|t| done.duration_since(*t)).collect();
         self.last_pass_duration = done.duration_since(started);
@@ -280,6 +302,7 @@ impl Syncer {
         let key = (name.namespace.clone(), name.name.clone());
         let mut problems = Vec::new();
         let mut want: BTreeMap<Frontend4, FrontendSpec> = BTreeMap::new();
+        let mut need = None;
         if let Some(svc) = self.services.get(&key) {
             let slices: Vec<&EndpointSlice> = self
                 .slices_of
@@ -289,7 +312,12 @@ impl Syncer {
             let m = model::model_service(svc, &slices, &self.node);
             problems.extend(m.skipped.iter().map(|s| s.to_string()));
             self.desired(&m, &mut want, &mut problems);
+            need = healthcheck::need_of(svc, &m);
         }
+        match need {
+            Some(n) => self.hc_needs.insert(name.clone(), n),
+            None => self.hc_needs.remove(name),
+        };
         // Frontends another service already owns are not taken over.
         want.retain(|fe, _| match self.owner.get(fe) {
             Some(owner) if owner != name => {
@@ -361,6 +389,25 @@ impl Syncer {
             self.reported.insert(name.clone(), problems.clone());
         }
         report.skipped.extend(problems);
+    }
+
+    /// Assigns the health check ports from every service's need (a port
+    /// stays with the service that had it); a service left without its port
+    /// is logged and counted once until its conflict changes or ends.
+    fn assign_health_checks(&mut self, report: &mut PassReport) {
+        let (assigned, conflicts) = healthcheck::assign(&self.hc_needs, &self.health_checks);
+        let mut reported = BTreeMap::new();
+        for c in conflicts {
+            let line = c.to_string();
+            if self.hc_reported.get(&c.service) != Some(&line) {
+                tracing::warn!("skipped: {line}");
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                report.skipped.push(line.clone());
+            }
+            reported.insert(c.service, line);
+        }
+        self.hc_reported = reported;
+        self.health_checks = assigned;
     }
 
     /// The IPv4 TCP/UDP frontends of a model, their backends and policies.

@@ -2,19 +2,27 @@
 //! private bpffs folder per test, checked through the pins themselves.
 
 use std::{
+    collections::BTreeSet,
     net::Ipv4Addr,
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::maps::HashMap;
-use proxy_common::{
-    Backend4, RevNat4, SCOPE_EXTERNAL, SVC_FLAG_VIP, SlotKey, SlotValue, Svc4Key, SvcValue,
-    map_names,
+use aya::maps::{
+    HashMap,
+    lpm_trie::{Key, LpmTrie},
 };
-use svcnat::dataplane::{
-    Backend4Spec, Dataplane, DataplaneConfig, DataplaneError, Frontend4, MapSizes, ServiceOpts,
-    Upsert, cleanup, open_pinned,
+use proxy_common::{
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, RevNat4, SCOPE_EXTERNAL,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, Svc4Key, SvcValue, map_names,
+};
+use svcnat::{
+    dataplane::{
+        Backend4Spec, Dataplane, DataplaneConfig, DataplaneError, Frontend4, FrontendSpec,
+        MapSizes, ServiceOpts, Upsert, cleanup, open_pinned,
+    },
+    inspect,
 };
 
 /// A pin folder that is removed when the test ends, also on panic.
@@ -76,6 +84,10 @@ fn small() -> MapSizes {
         revnat: 64,
         conntrack: 1024,
         fragments: 64,
+        snat: 64,
+        node_addresses: 16,
+        affinity: 64,
+        source_ranges: 64,
     }
 }
 
@@ -421,4 +433,288 @@ fn opts(affinity_timeout: u32) -> ServiceOpts {
         affinity_timeout,
         label: String::new(),
     }
+}
+
+fn range(a: u8, b: u8, c: u8, len: u8) -> (Ipv4Addr, u8) {
+    (Ipv4Addr::new(198, a, b, c), len)
+}
+
+/// The source-range keys of the pinned LPM map as (service id, `addr/len`).
+fn pinned_ranges(dir: &PinDir) -> BTreeSet<(u32, String)> {
+    let m: LpmTrie<_, SrcRange4, u32> =
+        LpmTrie::try_from(open_pinned(&dir.0, map_names::SRCRANGE4).expect("map")).expect("lpm");
+    m.keys()
+        .map(|k| {
+            let k = k.expect("key");
+            let d = k.data();
+            (
+                u32::from_be_bytes(d.svc_id),
+                format!("{}/{}", Ipv4Addr::from(d.addr), k.prefix_len() - 32),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn repair_restores_source_ranges_deleted_by_hand_and_removes_strays() {
+    require_kernel!();
+    let dir = PinDir::new("ranges");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let f = fe(20, 443);
+    let spec = FrontendSpec {
+        backends: vec![be(1)],
+        flags: SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES,
+        // Host bits are cleared: 198.18.0.7/16 is 198.18.0.0/16.
+        source_ranges: vec![range(18, 0, 7, 16), range(19, 5, 0, 24)],
+        ..FrontendSpec::default()
+    };
+    dp.upsert_frontend(f, &spec).expect("upsert");
+    let id = dp.service(&f).expect("frontend").svc_id;
+    let want: BTreeSet<(u32, String)> = [
+        (id, "198.18.0.0/16".to_string()),
+        (id, "198.19.5.0/24".to_string()),
+    ]
+    .into();
+    assert_eq!(pinned_ranges(&dir), want);
+    assert_eq!(dp.repair().expect("repair"), 0, "nothing drifted yet");
+    {
+        let mut m: LpmTrie<_, SrcRange4, u32> =
+            LpmTrie::try_from(open_pinned(&dir.0, map_names::SRCRANGE4).expect("map"))
+                .expect("lpm");
+        let key = |svc_id: u32, addr: [u8; 4], len: u32| {
+            Key::new(
+                32 + len,
+                SrcRange4 {
+                    svc_id: svc_id.to_be_bytes(),
+                    addr,
+                },
+            )
+        };
+        m.remove(&key(id, [198, 19, 5, 0], 24))
+            .expect("delete by hand");
+        m.insert(&key(id, [198, 18, 77, 0], 24), 1, 0)
+            .expect("stray range of the service");
+        m.insert(&key(999, [198, 18, 0, 0], 15), 1, 0)
+            .expect("stray range of no service");
+    }
+    assert_eq!(dp.repair().expect("repair"), 3);
+    assert_eq!(pinned_ranges(&dir), want);
+    // Adopted state has the same (normalized) ranges: nothing to change.
+    drop(dp);
+    let mut dp = Dataplane::open(&dir.config(small())).expect("reopen");
+    assert_eq!(dp.repair().expect("repair"), 0);
+    assert_eq!(
+        dp.upsert_frontend(f, &spec).expect("same"),
+        Upsert::Unchanged
+    );
+}
+
+fn affinity_map(dir: &PinDir) -> HashMap<aya::maps::MapData, AffinityKey, AffinityValue> {
+    HashMap::try_from(open_pinned(&dir.0, map_names::AFFINITY4).expect("map")).expect("affinity")
+}
+
+/// Affinity entries of the pinned map as (client's last byte, service id).
+fn affinity_entries(dir: &PinDir) -> BTreeSet<(u8, u32)> {
+    affinity_map(dir)
+        .keys()
+        .map(|k| {
+            let k = k.expect("key");
+            (k.client[3], k.svc_id)
+        })
+        .collect()
+}
+
+/// What the datapath writes when it sends `client` to slot 1 of `svc_id`.
+fn remember(dir: &PinDir, client: u8, svc_id: u32) {
+    affinity_map(dir)
+        .insert(
+            AffinityKey {
+                client: [198, 18, 9, client],
+                svc_id,
+            },
+            AffinityValue {
+                backend_id: 1,
+                slot: 1,
+                last_ns: 1,
+            },
+            0,
+        )
+        .expect("affinity entry");
+}
+
+#[test]
+fn affinity_entries_go_with_their_service_and_when_affinity_is_turned_off() {
+    require_kernel!();
+    let dir = PinDir::new("affinity");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let (a, b, c) = (fe(30, 80), fe(30, 81), fe(30, 82));
+    dp.upsert_service(a, &[be(1), be(2)], &opts(300))
+        .expect("a");
+    dp.upsert_service(b, &[be(1), be(2)], &opts(300))
+        .expect("b");
+    dp.upsert_service(c, &[be(1)], &opts(300)).expect("c");
+    let id = |f: Frontend4| dp.service(&f).expect("frontend").svc_id;
+    let (ia, ib, ic) = (id(a), id(b), id(c));
+    for (client, svc) in [(1, ia), (2, ia), (1, ib), (3, ib), (1, ic)] {
+        remember(&dir, client, svc);
+    }
+
+    assert!(dp.delete_service(&a).expect("delete a"));
+    assert_eq!(
+        affinity_entries(&dir),
+        [(1, ib), (3, ib), (1, ic)].into(),
+        "a's clients are forgotten, the others' kept"
+    );
+
+    // A new timeout keeps the clients; turning affinity off forgets them.
+    dp.upsert_service(b, &[be(1), be(2)], &opts(600))
+        .expect("b, longer");
+    assert_eq!(affinity_entries(&dir), [(1, ib), (3, ib), (1, ic)].into());
+    dp.upsert_service(b, &[be(1), be(2)], &opts(0))
+        .expect("b, no affinity");
+    assert_eq!(affinity_entries(&dir), [(1, ic)].into());
+}
+
+#[test]
+fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
+    require_kernel!();
+    let dir = PinDir::new("inspect");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let local = Backend4Spec {
+        flags: BACKEND_FLAG_LOCAL,
+        ..be(1)
+    };
+    let label = |l: &str| ServiceOpts {
+        affinity_timeout: 0,
+        label: l.into(),
+    };
+    let cluster_ip = fe(40, 80);
+    dp.upsert_service(cluster_ip, &[local, be(2)], &label("shop/web:http"))
+        .expect("cluster ip");
+    let node_port = Frontend4 {
+        vip: Ipv4Addr::new(198, 18, 0, 2),
+        port: 30080,
+        proto: 6,
+    };
+    dp.upsert_frontend(
+        node_port,
+        &FrontendSpec {
+            backends: vec![local],
+            internal_backends: Some(vec![local, be(2)]),
+            flags: SVC_FLAG_EXTERNAL | SVC_FLAG_NODE_PORT | SVC_FLAG_LOCAL_ONLY,
+            opts: label("shop/web:http"),
+            ..FrontendSpec::default()
+        },
+    )
+    .expect("node port");
+    let lb = fe(41, 80);
+    dp.upsert_frontend(
+        lb,
+        &FrontendSpec {
+            backends: vec![be(2)],
+            flags: SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES,
+            source_ranges: vec![range(19, 0, 0, 16), range(18, 5, 0, 24)],
+            opts: ServiceOpts {
+                affinity_timeout: 10_800,
+                label: "shop/lb:http".into(),
+            },
+            ..FrontendSpec::default()
+        },
+    )
+    .expect("load balancer");
+    let external = fe(42, 80);
+    dp.upsert_frontend(
+        external,
+        &FrontendSpec {
+            backends: vec![],
+            flags: SVC_FLAG_EXTERNAL | SVC_FLAG_LOCAL_ONLY,
+            opts: label("shop/ext:http"),
+            ..FrontendSpec::default()
+        },
+    )
+    .expect("external ip");
+
+    let rows = inspect::services(&dir.0).expect("inspect");
+    assert_eq!(
+        rows.len(),
+        4,
+        "one row per frontend, scopes folded: {rows:?}"
+    );
+    let row = |f: Frontend4| {
+        rows.iter()
+            .find(|r| r.vip == f.vip && r.port == f.port)
+            .unwrap_or_else(|| panic!("no row for {f}"))
+    };
+    let r = row(cluster_ip);
+    assert_eq!(
+        (r.kind, r.traffic_policy, r.name.as_str()),
+        ("cluster-ip", "cluster", "shop/web:http")
+    );
+    assert_eq!(r.backends, ["198.18.1.1:8080", "198.18.1.2:8080"]);
+    assert_eq!(
+        (r.internal_backends.clone(), r.source_ranges.clone()),
+        (None, None)
+    );
+    let r = row(node_port);
+    assert_eq!((r.kind, r.traffic_policy), ("node-port", "local"));
+    assert_eq!(r.backends, ["198.18.1.1:8080"]);
+    assert_eq!(
+        r.internal_backends.as_deref(),
+        Some(&["198.18.1.1:8080".to_string(), "198.18.1.2:8080".to_string()][..])
+    );
+    assert!(r.internal_svc_id.is_some_and(|i| i != r.svc_id));
+    let r = row(lb);
+    assert_eq!((r.kind, r.traffic_policy), ("load-balancer", "cluster"));
+    assert_eq!(
+        r.source_ranges.as_deref(),
+        Some(&["198.18.5.0/24".to_string(), "198.19.0.0/16".to_string()][..])
+    );
+    assert_eq!(r.affinity_timeout, 10_800);
+    let r = row(external);
+    assert_eq!((r.kind, r.traffic_policy), ("external", "local"));
+    assert!(r.backends.is_empty());
+
+    let text = inspect::render(&dir.0, inspect::What::Services, false).expect("text");
+    let header = text.lines().next().expect("header");
+    for h in [
+        "KIND",
+        "POLICY",
+        "AFFINITY",
+        "SOURCE RANGES",
+        "POD BACKENDS",
+    ] {
+        assert!(header.contains(h), "{header}");
+    }
+    let lb_line = text
+        .lines()
+        .find(|l| l.starts_with("shop/lb:http"))
+        .expect("lb line");
+    for cell in [
+        "load-balancer",
+        "ClientIP 10800s",
+        "198.18.5.0/24, 198.19.0.0/16",
+    ] {
+        assert!(lb_line.contains(cell), "{lb_line}");
+    }
+    let ext_line = text
+        .lines()
+        .find(|l| l.starts_with("shop/ext:http"))
+        .expect("external line");
+    assert!(
+        ext_line.contains("(none on this node: drops)"),
+        "{ext_line}"
+    );
+
+    let json = inspect::render(&dir.0, inspect::What::Services, true).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let np = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["port"] == 30080)
+        .expect("node port row");
+    assert_eq!(np["kind"], "node-port");
+    assert_eq!(np["traffic_policy"], "local");
+    assert_eq!(np["internal_backends"][1], "198.18.1.2:8080");
+    assert_eq!(np["source_ranges"], serde_json::Value::Null);
 }

@@ -392,6 +392,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             revnat: 40,
             conntrack: 50,
             fragments: 60,
+            ..MapSizes::default()
         };
         metrics.set_datapath(DatapathSample {
             frontends: 3,
@@ -774,6 +775,7 @@ async fn the_sampler_reads_counts_capacities_and_conntrack_from_the_maps() {
             revnat: 64,
             conntrack: 1024,
             fragments: 64,
+            ..MapSizes::default()
         };
         let mut dp = Dataplane::open(&DataplaneConfig {
             bpffs: pins.0.clone(),

@@ -166,6 +166,7 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
         revnat: 256,
         conntrack: 256,
         fragments: 16,
+        ..MapSizes::default()
     };
     let mut dp = Dataplane::open(&DataplaneConfig {
         bpffs: dir.clone(),
@@ -294,6 +295,7 @@ fn a_service_too_big_for_the_maps_is_skipped_with_a_reason_and_the_rest_works() 
         revnat: 64,
         conntrack: 64,
         fragments: 16,
+        ..MapSizes::default()
     };
     let mut dp = Dataplane::open(&DataplaneConfig {
         bpffs: dir.clone(),
