@@ -505,8 +505,15 @@ reasons! {
 /// Size of the stats map: room for reasons added later without a new layout.
 pub const STATS_SLOTS: u32 = 64;
 
-/// Layout version of the pinned maps. Bump when a key or value changes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Layout version of the pinned maps. Bump when a key, a value or the
+/// meaning of an entry changes, and teach the agent to migrate from the
+/// previous one (`proxy-user/src/migrate.rs`).
+///
+/// - 1: first layout.
+/// - 2: forward SNAT entries keyed by the conntrack service key, and
+///   conntrack reply entries of SNATed flows keyed by the SNAT address and
+///   port (source-port remapping on NAT clashes).
+pub const LAYOUT_VERSION: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -111,6 +111,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tracing::info!(frontends = dp.services().len(), "adopted pinned state");
     report_attach(dp.attach_matching(&cfg.pod_interfaces)?);
     report_attach(dp.attach_node_matching(&cfg.node_interfaces)?);
+    // Our programs now run in every pinned link we manage: a migration from
+    // an older layout can finish.
+    if let Some(r) = dp.finish_migration()? {
+        tracing::info!(
+            to = proxy_common::LAYOUT_VERSION,
+            rekeyed = r.rekeyed,
+            already_current = r.current,
+            lost = r.lost,
+            removed_old_entries = r.removed,
+            "migrated the pinned maps in place to the new layout (programs swapped atomically into the pinned links; established flows kept)"
+        );
+    }
 
     let (tx, rx) = mpsc::channel::<SourceEvent>(1024);
     let mut kube_stats = None;

@@ -370,6 +370,9 @@ pub struct Dataplane {
     backend_ids: Ids,
     attached: BTreeSet<(u32, String)>,
     node_attached: BTreeSet<(u32, String)>,
+    /// Layout the pinned maps are being migrated from (until
+    /// [`Dataplane::finish_migration`]).
+    pending_migration: Option<u32>,
 }
 
 /// What [`Dataplane::upsert_service`] changed.
@@ -411,7 +414,7 @@ impl Dataplane {
         }
         let dir = cfg.bpffs.clone();
         fs::create_dir_all(dir.join("links")).map_err(io_err(&dir))?;
-        check_layout(&dir)?;
+        let migrate_from = check_layout(&dir)?;
         let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
         let s = cfg.sizes;
         let mut loader = EbpfLoader::new();
@@ -507,9 +510,42 @@ impl Dataplane {
             backend_ids: Ids::default(),
             attached: BTreeSet::new(),
             node_attached: BTreeSet::new(),
+            pending_migration: None,
         };
         dp.adopt()?;
+        if let Some(from) = migrate_from {
+            // Step 1 of the migration: new-layout entries next to the old
+            // ones, before any of our programs runs.
+            let r = crate::migrate::migrate(&dp.dir, from, false)?;
+            tracing::info!(
+                from,
+                to = LAYOUT_VERSION,
+                rekeyed = r.rekeyed,
+                lost = r.lost,
+                "migrating pinned maps in place; finished once our programs are attached"
+            );
+            dp.pending_migration = Some(from);
+        }
         Ok(dp)
+    }
+
+    /// Finishes a migration from an older layout, once this agent's
+    /// programs have replaced the old ones in the pinned links: migrates the
+    /// flows the old programs created meanwhile, removes the entries only
+    /// they used, and the old layout marker. `None` when nothing was
+    /// pending.
+    pub fn finish_migration(&mut self) -> Result<Option<crate::migrate::MigrationReport>> {
+        let Some(from) = self.pending_migration else {
+            return Ok(None);
+        };
+        let report = crate::migrate::migrate(&self.dir, from, true)?;
+        let marker = self.dir.join(layout_marker(from));
+        match fs::remove_dir(&marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&marker)(e)),
+            _ => {}
+        }
+        self.pending_migration = None;
+        Ok(Some(report))
     }
 
     /// The pin folder.
@@ -1657,7 +1693,7 @@ fn prune<K: aya::Pod, V: aya::Pod>(
 }
 
 /// Deleting what is absent is not an error.
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+pub(crate) fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -1686,15 +1722,26 @@ fn marked_layouts(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn check_layout(dir: &Path) -> Result<()> {
+/// Checks the layout markers of `dir`: returns the older layout to migrate
+/// from, if any; refuses an unknown (newer) layout.
+fn check_layout(dir: &Path) -> Result<Option<u32>> {
     let found = marked_layouts(dir);
     let ours = LAYOUT_VERSION.to_string();
-    if let Some(other) = found.iter().find(|v| **v != ours) {
-        return Err(DataplaneError::Layout {
-            dir: dir.to_path_buf(),
-            found: other.clone(),
-            expected: LAYOUT_VERSION,
-        });
+    let mut from = None;
+    for v in &found {
+        if *v == ours {
+            continue;
+        }
+        match v.parse::<u32>() {
+            Ok(n) if crate::migrate::MIGRATES_FROM.contains(&n) => from = Some(n),
+            _ => {
+                return Err(DataplaneError::Layout {
+                    dir: dir.to_path_buf(),
+                    found: v.clone(),
+                    expected: LAYOUT_VERSION,
+                });
+            }
+        }
     }
     if found.is_empty() && map_names::ALL.iter().any(|n| dir.join(n).exists()) {
         // Maps pinned by something that did not mark its layout.
@@ -1704,7 +1751,7 @@ fn check_layout(dir: &Path) -> Result<()> {
             expected: LAYOUT_VERSION,
         });
     }
-    Ok(())
+    Ok(from)
 }
 
 /// Sums a per-CPU stats array by reason.

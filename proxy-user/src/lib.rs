@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod healthcheck;
 pub mod inspect;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod netns;
 pub mod rbac;

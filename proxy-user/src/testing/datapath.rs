@@ -201,14 +201,32 @@ impl TestDatapath {
     /// Loads the embedded object with the given map sizes (others at their
     /// defaults) and both TC programs. Maps are private to this instance.
     pub fn load_with_sizes(sizes: &[(&str, u32)]) -> Result<Self, LoadError> {
-        if crate::EBPF_OBJECT.is_empty() {
+        Self::load_object(crate::EBPF_OBJECT, sizes, None)
+    }
+
+    /// Loads `object` (for example the object of an earlier release) with
+    /// the given map sizes. With `pins`, its maps are pinned in (or adopted
+    /// from) that folder under their names, as the agent pins them, so that
+    /// two objects can share maps.
+    pub fn load_object(
+        object: &[u8],
+        sizes: &[(&str, u32)],
+        pins: Option<&std::path::Path>,
+    ) -> Result<Self, LoadError> {
+        if object.is_empty() {
             return Err(LoadError::NoObject);
         }
         let mut loader = EbpfLoader::new();
         for (name, size) in sizes {
             loader.map_max_entries(name, *size);
         }
-        let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
+        let paths: Vec<(&str, std::path::PathBuf)> = pins
+            .map(|dir| map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect())
+            .unwrap_or_default();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object)?;
         let ingress = load_program(&mut ebpf, program_names::TC_POD_INGRESS)?;
         let egress = load_program(&mut ebpf, program_names::TC_POD_EGRESS)?;
         let node_egress = load_program(&mut ebpf, program_names::TC_NODE_EGRESS)?;
