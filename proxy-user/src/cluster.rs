@@ -30,6 +30,15 @@
 //! runs `svcnat cleanup` on every pin folder, deletes the namespaces and the
 //! temporary folder, also when a test panics. Only 198.18.0.0/15 is used, and
 //! nothing is added to the root namespace.
+//!
+//! Every interface on the fabric (the nodes' and the outside clients'
+//! `eth0`) has TX checksum offload turned off: svcnat's XDP programs on the
+//! nodes' `eth0` rewrite checksums incrementally and so need the complete
+//! checksums a real wire delivers, while a veth otherwise hands frames over
+//! with only the pseudo-header sum filled in (`CHECKSUM_PARTIAL`). More
+//! outside clients can join the fabric ([`Cluster::add_outside`]), and an
+//! outside client can send chosen addresses (an LB IP) to a chosen node
+//! ([`Cluster::route_via_node`]).
 
 use std::{
     collections::BTreeSet,
@@ -57,6 +66,9 @@ use crate::netns::{self, NetNs, unique_tag, veth};
 pub const POD_GLOB: &str = "vp*";
 /// The outside client's address on the fabric.
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+/// The fabric's network: nodes, outside clients (and free addresses, for
+/// load-balancer IPs, between them).
+pub const FABRIC_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 /// At most this many nodes (pod ranges 198.18.1.0/24 ..= 198.18.26.0/24).
 pub const MAX_NODES: usize = 26;
 /// Size of the file nginx serves at [`BIG_PATH`] (sparse, all zeros).
@@ -102,6 +114,64 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// Turns TX checksum offload off on interface `ifname` of the calling
+/// thread's network namespace (`ethtool -K IF tx off`, by ioctl: ethtool
+/// may not be installed). See the module documentation for why.
+fn tx_checksum_offload_off(ifname: &str) -> std::io::Result<()> {
+    /// `struct ethtool_value` of `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    /// `ETHTOOL_STXCSUM`: set TX checksum offload.
+    const SET_TX_CHECKSUM: u32 = 0x17;
+    let name = ifname.as_bytes();
+    // SAFETY: ifreq is plain old data; all zeros is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::other(format!(
+            "interface name too long: {ifname}"
+        )));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    let mut value = EthtoolValue {
+        cmd: SET_TX_CHECKSUM,
+        data: 0,
+    };
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: socket(2) has no memory preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: `req` names the interface and points at `value`; both outlive
+    // the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCETHTOOL,
+            &raw mut req,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`tx_checksum_offload_off`] for `ifname` in namespace `ns`.
+fn no_tx_checksum_offload(ns: &NetNs, ifname: &str) -> Result<()> {
+    let name = ifname.to_string();
+    ns.run(move || tx_checksum_offload_off(&name))
+        .with_context(|| format!("enter {}", ns.name()))?
+        .with_context(|| format!("turn TX checksum offload off on {ifname} in {}", ns.name()))
 }
 
 /// Why a cluster with these programs cannot run here (not root, no eBPF
@@ -952,6 +1022,7 @@ pub struct Cluster {
     fabric: Option<NetNs>,
     nodes: Vec<NodeState>,
     outside: Option<(NetNs, Host)>,
+    more_outside: Vec<(NetNs, Host)>,
     pods: Vec<(NetNs, Host)>,
     agents: Vec<Mutex<AgentState>>,
     servers: Mutex<Vec<Proc>>,
@@ -980,6 +1051,7 @@ impl Cluster {
             fabric: None,
             nodes: Vec::new(),
             outside: None,
+            more_outside: Vec::new(),
             pods: Vec::new(),
             agents: Vec::new(),
             servers: Mutex::new(Vec::new()),
@@ -1008,6 +1080,9 @@ impl Cluster {
                 "dev",
                 "eth0",
             ])?;
+            // Complete checksums on what the node sends to other nodes'
+            // XDP (replies of backends to SNATed flows): see the module doc.
+            no_tx_checksum_offload(&ns, "eth0")?;
             ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
             // A fixed MAC: a bridge otherwise takes its lowest port's, which
             // changes as pods come and go (and pods cache the gateway's).
@@ -1069,20 +1144,36 @@ impl Cluster {
             }));
         }
 
-        let out_ns = NetNs::new(&c.ns_name("out"))?;
-        veth(fabric, "fo", &out_ns, "eth0")?;
-        fabric.ip(&["link", "set", "fo", "master", "fab0"])?;
-        out_ns.ip(&["addr", "add", &format!("{OUTSIDE_ADDR}/24"), "dev", "eth0"])?;
-        out_ns.ip(&["route", "add", "default", "via", &node_addr(0).to_string()])?;
+        c.outside = Some(c.new_outside("outside", "out", "fo", OUTSIDE_ADDR)?);
+        Ok(c)
+    }
+
+    /// An outside client namespace `role` named `name` whose `eth0` has
+    /// `addr` on the fabric (leg `leg` on `fab0`), default route via node 0.
+    fn new_outside(
+        &self,
+        name: &str,
+        role: &str,
+        leg: &str,
+        addr: Ipv4Addr,
+    ) -> Result<(NetNs, Host)> {
+        let fabric = self.fabric.as_ref().ok_or_else(|| anyhow!("no fabric"))?;
+        let ns = NetNs::new(&self.ns_name(role))?;
+        veth(fabric, leg, &ns, "eth0")?;
+        fabric.ip(&["link", "set", leg, "master", "fab0"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["route", "add", "default", "via", &node_addr(0).to_string()])?;
+        // Frames from outside reach the nodes' XDP with complete checksums,
+        // as from a wire: see the module doc.
+        no_tx_checksum_offload(&ns, "eth0")?;
         let host = Host {
-            name: "outside".into(),
+            name: name.to_string(),
             node: None,
-            addr: OUTSIDE_ADDR,
-            netns: out_ns.name().to_string(),
+            addr,
+            netns: ns.name().to_string(),
             veth: None,
         };
-        c.outside = Some((out_ns, host));
-        Ok(c)
+        Ok((ns, host))
     }
 
     fn ns_name(&self, role: &str) -> String {
@@ -1125,6 +1216,63 @@ impl Cluster {
     /// The outside client (on the fabric, default route via node 0).
     pub fn outside(&self) -> Option<&Host> {
         self.outside.as_ref().map(|(_, h)| h)
+    }
+
+    /// Adds another outside client `name` with address `addr` on the
+    /// fabric (198.18.0.0/24; not a node's, not taken), default route via
+    /// node 0, like [`Cluster::outside`].
+    pub fn add_outside(&mut self, name: &str, addr: Ipv4Addr) -> Result<Host> {
+        let o = addr.octets();
+        let on_fabric = addr != FABRIC_NET && o[..3] == FABRIC_NET.octets()[..3] && o[3] != 255;
+        let node = (0..self.nodes.len()).any(|i| node_addr(i) == addr);
+        let taken = self
+            .outside
+            .iter()
+            .chain(&self.more_outside)
+            .chain(&self.pods)
+            .any(|(_, h)| h.name == name || h.addr == addr);
+        if !on_fabric || node || taken {
+            bail!("{addr} is not a free fabric address ({FABRIC_NET}/24) or {name} exists");
+        }
+        let k = self.more_outside.len() + 1;
+        let added = self.new_outside(name, &format!("out{k}"), &format!("fo{k}"), addr)?;
+        let host = added.1.clone();
+        self.more_outside.push(added);
+        Ok(host)
+    }
+
+    /// Every outside client: [`Cluster::outside`] first, then those of
+    /// [`Cluster::add_outside`].
+    pub fn outside_clients(&self) -> impl Iterator<Item = &Host> {
+        self.outside
+            .iter()
+            .chain(&self.more_outside)
+            .map(|(_, h)| h)
+    }
+
+    /// Makes outside client `client` send traffic for `dst` (say a
+    /// load-balancer IP that no interface has) to node `node` over the
+    /// fabric, as a load balancer in front of the nodes would.
+    pub fn route_via_node(&self, client: &Host, dst: Ipv4Addr, node: usize) -> Result<()> {
+        if node >= self.nodes.len() {
+            bail!("no node {node}");
+        }
+        let (ns, _) = self
+            .outside
+            .iter()
+            .chain(&self.more_outside)
+            .find(|(_, h)| h.netns == client.netns)
+            .ok_or_else(|| anyhow!("{} is not an outside client", client.name))?;
+        ns.ip(&[
+            "route",
+            "replace",
+            &format!("{dst}/32"),
+            "via",
+            &node_addr(node).to_string(),
+            "dev",
+            "eth0",
+        ])?;
+        Ok(())
     }
 
     /// Every pod.
@@ -1518,7 +1666,8 @@ impl Cluster {
     /// [`BIG_PATH`] is a [`BIG_FILE_BYTES`] file for long downloads, sent at
     /// most at `?rate=BYTES_PER_SECOND` when given (nginx's `limit_rate`:
     /// curl's own `--limit-rate` does not hold over veths in curl 7.88).
-    /// Returns once it listens.
+    /// Every request is logged ([`Cluster::nginx_access_log`]). Returns once
+    /// it listens.
     pub fn nginx(&self, pod: &Host) -> Result<()> {
         let dir = self.pod_dir(pod, "nginx")?;
         let www = dir.join("www");
@@ -1528,7 +1677,8 @@ impl Cluster {
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n\
+             http {{\n  log_format svcnat '$remote_addr $status \"$request\"';\n\
+             access_log {d}/access.log svcnat;\n  sendfile on;\n\
              map $arg_rate $rate {{ \"\" 0; default $arg_rate; }}\n\
              client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
@@ -1549,6 +1699,17 @@ impl Cluster {
             .arg(dir.join("error.log"));
         self.start_server(pod, "nginx", &mut cmd, &dir)?;
         self.wait_listening(pod, Proto::Tcp, 80)
+    }
+
+    /// The requests nginx in `pod` ([`Cluster::nginx`]) has answered so far,
+    /// oldest first (empty before the first one).
+    pub fn nginx_access_log(&self, pod: &Host) -> Result<Vec<AccessLogEntry>> {
+        let path = self.pod_dir(pod, "nginx")?.join("access.log");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().filter_map(parse_access_log_line).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
     }
 
     /// dnsmasq in `pod` on port 53 (UDP and TCP) answering the A `records`
@@ -1684,6 +1845,30 @@ impl Cluster {
     }
 }
 
+/// One request in the access log of [`Cluster::nginx`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogEntry {
+    /// The address the request came from, as the server saw it.
+    pub client: Ipv4Addr,
+    /// The HTTP status it answered.
+    pub status: u16,
+    /// The request line (`GET /?n=1 HTTP/1.1`).
+    pub request: String,
+}
+
+/// Parses a line of the `svcnat` log format: `ADDR STATUS "REQUEST"`.
+fn parse_access_log_line(line: &str) -> Option<AccessLogEntry> {
+    let mut f = line.splitn(3, ' ');
+    let client = f.next()?.parse().ok()?;
+    let status = f.next()?.parse().ok()?;
+    let request = f.next()?.trim().trim_matches('"').to_string();
+    Some(AccessLogEntry {
+        client,
+        status,
+        request,
+    })
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -1721,6 +1906,7 @@ impl Drop for Cluster {
             let _ = fs::remove_dir(&a.bpffs);
         }
         self.pods.clear();
+        self.more_outside.clear();
         self.outside = None;
         self.nodes.clear();
         self.fabric = None;
@@ -1754,6 +1940,21 @@ mod tests {
         assert_eq!(o[1].body, "b2");
         assert_eq!((o[2].exit, o[2].http_code, o[2].ok()), (7, 0, false));
         assert_eq!(o[2].body, "");
+    }
+
+    #[test]
+    fn access_log_lines_are_parsed() {
+        let e = parse_access_log_line("198.18.0.200 200 \"GET /?n=3 HTTP/1.1\"");
+        assert_eq!(
+            e,
+            Some(AccessLogEntry {
+                client: OUTSIDE_ADDR,
+                status: 200,
+                request: "GET /?n=3 HTTP/1.1".into(),
+            })
+        );
+        assert_eq!(parse_access_log_line("garbage"), None);
+        assert_eq!(parse_access_log_line(""), None);
     }
 
     #[test]
