@@ -4,7 +4,8 @@
 //! Three measurement programs (release examples of `proxy-user`) do the
 //! work; this module runs them, keeps their output, and writes the report:
 //!
-//! 1. `packet_cost`: per-packet cost of the TC programs (BPF_PROG_TEST_RUN);
+//! 1. `packet_cost`: per-packet cost of the TC programs and of the XDP
+//!    node-port paths (BPF_PROG_TEST_RUN);
 //! 2. `sync_scale`: the agent's full sync time, per-change latency, RSS, and
 //!    the kernel's memlock of every map;
 //! 3. `bench_e2e`: real TCP through namespaces: svcnat, iptables-mode and
@@ -371,29 +372,119 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
+/// The Markdown tables of `text`: runs of consecutive lines that start
+/// with `|`.
+fn md_tables(text: &str) -> Vec<Vec<&str>> {
+    let mut tables: Vec<Vec<&str>> = Vec::new();
+    let mut open = false;
+    for line in text.lines() {
+        if !line.starts_with('|') {
+            open = false;
+            continue;
+        }
+        if !open {
+            tables.push(Vec::new());
+            open = true;
+        }
+        if let Some(t) = tables.last_mut() {
+            t.push(line);
+        }
+    }
+    tables
+}
+
+/// The cells of a Markdown table line, trimmed.
+fn md_cells(line: &str) -> Vec<&str> {
+    line.trim()
+        .trim_start_matches('|')
+        .trim_end_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect()
+}
+
+/// Output of `packet_cost`: the TC table (one row per number of services)
+/// and the XDP table (one row per path).
 struct PacketCost {
     table: String,
     /// services, new flow, established, reply, not a service (single runs),
     /// not a service (repeated) (ns).
     rows: Vec<[f64; 6]>,
+    xdp: XdpCost,
+}
+
+/// The XDP node-port table of `packet_cost`: its first header cell starts
+/// with "XDP", the other header cells after "measured" are numbers of
+/// services.
+#[derive(Default)]
+struct XdpCost {
+    table: String,
+    sizes: Vec<u32>,
+    /// Path, how it is measured ("repeat" or "single"), ns per size (in
+    /// `sizes` order; `None` where the cell is not a number).
+    rows: Vec<(String, String, Vec<Option<f64>>)>,
 }
 
 impl PacketCost {
     fn parse(text: &str) -> Self {
-        let table: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+        let mut tc: Option<Vec<&str>> = None;
+        let mut xdp = XdpCost::default();
+        for table in md_tables(text) {
+            let header = table.first().map(|l| md_cells(l)).unwrap_or_default();
+            if header.first().is_some_and(|c| c.starts_with("XDP")) {
+                xdp = XdpCost::parse(&table);
+            } else if tc.is_none() {
+                tc = Some(table);
+            }
+        }
+        let table = tc.unwrap_or_default();
         let rows = table
             .iter()
             .filter_map(|l| {
-                let cells: Vec<f64> = l
-                    .trim_matches('|')
-                    .split('|')
-                    .filter_map(|c| c.trim().parse().ok())
+                let cells: Vec<f64> = md_cells(l)
+                    .into_iter()
+                    .filter_map(|c| c.parse().ok())
                     .collect();
                 <[f64; 6]>::try_from(cells).ok()
             })
             .collect();
         Self {
             table: table.join("\n"),
+            rows,
+            xdp,
+        }
+    }
+}
+
+impl XdpCost {
+    fn parse(table: &[&str]) -> Self {
+        let header = table.first().map(|l| md_cells(l)).unwrap_or_default();
+        let sizes = header
+            .iter()
+            .skip(2)
+            .filter_map(|c| c.replace(',', "").parse().ok())
+            .collect();
+        let rows = table
+            .iter()
+            .skip(1)
+            .map(|l| md_cells(l))
+            .filter(|c| {
+                c.len() > 2 && !c.iter().all(|x| x.chars().all(|ch| ch == '-' || ch == ':'))
+            })
+            .map(|c| {
+                (
+                    c[0].to_string(),
+                    c[1].to_string(),
+                    c[2..]
+                        .iter()
+                        .map(|v| v.replace(',', "").parse::<f64>().ok())
+                        .collect(),
+                )
+            })
+            .collect();
+        Self {
+            table: table.join("\n"),
+            sizes,
             rows,
         }
     }
@@ -695,6 +786,28 @@ impl Report<'_> {
                 last[5] / first[5]
             );
         }
+        let xdp = &self.packet.xdp;
+        if xdp.rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### XDP node-port paths\n");
+        let _ = writeln!(
+            s,
+            "The XDP program of node interfaces (`svcnat_node_xdp`) run the same way, in the \
+             same maps (the N services above and their flows) plus a few frontends on a node \
+             address: a node port with one local backend, one with 64 remote backends, a \
+             load-balancer IP with a source range, and an externalTrafficPolicy Local node \
+             port without a local backend. Paths that leave the packet alone (pass, drops) \
+             are measured with {} repeated runs, median of 5; paths that rewrite it are the \
+             median of 20,000 single runs on fresh copies (a new flow: one SYN per distinct \
+             client port), to be read against \"not a service\" measured the same way. Every \
+             figure's runs were checked in the stats to have taken the path named. SNAT ports \
+             are allocated per backend from a range of 4,536 ports: the remote node port has \
+             64 backends so that 20,000 new flows leave each range mostly free. Rewritten \
+             packets go on to the kernel stack (`XDP_PASS`), whose cost is not included.\n",
+            self.plan.packet_repeat
+        );
+        let _ = writeln!(s, "{}\n", xdp.table);
     }
 
     fn md_sync(&self, s: &mut String) {
@@ -1210,6 +1323,39 @@ impl Report<'_> {
                                 .collect(),
                         ),
                     ),
+                    (
+                        "xdp_node_port",
+                        J::Arr(
+                            self.packet
+                                .xdp
+                                .rows
+                                .iter()
+                                .map(|(path, measured, ns)| {
+                                    J::obj([
+                                        ("path", J::Str(path.clone())),
+                                        ("measured", J::Str(measured.clone())),
+                                        (
+                                            "ns",
+                                            J::Arr(
+                                                self.packet
+                                                    .xdp
+                                                    .sizes
+                                                    .iter()
+                                                    .zip(ns)
+                                                    .map(|(n, v)| {
+                                                        J::obj([
+                                                            ("services", J::Num(f64::from(*n))),
+                                                            ("ns", J::opt(*v)),
+                                                        ])
+                                                    })
+                                                    .collect(),
+                                            ),
+                                        ),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
                 ]),
             ),
             (
@@ -1421,6 +1567,106 @@ mod tests {
         );
         assert_eq!(p.rows, [[1.0, 792.0, 340.0, 301.0, 130.0, 84.0]]);
         assert_eq!(p.table.lines().count(), 3);
+        assert!(p.xdp.rows.is_empty());
+    }
+
+    /// Output of `packet_cost 100000 1 1000`, as captured.
+    const PACKET_COST_SAMPLE: &str = "\
+| services | new flow ns (single) | established ns (single) | reply ns (single) | not a service ns (single) | not a service ns (repeat) |
+|---:|---:|---:|---:|---:|---:|
+| 1 | 792 | 351 | 301 | 130 | 82 |
+| 1000 | 792 | 350 | 311 | 130 | 83 |
+
+XDP node-port paths (svcnat_node_xdp), ns/packet, by number of services; \"repeat\": 100000 runs on one buffer, median of 5; \"single\": median of 20000 single runs on fresh copies.
+
+| XDP path \\ services | measured | 1 | 1000 |
+|---|---|---:|---:|
+| not a service (pass) | repeat | 52 | 53 |
+| source range deny (drop) | repeat | 70 | 70 |
+| externalTrafficPolicy Local, no local backend (drop) | repeat | 62 | 61 |
+| not a service (pass) | single | 100 | 90 |
+| node port, local backend, established (DNAT) | single | 180 | 180 |
+| node port, remote backend, established (DNAT+SNAT) | single | 220 | 220 |
+| reply of a remote backend (reverse SNAT+DNAT) | single | 170 | 160 |
+| node port, remote backend, new flow (SNAT port allocation) | single | 1222 | 1152 |
+| node port, local backend, new flow (DNAT) | single | 851 | 751 |
+";
+
+    #[test]
+    fn packet_cost_tc_and_xdp_tables_parse_apart() {
+        let p = PacketCost::parse(PACKET_COST_SAMPLE);
+        assert_eq!(
+            p.rows,
+            [
+                [1.0, 792.0, 351.0, 301.0, 130.0, 82.0],
+                [1000.0, 792.0, 350.0, 311.0, 130.0, 83.0]
+            ]
+        );
+        assert_eq!(p.table.lines().count(), 4);
+        assert!(!p.table.contains("XDP"));
+        assert_eq!(p.xdp.sizes, [1, 1000]);
+        assert_eq!(p.xdp.table.lines().count(), 11);
+        assert!(p.xdp.table.starts_with("| XDP path"));
+        assert_eq!(p.xdp.rows.len(), 9);
+        assert_eq!(
+            p.xdp.rows[0],
+            (
+                "not a service (pass)".to_string(),
+                "repeat".to_string(),
+                vec![Some(52.0), Some(53.0)]
+            )
+        );
+        let (path, measured, ns) = &p.xdp.rows[7];
+        assert_eq!(
+            path,
+            "node port, remote backend, new flow (SNAT port allocation)"
+        );
+        assert_eq!(measured, "single");
+        assert_eq!(ns, &[Some(1222.0), Some(1152.0)]);
+    }
+
+    #[test]
+    fn xdp_table_lands_in_the_report_and_the_json() {
+        let plan = Plan::new(true);
+        let facts = Facts {
+            date: String::new(),
+            commit: String::new(),
+            nproc: 2,
+            mem_gib: 1.0,
+            cpu: String::new(),
+            kernel: String::new(),
+            tools: Vec::new(),
+            load_start: String::new(),
+            load_end: String::new(),
+        };
+        let log = Log::new(Path::new("/r"));
+        let packet = PacketCost::parse(PACKET_COST_SAMPLE);
+        let e2e = E2e::parse("");
+        let report = Report {
+            plan: &plan,
+            facts: &facts,
+            log: &log,
+            packet: &packet,
+            sync: &[],
+            e2e: &e2e,
+            shared: &e2e,
+            elapsed: 1.0,
+        };
+        let md = report.markdown();
+        let tc = md.find("| services | new flow").expect("TC table");
+        let xdp = md.find("### XDP node-port paths").expect("XDP section");
+        assert!(tc < xdp && xdp < md.find("## 2.").expect("section 2"));
+        assert!(
+            md.contains("| reply of a remote backend (reverse SNAT+DNAT) | single | 170 | 160 |")
+        );
+        // Whitespace left out (indentation is the renderer's business).
+        let json: String = report.json().render().split_whitespace().collect();
+        let want: String = "\"xdp_node_port\": [ { \"path\": \"not a service (pass)\", \
+             \"measured\": \"repeat\", \"ns\": [ { \"services\": 1, \"ns\": 52 }, \
+             { \"services\": 1000, \"ns\": 53 } ] }"
+            .split_whitespace()
+            .collect();
+        assert!(json.contains(&want), "{json}");
     }
 
     #[test]
