@@ -163,6 +163,9 @@ pub const SVC_FLAG_SOURCE_RANGES: u16 = 16;
 /// The address is a node address (node port): no VIP marker, so other
 /// ports of the node stay reachable.
 pub const SVC_FLAG_NODE_PORT: u16 = 32;
+/// The frontend is a load-balancer ingress IP (for inspection: the
+/// datapath treats it as any external frontend).
+pub const SVC_FLAG_LOAD_BALANCER: u16 = 64;
 
 /// Key of a backend slot: the `slot`-th backend (1-based) of service `svc_id`.
 #[repr(C)]

@@ -7,8 +7,9 @@ use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_SERVICE, CT_F_CLOSED,
     CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN, Ct4Key, CtValue, SCOPE_INTERNAL,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue, map_names,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, StatValue, Svc4Key,
+    SvcLabel, SvcValue, map_names,
 };
 use serde::Serialize;
 
@@ -34,10 +35,7 @@ pub struct ServiceRow {
     /// `namespace/name:port` (empty if unknown).
     pub name: String,
     /// How traffic reaches it, from the entry's `SVC_FLAG_*` bits:
-    /// `cluster-ip`, `node-port`, `load-balancer` or `external`. The maps do
-    /// not tell an `externalIPs` address from a load-balancer address (both
-    /// are written alike): such a frontend shows as `external`, unless it has
-    /// source ranges, which only load-balancer addresses get.
+    /// `cluster-ip`, `node-port`, `load-balancer` or `external-ip`.
     pub kind: &'static str,
     /// VIP.
     pub vip: Ipv4Addr,
@@ -74,10 +72,10 @@ pub fn frontend_kind(flags: u16) -> &'static str {
         "cluster-ip"
     } else if flags & SVC_FLAG_NODE_PORT != 0 {
         "node-port"
-    } else if flags & SVC_FLAG_SOURCE_RANGES != 0 {
+    } else if flags & SVC_FLAG_LOAD_BALANCER != 0 {
         "load-balancer"
     } else {
-        "external"
+        "external-ip"
     }
 }
 
@@ -573,10 +571,14 @@ mod tests {
             "node-port"
         );
         assert_eq!(
-            frontend_kind(SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES),
+            frontend_kind(SVC_FLAG_EXTERNAL | SVC_FLAG_LOAD_BALANCER),
             "load-balancer"
         );
-        assert_eq!(frontend_kind(SVC_FLAG_EXTERNAL), "external");
+        assert_eq!(
+            frontend_kind(SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES),
+            "external-ip"
+        );
+        assert_eq!(frontend_kind(SVC_FLAG_EXTERNAL), "external-ip");
     }
 
     #[test]

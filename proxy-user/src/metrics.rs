@@ -401,6 +401,10 @@ impl Collector for Collector_ {
             (map_names::REVNAT4, c.revnat),
             (map_names::CT4, c.conntrack),
             (map_names::FRAG4, c.fragments),
+            (map_names::SNAT4, c.snat),
+            (map_names::NODE4, c.node_addresses),
+            (map_names::AFFINITY4, c.affinity),
+            (map_names::SRCRANGE4, c.source_ranges),
         ];
         {
             let mut family = enc.encode_descriptor(

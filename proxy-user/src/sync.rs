@@ -22,8 +22,8 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY,
-    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
 };
 use tokio::sync::mpsc;
 
@@ -499,8 +499,10 @@ impl Syncer {
                     }
                     kind => {
                         spec.flags |= SVC_FLAG_EXTERNAL;
-                        if kind == FrontendKind::NodePort {
-                            spec.flags |= SVC_FLAG_NODE_PORT;
+                        match kind {
+                            FrontendKind::NodePort => spec.flags |= SVC_FLAG_NODE_PORT,
+                            FrontendKind::LoadBalancer => spec.flags |= SVC_FLAG_LOAD_BALANCER,
+                            _ => {}
                         }
                         if port.external_traffic_local {
                             spec.internal_backends = Some(backends.clone());

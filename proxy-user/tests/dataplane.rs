@@ -14,8 +14,9 @@ use aya::maps::{
 };
 use proxy_common::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, RevNat4, SCOPE_EXTERNAL,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, Svc4Key, SvcValue, map_names,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, Svc4Key, SvcValue,
+    map_names,
 };
 use svcnat::{
     dataplane::{
@@ -612,7 +613,7 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
         lb,
         &FrontendSpec {
             backends: vec![be(2)],
-            flags: SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES,
+            flags: SVC_FLAG_EXTERNAL | SVC_FLAG_LOAD_BALANCER | SVC_FLAG_SOURCE_RANGES,
             source_ranges: vec![range(19, 0, 0, 16), range(18, 5, 0, 24)],
             opts: ServiceOpts {
                 affinity_timeout: 10_800,
@@ -671,7 +672,7 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
     );
     assert_eq!(r.affinity_timeout, 10_800);
     let r = row(external);
-    assert_eq!((r.kind, r.traffic_policy), ("external", "local"));
+    assert_eq!((r.kind, r.traffic_policy), ("external-ip", "local"));
     assert!(r.backends.is_empty());
 
     let text = inspect::render(&dir.0, inspect::What::Services, false).expect("text");

@@ -392,7 +392,10 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             revnat: 40,
             conntrack: 50,
             fragments: 60,
-            ..MapSizes::default()
+            snat: 70,
+            node_addresses: 80,
+            affinity: 90,
+            source_ranges: 100,
         };
         metrics.set_datapath(DatapathSample {
             frontends: 3,
@@ -471,6 +474,10 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
                 (map_names::REVNAT4, 40.0),
                 (map_names::CT4, 50.0),
                 (map_names::FRAG4, 60.0),
+                (map_names::SNAT4, 70.0),
+                (map_names::NODE4, 80.0),
+                (map_names::AFFINITY4, 90.0),
+                (map_names::SRCRANGE4, 100.0),
             ])
         );
 
