@@ -43,8 +43,12 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     /// Globs of pod-facing interfaces (TC programs).
     pub pod_interfaces: Vec<glob::Pattern>,
-    /// Globs of node interfaces (their addresses are the NodePort addresses).
+    /// Globs of node interfaces (XDP; their addresses are the NodePort
+    /// addresses unless `nodeport_cidrs` says otherwise).
     pub node_interfaces: Vec<glob::Pattern>,
+    /// `--nodeport-addresses`: node ports on every node address inside
+    /// these networks (empty: the node interfaces' addresses).
+    pub nodeport_cidrs: Vec<(IpAddr, u8)>,
     /// Pin folder.
     pub bpffs: PathBuf,
     /// Map sizes for maps created now.
@@ -96,12 +100,37 @@ pub fn interface_addresses(patterns: &[glob::Pattern]) -> Vec<IpAddr> {
     out
 }
 
+/// The addresses node ports are served on: with `cidrs`, every address of
+/// the node (on any interface) inside one of them, as kube-proxy's
+/// `--nodeport-addresses`; else the addresses of the node interfaces.
+pub fn nodeport_addresses(patterns: &[glob::Pattern], cidrs: &[(IpAddr, u8)]) -> Vec<IpAddr> {
+    if cidrs.is_empty() {
+        return interface_addresses(patterns);
+    }
+    let all = crate::dataplane::addresses().unwrap_or_else(|e| {
+        tracing::warn!("cannot list the node's addresses: {e}");
+        Vec::new()
+    });
+    let mut out: Vec<IpAddr> = all
+        .into_iter()
+        .map(|(_, addr)| addr)
+        .filter(|addr| {
+            cidrs
+                .iter()
+                .any(|c| crate::model::addr::cidr_contains(*c, *addr))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Runs the agent until SIGTERM/SIGINT. Programs, links and maps stay pinned
 /// when it returns: the datapath keeps working without the agent.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let node = NodeInfo {
         name: cfg.node_name.clone(),
-        addresses: interface_addresses(&cfg.node_interfaces),
+        addresses: nodeport_addresses(&cfg.node_interfaces, &cfg.nodeport_cidrs),
     };
     tracing::info!(node = %node.name, addresses = ?node.addresses, bpffs = %cfg.bpffs.display(), "starting");
     let mut dp = Dataplane::open(&DataplaneConfig {

@@ -79,9 +79,15 @@ struct RunArgs {
     /// Pod-facing interfaces (globs), e.g. 'veth*' or 'lxc*'. Repeat or separate with commas.
     #[arg(long, value_delimiter = ',', num_args = 1.., required = true)]
     pod_interfaces: Vec<String>,
-    /// Node interfaces (globs); their addresses are the NodePort addresses.
+    /// Node interfaces (globs): XDP runs there, and their addresses are the
+    /// NodePort addresses unless --nodeport-addresses is given.
     #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "eth0")]
     node_interfaces: Vec<String>,
+    /// Serve node ports on the node's addresses (on any interface) inside
+    /// these CIDRs, like kube-proxy's `--nodeport-addresses`; default: the
+    /// addresses of the `--node-interfaces` (kube-proxy's `primary`).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
     /// Pin folder on a bpffs.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
@@ -154,6 +160,17 @@ fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>, String> {
     globs
         .iter()
         .map(|g| glob::Pattern::new(g).map_err(|e| format!("bad interface glob {g:?}: {e}")))
+        .collect()
+}
+
+fn cidrs(texts: &[String]) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
+    texts
+        .iter()
+        .map(|t| {
+            svcnat::model::addr::parse_cidr(t).ok_or_else(|| {
+                format!("--nodeport-addresses: {t:?} is not a CIDR (like 198.18.0.0/24)")
+            })
+        })
         .collect()
 }
 
@@ -246,6 +263,7 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         source,
         pod_interfaces: patterns(&args.pod_interfaces)?,
         node_interfaces: patterns(&args.node_interfaces)?,
+        nodeport_cidrs: cidrs(&args.nodeport_addresses)?,
         bpffs: args.bpffs,
         sizes: MapSizes {
             conntrack: args.conntrack_size,

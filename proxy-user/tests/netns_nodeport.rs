@@ -306,3 +306,44 @@ fn tcp_through_a_node_port_to_local_and_remote_backends() {
     drop(dp);
     let _ = (&topo.lan, &topo.node2);
 }
+
+/// `--nodeport-addresses`: without CIDRs the node ports are on the node
+/// interfaces' addresses; with CIDRs, on every address of the node inside
+/// them, whatever its interface (and on no other).
+#[test]
+fn nodeport_addresses_follow_the_node_interfaces_or_the_cidrs() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let ns = NetNs::new(&format!("sn-npa-{}", unique_tag())).expect("namespace");
+    for (dev, addr) in [("eth0", "198.18.7.1/24"), ("lan1", "198.18.8.1/24")] {
+        // No dummy driver here: a veth pair inside the namespace.
+        let peer = format!("{dev}p");
+        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer])
+            .expect("veth");
+        ns.ip(&["link", "set", &peer, "up"]).expect("peer up");
+        ns.ip(&["addr", "add", addr, "dev", dev]).expect("address");
+        ns.ip(&["link", "set", dev, "up"]).expect("up");
+    }
+    ns.ip(&["addr", "add", "198.18.8.2/24", "dev", "lan1"])
+        .expect("second address");
+    let got = ns
+        .run(|| {
+            use svcnat::{agent::nodeport_addresses, model::addr::parse_cidr};
+            let eth0 = [glob::Pattern::new("eth0").expect("glob")];
+            let cidr = |t: &str| parse_cidr(t).expect("cidr");
+            (
+                nodeport_addresses(&eth0, &[]),
+                nodeport_addresses(&eth0, &[cidr("198.18.8.0/24")]),
+                nodeport_addresses(&eth0, &[cidr("198.18.7.1/32"), cidr("198.18.8.2/32")]),
+                nodeport_addresses(&eth0, &[cidr("2001:db8::/32")]),
+            )
+        })
+        .expect("in the namespace");
+    let v4 = |t: &str| std::net::IpAddr::V4(t.parse().expect("address"));
+    assert_eq!(got.0, vec![v4("198.18.7.1")], "default: eth0's address");
+    assert_eq!(got.1, vec![v4("198.18.8.1"), v4("198.18.8.2")]);
+    assert_eq!(got.2, vec![v4("198.18.7.1"), v4("198.18.8.2")]);
+    assert!(got.3.is_empty(), "no address in that network: {:?}", got.3);
+}

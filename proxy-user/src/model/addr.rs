@@ -65,6 +65,17 @@ pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     Some((mask(address, prefix), prefix))
 }
 
+/// Whether `address` is inside the network `cidr` (as [`parse_cidr`]
+/// returns it); never across families.
+pub fn cidr_contains(cidr: (IpAddr, u8), address: IpAddr) -> bool {
+    let (net, prefix) = cidr;
+    let same_family = matches!(
+        (net, address),
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_))
+    );
+    same_family && mask(address, prefix) == net
+}
+
 /// Clears the bits of `address` after the first `prefix` bits.
 fn mask(address: IpAddr, prefix: u8) -> IpAddr {
     match address {

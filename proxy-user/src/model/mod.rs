@@ -36,7 +36,7 @@
 //!   [`SkipReason`] naming the bad value. See [`SkipReason`] for what each
 //!   reason leaves out.
 
-mod addr;
+pub mod addr;
 #[cfg(test)]
 mod tests;
 
