@@ -97,6 +97,14 @@ pub const SNAT_PORT_MIN: u16 = 61_000;
 /// Last port of the SNAT range.
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
+/// The `SVCNAT_NODE4` key that holds the hairpin address instead of an
+/// interface's address (no interface has index 0).
+pub const NODE4_HAIRPIN_KEY: u32 = 0;
+/// The source address a pod sees when it reaches itself through a service
+/// (hairpin), unless the agent sets another: a link-local address that never
+/// leaves the pod's veth (Cilium's service loopback address).
+pub const HAIRPIN_ADDR_DEFAULT: [u8; 4] = [169, 254, 42, 1];
+
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = 1;
 /// IP protocol numbers.
@@ -503,6 +511,11 @@ reasons! {
     /// New flow whose client port already reached the same backend through
     /// another frontend: DNAT, and the source port remapped (NAT clash).
     DnatNewPortRemapped = 24, "dnat_new_port_remapped";
+    /// New flow from a pod to a service whose chosen backend is that pod
+    /// (hairpin): DNAT, source NATed to the hairpin address, sent back.
+    DnatNewHairpin = 25, "dnat_new_hairpin";
+    /// A pod's reply to a hairpin flow: back to itself from the frontend.
+    RevnatHairpin = 26, "revnat_hairpin";
 }
 
 /// Size of the stats map: room for reasons added later without a new layout.

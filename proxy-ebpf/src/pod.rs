@@ -3,8 +3,9 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    Reason, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_TWO_SCOPES,
+    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, HAIRPIN_ADDR_DEFAULT, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP, NODE4_HAIRPIN_KEY, Reason, SNAT_PORT_MIN, SVC_FLAG_LOCAL_ONLY,
+    SVC_FLAG_TWO_SCOPES,
 };
 
 use crate::{
@@ -12,11 +13,11 @@ use crate::{
     ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, reply_key, service_key},
     frag4::{frag4_record, frag4_translate},
     lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select},
-    maps::CT4,
+    maps::{CT4, NODE4},
     nat4::{End, nat4_rewrite, nat4_rewrite_addr, replace2, replace4},
     parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
     pass,
-    reject4::reject4,
+    reject4::{bounce, reject4},
     snat4::{snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
 };
 
@@ -49,6 +50,9 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         if lb4_is_vip(ip.daddr) {
             return reject4(ctx, &ip, &l4, Reason::RejectUnknownPort);
         }
+        if let Some(v) = hairpin_reply(ctx, &ip, &l4)? {
+            return Ok(v);
+        }
         return Ok(pass(Reason::PassNotService));
     };
     if svc.flags & SVC_FLAG_TWO_SCOPES != 0 {
@@ -66,21 +70,31 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    let (addr, port, sport, reason) = match established(&key, &l4, now) {
-        Some((addr, port, sport)) => (addr, port, sport, Reason::DnatEstablished),
+    let (addr, port, src, reason) = match established(&key, &l4, now) {
+        Some((addr, port, src)) => (addr, port, src, Reason::DnatEstablished),
         None => {
             let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
-            let src = (ip.saddr, l4.sport);
-            if ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0, src)? {
-                (backend.addr, backend.port, l4.sport, Reason::DnatNew)
+            let (addr, port) = (backend.addr, backend.port);
+            if addr == ip.saddr {
+                // The pod reaches itself: it would drop a packet from its
+                // own address, so the flow comes from the hairpin address.
+                let h = hairpin_addr();
+                let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, h)?;
+                (addr, port, (h, sport), Reason::DnatNewHairpin)
+            } else if ct4_create(
+                &key,
+                &svc,
+                backend_id,
+                &backend,
+                &l4,
+                now,
+                0,
+                (ip.saddr, l4.sport),
+            )? {
+                (addr, port, (ip.saddr, l4.sport), Reason::DnatNew)
             } else {
                 let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, ip.saddr)?;
-                (
-                    backend.addr,
-                    backend.port,
-                    sport,
-                    Reason::DnatNewPortRemapped,
-                )
+                (addr, port, (ip.saddr, sport), Reason::DnatNewPortRemapped)
             }
         }
     };
@@ -88,23 +102,67 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         frag4_record(&ip, CT_DIR_SERVICE, addr);
     }
     nat4_rewrite(ctx, End::Dst, ip.daddr, addr, &l4, port)?;
-    if sport != l4.sport {
-        nat4_rewrite(ctx, End::Src, ip.saddr, ip.saddr, &l4, sport)?;
+    if src != (ip.saddr, l4.sport) {
+        nat4_rewrite(ctx, End::Src, ip.saddr, src.0, &l4, src.1)?;
+    }
+    if addr == ip.saddr {
+        // Straight back to the pod: no trip through the node's routing,
+        // whose reverse-path filter would not know the hairpin address.
+        return bounce(ctx, reason);
     }
     Ok(pass(reason))
 }
 
-/// The backend address and port, and the source port to write, of a
-/// packet of a known flow. `None`: no usable entry, or a port-remapped flow
-/// whose SNAT entry is gone (it opens anew).
+/// An IPv4 address and a port.
+type AddrPort = ([u8; 4], u16);
+
+/// The backend address and port, and the source address and port to
+/// write, of a packet of a known flow. `None`: no usable entry, or an
+/// SNATed flow whose SNAT entry is gone (it opens anew).
 #[inline(always)]
-fn established(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16, u16)> {
+fn established(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16, AddrPort)> {
     let (addr, port, flags) = ct4_lookup_service_flags(key, l4, now)?;
     if flags & CT_F_SNAT == 0 {
-        return Some((addr, port, l4.sport));
+        return Some((addr, port, (key.saddr, l4.sport)));
     }
     let s = snat4_lookup_fwd(key)?;
-    Some((addr, port, s.port))
+    Some((addr, port, (s.addr, s.port)))
+}
+
+/// The address hairpin flows come from: set by the agent, else the default.
+#[inline(always)]
+fn hairpin_addr() -> [u8; 4] {
+    // SAFETY: copied at once.
+    match unsafe { NODE4.get(NODE4_HAIRPIN_KEY).copied() } {
+        Some(n) => n.addr,
+        None => HAIRPIN_ADDR_DEFAULT,
+    }
+}
+
+/// A pod's reply to a hairpin flow (to the hairpin address and a port of
+/// the SNAT range): rewritten to come from the frontend and go to the
+/// pod's own socket, and sent straight back to the pod.
+#[inline(always)]
+fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<Option<Verdict>, Reason> {
+    if l4.dport < SNAT_PORT_MIN {
+        return Ok(None);
+    }
+    let key = reply_key(ip.saddr, ip.daddr, l4);
+    let Some(client) = snat4_lookup_rev(&key) else {
+        return Ok(None);
+    };
+    if client.addr != ip.saddr {
+        // A reply to another pod whose port was remapped: its own veth
+        // translates it on the way in.
+        return Ok(None);
+    }
+    let Some((vip, vport, _)) = ct4_lookup_reply(&key, l4, now(), Some((client.addr, client.port)))
+    else {
+        return Ok(None);
+    };
+    nat4_rewrite(ctx, End::Dst, ip.daddr, client.addr, l4, client.port)?;
+    nat4_rewrite(ctx, End::Src, ip.saddr, vip, l4, vport)?;
+    bounce(ctx, Reason::RevnatHairpin).map(Some)
 }
 
 /// A packet to a pod: reverse NAT when it is a reply of a translated flow,

@@ -109,6 +109,21 @@ pub(crate) fn reject4(
     } else {
         reject_udp(ctx, ip, reason)
     }?;
+    redirect_here(ctx, reason)
+}
+
+/// Sends the packet, as rewritten, back to its sender out of the
+/// interface it came in on: Ethernet addresses swapped, TC_ACT_REDIRECT.
+#[inline(always)]
+pub(crate) fn bounce(ctx: &TcContext, reason: Reason) -> Result<Verdict, Reason> {
+    let eth = swapped_eth(ctx)?;
+    ctx.store(0, &eth, 0).map_err(|_| Reason::DropRewrite)?;
+    redirect_here(ctx, reason)
+}
+
+/// TC_ACT_REDIRECT to the egress of the interface the packet came in on.
+#[inline(always)]
+fn redirect_here(ctx: &TcContext, reason: Reason) -> Result<Verdict, Reason> {
     // SAFETY: reads the ifindex field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: helper with plain arguments; returns TC_ACT_REDIRECT on success.

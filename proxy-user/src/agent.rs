@@ -64,6 +64,9 @@ pub struct AgentConfig {
     /// Address the `healthCheckNodePort`s of services are served on
     /// (`None`: not served).
     pub healthcheck_bind: Option<IpAddr>,
+    /// Source address of hairpin flows (a pod reaching itself through a
+    /// service).
+    pub hairpin_address: std::net::Ipv4Addr,
 }
 
 /// Errors that stop the agent.
@@ -138,6 +141,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         sizes: cfg.sizes,
     })?;
     tracing::info!(frontends = dp.services().len(), "adopted pinned state");
+    dp.set_hairpin_address(cfg.hairpin_address)?;
     report_attach(dp.attach_matching(&cfg.pod_interfaces)?);
     report_attach(dp.attach_node_matching(&cfg.node_interfaces)?);
     // Our programs now run in every pinned link we manage: a migration from

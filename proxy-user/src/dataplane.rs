@@ -1451,6 +1451,16 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Sets the address a pod sees as the source when it reaches itself
+    /// through a service (hairpin); the datapath uses
+    /// [`proxy_common::HAIRPIN_ADDR_DEFAULT`] until this is called. It
+    /// must not be an address in use: the pod answers it through its
+    /// default route, and the datapath turns the answer back at the pod's
+    /// veth.
+    pub fn set_hairpin_address(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.set_node_address(proxy_common::NODE4_HAIRPIN_KEY, addr)
+    }
+
     fn attach_node_one(&mut self, index: u32, name: &str) -> Result<bool> {
         let link_err = |what: String| DataplaneError::Link {
             ifname: name.into(),

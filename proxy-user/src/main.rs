@@ -125,6 +125,12 @@ struct RunArgs {
     /// externalTrafficPolicy Local are served on; empty to serve none.
     #[arg(long, default_value_t = healthcheck::DEFAULT_BIND_ADDRESS.to_string())]
     healthcheck_bind_address: String,
+    /// Source address a pod sees when it reaches itself through a service
+    /// (hairpin; kube-proxy masquerades these). An address nothing uses:
+    /// the pod answers it through its default route and svcnat turns the
+    /// answer back at the pod's veth.
+    #[arg(long, default_value_t = std::net::Ipv4Addr::from(proxy_common::HAIRPIN_ADDR_DEFAULT))]
+    hairpin_address: std::net::Ipv4Addr,
 }
 
 /// Map sizes: at least one entry.
@@ -280,6 +286,7 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         },
         metrics_addr: optional_addr("metrics-addr", &args.metrics_addr)?,
         healthz_addr: optional_addr("healthz-addr", &args.healthz_addr)?,
+        hairpin_address: args.hairpin_address,
         healthcheck_bind: optional_ip("healthcheck-bind-address", &args.healthcheck_bind_address)?,
     })
 }

@@ -22,8 +22,8 @@ use proxy_common::{
 };
 use svcnat::testing::{
     datapath::{
-        TC_ACT_OK, TEST_RUN_IFINDEX, TcProgram, TestDatapath, XDP_DROP, XDP_PASS, monotonic_ns,
-        skip_reason,
+        TC_ACT_OK, TC_ACT_REDIRECT, TEST_RUN_IFINDEX, TcProgram, TestDatapath, XDP_DROP, XDP_PASS,
+        monotonic_ns, skip_reason,
     },
     packet::{L4, PacketBuilder, TCP_ACK, TCP_RST, TCP_SYN, checksums_ok, parse},
 };
@@ -275,6 +275,14 @@ impl Step {
     ) -> Self {
         let v = self.pass_verdict();
         self.expect(v, Expect::Check(Box::new(f)), reason)
+    }
+    /// Sent back out of the interface it came in on (TC_ACT_REDIRECT).
+    fn bounced(
+        self,
+        reason: Reason,
+        f: impl Fn(&[u8], &[u8]) -> Result<(), String> + 'static,
+    ) -> Self {
+        self.expect(TC_ACT_REDIRECT, Expect::Check(Box::new(f)), reason)
     }
     fn dropped(self, reason: Reason) -> Self {
         self.expect(XDP_DROP, Expect::Any, reason)
@@ -639,6 +647,74 @@ fn port_clash_cases() -> Vec<Case> {
     ]
 }
 
+/// The hairpin address the fixtures set.
+const HAIRPIN: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
+
+/// The output goes from `from` to `to`, addressed back to the sender at
+/// Ethernet (source and destination MAC swapped).
+fn back_to_sender(
+    from: impl Fn(SocketAddrV4) -> bool + 'static,
+    to: SocketAddrV4,
+) -> impl Fn(&[u8], &[u8]) -> Result<(), String> {
+    move |_, out| {
+        let (src, dst) = ends(out)?;
+        if !from(src) || dst != to {
+            return Err(format!("{src} -> {dst}, want a hairpin source -> {to}"));
+        }
+        if out.len() < 12 || out[..6] != CLIENT_MAC || out[6..12] != NODE_MAC {
+            return Err("Ethernet addresses not swapped back to the sender".into());
+        }
+        Ok(())
+    }
+}
+
+fn from_hairpin(src: SocketAddrV4) -> bool {
+    *src.ip() == HAIRPIN && (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&src.port())
+}
+
+/// A pod reaching a service whose backend is that very pod: the flow comes
+/// from the hairpin address and is sent straight back, and so is the reply.
+fn hairpin_cases() -> Vec<Case> {
+    const SELF: SocketAddrV4 = sa(198, 18, 10, 11, 42000);
+    let syn = tcp(SELF, CLUSTER_IP, TCP_SYN);
+    let ack = tcp(SELF, CLUSTER_IP, TCP_ACK);
+    let seed = |dp: &mut TestDatapath| {
+        dp.set_node_address(proxy_common::NODE4_HAIRPIN_KEY, HAIRPIN)
+            .map_err(|e| format!("hairpin address: {e}"))
+    };
+    vec![
+        case("hairpin: a pod reaching itself through a service comes from the hairpin address")
+            .seed(seed)
+            .step(
+                on(TcProgram::PodIngress, syn.build())
+                    .bounced(Reason::DnatNewHairpin, back_to_sender(from_hairpin, L1)),
+            )
+            .step(
+                after(TcProgram::PodIngress, |prev| {
+                    let (src, dst) = ends(prev)?;
+                    Ok(tcp(dst, src, TCP_SYN | TCP_ACK).build())
+                })
+                .bounced(
+                    Reason::RevnatHairpin,
+                    back_to_sender(|s| s == CLUSTER_IP, SELF),
+                ),
+            )
+            .step(
+                on(TcProgram::PodIngress, ack.build())
+                    .bounced(Reason::DnatEstablished, back_to_sender(from_hairpin, L1)),
+            ),
+        case("hairpin: without an address set, the default link-local one is used").step(
+            on(TcProgram::PodIngress, syn.build()).bounced(
+                Reason::DnatNewHairpin,
+                back_to_sender(
+                    |s| s.ip().octets() == proxy_common::HAIRPIN_ADDR_DEFAULT,
+                    L1,
+                ),
+            ),
+        ),
+    ]
+}
+
 fn rsyn_of(frontend: SocketAddrV4) -> Vec<u8> {
     tcp(CLIENT, frontend, TCP_SYN).build()
 }
@@ -830,6 +906,7 @@ fn cases() -> Vec<Case> {
             ),
     ];
     t.extend(port_clash_cases());
+    t.extend(hairpin_cases());
     // Not IPv4: passed, counted.
     t.push(
         case("ARP passes XDP untouched").step(

@@ -24,6 +24,8 @@ use svcnat::{
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const GW: &str = "198.18.0.1";
+/// The hairpin address the tests set (inside 198.18.0.0/15).
+const HAIRPIN: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
 
 struct Topology {
     node: NetNs,
@@ -425,5 +427,84 @@ fn one_client_port_to_two_services_sharing_a_backend() {
         .find(|(r, _)| *r == Reason::DnatNewPortRemapped)
         .map_or(0, |(_, v)| v.packets);
     assert_eq!(remapped, 1, "one new flow remapped");
+    drop(dp);
+}
+
+/// A pod that is the backend of a service it calls (hairpin): the backend
+/// would see a packet from its own address, which its stack drops. The
+/// connection must work, and the pod must see it from an address that is
+/// not its own.
+#[test]
+fn a_pod_reaches_a_service_that_selects_it() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let topo = topology();
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_peer(&topo.backends[0].0, stop.clone());
+    let bpffs = topo.bpffs.clone();
+    let backend = topo.backends[0].1;
+    let dp = topo
+        .node
+        .run(move || {
+            let cfg = DataplaneConfig {
+                bpffs,
+                sizes: MapSizes {
+                    conntrack: 65_536,
+                    ..MapSizes::default()
+                },
+            };
+            let mut dp = Dataplane::open(&cfg).expect("open dataplane");
+            let pattern = glob::Pattern::new("vh*").expect("glob");
+            let report = dp.attach_matching(&[pattern]).expect("attach");
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            dp.set_hairpin_address(HAIRPIN).expect("hairpin address");
+            dp.upsert_service(
+                Frontend4 {
+                    vip: VIP,
+                    port: 80,
+                    proto: 6,
+                },
+                &[Backend4Spec {
+                    addr: backend,
+                    port: 8080,
+                    flags: 0,
+                }],
+                &opts(0),
+            )
+            .expect("service");
+            dp
+        })
+        .expect("node thread");
+    let seen = topo.backends[0]
+        .0
+        .run(move || -> std::io::Result<Vec<(SocketAddr, String)>> {
+            let mut out = Vec::new();
+            for _ in 0..5 {
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::from((VIP, 80)),
+                    Duration::from_secs(3),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                s.write_all(b"hello")?;
+                let mut seen = String::new();
+                s.read_to_string(&mut seen)?;
+                out.push((s.peer_addr()?, seen));
+            }
+            Ok(out)
+        })
+        .expect("pod thread")
+        .expect("the pod reaches its own service");
+    stop.store(true, Ordering::Relaxed);
+    for (peer, seen) in &seen {
+        assert_eq!(*peer, SocketAddr::from((VIP, 80)), "answered from the VIP");
+        let seen: SocketAddr = seen.parse().expect("peer address");
+        assert_eq!(
+            seen.ip(),
+            std::net::IpAddr::V4(HAIRPIN),
+            "the backend sees the hairpin address"
+        );
+    }
     drop(dp);
 }
