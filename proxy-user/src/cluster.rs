@@ -45,7 +45,7 @@ use std::{
     fmt::Write as _,
     fs::{self, File, OpenOptions},
     io::{Read, Write as _},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -1422,6 +1422,90 @@ impl Cluster {
         p.poll()
     }
 
+    /// The process id of node `node`'s agent while it runs (`svcnat`
+    /// itself: `nsenter` execs it), None when none was started, it was
+    /// stopped or it has exited.
+    pub fn agent_pid(&self, node: usize) -> Option<u32> {
+        let mut a = self.agent(node).ok()?;
+        let p = a.proc.as_mut()?;
+        if p.running() { p.pid() } else { None }
+    }
+
+    /// Where the agents serve `/healthz` and `/readyz`, as a client inside
+    /// their node reaches it: `--healthz-addr` of the agent arguments, else
+    /// svcnat's default, with an unspecified address as loopback. None when
+    /// they serve neither (an empty `--healthz-addr`).
+    pub fn healthz_addr(&self) -> Result<Option<SocketAddr>> {
+        let mut value = crate::metrics::DEFAULT_HEALTHZ_ADDR.to_string();
+        let mut args = self.cfg.agent_args.iter();
+        while let Some(arg) = args.next() {
+            if let Some(v) = arg.strip_prefix("--healthz-addr=") {
+                value = v.to_string();
+            } else if arg == "--healthz-addr" {
+                value = args.next().cloned().unwrap_or_default();
+            }
+        }
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let mut addr: SocketAddr = value
+            .parse()
+            .with_context(|| format!("--healthz-addr {value}"))?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        Ok(Some(addr))
+    }
+
+    /// Polls `GET /readyz` of node `node`'s agent from inside the node
+    /// until it answers 200, that is until the agent running now has
+    /// finished its first sync pass (the one before it was reaped when it
+    /// was stopped, so the answer is the new one's). Returns how long it
+    /// took. Fails after `limit`, and at once when no agent runs there or
+    /// it exits (with its log).
+    pub fn wait_agent_ready(&self, node: usize, limit: Duration) -> Result<Duration> {
+        let addr = self.healthz_addr()?.ok_or_else(|| {
+            anyhow!("the agents serve no /readyz (empty --healthz-addr in the agent arguments)")
+        })?;
+        let ns = &self
+            .nodes
+            .get(node)
+            .ok_or_else(|| anyhow!("no node {node}"))?
+            .ns;
+        let start = Instant::now();
+        loop {
+            self.check_interrupt()?;
+            if let Some(st) = self.agent_exited(node) {
+                bail!(
+                    "the agent of {} exited ({st}) before it was ready; its log:\n{}",
+                    node_name(node),
+                    tail(&self.agent_log(node), 30)
+                );
+            }
+            if self.agent_pid(node).is_none() {
+                bail!("no agent runs on {}", node_name(node));
+            }
+            let answer = ns
+                .run(move || http_get(addr, "/readyz", Duration::from_secs(2)))
+                .with_context(|| format!("enter {}", ns.name()))?;
+            let last = match answer {
+                Ok((200, _)) => return Ok(start.elapsed()),
+                Ok((code, body)) => format!("HTTP {code}: {body}"),
+                Err(e) => e.to_string(),
+            };
+            if start.elapsed() > limit {
+                bail!(
+                    "the agent of {} was not ready after {limit:?}; last /readyz on {addr}: {last}",
+                    node_name(node)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Everything node `node`'s agents wrote (all starts).
     pub fn agent_log(&self, node: usize) -> String {
         self.agent(node)
@@ -1845,6 +1929,33 @@ impl Cluster {
     }
 }
 
+/// `GET path` on a new HTTP/1.1 connection to `addr` (which closes it after
+/// answering, as svcnat's servers do): the status code and the body.
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {head:?}"),
+            )
+        })?;
+    Ok((code, body.trim().to_string()))
+}
+
 /// One request in the access log of [`Cluster::nginx`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogEntry {
@@ -1940,6 +2051,27 @@ mod tests {
         assert_eq!(o[1].body, "b2");
         assert_eq!((o[2].exit, o[2].http_code, o[2].ok()), (7, 0, false));
         assert_eq!(o[2].body, "");
+    }
+
+    #[test]
+    fn http_get_reads_the_status_and_the_body() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).expect("read") == 1 {
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\nnot yet\n")
+                .expect("write");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let got = http_get(addr, "/readyz", Duration::from_secs(5)).expect("GET");
+        assert_eq!(got, (503, "not yet".to_string()));
+        let head = server.join().expect("server");
+        assert!(head.starts_with("GET /readyz HTTP/1.1\r\n"), "{head:?}");
     }
 
     #[test]

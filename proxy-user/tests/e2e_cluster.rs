@@ -10,8 +10,8 @@ use std::{
 };
 
 use svcnat::cluster::{
-    Cluster, ClusterConfig, Endpoint, Host, Port, Proto, pod_addr, service_with_slice,
-    service_yaml, skip_reason, slice_yaml,
+    Cluster, ClusterConfig, Endpoint, Frontend, Host, Port, Proto, node_addr, pod_addr,
+    service_with_slice, service_yaml, skip_reason, slice_yaml,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -548,4 +548,307 @@ fn service_without_selector_and_hand_written_slice() {
         .curl(&format!("http://{}/", ext.addr), CURL_TIME)
         .expect("curl");
     assert!(o.ok() && o.body == "ext", "from outside: {o:?}");
+}
+
+/// The node port of `web` in the restart test.
+const NODE_PORT: u16 = 30080;
+/// Agent restarts in the restart test.
+const RESTARTS: usize = 20;
+/// The restart test's download through the cluster IP: bytes and the rate
+/// nginx sends them at (so that it lasts the whole restart sequence).
+const DOWNLOAD_BYTES: u64 = 40_000_000;
+/// Bytes per second of that download (20 s in all).
+const DOWNLOAD_RATE: u64 = 2_000_000;
+/// Requests each client loop completes between two restarts.
+const REQUESTS_BETWEEN: usize = 10;
+
+/// `web` as a NodePort Service (cluster IP [`VIP`], port 80 and node port
+/// `node_port` to the pods' 80) and its EndpointSlice with `backends`.
+fn node_port_web(node_port: u16, backends: &[&Host]) -> String {
+    let ports = [Port::tcp("http", 80, 80)];
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: demo\n\
+         spec:\n  type: NodePort\n  clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\"]\n  \
+         selector: {{app: web}}\n  ports:\n  \
+         - {{name: http, protocol: TCP, port: 80, targetPort: 80, nodePort: {node_port}}}\n\
+         ---\n{}",
+        slice_yaml("demo", "web-1", "web", &ports, &endpoints(backends))
+    )
+}
+
+/// Whether `fs` has `vip:port`/TCP (one entry or more) with exactly `want`
+/// in every entry.
+fn programmed(fs: &[Frontend], vip: Ipv4Addr, port: u16, want: &BTreeSet<String>) -> bool {
+    let mut entries = fs
+        .iter()
+        .filter(|f| f.vip == vip && f.port == port && f.protocol == "tcp")
+        .peekable();
+    entries.peek().is_some()
+        && entries.all(|f| f.backend_set() == *want && f.backends.len() == want.len())
+}
+
+/// GETs `url` from `client` until one answers (a path used for the first
+/// time: neighbours are resolved, the datapath of a fresh node is ready).
+fn first_answer(client: &Host, url: &str) {
+    let start = Instant::now();
+    loop {
+        let o = client.curl(url, CURL_TIME).expect("curl");
+        if o.ok() {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{} got no answer from {url} within {WAIT:?}; last: {o:?}",
+            client.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One agent restart of the restart test.
+struct Restart {
+    node: usize,
+    signal: &'static str,
+    /// When the old agent was signalled.
+    stopped: Instant,
+    /// When the new agent answered `/readyz` with 200.
+    ready: Instant,
+}
+
+/// 20 agent restarts alternating between the two nodes, half by SIGTERM
+/// and half by SIGKILL (each node gets 5 of each), each waiting for the new
+/// agent's `/readyz`, while a pod on node-a opens connections to a cluster
+/// IP with backends on both nodes in a loop, the outside client does the
+/// same to node-b's node port (two of the three backends are on node-a:
+/// node-b's XDP program forwards those, SNATed, across the restarts), and a
+/// pod on node-b downloads through the cluster IP at a fixed rate the whole
+/// time. No connection fails, the download gets every byte, and 20 new
+/// agent processes ran and became ready.
+#[test]
+fn twenty_agent_restarts_on_both_nodes_fail_no_connection_and_keep_a_long_transfer() {
+    let test_start = Instant::now();
+    let Some(mut c) = cluster("et", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let b1 = c.add_pod(0, "b1", pod_addr(0, 10)).expect("pod");
+    let b2 = c.add_pod(1, "b2", pod_addr(1, 10)).expect("pod");
+    let b3 = c.add_pod(0, "b3", pod_addr(0, 11)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    let web = [&b1, &b2, &b3];
+    for b in web {
+        c.nginx(b).expect("nginx");
+    }
+    c.write_manifest("web.yaml", &node_port_web(NODE_PORT, &web))
+        .expect("manifest");
+    let want: BTreeSet<String> = addrs(&web, 80).iter().map(ToString::to_string).collect();
+    let all_programmed = |n: usize, fs: &[Frontend]| {
+        programmed(fs, VIP, 80, &want) && programmed(fs, node_addr(n), NODE_PORT, &want)
+    };
+    c.start_agents().expect("start agents");
+    c.wait_frontends(
+        "the cluster IP and the node port on every node",
+        WAIT,
+        all_programmed,
+    )
+    .expect("first sync");
+    let mut pids = BTreeSet::new();
+    for n in 0..2 {
+        c.wait_agent_ready(n, WAIT).expect("first agents ready");
+        pids.insert(c.agent_pid(n).expect("agent runs"));
+    }
+    let outside = c.outside().expect("outside client").clone();
+    let cluster_url = format!("http://{VIP}/");
+    let node_port_url = format!("http://{}:{NODE_PORT}/", node_addr(1));
+    first_answer(&ca, &cluster_url);
+    first_answer(&outside, &node_port_url);
+    eprintln!("cluster ready after {:?}", test_start.elapsed());
+
+    let mut download = c
+        .download(
+            &cb,
+            &format!("http://{VIP}"),
+            DOWNLOAD_BYTES,
+            DOWNLOAD_RATE,
+            41000,
+        )
+        .expect("download");
+    let loops = [
+        c.client_loop(&ca, &cluster_url, CURL_TIME),
+        c.client_loop(&outside, &node_port_url, CURL_TIME),
+    ];
+    for l in &loops {
+        l.wait_more(3, WAIT).expect("client loop progress");
+    }
+    let backend = c
+        .flow_backend(1, SocketAddrV4::new(cb.addr, download.local_port))
+        .expect("conntrack");
+    eprintln!("download from cb runs to {backend:?}");
+
+    let restarts_start = Instant::now();
+    let mut restarts = Vec::new();
+    for i in 0..RESTARTS {
+        let node = i % 2;
+        let term = (i / 2) % 2 == 0;
+        let old = c.agent_pid(node).expect("the agent runs");
+        let stopped = Instant::now();
+        if term {
+            let st = c.terminate_agent(node).expect("SIGTERM");
+            assert!(
+                st.success(),
+                "restart {i}: the agent of node {node} exited with {st} on SIGTERM"
+            );
+        } else {
+            c.kill_agent(node).expect("SIGKILL");
+        }
+        c.start_agent(node).expect("start again");
+        let waited = c
+            .wait_agent_ready(node, WAIT)
+            .expect("the new agent is ready");
+        let ready = Instant::now();
+        let pid = c.agent_pid(node).expect("the new agent runs");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_eq!(
+            comm.trim(),
+            "svcnat",
+            "restart {i}: pid {pid} is not the agent"
+        );
+        assert!(pids.insert(pid), "restart {i}: pid {pid} seen before");
+        let signal = if term { "SIGTERM" } else { "SIGKILL" };
+        eprintln!(
+            "restart {i:2}: {signal} node {node} agent {old} -> {pid}, ready after {:?} \
+             ({:?} from the signal); requests so far {} / {}",
+            waited,
+            ready - stopped,
+            loops[0].completed(),
+            loops[1].completed()
+        );
+        restarts.push(Restart {
+            node,
+            signal,
+            stopped,
+            ready,
+        });
+        // Both loops go on through the restarted agent's datapath for a
+        // while before the next restart.
+        for l in &loops {
+            l.wait_more(REQUESTS_BETWEEN, WAIT)
+                .expect("client loop progress");
+        }
+    }
+    let restarts_took = restarts_start.elapsed();
+    assert!(
+        download.running(),
+        "the download ended before the restarts were done (they took {restarts_took:?}): \
+         cannot judge whether a transfer survives them"
+    );
+    c.wait_frontends("the same maps after the restarts", WAIT, all_programmed)
+        .expect("maps after the restarts");
+
+    let mut total = 0;
+    for (l, what) in loops
+        .into_iter()
+        .zip(["ca -> cluster IP", "outside -> node-b node port"])
+    {
+        let requests = l.stop();
+        // Requests started while an agent was stopped or not yet ready.
+        let during = requests
+            .iter()
+            .filter(|r| {
+                restarts
+                    .iter()
+                    .any(|s| r.started >= s.stopped && r.started <= s.ready)
+            })
+            .count();
+        let failed: Vec<String> = requests
+            .iter()
+            .filter(|r| !r.outcome.ok())
+            .map(|r| {
+                let near = restarts
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find(|(_, s)| s.stopped <= r.started)
+                    .map(|(k, s)| {
+                        format!(
+                            "{:?} after restart {k} ({} node {}) was signalled",
+                            r.started - s.stopped,
+                            s.signal,
+                            s.node
+                        )
+                    })
+                    .unwrap_or_else(|| "before the restarts".into());
+                format!("[{near}] {:?}", r.outcome)
+            })
+            .collect();
+        let mut answered: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &requests {
+            *answered.entry(r.outcome.body.as_str()).or_default() += 1;
+        }
+        eprintln!(
+            "{what}: {} requests, {} failed, {during} started while an agent was down or \
+             syncing; answered by {answered:?}",
+            requests.len(),
+            failed.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "{what}: {} of {} requests failed:\n{}",
+            failed.len(),
+            requests.len(),
+            failed.join("\n")
+        );
+        assert!(
+            during > 0,
+            "{what}: no request started while an agent was down or syncing"
+        );
+        // Backends on both nodes answered: the node port's requests were
+        // forwarded (SNATed) to node-a too, the cluster IP's to node-b.
+        assert_eq!(
+            answered.keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from(["b1", "b2", "b3"]),
+            "{what}: answered by {answered:?}"
+        );
+        total += requests.len();
+    }
+    assert!(
+        total > 200,
+        "only {total} requests across {RESTARTS} restarts"
+    );
+
+    let o = download
+        .finish(Duration::from_secs(120))
+        .expect("download ends");
+    eprintln!(
+        "download through {VIP} to {backend:?}: {} bytes in {:?} (exit {}, HTTP {})",
+        o.size, o.elapsed, o.exit, o.http_code
+    );
+    assert_eq!(
+        (o.exit, o.http_code, o.size),
+        (0, 206, DOWNLOAD_BYTES),
+        "the download across the restarts: {o:?}"
+    );
+    assert_eq!(pids.len(), 2 + RESTARTS, "agent pids seen: {pids:?}");
+    // Every new agent adopted the pinned maps and links (none started over).
+    for n in 0..2 {
+        let log = c.agent_log(n);
+        let starts: Vec<&str> = log.split("---- start ").skip(1).collect();
+        assert_eq!(starts.len(), 1 + RESTARTS / 2, "starts on node {n}");
+        for (k, start) in starts.iter().enumerate().skip(1) {
+            assert!(
+                start.contains("adopted pinned state") && !start.contains("frontends=0"),
+                "start {} on node {n} did not adopt the pinned maps:\n{start}",
+                k + 1
+            );
+            assert!(
+                start.contains("adopted pinned links") && !start.contains(" attached interface="),
+                "start {} on node {n} attached anew instead of adopting the links:\n{start}",
+                k + 1
+            );
+        }
+    }
+    eprintln!(
+        "{RESTARTS} restarts in {restarts_took:?}, {total} requests, none failed; test took {:?}",
+        test_start.elapsed()
+    );
 }
