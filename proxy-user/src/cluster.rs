@@ -64,6 +64,9 @@ use crate::netns::{self, NetNs, unique_tag, veth};
 
 /// The glob of the pods' host-side veths (`--pod-interfaces`).
 pub const POD_GLOB: &str = "vp*";
+/// The source address a pod sees when it reaches itself through a service
+/// (`--hairpin-address`; the agent's default is link-local).
+pub const HAIRPIN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
 /// The outside client's address on the fabric.
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 /// The fabric's network: nodes, outside clients (and free addresses, for
@@ -1361,6 +1364,7 @@ impl Cluster {
             .arg("--manifests")
             .arg(&self.manifests)
             .args(["--pod-interfaces", POD_GLOB, "--node-interfaces", "eth0"])
+            .args(["--hairpin-address", &HAIRPIN_ADDR.to_string()])
             .arg("--bpffs")
             .arg(&a.bpffs)
             .args(&self.cfg.agent_args)

@@ -103,6 +103,26 @@ fn http_through_a_cluster_ip_spreads_over_local_and_remote_backends() {
     for (backend, n) in &counts {
         assert!(*n >= 60, "{backend} answered only {n} of 300: {counts:?}");
     }
+
+    // A backend calling its own service (hairpin): when it picks itself it
+    // sees the request from the hairpin address, never from its own.
+    let before = c.nginx_access_log(&b1).expect("log").len();
+    let outcomes = b1.curl_many(&url, 30, CURL_TIME).expect("curl");
+    for (i, o) in outcomes.iter().enumerate() {
+        assert!(
+            o.ok(),
+            "request {i} from b1 to its own service failed: {o:?}"
+        );
+    }
+    let itself = outcomes.iter().filter(|o| o.body == "b1").count();
+    let log = c.nginx_access_log(&b1).expect("log");
+    let hairpinned: Vec<_> = log[before..].iter().map(|e| e.client).collect();
+    assert!(itself > 0, "b1 never picked itself in 30 requests");
+    assert_eq!(
+        hairpinned,
+        vec![svcnat::cluster::HAIRPIN_ADDR; itself],
+        "b1 sees its own requests from the hairpin address"
+    );
 }
 
 /// dig through a UDP ClusterIP gets dnsmasq's records from backends on both
