@@ -31,11 +31,12 @@ pub mod map_names {
     /// the datapath never reads it.
     pub const LABELS: &str = "SVCNAT_LABELS";
     /// [`crate::Ct4Key`] -> [`crate::Snat4Value`] (LRU): source NAT of
-    /// node-port flows to backends on other nodes. Two entries per flow: the
-    /// forward one keyed by the DNATed tuple (client -> backend, direction
-    /// service) gives the node address and allocated port; the reverse one
-    /// keyed by the backend's reply (backend -> node:port, direction reply)
-    /// gives the client's address and port.
+    /// node-port flows to backends on other nodes, of hairpin flows, and of
+    /// flows whose client port clashed. Two entries per flow: the forward
+    /// one keyed by the flow's conntrack service key (client -> frontend,
+    /// direction service) gives the source address and allocated port; the
+    /// reverse one keyed by the backend's reply (backend -> address:port,
+    /// direction reply) gives the client's address and port.
     pub const SNAT4: &str = "SVCNAT_SNAT4";
     /// ifindex (`u32`) -> [`crate::NodeAddr4`]: the address of each node
     /// interface, the source of SNATed flows that arrive on it.
@@ -316,9 +317,18 @@ pub struct Frag4Key {
     pub id: u16,
     /// IP protocol number.
     pub proto: u8,
-    /// [`CT_DIR_SERVICE`] or [`CT_DIR_REPLY`].
+    /// [`CT_DIR_SERVICE`] or [`CT_DIR_REPLY`] (the value replaces the
+    /// destination, at XDP; the source at TC egress), or
+    /// [`FRAG_DIR_SNAT_SRC`] / [`FRAG_DIR_REVSNAT_SRC`] (the value replaces
+    /// the source of a datagram whose destination the service / reply entry
+    /// replaces, at XDP).
     pub dir: u8,
 }
+
+/// [`Frag4Key::dir`] of the source rewrite of an SNATed datagram.
+pub const FRAG_DIR_SNAT_SRC: u8 = 2;
+/// [`Frag4Key::dir`] of the source rewrite of a reverse-SNATed datagram.
+pub const FRAG_DIR_REVSNAT_SRC: u8 = 3;
 
 /// Where the later fragments of a translated datagram go.
 #[repr(C)]

@@ -40,6 +40,13 @@ pub(crate) fn frag4_record(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4]) {
     let _ = FRAG4.insert(key(ip, dir), Frag4Value { addr }, u64::from(BPF_ANY));
 }
 
+/// The address recorded for `ip`'s datagram under `dir`, if any.
+#[inline(always)]
+pub(crate) fn frag4_lookup(ip: &Ipv4Hdr, dir: u8) -> Option<[u8; 4]> {
+    // SAFETY: copied at once.
+    unsafe { FRAG4.get(key(ip, dir)).copied() }.map(|v| v.addr)
+}
+
 /// Translates a later fragment, rewriting the `end` address.
 #[inline(always)]
 pub(crate) fn frag4_translate(

@@ -5,6 +5,10 @@
 //! backend (policy, affinity) -> DNAT, plus SNAT when the backend is on
 //! another node.
 //!
+//! Fragments: a translated first fragment records its address rewrites in
+//! `SVCNAT_FRAG4` (destination, and source when SNATed); later fragments
+//! get the same rewrites (see `frag4.rs`).
+//!
 //! Every rewritten packet is passed to the kernel (`XDP_PASS`), which routes
 //! it: to a local pod over the bridge, to another node, or back to the
 //! client. This costs a trip through the stack per packet, but needs no
@@ -14,19 +18,21 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, CT_F_SNAT, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Reason, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, Snat4Value, SvcValue,
+    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, FRAG_DIR_REVSNAT_SRC,
+    FRAG_DIR_SNAT_SRC, IPPROTO_TCP, IPPROTO_UDP, Reason, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY,
+    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, Snat4Value, SvcValue,
 };
 
 use crate::{
     XdpVerdict,
     ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, service_key},
+    frag4::{frag4_lookup, frag4_record},
     lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
     maps::NODE4,
     nat4::End,
     parse::{Ipv4Hdr, L4},
     snat4::{rev_key, snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
-    xdp4::{self, xdp4_rewrite},
+    xdp4::{self, xdp4_rewrite, xdp4_rewrite_addr},
 };
 
 #[inline(always)]
@@ -48,8 +54,7 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         return Ok(pass(Reason::PassIpOptions));
     }
     if ip.is_later_fragment() {
-        // Fragmented node-port traffic is not translated at XDP (yet).
-        return Ok(pass(Reason::PassFragmentUntracked));
+        return later_fragment(ctx, &ip);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(pass(Reason::PassNotService));
@@ -57,7 +62,7 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     let l4 = xdp4::l4(ctx, ip.proto)?;
     let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
     if let Some(client) = snat4_lookup_rev(&rkey) {
-        return rev_snat(ctx, &rkey, &l4, client);
+        return rev_snat(ctx, &ip, &rkey, &l4, client);
     }
     let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
         return Ok(pass(Reason::PassNotService));
@@ -80,10 +85,12 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     let key = service_key(ip.saddr, ip.daddr, &l4);
     if let Some((addr, port, flags)) = ct4_lookup_service_flags(&key, &l4, now) {
         if flags & CT_F_SNAT == 0 {
+            record(&ip, addr, ip.saddr);
             xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
             return Ok(pass(Reason::DnatEstablished));
         }
         if let Some(s) = snat4_lookup_fwd(&key) {
+            record(&ip, addr, s.addr);
             xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
             xdp4_rewrite(ctx, End::Src, s.addr, &l4, s.port)?;
             return Ok(pass(if s.addr == ip.saddr {
@@ -98,6 +105,7 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
         let src = (ip.saddr, l4.sport);
+        record(&ip, backend.addr, ip.saddr);
         if ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0, src)? {
             xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
             return Ok(pass(Reason::DnatNew));
@@ -111,6 +119,7 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     }
     let node = node_addr(ctx, &ip, &svc)?;
     let nport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, node)?;
+    record(&ip, backend.addr, node);
     xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
     xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
     Ok(pass(Reason::SnatNew))
@@ -139,6 +148,7 @@ fn node_addr(ctx: &XdpContext, ip: &Ipv4Hdr, svc: &SvcValue) -> Result<[u8; 4], 
 #[inline(always)]
 fn rev_snat(
     ctx: &XdpContext,
+    ip: &Ipv4Hdr,
     rkey: &Ct4Key,
     l4: &L4,
     client: Snat4Value,
@@ -147,7 +157,45 @@ fn rev_snat(
     else {
         return Ok(pass(Reason::PassNotService));
     };
+    if ip.is_first_fragment() {
+        frag4_record(ip, CT_DIR_REPLY, client.addr);
+        frag4_record(ip, FRAG_DIR_REVSNAT_SRC, vip);
+    }
     xdp4_rewrite(ctx, End::Dst, client.addr, l4, client.port)?;
     xdp4_rewrite(ctx, End::Src, vip, l4, vport)?;
     Ok(pass(Reason::RevsnatReply))
+}
+
+/// For the first fragment of a datagram translated here: where its later
+/// fragments go (`dst`), and where they come from when that changed
+/// (`src`, SNAT).
+#[inline(always)]
+fn record(ip: &Ipv4Hdr, dst: [u8; 4], src: [u8; 4]) {
+    if !ip.is_first_fragment() {
+        return;
+    }
+    frag4_record(ip, CT_DIR_SERVICE, dst);
+    if src != ip.saddr {
+        frag4_record(ip, FRAG_DIR_SNAT_SRC, src);
+    }
+}
+
+/// A later fragment (no L4 header): the address rewrites its first fragment
+/// got, recorded under the datagram's (source, destination, protocol, id);
+/// untracked (passed, counted) when the first one was not translated here
+/// or has not arrived yet.
+#[inline(always)]
+fn later_fragment(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<XdpVerdict, Reason> {
+    let (dst, src) = if let Some(d) = frag4_lookup(ip, CT_DIR_SERVICE) {
+        (d, frag4_lookup(ip, FRAG_DIR_SNAT_SRC))
+    } else if let Some(d) = frag4_lookup(ip, CT_DIR_REPLY) {
+        (d, frag4_lookup(ip, FRAG_DIR_REVSNAT_SRC))
+    } else {
+        return Ok(pass(Reason::PassFragmentUntracked));
+    };
+    xdp4_rewrite_addr(ctx, End::Dst, dst)?;
+    if let Some(s) = src {
+        xdp4_rewrite_addr(ctx, End::Src, s)?;
+    }
+    Ok(pass(Reason::NatFragment))
 }

@@ -148,3 +148,29 @@ pub(crate) fn xdp4_rewrite(
 }
 
 const _: () = assert!(IPV4_HLEN == 20);
+
+/// Rewrites only an address, with the IPv4 checksum (later fragments carry
+/// no L4 header; the L4 checksum was fixed in the first fragment).
+#[inline(always)]
+pub(crate) fn xdp4_rewrite_addr(
+    ctx: &XdpContext,
+    end: End,
+    new_addr: [u8; 4],
+) -> Result<(), Reason> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, L3_OFF).map_err(|_| Reason::DropRewrite)?;
+    // SAFETY: bounds-checked above; byte arrays only.
+    unsafe {
+        let old_addr = match end {
+            End::Dst => (*ip).daddr,
+            End::Src => (*ip).saddr,
+        };
+        let old = [old_addr[0], old_addr[1], old_addr[2], old_addr[3], 0, 0];
+        let new = [new_addr[0], new_addr[1], new_addr[2], new_addr[3], 0, 0];
+        (*ip).check = csum_update((*ip).check, &old, &new, 2);
+        match end {
+            End::Dst => (*ip).daddr = new_addr,
+            End::Src => (*ip).saddr = new_addr,
+        }
+    }
+    Ok(())
+}

@@ -647,6 +647,91 @@ fn port_clash_cases() -> Vec<Case> {
     ]
 }
 
+/// Source and destination addresses of a frame (later fragments have no
+/// ports to parse).
+fn addrs_of(frame: &[u8]) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    if frame.len() < 34 {
+        return Err(format!("{} bytes: no IPv4 header", frame.len()));
+    }
+    let a = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
+    Ok((a(26), a(30)))
+}
+
+/// The output goes from `from` to `to` (addresses only).
+fn addrs_between(from: Ipv4Addr, to: Ipv4Addr) -> impl Fn(&[u8], &[u8]) -> Result<(), String> {
+    move |_, out| {
+        let (src, dst) = addrs_of(out)?;
+        if src != from || dst != to {
+            return Err(format!("{src} -> {dst}, want {from} -> {to}"));
+        }
+        Ok(())
+    }
+}
+
+/// A UDP datagram of `client` to `frontend`, split into two fragments: the
+/// UDP header alone, then the payload.
+fn udp_fragments(client: SocketAddrV4, frontend: SocketAddrV4) -> Vec<Vec<u8>> {
+    let full = udp(client, frontend).id(0x5151).payload(&[7u8; 40]).build();
+    svcnat::testing::packet::fragment(&full, 8)
+}
+
+/// Fragmented datagrams through node ports: the first fragment is
+/// translated as any packet and records where its later fragments go; they
+/// get the same address rewrites (destination, and source when SNATed), in
+/// both directions.
+fn fragment_cases() -> Vec<Case> {
+    const NP_LOCAL_UDP: SocketAddrV4 = SocketAddrV4::new(NODE, 30054);
+    const L1_DNS: SocketAddrV4 = sa(198, 18, 10, 11, 5353);
+    let remote = udp_fragments(CLIENT, NP_UDP);
+    let local = udp_fragments(CLIENT, NP_LOCAL_UDP);
+    // The remote backend's reply: its later fragment carries no port, so any
+    // reply datagram with the same addresses and id stands for it.
+    let reply_frags = |to: SocketAddrV4| {
+        let full = udp(R2, to)
+            .macs(NODE_MAC, CLIENT_MAC)
+            .id(0x6262)
+            .payload(&[9u8; 40])
+            .build();
+        svcnat::testing::packet::fragment(&full, 8)
+    };
+    let later_reply = reply_frags(SocketAddrV4::new(NODE, SNAT_PORT_MIN))[1].clone();
+    vec![
+        case("fragments at XDP: a datagram to a remote node port, and the reply")
+            .step(xdp(remote[0].clone()).checked(Reason::SnatNew, snat_to(R2)))
+            .step(
+                xdp_after(move |prev| {
+                    let (src, _) = ends(prev)?;
+                    Ok(reply_frags(src)[0].clone())
+                })
+                .checked(Reason::RevsnatReply, between(NP_UDP, CLIENT)),
+            )
+            .step(
+                xdp(remote[1].clone()).checked(Reason::NatFragment, addrs_between(NODE, *R2.ip())),
+            )
+            .step(xdp(later_reply).checked(Reason::NatFragment, addrs_between(NODE, *CLIENT.ip()))),
+        case("fragments at XDP: a datagram to a local node port keeps its source")
+            .seed(|dp| {
+                dp.add_frontend(
+                    NP_LOCAL_UDP,
+                    IPPROTO_UDP,
+                    SCOPE_EXTERNAL,
+                    10,
+                    NP,
+                    0,
+                    &[(31, L1_DNS, LOCAL)],
+                )
+                .map_err(|e| format!("seed NP_LOCAL_UDP: {e}"))
+            })
+            .step(xdp(local[0].clone()).checked(Reason::DnatNew, between(CLIENT, L1_DNS)))
+            .step(xdp(local[1].clone()).checked(
+                Reason::NatFragment,
+                addrs_between(*CLIENT.ip(), *L1_DNS.ip()),
+            )),
+        case("fragments at XDP: a later fragment before its first one passes untracked")
+            .step(xdp(remote[1].clone()).untouched(Reason::PassFragmentUntracked)),
+    ]
+}
+
 /// The hairpin address the fixtures set.
 const HAIRPIN: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
 
@@ -907,6 +992,7 @@ fn cases() -> Vec<Case> {
     ];
     t.extend(port_clash_cases());
     t.extend(hairpin_cases());
+    t.extend(fragment_cases());
     // Not IPv4: passed, counted.
     t.push(
         case("ARP passes XDP untouched").step(
