@@ -98,6 +98,13 @@ pub const SNAT_PORT_MIN: u16 = 61_000;
 /// Last port of the SNAT range.
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
+/// Ports a client's source port may be remapped to when one client port
+/// reaches one backend through two frontends (NAT clash), as netfilter
+/// does: any unprivileged port. The client's address stays.
+pub const REMAP_PORT_MIN: u16 = 1024;
+/// See [`REMAP_PORT_MIN`].
+pub const REMAP_PORT_MAX: u16 = 65_535;
+
 /// The `SVCNAT_NODE4` key that holds the hairpin address instead of an
 /// interface's address (no interface has index 0).
 pub const NODE4_HAIRPIN_KEY: u32 = 0;

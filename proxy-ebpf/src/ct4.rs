@@ -9,11 +9,12 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
     Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE,
     CT_F_SEEN_NON_SYN, CT_F_SNAT, CT_REFRESH_NS, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S,
-    CT_TCP_SYN_LIFETIME_S, CT_TIME_WAIT_S, CT_UDP_LIFETIME_S, Ct4Key, CtValue, Reason, SvcValue,
+    CT_TCP_SYN_LIFETIME_S, CT_TIME_WAIT_S, CT_UDP_LIFETIME_S, Ct4Key, CtValue, Reason, Snat4Value,
+    SvcValue,
 };
 
 use crate::{
-    maps::CT4,
+    maps::{CT4, SNAT4},
     parse::{L4, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -133,8 +134,18 @@ pub(crate) fn ct4_lookup_service_flags(
 /// connections apart. A closed TCP flow keeps its tuple for the backend's
 /// TIME_WAIT (`CT_TIME_WAIT_S` after the close) while its entry is still
 /// in the map: a new SYN on that tuple would hit the old connection there.
+/// With `accept_time_wait` (a last resort when free tuples are scarce) a
+/// closed flow's tuple is taken at once, as netfilter reuses TIME_WAIT
+/// tuples: the backend accepts the SYN, or answers it with an ACK and the
+/// client retries.
 #[inline(always)]
-fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, extra_flags: u8, now: u64) -> bool {
+fn reply_reusable(
+    rkey: &Ct4Key,
+    key: &Ct4Key,
+    extra_flags: u8,
+    now: u64,
+    accept_time_wait: bool,
+) -> bool {
     // SAFETY: copied at once.
     let Some(e) = (unsafe { CT4.get(rkey).copied() }) else {
         return true;
@@ -146,10 +157,30 @@ fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, extra_flags: u8, now: u64) -> boo
     {
         return true;
     }
+    entry_over(&e, now, accept_time_wait)
+}
+
+/// Whether the flow of entry `e` no longer holds its tuple (see
+/// [`reply_reusable`]).
+#[inline(always)]
+fn entry_over(e: &CtValue, now: u64, accept_time_wait: bool) -> bool {
     if e.flags & CT_F_CLOSED != 0 {
-        return now >= e.expires_ns + (CT_TIME_WAIT_S - CT_TCP_CLOSE_LIFETIME_S) * NS;
+        return accept_time_wait
+            || now >= e.expires_ns + (CT_TIME_WAIT_S - CT_TCP_CLOSE_LIFETIME_S) * NS;
     }
     now >= e.expires_ns
+}
+
+/// Whether no live flow holds the reply tuple `rkey` (no entry, or its
+/// flow is over): an SNAT port whose reverse entry is still in the map may
+/// then be taken again.
+#[inline(always)]
+pub(crate) fn ct4_tuple_free(rkey: &Ct4Key, now: u64, accept_time_wait: bool) -> bool {
+    // SAFETY: copied at once.
+    match unsafe { CT4.get(rkey).copied() } {
+        None => true,
+        Some(e) => entry_over(&e, now, accept_time_wait),
+    }
 }
 
 /// Creates both entries of a new flow, where the backend sees the flow
@@ -170,6 +201,7 @@ pub(crate) fn ct4_create(
     now: u64,
     extra_flags: u8,
     src: ([u8; 4], u16),
+    accept_time_wait: bool,
 ) -> Result<bool, Reason> {
     let flags = if l4.is_tcp() {
         next_flags(0, l4.flags, CT_F_FIN_SERVICE)
@@ -202,7 +234,7 @@ pub(crate) fn ct4_create(
         ..fwd
     };
     if CT4.insert(rkey, rev, u64::from(BPF_NOEXIST)).is_err() {
-        if !reply_reusable(&rkey, key, extra_flags, now) {
+        if !reply_reusable(&rkey, key, extra_flags, now, accept_time_wait) {
             return Ok(false);
         }
         CT4.insert(rkey, rev, u64::from(BPF_ANY))
@@ -213,23 +245,41 @@ pub(crate) fn ct4_create(
     Ok(true)
 }
 
-/// Looks up the reply-direction entry of a backend packet and returns the
-/// frontend address and port to write as its source, with the entry's
-/// `CT_F_*` flags. `client` is the client's own address and port (the
-/// reply's destination, unless the flow was source-NATed). TCP FIN and RST
-/// from the backend are recorded on the service-direction entry, which
-/// decides the flow's life.
+/// What a reply is translated to: the frontend it comes from and the
+/// client's own address and port it goes to.
+pub(crate) struct ReplyNat {
+    pub(crate) vip: [u8; 4],
+    pub(crate) vport: u16,
+    pub(crate) client: [u8; 4],
+    pub(crate) cport: u16,
+}
+
+/// Looks up the reply-direction entry of a backend packet. The client is
+/// the reply's destination, unless the flow was source-NATed: then the
+/// reverse SNAT entry says (`known` when the caller already looked it up);
+/// without it the reply cannot be translated (`None`). TCP FIN and RST from
+/// the backend are recorded on the service-direction entry, which decides
+/// the flow's life.
 #[inline(always)]
 pub(crate) fn ct4_lookup_reply(
     key: &Ct4Key,
     l4: &L4,
     now: u64,
-    client: Option<([u8; 4], u16)>,
-) -> Option<([u8; 4], u16, u8)> {
+    known: Option<Snat4Value>,
+) -> Option<ReplyNat> {
     // SAFETY: copied at once.
     let e = unsafe { CT4.get(key).copied() }?;
+    let (caddr, cport) = if e.flags & CT_F_SNAT == 0 {
+        (key.daddr, key.dport)
+    } else {
+        let c = match known {
+            Some(c) => c,
+            // SAFETY: copied at once.
+            None => unsafe { SNAT4.get(key).copied() }?,
+        };
+        (c.addr, c.port)
+    };
     if l4.is_tcp() && l4.flags & (TCP_FIN | TCP_RST) != 0 {
-        let (caddr, cport) = client.unwrap_or((key.daddr, key.dport));
         let skey = Ct4Key {
             saddr: caddr,
             daddr: e.nat_addr,
@@ -243,5 +293,10 @@ pub(crate) fn ct4_lookup_reply(
             touch(s, l4, CT_F_FIN_REPLY, now);
         }
     }
-    Some((e.nat_addr, e.nat_port, e.flags))
+    Some(ReplyNat {
+        vip: e.nat_addr,
+        vport: e.nat_port,
+        client: caddr,
+        cport,
+    })
 }

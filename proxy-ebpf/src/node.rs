@@ -19,8 +19,8 @@
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use proxy_common::{
     BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, FRAG_DIR_REVSNAT_SRC,
-    FRAG_DIR_SNAT_SRC, IPPROTO_TCP, IPPROTO_UDP, Reason, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY,
-    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, Snat4Value, SvcValue,
+    FRAG_DIR_SNAT_SRC, IPPROTO_TCP, IPPROTO_UDP, Reason, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, Snat4Value, SvcValue,
 };
 
 use crate::{
@@ -31,7 +31,7 @@ use crate::{
     maps::NODE4,
     nat4::End,
     parse::{Ipv4Hdr, L4},
-    snat4::{rev_key, snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
+    snat4::{CLIENT_PORTS, NODE_PORTS, rev_key, snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
     xdp4::{self, xdp4_rewrite, xdp4_rewrite_addr},
 };
 
@@ -61,7 +61,9 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     }
     let l4 = xdp4::l4(ctx, ip.proto)?;
     let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
-    if let Some(client) = snat4_lookup_rev(&rkey) {
+    if l4.dport >= SNAT_PORT_MIN
+        && let Some(client) = snat4_lookup_rev(&rkey)
+    {
         return rev_snat(ctx, &ip, &rkey, &l4, client);
     }
     let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
@@ -106,19 +108,28 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
         let src = (ip.saddr, l4.sport);
         record(&ip, backend.addr, ip.saddr);
-        if ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0, src)? {
+        if ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0, src, false)? {
             xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
             return Ok(pass(Reason::DnatNew));
         }
         // This client port already reaches that backend through another
         // frontend: keep the client's address, remap its port.
-        let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, ip.saddr)?;
+        let sport = snat4_open(
+            &key,
+            &svc,
+            backend_id,
+            &backend,
+            &l4,
+            now,
+            ip.saddr,
+            CLIENT_PORTS,
+        )?;
         xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
         xdp4_rewrite(ctx, End::Src, ip.saddr, &l4, sport)?;
         return Ok(pass(Reason::DnatNewPortRemapped));
     }
     let node = node_addr(ctx, &ip, &svc)?;
-    let nport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, node)?;
+    let nport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, node, NODE_PORTS)?;
     record(&ip, backend.addr, node);
     xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
     xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
@@ -153,16 +164,15 @@ fn rev_snat(
     l4: &L4,
     client: Snat4Value,
 ) -> Result<XdpVerdict, Reason> {
-    let Some((vip, vport, _)) = ct4_lookup_reply(rkey, l4, now(), Some((client.addr, client.port)))
-    else {
+    let Some(r) = ct4_lookup_reply(rkey, l4, now(), Some(client)) else {
         return Ok(pass(Reason::PassNotService));
     };
     if ip.is_first_fragment() {
-        frag4_record(ip, CT_DIR_REPLY, client.addr);
-        frag4_record(ip, FRAG_DIR_REVSNAT_SRC, vip);
+        frag4_record(ip, CT_DIR_REPLY, r.client);
+        frag4_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
     }
-    xdp4_rewrite(ctx, End::Dst, client.addr, l4, client.port)?;
-    xdp4_rewrite(ctx, End::Src, vip, l4, vport)?;
+    xdp4_rewrite(ctx, End::Dst, r.client, l4, r.cport)?;
+    xdp4_rewrite(ctx, End::Src, r.vip, l4, r.vport)?;
     Ok(pass(Reason::RevsnatReply))
 }
 

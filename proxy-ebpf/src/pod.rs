@@ -18,7 +18,7 @@ use crate::{
     parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
     pass,
     reject4::{bounce, reject4},
-    snat4::{snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
+    snat4::{CLIENT_PORTS, NODE_PORTS, snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
 };
 
 #[inline(always)]
@@ -79,7 +79,7 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
                 // The pod reaches itself: it would drop a packet from its
                 // own address, so the flow comes from the hairpin address.
                 let h = hairpin_addr();
-                let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, h)?;
+                let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, h, NODE_PORTS)?;
                 (addr, port, (h, sport), Reason::DnatNewHairpin)
             } else if ct4_create(
                 &key,
@@ -90,10 +90,20 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
                 now,
                 0,
                 (ip.saddr, l4.sport),
+                false,
             )? {
                 (addr, port, (ip.saddr, l4.sport), Reason::DnatNew)
             } else {
-                let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, ip.saddr)?;
+                let sport = snat4_open(
+                    &key,
+                    &svc,
+                    backend_id,
+                    &backend,
+                    &l4,
+                    now,
+                    ip.saddr,
+                    CLIENT_PORTS,
+                )?;
                 (addr, port, (ip.saddr, sport), Reason::DnatNewPortRemapped)
             }
         }
@@ -156,12 +166,11 @@ fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<Option<Verdic
         // translates it on the way in.
         return Ok(None);
     }
-    let Some((vip, vport, _)) = ct4_lookup_reply(&key, l4, now(), Some((client.addr, client.port)))
-    else {
+    let Some(r) = ct4_lookup_reply(&key, l4, now(), Some(client)) else {
         return Ok(None);
     };
-    nat4_rewrite(ctx, End::Dst, ip.daddr, client.addr, l4, client.port)?;
-    nat4_rewrite(ctx, End::Src, ip.saddr, vip, l4, vport)?;
+    nat4_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
+    nat4_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
     bounce(ctx, Reason::RevnatHairpin).map(Some)
 }
 
@@ -184,24 +193,17 @@ pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let l4 = parse::l4(ctx, ip.proto)?;
     let key = reply_key(ip.saddr, ip.daddr, &l4);
-    // Set when the client's port (or address) was remapped for this flow.
-    let client = snat4_lookup_rev(&key);
-    let Some((vip, vport, flags)) =
-        ct4_lookup_reply(&key, &l4, now(), client.map(|c| (c.addr, c.port)))
-    else {
+    let Some(r) = ct4_lookup_reply(&key, &l4, now(), None) else {
         return Ok(pass(Reason::PassNotService));
     };
     if ip.is_first_fragment() {
-        frag4_record(&ip, CT_DIR_REPLY, vip);
+        frag4_record(&ip, CT_DIR_REPLY, r.vip);
     }
-    if flags & CT_F_SNAT != 0 {
-        // Without its SNAT entry the reply cannot be given back its port.
-        let Some(c) = client else {
-            return Ok(pass(Reason::PassNotService));
-        };
-        nat4_rewrite(ctx, End::Dst, ip.daddr, c.addr, &l4, c.port)?;
+    if (r.client, r.cport) != (ip.daddr, l4.dport) {
+        // The client's port (or address) was remapped for this flow.
+        nat4_rewrite(ctx, End::Dst, ip.daddr, r.client, &l4, r.cport)?;
     }
-    nat4_rewrite(ctx, End::Src, ip.saddr, vip, &l4, vport)?;
+    nat4_rewrite(ctx, End::Src, ip.saddr, r.vip, &l4, r.vport)?;
     Ok(pass(Reason::RevnatReply))
 }
 

@@ -27,14 +27,27 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
 };
 use proxy_common::{
-    Backend4, CT_DIR_REPLY, CT_F_SNAT, Ct4Key, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, Snat4Value,
-    SvcValue,
+    Backend4, CT_DIR_REPLY, CT_F_SNAT, Ct4Key, REMAP_PORT_MAX, REMAP_PORT_MIN, Reason,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, Snat4Value, SvcValue,
 };
 
-use crate::{ct4::ct4_create, maps::SNAT4, parse::L4};
+/// Ports for a source address this node owns (node-port SNAT, hairpin):
+/// outside the node's ephemeral ports and the NodePort range.
+pub(crate) const NODE_PORTS: (u16, u16) = (SNAT_PORT_MIN, SNAT_PORT_MAX);
+/// Ports for a client's own address whose port clashed: 1024-65535, as
+/// netfilter remaps (the clash check sees the client's translated flows).
+pub(crate) const CLIENT_PORTS: (u16, u16) = (REMAP_PORT_MIN, REMAP_PORT_MAX);
 
-/// Random ports tried before giving up on a new flow.
-const TRIES: u32 = 8;
+use crate::{
+    ct4::{ct4_create, ct4_tuple_free},
+    maps::SNAT4,
+    parse::L4,
+};
+
+/// Random ports tried before giving up on a new flow. The first half only
+/// takes tuples no flow held in the backend's TIME_WAIT; the second half,
+/// a last resort, also takes the tuples of closed flows.
+const TRIES: u32 = 12;
 
 /// The address and port an SNATed flow leaves with, by its conntrack
 /// service key.
@@ -59,12 +72,10 @@ pub(crate) fn rev_key(backend: [u8; 4], bport: u16, addr: [u8; 4], port: u16, pr
 }
 
 /// The client address and port a reply to `addr:port` from `backend` goes
-/// back to, when `addr:port` was allocated here.
+/// back to, when `addr:port` was allocated here. Callers that see every
+/// packet check first that the port is in the range they allocate from.
 #[inline(always)]
 pub(crate) fn snat4_lookup_rev(key: &Ct4Key) -> Option<Snat4Value> {
-    if key.dport < SNAT_PORT_MIN {
-        return None;
-    }
     // SAFETY: copied at once.
     unsafe { SNAT4.get(key).copied() }
 }
@@ -72,9 +83,12 @@ pub(crate) fn snat4_lookup_rev(key: &Ct4Key) -> Option<Snat4Value> {
 /// Opens a new flow (`key`: client -> frontend) to `backend` from `addr`
 /// and a port allocated here: the reverse SNAT entry, both conntrack
 /// entries (flagged `CT_F_SNAT`), then the forward SNAT entry. Returns the
-/// port. Fails closed with `DropSnatPorts` when no port was free after a
-/// few random tries.
+/// port, taken from `ports`. A port whose reverse entry is still in the
+/// map is taken again when the flow that had it is over (reverse entries
+/// are LRU and outlive their flows). Fails closed with `DropSnatPorts` when
+/// no port was free after a few random tries.
 #[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined; one call per path")]
 pub(crate) fn snat4_open(
     key: &Ct4Key,
     svc: &SvcValue,
@@ -83,8 +97,9 @@ pub(crate) fn snat4_open(
     l4: &L4,
     now: u64,
     addr: [u8; 4],
+    ports: (u16, u16),
 ) -> Result<u16, Reason> {
-    let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let range = u32::from(ports.1 - ports.0) + 1;
     let back = Snat4Value {
         addr: key.saddr,
         port: key.sport,
@@ -92,11 +107,15 @@ pub(crate) fn snat4_open(
     };
     let mut i = 0;
     while i < TRIES {
+        let last_resort = i >= TRIES / 2;
         i += 1;
         // SAFETY: helper without arguments.
-        let port = SNAT_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % range) as u16;
+        let port = ports.0 + (unsafe { bpf_get_prandom_u32() } % range) as u16;
         let rkey = rev_key(backend.addr, backend.port, addr, port, key.proto);
-        if SNAT4.insert(rkey, back, u64::from(BPF_NOEXIST)).is_err() {
+        if SNAT4.insert(rkey, back, u64::from(BPF_NOEXIST)).is_err()
+            && (!ct4_tuple_free(&rkey, now, last_resort)
+                || SNAT4.insert(rkey, back, u64::from(BPF_ANY)).is_err())
+        {
             continue;
         }
         match ct4_create(
@@ -108,6 +127,7 @@ pub(crate) fn snat4_open(
             now,
             CT_F_SNAT,
             (addr, port),
+            last_resort,
         ) {
             Ok(true) => {}
             // A live flow still owns that tuple (its SNAT entry was evicted

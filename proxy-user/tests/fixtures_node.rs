@@ -15,10 +15,11 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use proxy_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_F_SNAT, Ct4Key, IPPROTO_TCP,
-    IPPROTO_UDP, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SVC_FLAG_TWO_SCOPES, Snat4Value, StatValue,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_F_CLOSED, CT_F_SEEN_NON_SYN,
+    CT_F_SNAT, Ct4Key, CtValue, IPPROTO_TCP, IPPROTO_UDP, REMAP_PORT_MAX, REMAP_PORT_MIN, Reason,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
+    Snat4Value, StatValue,
 };
 use svcnat::testing::{
     datapath::{
@@ -425,6 +426,48 @@ fn snat_entries(
     }
 }
 
+/// Every port of the SNAT range towards R1 taken by a reverse SNAT entry
+/// of another client, with (`Some((flags, seconds to expiry))`) or without
+/// the conntrack reply entry of its flow.
+fn seed_snat_range(dp: &mut TestDatapath, flow: Option<(u8, u64)>) -> Result<(), String> {
+    for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
+        let k = Ct4Key {
+            saddr: R1.ip().octets(),
+            daddr: NODE.octets(),
+            sport: R1.port(),
+            dport: port,
+            proto: IPPROTO_TCP,
+            dir: CT_DIR_REPLY,
+            pad: 0,
+        };
+        let v = Snat4Value {
+            addr: [198, 18, 250, 1],
+            port: 1,
+            pad: 0,
+        };
+        dp.snat4
+            .insert(k, v, 0)
+            .map_err(|e| format!("seed snat: {e}"))?;
+        if let Some((flags, left_s)) = flow {
+            let now = monotonic_ns();
+            let e = CtValue {
+                nat_addr: NP_REMOTE.ip().octets(),
+                nat_port: NP_REMOTE.port(),
+                flags: flags | CT_F_SNAT | CT_F_SEEN_NON_SYN,
+                pad: 0,
+                backend_id: R1_ID,
+                svc_id: 2,
+                created_ns: now,
+                expires_ns: now + left_s * NS,
+            };
+            dp.ct4
+                .insert(k, e, 0)
+                .map_err(|e| format!("seed conntrack: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn affinity_entry(
     client: Ipv4Addr,
     backend_id: Option<u32>,
@@ -490,10 +533,14 @@ fn port_remapped(
         if dst != backend {
             return Err(format!("destination {dst}, want {backend}"));
         }
-        if src.ip() != client.ip() || !(SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&src.port()) {
+        if src.ip() != client.ip()
+            || src.port() == client.port()
+            || !(REMAP_PORT_MIN..=REMAP_PORT_MAX).contains(&src.port())
+        {
             return Err(format!(
-                "source {src}, want {}:{SNAT_PORT_MIN}..={SNAT_PORT_MAX}",
-                client.ip()
+                "source {src}, want {}:{REMAP_PORT_MIN}..={REMAP_PORT_MAX} but not {}",
+                client.ip(),
+                client.port()
             ));
         }
         Ok(())
@@ -896,30 +943,15 @@ fn cases() -> Vec<Case> {
             xdp(tcp(R1, SocketAddrV4::new(NODE, 61_234), TCP_SYN | TCP_ACK).build())
                 .untouched(Reason::PassNotService),
         ),
-        case("remote backend: every SNAT port taken, new flow dropped and counted")
-            .seed(|dp| {
-                for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
-                    let k = Ct4Key {
-                        saddr: R1.ip().octets(),
-                        daddr: NODE.octets(),
-                        sport: R1.port(),
-                        dport: port,
-                        proto: IPPROTO_TCP,
-                        dir: CT_DIR_REPLY,
-                        pad: 0,
-                    };
-                    let v = Snat4Value {
-                        addr: [198, 18, 250, 1],
-                        port: 1,
-                        pad: 0,
-                    };
-                    dp.snat4
-                        .insert(k, v, 0)
-                        .map_err(|e| format!("seed snat: {e}"))?;
-                }
-                Ok(())
-            })
+        case("remote backend: every SNAT port held by a live flow, new flow dropped and counted")
+            .seed(|dp| seed_snat_range(dp, Some((0, 3600))))
             .step(xdp(rsyn.build()).dropped(Reason::DropSnatPorts)),
+        case("remote backend: SNAT entries that outlived their flows are taken again")
+            .seed(|dp| seed_snat_range(dp, None))
+            .step(xdp(rsyn.build()).checked(Reason::SnatNew, snat_to(R1))),
+        case("remote backend: with every port's flow closed, one still in TIME_WAIT is taken")
+            .seed(|dp| seed_snat_range(dp, Some((CT_F_CLOSED, 10))))
+            .step(xdp(rsyn.build()).checked(Reason::SnatNew, snat_to(R1))),
         case("externalTrafficPolicy Local without a local backend: dropped and counted").step(
             xdp(tcp(CLIENT, NP_ETP_LOCAL, TCP_SYN).build()).dropped(Reason::DropNoLocalBackend),
         ),
