@@ -1134,10 +1134,12 @@ impl Report<'_> {
              several Services select the same pods. The client's kernel keeps (client port, VIP) \
              unique, not (client port, backend), so one client port soon reaches the same \
              backend through two VIPs while the backend still holds the earlier connection in \
-             TIME_WAIT. netfilter's NAT sees the clash and remaps the source port; a datapath \
-             that only rewrites the destination hands the backend a SYN for a connection it \
-             still remembers, which it answers with an ACK, and the client retries after \
-             about 10 ms (or 1 s).\n"
+             TIME_WAIT. netfilter's NAT sees the clash and remaps the source port, and so does \
+             svcnat (a port of 1024-65535, avoiding tuples a closed flow may still hold in the \
+             backend's TIME_WAIT). A datapath that only rewrote the destination would hand the \
+             backend a SYN for a connection it still remembers, which it answers with an ACK: \
+             the client retries after about 10 ms (or 1 s), counted below as connects over \
+             5 ms.\n"
         );
         let cols = e.columns();
         let _ = writeln!(
@@ -1205,6 +1207,19 @@ impl Report<'_> {
         }
         let sh = self.shared;
         for n in sh.sizes() {
+            let conn = sh.median("svcnat", n, "conn_per_s");
+            for other in ["iptables", "nftables"] {
+                if let Some(r) = ratio(conn, sh.median(other, n, "conn_per_s"))
+                    && r < 0.95
+                {
+                    lines.push(format!(
+                        "- {} services sharing endpoints, conn/s: svcnat {} vs {other} {} (×{r:.2})",
+                        fmt_count(Some(f64::from(n))),
+                        fmt_num(conn),
+                        fmt_num(sh.median(other, n, "conn_per_s")),
+                    ));
+                }
+            }
             let ours = sh.sum("svcnat", n, "connect_over_5ms").unwrap_or(0.0);
             for other in ["iptables", "nftables"] {
                 let theirs = sh.sum(other, n, "connect_over_5ms").unwrap_or(0.0);
