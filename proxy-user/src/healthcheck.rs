@@ -40,7 +40,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Service;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
     task::JoinHandle,
@@ -53,10 +53,6 @@ use crate::model::{Family, Protocol, ServiceModel, ServiceName};
 pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// How often [`run`] retries ports that could not be bound.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
-/// Longest request head read (request line and headers).
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once over all ports; more wait in the backlogs.
 const MAX_CONNECTIONS: usize = 64;
 
@@ -379,29 +375,7 @@ async fn answer(
     current: &RwLock<HealthChecks>,
     healthy: &(dyn Fn() -> bool + Send + Sync),
 ) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(512);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0_u8; 1024];
-        loop {
-            if let Some(end) = head_end(&buf) {
-                return Ok(Some(end));
-            }
-            if buf.len() >= MAX_REQUEST {
-                return Ok(None);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    let request_line = head.map(|end| {
-        let text = String::from_utf8_lossy(&buf[..end]);
-        text.lines().next().unwrap_or_default().to_owned()
-    });
+    let request_line = crate::metrics::read_request_line(&mut stream).await?;
     let mut head_only = false;
     let (status, content_type, endpoints, body) = match request_line {
         None => (431, "text/plain; charset=utf-8", None, String::new()),
@@ -464,13 +438,6 @@ async fn answer(
     }
     stream.write_all(out.as_bytes()).await?;
     stream.shutdown().await
-}
-
-/// End of the request head (index of the blank line), if it arrived.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
 }
 
 #[cfg(test)]

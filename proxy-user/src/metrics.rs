@@ -740,30 +740,9 @@ async fn answer(
     mut stream: TcpStream,
     route: &(dyn Fn(&str) -> Response + Send + Sync),
 ) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0_u8; 1024];
-        loop {
-            if let Some(end) = find_head_end(&buf) {
-                return Ok(Some(end));
-            }
-            if buf.len() >= MAX_REQUEST {
-                return Ok(None);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    let (response, head_only) = match head {
+    let (response, head_only) = match read_request_line(&mut stream).await? {
         None => (Response::text(431, "request header too large"), false),
-        Some(end) => {
-            let line = String::from_utf8_lossy(&buf[..end]);
-            let line = line.lines().next().unwrap_or_default();
+        Some(line) => {
             let mut parts = line.split(' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(method @ ("GET" | "HEAD")), Some(target), Some(v))
@@ -795,6 +774,36 @@ async fn answer(
     }
     stream.write_all(out.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Reads an HTTP/1 request head (at most `MAX_REQUEST` bytes, within
+/// `REQUEST_TIMEOUT`) and returns its request line; `Ok(None)` when the
+/// head is too large. Shared by the metrics, health and health-check
+/// node-port servers.
+pub(crate) async fn read_request_line(stream: &mut TcpStream) -> io::Result<Option<String>> {
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut chunk = [0_u8; 1024];
+        loop {
+            if let Some(end) = find_head_end(&buf) {
+                return Ok(Some(end));
+            }
+            if buf.len() >= MAX_REQUEST {
+                return Ok(None);
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    Ok(head.map(|end| {
+        let text = String::from_utf8_lossy(&buf[..end]);
+        text.lines().next().unwrap_or_default().to_owned()
+    }))
 }
 
 /// End of the request head (index of the blank line), if it arrived.

@@ -303,6 +303,23 @@ fn opts(affinity_timeout: u32) -> ServiceOpts {
     }
 }
 
+/// The dataplane on `bpffs`, attached to every pod veth (run it in the
+/// node namespace).
+fn open_attached(bpffs: std::path::PathBuf) -> Dataplane {
+    let cfg = DataplaneConfig {
+        bpffs,
+        sizes: MapSizes {
+            conntrack: 65_536,
+            ..MapSizes::default()
+        },
+    };
+    let mut dp = Dataplane::open(&cfg).expect("open dataplane");
+    let pattern = glob::Pattern::new("vh*").expect("glob");
+    let report = dp.attach_matching(&[pattern]).expect("attach");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    dp
+}
+
 /// Answers each connection with the address it saw the client at, until
 /// `stop`.
 fn serve_peer(ns: &NetNs, stop: Arc<AtomicBool>) {
@@ -358,17 +375,7 @@ fn one_client_port_to_two_services_sharing_a_backend() {
     let dp = topo
         .node
         .run(move || {
-            let cfg = DataplaneConfig {
-                bpffs,
-                sizes: MapSizes {
-                    conntrack: 65_536,
-                    ..MapSizes::default()
-                },
-            };
-            let mut dp = Dataplane::open(&cfg).expect("open dataplane");
-            let pattern = glob::Pattern::new("vh*").expect("glob");
-            let report = dp.attach_matching(&[pattern]).expect("attach");
-            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            let mut dp = open_attached(bpffs);
             let spec = [Backend4Spec {
                 addr: backend,
                 port: 8080,
@@ -450,17 +457,7 @@ fn a_pod_reaches_a_service_that_selects_it() {
     let dp = topo
         .node
         .run(move || {
-            let cfg = DataplaneConfig {
-                bpffs,
-                sizes: MapSizes {
-                    conntrack: 65_536,
-                    ..MapSizes::default()
-                },
-            };
-            let mut dp = Dataplane::open(&cfg).expect("open dataplane");
-            let pattern = glob::Pattern::new("vh*").expect("glob");
-            let report = dp.attach_matching(&[pattern]).expect("attach");
-            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            let mut dp = open_attached(bpffs);
             dp.set_hairpin_address(HAIRPIN).expect("hairpin address");
             dp.upsert_service(
                 Frontend4 {
