@@ -5,7 +5,10 @@
 //! backend answers). Entries are refreshed at most once per `CT_REFRESH_NS`
 //! to keep writes off the per-packet path.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
 use proxy_common::{
     Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE,
     CT_F_SEEN_NON_SYN, CT_F_SNAT, CT_REFRESH_NS, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S,
@@ -19,6 +22,13 @@ use crate::{
 };
 
 const NS: u64 = 1_000_000_000;
+
+/// Monotonic time in ns, as conntrack entries record it.
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
 
 /// The key of the service-direction entry of a packet from a client.
 #[inline(always)]

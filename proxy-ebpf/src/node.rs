@@ -16,34 +16,30 @@
 //! (later). A packet whose new source is the node's own address needs
 //! `accept_local` on the interface, which the agent sets when it attaches.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, FRAG_DIR_REVSNAT_SRC,
+    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key, FRAG_DIR_REVSNAT_SRC,
     FRAG_DIR_SNAT_SRC, IPPROTO_TCP, IPPROTO_UDP, Reason, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL,
     SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, Snat4Value, SvcValue,
 };
 
 use crate::{
     XdpVerdict,
-    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, service_key},
+    ct4::{ct4_lookup_reply, now, service_key},
     frag4::{frag4_lookup, frag4_record},
     lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
     maps::NODE4,
     nat4::End,
     parse::{Ipv4Hdr, L4},
-    snat4::{CLIENT_PORTS, NODE_PORTS, rev_key, snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
+    snat4::{
+        NODE_PORTS, flow_established, open_from_client, rev_key, snat4_lookup_rev, snat4_open,
+    },
     xdp4::{self, xdp4_rewrite, xdp4_rewrite_addr},
 };
 
 #[inline(always)]
 const fn pass(reason: Reason) -> XdpVerdict {
     (XDP_PASS, reason)
-}
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 /// A packet arriving on a node interface.
@@ -85,46 +81,29 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    if let Some((addr, port, flags)) = ct4_lookup_service_flags(&key, &l4, now) {
-        if flags & CT_F_SNAT == 0 {
-            record(&ip, addr, ip.saddr);
-            xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
-            return Ok(pass(Reason::DnatEstablished));
+    // Without a usable entry (or with an SNATed one whose SNAT entries were
+    // evicted first) the flow opens anew below (UDP survives; the backend
+    // resets TCP).
+    if let Some((addr, port, src)) = flow_established(&key, &l4, now) {
+        record(&ip, addr, src.0);
+        xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
+        if src != (ip.saddr, l4.sport) {
+            xdp4_rewrite(ctx, End::Src, src.0, &l4, src.1)?;
         }
-        if let Some(s) = snat4_lookup_fwd(&key) {
-            record(&ip, addr, s.addr);
-            xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
-            xdp4_rewrite(ctx, End::Src, s.addr, &l4, s.port)?;
-            return Ok(pass(if s.addr == ip.saddr {
-                Reason::DnatEstablished
-            } else {
-                Reason::SnatEstablished
-            }));
-        }
-        // The SNAT entries were evicted before the conntrack entry: the
-        // flow opens anew below (UDP survives; the backend resets TCP).
+        return Ok(pass(if src.0 == ip.saddr {
+            Reason::DnatEstablished
+        } else {
+            Reason::SnatEstablished
+        }));
     }
     let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
-        let src = (ip.saddr, l4.sport);
+        let (sport, remapped) = open_from_client(&key, &svc, backend_id, &backend, &l4, now)?;
         record(&ip, backend.addr, ip.saddr);
-        if ct4_create(&key, &svc, backend_id, &backend, &l4, now, 0, src, false)? {
-            xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
+        xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
+        if !remapped {
             return Ok(pass(Reason::DnatNew));
         }
-        // This client port already reaches that backend through another
-        // frontend: keep the client's address, remap its port.
-        let sport = snat4_open(
-            &key,
-            &svc,
-            backend_id,
-            &backend,
-            &l4,
-            now,
-            ip.saddr,
-            CLIENT_PORTS,
-        )?;
-        xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
         xdp4_rewrite(ctx, End::Src, ip.saddr, &l4, sport)?;
         return Ok(pass(Reason::DnatNewPortRemapped));
     }

@@ -1,16 +1,16 @@
 //! The pipelines of the pod-facing TC programs:
 //! parse -> service lookup -> conntrack -> pick backend -> rewrite.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, HAIRPIN_ADDR_DEFAULT, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, NODE4_HAIRPIN_KEY, Reason, SNAT_PORT_MIN, SVC_FLAG_LOCAL_ONLY,
+    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, HAIRPIN_ADDR_DEFAULT, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, NODE4_HAIRPIN_KEY, Reason, SNAT_PORT_MIN, SVC_FLAG_LOCAL_ONLY,
     SVC_FLAG_TWO_SCOPES,
 };
 
 use crate::{
     Verdict,
-    ct4::{ct4_create, ct4_lookup_reply, ct4_lookup_service_flags, reply_key, service_key},
+    ct4::{ct4_lookup_reply, now, reply_key, service_key},
     frag4::{frag4_record, frag4_translate},
     lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select},
     maps::{CT4, NODE4},
@@ -18,14 +18,8 @@ use crate::{
     parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
     pass,
     reject4::{bounce, reject4},
-    snat4::{CLIENT_PORTS, NODE_PORTS, snat4_lookup_fwd, snat4_lookup_rev, snat4_open},
+    snat4::{NODE_PORTS, flow_established, open_from_client, snat4_lookup_rev, snat4_open},
 };
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
-}
 
 /// A packet from a pod: DNAT when it is addressed to a service.
 #[inline(always)]
@@ -70,7 +64,7 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    let (addr, port, src, reason) = match established(&key, &l4, now) {
+    let (addr, port, src, reason) = match flow_established(&key, &l4, now) {
         Some((addr, port, src)) => (addr, port, src, Reason::DnatEstablished),
         None => {
             let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
@@ -81,30 +75,15 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
                 let h = hairpin_addr();
                 let sport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, h, NODE_PORTS)?;
                 (addr, port, (h, sport), Reason::DnatNewHairpin)
-            } else if ct4_create(
-                &key,
-                &svc,
-                backend_id,
-                &backend,
-                &l4,
-                now,
-                0,
-                (ip.saddr, l4.sport),
-                false,
-            )? {
-                (addr, port, (ip.saddr, l4.sport), Reason::DnatNew)
             } else {
-                let sport = snat4_open(
-                    &key,
-                    &svc,
-                    backend_id,
-                    &backend,
-                    &l4,
-                    now,
-                    ip.saddr,
-                    CLIENT_PORTS,
-                )?;
-                (addr, port, (ip.saddr, sport), Reason::DnatNewPortRemapped)
+                let (sport, remapped) =
+                    open_from_client(&key, &svc, backend_id, &backend, &l4, now)?;
+                let reason = if remapped {
+                    Reason::DnatNewPortRemapped
+                } else {
+                    Reason::DnatNew
+                };
+                (addr, port, (ip.saddr, sport), reason)
             }
         }
     };
@@ -121,22 +100,6 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return bounce(ctx, reason);
     }
     Ok(pass(reason))
-}
-
-/// An IPv4 address and a port.
-type AddrPort = ([u8; 4], u16);
-
-/// The backend address and port, and the source address and port to
-/// write, of a packet of a known flow. `None`: no usable entry, or an
-/// SNATed flow whose SNAT entry is gone (it opens anew).
-#[inline(always)]
-fn established(key: &Ct4Key, l4: &L4, now: u64) -> Option<([u8; 4], u16, AddrPort)> {
-    let (addr, port, flags) = ct4_lookup_service_flags(key, l4, now)?;
-    if flags & CT_F_SNAT == 0 {
-        return Some((addr, port, (key.saddr, l4.sport)));
-    }
-    let s = snat4_lookup_fwd(key)?;
-    Some((addr, port, (s.addr, s.port)))
 }
 
 /// The address hairpin flows come from: set by the agent, else the default.

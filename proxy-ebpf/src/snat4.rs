@@ -36,10 +36,62 @@ use proxy_common::{
 pub(crate) const NODE_PORTS: (u16, u16) = (SNAT_PORT_MIN, SNAT_PORT_MAX);
 /// Ports for a client's own address whose port clashed: 1024-65535, as
 /// netfilter remaps (the clash check sees the client's translated flows).
-pub(crate) const CLIENT_PORTS: (u16, u16) = (REMAP_PORT_MIN, REMAP_PORT_MAX);
+const CLIENT_PORTS: (u16, u16) = (REMAP_PORT_MIN, REMAP_PORT_MAX);
+
+/// An IPv4 address and a port.
+pub(crate) type AddrPort = ([u8; 4], u16);
+
+/// The backend address and port, and the source address and port to
+/// write, of a packet of a known flow (`key`: its conntrack service key).
+/// `None`: no usable entry, or an SNATed flow whose SNAT entry is gone (it
+/// opens anew).
+#[inline(always)]
+pub(crate) fn flow_established(
+    key: &Ct4Key,
+    l4: &L4,
+    now: u64,
+) -> Option<([u8; 4], u16, AddrPort)> {
+    let (addr, port, flags) = ct4_lookup_service_flags(key, l4, now)?;
+    if flags & CT_F_SNAT == 0 {
+        return Some((addr, port, (key.saddr, key.sport)));
+    }
+    let s = snat4_lookup_fwd(key)?;
+    Some((addr, port, (s.addr, s.port)))
+}
+
+/// Opens a new flow (`key`: client -> frontend) to `backend` from the
+/// client's own address and port; when another flow already owns that
+/// tuple at the backend (the same client port reached it through another
+/// frontend), from the client's address and a remapped port. Returns the
+/// source port and whether it was remapped.
+#[inline(always)]
+pub(crate) fn open_from_client(
+    key: &Ct4Key,
+    svc: &SvcValue,
+    backend_id: u32,
+    backend: &Backend4,
+    l4: &L4,
+    now: u64,
+) -> Result<(u16, bool), Reason> {
+    let own = (key.saddr, key.sport);
+    if ct4_create(key, svc, backend_id, backend, l4, now, 0, own, false)? {
+        return Ok((key.sport, false));
+    }
+    let port = snat4_open(
+        key,
+        svc,
+        backend_id,
+        backend,
+        l4,
+        now,
+        key.saddr,
+        CLIENT_PORTS,
+    )?;
+    Ok((port, true))
+}
 
 use crate::{
-    ct4::{ct4_create, ct4_tuple_free},
+    ct4::{ct4_create, ct4_lookup_service_flags, ct4_tuple_free},
     maps::SNAT4,
     parse::L4,
 };

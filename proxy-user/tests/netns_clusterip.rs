@@ -81,25 +81,7 @@ fn topology() -> Topology {
 /// A TCP server answering each connection with its name, and a UDP server
 /// answering each datagram with its name, until `stop`.
 fn serve(ns: &NetNs, name: &'static str, stop: Arc<AtomicBool>) {
-    let stop_tcp = stop.clone();
-    drop(ns.spawn(move || {
-        let l = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
-        l.set_nonblocking(true).expect("nonblocking");
-        while !stop_tcp.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let mut buf = [0u8; 64];
-                    let _ = s.read(&mut buf);
-                    let _ = s.write_all(name.as_bytes());
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
-    }));
+    serve_tcp(ns, stop.clone(), move |_| name.to_string());
     drop(ns.spawn(move || {
         let u = UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
         u.set_read_timeout(Some(Duration::from_millis(50)))
@@ -323,6 +305,16 @@ fn open_attached(bpffs: std::path::PathBuf) -> Dataplane {
 /// Answers each connection with the address it saw the client at, until
 /// `stop`.
 fn serve_peer(ns: &NetNs, stop: Arc<AtomicBool>) {
+    serve_tcp(ns, stop, |peer| peer.to_string());
+}
+
+/// A TCP server on port 8080 answering each connection with
+/// `answer(client address)` once it sent something, until `stop`.
+fn serve_tcp(
+    ns: &NetNs,
+    stop: Arc<AtomicBool>,
+    answer: impl Fn(SocketAddr) -> String + Send + 'static,
+) {
     drop(ns.spawn(move || {
         let l = TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
         l.set_nonblocking(true).expect("nonblocking");
@@ -332,7 +324,7 @@ fn serve_peer(ns: &NetNs, stop: Arc<AtomicBool>) {
                     let _ = s.set_nonblocking(false);
                     let mut buf = [0u8; 64];
                     let _ = s.read(&mut buf);
-                    let _ = s.write_all(peer.to_string().as_bytes());
+                    let _ = s.write_all(answer(peer).as_bytes());
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(2))
