@@ -281,8 +281,27 @@ pub struct CtValue {
     pub svc_id: u32,
     /// `bpf_ktime_get_ns()` when the entry was created.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` after which the entry is dead.
+    /// `bpf_ktime_get_ns()` after which the entry is dead. The flow's
+    /// life is decided by its service-direction entry alone, which packets
+    /// of both directions refresh; a reply-direction entry's expiry only
+    /// paces how often replies refresh it.
     pub expires_ns: u64,
+    /// TCP: the sequence number that follows the furthest segment seen from
+    /// the side that sends on this entry's key (valid with [`CT_F_SEQ`]).
+    /// A RST from that side closes the flow only when its sequence number
+    /// is within [`CT_RST_WINDOW`] of it.
+    pub seq_next: u32,
+    /// The other end of the flow: in a reply-direction entry the client's
+    /// own address and port (so that the flow's service-direction entry can
+    /// be found from a reply); in a service-direction entry the source the
+    /// backend sees (the client itself, or its source NAT).
+    pub peer_addr: [u8; 4],
+    /// Port of [`Self::peer_addr`], host order.
+    pub peer_port: u16,
+    /// Explicit padding.
+    pub pad2: u16,
+    /// Explicit padding.
+    pub pad3: u32,
 }
 
 /// The flow saw a packet after its first one (TCP: handshake went on).
@@ -296,15 +315,33 @@ pub const CT_F_CLOSED: u8 = 8;
 /// The flow is also source-NATed (node port to a remote backend): see the
 /// SNAT map.
 pub const CT_F_SNAT: u8 = 16;
+/// The backend answered (both directions seen). Until then an entry lives
+/// [`CT_TCP_SYN_LIFETIME_S`] / [`CT_UDP_UNREPLIED_LIFETIME_S`], like
+/// netfilter's unassured entries. On a reply-direction entry: its first
+/// reply was recorded on the service-direction entry.
+pub const CT_F_REPLIED: u8 = 32;
+/// [`CtValue::seq_next`] holds a sequence number.
+pub const CT_F_SEQ: u8 = 64;
 
-/// Lifetime of a TCP entry before the handshake completes, seconds.
+/// Lifetime of a TCP entry until the backend answered and the client sent
+/// more than a SYN, seconds.
 pub const CT_TCP_SYN_LIFETIME_S: u64 = 60;
-/// Lifetime of an established TCP entry without traffic, seconds (as Cilium).
+/// Lifetime of an established TCP entry without traffic, seconds (as
+/// Cilium): both sides have sent.
 pub const CT_TCP_LIFETIME_S: u64 = 21_600;
 /// Lifetime of a TCP entry after RST or FIN both ways, seconds.
 pub const CT_TCP_CLOSE_LIFETIME_S: u64 = 10;
-/// Lifetime of a UDP entry without traffic, seconds.
+/// Lifetime of a UDP entry without traffic once the backend answered, seconds.
 pub const CT_UDP_LIFETIME_S: u64 = 60;
+/// Lifetime of a UDP entry the backend never answered, seconds
+/// (netfilter's unreplied UDP timeout).
+pub const CT_UDP_UNREPLIED_LIFETIME_S: u64 = 30;
+/// How far (either way) from the sequence number a flow's side is known
+/// to be at a RST from that side may be and still close the flow: a
+/// simplified stand-in for netfilter's `tcp_in_window`, which also passes
+/// the RST on. An off-path sender has to hit a 2 MiB window out of 4 GiB
+/// (1 in 2,048) for each client port it guesses.
+pub const CT_RST_WINDOW: u32 = 1 << 20;
 /// How long a backend keeps a closed connection's tuple (Linux's
 /// TIME_WAIT): another flow reaching the same backend from the same client
 /// port within that time gets its source port remapped.
@@ -336,6 +373,10 @@ pub struct Frag4Key {
 pub const FRAG_DIR_SNAT_SRC: u8 = 2;
 /// [`Frag4Key::dir`] of the source rewrite of a reverse-SNATed datagram.
 pub const FRAG_DIR_REVSNAT_SRC: u8 = 3;
+/// [`Frag4Key::dir`] of the source rewrite of a reply towards a pod or an
+/// outside client at TC egress (reverse NAT to the frontend). Distinct
+/// from [`CT_DIR_REPLY`], which XDP reads as a destination rewrite.
+pub const FRAG_DIR_REVNAT_SRC: u8 = 4;
 
 /// Where the later fragments of a translated datagram go.
 #[repr(C)]
@@ -355,9 +396,15 @@ pub struct Snat4Value {
     pub addr: [u8; 4],
     /// Port to write, host order.
     pub port: u16,
-    /// Explicit padding.
-    pub pad: u16,
+    /// Seconds of `bpf_ktime_get_ns()` when the entry was written, modulo
+    /// 2^16: a reverse entry younger than [`SNAT_CLAIM_S`] whose conntrack
+    /// entries are missing belongs to a flow another CPU is creating.
+    pub stamp: u16,
 }
+
+/// How long a fresh reverse SNAT entry without conntrack entries is taken
+/// to be a flow being created (not a leftover), seconds.
+pub const SNAT_CLAIM_S: u16 = 2;
 
 /// The address of one node interface.
 #[repr(C)]
@@ -533,7 +580,23 @@ reasons! {
     DnatNewHairpin = 25, "dnat_new_hairpin";
     /// A pod's reply to a hairpin flow: back to itself from the frontend.
     RevnatHairpin = 26, "revnat_hairpin";
+    /// A TCP packet other than a SYN to an external frontend, of no known
+    /// flow: dropped. Only a SYN opens a flow from outside, so that a flood
+    /// of made-up segments cannot fill the conntrack map; the node has no
+    /// socket on a frontend and would answer each with a RST.
+    DropTcpNoFlow = 27, "drop_tcp_no_flow";
+    /// A RST whose sequence number is outside the window its flow has seen
+    /// (blind reset): translated and passed on, the flow stays open; the
+    /// endpoint judges it (RFC 5961).
+    RstOutOfWindow = 28, "rst_out_of_window";
 }
+
+/// Not a reason: the slot of the stats map that counts conntrack entries
+/// the datapath created under a new key (`packets`; `bytes` unused). The
+/// datapath never deletes conntrack entries, so the agent derives the
+/// kernel's LRU evictions from this, the entries it removed itself and the
+/// entries in the map.
+pub const STAT_CT_CREATED: u32 = 63;
 
 /// Size of the stats map: room for reasons added later without a new layout.
 pub const STATS_SLOTS: u32 = 64;
@@ -546,7 +609,11 @@ pub const STATS_SLOTS: u32 = 64;
 /// - 2: forward SNAT entries keyed by the conntrack service key, and
 ///   conntrack reply entries of SNATed flows keyed by the SNAT address and
 ///   port (source-port remapping on NAT clashes).
-pub const LAYOUT_VERSION: u32 = 2;
+/// - 3: conntrack values carry the TCP sequence number of their side and
+///   the flow's other end ([`CtValue::seq_next`], [`CtValue::peer_addr`]);
+///   a flow's life is its service-direction entry's; SNAT values carry a
+///   stamp; fragments of replies at TC egress have their own direction.
+pub const LAYOUT_VERSION: u32 = 3;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -585,7 +652,7 @@ mod tests {
         assert_eq!(size_of::<Backend4>(), 8);
         assert_eq!(size_of::<RevNat4>(), 8);
         assert_eq!(size_of::<Ct4Key>(), 16);
-        assert_eq!(size_of::<CtValue>(), 32);
+        assert_eq!(size_of::<CtValue>(), 48);
         assert_eq!(size_of::<Frag4Key>(), 12);
         assert_eq!(size_of::<Frag4Value>(), 4);
         assert_eq!(size_of::<StatValue>(), 16);
@@ -613,7 +680,8 @@ mod tests {
             assert_eq!(*r as u32, i as u32, "{} out of order", r.name());
             assert_eq!(Reason::from_index(i as u32), Some(*r));
         }
-        assert!((Reason::ALL.len() as u32) < STATS_SLOTS);
+        assert!((Reason::ALL.len() as u32) < STAT_CT_CREATED);
+        const { assert!(STAT_CT_CREATED < STATS_SLOTS) };
         assert_eq!(Reason::from_index(STATS_SLOTS), None);
     }
 }

@@ -2,8 +2,17 @@
 //!
 //! A translated flow has a service-direction entry (client -> VIP, what the
 //! client sends) and a reply-direction entry (backend -> client, what the
-//! backend answers). Entries are refreshed at most once per `CT_REFRESH_NS`
-//! to keep writes off the per-packet path.
+//! backend answers). The service-direction entry is the flow's one source of
+//! truth: its flags and expiry decide whether the flow is alive, and packets
+//! of both directions refresh it. Client packets refresh it directly; a
+//! reply refreshes it through the reply entry (which names the client), on
+//! the first reply, on FIN and RST, and otherwise at most once per
+//! `CT_REFRESH_NS`, paced by the reply entry's own expiry, so that the reply
+//! path does not look the other entry up for every packet.
+//!
+//! Each entry also records the TCP sequence number its side has reached, so
+//! that a RST closes the flow only when it is within `CT_RST_WINDOW` of it
+//! (a blind RST from off the path is passed on and the flow stays).
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -11,17 +20,18 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE,
-    CT_F_SEEN_NON_SYN, CT_F_SNAT, CT_REFRESH_NS, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S,
-    CT_TCP_SYN_LIFETIME_S, CT_TIME_WAIT_S, CT_UDP_LIFETIME_S, Ct4Key, CtValue, Reason, Snat4Value,
+    CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SEQ, CT_REFRESH_NS, CT_RST_WINDOW,
+    CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S, CT_TCP_SYN_LIFETIME_S, CT_TIME_WAIT_S,
+    CT_UDP_LIFETIME_S, CT_UDP_UNREPLIED_LIFETIME_S, Ct4Key, CtValue, Reason, STAT_CT_CREATED,
     SvcValue,
 };
 
 use crate::{
-    maps::{CT4, SNAT4},
-    parse::{L4, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{CT4, STATS},
+    parse::{L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-const NS: u64 = 1_000_000_000;
+pub(crate) const NS: u64 = 1_000_000_000;
 
 /// Monotonic time in ns, as conntrack entries record it.
 #[inline(always)]
@@ -29,6 +39,9 @@ pub(crate) fn now() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }
+
+/// An IPv4 address and a port.
+pub(crate) type AddrPort = ([u8; 4], u16);
 
 /// The key of the service-direction entry of a packet from a client.
 #[inline(always)]
@@ -53,32 +66,71 @@ pub(crate) fn reply_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
     }
 }
 
-/// How long an entry lives without traffic, given its flags.
+/// The service-direction key of the flow whose reply-direction entry `e`
+/// sits under `rkey`.
+#[inline(always)]
+fn service_key_of(rkey: &Ct4Key, e: &CtValue) -> Ct4Key {
+    Ct4Key {
+        saddr: e.peer_addr,
+        daddr: e.nat_addr,
+        sport: e.peer_port,
+        dport: e.nat_port,
+        proto: rkey.proto,
+        dir: CT_DIR_SERVICE,
+        pad: 0,
+    }
+}
+
+/// How long an entry lives without traffic, given its flags: short until
+/// the backend answered (and, for TCP, the client went past its SYN), like
+/// netfilter's unassured entries, so that made-up flows go soon.
 #[inline(always)]
 fn lifetime_ns(proto_is_tcp: bool, flags: u8) -> u64 {
+    let replied = flags & CT_F_REPLIED != 0;
     if !proto_is_tcp {
-        CT_UDP_LIFETIME_S * NS
+        if replied {
+            CT_UDP_LIFETIME_S * NS
+        } else {
+            CT_UDP_UNREPLIED_LIFETIME_S * NS
+        }
     } else if flags & CT_F_CLOSED != 0 {
         CT_TCP_CLOSE_LIFETIME_S * NS
-    } else if flags & CT_F_SEEN_NON_SYN != 0 {
+    } else if replied && flags & CT_F_SEEN_NON_SYN != 0 {
         CT_TCP_LIFETIME_S * NS
     } else {
         CT_TCP_SYN_LIFETIME_S * NS
     }
 }
 
-/// New flags of an entry after a TCP packet with `tcp_flags` from the side
-/// whose FIN bit is `fin_bit`.
+/// Which end of the flow sent a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Backend,
+}
+
+/// New flags of a service-direction entry after a packet from `side` with
+/// `l4`; a RST counts only when `rst_ok`.
 #[inline(always)]
-fn next_flags(flags: u8, tcp_flags: u8, fin_bit: u8) -> u8 {
+fn next_flags(flags: u8, l4: &L4, side: Side, rst_ok: bool) -> u8 {
     let mut f = flags;
-    if tcp_flags & TCP_SYN == 0 {
+    let fin_bit = match side {
+        Side::Client => CT_F_FIN_SERVICE,
+        Side::Backend => {
+            f |= CT_F_REPLIED;
+            CT_F_FIN_REPLY
+        }
+    };
+    if !l4.is_tcp() {
+        return f;
+    }
+    if l4.flags & TCP_SYN == 0 {
         f |= CT_F_SEEN_NON_SYN;
     }
-    if tcp_flags & TCP_RST != 0 {
+    if l4.flags & TCP_RST != 0 && rst_ok {
         f |= CT_F_CLOSED;
     }
-    if tcp_flags & TCP_FIN != 0 {
+    if l4.flags & TCP_FIN != 0 {
         f |= fin_bit;
         if f & (CT_F_FIN_SERVICE | CT_F_FIN_REPLY) == (CT_F_FIN_SERVICE | CT_F_FIN_REPLY) {
             f |= CT_F_CLOSED;
@@ -87,18 +139,15 @@ fn next_flags(flags: u8, tcp_flags: u8, fin_bit: u8) -> u8 {
     f
 }
 
-/// Applies a packet's TCP flags and refreshes the lifetime of the entry at `e`.
+/// Applies a packet from `side` to the service-direction entry at `e` and
+/// refreshes the flow's lifetime.
 #[inline(always)]
-fn touch(e: *mut CtValue, l4: &L4, fin_bit: u8, now: u64) {
+fn touch(e: *mut CtValue, l4: &L4, side: Side, rst_ok: bool, now: u64) {
     // SAFETY: `e` points into a map value; racing writers only refresh the
     // same fields, and a lost update costs at most one refresh.
     unsafe {
         let old = (*e).flags;
-        let flags = if l4.is_tcp() {
-            next_flags(old, l4.flags, fin_bit)
-        } else {
-            old
-        };
+        let flags = next_flags(old, l4, side, rst_ok);
         let newly_closed = flags & CT_F_CLOSED != 0 && old & CT_F_CLOSED == 0;
         if flags != old {
             (*e).flags = flags;
@@ -112,94 +161,155 @@ fn touch(e: *mut CtValue, l4: &L4, fin_bit: u8, now: u64) {
     }
 }
 
-/// Looks up the service-direction entry of a client packet. Returns the
-/// backend address and port and the entry's `CT_F_*` flags when the entry
-/// may carry this packet: alive, and not a closed entry seeing a new SYN
-/// (that connection chooses anew).
+/// Records how far in sequence space the side of entry `e` has gone.
 #[inline(always)]
-pub(crate) fn ct4_lookup_service_flags(
-    key: &Ct4Key,
-    l4: &L4,
-    now: u64,
-) -> Option<([u8; 4], u16, u8)> {
+fn track_seq(e: *mut CtValue, l4: &L4) {
+    if !l4.is_tcp() || l4.flags & TCP_RST != 0 {
+        return;
+    }
+    let end = l4.seq.wrapping_add(l4.seg_len);
+    // SAFETY: as in `touch`.
+    unsafe {
+        let flags = (*e).flags;
+        if flags & CT_F_SEQ == 0 {
+            (*e).seq_next = end;
+            (*e).flags = flags | CT_F_SEQ;
+        } else if (end.wrapping_sub((*e).seq_next) as i32) > 0 {
+            (*e).seq_next = end;
+        }
+    }
+}
+
+/// Whether a RST is within the window of the side whose entry is `e`:
+/// `None` when that side's sequence number is not known yet.
+#[inline(always)]
+fn rst_in_window(e: &CtValue, l4: &L4) -> Option<bool> {
+    if e.flags & CT_F_SEQ == 0 {
+        return None;
+    }
+    let d = l4.seq.wrapping_sub(e.seq_next) as i32;
+    Some(d.unsigned_abs() <= CT_RST_WINDOW)
+}
+
+/// Counts a conntrack entry created under a new key (see
+/// [`STAT_CT_CREATED`]).
+#[inline(always)]
+fn count_created() {
+    if let Some(v) = STATS.get_ptr_mut(STAT_CT_CREATED) {
+        // SAFETY: per-CPU slot of a preallocated array, only this CPU writes it.
+        unsafe { (*v).packets += 1 };
+    }
+}
+
+/// A client packet of a known flow.
+pub(crate) struct ServiceHit {
+    /// The backend.
+    pub(crate) addr: [u8; 4],
+    pub(crate) port: u16,
+    /// The flow's `CT_F_*` flags before this packet.
+    pub(crate) flags: u8,
+    /// The source the backend sees.
+    pub(crate) peer: AddrPort,
+    /// A RST outside the window: translated, but the flow stays open.
+    pub(crate) rst_ignored: bool,
+}
+
+/// Looks up the service-direction entry of a client packet: the flow's
+/// backend, when the entry may carry this packet (alive, and not a closed
+/// entry seeing a new SYN: that connection chooses anew).
+#[inline(always)]
+pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<ServiceHit> {
     let e = CT4.get_ptr_mut(key)?;
-    // SAFETY: pointer from a successful lookup.
-    let (expires, flags, addr, port) =
-        unsafe { ((*e).expires_ns, (*e).flags, (*e).nat_addr, (*e).nat_port) };
-    if now >= expires {
+    // SAFETY: pointer from a successful lookup; fields copied at once.
+    let v = unsafe { *e };
+    if now >= v.expires_ns {
         return None;
     }
-    if flags & CT_F_CLOSED != 0 && l4.is_syn_only() {
+    if v.flags & CT_F_CLOSED != 0 && l4.is_syn_only() {
         return None;
     }
-    touch(e, l4, CT_F_FIN_SERVICE, now);
-    Some((addr, port, flags))
+    let rst_ok = !(l4.is_tcp() && l4.has(TCP_RST)) || rst_in_window(&v, l4).unwrap_or(true);
+    track_seq(e, l4);
+    touch(e, l4, Side::Client, rst_ok, now);
+    Some(ServiceHit {
+        addr: v.nat_addr,
+        port: v.nat_port,
+        flags: v.flags,
+        peer: (v.peer_addr, v.peer_port),
+        rst_ignored: !rst_ok,
+    })
+}
+
+/// Whether the flow of the reply-direction entry `e` (under `rkey`) no
+/// longer holds its tuple: its service-direction entry is gone, or expired,
+/// or closed and past the backend's TIME_WAIT (`CT_TIME_WAIT_S` after the
+/// close: a new SYN on that tuple would hit the old connection there). With
+/// `accept_time_wait` (a last resort when free tuples are scarce) a closed
+/// flow's tuple is taken at once, as netfilter reuses TIME_WAIT tuples.
+#[inline(always)]
+fn flow_over(rkey: &Ct4Key, e: &CtValue, now: u64, accept_time_wait: bool) -> bool {
+    // SAFETY: copied at once.
+    let Some(s) = (unsafe { CT4.get(service_key_of(rkey, e)).copied() }) else {
+        return true;
+    };
+    if s.flags & CT_F_CLOSED != 0 {
+        return accept_time_wait
+            || now >= s.expires_ns + (CT_TIME_WAIT_S - CT_TCP_CLOSE_LIFETIME_S) * NS;
+    }
+    now >= s.expires_ns
+}
+
+/// Who holds a reply tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tuple {
+    /// No conntrack entry at all.
+    Unused,
+    /// The entry of a flow that is over.
+    Over,
+    /// A live flow.
+    Held,
+}
+
+/// Who holds the reply tuple `rkey`.
+#[inline(always)]
+pub(crate) fn ct4_tuple(rkey: &Ct4Key, now: u64, accept_time_wait: bool) -> Tuple {
+    // SAFETY: copied at once.
+    match unsafe { CT4.get(rkey).copied() } {
+        None => Tuple::Unused,
+        Some(e) if flow_over(rkey, &e, now, accept_time_wait) => Tuple::Over,
+        Some(_) => Tuple::Held,
+    }
 }
 
 /// Whether the reply entry at a new flow's reply key may be replaced: it
 /// belongs to the same client socket and frontend (an earlier flow on this
-/// tuple whose service entry is gone), or it is over. Otherwise another
-/// flow owns that tuple: the same client port reached the same backend
-/// through another frontend, and the backend could not tell the two
-/// connections apart. A closed TCP flow keeps its tuple for the backend's
-/// TIME_WAIT (`CT_TIME_WAIT_S` after the close) while its entry is still
-/// in the map: a new SYN on that tuple would hit the old connection there.
-/// With `accept_time_wait` (a last resort when free tuples are scarce) a
-/// closed flow's tuple is taken at once, as netfilter reuses TIME_WAIT
-/// tuples: the backend accepts the SYN, or answers it with an ACK and the
-/// client retries.
+/// tuple whose service entry is gone or over), or its flow is over.
+/// Otherwise another flow owns that tuple: the same client port reached the
+/// same backend through another frontend, and the backend could not tell
+/// the two connections apart.
 #[inline(always)]
-fn reply_reusable(
-    rkey: &Ct4Key,
-    key: &Ct4Key,
-    extra_flags: u8,
-    now: u64,
-    accept_time_wait: bool,
-) -> bool {
+fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, now: u64, accept_time_wait: bool) -> bool {
     // SAFETY: copied at once.
     let Some(e) = (unsafe { CT4.get(rkey).copied() }) else {
         return true;
     };
-    if e.flags & CT_F_SNAT == 0
-        && extra_flags & CT_F_SNAT == 0
+    if e.peer_addr == key.saddr
+        && e.peer_port == key.sport
         && e.nat_addr == key.daddr
         && e.nat_port == key.dport
     {
         return true;
     }
-    entry_over(&e, now, accept_time_wait)
-}
-
-/// Whether the flow of entry `e` no longer holds its tuple (see
-/// [`reply_reusable`]).
-#[inline(always)]
-fn entry_over(e: &CtValue, now: u64, accept_time_wait: bool) -> bool {
-    if e.flags & CT_F_CLOSED != 0 {
-        return accept_time_wait
-            || now >= e.expires_ns + (CT_TIME_WAIT_S - CT_TCP_CLOSE_LIFETIME_S) * NS;
-    }
-    now >= e.expires_ns
-}
-
-/// Whether no live flow holds the reply tuple `rkey` (no entry, or its
-/// flow is over): an SNAT port whose reverse entry is still in the map may
-/// then be taken again.
-#[inline(always)]
-pub(crate) fn ct4_tuple_free(rkey: &Ct4Key, now: u64, accept_time_wait: bool) -> bool {
-    // SAFETY: copied at once.
-    match unsafe { CT4.get(rkey).copied() } {
-        None => true,
-        Some(e) => entry_over(&e, now, accept_time_wait),
-    }
+    flow_over(rkey, &e, now, accept_time_wait)
 }
 
 /// Creates both entries of a new flow, where the backend sees the flow
-/// coming from `src:src_port` (the client itself, or the address and port
-/// it was source-NATed to). Returns `Ok(false)` and writes nothing when
-/// another live flow already owns that reply tuple (see [`reply_reusable`]);
-/// the caller then picks another source port. Fails closed: if an entry
-/// cannot be written the packet is dropped, since a flow without its reply
-/// entry would reach the client with the backend's address.
+/// coming from `src` (the client itself, or the address and port it was
+/// source-NATed to). Returns `Ok(false)` and writes nothing when another
+/// live flow already owns that reply tuple (see [`reply_reusable`]); the
+/// caller then picks another source port. Fails closed: if an entry cannot
+/// be written the packet is dropped, since a flow without its reply entry
+/// would reach the client with the backend's address.
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "inlined; one call per path")]
 pub(crate) fn ct4_create(
@@ -210,15 +320,15 @@ pub(crate) fn ct4_create(
     l4: &L4,
     now: u64,
     extra_flags: u8,
-    src: ([u8; 4], u16),
+    src: AddrPort,
     accept_time_wait: bool,
 ) -> Result<bool, Reason> {
-    let flags = if l4.is_tcp() {
-        next_flags(0, l4.flags, CT_F_FIN_SERVICE)
-    } else {
-        0
-    } | extra_flags;
-    let expires_ns = now + lifetime_ns(l4.is_tcp(), flags);
+    let mut flags = next_flags(0, l4, Side::Client, true) | extra_flags;
+    let mut seq_next = 0;
+    if l4.is_tcp() {
+        seq_next = l4.seq.wrapping_add(l4.seg_len);
+        flags |= CT_F_SEQ;
+    }
     let fwd = CtValue {
         nat_addr: backend.addr,
         nat_port: backend.port,
@@ -227,7 +337,12 @@ pub(crate) fn ct4_create(
         backend_id,
         svc_id: svc.svc_id,
         created_ns: now,
-        expires_ns,
+        expires_ns: now + lifetime_ns(l4.is_tcp(), flags),
+        seq_next,
+        peer_addr: src.0,
+        peer_port: src.1,
+        pad2: 0,
+        pad3: 0,
     };
     let rkey = Ct4Key {
         saddr: backend.addr,
@@ -238,20 +353,31 @@ pub(crate) fn ct4_create(
         dir: CT_DIR_REPLY,
         pad: 0,
     };
+    // The backend's side has sent nothing yet.
     let rev = CtValue {
         nat_addr: key.daddr,
         nat_port: key.dport,
+        flags: flags & !CT_F_SEQ,
+        seq_next: 0,
+        peer_addr: key.saddr,
+        peer_port: key.sport,
         ..fwd
     };
-    if CT4.insert(rkey, rev, u64::from(BPF_NOEXIST)).is_err() {
-        if !reply_reusable(&rkey, key, extra_flags, now, accept_time_wait) {
+    if CT4.insert(rkey, rev, u64::from(BPF_NOEXIST)).is_ok() {
+        count_created();
+    } else {
+        if !reply_reusable(&rkey, key, now, accept_time_wait) {
             return Ok(false);
         }
         CT4.insert(rkey, rev, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropCtCreate)?;
     }
-    CT4.insert(key, fwd, u64::from(BPF_ANY))
-        .map_err(|_| Reason::DropCtCreate)?;
+    if CT4.insert(key, fwd, u64::from(BPF_NOEXIST)).is_ok() {
+        count_created();
+    } else {
+        CT4.insert(key, fwd, u64::from(BPF_ANY))
+            .map_err(|_| Reason::DropCtCreate)?;
+    }
     Ok(true)
 }
 
@@ -262,51 +388,64 @@ pub(crate) struct ReplyNat {
     pub(crate) vport: u16,
     pub(crate) client: [u8; 4],
     pub(crate) cport: u16,
+    /// The flow is source-NATed (`CT_F_SNAT`).
+    pub(crate) snat: bool,
+    /// A RST outside the window: translated, but the flow stays open.
+    pub(crate) rst_ignored: bool,
 }
 
-/// Looks up the reply-direction entry of a backend packet. The client is
-/// the reply's destination, unless the flow was source-NATed: then the
-/// reverse SNAT entry says (`known` when the caller already looked it up);
-/// without it the reply cannot be translated (`None`). TCP FIN and RST from
-/// the backend are recorded on the service-direction entry, which decides
-/// the flow's life.
+/// Looks up the reply-direction entry of a backend packet and records the
+/// packet on the flow (see the module doc). `None`: not a reply of a
+/// translated flow.
 #[inline(always)]
-pub(crate) fn ct4_lookup_reply(
-    key: &Ct4Key,
-    l4: &L4,
-    now: u64,
-    known: Option<Snat4Value>,
-) -> Option<ReplyNat> {
-    // SAFETY: copied at once.
-    let e = unsafe { CT4.get(key).copied() }?;
-    let (caddr, cport) = if e.flags & CT_F_SNAT == 0 {
-        (key.daddr, key.dport)
-    } else {
-        let c = match known {
-            Some(c) => c,
+pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<ReplyNat> {
+    let e = CT4.get_ptr_mut(key)?;
+    // SAFETY: pointer from a successful lookup; fields copied at once.
+    let v = unsafe { *e };
+    let tcp = l4.is_tcp();
+    let rst = tcp && l4.has(TCP_RST);
+    let skey = service_key_of(key, &v);
+    let mut rst_ok = true;
+    if rst {
+        rst_ok = match rst_in_window(&v, l4) {
+            Some(ok) => ok,
+            // The backend has not sent before (it refuses the SYN): the
+            // RST must acknowledge what the client sent.
             // SAFETY: copied at once.
-            None => unsafe { SNAT4.get(key).copied() }?,
+            None => match unsafe { CT4.get(skey).copied() } {
+                Some(s) if s.flags & CT_F_SEQ != 0 => l4.has(TCP_ACK) && l4.ack == s.seq_next,
+                _ => true,
+            },
         };
-        (c.addr, c.port)
-    };
-    if l4.is_tcp() && l4.flags & (TCP_FIN | TCP_RST) != 0 {
-        let skey = Ct4Key {
-            saddr: caddr,
-            daddr: e.nat_addr,
-            sport: cport,
-            dport: e.nat_port,
-            proto: key.proto,
-            dir: CT_DIR_SERVICE,
-            pad: 0,
-        };
+    }
+    track_seq(e, l4);
+    let paced = now + lifetime_ns(tcp, v.flags | CT_F_REPLIED);
+    if v.flags & CT_F_REPLIED == 0
+        || paced > v.expires_ns + CT_REFRESH_NS
+        || (tcp && l4.flags & (TCP_FIN | TCP_RST) != 0)
+    {
         if let Some(s) = CT4.get_ptr_mut(skey) {
-            touch(s, l4, CT_F_FIN_REPLY, now);
+            touch(s, l4, Side::Backend, rst_ok, now);
+        }
+        // SAFETY: as above.
+        unsafe {
+            (*e).expires_ns = paced;
+            (*e).flags |= CT_F_REPLIED;
         }
     }
     Some(ReplyNat {
-        vip: e.nat_addr,
-        vport: e.nat_port,
-        client: caddr,
-        cport,
+        vip: v.nat_addr,
+        vport: v.nat_port,
+        client: v.peer_addr,
+        cport: v.peer_port,
+        snat: v.flags & proxy_common::CT_F_SNAT != 0,
+        rst_ignored: !rst_ok,
     })
+}
+
+/// The conntrack entry at `key`, copied.
+#[inline(always)]
+pub(crate) fn ct4_get(key: &Ct4Key) -> Option<CtValue> {
+    // SAFETY: copied at once.
+    unsafe { CT4.get(key).copied() }
 }

@@ -22,7 +22,7 @@ mod xdp4;
 
 use aya_ebpf::{
     bindings::{
-        TC_ACT_OK, TC_ACT_SHOT,
+        TC_ACT_SHOT,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     macros::{classifier, xdp},
@@ -36,9 +36,15 @@ pub(crate) type Verdict = (i32, Reason);
 /// An XDP action and the reason it is counted under.
 pub(crate) type XdpVerdict = (u32, Reason);
 
+/// `TCX_NEXT` (`TC_ACT_UNSPEC` for classic tc filters): on to the next
+/// program or filter on the hook, and past the last one as `TC_ACT_OK`.
+/// svcnat returns it for every packet it passes (untouched or rewritten), so
+/// that programs attached after it (a CNI's bandwidth shaping, say) still run.
+pub(crate) const TCX_NEXT: i32 = -1;
+
 /// Pass the packet on untouched (or as rewritten), counted under `reason`.
 pub(crate) const fn pass(reason: Reason) -> Verdict {
-    (TC_ACT_OK, reason)
+    (TCX_NEXT, reason)
 }
 
 /// TC ingress on pod-facing interfaces: packets from pods to services.
@@ -63,7 +69,7 @@ pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = match node::try_xdp(&ctx) {
         Ok(v) => v,
         Err(reason) => (
-            if action_for(reason) == TC_ACT_OK {
+            if action_for(reason) == TCX_NEXT {
                 XDP_PASS
             } else {
                 XDP_DROP
@@ -95,7 +101,7 @@ const fn action_for(reason: Reason) -> i32 {
         | Reason::PassIpOptions
         | Reason::PassFragmentUntracked
         | Reason::PassOtherProtocol
-        | Reason::PassNoBackend => TC_ACT_OK,
+        | Reason::PassNoBackend => TCX_NEXT,
         _ => TC_ACT_SHOT,
     }
 }

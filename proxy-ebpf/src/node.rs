@@ -18,22 +18,20 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key, FRAG_DIR_REVSNAT_SRC,
-    FRAG_DIR_SNAT_SRC, IPPROTO_TCP, IPPROTO_UDP, Reason, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, Snat4Value, SvcValue,
+    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, FRAG_DIR_REVSNAT_SRC, FRAG_DIR_SNAT_SRC,
+    IPPROTO_TCP, IPPROTO_UDP, Reason, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY,
+    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SvcValue,
 };
 
 use crate::{
     XdpVerdict,
-    ct4::{ct4_lookup_reply, now, service_key},
+    ct4::{ReplyNat, ct4_lookup_reply, now, service_key},
     frag4::{frag4_lookup, frag4_record},
     lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
     maps::NODE4,
     nat4::End,
     parse::{Ipv4Hdr, L4},
-    snat4::{
-        NODE_PORTS, flow_established, open_from_client, rev_key, snat4_lookup_rev, snat4_open,
-    },
+    snat4::{NODE_PORTS, flow_established, open_from_client, rev_key, snat4_open},
     xdp4::{self, xdp4_rewrite, xdp4_rewrite_addr},
 };
 
@@ -55,12 +53,14 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(pass(Reason::PassNotService));
     }
-    let l4 = xdp4::l4(ctx, ip.proto)?;
-    let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
-    if l4.dport >= SNAT_PORT_MIN
-        && let Some(client) = snat4_lookup_rev(&rkey)
-    {
-        return rev_snat(ctx, &ip, &rkey, &l4, client);
+    let l4 = xdp4::l4(ctx, &ip)?;
+    if l4.dport >= SNAT_PORT_MIN {
+        let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
+        if let Some(r) = ct4_lookup_reply(&rkey, &l4, now())
+            && r.snat
+        {
+            return rev_snat(ctx, &ip, &l4, &r);
+        }
     }
     let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
         return Ok(pass(Reason::PassNotService));
@@ -72,29 +72,38 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb4_source_allowed(svc.svc_id, ip.saddr) {
         return Err(Reason::DropSourceRange);
     }
+    let now = now();
+    let key = service_key(ip.saddr, ip.daddr, &l4);
+    // Conntrack first: an established flow keeps its backend even when the
+    // service has no usable endpoint any more. Without a usable entry the
+    // flow opens anew below (UDP survives; the backend resets TCP).
+    if let Some(f) = flow_established(&key, &l4, now) {
+        record(&ip, f.addr, f.src.0);
+        xdp4_rewrite(ctx, End::Dst, f.addr, &l4, f.port)?;
+        if f.src != (ip.saddr, l4.sport) {
+            xdp4_rewrite(ctx, End::Src, f.src.0, &l4, f.src.1)?;
+        }
+        return Ok(pass(if f.rst_ignored {
+            Reason::RstOutOfWindow
+        } else if f.src.0 == ip.saddr {
+            Reason::DnatEstablished
+        } else {
+            Reason::SnatEstablished
+        }));
+    }
+    if l4.is_tcp() && !l4.is_syn_only() {
+        // Only a SYN opens a TCP flow from outside: a segment of no known
+        // flow is dropped, so that a flood of made-up segments creates no
+        // conntrack entries (the node has no socket here and would only
+        // answer each with a RST).
+        return Err(Reason::DropTcpNoFlow);
+    }
     if svc.count == 0 {
         if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
             return Err(Reason::DropNoLocalBackend);
         }
         // The stack answers a node address with RST / port unreachable.
         return Ok(pass(Reason::PassNoBackend));
-    }
-    let now = now();
-    let key = service_key(ip.saddr, ip.daddr, &l4);
-    // Without a usable entry (or with an SNATed one whose SNAT entries were
-    // evicted first) the flow opens anew below (UDP survives; the backend
-    // resets TCP).
-    if let Some((addr, port, src)) = flow_established(&key, &l4, now) {
-        record(&ip, addr, src.0);
-        xdp4_rewrite(ctx, End::Dst, addr, &l4, port)?;
-        if src != (ip.saddr, l4.sport) {
-            xdp4_rewrite(ctx, End::Src, src.0, &l4, src.1)?;
-        }
-        return Ok(pass(if src.0 == ip.saddr {
-            Reason::DnatEstablished
-        } else {
-            Reason::SnatEstablished
-        }));
     }
     let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
@@ -131,28 +140,22 @@ fn node_addr(ctx: &XdpContext, ip: &Ipv4Hdr, svc: &SvcValue) -> Result<[u8; 4], 
     }
 }
 
-/// A backend's reply to an SNATed flow (`rkey`: the tuple it answers to):
-/// destination back to the client's address and port, source back to the
-/// frontend. Without the conntrack entry (it expired first) the packet is
-/// left alone.
+/// A backend's reply to an SNATed flow (`r`: what its conntrack entry
+/// says): destination back to the client's address and port, source back
+/// to the frontend.
 #[inline(always)]
-fn rev_snat(
-    ctx: &XdpContext,
-    ip: &Ipv4Hdr,
-    rkey: &Ct4Key,
-    l4: &L4,
-    client: Snat4Value,
-) -> Result<XdpVerdict, Reason> {
-    let Some(r) = ct4_lookup_reply(rkey, l4, now(), Some(client)) else {
-        return Ok(pass(Reason::PassNotService));
-    };
+fn rev_snat(ctx: &XdpContext, ip: &Ipv4Hdr, l4: &L4, r: &ReplyNat) -> Result<XdpVerdict, Reason> {
     if ip.is_first_fragment() {
         frag4_record(ip, CT_DIR_REPLY, r.client);
         frag4_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
     }
     xdp4_rewrite(ctx, End::Dst, r.client, l4, r.cport)?;
     xdp4_rewrite(ctx, End::Src, r.vip, l4, r.vport)?;
-    Ok(pass(Reason::RevsnatReply))
+    Ok(pass(if r.rst_ignored {
+        Reason::RstOutOfWindow
+    } else {
+        Reason::RevsnatReply
+    }))
 }
 
 /// For the first fragment of a datagram translated here: where its later

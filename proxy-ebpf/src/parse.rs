@@ -68,6 +68,52 @@ impl Ipv4Hdr {
     pub(crate) fn id(&self) -> u16 {
         u16::from_be_bytes(self.id)
     }
+    /// Bytes after the IPv4 header, as the header says.
+    pub(crate) fn payload_len(&self) -> u32 {
+        u32::from(u16::from_be_bytes(self.tot_len)).saturating_sub(u32::from(self.ihl()) * 4)
+    }
+}
+
+impl TcpHdr {
+    /// The [`L4`] of this header, in a datagram of `ip`.
+    #[inline(always)]
+    pub(crate) fn l4(&self, ip: &Ipv4Hdr) -> L4 {
+        let hlen = u32::from(self.doff_res >> 4) * 4;
+        let mut seg_len = ip.payload_len().saturating_sub(hlen);
+        if self.flags & TCP_SYN != 0 {
+            seg_len += 1;
+        }
+        if self.flags & TCP_FIN != 0 {
+            seg_len += 1;
+        }
+        L4 {
+            proto: IPPROTO_TCP,
+            sport: u16::from_be_bytes(self.sport),
+            dport: u16::from_be_bytes(self.dport),
+            flags: self.flags,
+            check: self.check,
+            seq: u32::from_be_bytes(self.seq),
+            ack: u32::from_be_bytes(self.ack_seq),
+            seg_len,
+        }
+    }
+}
+
+impl UdpHdr {
+    /// The [`L4`] of this header.
+    #[inline(always)]
+    pub(crate) fn l4(&self) -> L4 {
+        L4 {
+            proto: IPPROTO_UDP,
+            sport: u16::from_be_bytes(self.sport),
+            dport: u16::from_be_bytes(self.dport),
+            flags: 0,
+            check: self.check,
+            seq: 0,
+            ack: 0,
+            seg_len: 0,
+        }
+    }
 }
 
 #[repr(C)]
@@ -103,6 +149,12 @@ pub(crate) struct L4 {
     pub flags: u8,
     /// Raw L4 checksum as in the packet (UDP: 0 means "none").
     pub check: [u8; 2],
+    /// TCP sequence and acknowledgment numbers, host order; 0 for UDP.
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP: sequence space the segment takes (payload, plus one for SYN
+    /// and for FIN); 0 for UDP.
+    pub seg_len: u32,
 }
 
 impl L4 {
@@ -157,30 +209,18 @@ pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Reason> {
     Ok(ip)
 }
 
-/// The TCP or UDP header after an option-less IPv4 header.
+/// The TCP or UDP header after an option-less IPv4 header `ip`.
 #[inline(always)]
-pub(crate) fn l4(ctx: &TcContext, proto: u8) -> Result<L4, Reason> {
-    if proto == IPPROTO_TCP {
+pub(crate) fn l4(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<L4, Reason> {
+    if ip.proto == IPPROTO_TCP {
         let tcp: TcpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
         if tcp.doff_res >> 4 < 5 {
             return Err(Reason::DropTruncated);
         }
-        Ok(L4 {
-            proto,
-            sport: u16::from_be_bytes(tcp.sport),
-            dport: u16::from_be_bytes(tcp.dport),
-            flags: tcp.flags,
-            check: tcp.check,
-        })
-    } else if proto == IPPROTO_UDP {
+        Ok(tcp.l4(ip))
+    } else if ip.proto == IPPROTO_UDP {
         let udp: UdpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
-        Ok(L4 {
-            proto,
-            sport: u16::from_be_bytes(udp.sport),
-            dport: u16::from_be_bytes(udp.dport),
-            flags: 0,
-            check: udp.check,
-        })
+        Ok(udp.l4())
     } else {
         Err(Reason::PassOtherProtocol)
     }

@@ -3,17 +3,17 @@
 
 use aya_ebpf::programs::TcContext;
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, HAIRPIN_ADDR_DEFAULT, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, NODE4_HAIRPIN_KEY, Reason, SNAT_PORT_MIN, SVC_FLAG_LOCAL_ONLY,
-    SVC_FLAG_TWO_SCOPES,
+    CT_DIR_SERVICE, CT_F_SNAT, FRAG_DIR_REVNAT_SRC, HAIRPIN_ADDR_DEFAULT, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP, NODE4_HAIRPIN_KEY, Reason, SNAT_PORT_MIN, SVC_FLAG_LOCAL_ONLY,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
 };
 
 use crate::{
     Verdict,
-    ct4::{ct4_lookup_reply, now, reply_key, service_key},
+    ct4::{ct4_get, ct4_lookup_reply, now, reply_key, service_key},
     frag4::{frag4_record, frag4_translate},
-    lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select},
-    maps::{CT4, NODE4},
+    lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select, lb4_source_allowed},
+    maps::NODE4,
     nat4::{End, nat4_rewrite, nat4_rewrite_addr, replace2, replace4},
     parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
     pass,
@@ -39,7 +39,7 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         };
         return Ok(pass(reason));
     }
-    let l4 = parse::l4(ctx, ip.proto)?;
+    let l4 = parse::l4(ctx, &ip)?;
     let Some(mut svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
         if lb4_is_vip(ip.daddr) {
             return reject4(ctx, &ip, &l4, Reason::RejectUnknownPort);
@@ -49,24 +49,39 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         }
         return Ok(pass(Reason::PassNotService));
     };
+    // Pods reaching a load-balancer IP are held to its source ranges too,
+    // as kube-proxy's firewall chain does for any source.
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb4_source_allowed(svc.svc_id, ip.saddr) {
+        return Err(Reason::DropSourceRange);
+    }
     if svc.flags & SVC_FLAG_TWO_SCOPES != 0 {
         // Pods of this node see the internal-scope backends (for example all
         // of them where outside clients see only local ones).
         svc = lb4_lookup_internal(ip.daddr, l4.dport, l4.proto)?;
     }
-    if svc.count == 0 {
-        if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
-            // Traffic policy Local without a local endpoint: dropped, as
-            // kube-proxy does, rather than rejected.
-            return Err(Reason::DropNoLocalBackend);
-        }
-        return reject4(ctx, &ip, &l4, Reason::RejectNoBackend);
-    }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
+    // Conntrack first: a flow that is established keeps its backend even
+    // when the service has no usable endpoint any more (kube-proxy rejects
+    // only new connections).
     let (addr, port, src, reason) = match flow_established(&key, &l4, now) {
-        Some((addr, port, src)) => (addr, port, src, Reason::DnatEstablished),
+        Some(f) => {
+            let reason = if f.rst_ignored {
+                Reason::RstOutOfWindow
+            } else {
+                Reason::DnatEstablished
+            };
+            (f.addr, f.port, f.src, reason)
+        }
         None => {
+            if svc.count == 0 {
+                if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+                    // Traffic policy Local without a local endpoint: dropped,
+                    // as kube-proxy does, rather than rejected.
+                    return Err(Reason::DropNoLocalBackend);
+                }
+                return reject4(ctx, &ip, &l4, Reason::RejectNoBackend);
+            }
             let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
             let (addr, port) = (backend.addr, backend.port);
             if addr == ip.saddr {
@@ -129,7 +144,7 @@ fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<Option<Verdic
         // translates it on the way in.
         return Ok(None);
     }
-    let Some(r) = ct4_lookup_reply(&key, l4, now(), Some(client)) else {
+    let Some(r) = ct4_lookup_reply(&key, l4, now()) else {
         return Ok(None);
     };
     nat4_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
@@ -146,7 +161,7 @@ pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return Ok(pass(Reason::PassIpOptions));
     }
     if ip.is_later_fragment() {
-        return frag4_translate(ctx, &ip, CT_DIR_REPLY, End::Src);
+        return frag4_translate(ctx, &ip, FRAG_DIR_REVNAT_SRC, End::Src);
     }
     if ip.proto == IPPROTO_ICMP {
         return icmp_error(ctx, &ip);
@@ -154,20 +169,24 @@ pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(pass(Reason::PassNotService));
     }
-    let l4 = parse::l4(ctx, ip.proto)?;
+    let l4 = parse::l4(ctx, &ip)?;
     let key = reply_key(ip.saddr, ip.daddr, &l4);
-    let Some(r) = ct4_lookup_reply(&key, &l4, now(), None) else {
+    let Some(r) = ct4_lookup_reply(&key, &l4, now()) else {
         return Ok(pass(Reason::PassNotService));
     };
     if ip.is_first_fragment() {
-        frag4_record(&ip, CT_DIR_REPLY, r.vip);
+        frag4_record(&ip, FRAG_DIR_REVNAT_SRC, r.vip);
     }
     if (r.client, r.cport) != (ip.daddr, l4.dport) {
         // The client's port (or address) was remapped for this flow.
         nat4_rewrite(ctx, End::Dst, ip.daddr, r.client, &l4, r.cport)?;
     }
     nat4_rewrite(ctx, End::Src, ip.saddr, r.vip, &l4, r.vport)?;
-    Ok(pass(Reason::RevnatReply))
+    Ok(pass(if r.rst_ignored {
+        Reason::RstOutOfWindow
+    } else {
+        Reason::RevnatReply
+    }))
 }
 
 #[repr(C)]
@@ -215,10 +234,12 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
         dport: u16::from_be_bytes(ports.sport),
         flags: 0,
         check: [0, 0],
+        seq: 0,
+        ack: 0,
+        seg_len: 0,
     };
     let key = reply_key(inner.daddr, inner.saddr, &quoted);
-    // SAFETY: copied at once.
-    let Some(e) = (unsafe { CT4.get(key).copied() }) else {
+    let Some(e) = ct4_get(&key) else {
         return not_ours;
     };
     let icmp_csum = L4_OFF + 2;
@@ -228,10 +249,7 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
     let udp_sum = inner.proto == IPPROTO_UDP && ports.check != [0, 0];
     if e.flags & CT_F_SNAT != 0 {
         // The client's source port was remapped: quote the one it sent.
-        let Some(c) = snat4_lookup_rev(&key) else {
-            return not_ours;
-        };
-        let new = c.port.to_be_bytes();
+        let new = e.peer_port.to_be_bytes();
         if udp_sum {
             replace2(ctx, in_l4_off, ports.sport, new, &[icmp_csum, in_udp_csum])?;
         } else {

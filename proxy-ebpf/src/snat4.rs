@@ -28,7 +28,13 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Backend4, CT_DIR_REPLY, CT_F_SNAT, Ct4Key, REMAP_PORT_MAX, REMAP_PORT_MIN, Reason,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, Snat4Value, SvcValue,
+    SNAT_CLAIM_S, SNAT_PORT_MAX, SNAT_PORT_MIN, Snat4Value, SvcValue,
+};
+
+use crate::{
+    ct4::{AddrPort, NS, Tuple, ct4_create, ct4_lookup_service, ct4_tuple},
+    maps::SNAT4,
+    parse::L4,
 };
 
 /// Ports for a source address this node owns (node-port SNAT, hairpin):
@@ -38,25 +44,33 @@ pub(crate) const NODE_PORTS: (u16, u16) = (SNAT_PORT_MIN, SNAT_PORT_MAX);
 /// netfilter remaps (the clash check sees the client's translated flows).
 const CLIENT_PORTS: (u16, u16) = (REMAP_PORT_MIN, REMAP_PORT_MAX);
 
-/// An IPv4 address and a port.
-pub(crate) type AddrPort = ([u8; 4], u16);
+/// A client packet of a known flow: where it goes and where it comes from.
+pub(crate) struct Established {
+    /// The backend.
+    pub(crate) addr: [u8; 4],
+    pub(crate) port: u16,
+    /// The source to write (the client's own when not source-NATed).
+    pub(crate) src: AddrPort,
+    /// A RST outside the window: translated, but the flow stays open.
+    pub(crate) rst_ignored: bool,
+}
 
-/// The backend address and port, and the source address and port to
-/// write, of a packet of a known flow (`key`: its conntrack service key).
-/// `None`: no usable entry, or an SNATed flow whose SNAT entry is gone (it
-/// opens anew).
+/// The backend and the source to write of a packet of a known flow
+/// (`key`: its conntrack service key). `None`: no usable entry.
 #[inline(always)]
-pub(crate) fn flow_established(
-    key: &Ct4Key,
-    l4: &L4,
-    now: u64,
-) -> Option<([u8; 4], u16, AddrPort)> {
-    let (addr, port, flags) = ct4_lookup_service_flags(key, l4, now)?;
-    if flags & CT_F_SNAT == 0 {
-        return Some((addr, port, (key.saddr, key.sport)));
-    }
-    let s = snat4_lookup_fwd(key)?;
-    Some((addr, port, (s.addr, s.port)))
+pub(crate) fn flow_established(key: &Ct4Key, l4: &L4, now: u64) -> Option<Established> {
+    let hit = ct4_lookup_service(key, l4, now)?;
+    let src = if hit.flags & CT_F_SNAT == 0 {
+        (key.saddr, key.sport)
+    } else {
+        hit.peer
+    };
+    Some(Established {
+        addr: hit.addr,
+        port: hit.port,
+        src,
+        rst_ignored: hit.rst_ignored,
+    })
 }
 
 /// Opens a new flow (`key`: client -> frontend) to `backend` from the
@@ -90,24 +104,10 @@ pub(crate) fn open_from_client(
     Ok((port, true))
 }
 
-use crate::{
-    ct4::{ct4_create, ct4_lookup_service_flags, ct4_tuple_free},
-    maps::SNAT4,
-    parse::L4,
-};
-
 /// Random ports tried before giving up on a new flow. The first half only
 /// takes tuples no flow held in the backend's TIME_WAIT; the second half,
 /// a last resort, also takes the tuples of closed flows.
 const TRIES: u32 = 12;
-
-/// The address and port an SNATed flow leaves with, by its conntrack
-/// service key.
-#[inline(always)]
-pub(crate) fn snat4_lookup_fwd(key: &Ct4Key) -> Option<Snat4Value> {
-    // SAFETY: copied at once.
-    unsafe { SNAT4.get(key).copied() }
-}
 
 /// The key of the reverse entry: what the backend answers to.
 #[inline(always)]
@@ -132,13 +132,28 @@ pub(crate) fn snat4_lookup_rev(key: &Ct4Key) -> Option<Snat4Value> {
     unsafe { SNAT4.get(key).copied() }
 }
 
+/// Seconds of `now`, modulo 2^16 (the stamp of reverse SNAT entries).
+#[inline(always)]
+fn stamp(now: u64) -> u16 {
+    (now / NS) as u16
+}
+
 /// Opens a new flow (`key`: client -> frontend) to `backend` from `addr`
 /// and a port allocated here: the reverse SNAT entry, both conntrack
 /// entries (flagged `CT_F_SNAT`), then the forward SNAT entry. Returns the
-/// port, taken from `ports`. A port whose reverse entry is still in the
-/// map is taken again when the flow that had it is over (reverse entries
-/// are LRU and outlive their flows). Fails closed with `DropSnatPorts` when
-/// no port was free after a few random tries.
+/// port, taken from `ports`. Fails closed with `DropSnatPorts` when no port
+/// was free after a few random tries.
+///
+/// A port is taken when inserting its reverse entry with `BPF_NOEXIST`
+/// succeeds (atomic: two CPUs cannot both create it). A port whose reverse
+/// entry is still in the map (reverse entries are LRU and outlive their
+/// flows) is taken again only when the flow that had it is over; a reverse
+/// entry without any conntrack entry is a leftover only when it is older
+/// than `SNAT_CLAIM_S`: a younger one belongs to a flow another CPU is
+/// creating right now (between its insert and its conntrack entries). Only
+/// a reverse entry this call created is removed again when the conntrack
+/// entries cannot be made; one it took over is written again once its
+/// conntrack entries are ours.
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "inlined; one call per path")]
 pub(crate) fn snat4_open(
@@ -155,7 +170,7 @@ pub(crate) fn snat4_open(
     let back = Snat4Value {
         addr: key.saddr,
         port: key.sport,
-        pad: 0,
+        stamp: stamp(now),
     };
     let mut i = 0;
     while i < TRIES {
@@ -164,11 +179,20 @@ pub(crate) fn snat4_open(
         // SAFETY: helper without arguments.
         let port = ports.0 + (unsafe { bpf_get_prandom_u32() } % range) as u16;
         let rkey = rev_key(backend.addr, backend.port, addr, port, key.proto);
-        if SNAT4.insert(rkey, back, u64::from(BPF_NOEXIST)).is_err()
-            && (!ct4_tuple_free(&rkey, now, last_resort)
-                || SNAT4.insert(rkey, back, u64::from(BPF_ANY)).is_err())
-        {
-            continue;
+        let created = SNAT4.insert(rkey, back, u64::from(BPF_NOEXIST)).is_ok();
+        if !created {
+            // SAFETY: copied at once.
+            let Some(old) = (unsafe { SNAT4.get(rkey).copied() }) else {
+                continue;
+            };
+            let free = match ct4_tuple(&rkey, now, last_resort) {
+                Tuple::Held => false,
+                Tuple::Over => true,
+                Tuple::Unused => back.stamp.wrapping_sub(old.stamp) >= SNAT_CLAIM_S,
+            };
+            if !free || SNAT4.insert(rkey, back, u64::from(BPF_ANY)).is_err() {
+                continue;
+            }
         }
         match ct4_create(
             key,
@@ -185,15 +209,28 @@ pub(crate) fn snat4_open(
             // A live flow still owns that tuple (its SNAT entry was evicted
             // first): try another port.
             Ok(false) => {
-                let _ = SNAT4.remove(rkey);
+                if created {
+                    let _ = SNAT4.remove(rkey);
+                }
                 continue;
             }
             Err(e) => {
-                let _ = SNAT4.remove(rkey);
+                if created {
+                    let _ = SNAT4.remove(rkey);
+                }
                 return Err(e);
             }
         }
-        let out = Snat4Value { addr, port, pad: 0 };
+        if !created {
+            // The tuple's conntrack entries are ours now; another CPU that
+            // took the same leftover may have written its client meanwhile.
+            let _ = SNAT4.insert(rkey, back, u64::from(BPF_ANY));
+        }
+        let out = Snat4Value {
+            addr,
+            port,
+            stamp: back.stamp,
+        };
         SNAT4
             .insert(key, out, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropSnatPorts)?;

@@ -46,34 +46,22 @@ pub(crate) fn ipv4(ctx: &XdpContext) -> Result<Ipv4Hdr, Reason> {
     Ok(ip)
 }
 
-/// The TCP or UDP header after an option-less IPv4 header.
+/// The TCP or UDP header after an option-less IPv4 header `ip`.
 #[inline(always)]
-pub(crate) fn l4(ctx: &XdpContext, proto: u8) -> Result<L4, Reason> {
-    if proto == IPPROTO_TCP {
+pub(crate) fn l4(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<L4, Reason> {
+    if ip.proto == IPPROTO_TCP {
         let p: *mut TcpHdr = ptr_at(ctx, L4_OFF)?;
         // SAFETY: bounds-checked above.
         let tcp = unsafe { core::ptr::read_unaligned(p) };
         if tcp.doff_res >> 4 < 5 {
             return Err(Reason::DropTruncated);
         }
-        Ok(L4 {
-            proto,
-            sport: u16::from_be_bytes(tcp.sport),
-            dport: u16::from_be_bytes(tcp.dport),
-            flags: tcp.flags,
-            check: tcp.check,
-        })
-    } else if proto == IPPROTO_UDP {
+        Ok(tcp.l4(ip))
+    } else if ip.proto == IPPROTO_UDP {
         let p: *mut UdpHdr = ptr_at(ctx, L4_OFF)?;
         // SAFETY: bounds-checked above.
         let udp = unsafe { core::ptr::read_unaligned(p) };
-        Ok(L4 {
-            proto,
-            sport: u16::from_be_bytes(udp.sport),
-            dport: u16::from_be_bytes(udp.dport),
-            flags: 0,
-            check: udp.check,
-        })
+        Ok(udp.l4())
     } else {
         Err(Reason::PassOtherProtocol)
     }

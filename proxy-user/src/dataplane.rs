@@ -415,6 +415,9 @@ impl Dataplane {
         let dir = cfg.bpffs.clone();
         fs::create_dir_all(dir.join("links")).map_err(io_err(&dir))?;
         let migrate_from = check_layout(&dir)?;
+        if let Some(from) = migrate_from {
+            crate::migrate::prepare(&dir, from)?;
+        }
         let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
         let s = cfg.sizes;
         let mut loader = EbpfLoader::new();
@@ -1831,7 +1834,10 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
         fs::remove_dir(&p).map_err(io_err(&p))?;
         removed.push(p);
     }
-    for name in map_names::ALL {
+    for name in map_names::ALL
+        .iter()
+        .chain(std::iter::once(&crate::migrate::OLD_CT4_PIN))
+    {
         let p = dir.join(name);
         match fs::remove_file(&p) {
             Ok(()) => removed.push(p),

@@ -20,15 +20,62 @@
 //! the client's address and port and is now keyed by the SNAT address and
 //! port the backend answers to. No map changed its key or value type, so
 //! the maps stay and their entries are re-keyed.
+//!
+//! Layout 2 -> 3 (conntrack you can trust): conntrack values grew (the TCP
+//! sequence number of their side, the flow's other end), so the conntrack
+//! map is a new map. Before the new object is loaded, the old map's pin is
+//! moved aside to [`OLD_CT4_PIN`] (the old programs keep using the map
+//! itself); the loader creates the new map under the usual name; every old
+//! entry is copied into it (the other end taken from the key, or from the
+//! SNAT map for source-NATed flows; an established flow is taken to have
+//! been answered; sequence numbers start unknown, so the first RST of a
+//! migrated flow is believed, as before). Entries the new programs already
+//! wrote are never overwritten. Once the new programs run, the copy is
+//! repeated for flows the old programs created meanwhile and the old pin is
+//! removed. A layout-1 folder goes through both steps.
 
-use std::path::Path;
+use std::{fs, io, path::Path};
 
 use aya::maps::{HashMap, MapData, MapError};
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, CtValue, Snat4Value, map_names,
+    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SNAT, Ct4Key, CtValue,
+    IPPROTO_TCP, Snat4Value, map_names,
 };
 
 use crate::dataplane::{DataplaneError, ignore_missing, open_pinned};
+
+/// `bpf_map_update_elem` flag: only create (linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
+/// Where the conntrack map of layouts 1 and 2 is pinned while a migration
+/// to layout 3 copies it (bpffs refuses names with a dot).
+pub const OLD_CT4_PIN: &str = "SVCNAT_CT4_LAYOUT2";
+
+/// A conntrack value of layouts 1 and 2.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValueV2 {
+    /// As [`CtValue::nat_addr`].
+    pub nat_addr: [u8; 4],
+    /// As [`CtValue::nat_port`].
+    pub nat_port: u16,
+    /// As [`CtValue::flags`].
+    pub flags: u8,
+    /// Explicit padding.
+    pub pad: u8,
+    /// As [`CtValue::backend_id`].
+    pub backend_id: u32,
+    /// As [`CtValue::svc_id`].
+    pub svc_id: u32,
+    /// As [`CtValue::created_ns`].
+    pub created_ns: u64,
+    /// As [`CtValue::expires_ns`].
+    pub expires_ns: u64,
+}
+
+// SAFETY: `#[repr(C)]`, `Copy`, integers and byte arrays only, every
+// padding byte an explicit field (32 bytes).
+unsafe impl aya::Pod for CtValueV2 {}
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
@@ -49,31 +96,143 @@ pub struct MigrationReport {
     pub lost: usize,
     /// Old-layout entries removed.
     pub removed: usize,
+    /// Conntrack entries copied into the layout-3 map.
+    pub copied: usize,
+}
+
+impl std::ops::AddAssign for MigrationReport {
+    fn add_assign(&mut self, o: Self) {
+        self.rekeyed += o.rekeyed;
+        self.current += o.current;
+        self.lost += o.lost;
+        self.removed += o.removed;
+        self.copied += o.copied;
+    }
 }
 
 /// Layouts an agent of this version migrates from.
-pub const MIGRATES_FROM: &[u32] = &[1];
+pub const MIGRATES_FROM: &[u32] = &[1, 2];
+
+/// Before the new object is loaded on a folder of layout `from`: moves the
+/// old conntrack map's pin aside (layout 3 has a new conntrack map), unless
+/// an interrupted migration did already.
+pub fn prepare(dir: &Path, from: u32) -> Result<()> {
+    if from >= 3 {
+        return Ok(());
+    }
+    let (cur, old) = (dir.join(map_names::CT4), dir.join(OLD_CT4_PIN));
+    if old.exists() || !cur.exists() {
+        return Ok(());
+    }
+    fs::rename(&cur, &old).map_err(|source| DataplaneError::Io { path: cur, source })
+}
 
 /// Migrates the maps pinned in `dir` from layout `from` to this agent's.
-/// `remove_old`: see [`v1_to_v2`].
+/// `remove_old`: entries (and pins) only the old programs read are removed
+/// afterwards (do that only once the new programs are attached).
 pub fn migrate(dir: &Path, from: u32, remove_old: bool) -> Result<MigrationReport> {
-    match from {
-        1 => v1_to_v2(dir, remove_old),
-        _ => Ok(MigrationReport::default()),
+    let mut report = MigrationReport::default();
+    if from <= 1 {
+        report += v1_to_v2(dir, remove_old)?;
     }
+    if from <= 2 {
+        report += v2_to_v3(dir, remove_old)?;
+    }
+    Ok(report)
+}
+
+/// The conntrack map of layouts 1 and 2: under [`OLD_CT4_PIN`] during a
+/// migration.
+fn old_ct(dir: &Path) -> Result<Option<HashMap<MapData, Ct4Key, CtValueV2>>> {
+    if !dir.join(OLD_CT4_PIN).exists() {
+        return Ok(None);
+    }
+    let map = open_pinned(dir, OLD_CT4_PIN)?;
+    HashMap::try_from(map)
+        .map(Some)
+        .map_err(map_err(map_names::CT4))
+}
+
+/// Layout 2 -> 3 on the maps pinned in `dir` (see the module doc).
+pub fn v2_to_v3(dir: &Path, remove_old: bool) -> Result<MigrationReport> {
+    let mut report = MigrationReport::default();
+    let Some(old) = old_ct(dir)? else {
+        return Ok(report);
+    };
+    let mut new: HashMap<MapData, Ct4Key, CtValue> =
+        HashMap::try_from(open_pinned(dir, map_names::CT4)?).map_err(map_err(map_names::CT4))?;
+    let snat: HashMap<MapData, Ct4Key, Snat4Value> =
+        HashMap::try_from(open_pinned(dir, map_names::SNAT4)?)
+            .map_err(map_err(map_names::SNAT4))?;
+    let entries: Vec<(Ct4Key, CtValueV2)> = old.iter().filter_map(|r| r.ok()).collect();
+    for (k, v) in entries {
+        if new.get(&k, 0).is_ok() {
+            report.current += 1;
+            continue;
+        }
+        // The flow's other end: for a source-NATed flow the SNAT map has it
+        // (forward entry: the source the backend sees; reverse entry: the
+        // client), else the key itself.
+        let peer = match (k.dir, v.flags & CT_F_SNAT != 0) {
+            (CT_DIR_SERVICE, false) => Some((k.saddr, k.sport)),
+            (_, false) => Some((k.daddr, k.dport)),
+            (_, true) => snat.get(&k, 0).ok().map(|s| (s.addr, s.port)),
+        };
+        let Some((peer_addr, peer_port)) = peer else {
+            report.lost += 1;
+            continue;
+        };
+        // Layout 2 did not record whether the backend answered; a TCP flow
+        // past its SYN, or a UDP flow, is taken to have been.
+        let answered = k.proto != IPPROTO_TCP || v.flags & CT_F_SEEN_NON_SYN != 0;
+        let value = CtValue {
+            nat_addr: v.nat_addr,
+            nat_port: v.nat_port,
+            flags: v.flags | if answered { CT_F_REPLIED } else { 0 },
+            pad: 0,
+            backend_id: v.backend_id,
+            svc_id: v.svc_id,
+            created_ns: v.created_ns,
+            expires_ns: v.expires_ns,
+            seq_next: 0,
+            peer_addr,
+            peer_port,
+            pad2: 0,
+            pad3: 0,
+        };
+        // BPF_NOEXIST: what the new programs wrote meanwhile stays.
+        match new.insert(k, value, BPF_NOEXIST) {
+            Ok(()) => report.copied += 1,
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                report.current += 1;
+            }
+            Err(e) => return Err(map_err(map_names::CT4)(e)),
+        }
+    }
+    drop(old);
+    if remove_old {
+        let p = dir.join(OLD_CT4_PIN);
+        match fs::remove_file(&p) {
+            Ok(()) => report.removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Io { path: p, source }),
+        }
+    }
+    Ok(report)
 }
 
 /// Layout 1 -> 2 on the maps pinned in `dir`. With `remove_old`, entries
 /// only the layout-1 programs read are removed afterwards (do that only
 /// once the new programs are attached).
 pub fn v1_to_v2(dir: &Path, remove_old: bool) -> Result<MigrationReport> {
-    let mut ct: HashMap<MapData, Ct4Key, CtValue> =
-        HashMap::try_from(open_pinned(dir, map_names::CT4)?).map_err(map_err(map_names::CT4))?;
+    let Some(mut ct) = old_ct(dir)? else {
+        return Ok(MigrationReport::default());
+    };
     let mut snat: HashMap<MapData, Ct4Key, Snat4Value> =
         HashMap::try_from(open_pinned(dir, map_names::SNAT4)?)
             .map_err(map_err(map_names::SNAT4))?;
     // Collected first: the passes below write to the map being walked.
-    let flows: Vec<(Ct4Key, CtValue)> = ct
+    let flows: Vec<(Ct4Key, CtValueV2)> = ct
         .iter()
         .filter_map(std::result::Result::ok)
         .filter(|(k, v)| k.dir == CT_DIR_SERVICE && v.flags & CT_F_SNAT != 0)

@@ -13,13 +13,14 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN,
-    CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S, CT_TCP_SYN_LIFETIME_S, CT_UDP_LIFETIME_S, Ct4Key,
-    CtValue, Frag4Key, Frag4Value, IPPROTO_TCP, IPPROTO_UDP, Reason, SlotKey, SlotValue, StatValue,
+    CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_REPLIED, CT_F_SEEN_NON_SYN,
+    CT_F_SEQ, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S, CT_TCP_SYN_LIFETIME_S, CT_UDP_LIFETIME_S,
+    CT_UDP_UNREPLIED_LIFETIME_S, Ct4Key, CtValue, FRAG_DIR_REVNAT_SRC, Frag4Key, Frag4Value,
+    IPPROTO_TCP, IPPROTO_UDP, Reason, SlotKey, SlotValue, StatValue,
 };
 use svcnat::testing::{
     datapath::{
-        Flow, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TcProgram, TestDatapath, monotonic_ns,
+        Flow, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, TcProgram, TestDatapath, monotonic_ns,
         skip_reason,
     },
     packet::{
@@ -247,13 +248,13 @@ impl Step {
         self.reason = reason;
         self
     }
-    /// TC_ACT_OK, output == input.
+    /// TCX_NEXT, output == input.
     fn untouched(self, reason: Reason) -> Self {
-        self.expect(TC_ACT_OK, Expect::Unchanged, reason)
+        self.expect(TCX_NEXT, Expect::Unchanged, reason)
     }
-    /// TC_ACT_OK with exactly this frame.
+    /// TCX_NEXT with exactly this frame.
     fn ok(self, frame: Vec<u8>, reason: Reason) -> Self {
-        self.expect(TC_ACT_OK, Expect::Frame(frame), reason)
+        self.expect(TCX_NEXT, Expect::Frame(frame), reason)
     }
     /// TC_ACT_SHOT.
     fn dropped(self, reason: Reason) -> Self {
@@ -404,7 +405,9 @@ fn new_flow(n: NewFlow) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), S
     move |dp, w, _| check_new_flow(dp, w, n)
 }
 
+/// A new TCP flow: its entry knows the client's sequence number (`CT_F_SEQ`).
 fn new_tcp_flow(backend: SocketAddrV4, backend_id: u32, lifetime_s: u64, flags: u8) -> NewFlow {
+    let flags = flags | CT_F_SEQ;
     NewFlow {
         client: CLIENT,
         vip: WEB,
@@ -425,7 +428,7 @@ fn new_udp_flow() -> NewFlow {
         backend_id: B2_ID,
         svc_id: DNS_ID,
         proto: IPPROTO_UDP,
-        lifetime_s: CT_UDP_LIFETIME_S,
+        lifetime_s: CT_UDP_UNREPLIED_LIFETIME_S,
         flags: 0,
     }
 }
@@ -630,13 +633,13 @@ fn cases() -> Vec<Case> {
     {
         let ack = tcp(CLIENT, WEB, TCP_ACK | TCP_PSH).payload(b"GET / HTTP/1.1\r\n\r\n");
         t.push(
-            case("TCP data without a flow: new flow with the established lifetime").step(
+            case("TCP data without a flow: new flow, short-lived until the backend answers").step(
                 ingress(ack.build())
                     .ok(dnat(&ack, B1).build(), Reason::DnatNew)
                     .effect(new_flow(new_tcp_flow(
                         B1,
                         B1_ID,
-                        CT_TCP_LIFETIME_S,
+                        CT_TCP_SYN_LIFETIME_S,
                         CT_F_SEEN_NON_SYN,
                     ))),
             ),
@@ -702,7 +705,7 @@ fn cases() -> Vec<Case> {
                         .effect(new_flow(new_tcp_flow(
                             B3,
                             B3_ID,
-                            CT_TCP_LIFETIME_S,
+                            CT_TCP_SYN_LIFETIME_S,
                             CT_F_SEEN_NON_SYN,
                         ))),
                 ),
@@ -751,7 +754,7 @@ fn cases() -> Vec<Case> {
                 .step(
                     ingress(syn.build())
                         .expect(
-                            TC_ACT_OK,
+                            TCX_NEXT,
                             Expect::Check(Box::new(move |out| {
                                 let to = parse(out)?.ip()?.destination()?;
                                 let b = backends
@@ -1148,7 +1151,13 @@ fn cases() -> Vec<Case> {
         let full = udp(B2, CLIENT_UDP).id(0x5151).payload(&[0x77; 200]);
         let frags = fragment(&full.build(), 128);
         let want = fragment(&snat(&full, DNS).build(), 128);
-        let key = frag_key(*B2.ip(), *CLIENT.ip(), 0x5151, IPPROTO_UDP, CT_DIR_REPLY);
+        let key = frag_key(
+            *B2.ip(),
+            *CLIENT.ip(),
+            0x5151,
+            IPPROTO_UDP,
+            FRAG_DIR_REVNAT_SRC,
+        );
         t.push(
             case("egress: reply fragments: first reverse-NATed and tracked, second follows")
                 .flows(vec![udp_flow()])
@@ -1239,6 +1248,272 @@ fn cases() -> Vec<Case> {
         );
     }
 
+    t.extend(conntrack_cases());
+    t
+}
+
+/// An established flow (the backend answered, the client went past its
+/// SYN) whose sides have reached these sequence numbers (`None`: unknown).
+fn established(base: Flow, client_seq: Option<u32>, backend_seq: Option<u32>) -> Seed {
+    Box::new(move |dp| {
+        let flow = Flow {
+            flags: base.flags | CT_F_SEEN_NON_SYN | CT_F_REPLIED,
+            ..base
+        };
+        dp.add_flow(&flow).map_err(|e| e.to_string())?;
+        for (key, seq) in [
+            (flow.service_key(), client_seq),
+            (flow.reply_key(), backend_seq),
+        ] {
+            if let Some(seq) = seq {
+                let mut v = ct_get(dp, &key)?;
+                v.flags |= CT_F_SEQ;
+                v.seq_next = seq;
+                dp.ct4.insert(key, v, 0).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The service entry of `flow` is (`true`) or is not closed.
+fn closed(flow: Flow, yes: bool) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
+    if yes {
+        ct_flags(flow, CT_F_CLOSED, 0)
+    } else {
+        ct_flags(flow, 0, CT_F_CLOSED)
+    }
+}
+
+/// Conntrack you can trust (pod path).
+fn conntrack_cases() -> Vec<Case> {
+    let mut t = Vec::new();
+    {
+        // A client that sends once a minute while its backend streams: the
+        // replies keep the flow alive, so the client's next datagram still
+        // reaches its backend. B4 is not a backend of DNS: re-balancing
+        // would show.
+        let flow = Flow {
+            backend: B4,
+            backend_id: B4_ID,
+            svc_id: DNS_ID,
+            flags: CT_F_REPLIED,
+            expires_ns: monotonic_ns() + NS,
+            ..udp_flow()
+        };
+        let reply = udp(B4, CLIENT_UDP).macs(GW_MAC, POD_MAC);
+        let q = udp(CLIENT_UDP, DNS);
+        t.push(
+            case("liveness: replies refresh the flow, whose silent client keeps its backend")
+                .flows(vec![flow])
+                .step(
+                    egress(reply.build())
+                        .ok(snat(&reply, DNS).build(), Reason::RevnatReply)
+                        .effect(ct_expires_in(flow, CT_UDP_LIFETIME_S)),
+                )
+                .step(ingress(q.build()).ok(dnat(&q, B4).build(), Reason::DnatEstablished)),
+        );
+    }
+    {
+        // Two frontends sharing B1; the first flow from CLIENT:40000 has
+        // lived longer than its reply entry's first lifetime (its replies
+        // never refreshed that entry before), its service entry is alive.
+        const WEB2: SocketAddrV4 = sa(198, 19, 0, 2, 80);
+        let flow = Flow {
+            created_ns: 1,
+            ..tcp_flow()
+        };
+        let syn = tcp(CLIENT, WEB2, TCP_SYN);
+        t.push(
+            case("liveness: a NAT clash with a flow older than a minute is still seen")
+                .seed(move |dp| {
+                    dp.add_service(WEB2, IPPROTO_TCP, 5, &[(B1_ID, B1)])
+                        .map_err(|e| e.to_string())?;
+                    dp.add_flow(&Flow {
+                        flags: CT_F_SEEN_NON_SYN | CT_F_REPLIED,
+                        ..flow
+                    })
+                    .map_err(|e| e.to_string())?;
+                    // The reply entry as the first reply left it.
+                    let mut r = ct_get(dp, &flow.reply_key())?;
+                    r.expires_ns = 1;
+                    dp.ct4
+                        .insert(flow.reply_key(), r, 0)
+                        .map_err(|e| e.to_string())
+                })
+                .step(
+                    ingress(syn.build())
+                        .expect(
+                            TCX_NEXT,
+                            Expect::Check(Box::new(|out| {
+                                let p = parse(out)?;
+                                let (src, dst) = (p.ip()?.source()?, p.ip()?.destination()?);
+                                if dst != B1 || src.port() == CLIENT.port() {
+                                    return Err(format!(
+                                        "{src} -> {dst}, want a remapped port -> {B1}"
+                                    ));
+                                }
+                                Ok(())
+                            })),
+                            Reason::DnatNewPortRemapped,
+                        )
+                        .effect(move |dp, _, _| {
+                            let r = ct_get(dp, &flow.reply_key())?;
+                            if (r.nat_addr, r.nat_port) != (VIP.octets(), WEB.port()) {
+                                return Err(format!("the first flow's reply entry now says {r:?}"));
+                            }
+                            Ok(())
+                        }),
+                ),
+        );
+    }
+    {
+        let flow = tcp_flow();
+        let ack = tcp(CLIENT, WEB, TCP_ACK).payload(b"still here");
+        let syn = tcp(sa(198, 18, 1, 10, 40001), WEB, TCP_SYN);
+        t.push(
+            case("no endpoints: an established flow keeps its backend, a new one is refused")
+                .seed(move |dp| {
+                    established(flow, None, None)(dp)?;
+                    set_web_backends(dp, &[])
+                })
+                .step(
+                    ingress(ack.build())
+                        .ok(dnat(&ack, B1).build(), Reason::DnatEstablished)
+                        .effect(closed(flow, false)),
+                )
+                .step(ingress(syn.build()).answered(
+                    expected_rst(&syn, 0, 1_000_001, TCP_RST | TCP_ACK),
+                    Reason::RejectNoBackend,
+                )),
+        );
+    }
+    {
+        let flow = udp_flow();
+        let q = udp(CLIENT_UDP, DNS);
+        t.push(
+            case("no endpoints: a UDP flow that is alive keeps its backend")
+                .seed(move |dp| {
+                    dp.add_service(DNS, IPPROTO_UDP, DNS_ID, &[])
+                        .map_err(|e| e.to_string())?;
+                    dp.add_flow(&flow).map_err(|e| e.to_string())
+                })
+                .step(ingress(q.build()).ok(dnat(&q, B2).build(), Reason::DnatEstablished)),
+        );
+    }
+    {
+        let flow = tcp_flow();
+        let blind = tcp(CLIENT, WEB, TCP_RST).seq(1_000_000 + (16 << 20));
+        let real = tcp(CLIENT, WEB, TCP_RST).seq(1_000_000);
+        t.push(
+            case("blind RST from the client side: passed on, the flow stays; in window: closes")
+                .seed(established(flow, Some(1_000_000), None))
+                .step(
+                    ingress(blind.build())
+                        .ok(dnat(&blind, B1).build(), Reason::RstOutOfWindow)
+                        .effect(closed(flow, false)),
+                )
+                .step(
+                    ingress(real.build())
+                        .ok(dnat(&real, B1).build(), Reason::DnatEstablished)
+                        .effect(closed(flow, true)),
+                ),
+        );
+    }
+    {
+        let flow = tcp_flow();
+        let blind = tcp(B1, CLIENT, TCP_RST)
+            .macs(GW_MAC, POD_MAC)
+            .seq(7_000_000u32.wrapping_sub(40 << 20));
+        let real = tcp(B1, CLIENT, TCP_RST)
+            .macs(GW_MAC, POD_MAC)
+            .seq(7_000_100);
+        t.push(
+            case("blind RST from the backend side: passed on, the flow stays; in window: closes")
+                .seed(established(flow, Some(1_000_000), Some(7_000_000)))
+                .step(
+                    egress(blind.build())
+                        .ok(snat(&blind, WEB).build(), Reason::RstOutOfWindow)
+                        .effect(closed(flow, false)),
+                )
+                .step(
+                    egress(real.build())
+                        .ok(snat(&real, WEB).build(), Reason::RevnatReply)
+                        .effect(closed(flow, true)),
+                ),
+        );
+    }
+    {
+        let flow = Flow {
+            flags: CT_F_SEQ,
+            ..tcp_flow()
+        };
+        let syn = tcp(CLIENT, WEB, TCP_SYN);
+        let blind = tcp(B1, CLIENT, TCP_RST | TCP_ACK)
+            .macs(GW_MAC, POD_MAC)
+            .seq(0)
+            .ack_seq(123_456);
+        let refusal = tcp(B1, CLIENT, TCP_RST | TCP_ACK)
+            .macs(GW_MAC, POD_MAC)
+            .seq(0)
+            .ack_seq(1_000_001);
+        t.push(
+            case("backend refusing a SYN: its RST must acknowledge the SYN to close the flow")
+                .step(ingress(syn.build()).ok(dnat(&syn, B1).build(), Reason::DnatNew))
+                .step(
+                    egress(blind.build())
+                        .ok(snat(&blind, WEB).build(), Reason::RstOutOfWindow)
+                        .effect(closed(flow, false)),
+                )
+                .step(
+                    egress(refusal.build())
+                        .ok(snat(&refusal, WEB).build(), Reason::RevnatReply)
+                        .effect(closed(flow, true)),
+                ),
+        );
+    }
+    {
+        // The flow's first reply makes it established: 6 h, not 60 s.
+        let syn = tcp(CLIENT, WEB, TCP_SYN);
+        let synack = tcp(B1, CLIENT, TCP_SYN | TCP_ACK).macs(GW_MAC, POD_MAC);
+        let ack = tcp(CLIENT, WEB, TCP_ACK).seq(1_000_001);
+        let flow = tcp_flow();
+        t.push(
+            case("unassured until answered: SYN 60 s, answered and acknowledged 6 h")
+                .step(
+                    ingress(syn.build())
+                        .ok(dnat(&syn, B1).build(), Reason::DnatNew)
+                        .effect(ct_expires_in(flow, CT_TCP_SYN_LIFETIME_S)),
+                )
+                .step(
+                    egress(synack.build())
+                        .ok(snat(&synack, WEB).build(), Reason::RevnatReply)
+                        .effect(ct_flags(flow, CT_F_REPLIED, CT_F_CLOSED)),
+                )
+                .step(
+                    ingress(ack.build())
+                        .ok(dnat(&ack, B1).build(), Reason::DnatEstablished)
+                        .effect(ct_expires_in(flow, CT_TCP_LIFETIME_S)),
+                ),
+        );
+    }
+    {
+        // A conntrack entry created under a new key is counted once.
+        let syn = tcp(CLIENT, WEB, TCP_SYN);
+        t.push(
+            case("new flows count the conntrack entries they create").step(
+                ingress(syn.build())
+                    .ok(dnat(&syn, B1).build(), Reason::DnatNew)
+                    .effect(|dp, _, _| {
+                        let n = dp.created_entries().map_err(|e| e.to_string())?;
+                        if n != 2 {
+                            return Err(format!("{n} entries counted as created, want 2"));
+                        }
+                        Ok(())
+                    }),
+            ),
+        );
+    }
     t
 }
 
@@ -1285,7 +1560,7 @@ fn frame_diff(got: &[u8], want: &[u8]) -> String {
 
 fn verdict_name(v: u32) -> &'static str {
     match v {
-        TC_ACT_OK => "TC_ACT_OK",
+        TCX_NEXT => "TCX_NEXT",
         TC_ACT_SHOT => "TC_ACT_SHOT",
         TC_ACT_REDIRECT => "TC_ACT_REDIRECT",
         _ => "?",
@@ -1346,7 +1621,7 @@ fn run_step(dp: &TestDatapath, step: &Step) -> Result<(), String> {
         }
         _ => {}
     }
-    // Whatever leaves with TC_ACT_OK or a redirect must carry valid checksums.
+    // Whatever leaves with TCX_NEXT or a redirect must carry valid checksums.
     if out.retval != TC_ACT_SHOT
         && parse(&out.data_out).is_ok_and(|p| p.ipv4.is_some())
         && out.data_out.len() >= 14 + 20
@@ -1445,7 +1720,7 @@ fn random_backend_selection_is_uniform() {
         let out = dp
             .run(TcProgram::PodIngress, &tcp(client, WEB, TCP_SYN).build())
             .unwrap_or_else(|e| panic!("test run: {e}"));
-        assert_eq!(out.retval, TC_ACT_OK, "flow {i}: verdict");
+        assert_eq!(out.retval, TCX_NEXT, "flow {i}: verdict");
         let to = parse(&out.data_out)
             .and_then(|p| p.ip()?.destination())
             .unwrap_or_else(|e| panic!("flow {i}: output: {e}"));

@@ -15,18 +15,18 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use proxy_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_F_CLOSED, CT_F_SEEN_NON_SYN,
-    CT_F_SNAT, Ct4Key, CtValue, IPPROTO_TCP, IPPROTO_UDP, REMAP_PORT_MAX, REMAP_PORT_MIN, Reason,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
-    Snat4Value, StatValue,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED,
+    CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SNAT, Ct4Key, CtValue, IPPROTO_TCP, IPPROTO_UDP,
+    REMAP_PORT_MAX, REMAP_PORT_MIN, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, Snat4Value, StatValue,
 };
 use svcnat::testing::{
     datapath::{
-        TC_ACT_OK, TC_ACT_REDIRECT, TEST_RUN_IFINDEX, TcProgram, TestDatapath, XDP_DROP, XDP_PASS,
-        monotonic_ns, skip_reason,
+        Flow, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, TEST_RUN_IFINDEX, TcProgram, TestDatapath,
+        XDP_DROP, XDP_PASS, monotonic_ns, skip_reason,
     },
-    packet::{L4, PacketBuilder, TCP_ACK, TCP_RST, TCP_SYN, checksums_ok, parse},
+    packet::{L4, PacketBuilder, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, checksums_ok, parse},
 };
 
 const NS: u64 = 1_000_000_000;
@@ -299,7 +299,7 @@ impl Step {
         if self.prog == TcProgram::NodeXdp {
             XDP_PASS
         } else {
-            TC_ACT_OK
+            TCX_NEXT
         }
     }
 }
@@ -411,12 +411,8 @@ fn snat_entries(
             .snat4
             .get(&rkey, 0)
             .map_err(|e| format!("reverse SNAT entry {rkey:?}: {e}"))?;
-        let want = Snat4Value {
-            addr: client.ip().octets(),
-            port: client.port(),
-            pad: 0,
-        };
-        if back != want {
+        let want = (client.ip().octets(), client.port());
+        if (back.addr, back.port) != want {
             return Err(format!("reverse SNAT entry {back:?}, want {want:?}"));
         }
         if dp.snat4.keys().count() != 2 {
@@ -427,9 +423,18 @@ fn snat_entries(
 }
 
 /// Every port of the SNAT range towards R1 taken by a reverse SNAT entry
-/// of another client, with (`Some((flags, seconds to expiry))`) or without
-/// the conntrack reply entry of its flow.
-fn seed_snat_range(dp: &mut TestDatapath, flow: Option<(u8, u64)>) -> Result<(), String> {
+/// of another client (198.18.250.1, one port each), with
+/// (`Some((flags, seconds to expiry))`) or without the conntrack entries of
+/// its flow. Reverse entries without conntrack entries are stamped `age_s`
+/// seconds ago.
+fn seed_snat_range(
+    dp: &mut TestDatapath,
+    flow: Option<(u8, u64)>,
+    age_s: u16,
+) -> Result<(), String> {
+    let other = [198, 18, 250, 1];
+    let now = monotonic_ns();
+    let stamp = ((now / NS) as u16).wrapping_sub(age_s);
     for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
         let k = Ct4Key {
             saddr: R1.ip().octets(),
@@ -441,27 +446,50 @@ fn seed_snat_range(dp: &mut TestDatapath, flow: Option<(u8, u64)>) -> Result<(),
             pad: 0,
         };
         let v = Snat4Value {
-            addr: [198, 18, 250, 1],
-            port: 1,
-            pad: 0,
+            addr: other,
+            port,
+            stamp,
         };
         dp.snat4
             .insert(k, v, 0)
             .map_err(|e| format!("seed snat: {e}"))?;
         if let Some((flags, left_s)) = flow {
-            let now = monotonic_ns();
             let e = CtValue {
                 nat_addr: NP_REMOTE.ip().octets(),
                 nat_port: NP_REMOTE.port(),
-                flags: flags | CT_F_SNAT | CT_F_SEEN_NON_SYN,
+                flags: flags | CT_F_SNAT | CT_F_SEEN_NON_SYN | CT_F_REPLIED,
                 pad: 0,
                 backend_id: R1_ID,
                 svc_id: 2,
                 created_ns: now,
                 expires_ns: now + left_s * NS,
+                seq_next: 0,
+                peer_addr: other,
+                peer_port: port,
+                pad2: 0,
+                pad3: 0,
             };
             dp.ct4
                 .insert(k, e, 0)
+                .map_err(|e| format!("seed conntrack: {e}"))?;
+            // The flow's service-direction entry decides whether it is over.
+            let skey = Ct4Key {
+                saddr: other,
+                daddr: NP_REMOTE.ip().octets(),
+                sport: port,
+                dport: NP_REMOTE.port(),
+                proto: IPPROTO_TCP,
+                dir: CT_DIR_SERVICE,
+                pad: 0,
+            };
+            let se = CtValue {
+                nat_addr: R1.ip().octets(),
+                nat_port: R1.port(),
+                peer_addr: NODE.octets(),
+                ..e
+            };
+            dp.ct4
+                .insert(skey, se, 0)
                 .map_err(|e| format!("seed conntrack: {e}"))?;
         }
     }
@@ -779,6 +807,110 @@ fn fragment_cases() -> Vec<Case> {
     ]
 }
 
+/// Conntrack you can trust, outside the node and for pods reaching
+/// frontends that have policies.
+fn conntrack_cases() -> Vec<Case> {
+    const CLUSTER_UDP: SocketAddrV4 = sa(198, 19, 0, 1, 53);
+    let syn = tcp(CLIENT, NP_LOCAL, TCP_SYN);
+    let ack = tcp(CLIENT, NP_LOCAL, TCP_ACK);
+    let established = Flow {
+        client: CLIENT,
+        vip: NP_LOCAL,
+        backend: L1,
+        proto: IPPROTO_TCP,
+        backend_id: L1_ID,
+        svc_id: 1,
+        flags: CT_F_SEEN_NON_SYN | CT_F_REPLIED,
+        created_ns: monotonic_ns(),
+        expires_ns: monotonic_ns() + 3600 * NS,
+    };
+    // The remote backend's reply to a pod, in two fragments.
+    let reply = udp(R2, POD)
+        .macs(NODE_MAC, CLIENT_MAC)
+        .id(0x7373)
+        .payload(&[5u8; 40])
+        .build();
+    let frags = svcnat::testing::packet::fragment(&reply, 8);
+    let (f0, f1) = (frags[0].clone(), frags[1].clone());
+    vec![
+        case("outside: a TCP segment of no known flow is dropped, and opens nothing").step(
+            xdp(ack.build())
+                .dropped(Reason::DropTcpNoFlow)
+                .effect(|dp, _, _| match dp.ct4.keys().count() {
+                    0 => Ok(()),
+                    n => Err(format!("{n} conntrack entries")),
+                }),
+        ),
+        case(
+            "outside: an established flow keeps its backend when the service loses every endpoint",
+        )
+        .seed(move |dp| {
+            dp.add_frontend(NP_LOCAL, IPPROTO_TCP, SCOPE_EXTERNAL, 1, NP, 0, &[])
+                .map_err(|e| format!("reseed NP_LOCAL: {e}"))?;
+            dp.add_flow(&established).map_err(|e| e.to_string())
+        })
+        .step(xdp(ack.build()).passed(dnat(&ack, L1).build(), Reason::DnatEstablished))
+        .step({
+            let other = tcp(sa(198, 18, 200, 5, 40001), NP_LOCAL, TCP_SYN);
+            xdp(other.build()).untouched(Reason::PassNoBackend)
+        }),
+        case("outside: a RST far outside the window the client reached keeps the flow")
+            .step(xdp(syn.build()).passed(dnat(&syn, L1).build(), Reason::DnatNew))
+            .step({
+                let rst = tcp(CLIENT, NP_LOCAL, TCP_RST).seq(1_000_001 + (64 << 20));
+                xdp(rst.build()).passed(dnat(&rst, L1).build(), Reason::RstOutOfWindow)
+            })
+            .step({
+                let rst = tcp(CLIENT, NP_LOCAL, TCP_RST).seq(1_000_001);
+                xdp(rst.build()).passed(dnat(&rst, L1).build(), Reason::DnatEstablished)
+            })
+            .step(
+                // Closed by the RST in the window: a new SYN chooses anew.
+                xdp(syn.build()).passed(dnat(&syn, L1).build(), Reason::DnatNew),
+            ),
+        case("pods: a pod outside a load balancer's source ranges is dropped").step(
+            on(TcProgram::PodIngress, tcp(POD, LB, TCP_SYN).build()).expect(
+                TC_ACT_SHOT,
+                Expect::Any,
+                Reason::DropSourceRange,
+            ),
+        ),
+        case("pods: a pod inside a load balancer's source ranges is translated").step({
+            let p = tcp(sa(198, 18, 200, 77, 41000), LB, TCP_SYN);
+            on(TcProgram::PodIngress, p.build()).passed(dnat(&p, L1).build(), Reason::DnatNew)
+        }),
+        case("fragments: a remote backend's reply to a pod is translated at TC only, not at XDP")
+            .seed(|dp| {
+                dp.add_frontend(
+                    CLUSTER_UDP,
+                    IPPROTO_UDP,
+                    SCOPE_EXTERNAL,
+                    12,
+                    0,
+                    0,
+                    &[(R2_ID, R2, 0)],
+                )
+                .map_err(|e| format!("seed CLUSTER_UDP: {e}"))
+            })
+            .step({
+                let q = udp(POD, CLUSTER_UDP);
+                on(TcProgram::PodIngress, q.build()).passed(dnat(&q, R2).build(), Reason::DnatNew)
+            })
+            .step(xdp(f0.clone()).untouched(Reason::PassNotService))
+            .step(
+                on(TcProgram::PodEgress, f0)
+                    .checked(Reason::RevnatReply, between(CLUSTER_UDP, POD)),
+            )
+            // Its later fragment reaches XDP after TC recorded the first:
+            // XDP must not take that record for a destination rewrite.
+            .step(xdp(f1.clone()).untouched(Reason::PassFragmentUntracked))
+            .step(on(TcProgram::PodEgress, f1).checked(
+                Reason::NatFragment,
+                addrs_between(*CLUSTER_UDP.ip(), *POD.ip()),
+            )),
+    ]
+}
+
 /// The hairpin address the fixtures set.
 const HAIRPIN: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
 
@@ -944,13 +1076,39 @@ fn cases() -> Vec<Case> {
                 .untouched(Reason::PassNotService),
         ),
         case("remote backend: every SNAT port held by a live flow, new flow dropped and counted")
-            .seed(|dp| seed_snat_range(dp, Some((0, 3600))))
+            .seed(|dp| seed_snat_range(dp, Some((0, 3600)), 100))
             .step(xdp(rsyn.build()).dropped(Reason::DropSnatPorts)),
         case("remote backend: SNAT entries that outlived their flows are taken again")
-            .seed(|dp| seed_snat_range(dp, None))
+            .seed(|dp| seed_snat_range(dp, None, 100))
             .step(xdp(rsyn.build()).checked(Reason::SnatNew, snat_to(R1))),
+        case(
+            "remote backend: fresh SNAT entries without conntrack (flows other CPUs are creating) are not taken",
+        )
+        .seed(|dp| seed_snat_range(dp, None, 0))
+        .step(
+            xdp(rsyn.build())
+                .dropped(Reason::DropSnatPorts)
+                .effect(|dp, _, _| {
+                    let theirs = dp
+                        .snat4
+                        .iter()
+                        .filter_map(Result::ok)
+                        .filter(|(k, v)| v.addr == [198, 18, 250, 1] && v.port == k.dport)
+                        .count();
+                    let all = usize::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+                    if theirs != all {
+                        return Err(format!(
+                            "{theirs} of {all} reverse SNAT entries still name their own client"
+                        ));
+                    }
+                    if dp.ct4.keys().count() != 0 {
+                        return Err("conntrack entries were written".into());
+                    }
+                    Ok(())
+                }),
+        ),
         case("remote backend: with every port's flow closed, one still in TIME_WAIT is taken")
-            .seed(|dp| seed_snat_range(dp, Some((CT_F_CLOSED, 10))))
+            .seed(|dp| seed_snat_range(dp, Some((CT_F_CLOSED, 10)), 100))
             .step(xdp(rsyn.build()).checked(Reason::SnatNew, snat_to(R1))),
         case("externalTrafficPolicy Local without a local backend: dropped and counted").step(
             xdp(tcp(CLIENT, NP_ETP_LOCAL, TCP_SYN).build()).dropped(Reason::DropNoLocalBackend),
@@ -1025,6 +1183,7 @@ fn cases() -> Vec<Case> {
     t.extend(port_clash_cases());
     t.extend(hairpin_cases());
     t.extend(fragment_cases());
+    t.extend(conntrack_cases());
     // Not IPv4: passed, counted.
     t.push(
         case("ARP passes XDP untouched").step(
@@ -1162,5 +1321,102 @@ fn node_fixtures() {
         "{} of {ran} fixtures failed:\n  {}",
         failures.len(),
         failures.join("\n  ")
+    );
+}
+
+/// A flood of made-up TCP segments from outside to a node port, three times
+/// as many as the conntrack map holds and each sent twice (so that the
+/// kernel's LRU sees every one of them referenced, as an attacker would
+/// arrange), leaves every established flow through that node port intact:
+/// only a SYN opens a flow from outside.
+#[test]
+fn a_flood_of_flowless_segments_evicts_no_established_flow() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const CT_SIZE: u32 = 4096;
+    const FLOWS: u16 = 200;
+    let sizes: Vec<(&str, u32)> = svcnat::testing::datapath::TEST_MAP_SIZES
+        .iter()
+        .map(|(n, s)| {
+            (
+                *n,
+                if *n == proxy_common::map_names::CT4 {
+                    CT_SIZE
+                } else {
+                    *s
+                },
+            )
+        })
+        .collect();
+    let mut dp = TestDatapath::load_with_sizes(&sizes).unwrap_or_else(|e| panic!("load: {e}"));
+    seed_world(&mut dp).unwrap_or_else(|e| panic!("seed: {e}"));
+    let run = |prog, frame: Vec<u8>| {
+        dp.run(prog, &frame)
+            .unwrap_or_else(|e| panic!("test run: {e}"))
+    };
+    let client = |i: u16| sa(198, 18, 200, 5, 20_000 + i);
+    for i in 0..FLOWS {
+        let out = run(
+            TcProgram::NodeXdp,
+            tcp(client(i), NP_LOCAL, TCP_SYN).build(),
+        );
+        assert_eq!(out.retval, XDP_PASS, "flow {i}: SYN");
+        let synack = tcp(L1, client(i), TCP_SYN | TCP_ACK).macs(NODE_MAC, CLIENT_MAC);
+        run(TcProgram::NodeEgress, synack.build());
+        run(
+            TcProgram::NodeXdp,
+            tcp(client(i), NP_LOCAL, TCP_ACK).seq(1_000_001).build(),
+        );
+    }
+    assert_eq!(dp.ct4.keys().count(), 2 * usize::from(FLOWS));
+    let before = dp.stat(Reason::DropTcpNoFlow).expect("stats").packets;
+    let flood = 3 * CT_SIZE;
+    for j in 0..flood {
+        // Made-up sources all over 198.18.128.0/17, made-up ports.
+        let src = sa(
+            198,
+            18,
+            128 + (j >> 8 & 0x7f) as u8,
+            j as u8,
+            1024 + (j % 50_000) as u16,
+        );
+        let seg = tcp(src, NP_LOCAL, TCP_ACK)
+            .seq(j.wrapping_mul(2_654_435_761))
+            .build();
+        for _ in 0..2 {
+            let out = run(TcProgram::NodeXdp, seg.clone());
+            assert_eq!(out.retval, XDP_DROP, "flood segment {j}");
+        }
+    }
+    let dropped = dp.stat(Reason::DropTcpNoFlow).expect("stats").packets - before;
+    assert_eq!(
+        dropped,
+        2 * u64::from(flood),
+        "every flood segment dropped and counted"
+    );
+    let mut broken = Vec::new();
+    for i in 0..FLOWS {
+        let before = dp.stat(Reason::DnatEstablished).expect("stats").packets;
+        let data = tcp(client(i), NP_LOCAL, TCP_ACK | TCP_PSH)
+            .seq(1_000_001)
+            .payload(b"after the flood");
+        let out = run(TcProgram::NodeXdp, data.build());
+        let after = dp.stat(Reason::DnatEstablished).expect("stats").packets;
+        if out.retval != XDP_PASS || out.data_out != dnat(&data, L1).build() || after != before + 1
+        {
+            broken.push(i);
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "{} of {FLOWS} established flows broken by the flood: {broken:?}",
+        broken.len()
+    );
+    assert_eq!(
+        dp.ct4.keys().count(),
+        2 * usize::from(FLOWS),
+        "the flood left conntrack entries"
     );
 }

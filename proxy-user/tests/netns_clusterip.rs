@@ -499,3 +499,67 @@ fn a_pod_reaches_a_service_that_selects_it() {
     }
     drop(dp);
 }
+
+/// Packets counted under `reason` by `dp`.
+fn passed_under(dp: &Dataplane, reason: Reason) -> u64 {
+    dp.stats()
+        .expect("stats")
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .map_or(0, |(_, v)| v.packets)
+}
+
+/// svcnat passes packets with `TCX_NEXT`, so that a program attached after
+/// it on the same hook (a CNI's bandwidth shaping, say) still runs. A
+/// second svcnat dataplane attached after the first on the same pod veths
+/// stands in for that program: it must see every packet the first passed.
+#[test]
+fn programs_attached_after_svcnat_still_run() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let topo = topology();
+    let second = std::path::PathBuf::from(format!("{}-after", topo.bpffs.display()));
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = cleanup(&self.0);
+        }
+    }
+    let _second_pins = Pins(second.clone());
+    let first = topo.bpffs.clone();
+    let (a, b) = topo
+        .node
+        .run(move || (open_attached(first), open_attached(second)))
+        .expect("attach in the node namespace");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (b1_ns, b1) = &topo.backends[0];
+    serve(b1_ns, "b1", stop.clone());
+    let (a0, b0) = (
+        passed_under(&a, Reason::PassNotService),
+        passed_under(&b, Reason::PassNotService),
+    );
+    // Straight to a pod, no service: svcnat has nothing to say.
+    let to = SocketAddr::from((*b1, 8080));
+    let mut answer = None;
+    for _ in 0..50 {
+        if let Ok(Ok(s)) = topo.client.run(move || tcp_request(to)) {
+            answer = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(answer.as_deref(), Some("b1"), "the pod answers directly");
+    let first_saw = passed_under(&a, Reason::PassNotService) - a0;
+    let second_saw = passed_under(&b, Reason::PassNotService) - b0;
+    assert!(
+        first_saw >= 6,
+        "svcnat saw {first_saw} packets of the exchange"
+    );
+    assert_eq!(
+        second_saw, first_saw,
+        "the program attached after svcnat saw {second_saw} of the {first_saw} packets svcnat passed"
+    );
+}

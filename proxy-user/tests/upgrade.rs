@@ -2,7 +2,8 @@
 //!
 //! `tests/data/proxy-ebpf-layout-v1.o` is the datapath object of layout 1,
 //! built from commit 3c24c40 with `cargo xtask build-ebpf --release` and
-//! `llvm-strip --strip-debug` (BTF kept). The test loads it with its maps
+//! `llvm-strip --strip-debug` (BTF kept); `proxy-ebpf-layout-v2.o` that of
+//! layout 2, built the same way from commit da39c8b. The test loads it with its maps
 //! pinned the way the agent pins them, lets it create real flows through
 //! `BPF_PROG_TEST_RUN` (a node-port flow SNATed to a remote backend, a pod
 //! flow to a cluster IP), then opens the current dataplane on that folder,
@@ -18,10 +19,12 @@ use std::{
 };
 
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, IPPROTO_TCP, Reason, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_PORT,
+    BACKEND_FLAG_LOCAL, CtValue, IPPROTO_TCP, Reason, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_NODE_PORT,
 };
 use svcnat::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
+    migrate::CtValueV2,
     netns::unique_tag,
     testing::{
         datapath::{TEST_MAP_SIZES, TEST_RUN_IFINDEX, TcProgram, TestDatapath, skip_reason},
@@ -30,6 +33,7 @@ use svcnat::{
 };
 
 const V1_OBJECT: &[u8] = include_bytes!("data/proxy-ebpf-layout-v1.o");
+const V2_OBJECT: &[u8] = include_bytes!("data/proxy-ebpf-layout-v2.o");
 
 const fn sa(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
@@ -44,7 +48,7 @@ const CLUSTER_IP: SocketAddrV4 = sa(198, 19, 0, 1, 80);
 const L1: SocketAddrV4 = sa(198, 18, 10, 11, 8080);
 
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
+const TCX_NEXT: u32 = u32::MAX;
 
 struct PinDir(PathBuf);
 
@@ -72,13 +76,15 @@ fn ends(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
     )
 }
 
-/// The layout-1 datapath on `dir`, with a node port to a remote backend and
-/// a cluster IP to a local one, as the layout-1 agent would have left it.
-fn old_datapath(dir: &Path) -> TestDatapath {
+/// The datapath of layout `v` (1 or 2) on `dir`, with a node port to a
+/// remote backend and a cluster IP to a local one, as that layout's agent
+/// would have left it.
+fn old_datapath(dir: &Path, v: u32) -> TestDatapath<CtValueV2> {
     std::fs::create_dir_all(dir).expect("pin folder");
-    let mut dp = TestDatapath::load_object(V1_OBJECT, TEST_MAP_SIZES, Some(dir))
-        .expect("load the layout-1 object");
-    std::fs::create_dir(dir.join("layout-v1")).expect("mark layout 1");
+    let object = if v == 1 { V1_OBJECT } else { V2_OBJECT };
+    let mut dp = TestDatapath::load_object(object, TEST_MAP_SIZES, Some(dir))
+        .unwrap_or_else(|e| panic!("load the layout-{v} object: {e}"));
+    std::fs::create_dir(dir.join(format!("layout-v{v}"))).expect("mark the layout");
     dp.set_node_address(TEST_RUN_IFINDEX, NODE)
         .expect("node address");
     dp.add_frontend(
@@ -104,19 +110,22 @@ fn old_datapath(dir: &Path) -> TestDatapath {
     dp
 }
 
-/// Flows created by the layout-1 programs: returns the SNAT port of the
+/// Flows created by the old programs: returns the SNAT port of the
 /// node-port flow.
-fn old_flows(old: &TestDatapath) -> u16 {
+fn old_flows(old: &TestDatapath<CtValueV2>) -> u16 {
     let syn = PacketBuilder::tcp(CLIENT, NP_REMOTE).flags(TCP_SYN).build();
-    let out = old.run(TcProgram::NodeXdp, &syn).expect("run layout-1 XDP");
+    let out = old.run(TcProgram::NodeXdp, &syn).expect("run the old XDP");
     assert_eq!(out.retval, XDP_PASS);
     let (src, dst) = ends(&out.data_out);
-    assert_eq!(dst, R1, "layout 1 sends the flow to the remote backend");
-    assert_eq!(*src.ip(), NODE, "layout 1 SNATs to the node");
+    assert_eq!(
+        dst, R1,
+        "the old layout sends the flow to the remote backend"
+    );
+    assert_eq!(*src.ip(), NODE, "the old layout SNATs to the node");
     let pod_syn = PacketBuilder::tcp(POD, CLUSTER_IP).flags(TCP_SYN).build();
     let out = old
         .run(TcProgram::PodIngress, &pod_syn)
-        .expect("run layout-1 TC");
+        .expect("run the old TC");
     assert_eq!(ends(&out.data_out).1, L1);
     src.port()
 }
@@ -126,7 +135,7 @@ fn old_flows(old: &TestDatapath) -> u16 {
 /// reply reaches the client from the node port, the pod's reply comes from
 /// the cluster IP).
 fn new_programs_on(dir: &Path, snat_port: u16) -> (bool, bool, bool) {
-    let new = TestDatapath::load_object(svcnat::EBPF_OBJECT, TEST_MAP_SIZES, Some(dir))
+    let new = TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, TEST_MAP_SIZES, Some(dir))
         .expect("load the current object");
     let ack = PacketBuilder::tcp(CLIENT, NP_REMOTE).flags(TCP_ACK).build();
     let out = new.run(TcProgram::NodeXdp, &ack).expect("run XDP");
@@ -142,7 +151,7 @@ fn new_programs_on(dir: &Path, snat_port: u16) -> (bool, bool, bool) {
         && new.stat(Reason::RevsnatReply).expect("stats").packets == before + 1;
     let pod_reply = PacketBuilder::tcp(L1, POD).flags(TCP_SYN | TCP_ACK).build();
     let out = new.run(TcProgram::PodEgress, &pod_reply).expect("run TC");
-    let pod = out.retval == TC_ACT_OK && ends(&out.data_out) == (CLUSTER_IP, POD);
+    let pod = out.retval == TCX_NEXT && ends(&out.data_out) == (CLUSTER_IP, POD);
     (same_port, back, pod)
 }
 
@@ -156,6 +165,31 @@ fn layouts(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Opens the current dataplane on the old folder (which migrates), as the
+/// agent does, and finishes the migration as the agent does once its
+/// programs are attached. Returns the report of the finishing pass.
+fn upgrade(dir: &Path) -> svcnat::migrate::MigrationReport {
+    let cfg = DataplaneConfig {
+        bpffs: dir.to_path_buf(),
+        sizes: MapSizes::default(),
+    };
+    let mut dp = Dataplane::open(&cfg).expect("open migrates the old folder");
+    let report = dp.finish_migration().expect("finish the migration");
+    let report = report.expect("a migration was pending");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(layouts(dir), vec!["layout-v3".to_string()]);
+    assert!(
+        !dir.join(svcnat::migrate::OLD_CT4_PIN).exists(),
+        "the old conntrack map's pin is gone"
+    );
+    assert_eq!(dp.finish_migration().expect("nothing left"), None);
+    // A second agent on the migrated folder migrates nothing.
+    drop(dp);
+    let mut again = Dataplane::open(&cfg).expect("reopen");
+    assert_eq!(again.finish_migration().expect("nothing pending"), None);
+    report
+}
+
 #[test]
 fn flows_of_layout_1_survive_the_upgrade() {
     if let Some(why) = skip_reason() {
@@ -163,46 +197,88 @@ fn flows_of_layout_1_survive_the_upgrade() {
         return;
     }
     let dir = PinDir::new();
-    let old = old_datapath(&dir.0);
+    let old = old_datapath(&dir.0, 1);
     let snat_port = old_flows(&old);
-
-    let cfg = DataplaneConfig {
-        bpffs: dir.0.clone(),
-        sizes: MapSizes::default(),
-    };
-    let mut dp = Dataplane::open(&cfg).expect("open migrates the layout-1 folder");
-    // The agent attaches here (its programs replace the old ones in the
-    // pinned links), then finishes.
-    let report = dp.finish_migration().expect("finish the migration");
-    let report = report.expect("a migration was pending");
+    let report = upgrade(&dir.0);
     assert_eq!(report.rekeyed, 1, "{report:?}");
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert_eq!(layouts(&dir.0), vec!["layout-v2".to_string()]);
-    assert_eq!(dp.finish_migration().expect("nothing left"), None);
     drop(old);
 
     let (same_port, back, pod) = new_programs_on(&dir.0, snat_port);
     assert!(same_port, "the client's next packet keeps its SNAT port");
     assert!(back, "the remote backend's reply goes back to the client");
     assert!(pod, "the pod flow's reply is reverse-NATed");
-
-    // A second agent on the migrated folder migrates nothing.
-    drop(dp);
-    let mut again = Dataplane::open(&cfg).expect("reopen");
-    assert_eq!(again.finish_migration().expect("nothing pending"), None);
 }
 
 #[test]
-fn without_the_migration_the_snat_flow_would_break() {
+fn flows_of_layout_2_survive_the_upgrade() {
     if let Some(why) = skip_reason() {
         eprintln!("skipped: {why}");
         return;
     }
     let dir = PinDir::new();
-    let old = old_datapath(&dir.0);
+    let old = old_datapath(&dir.0, 2);
     let snat_port = old_flows(&old);
+    // The old programs go on creating flows while the new agent starts: a
+    // second pod flow after the first copy.
+    let cfg = DataplaneConfig {
+        bpffs: dir.0.clone(),
+        sizes: MapSizes::default(),
+    };
+    let mut dp = Dataplane::open(&cfg).expect("open migrates the layout-2 folder");
+    let late = SocketAddrV4::new(*POD.ip(), POD.port() + 1);
+    let out = old
+        .run(
+            TcProgram::PodIngress,
+            &PacketBuilder::tcp(late, CLUSTER_IP).flags(TCP_SYN).build(),
+        )
+        .expect("run the old TC");
+    assert_eq!(ends(&out.data_out).1, L1);
+    let report = dp
+        .finish_migration()
+        .expect("finish the migration")
+        .expect("pending");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.copied, 2, "the late flow's two entries: {report:?}");
+    assert_eq!(layouts(&dir.0), vec!["layout-v3".to_string()]);
+    assert!(!dir.0.join(svcnat::migrate::OLD_CT4_PIN).exists());
+    drop(dp);
+    drop(old);
+
     let (same_port, back, pod) = new_programs_on(&dir.0, snat_port);
-    assert!(!same_port, "unmigrated, the flow gets another port");
-    assert!(!back, "unmigrated, the reply is not translated");
-    assert!(pod, "pod flows need no migration");
+    assert!(same_port, "the client's next packet keeps its SNAT port");
+    assert!(back, "the remote backend's reply goes back to the client");
+    assert!(pod, "the pod flow's reply is reverse-NATed");
+    let new =
+        TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, TEST_MAP_SIZES, Some(&dir.0))
+            .expect("load the current object");
+    let reply = PacketBuilder::tcp(L1, late)
+        .flags(TCP_SYN | TCP_ACK)
+        .build();
+    let out = new.run(TcProgram::PodEgress, &reply).expect("run TC");
+    assert_eq!(
+        ends(&out.data_out),
+        (CLUSTER_IP, late),
+        "the flow the old programs made during the upgrade is reverse-NATed"
+    );
+}
+
+#[test]
+fn without_the_migration_the_new_programs_refuse_the_old_maps() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    for v in [1, 2] {
+        let dir = PinDir::new();
+        let old = old_datapath(&dir.0, v);
+        old_flows(&old);
+        // Layout 3's conntrack values are larger: the current object cannot
+        // run on the old conntrack map, which is why it is copied.
+        let loaded =
+            TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, TEST_MAP_SIZES, Some(&dir.0));
+        assert!(
+            loaded.is_err(),
+            "layout {v}: the current programs loaded over unmigrated maps"
+        );
+    }
 }

@@ -25,8 +25,12 @@ use proxy_common::{
 
 use super::prog_run::{TestRunOutput, test_run};
 
-/// TC verdict: pass the packet on.
+/// TC verdict: pass the packet on, skipping later programs on the hook.
 pub const TC_ACT_OK: u32 = 0;
+/// TC verdict `TCX_NEXT` (`TC_ACT_UNSPEC`, -1): on to the next program on
+/// the hook, passed after the last. What svcnat returns for every packet it
+/// passes, untouched or rewritten.
+pub const TCX_NEXT: u32 = u32::MAX;
 /// TC verdict: drop the packet.
 pub const TC_ACT_SHOT: u32 = 2;
 /// TC verdict: the packet was redirected (`bpf_redirect`).
@@ -122,7 +126,9 @@ pub enum LoadError {
 }
 
 /// The loaded object with its maps taken out for the test to seed and read.
-pub struct TestDatapath {
+/// `C` is the conntrack value type: the current [`CtValue`], or that of an
+/// earlier layout for an object of an earlier release.
+pub struct TestDatapath<C: aya::Pod = CtValue> {
     /// Keeps the programs loaded.
     _ebpf: Ebpf,
     ingress: ProgramFd,
@@ -138,7 +144,7 @@ pub struct TestDatapath {
     /// Reverse NAT.
     pub revnat4: HashMap<MapData, u32, RevNat4>,
     /// Conntrack (LRU).
-    pub ct4: HashMap<MapData, Ct4Key, CtValue>,
+    pub ct4: HashMap<MapData, Ct4Key, C>,
     /// Fragment trains (LRU).
     pub frag4: HashMap<MapData, Frag4Key, Frag4Value>,
     /// Per-CPU stats by reason.
@@ -204,6 +210,16 @@ impl TestDatapath {
         Self::load_object(crate::EBPF_OBJECT, sizes, None)
     }
 
+    /// Writes both conntrack entries of a translated flow (see [`ct4_pair`]).
+    pub fn add_flow(&mut self, flow: &Flow) -> Result<(), MapError> {
+        for (k, v) in ct4_pair(flow) {
+            self.ct4.insert(k, v, 0)?;
+        }
+        Ok(())
+    }
+}
+
+impl<C: aya::Pod> TestDatapath<C> {
     /// Loads `object` (for example the object of an earlier release) with
     /// the given map sizes. With `pins`, its maps are pinned in (or adopted
     /// from) that folder under their names, as the agent pins them, so that
@@ -287,6 +303,13 @@ impl TestDatapath {
                 packets: acc.packets + v.packets,
                 bytes: acc.bytes + v.bytes,
             }))
+    }
+
+    /// Conntrack entries the datapath created under a new key (the
+    /// `STAT_CT_CREATED` counter, summed over CPUs).
+    pub fn created_entries(&self) -> Result<u64, MapError> {
+        let per_cpu = self.stats.get(&proxy_common::STAT_CT_CREATED, 0)?;
+        Ok(per_cpu.iter().map(|v| v.packets).sum())
     }
 
     /// Every reason's counter, summed over all CPUs, in [`Reason::ALL`] order.
@@ -435,14 +458,6 @@ impl TestDatapath {
             0,
         )
     }
-
-    /// Writes both conntrack entries of a translated flow (see [`ct4_pair`]).
-    pub fn add_flow(&mut self, flow: &Flow) -> Result<(), MapError> {
-        for (k, v) in ct4_pair(flow) {
-            self.ct4.insert(k, v, 0)?;
-        }
-        Ok(())
-    }
 }
 
 /// A translated flow, to seed or to look up its conntrack entries.
@@ -460,7 +475,8 @@ pub struct Flow {
     pub backend_id: u32,
     /// Service id.
     pub svc_id: u32,
-    /// `CT_F_*` flags of the service-direction entry (the reply entry gets 0).
+    /// `CT_F_*` flags of the service-direction entry (the reply entry gets
+    /// only `CT_F_REPLIED` of them). No sequence numbers are known.
     pub flags: u8,
     /// Creation time (`CLOCK_MONOTONIC` ns).
     pub created_ns: u64,
@@ -508,9 +524,17 @@ pub fn ct4_pair(flow: &Flow) -> [(Ct4Key, CtValue); 2] {
         svc_id: flow.svc_id,
         created_ns: flow.created_ns,
         expires_ns: flow.expires_ns,
+        seq_next: 0,
+        peer_addr: flow.client.ip().octets(),
+        peer_port: flow.client.port(),
+        pad2: 0,
+        pad3: 0,
     };
     [
         (flow.service_key(), value(flow.backend, flow.flags)),
-        (flow.reply_key(), value(flow.vip, 0)),
+        (
+            flow.reply_key(),
+            value(flow.vip, flow.flags & proxy_common::CT_F_REPLIED),
+        ),
     ]
 }
