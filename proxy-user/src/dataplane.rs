@@ -13,7 +13,10 @@
 //! Update order keeps the datapath consistent at every instant: backends are
 //! written before the slots that name them, slots before the count that makes
 //! them reachable; a count is lowered before its slots are deleted, and a
-//! backend is deleted only when no slot names it any more.
+//! backend is deleted only when no slot names it any more. A backend keeps
+//! its slot while it stays; when removals leave holes, backends from the
+//! end move into them, and their session affinity entries are rewritten to
+//! the new slot while both slots name the backend.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
@@ -855,8 +858,10 @@ impl Dataplane {
             .collect()
     }
 
-    /// Makes the maps hold `fe` with exactly `backends` (in this slot order;
-    /// duplicates are removed). An empty list keeps the frontend and makes
+    /// Makes the maps hold `fe` with exactly `backends` (duplicates are
+    /// removed). A new frontend gets them in this slot order; a changed one
+    /// keeps its surviving backends in their slots, so that session
+    /// affinity survives other backends coming and going. An empty list keeps the frontend and makes
     /// the datapath reject its traffic. Idempotent. On error the maps are
     /// left consistent: either unchanged or fully updated for the parts
     /// written. A plain frontend: no policy flags, one scope.
@@ -945,7 +950,7 @@ impl Dataplane {
             });
         }
         if let Some(cur) = self.table(scope).get(&fe)
-            && self.backends_of(&cur.backend_ids) == want
+            && same_set(&self.backends_of(&cur.backend_ids), &want)
             && cur.affinity_timeout == affinity_timeout
             && cur.label == opts.label
             && cur.flags == flags
@@ -1020,6 +1025,9 @@ impl Dataplane {
             ),
             None => (self.svc_ids.take(), Vec::new(), None, None, Vec::new()),
         };
+        // Surviving backends keep their slots (session affinity names a
+        // slot); see `slot_layout`.
+        let (ids, moves) = slot_layout(&old_ids, &ids);
         let mirror = ServiceMirror {
             svc_id,
             backend_ids: ids.clone(),
@@ -1028,8 +1036,15 @@ impl Dataplane {
             flags,
             ranges: ranges.to_vec(),
         };
+        // Affinity entries follow a moved backend (entries of a service
+        // whose affinity is just turned on or off need no care).
+        let moves = if old_affinity != 0 && affinity_timeout != 0 {
+            moves
+        } else {
+            Vec::new()
+        };
         let result = self
-            .write_service(&fe, scope, &mirror, &old_ids, &old_ranges, created)
+            .write_service(&fe, scope, &mirror, &old_ids, &old_ranges, created, &moves)
             .and_then(|()| {
                 if old_label.as_deref() != Some(opts.label.as_str()) {
                     self.labels
@@ -1074,7 +1089,14 @@ impl Dataplane {
     }
 
     /// Slots, reverse NAT, source ranges and the frontend entry, in the safe
-    /// order.
+    /// order. The affinity entries of each moved backend (`moves`: backend
+    /// id, old slot, new slot) are rewritten to its new slot while both
+    /// slots name it: after the new slot is written, before the count that
+    /// hides the old one is lowered.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one caller; the parts of one update"
+    )]
     fn write_service(
         &mut self,
         fe: &Frontend4,
@@ -1083,6 +1105,7 @@ impl Dataplane {
         old_ids: &[u32],
         old_ranges: &[(Ipv4Addr, u8)],
         created: bool,
+        moves: &[SlotMove],
     ) -> Result<()> {
         // 2. Slots that change, before the count that exposes them.
         for (i, id) in s.backend_ids.iter().enumerate() {
@@ -1114,6 +1137,15 @@ impl Dataplane {
                     .insert(&range_key(s.svc_id, *r), 1, 0)
                     .map_err(map_err(map_names::SRCRANGE4))?;
             }
+        }
+        if !moves.is_empty() {
+            let moved = self.move_affinity(s.svc_id, moves)?;
+            tracing::debug!(
+                frontend = %fe,
+                moved_backends = moves.len(),
+                affinity_entries = moved,
+                "backends moved to other slots; their session affinity follows them"
+            );
         }
         // 3. The frontend with its new count, then slots past the count.
         let (k, v) = svc_entry(fe, scope, s);
@@ -1228,6 +1260,33 @@ impl Dataplane {
             self.flush_affinity(s.svc_id)?;
         }
         Ok(true)
+    }
+
+    /// Rewrites the session affinity entries of service id `svc_id` that
+    /// name a moved backend in its old slot to name its new slot. Entries
+    /// that vanish meanwhile (LRU) are not written back. Returns how many
+    /// entries it rewrote.
+    fn move_affinity(&mut self, svc_id: u32, moves: &[SlotMove]) -> Result<usize> {
+        let to: StdHashMap<(u32, u32), u32> = moves
+            .iter()
+            .map(|m| ((m.backend_id, m.from), m.to))
+            .collect();
+        let limit = self.capacity.affinity as usize;
+        let entries = walk(&self.affinity4, map_names::AFFINITY4, limit)?;
+        let mut moved = 0;
+        for (k, mut v) in entries {
+            if k.svc_id != svc_id {
+                continue;
+            }
+            let Some(slot) = to.get(&(v.backend_id, v.slot)) else {
+                continue;
+            };
+            v.slot = *slot;
+            ignore_missing(self.affinity4.insert(k, v, BPF_EXIST))
+                .map_err(map_err(map_names::AFFINITY4))?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// Deletes the session affinity entries of service id `svc_id`. The map
@@ -1681,6 +1740,95 @@ fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
             pad: 0,
         },
     )
+}
+
+/// `BPF_EXIST`: update an entry only if it is still there.
+const BPF_EXIST: u64 = 2;
+
+/// Whether two backend lists hold the same backends (slot order aside).
+fn same_set(a: &[Backend4Spec], b: &[Backend4Spec]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+/// A backend that changes slot (1-based) in a frontend's slot order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SlotMove {
+    backend_id: u32,
+    from: u32,
+    to: u32,
+}
+
+/// The slot order of a frontend's backends after a change from `old`
+/// (backend ids in slot order) to the backends `want`, and the backends
+/// that move. Session affinity remembers a client's backend with its slot,
+/// so slots must move as little as possible: surviving backends keep their
+/// slots, new backends fill the holes removed ones left (lowest first) and
+/// then go at the end; holes left over are filled by moving backends from
+/// the end (the fewest moves that keep slots 1..=count dense).
+fn slot_layout(old: &[u32], want: &[u32]) -> (Vec<u32>, Vec<SlotMove>) {
+    let wanted: BTreeSet<u32> = want.iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    // A backend named twice (maps edited by hand) keeps its first slot.
+    let mut slots: Vec<Option<u32>> = old
+        .iter()
+        .map(|id| (wanted.contains(id) && seen.insert(*id)).then_some(*id))
+        .collect();
+    let mut added = want.iter().copied().filter(|id| !seen.contains(id));
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        match added.next() {
+            Some(id) => *s = Some(id),
+            None => break,
+        }
+    }
+    slots.extend(added.map(Some));
+    let n = wanted.len();
+    let mut moves = Vec::new();
+    let mut hole = 0;
+    for from in (n..slots.len()).rev() {
+        let Some(id) = slots[from] else {
+            continue;
+        };
+        while hole < n && slots[hole].is_some() {
+            hole += 1;
+        }
+        if hole == n {
+            break;
+        }
+        slots[hole] = Some(id);
+        slots[from] = None;
+        moves.push(SlotMove {
+            backend_id: id,
+            from: from as u32 + 1,
+            to: hole as u32 + 1,
+        });
+    }
+    slots.truncate(n);
+    (slots.into_iter().flatten().collect(), moves)
+}
+
+/// The entries of `map`, read in one walk over at most `limit` keys (a
+/// walk over a map that changes underneath may start over, so it is
+/// bounded); entries that vanish between the key and its lookup are
+/// skipped.
+fn walk<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    limit: usize,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for k in map.keys().take(limit) {
+        let k = k.map_err(map_err(name))?;
+        match map.get(&k, 0) {
+            Ok(v) => out.push((k, v)),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes every entry of `map` whose key `keep` rejects. Returns how many

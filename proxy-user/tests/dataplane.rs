@@ -2,8 +2,8 @@
 //! private bpffs folder per test, checked through the pins themselves.
 
 use std::{
-    collections::BTreeSet,
-    net::Ipv4Addr,
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -16,14 +16,19 @@ use proxy_common::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, RevNat4, SCOPE_EXTERNAL,
     SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
     SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, Svc4Key, SvcValue,
-    map_names,
+    map_names, program_names,
 };
 use svcnat::{
     dataplane::{
         Backend4Spec, Dataplane, DataplaneConfig, DataplaneError, Frontend4, FrontendSpec,
-        MapSizes, ServiceOpts, Upsert, cleanup, open_pinned,
+        MapSizes, ServiceOpts, Upsert, cleanup, open_pinned, program_fd,
     },
     inspect,
+    testing::{
+        datapath::TC_ACT_OK,
+        packet::{PacketBuilder, ParsedL4, TCP_SYN, parse},
+        prog_run::test_run,
+    },
 };
 
 /// A pin folder that is removed when the test ends, also on panic.
@@ -718,4 +723,156 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
     assert_eq!(np["traffic_policy"], "local");
     assert_eq!(np["internal_backends"][1], "198.18.1.2:8080");
     assert_eq!(np["source_ranges"], serde_json::Value::Null);
+}
+
+// ---------------------------------------------------------------------------
+// Session affinity across backend changes, driven through the
+// real programs (BPF_PROG_TEST_RUN on the dataplane's own loaded programs,
+// which use its pinned maps).
+// ---------------------------------------------------------------------------
+
+/// Runs `prog` of `dp` on `frame`; returns the verdict and the packet's
+/// source and destination after it.
+fn run_prog(dp: &Dataplane, prog: &str, frame: &[u8]) -> (u32, SocketAddrV4, SocketAddrV4) {
+    use std::os::fd::AsFd;
+    let fd = if prog == program_names::XDP_NODE {
+        let p: &aya::programs::Xdp = dp
+            .ebpf()
+            .program(prog)
+            .expect("xdp program")
+            .try_into()
+            .expect("an XDP program");
+        p.fd().expect("fd").as_fd()
+    } else {
+        program_fd(dp.ebpf(), prog).expect("tc program")
+    };
+    let out = test_run(fd, frame, 1).expect("test run");
+    let ip = parse(&out.data_out)
+        .expect("output frame")
+        .ipv4
+        .expect("IPv4 out");
+    let (sport, dport) = match &ip.l4 {
+        ParsedL4::Tcp(t) => (t.sport, t.dport),
+        ParsedL4::Udp(u) => (u.sport, u.dport),
+        other => panic!("not TCP or UDP: {other:?}"),
+    };
+    (
+        out.retval,
+        SocketAddrV4::new(ip.src, sport),
+        SocketAddrV4::new(ip.dst, dport),
+    )
+}
+
+/// A TCP SYN from `client` to `to` through the pod ingress program; the
+/// backend it was sent to.
+fn syn_from_pod(dp: &Dataplane, client: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
+    let frame = PacketBuilder::tcp(client, to).flags(TCP_SYN).build();
+    let (verdict, _, dst) = run_prog(dp, program_names::TC_POD_INGRESS, &frame);
+    assert_eq!(verdict, TC_ACT_OK, "{client} -> {to}");
+    dst
+}
+
+fn sock(f: Frontend4) -> SocketAddrV4 {
+    SocketAddrV4::new(f.vip, f.port)
+}
+
+/// Session affinity follows the backend, not its slot: adding backends
+/// that sort between the others, then removing backends so that others
+/// move into their slots, sends every affine client to the backend it had
+/// (as long as that backend stays).
+#[test]
+fn session_affinity_survives_other_backends_coming_and_going() {
+    require_kernel!();
+    let dir = PinDir::new("affslots");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let web = fe(50, 80);
+    let list = |hosts: &[u8]| hosts.iter().map(|h| be(*h)).collect::<Vec<_>>();
+    let mut port = 10_000_u16;
+    let mut connect = |dp: &Dataplane, host: u8| {
+        port += 1;
+        let c = SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, host), port);
+        syn_from_pod(dp, c, sock(web))
+    };
+    let mut affine: BTreeMap<u8, SocketAddrV4> = BTreeMap::new();
+    let check = |dp: &Dataplane,
+                 affine: &BTreeMap<u8, SocketAddrV4>,
+                 live: &[u8],
+                 connect: &mut dyn FnMut(&Dataplane, u8) -> SocketAddrV4,
+                 what: &str| {
+        for (host, had) in affine {
+            if !live.contains(&had.ip().octets()[3]) {
+                continue;
+            }
+            assert_eq!(
+                connect(dp, *host),
+                *had,
+                "{what}: client {host} keeps its backend"
+            );
+        }
+    };
+
+    dp.upsert_service(web, &list(&[2, 4, 6, 8]), &opts(600))
+        .expect("web");
+    for host in 1..=12 {
+        affine.insert(host, connect(&dp, host));
+    }
+    check(&dp, &affine, &[2, 4, 6, 8], &mut connect, "unchanged");
+
+    // Backends 3 and 5 join: in sorted order they sit between the others.
+    assert_eq!(
+        dp.upsert_service(web, &list(&[2, 3, 4, 5, 6, 8]), &opts(600))
+            .expect("add"),
+        Upsert::Updated
+    );
+    check(
+        &dp,
+        &affine,
+        &[2, 3, 4, 5, 6, 8],
+        &mut connect,
+        "after adding 3 and 5",
+    );
+    // Clients until some use the new backends (the last slots), which move
+    // when 2 and 4 leave.
+    let mut host = 13;
+    while !affine
+        .values()
+        .any(|b| [3, 5].contains(&b.ip().octets()[3]))
+    {
+        assert!(host < 250, "no client ever got backend 3 or 5");
+        affine.insert(host, connect(&dp, host));
+        host += 1;
+    }
+    let moved: Vec<u8> = affine
+        .iter()
+        .filter(|(_, b)| [3, 5].contains(&b.ip().octets()[3]))
+        .map(|(h, _)| *h)
+        .collect();
+
+    // The same set in another order is no change.
+    assert_eq!(
+        dp.upsert_service(web, &list(&[8, 6, 5, 4, 3, 2]), &opts(600))
+            .expect("same set"),
+        Upsert::Unchanged
+    );
+    // 2 and 4 leave: 3 and 5 move into their slots.
+    dp.upsert_service(web, &list(&[3, 5, 6, 8]), &opts(600))
+        .expect("remove");
+    let (v, _) = read_back(&dir, web).expect("web present");
+    assert_eq!(v.count, 4);
+    check(
+        &dp,
+        &affine,
+        &[3, 5, 6, 8],
+        &mut connect,
+        "after removing 2 and 4",
+    );
+    eprintln!("clients {moved:?} used backends that moved slots and kept them");
+    // Adoption reads the same slots back.
+    drop(dp);
+    let dp = Dataplane::open(&dir.config(small())).expect("adopt");
+    let s = dp.service(&web).expect("adopted");
+    let mut got: Vec<u8> = s.backends.iter().map(|b| b.addr.octets()[3]).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![3, 5, 6, 8]);
+    check(&dp, &affine, &[3, 5, 6, 8], &mut connect, "after adoption");
 }
