@@ -38,10 +38,11 @@ use aya::{
     },
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend4, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, StatValue, Svc4Key, SvcLabel,
-    SvcValue, default_sizes, map_names, program_names,
+    AffinityKey, AffinityValue, Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, CtValue,
+    IPPROTO_UDP, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey,
+    SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes,
+    map_names, program_names,
 };
 
 /// Default pin folder.
@@ -361,6 +362,8 @@ pub struct Dataplane {
     node4: HashMap<MapData, u32, NodeAddr4>,
     srcrange4: LpmTrie<MapData, SrcRange4, u32>,
     affinity4: HashMap<MapData, AffinityKey, AffinityValue>,
+    ct4: HashMap<MapData, Ct4Key, CtValue>,
+    snat4: HashMap<MapData, Ct4Key, Snat4Value>,
     capacity: MapSizes,
     services: BTreeMap<Frontend4, ServiceMirror>,
     /// Internal-scope entries of frontends with two scopes.
@@ -376,6 +379,49 @@ pub struct Dataplane {
     /// Layout the pinned maps are being migrated from (until
     /// [`Dataplane::finish_migration`]).
     pending_migration: Option<u32>,
+    /// UDP backends removed from a frontend (or with it) whose conntrack
+    /// entries [`Dataplane::clear_stale_udp_flows`] has not deleted yet.
+    stale_udp: BTreeSet<StaleFlow>,
+}
+
+/// A UDP backend that left one scope of a frontend: the flows of that
+/// frontend's service id to it are stale. The frontend and the backend's
+/// address are kept besides the ids, so that an id handed out again meanwhile
+/// never names someone else's flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct StaleFlow {
+    svc_id: u32,
+    backend_id: u32,
+    frontend: ([u8; 4], u16),
+    backend: ([u8; 4], u16),
+}
+
+impl StaleFlow {
+    /// What a UDP conntrack entry says about its flow, in either direction.
+    fn of_entry(k: &Ct4Key, v: &CtValue) -> Option<Self> {
+        let (frontend, backend) = match k.dir {
+            CT_DIR_SERVICE => ((k.daddr, k.dport), (v.nat_addr, v.nat_port)),
+            CT_DIR_REPLY => ((v.nat_addr, v.nat_port), (k.saddr, k.sport)),
+            _ => return None,
+        };
+        Some(Self {
+            svc_id: v.svc_id,
+            backend_id: v.backend_id,
+            frontend,
+            backend,
+        })
+    }
+}
+
+/// What one [`Dataplane::clear_stale_udp_flows`] sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClearedFlows {
+    /// Flows cleared (service-direction conntrack entries deleted).
+    pub flows: usize,
+    /// Conntrack entries deleted, both directions.
+    pub ct_entries: usize,
+    /// Source NAT entries deleted (two per SNATed flow).
+    pub snat_entries: usize,
 }
 
 /// What [`Dataplane::upsert_service`] changed.
@@ -478,6 +524,10 @@ impl Dataplane {
             .map_err(map_err(map_names::LABELS))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, map_names::STATS)?)
             .map_err(map_err(map_names::STATS))?;
+        let ct4 =
+            HashMap::try_from(take(&mut ebpf, map_names::CT4)?).map_err(map_err(map_names::CT4))?;
+        let snat4 = HashMap::try_from(take(&mut ebpf, map_names::SNAT4)?)
+            .map_err(map_err(map_names::SNAT4))?;
         let capacity = MapSizes {
             services: pinned_max_entries(&dir, map_names::SVC4)?,
             slots: pinned_max_entries(&dir, map_names::SLOTS)?,
@@ -502,6 +552,8 @@ impl Dataplane {
             node4,
             srcrange4,
             affinity4,
+            ct4,
+            snat4,
             capacity,
             services: BTreeMap::new(),
             internal: BTreeMap::new(),
@@ -514,6 +566,7 @@ impl Dataplane {
             attached: BTreeSet::new(),
             node_attached: BTreeSet::new(),
             pending_migration: None,
+            stale_udp: BTreeSet::new(),
         };
         dp.adopt()?;
         if let Some(from) = migrate_from {
@@ -918,7 +971,13 @@ impl Dataplane {
             &ranges,
         )?;
         if spec.internal_backends.is_none() && self.internal.contains_key(&fe) {
-            self.delete_scoped(&fe, SCOPE_INTERNAL)?;
+            // Pods' flows to backends the frontend entry still has stay.
+            let kept = self
+                .services
+                .get(&fe)
+                .map(|s| s.backend_ids.clone())
+                .unwrap_or_default();
+            self.delete_scoped(&fe, SCOPE_INTERNAL, &kept)?;
             changed = true;
         }
         Ok(match r {
@@ -1062,6 +1121,7 @@ impl Dataplane {
         }
         self.slot_count = self.slot_count + ids.len() - old_ids.len();
         self.table_mut(scope).insert(fe, mirror);
+        self.note_udp_change(&fe, svc_id, &old_ids, &ids);
         if scope == SCOPE_EXTERNAL {
             let had = old_flags.is_some_and(has_marker);
             if has_marker(flags) && !had {
@@ -1220,15 +1280,18 @@ impl Dataplane {
     /// their conntrack entries and so their backend; new ones are rejected
     /// if the VIP still has other ports, else no longer translated.
     pub fn delete_service(&mut self, fe: &Frontend4) -> Result<bool> {
-        let found = self.delete_scoped(fe, SCOPE_EXTERNAL)?;
-        self.delete_scoped(fe, SCOPE_INTERNAL)?;
+        let found = self.delete_scoped(fe, SCOPE_EXTERNAL, &[])?;
+        self.delete_scoped(fe, SCOPE_INTERNAL, &[])?;
         Ok(found)
     }
 
-    fn delete_scoped(&mut self, fe: &Frontend4, scope: u8) -> Result<bool> {
+    /// Removes one scope of `fe`; the UDP flows of its backends other than
+    /// `kept` become stale.
+    fn delete_scoped(&mut self, fe: &Frontend4, scope: u8, kept: &[u32]) -> Result<bool> {
         let Some(s) = self.table_mut(scope).remove(fe) else {
             return Ok(false);
         };
+        self.note_udp_change(fe, s.svc_id, &s.backend_ids, kept);
         let key = Svc4Key {
             vip: fe.vip.octets(),
             port: fe.port,
@@ -1260,6 +1323,92 @@ impl Dataplane {
             self.flush_affinity(s.svc_id)?;
         }
         Ok(true)
+    }
+
+    /// Notes that backends `gone` left service id `svc_id` of frontend `fe`
+    /// while `kept` are in it: for a UDP frontend, the flows to the ones
+    /// that left are stale, and those to the ones in it (again) are not.
+    fn note_udp_change(&mut self, fe: &Frontend4, svc_id: u32, gone: &[u32], kept: &[u32]) {
+        if fe.proto != IPPROTO_UDP {
+            return;
+        }
+        let frontend = (fe.vip.octets(), fe.port);
+        let keys = &self.backend_keys;
+        let addr_of = |id: &u32| keys.get(id).map(|k| (k.addr.octets(), k.port));
+        let kept: BTreeSet<([u8; 4], u16)> = kept.iter().filter_map(addr_of).collect();
+        self.stale_udp.retain(|s| {
+            !(s.svc_id == svc_id && s.frontend == frontend && kept.contains(&s.backend))
+        });
+        for id in gone {
+            let Some(backend) = addr_of(id) else {
+                continue;
+            };
+            if !kept.contains(&backend) {
+                self.stale_udp.insert(StaleFlow {
+                    svc_id,
+                    backend_id: *id,
+                    frontend,
+                    backend,
+                });
+            }
+        }
+    }
+
+    /// Deletes the conntrack entries (both directions) and the source NAT
+    /// entries of the UDP flows whose backend left their frontend since
+    /// the last sweep, as kube-proxy clears the UDP conntrack entries of
+    /// removed endpoints: otherwise a client that keeps sending from one
+    /// port stays pinned to the removed backend for as long as it sends.
+    /// TCP flows are never touched (they keep a removed but running
+    /// backend). One walk of the conntrack map however many frontends
+    /// changed; entries that vanish underneath (LRU, the datapath) are
+    /// skipped, and an entry a new flow took over meanwhile is left alone.
+    /// On error the stale backends stay noted for the next sweep.
+    pub fn clear_stale_udp_flows(&mut self) -> Result<ClearedFlows> {
+        let mut out = ClearedFlows::default();
+        if self.stale_udp.is_empty() {
+            return Ok(out);
+        }
+        let stale = &self.stale_udp;
+        let is_stale =
+            |k: &Ct4Key, v: &CtValue| StaleFlow::of_entry(k, v).is_some_and(|s| stale.contains(&s));
+        let mut doomed = Vec::new();
+        for k in self.ct4.keys().take(self.capacity.conntrack as usize) {
+            let k = k.map_err(map_err(map_names::CT4))?;
+            if k.proto != IPPROTO_UDP {
+                continue;
+            }
+            match self.ct4.get(&k, 0) {
+                Ok(v) if is_stale(&k, &v) => doomed.push(k),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_names::CT4)(e)),
+            }
+        }
+        // Service direction first: a client's next datagram then opens a
+        // new flow, and no reply of the old one goes out untranslated.
+        doomed.sort_by_key(|k| k.dir != CT_DIR_SERVICE);
+        for k in &doomed {
+            // Read again just before: a new flow may have taken the key.
+            let v = match self.ct4.get(k, 0) {
+                Ok(v) if is_stale(k, &v) => v,
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::CT4)(e)),
+            };
+            if removed(self.ct4.remove(k)).map_err(map_err(map_names::CT4))? {
+                out.ct_entries += 1;
+                if k.dir == CT_DIR_SERVICE {
+                    out.flows += 1;
+                }
+            }
+            // The flow's SNAT entries share its conntrack keys.
+            if v.flags & CT_F_SNAT != 0
+                && removed(self.snat4.remove(k)).map_err(map_err(map_names::SNAT4))?
+            {
+                out.snat_entries += 1;
+            }
+        }
+        self.stale_udp.clear();
+        Ok(out)
     }
 
     /// Rewrites the session affinity entries of service id `svc_id` that
@@ -1848,6 +1997,15 @@ fn prune<K: aya::Pod, V: aya::Pod>(
         deleted += 1;
     }
     Ok(deleted)
+}
+
+/// Whether a delete deleted something (deleting what is absent is not an
+/// error).
+fn removed(r: Result<(), MapError>) -> Result<bool, MapError> {
+    match r {
+        Ok(()) => Ok(true),
+        other => ignore_missing(other).map(|()| false),
+    }
 }
 
 /// Deleting what is absent is not an error.
