@@ -320,7 +320,35 @@ impl Host {
         tcp: bool,
         timeout: Duration,
     ) -> Result<DigOutcome> {
+        self.dig_with(None, server, port, name, tcp, timeout)
+    }
+
+    /// [`Host::dig`] over UDP from this host's `source_port` (`dig -b`):
+    /// queries repeated this way are one flow.
+    pub fn dig_from(
+        &self,
+        source_port: u16,
+        server: Ipv4Addr,
+        port: u16,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<DigOutcome> {
+        self.dig_with(Some(source_port), server, port, name, false, timeout)
+    }
+
+    fn dig_with(
+        &self,
+        source_port: Option<u16>,
+        server: Ipv4Addr,
+        port: u16,
+        name: &str,
+        tcp: bool,
+        timeout: Duration,
+    ) -> Result<DigOutcome> {
         let mut cmd = self.command("dig");
+        if let Some(sport) = source_port {
+            cmd.arg("-b").arg(format!("{}#{sport}", self.addr));
+        }
         cmd.arg(format!("@{server}"))
             .args(["-p", &port.to_string(), name, "A", "+tries=1"])
             .arg(format!("+time={}", timeout.as_secs().max(1)));
@@ -920,6 +948,71 @@ impl ClientLoop {
 }
 
 impl Drop for ClientLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A running loop of DNS queries from one source port (see
+/// [`Cluster::dig_loop`]).
+pub struct DigLoop {
+    stop: Arc<AtomicBool>,
+    queries: Arc<Mutex<Vec<Query>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// One query of a [`DigLoop`].
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// When dig was started.
+    pub started: Instant,
+    /// What it gave (exit -1 when dig could not run).
+    pub outcome: DigOutcome,
+}
+
+impl DigLoop {
+    /// The queries finished so far.
+    pub fn queries(&self) -> Vec<Query> {
+        lock(&self.queries).clone()
+    }
+
+    /// Waits until `ok` holds for some query finished so far (fails after
+    /// `limit`); returns that query.
+    pub fn wait_for(&self, limit: Duration, ok: impl Fn(&Query) -> bool) -> Result<Query> {
+        let start = Instant::now();
+        loop {
+            if let Some(q) = self.queries().into_iter().find(|q| ok(q)) {
+                return Ok(q);
+            }
+            if start.elapsed() > limit || self.handle.as_ref().is_none_or(JoinHandle::is_finished) {
+                bail!(
+                    "no such answer within {limit:?}; last queries: {:?}",
+                    self.queries()
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .map(|q| (q.outcome.exit, q.outcome.answers.clone()))
+                        .collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the loop and returns every query it made.
+    pub fn stop(mut self) -> Vec<Query> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.queries()
+    }
+}
+
+impl Drop for DigLoop {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
@@ -1903,6 +1996,50 @@ impl Cluster {
             local_port,
             bytes,
         })
+    }
+
+    /// Starts `dig @server -p port name A` from `client`'s `source_port`
+    /// every `every` (or as soon as the previous query ended, when it took
+    /// longer), one try of `timeout` each, until stopped: a UDP client that
+    /// keeps one flow, as a resolver library with a fixed port does.
+    pub fn dig_loop(
+        &self,
+        client: &Host,
+        source_port: u16,
+        (server, port): (Ipv4Addr, u16),
+        name: &str,
+        every: Duration,
+        timeout: Duration,
+    ) -> DigLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let (client, name, flag, log) = (
+            client.clone(),
+            name.to_string(),
+            stop.clone(),
+            queries.clone(),
+        );
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let outcome = client
+                    .dig_from(source_port, server, port, &name, timeout)
+                    .unwrap_or_else(|e| DigOutcome {
+                        exit: -1,
+                        answers: Vec::new(),
+                        stdout: String::new(),
+                        stderr: format!("{e:#}"),
+                        elapsed: started.elapsed(),
+                    });
+                lock(&log).push(Query { started, outcome });
+                std::thread::sleep(every.saturating_sub(started.elapsed()));
+            }
+        });
+        DigLoop {
+            stop,
+            queries,
+            handle: Some(handle),
+        }
     }
 
     /// A thread in which `pod` GETs `url` with a new curl (one connection)

@@ -13,7 +13,10 @@
 //! Update order keeps the datapath consistent at every instant: backends are
 //! written before the slots that name them, slots before the count that makes
 //! them reachable; a count is lowered before its slots are deleted, and a
-//! backend is deleted only when no slot names it any more.
+//! backend is deleted only when no slot names it any more. A backend keeps
+//! its slot while it stays; when removals leave holes, backends from the
+//! end move into them, and their session affinity entries are rewritten to
+//! the new slot while both slots name the backend.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
@@ -35,10 +38,11 @@ use aya::{
     },
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend4, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, StatValue, Svc4Key, SvcLabel,
-    SvcValue, default_sizes, map_names, program_names,
+    AffinityKey, AffinityValue, Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, CtValue,
+    IPPROTO_UDP, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey,
+    SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes,
+    map_names, program_names,
 };
 
 /// Default pin folder.
@@ -358,6 +362,8 @@ pub struct Dataplane {
     node4: HashMap<MapData, u32, NodeAddr4>,
     srcrange4: LpmTrie<MapData, SrcRange4, u32>,
     affinity4: HashMap<MapData, AffinityKey, AffinityValue>,
+    ct4: HashMap<MapData, Ct4Key, CtValue>,
+    snat4: HashMap<MapData, Ct4Key, Snat4Value>,
     capacity: MapSizes,
     services: BTreeMap<Frontend4, ServiceMirror>,
     /// Internal-scope entries of frontends with two scopes.
@@ -373,6 +379,49 @@ pub struct Dataplane {
     /// Layout the pinned maps are being migrated from (until
     /// [`Dataplane::finish_migration`]).
     pending_migration: Option<u32>,
+    /// UDP backends removed from a frontend (or with it) whose conntrack
+    /// entries [`Dataplane::clear_stale_udp_flows`] has not deleted yet.
+    stale_udp: BTreeSet<StaleFlow>,
+}
+
+/// A UDP backend that left one scope of a frontend: the flows of that
+/// frontend's service id to it are stale. The frontend and the backend's
+/// address are kept besides the ids, so that an id handed out again meanwhile
+/// never names someone else's flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct StaleFlow {
+    svc_id: u32,
+    backend_id: u32,
+    frontend: ([u8; 4], u16),
+    backend: ([u8; 4], u16),
+}
+
+impl StaleFlow {
+    /// What a UDP conntrack entry says about its flow, in either direction.
+    fn of_entry(k: &Ct4Key, v: &CtValue) -> Option<Self> {
+        let (frontend, backend) = match k.dir {
+            CT_DIR_SERVICE => ((k.daddr, k.dport), (v.nat_addr, v.nat_port)),
+            CT_DIR_REPLY => ((v.nat_addr, v.nat_port), (k.saddr, k.sport)),
+            _ => return None,
+        };
+        Some(Self {
+            svc_id: v.svc_id,
+            backend_id: v.backend_id,
+            frontend,
+            backend,
+        })
+    }
+}
+
+/// What one [`Dataplane::clear_stale_udp_flows`] sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClearedFlows {
+    /// Flows cleared (service-direction conntrack entries deleted).
+    pub flows: usize,
+    /// Conntrack entries deleted, both directions.
+    pub ct_entries: usize,
+    /// Source NAT entries deleted (two per SNATed flow).
+    pub snat_entries: usize,
 }
 
 /// What [`Dataplane::upsert_service`] changed.
@@ -478,6 +527,10 @@ impl Dataplane {
             .map_err(map_err(map_names::LABELS))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, map_names::STATS)?)
             .map_err(map_err(map_names::STATS))?;
+        let ct4 =
+            HashMap::try_from(take(&mut ebpf, map_names::CT4)?).map_err(map_err(map_names::CT4))?;
+        let snat4 = HashMap::try_from(take(&mut ebpf, map_names::SNAT4)?)
+            .map_err(map_err(map_names::SNAT4))?;
         let capacity = MapSizes {
             services: pinned_max_entries(&dir, map_names::SVC4)?,
             slots: pinned_max_entries(&dir, map_names::SLOTS)?,
@@ -502,6 +555,8 @@ impl Dataplane {
             node4,
             srcrange4,
             affinity4,
+            ct4,
+            snat4,
             capacity,
             services: BTreeMap::new(),
             internal: BTreeMap::new(),
@@ -514,6 +569,7 @@ impl Dataplane {
             attached: BTreeSet::new(),
             node_attached: BTreeSet::new(),
             pending_migration: None,
+            stale_udp: BTreeSet::new(),
         };
         dp.adopt()?;
         if let Some(from) = migrate_from {
@@ -858,8 +914,10 @@ impl Dataplane {
             .collect()
     }
 
-    /// Makes the maps hold `fe` with exactly `backends` (in this slot order;
-    /// duplicates are removed). An empty list keeps the frontend and makes
+    /// Makes the maps hold `fe` with exactly `backends` (duplicates are
+    /// removed). A new frontend gets them in this slot order; a changed one
+    /// keeps its surviving backends in their slots, so that session
+    /// affinity survives other backends coming and going. An empty list keeps the frontend and makes
     /// the datapath reject its traffic. Idempotent. On error the maps are
     /// left consistent: either unchanged or fully updated for the parts
     /// written. A plain frontend: no policy flags, one scope.
@@ -916,7 +974,13 @@ impl Dataplane {
             &ranges,
         )?;
         if spec.internal_backends.is_none() && self.internal.contains_key(&fe) {
-            self.delete_scoped(&fe, SCOPE_INTERNAL)?;
+            // Pods' flows to backends the frontend entry still has stay.
+            let kept = self
+                .services
+                .get(&fe)
+                .map(|s| s.backend_ids.clone())
+                .unwrap_or_default();
+            self.delete_scoped(&fe, SCOPE_INTERNAL, &kept)?;
             changed = true;
         }
         Ok(match r {
@@ -948,7 +1012,7 @@ impl Dataplane {
             });
         }
         if let Some(cur) = self.table(scope).get(&fe)
-            && self.backends_of(&cur.backend_ids) == want
+            && same_set(&self.backends_of(&cur.backend_ids), &want)
             && cur.affinity_timeout == affinity_timeout
             && cur.label == opts.label
             && cur.flags == flags
@@ -1023,6 +1087,9 @@ impl Dataplane {
             ),
             None => (self.svc_ids.take(), Vec::new(), None, None, Vec::new()),
         };
+        // Surviving backends keep their slots (session affinity names a
+        // slot); see `slot_layout`.
+        let (ids, moves) = slot_layout(&old_ids, &ids);
         let mirror = ServiceMirror {
             svc_id,
             backend_ids: ids.clone(),
@@ -1031,8 +1098,15 @@ impl Dataplane {
             flags,
             ranges: ranges.to_vec(),
         };
+        // Affinity entries follow a moved backend (entries of a service
+        // whose affinity is just turned on or off need no care).
+        let moves = if old_affinity != 0 && affinity_timeout != 0 {
+            moves
+        } else {
+            Vec::new()
+        };
         let result = self
-            .write_service(&fe, scope, &mirror, &old_ids, &old_ranges, created)
+            .write_service(&fe, scope, &mirror, &old_ids, &old_ranges, created, &moves)
             .and_then(|()| {
                 if old_label.as_deref() != Some(opts.label.as_str()) {
                     self.labels
@@ -1050,6 +1124,7 @@ impl Dataplane {
         }
         self.slot_count = self.slot_count + ids.len() - old_ids.len();
         self.table_mut(scope).insert(fe, mirror);
+        self.note_udp_change(&fe, svc_id, &old_ids, &ids);
         if scope == SCOPE_EXTERNAL {
             let had = old_flags.is_some_and(has_marker);
             if has_marker(flags) && !had {
@@ -1077,7 +1152,14 @@ impl Dataplane {
     }
 
     /// Slots, reverse NAT, source ranges and the frontend entry, in the safe
-    /// order.
+    /// order. The affinity entries of each moved backend (`moves`: backend
+    /// id, old slot, new slot) are rewritten to its new slot while both
+    /// slots name it: after the new slot is written, before the count that
+    /// hides the old one is lowered.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one caller; the parts of one update"
+    )]
     fn write_service(
         &mut self,
         fe: &Frontend4,
@@ -1086,6 +1168,7 @@ impl Dataplane {
         old_ids: &[u32],
         old_ranges: &[(Ipv4Addr, u8)],
         created: bool,
+        moves: &[SlotMove],
     ) -> Result<()> {
         // 2. Slots that change, before the count that exposes them.
         for (i, id) in s.backend_ids.iter().enumerate() {
@@ -1117,6 +1200,15 @@ impl Dataplane {
                     .insert(&range_key(s.svc_id, *r), 1, 0)
                     .map_err(map_err(map_names::SRCRANGE4))?;
             }
+        }
+        if !moves.is_empty() {
+            let moved = self.move_affinity(s.svc_id, moves)?;
+            tracing::debug!(
+                frontend = %fe,
+                moved_backends = moves.len(),
+                affinity_entries = moved,
+                "backends moved to other slots; their session affinity follows them"
+            );
         }
         // 3. The frontend with its new count, then slots past the count.
         let (k, v) = svc_entry(fe, scope, s);
@@ -1191,15 +1283,18 @@ impl Dataplane {
     /// their conntrack entries and so their backend; new ones are rejected
     /// if the VIP still has other ports, else no longer translated.
     pub fn delete_service(&mut self, fe: &Frontend4) -> Result<bool> {
-        let found = self.delete_scoped(fe, SCOPE_EXTERNAL)?;
-        self.delete_scoped(fe, SCOPE_INTERNAL)?;
+        let found = self.delete_scoped(fe, SCOPE_EXTERNAL, &[])?;
+        self.delete_scoped(fe, SCOPE_INTERNAL, &[])?;
         Ok(found)
     }
 
-    fn delete_scoped(&mut self, fe: &Frontend4, scope: u8) -> Result<bool> {
+    /// Removes one scope of `fe`; the UDP flows of its backends other than
+    /// `kept` become stale.
+    fn delete_scoped(&mut self, fe: &Frontend4, scope: u8, kept: &[u32]) -> Result<bool> {
         let Some(s) = self.table_mut(scope).remove(fe) else {
             return Ok(false);
         };
+        self.note_udp_change(fe, s.svc_id, &s.backend_ids, kept);
         let key = Svc4Key {
             vip: fe.vip.octets(),
             port: fe.port,
@@ -1231,6 +1326,119 @@ impl Dataplane {
             self.flush_affinity(s.svc_id)?;
         }
         Ok(true)
+    }
+
+    /// Notes that backends `gone` left service id `svc_id` of frontend `fe`
+    /// while `kept` are in it: for a UDP frontend, the flows to the ones
+    /// that left are stale, and those to the ones in it (again) are not.
+    fn note_udp_change(&mut self, fe: &Frontend4, svc_id: u32, gone: &[u32], kept: &[u32]) {
+        if fe.proto != IPPROTO_UDP {
+            return;
+        }
+        let frontend = (fe.vip.octets(), fe.port);
+        let keys = &self.backend_keys;
+        let addr_of = |id: &u32| keys.get(id).map(|k| (k.addr.octets(), k.port));
+        let kept: BTreeSet<([u8; 4], u16)> = kept.iter().filter_map(addr_of).collect();
+        self.stale_udp.retain(|s| {
+            !(s.svc_id == svc_id && s.frontend == frontend && kept.contains(&s.backend))
+        });
+        for id in gone {
+            let Some(backend) = addr_of(id) else {
+                continue;
+            };
+            if !kept.contains(&backend) {
+                self.stale_udp.insert(StaleFlow {
+                    svc_id,
+                    backend_id: *id,
+                    frontend,
+                    backend,
+                });
+            }
+        }
+    }
+
+    /// Deletes the conntrack entries (both directions) and the source NAT
+    /// entries of the UDP flows whose backend left their frontend since
+    /// the last sweep, as kube-proxy clears the UDP conntrack entries of
+    /// removed endpoints: otherwise a client that keeps sending from one
+    /// port stays pinned to the removed backend for as long as it sends.
+    /// TCP flows are never touched (they keep a removed but running
+    /// backend). One walk of the conntrack map however many frontends
+    /// changed; entries that vanish underneath (LRU, the datapath) are
+    /// skipped, and an entry a new flow took over meanwhile is left alone.
+    /// On error the stale backends stay noted for the next sweep.
+    pub fn clear_stale_udp_flows(&mut self) -> Result<ClearedFlows> {
+        let mut out = ClearedFlows::default();
+        if self.stale_udp.is_empty() {
+            return Ok(out);
+        }
+        let stale = &self.stale_udp;
+        let is_stale =
+            |k: &Ct4Key, v: &CtValue| StaleFlow::of_entry(k, v).is_some_and(|s| stale.contains(&s));
+        let mut doomed = Vec::new();
+        for k in self.ct4.keys().take(self.capacity.conntrack as usize) {
+            let k = k.map_err(map_err(map_names::CT4))?;
+            if k.proto != IPPROTO_UDP {
+                continue;
+            }
+            match self.ct4.get(&k, 0) {
+                Ok(v) if is_stale(&k, &v) => doomed.push(k),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_names::CT4)(e)),
+            }
+        }
+        // Service direction first: a client's next datagram then opens a
+        // new flow, and no reply of the old one goes out untranslated.
+        doomed.sort_by_key(|k| k.dir != CT_DIR_SERVICE);
+        for k in &doomed {
+            // Read again just before: a new flow may have taken the key.
+            let v = match self.ct4.get(k, 0) {
+                Ok(v) if is_stale(k, &v) => v,
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::CT4)(e)),
+            };
+            if removed(self.ct4.remove(k)).map_err(map_err(map_names::CT4))? {
+                out.ct_entries += 1;
+                if k.dir == CT_DIR_SERVICE {
+                    out.flows += 1;
+                }
+            }
+            // The flow's SNAT entries share its conntrack keys.
+            if v.flags & CT_F_SNAT != 0
+                && removed(self.snat4.remove(k)).map_err(map_err(map_names::SNAT4))?
+            {
+                out.snat_entries += 1;
+            }
+        }
+        self.stale_udp.clear();
+        Ok(out)
+    }
+
+    /// Rewrites the session affinity entries of service id `svc_id` that
+    /// name a moved backend in its old slot to name its new slot. Entries
+    /// that vanish meanwhile (LRU) are not written back. Returns how many
+    /// entries it rewrote.
+    fn move_affinity(&mut self, svc_id: u32, moves: &[SlotMove]) -> Result<usize> {
+        let to: StdHashMap<(u32, u32), u32> = moves
+            .iter()
+            .map(|m| ((m.backend_id, m.from), m.to))
+            .collect();
+        let limit = self.capacity.affinity as usize;
+        let entries = walk(&self.affinity4, map_names::AFFINITY4, limit)?;
+        let mut moved = 0;
+        for (k, mut v) in entries {
+            if k.svc_id != svc_id {
+                continue;
+            }
+            let Some(slot) = to.get(&(v.backend_id, v.slot)) else {
+                continue;
+            };
+            v.slot = *slot;
+            ignore_missing(self.affinity4.insert(k, v, BPF_EXIST))
+                .map_err(map_err(map_names::AFFINITY4))?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// Deletes the session affinity entries of service id `svc_id`. The map
@@ -1686,6 +1894,95 @@ fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
     )
 }
 
+/// `BPF_EXIST`: update an entry only if it is still there.
+const BPF_EXIST: u64 = 2;
+
+/// Whether two backend lists hold the same backends (slot order aside).
+fn same_set(a: &[Backend4Spec], b: &[Backend4Spec]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+/// A backend that changes slot (1-based) in a frontend's slot order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SlotMove {
+    backend_id: u32,
+    from: u32,
+    to: u32,
+}
+
+/// The slot order of a frontend's backends after a change from `old`
+/// (backend ids in slot order) to the backends `want`, and the backends
+/// that move. Session affinity remembers a client's backend with its slot,
+/// so slots must move as little as possible: surviving backends keep their
+/// slots, new backends fill the holes removed ones left (lowest first) and
+/// then go at the end; holes left over are filled by moving backends from
+/// the end (the fewest moves that keep slots 1..=count dense).
+fn slot_layout(old: &[u32], want: &[u32]) -> (Vec<u32>, Vec<SlotMove>) {
+    let wanted: BTreeSet<u32> = want.iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    // A backend named twice (maps edited by hand) keeps its first slot.
+    let mut slots: Vec<Option<u32>> = old
+        .iter()
+        .map(|id| (wanted.contains(id) && seen.insert(*id)).then_some(*id))
+        .collect();
+    let mut added = want.iter().copied().filter(|id| !seen.contains(id));
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        match added.next() {
+            Some(id) => *s = Some(id),
+            None => break,
+        }
+    }
+    slots.extend(added.map(Some));
+    let n = wanted.len();
+    let mut moves = Vec::new();
+    let mut hole = 0;
+    for from in (n..slots.len()).rev() {
+        let Some(id) = slots[from] else {
+            continue;
+        };
+        while hole < n && slots[hole].is_some() {
+            hole += 1;
+        }
+        if hole == n {
+            break;
+        }
+        slots[hole] = Some(id);
+        slots[from] = None;
+        moves.push(SlotMove {
+            backend_id: id,
+            from: from as u32 + 1,
+            to: hole as u32 + 1,
+        });
+    }
+    slots.truncate(n);
+    (slots.into_iter().flatten().collect(), moves)
+}
+
+/// The entries of `map`, read in one walk over at most `limit` keys (a
+/// walk over a map that changes underneath may start over, so it is
+/// bounded); entries that vanish between the key and its lookup are
+/// skipped.
+fn walk<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    limit: usize,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for k in map.keys().take(limit) {
+        let k = k.map_err(map_err(name))?;
+        match map.get(&k, 0) {
+            Ok(v) => out.push((k, v)),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes every entry of `map` whose key `keep` rejects. Returns how many
 /// it deleted.
 fn prune<K: aya::Pod, V: aya::Pod>(
@@ -1703,6 +2000,15 @@ fn prune<K: aya::Pod, V: aya::Pod>(
         deleted += 1;
     }
     Ok(deleted)
+}
+
+/// Whether a delete deleted something (deleting what is absent is not an
+/// error).
+fn removed(r: Result<(), MapError>) -> Result<bool, MapError> {
+    match r {
+        Ok(()) => Ok(true),
+        other => ignore_missing(other).map(|()| false),
+    }
 }
 
 /// Deleting what is absent is not an error.

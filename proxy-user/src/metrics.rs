@@ -17,6 +17,7 @@
 //! | `sync_skipped_total` | counter | problems reported with a service (bad object, over capacity, unsupported), each once until it changes |
 //! | `sync_repaired_entries_total` | counter | map entries drift repair rewrote or deleted |
 //! | `source_errors_total` | counter | errors a source reported (the last good state stayed) |
+//! | `conntrack_flows_cleared_total{proto}` | counter | flows whose conntrack entries a sync pass deleted because their backend left the service (`proto="udp"`: kube-proxy's cleanup of stale UDP endpoints) |
 //! | `kube_watch_restarts_total`, `kube_watch_errors_total` | counter | relists and failed list/watch requests (with a Kubernetes source only) |
 //! | `frontends`, `backends`, `backend_slots` | gauge | what the maps hold |
 //! | `conntrack_entries` | gauge | entries of the conntrack map, counted at most every [`CONNTRACK_COUNT_EVERY`] |
@@ -346,6 +347,16 @@ impl Collector for Collector_ {
             "Errors reported by the source; the last good state stayed in force",
             get(&st.source_errors),
         )?;
+        {
+            let v = ConstCounter::new(get(&st.udp_flows_cleared));
+            let mut family = enc.encode_descriptor(
+                "conntrack_flows_cleared",
+                "Flows whose conntrack entries a sync pass deleted because their backend left the service.",
+                None,
+                v.metric_type(),
+            )?;
+            v.encode(family.encode_family(&[("proto", "udp")])?)?;
+        }
         if let Some(k) = &s.kube {
             counter(
                 &mut enc,

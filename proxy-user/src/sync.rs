@@ -62,6 +62,8 @@ pub struct SyncStats {
     pub repaired: AtomicU64,
     /// Source errors reported (the last good state stayed in force).
     pub source_errors: AtomicU64,
+    /// UDP flows of removed backends whose conntrack entries were cleared.
+    pub udp_flows_cleared: AtomicU64,
 }
 
 /// What one pass did.
@@ -75,6 +77,8 @@ pub struct PassReport {
     pub unchanged: usize,
     /// Frontends deleted.
     pub deleted: usize,
+    /// UDP flows of removed backends cleared from conntrack.
+    pub udp_flows_cleared: usize,
     /// Problems, one line each (`namespace/name port: reason`). Health check
     /// port conflicts appear in the pass that finds them (or finds them
     /// changed).
@@ -284,6 +288,24 @@ impl Syncer {
             }
             self.first_pass_done = true;
         }
+        // Once per pass, after every change: UDP flows of backends that
+        // left their frontend move to a live one at their next datagram.
+        match dp.clear_stale_udp_flows() {
+            Ok(c) => {
+                report.udp_flows_cleared = c.flows;
+                if c.ct_entries > 0 {
+                    tracing::info!(
+                        flows = c.flows,
+                        conntrack_entries = c.ct_entries,
+                        snat_entries = c.snat_entries,
+                        "cleared the UDP conntrack entries of removed backends"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!("clearing UDP conntrack entries of removed backends: {e}");
+            }
+        }
         self.assign_health_checks(&mut report);
         let done = Instant::now();
         self.last_latencies = since.values().map(|t| done.duration_since(*t)).collect();
@@ -295,6 +317,8 @@ impl Syncer {
             .fetch_add(report.upserted as u64, Ordering::Relaxed);
         s.deletes
             .fetch_add(report.deleted as u64, Ordering::Relaxed);
+        s.udp_flows_cleared
+            .fetch_add(report.udp_flows_cleared as u64, Ordering::Relaxed);
         report
     }
 
@@ -608,6 +632,7 @@ pub async fn run(
                 services = report.services,
                 upserted = report.upserted,
                 deleted = report.deleted,
+                udp_flows_cleared = report.udp_flows_cleared,
                 unchanged = report.unchanged,
                 skipped = report.skipped.len(),
                 elapsed_ms = t.elapsed().as_secs_f64() * 1e3,

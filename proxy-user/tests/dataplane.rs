@@ -2,8 +2,8 @@
 //! private bpffs folder per test, checked through the pins themselves.
 
 use std::{
-    collections::BTreeSet,
-    net::Ipv4Addr,
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -13,17 +13,23 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, RevNat4, SCOPE_EXTERNAL,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
-    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, Svc4Key, SvcValue,
-    map_names,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key,
+    CtValue, IPPROTO_TCP, IPPROTO_UDP, RevNat4, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, SrcRange4, Svc4Key, SvcValue, map_names,
+    program_names,
 };
 use svcnat::{
     dataplane::{
-        Backend4Spec, Dataplane, DataplaneConfig, DataplaneError, Frontend4, FrontendSpec,
-        MapSizes, ServiceOpts, Upsert, cleanup, open_pinned,
+        Backend4Spec, ClearedFlows, Dataplane, DataplaneConfig, DataplaneError, Frontend4,
+        FrontendSpec, MapSizes, ServiceOpts, Upsert, cleanup, open_pinned, program_fd,
     },
     inspect,
+    testing::{
+        datapath::{TC_ACT_OK, XDP_PASS},
+        packet::{PacketBuilder, ParsedL4, TCP_SYN, parse},
+        prog_run::test_run,
+    },
 };
 
 /// A pin folder that is removed when the test ends, also on panic.
@@ -718,4 +724,350 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
     assert_eq!(np["traffic_policy"], "local");
     assert_eq!(np["internal_backends"][1], "198.18.1.2:8080");
     assert_eq!(np["source_ranges"], serde_json::Value::Null);
+}
+
+// ---------------------------------------------------------------------------
+// Conntrack and session affinity across backend changes, driven through the
+// real programs (BPF_PROG_TEST_RUN on the dataplane's own loaded programs,
+// which use its pinned maps).
+// ---------------------------------------------------------------------------
+
+/// Runs `prog` of `dp` on `frame`; returns the verdict and the packet's
+/// source and destination after it.
+fn run_prog(dp: &Dataplane, prog: &str, frame: &[u8]) -> (u32, SocketAddrV4, SocketAddrV4) {
+    use std::os::fd::AsFd;
+    let fd = if prog == program_names::XDP_NODE {
+        let p: &aya::programs::Xdp = dp
+            .ebpf()
+            .program(prog)
+            .expect("xdp program")
+            .try_into()
+            .expect("an XDP program");
+        p.fd().expect("fd").as_fd()
+    } else {
+        program_fd(dp.ebpf(), prog).expect("tc program")
+    };
+    let out = test_run(fd, frame, 1).expect("test run");
+    let ip = parse(&out.data_out)
+        .expect("output frame")
+        .ipv4
+        .expect("IPv4 out");
+    let (sport, dport) = match &ip.l4 {
+        ParsedL4::Tcp(t) => (t.sport, t.dport),
+        ParsedL4::Udp(u) => (u.sport, u.dport),
+        other => panic!("not TCP or UDP: {other:?}"),
+    };
+    (
+        out.retval,
+        SocketAddrV4::new(ip.src, sport),
+        SocketAddrV4::new(ip.dst, dport),
+    )
+}
+
+/// A datagram from `client` to `to` through the pod ingress program; the
+/// backend it was sent to.
+fn udp_from_pod(dp: &Dataplane, client: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
+    let frame = PacketBuilder::udp(client, to).payload(b"q").build();
+    let (verdict, _, dst) = run_prog(dp, program_names::TC_POD_INGRESS, &frame);
+    assert_eq!(verdict, TC_ACT_OK, "{client} -> {to}");
+    dst
+}
+
+/// A TCP SYN from `client` to `to` through the pod ingress program; the
+/// backend it was sent to.
+fn syn_from_pod(dp: &Dataplane, client: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
+    let frame = PacketBuilder::tcp(client, to).flags(TCP_SYN).build();
+    let (verdict, _, dst) = run_prog(dp, program_names::TC_POD_INGRESS, &frame);
+    assert_eq!(verdict, TC_ACT_OK, "{client} -> {to}");
+    dst
+}
+
+fn udp_fe(last: u8, port: u16) -> Frontend4 {
+    Frontend4 {
+        proto: IPPROTO_UDP,
+        ..fe(last, port)
+    }
+}
+
+fn sock(f: Frontend4) -> SocketAddrV4 {
+    SocketAddrV4::new(f.vip, f.port)
+}
+
+fn be_sock(b: Backend4Spec) -> SocketAddrV4 {
+    SocketAddrV4::new(b.addr, b.port)
+}
+
+fn ct_map(dir: &PinDir) -> HashMap<aya::maps::MapData, Ct4Key, CtValue> {
+    HashMap::try_from(open_pinned(&dir.0, map_names::CT4).expect("map")).expect("ct")
+}
+
+fn ct_keys(dir: &PinDir) -> BTreeSet<Ct4Key> {
+    ct_map(dir).keys().map(|k| k.expect("key")).collect()
+}
+
+fn snat_keys(dir: &PinDir) -> BTreeSet<Ct4Key> {
+    let m: HashMap<aya::maps::MapData, Ct4Key, Snat4Value> =
+        HashMap::try_from(open_pinned(&dir.0, map_names::SNAT4).expect("map")).expect("snat");
+    m.keys().map(|k| k.expect("key")).collect()
+}
+
+/// Both conntrack keys of a flow the backend sees from `seen_from`.
+fn flow_keys(
+    proto: u8,
+    client: SocketAddrV4,
+    frontend: SocketAddrV4,
+    backend: SocketAddrV4,
+    seen_from: SocketAddrV4,
+) -> [Ct4Key; 2] {
+    [
+        Ct4Key {
+            saddr: client.ip().octets(),
+            daddr: frontend.ip().octets(),
+            sport: client.port(),
+            dport: frontend.port(),
+            proto,
+            dir: CT_DIR_SERVICE,
+            pad: 0,
+        },
+        Ct4Key {
+            saddr: backend.ip().octets(),
+            daddr: seen_from.ip().octets(),
+            sport: backend.port(),
+            dport: seen_from.port(),
+            proto,
+            dir: CT_DIR_REPLY,
+            pad: 0,
+        },
+    ]
+}
+
+/// kube-proxy clears the UDP conntrack entries of removed endpoints: a
+/// sweep deletes exactly the UDP flows (both directions, and their SNAT
+/// entries) whose backend left their frontend or whose frontend was
+/// deleted; flows of other services to the same backend, TCP flows, flows
+/// to surviving backends and flows to a backend that came back stay.
+#[test]
+fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
+    require_kernel!();
+    let dir = PinDir::new("udpct");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let dns = udp_fe(40, 53);
+    let dns2 = udp_fe(41, 53);
+    let web = fe(40, 80);
+    let node = Ipv4Addr::new(198, 18, 0, 1);
+    let np = Frontend4 {
+        vip: node,
+        port: 30053,
+        proto: IPPROTO_UDP,
+    };
+    let (b1, b2, b3, b4) = (be(1), be(2), be(3), be(4));
+    let client = |host: u8, port: u16| SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, host), port);
+
+    // Flows of dns to b1 (clients 1-3) and, while b1 was out for a moment,
+    // to b2 (clients 4-6); b1 came back before any sweep, so its flows are
+    // not stale.
+    dp.upsert_service(dns, &[b1], &opts(0)).expect("dns");
+    for h in 1..=3 {
+        assert_eq!(udp_from_pod(&dp, client(h, 5353), sock(dns)), be_sock(b1));
+    }
+    dp.upsert_service(dns, &[b2], &opts(0)).expect("dns b2");
+    for h in 4..=6 {
+        assert_eq!(udp_from_pod(&dp, client(h, 5353), sock(dns)), be_sock(b2));
+    }
+    dp.upsert_service(dns, &[b1, b2], &opts(0))
+        .expect("dns b1 b2");
+    // Another UDP service and a TCP service with the same backend address.
+    dp.upsert_service(dns2, &[b1], &opts(0)).expect("dns2");
+    // (From another port: the same port would clash with the dns flow to
+    // b1 and be remapped.)
+    assert_eq!(udp_from_pod(&dp, client(1, 5354), sock(dns2)), be_sock(b1));
+    dp.upsert_service(web, &[b1], &opts(0)).expect("web");
+    assert_eq!(syn_from_pod(&dp, client(1, 40000), sock(web)), be_sock(b1));
+    // A node port to a backend on another node: DNAT and SNAT at XDP.
+    let np_spec = |b: Backend4Spec| FrontendSpec {
+        backends: vec![b],
+        flags: SVC_FLAG_EXTERNAL | SVC_FLAG_NODE_PORT,
+        ..FrontendSpec::default()
+    };
+    dp.upsert_frontend(np, &np_spec(b3)).expect("node port");
+    let outside = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 200), 5000);
+    let frame = PacketBuilder::udp(outside, sock(np)).payload(b"q").build();
+    let (verdict, snat_src, dst) = run_prog(&dp, program_names::XDP_NODE, &frame);
+    assert_eq!((verdict, dst), (XDP_PASS, be_sock(b3)));
+    assert_eq!(*snat_src.ip(), node, "SNATed to the node port's address");
+    assert_eq!(
+        dp.clear_stale_udp_flows().expect("sweep"),
+        ClearedFlows::default(),
+        "nothing left a frontend for good yet"
+    );
+
+    let before = ct_keys(&dir);
+    let snat_before = snat_keys(&dir);
+    assert_eq!(before.len(), 2 * 9, "nine flows, two entries each");
+    assert_eq!(
+        snat_before.len(),
+        2,
+        "the node-port flow's two SNAT entries"
+    );
+
+    // b1 leaves dns, b3 leaves the node port.
+    dp.upsert_service(dns, &[b2], &opts(0))
+        .expect("dns without b1");
+    dp.upsert_frontend(np, &np_spec(b4))
+        .expect("node port without b3");
+    let cleared = dp.clear_stale_udp_flows().expect("sweep");
+    let mut want_gone: BTreeSet<Ct4Key> = (1..=3)
+        .flat_map(|h| {
+            let c = client(h, 5353);
+            flow_keys(IPPROTO_UDP, c, sock(dns), be_sock(b1), c)
+        })
+        .collect();
+    want_gone.extend(flow_keys(
+        IPPROTO_UDP,
+        outside,
+        sock(np),
+        be_sock(b3),
+        snat_src,
+    ));
+    let after = ct_keys(&dir);
+    assert!(after.is_subset(&before), "the sweep only deletes");
+    let gone: BTreeSet<Ct4Key> = before.difference(&after).copied().collect();
+    assert_eq!(gone, want_gone, "exactly the UDP flows of removed backends");
+    assert!(
+        snat_keys(&dir).is_empty(),
+        "the SNATed flow's entries go too"
+    );
+    assert_eq!(
+        cleared,
+        ClearedFlows {
+            flows: 4,
+            ct_entries: 8,
+            snat_entries: 2
+        }
+    );
+    // The next datagram of a cleared flow goes to a live backend.
+    assert_eq!(udp_from_pod(&dp, client(1, 5353), sock(dns)), be_sock(b2));
+    assert_eq!(
+        dp.clear_stale_udp_flows().expect("sweep again"),
+        ClearedFlows::default(),
+        "a sweep forgets what it cleared"
+    );
+
+    // A deleted frontend takes its UDP flows along.
+    let before = ct_keys(&dir);
+    assert!(dp.delete_service(&dns2).expect("delete dns2"));
+    let cleared = dp.clear_stale_udp_flows().expect("sweep");
+    let gone: BTreeSet<Ct4Key> = before.difference(&ct_keys(&dir)).copied().collect();
+    let c = client(1, 5354);
+    assert_eq!(
+        gone,
+        flow_keys(IPPROTO_UDP, c, sock(dns2), be_sock(b1), c).into()
+    );
+    assert_eq!(cleared.flows, 1);
+    // The TCP flow to b1 was never touched.
+    let c = client(1, 40000);
+    for k in flow_keys(IPPROTO_TCP, c, sock(web), be_sock(b1), c) {
+        assert!(ct_keys(&dir).contains(&k), "TCP entry {k:?} kept");
+    }
+}
+
+/// Session affinity follows the backend, not its slot: adding backends
+/// that sort between the others, then removing backends so that others
+/// move into their slots, sends every affine client to the backend it had
+/// (as long as that backend stays).
+#[test]
+fn session_affinity_survives_other_backends_coming_and_going() {
+    require_kernel!();
+    let dir = PinDir::new("affslots");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let web = fe(50, 80);
+    let list = |hosts: &[u8]| hosts.iter().map(|h| be(*h)).collect::<Vec<_>>();
+    let mut port = 10_000_u16;
+    let mut connect = |dp: &Dataplane, host: u8| {
+        port += 1;
+        let c = SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, host), port);
+        syn_from_pod(dp, c, sock(web))
+    };
+    let mut affine: BTreeMap<u8, SocketAddrV4> = BTreeMap::new();
+    let check = |dp: &Dataplane,
+                 affine: &BTreeMap<u8, SocketAddrV4>,
+                 live: &[u8],
+                 connect: &mut dyn FnMut(&Dataplane, u8) -> SocketAddrV4,
+                 what: &str| {
+        for (host, had) in affine {
+            if !live.contains(&had.ip().octets()[3]) {
+                continue;
+            }
+            assert_eq!(
+                connect(dp, *host),
+                *had,
+                "{what}: client {host} keeps its backend"
+            );
+        }
+    };
+
+    dp.upsert_service(web, &list(&[2, 4, 6, 8]), &opts(600))
+        .expect("web");
+    for host in 1..=12 {
+        affine.insert(host, connect(&dp, host));
+    }
+    check(&dp, &affine, &[2, 4, 6, 8], &mut connect, "unchanged");
+
+    // Backends 3 and 5 join: in sorted order they sit between the others.
+    assert_eq!(
+        dp.upsert_service(web, &list(&[2, 3, 4, 5, 6, 8]), &opts(600))
+            .expect("add"),
+        Upsert::Updated
+    );
+    check(
+        &dp,
+        &affine,
+        &[2, 3, 4, 5, 6, 8],
+        &mut connect,
+        "after adding 3 and 5",
+    );
+    // Clients until some use the new backends (the last slots), which move
+    // when 2 and 4 leave.
+    let mut host = 13;
+    while !affine
+        .values()
+        .any(|b| [3, 5].contains(&b.ip().octets()[3]))
+    {
+        assert!(host < 250, "no client ever got backend 3 or 5");
+        affine.insert(host, connect(&dp, host));
+        host += 1;
+    }
+    let moved: Vec<u8> = affine
+        .iter()
+        .filter(|(_, b)| [3, 5].contains(&b.ip().octets()[3]))
+        .map(|(h, _)| *h)
+        .collect();
+
+    // The same set in another order is no change.
+    assert_eq!(
+        dp.upsert_service(web, &list(&[8, 6, 5, 4, 3, 2]), &opts(600))
+            .expect("same set"),
+        Upsert::Unchanged
+    );
+    // 2 and 4 leave: 3 and 5 move into their slots.
+    dp.upsert_service(web, &list(&[3, 5, 6, 8]), &opts(600))
+        .expect("remove");
+    let (v, _) = read_back(&dir, web).expect("web present");
+    assert_eq!(v.count, 4);
+    check(
+        &dp,
+        &affine,
+        &[3, 5, 6, 8],
+        &mut connect,
+        "after removing 2 and 4",
+    );
+    eprintln!("clients {moved:?} used backends that moved slots and kept them");
+    // Adoption reads the same slots back.
+    drop(dp);
+    let dp = Dataplane::open(&dir.config(small())).expect("adopt");
+    let s = dp.service(&web).expect("adopted");
+    let mut got: Vec<u8> = s.backends.iter().map(|b| b.addr.octets()[3]).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![3, 5, 6, 8]);
+    check(&dp, &affine, &[3, 5, 6, 8], &mut connect, "after adoption");
 }

@@ -370,6 +370,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
         stats.skipped.store(2, Ordering::Relaxed);
         stats.repaired.store(4, Ordering::Relaxed);
         stats.source_errors.store(7, Ordering::Relaxed);
+        stats.udp_flows_cleared.store(8, Ordering::Relaxed);
         let health = Arc::new(Health::default());
         health
             .last_pass_ms
@@ -419,6 +420,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             "svcnat_sync_skipped_total",
             "svcnat_sync_repaired_entries_total",
             "svcnat_source_errors_total",
+            "svcnat_conntrack_flows_cleared_total",
             "svcnat_kube_watch_restarts_total",
             "svcnat_kube_watch_errors_total",
             "svcnat_conntrack_entries",
@@ -447,6 +449,14 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
         assert_eq!(one("svcnat_sync_skipped_total"), ("counter", 2.0));
         assert_eq!(one("svcnat_sync_repaired_entries_total"), ("counter", 4.0));
         assert_eq!(one("svcnat_source_errors_total"), ("counter", 7.0));
+        assert_eq!(
+            one("svcnat_conntrack_flows_cleared_total"),
+            ("counter", 8.0)
+        );
+        assert_eq!(
+            m["svcnat_conntrack_flows_cleared_total"].samples[0].labels["proto"],
+            "udp"
+        );
         assert_eq!(one("svcnat_kube_watch_restarts_total"), ("counter", 1.0));
         assert_eq!(one("svcnat_kube_watch_errors_total"), ("counter", 6.0));
         assert_eq!(
