@@ -26,7 +26,7 @@ use svcnat::{
     },
     inspect,
     testing::{
-        datapath::{TC_ACT_OK, XDP_PASS},
+        datapath::{TCX_NEXT, XDP_PASS},
         packet::{PacketBuilder, ParsedL4, TCP_SYN, parse},
         prog_run::test_run,
     },
@@ -769,7 +769,7 @@ fn run_prog(dp: &Dataplane, prog: &str, frame: &[u8]) -> (u32, SocketAddrV4, Soc
 fn udp_from_pod(dp: &Dataplane, client: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
     let frame = PacketBuilder::udp(client, to).payload(b"q").build();
     let (verdict, _, dst) = run_prog(dp, program_names::TC_POD_INGRESS, &frame);
-    assert_eq!(verdict, TC_ACT_OK, "{client} -> {to}");
+    assert_eq!(verdict, TCX_NEXT, "{client} -> {to}");
     dst
 }
 
@@ -778,7 +778,7 @@ fn udp_from_pod(dp: &Dataplane, client: SocketAddrV4, to: SocketAddrV4) -> Socke
 fn syn_from_pod(dp: &Dataplane, client: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
     let frame = PacketBuilder::tcp(client, to).flags(TCP_SYN).build();
     let (verdict, _, dst) = run_prog(dp, program_names::TC_POD_INGRESS, &frame);
-    assert_eq!(verdict, TC_ACT_OK, "{client} -> {to}");
+    assert_eq!(verdict, TCX_NEXT, "{client} -> {to}");
     dst
 }
 
