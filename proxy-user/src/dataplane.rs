@@ -40,9 +40,9 @@ use aya::{
 use proxy_common::{
     AffinityKey, AffinityValue, Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, CtValue,
     IPPROTO_UDP, LAYOUT_VERSION, NodeAddr4, Reason, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP, SlotKey,
-    SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue, default_sizes,
-    map_names, program_names,
+    STAT_CT_CREATED, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP,
+    SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key, SvcLabel, SvcValue,
+    default_sizes, map_names, program_names,
 };
 
 /// Default pin folder.
@@ -382,6 +382,8 @@ pub struct Dataplane {
     /// UDP backends removed from a frontend (or with it) whose conntrack
     /// entries [`Dataplane::clear_stale_udp_flows`] has not deleted yet.
     stale_udp: BTreeSet<StaleFlow>,
+    /// Conntrack entries deleted by this dataplane (for the eviction count).
+    ct_removed: u64,
 }
 
 /// A UDP backend that left one scope of a frontend: the flows of that
@@ -570,6 +572,7 @@ impl Dataplane {
             node_attached: BTreeSet::new(),
             pending_migration: None,
             stale_udp: BTreeSet::new(),
+            ct_removed: 0,
         };
         dp.adopt()?;
         if let Some(from) = migrate_from {
@@ -1399,6 +1402,7 @@ impl Dataplane {
             };
             if removed(self.ct4.remove(k)).map_err(map_err(map_names::CT4))? {
                 out.ct_entries += 1;
+                self.ct_removed += 1;
                 if k.dir == CT_DIR_SERVICE {
                     out.flows += 1;
                 }
@@ -1487,6 +1491,21 @@ impl Dataplane {
     /// Datapath counters summed over CPUs, by reason.
     pub fn stats(&self) -> Result<Vec<(Reason, StatValue)>> {
         read_stats(&self.stats)
+    }
+
+    /// Conntrack entries the datapath created under a new key, ever (the
+    /// `STAT_CT_CREATED` counter of the pinned stats map, summed over CPUs).
+    pub fn ct_created(&self) -> Result<u64> {
+        let per_cpu = self
+            .stats
+            .get(&STAT_CT_CREATED, 0)
+            .map_err(map_err(map_names::STATS))?;
+        Ok(per_cpu.iter().map(|v| v.packets).sum())
+    }
+
+    /// Conntrack entries this dataplane deleted itself (stale UDP flows).
+    pub fn ct_removed(&self) -> u64 {
+        self.ct_removed
     }
 
     /// Attaches both pod programs to every interface of the current network

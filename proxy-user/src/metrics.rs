@@ -21,6 +21,8 @@
 //! | `kube_watch_restarts_total`, `kube_watch_errors_total` | counter | relists and failed list/watch requests (with a Kubernetes source only) |
 //! | `frontends`, `backends`, `backend_slots` | gauge | what the maps hold |
 //! | `conntrack_entries` | gauge | entries of the conntrack map, counted at most every [`CONNTRACK_COUNT_EVERY`] |
+//! | `conntrack_created_total` | counter | conntrack entries the datapath created under a new key |
+//! | `conntrack_evictions_total` | counter | conntrack entries the kernel's LRU evicted to make room since this agent started: pressure on the map (see [`EvictionEstimate`]) |
 //! | `map_capacity_entries{map}` | gauge | size of each map as loaded (`map` is the pinned name) |
 //! | `datapath_packets_total{reason}`, `datapath_bytes_total{reason}` | counter | the datapath's per-CPU counters, summed, by [`Reason`] |
 //!
@@ -124,6 +126,38 @@ pub struct DatapathSample {
     pub capacity: MapSizes,
     /// Datapath counters summed over CPUs.
     pub stats: Vec<(Reason, StatValue)>,
+    /// Conntrack entries the datapath created under a new key, ever.
+    pub ct_created: u64,
+    /// Conntrack entries this agent deleted itself.
+    pub ct_removed: u64,
+}
+
+/// Conntrack entries the kernel's LRU evicted, derived: the datapath never
+/// deletes a conntrack entry (a flow that ends keeps its entries until they
+/// are taken over or evicted), so what the datapath created, less what the
+/// map grew by and what the agent deleted, was evicted. Counted from the
+/// agent's first sample on; never goes down. Approximate under churn, as
+/// the entry count is (the map changes while it is walked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictionEstimate {
+    baseline: Option<(u64, u64, u64)>,
+    evicted: u64,
+}
+
+impl EvictionEstimate {
+    /// Takes a sample: entries created ever, entries in the map now, entries
+    /// the agent deleted ever. Returns the evictions so far.
+    pub fn update(&mut self, created: u64, entries: u64, removed: u64) -> u64 {
+        let Some((c0, e0, r0)) = self.baseline else {
+            self.baseline = Some((created, entries, removed));
+            return 0;
+        };
+        let gone = (created.saturating_sub(c0) + e0)
+            .saturating_sub(entries)
+            .saturating_sub(removed.saturating_sub(r0));
+        self.evicted = self.evicted.max(gone);
+        self.evicted
+    }
 }
 
 impl DatapathSample {
@@ -146,6 +180,8 @@ impl DatapathSample {
             backend_slots: slots,
             capacity: dp.capacity(),
             stats: dp.stats()?,
+            ct_created: dp.ct_created()?,
+            ct_removed: dp.ct_removed(),
         })
     }
 }
@@ -188,6 +224,7 @@ struct Shared {
     kube: Option<Arc<KubeSourceStats>>,
     datapath: Mutex<Option<DatapathSample>>,
     conntrack: AtomicU64,
+    evictions: AtomicU64,
 }
 
 /// The agent's metrics: histograms observed after each pass, counters read
@@ -236,6 +273,7 @@ impl Metrics {
             kube,
             datapath: Mutex::new(None),
             conntrack: AtomicU64::new(UNSET),
+            evictions: AtomicU64::new(UNSET),
         });
         registry.register_collector(Box::new(Collector_(Arc::clone(&shared))));
         Self {
@@ -266,6 +304,13 @@ impl Metrics {
             .datapath
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(sample);
+    }
+
+    /// Sets the conntrack eviction count shown by scrapes.
+    pub fn set_conntrack_evictions(&self, n: u64) {
+        self.shared
+            .evictions
+            .store(n.min(UNSET - 1), Ordering::Relaxed);
     }
 
     /// Sets the conntrack entry count shown by scrapes.
@@ -380,12 +425,27 @@ impl Collector for Collector_ {
                 ct as i64,
             )?;
         }
+        let evicted = get(&s.evictions);
+        if evicted != UNSET {
+            counter(
+                &mut enc,
+                "conntrack_evictions",
+                "Conntrack entries the kernel's LRU evicted to make room since the agent started (created by the datapath, less the map's growth and the agent's deletions)",
+                evicted,
+            )?;
+        }
         let sample = s
             .datapath
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let Some(d) = sample else { return Ok(()) };
+        counter(
+            &mut enc,
+            "conntrack_created",
+            "Conntrack entries the datapath created under a new key",
+            d.ct_created,
+        )?;
         gauge(
             &mut enc,
             "frontends",
@@ -473,6 +533,7 @@ pub async fn sample_datapath(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_count: Option<tokio::time::Instant> = None;
     let mut failing = false;
+    let mut evictions = EvictionEstimate::default();
     loop {
         tick.tick().await;
         let d = Arc::clone(&dp);
@@ -485,12 +546,21 @@ pub async fn sample_datapath(
             None
         };
         let mut error = None;
+        let mut ct_counters = None;
         match sample {
-            Ok(s) => metrics.set_datapath(s),
+            Ok(s) => {
+                ct_counters = Some((s.ct_created, s.ct_removed));
+                metrics.set_datapath(s);
+            }
             Err(e) => error = Some(e),
         }
         match counted {
-            Some(Ok(n)) => metrics.set_conntrack_entries(n.min(ct_capacity)),
+            Some(Ok(n)) => {
+                metrics.set_conntrack_entries(n.min(ct_capacity));
+                if let Some((created, removed)) = ct_counters {
+                    metrics.set_conntrack_evictions(evictions.update(created, n, removed));
+                }
+            }
             Some(Err(e)) => error = Some(e),
             None => {}
         }
@@ -949,5 +1019,26 @@ mod tests {
             AgentHealth::timeout_for(Duration::from_secs(60)),
             Duration::from_secs(130)
         );
+    }
+}
+
+#[cfg(test)]
+mod eviction_tests {
+    use super::EvictionEstimate;
+
+    #[test]
+    fn evictions_are_what_was_created_less_growth_and_deletions_and_never_go_down() {
+        let mut e = EvictionEstimate::default();
+        // Baseline: 100 entries in the map, 1000 created before this agent.
+        assert_eq!(e.update(1000, 100, 5), 0);
+        // 50 created, the map grew by 50: nothing evicted.
+        assert_eq!(e.update(1050, 150, 5), 0);
+        // 100 more created, 20 deleted by the agent, the map grew by 30:
+        // 50 evicted.
+        assert_eq!(e.update(1150, 180, 25), 50);
+        // The map shrinks by the agent's deletions only: still 50.
+        assert_eq!(e.update(1150, 170, 35), 50);
+        // A walk that counted more than there were does not undo evictions.
+        assert_eq!(e.update(1150, 400, 35), 50);
     }
 }

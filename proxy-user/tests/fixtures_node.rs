@@ -1420,3 +1420,64 @@ fn a_flood_of_flowless_segments_evicts_no_established_flow() {
         "the flood left conntrack entries"
     );
 }
+
+/// A flood of SYNs (each one a new flow, as a SYN may be) bigger than the
+/// conntrack map does evict entries: the map is an LRU. What the operator
+/// sees is the eviction count the agent derives from the datapath's count of
+/// created entries.
+#[test]
+fn a_syn_flood_bigger_than_the_map_shows_as_evictions() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    const CT_SIZE: u32 = 2048;
+    let sizes: Vec<(&str, u32)> = svcnat::testing::datapath::TEST_MAP_SIZES
+        .iter()
+        .map(|(n, s)| {
+            (
+                *n,
+                if *n == proxy_common::map_names::CT4 {
+                    CT_SIZE
+                } else {
+                    *s
+                },
+            )
+        })
+        .collect();
+    let mut dp = TestDatapath::load_with_sizes(&sizes).unwrap_or_else(|e| panic!("load: {e}"));
+    seed_world(&mut dp).unwrap_or_else(|e| panic!("seed: {e}"));
+    let mut estimate = svcnat::metrics::EvictionEstimate::default();
+    assert_eq!(
+        estimate.update(0, 0, 0),
+        0,
+        "the first sample is the baseline"
+    );
+    let flows = 2 * CT_SIZE;
+    for j in 0..flows {
+        let src = sa(
+            198,
+            18,
+            128 + (j >> 8 & 0x7f) as u8,
+            j as u8,
+            1024 + j as u16,
+        );
+        let out = dp
+            .run(TcProgram::NodeXdp, &tcp(src, NP_LOCAL, TCP_SYN).build())
+            .unwrap_or_else(|e| panic!("test run: {e}"));
+        assert_eq!(out.retval, XDP_PASS, "SYN {j}");
+    }
+    let created = dp.created_entries().expect("created counter");
+    assert_eq!(created, 2 * u64::from(flows), "two entries per new flow");
+    let entries = dp.ct4.keys().count() as u64;
+    assert!(
+        entries <= u64::from(CT_SIZE),
+        "{entries} entries in a map of {CT_SIZE}"
+    );
+    let evicted = estimate.update(created, entries, 0);
+    assert_eq!(evicted, created - entries);
+    assert!(
+        evicted >= created - u64::from(CT_SIZE),
+        "{evicted} evictions"
+    );
+}
