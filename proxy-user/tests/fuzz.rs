@@ -1721,7 +1721,11 @@ fn packet_fuzz() {
     println!("{report}");
     if w.failed > 0 {
         let mut s = format!(
-            "{} checks failed (seed {seed:#x}, {n} packets); first of each kind:\n",
+            "{} checks failed (seed {seed:#x}, {n} packets; again: cargo xtask fuzz \
+             --packets {n} --seed {seed:#x}, or SVCNAT_FUZZ_SEED={seed:#x} \
+             SVCNAT_FUZZ_PACKETS={n} cargo test -p proxy-user --test fuzz); \
+             first of each kind, with the packets since the last map check \
+             (program, kind, stats reason, input and output in hex):\n",
             w.failed
         );
         for f in &w.failures {
