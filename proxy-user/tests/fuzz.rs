@@ -1260,7 +1260,12 @@ impl World {
         if name.starts_with("reject_") {
             let input = parse(&p.frame)?;
             let iip = input.ip()?;
-            if drops.contains(&verdict) && iip.tcp().is_ok_and(|t| t.flags & TCP_RST != 0) {
+            // The flags as the datapath reads them: from the frame, even
+            // where the IPv4 total length says the header is cut.
+            let l4 = ETH_HLEN + usize::from(iip.ihl) * 4;
+            let rst =
+                iip.proto == IPPROTO_TCP && p.frame.get(l4 + 13).is_some_and(|f| f & TCP_RST != 0);
+            if drops.contains(&verdict) && rst {
                 // A RST is never answered (RFC 793): dropped, counted so.
                 return Ok(());
             }

@@ -1107,7 +1107,8 @@ pub struct ChecksumResidues {
     pub inner_ipv4: Option<Residue>,
     /// The checksum of the UDP header an ICMP error quotes, over the quoted
     /// packet's pseudo-header (with the quoted UDP length) and the 8 quoted
-    /// bytes: the rest of that datagram is not in the frame and cannot change.
+    /// bytes: the rest of that datagram is not in the frame and cannot change
+    /// (so it verifies only when the datagram had no payload).
     pub inner_udp: Option<Residue>,
 }
 
@@ -1356,6 +1357,42 @@ mod tests {
         assert!(checksums_ok(&bad).expect_err("bad").contains("IPv4 header"));
         let short = PacketBuilder::tcp(CLIENT, VIP).tcp_data_offset(4).build();
         assert_eq!(short[ETH_HLEN + 20 + 12], 0x40);
+    }
+
+    #[test]
+    fn checksum_residues_are_valid_for_built_packets_and_follow_changes() {
+        // No payload: the 8 quoted bytes are the whole datagram, so even
+        // the quoted UDP checksum verifies (with a payload it is only a
+        // residue to compare).
+        let inner = PacketBuilder::udp(CLIENT, VIP);
+        let err = PacketBuilder::icmp_error(*VIP.ip(), *CLIENT.ip(), ICMP_DEST_UNREACH, 3, &inner)
+            .build();
+        let r = checksum_residues(&err);
+        for c in [r.ipv4, r.l4, r.inner_ipv4, r.inner_udp] {
+            assert!(c.is_some_and(Residue::is_valid), "{r:?}");
+        }
+        let zero = PacketBuilder::udp(CLIENT, VIP).udp_zero_checksum().build();
+        assert_eq!(checksum_residues(&zero).l4, Some(Residue::NoChecksum));
+
+        // An address changed without its checksums: both residues move,
+        // by the same amount as the change.
+        let tcp = PacketBuilder::tcp(CLIENT, VIP).flags(TCP_SYN).build();
+        let mut moved = tcp.clone();
+        moved[ETH_HLEN + 19] ^= 1;
+        let (a, b) = (checksum_residues(&tcp), checksum_residues(&moved));
+        assert!(a.ipv4.is_some_and(Residue::is_valid) && a.l4.is_some_and(Residue::is_valid));
+        assert!(!b.ipv4.is_some_and(Residue::is_valid) && !b.l4.is_some_and(Residue::is_valid));
+        assert!(checksums_ok(&moved).is_err());
+
+        // A first fragment's layer 4 sum is kept by a correct rewrite even
+        // though it does not verify on its own; a later fragment has none.
+        let frags = fragment(
+            &PacketBuilder::udp(CLIENT, VIP).payload(&[9; 40]).build(),
+            16,
+        );
+        assert!(checksum_residues(&frags[0]).l4.is_some());
+        assert_eq!(checksum_residues(&frags[1]).l4, None);
+        assert_eq!(checksum_residues(&[0u8; 10]), ChecksumResidues::default());
     }
 
     #[test]
