@@ -404,8 +404,11 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             backend_slots: 5,
             capacity,
             stats: stat_values(),
+            ct_created: 1000,
+            ct_removed: 3,
         });
         metrics.set_conntrack_entries(42);
+        metrics.set_conntrack_evictions(7);
         let (addr, server) = start_metrics(metrics).await;
         let m = scrape(addr).await;
 
@@ -424,6 +427,8 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             "svcnat_kube_watch_restarts_total",
             "svcnat_kube_watch_errors_total",
             "svcnat_conntrack_entries",
+            "svcnat_conntrack_created_total",
+            "svcnat_conntrack_evictions_total",
             "svcnat_frontends",
             "svcnat_backends",
             "svcnat_backend_slots",
@@ -467,6 +472,8 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
         assert_eq!(one("svcnat_backends"), ("gauge", 4.0));
         assert_eq!(one("svcnat_backend_slots"), ("gauge", 5.0));
         assert_eq!(one("svcnat_conntrack_entries"), ("gauge", 42.0));
+        assert_eq!(one("svcnat_conntrack_created_total"), ("counter", 1000.0));
+        assert_eq!(one("svcnat_conntrack_evictions_total"), ("counter", 7.0));
 
         let cap = &m["svcnat_map_capacity_entries"];
         assert_eq!(cap.kind, "gauge");

@@ -7,6 +7,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -54,6 +55,17 @@ enum Task {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Run setup, build-ebpf --release, then the packet fuzz of the
+    /// datapath (`proxy-user/tests/fuzz.rs`) with many packets. Needs root.
+    Fuzz {
+        /// Packets to send through the programs.
+        #[arg(long, default_value_t = fuzz::DEFAULT_PACKETS)]
+        packets: u64,
+        /// Seed of the packet generator (decimal or 0x hex); a new one
+        /// from the clock by default. The run prints it.
+        #[arg(long, value_parser = fuzz::parse_seed)]
+        seed: Option<u64>,
+    },
     /// Run setup, build-ebpf --release, then the demo (`proxy-user/examples/demo.rs`) in release mode.
     Demo {
         /// Passed to the demo (`--requests N`, `--manifests DIR`, `--svcnat PATH`).
@@ -91,6 +103,10 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { quick, out } => {
             let object = ebpf::build(&root, &toolchain, true)?;
             bench::run(&root, &object, quick, out.as_deref())
+        }
+        Task::Fuzz { packets, seed } => {
+            let object = ebpf::build(&root, &toolchain, true)?;
+            fuzz::run(&root, &object, packets, seed)
         }
         Task::Demo { args } => {
             let object = ebpf::build(&root, &toolchain, true)?;
@@ -140,6 +156,27 @@ mod tests {
         };
         assert!(quick);
         assert_eq!(out.as_deref(), Some(std::path::Path::new("x")));
+    }
+
+    #[test]
+    fn fuzz_takes_packets_and_a_seed_in_decimal_or_hex() {
+        let Task::Fuzz { packets, seed } = parse(&["fuzz"]) else {
+            panic!("not the fuzz task");
+        };
+        assert_eq!((packets, seed), (fuzz::DEFAULT_PACKETS, None));
+        let Task::Fuzz { packets, seed } = parse(&["fuzz", "--packets", "500", "--seed", "0x2a"])
+        else {
+            panic!("not the fuzz task");
+        };
+        assert_eq!((packets, seed), (500, Some(42)));
+        assert!(matches!(
+            parse(&["fuzz", "--seed", "42"]),
+            Task::Fuzz { seed: Some(42), .. }
+        ));
+        assert!(
+            Cli::try_parse_from(["xtask", "fuzz", "--seed", "x"]).is_err(),
+            "a bad seed is refused"
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@ use aya::{
     programs::{ProgramError, ProgramFd, SchedClassifier, Xdp},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, CtValue, Frag4Key, Frag4Value, NodeAddr4, Reason,
-    RevNat4, SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key, SvcValue,
-    map_names, program_names,
+    AffinityKey, AffinityValue, Backend4, CT_F_SNAT, Ct4Key, CtValue, Frag4Key, Frag4Value,
+    NodeAddr4, Reason, RevNat4, SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue,
+    Svc4Key, SvcValue, map_names, program_names,
 };
 
 use super::prog_run::{TestRunOutput, test_run};
@@ -216,6 +216,62 @@ impl TestDatapath {
             self.ct4.insert(k, v, 0)?;
         }
         Ok(())
+    }
+
+    /// Writes the four entries of a source-NATed flow, as the datapath
+    /// opens one (node port to a remote backend, hairpin, or a client port
+    /// remapped on a NAT clash): the backend sees it come from `via`. The
+    /// conntrack entries of [`ct4_pair`] flagged [`CT_F_SNAT`], the reply
+    /// entry keyed by what the backend answers to (backend -> `via`); the
+    /// forward SNAT entry keyed by the service key (giving `via`) and the
+    /// reverse one keyed by the reply key (giving the client).
+    pub fn add_snat_flow(&mut self, flow: &Flow, via: SocketAddrV4) -> Result<(), MapError> {
+        let [(skey, sval), (_, rval)] = ct4_pair(flow);
+        let rkey = flow.snat_reply_key(via);
+        // The service-direction entry names the source the backend sees.
+        self.ct4.insert(
+            skey,
+            CtValue {
+                flags: sval.flags | CT_F_SNAT,
+                peer_addr: via.ip().octets(),
+                peer_port: via.port(),
+                ..sval
+            },
+            0,
+        )?;
+        self.ct4.insert(
+            rkey,
+            CtValue {
+                flags: rval.flags | CT_F_SNAT,
+                ..rval
+            },
+            0,
+        )?;
+        self.snat4.insert(skey, snat4_value(via), 0)?;
+        self.snat4.insert(rkey, snat4_value(flow.client), 0)
+    }
+
+    /// Removes every entry of the maps the datapath writes (conntrack,
+    /// SNAT, affinity, fragments), so that a test can start over with the
+    /// same services. The stats stay.
+    pub fn clear_state(&mut self) -> Result<(), MapError> {
+        fn clear<K: aya::Pod, V: aya::Pod>(
+            map: &mut HashMap<MapData, K, V>,
+        ) -> Result<(), MapError> {
+            let keys = map.keys().collect::<Result<Vec<K>, MapError>>()?;
+            for k in keys {
+                match map.remove(&k) {
+                    // Gone already (an LRU map may have evicted it).
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+        clear(&mut self.ct4)?;
+        clear(&mut self.snat4)?;
+        clear(&mut self.affinity4)?;
+        clear(&mut self.frag4)
     }
 }
 
@@ -498,6 +554,16 @@ impl Flow {
         }
     }
 
+    /// The key of the reply-direction entry when the backend sees the
+    /// flow come from `via` (source NAT): backend -> `via`.
+    pub fn snat_reply_key(&self, via: SocketAddrV4) -> Ct4Key {
+        Ct4Key {
+            daddr: via.ip().octets(),
+            dport: via.port(),
+            ..self.reply_key()
+        }
+    }
+
     /// The key of the reply-direction entry (backend -> client).
     pub fn reply_key(&self) -> Ct4Key {
         Ct4Key {
@@ -537,4 +603,14 @@ pub fn ct4_pair(flow: &Flow) -> [(Ct4Key, CtValue); 2] {
             value(flow.vip, flow.flags & proxy_common::CT_F_REPLIED),
         ),
     ]
+}
+
+/// An SNAT value naming `addr` (its other fields zero).
+fn snat4_value(addr: SocketAddrV4) -> Snat4Value {
+    // Stamp 0: a seeded entry is no flow being created right now.
+    Snat4Value {
+        addr: addr.ip().octets(),
+        port: addr.port(),
+        stamp: 0,
+    }
 }

@@ -1058,6 +1058,129 @@ pub fn checksums_ok(frame: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// What one checksum of a frame adds up to: the folded one's-complement sum
+/// of everything it covers, checksum field included (0 and 0xffff, the two
+/// zeros of one's complement, both read as 0xffff, which is what a valid
+/// checksum gives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residue {
+    /// The sum over the covered bytes that are in the frame.
+    Sum(u16),
+    /// A UDP checksum field of 0: the sender computed no checksum.
+    NoChecksum,
+}
+
+impl Residue {
+    fn of(acc: u32) -> Self {
+        match csum_fold(acc) {
+            0 => Residue::Sum(0xffff),
+            s => Residue::Sum(s),
+        }
+    }
+
+    /// The checksum verifies (or there is none, for UDP).
+    pub fn is_valid(self) -> bool {
+        matches!(self, Residue::Sum(0xffff) | Residue::NoChecksum)
+    }
+}
+
+/// The residue of every checksum an Ethernet + IPv4 frame carries, as far
+/// as the frame holds what it covers (`None`: the frame has no such
+/// checksum, or not enough of it).
+///
+/// A rewrite that updates checksums incrementally keeps every residue: a
+/// valid checksum stays valid and a wrong one stays wrong by the same
+/// amount. Comparing the residues of a packet before and after a program
+/// ran checks its checksum updates even for packets whose checksums were
+/// wrong on arrival, for first fragments (whose layer 4 checksum covers
+/// bytes that are not in the frame) and for the quoted UDP header of an
+/// ICMP error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChecksumResidues {
+    /// The IPv4 header checksum.
+    pub ipv4: Option<Residue>,
+    /// The TCP or UDP checksum over the pseudo-header (with the length of
+    /// the layer 4 bytes present) and those bytes; the ICMP checksum over
+    /// the message. `None` for later fragments and other protocols.
+    pub l4: Option<Residue>,
+    /// The header checksum of the IPv4 header an ICMP error quotes.
+    pub inner_ipv4: Option<Residue>,
+    /// The checksum of the UDP header an ICMP error quotes, over the quoted
+    /// packet's pseudo-header (with the quoted UDP length) and the 8 quoted
+    /// bytes: the rest of that datagram is not in the frame and cannot change
+    /// (so it verifies only when the datagram had no payload).
+    pub inner_udp: Option<Residue>,
+}
+
+/// The [`ChecksumResidues`] of `frame`. Never fails: what cannot be parsed
+/// has no residue.
+pub fn checksum_residues(frame: &[u8]) -> ChecksumResidues {
+    let mut r = ChecksumResidues::default();
+    if frame.len() < ETH_HLEN + 20 || be16(frame, 12) != ETH_P_IP {
+        return r;
+    }
+    let ip = &frame[ETH_HLEN..];
+    let hlen = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || hlen < 20 || ip.len() < hlen {
+        return r;
+    }
+    r.ipv4 = Some(Residue::of(csum_add(0, &ip[..hlen])));
+    if be16(ip, 6) & IP_OFFSET_MASK != 0 {
+        return r;
+    }
+    let end = usize::from(be16(ip, 2)).clamp(hlen, ip.len());
+    let body = &ip[hlen..end];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
+    match ip[9] {
+        IPPROTO_TCP if body.len() >= 20 => {
+            r.l4 = Some(Residue::of(csum_add(
+                pseudo_header_sum(src, dst, IPPROTO_TCP, len),
+                body,
+            )));
+        }
+        IPPROTO_UDP if body.len() >= 8 => {
+            r.l4 = Some(if be16(body, 6) == 0 {
+                Residue::NoChecksum
+            } else {
+                Residue::of(csum_add(
+                    pseudo_header_sum(src, dst, IPPROTO_UDP, len),
+                    body,
+                ))
+            });
+        }
+        IPPROTO_ICMP if body.len() >= 8 => {
+            r.l4 = Some(Residue::of(csum_add(0, body)));
+            let inner = &body[8..];
+            if matches!(body[0], 3 | 4 | 5 | 11 | 12) && inner.len() >= 20 {
+                let ihl = usize::from(inner[0] & 0x0f) * 4;
+                if inner[0] >> 4 == 4 && ihl >= 20 && inner.len() >= ihl {
+                    r.inner_ipv4 = Some(Residue::of(csum_add(0, &inner[..ihl])));
+                    let udp = &inner[ihl..];
+                    if inner[9] == IPPROTO_UDP
+                        && be16(inner, 6) & IP_OFFSET_MASK == 0
+                        && udp.len() >= 8
+                    {
+                        r.inner_udp = Some(if be16(udp, 6) == 0 {
+                            Residue::NoChecksum
+                        } else {
+                            let isrc = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
+                            let idst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+                            Residue::of(csum_add(
+                                pseudo_header_sum(isrc, idst, IPPROTO_UDP, be16(udp, 4)),
+                                &udp[..8],
+                            ))
+                        });
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    r
+}
+
 /// The Internet checksum `data` should carry in its field at `at`.
 fn expected_field(data: &[u8], at: usize) -> u16 {
     let mut zeroed = data.to_vec();
@@ -1234,6 +1357,42 @@ mod tests {
         assert!(checksums_ok(&bad).expect_err("bad").contains("IPv4 header"));
         let short = PacketBuilder::tcp(CLIENT, VIP).tcp_data_offset(4).build();
         assert_eq!(short[ETH_HLEN + 20 + 12], 0x40);
+    }
+
+    #[test]
+    fn checksum_residues_are_valid_for_built_packets_and_follow_changes() {
+        // No payload: the 8 quoted bytes are the whole datagram, so even
+        // the quoted UDP checksum verifies (with a payload it is only a
+        // residue to compare).
+        let inner = PacketBuilder::udp(CLIENT, VIP);
+        let err = PacketBuilder::icmp_error(*VIP.ip(), *CLIENT.ip(), ICMP_DEST_UNREACH, 3, &inner)
+            .build();
+        let r = checksum_residues(&err);
+        for c in [r.ipv4, r.l4, r.inner_ipv4, r.inner_udp] {
+            assert!(c.is_some_and(Residue::is_valid), "{r:?}");
+        }
+        let zero = PacketBuilder::udp(CLIENT, VIP).udp_zero_checksum().build();
+        assert_eq!(checksum_residues(&zero).l4, Some(Residue::NoChecksum));
+
+        // An address changed without its checksums: both residues move,
+        // by the same amount as the change.
+        let tcp = PacketBuilder::tcp(CLIENT, VIP).flags(TCP_SYN).build();
+        let mut moved = tcp.clone();
+        moved[ETH_HLEN + 19] ^= 1;
+        let (a, b) = (checksum_residues(&tcp), checksum_residues(&moved));
+        assert!(a.ipv4.is_some_and(Residue::is_valid) && a.l4.is_some_and(Residue::is_valid));
+        assert!(!b.ipv4.is_some_and(Residue::is_valid) && !b.l4.is_some_and(Residue::is_valid));
+        assert!(checksums_ok(&moved).is_err());
+
+        // A first fragment's layer 4 sum is kept by a correct rewrite even
+        // though it does not verify on its own; a later fragment has none.
+        let frags = fragment(
+            &PacketBuilder::udp(CLIENT, VIP).payload(&[9; 40]).build(),
+            16,
+        );
+        assert!(checksum_residues(&frags[0]).l4.is_some());
+        assert_eq!(checksum_residues(&frags[1]).l4, None);
+        assert_eq!(checksum_residues(&[0u8; 10]), ChecksumResidues::default());
     }
 
     #[test]
