@@ -30,13 +30,13 @@ pub mod map_names {
     /// service id (`u32`) -> [`crate::SvcLabel`]: names for inspection only;
     /// the datapath never reads it.
     pub const LABELS: &str = "SVCNAT_LABELS";
-    /// [`crate::Ct4Key`] -> [`crate::Snat4Value`] (LRU): source NAT of
-    /// node-port flows to backends on other nodes, of hairpin flows, and of
-    /// flows whose client port clashed. Two entries per flow: the forward
-    /// one keyed by the flow's conntrack service key (client -> frontend,
-    /// direction service) gives the source address and allocated port; the
-    /// reverse one keyed by the backend's reply (backend -> address:port,
-    /// direction reply) gives the client's address and port.
+    /// [`crate::Ct4Key`] -> [`crate::Snat4Value`] (LRU): the ports allocated
+    /// for source NAT (node-port flows to backends on other nodes, hairpin
+    /// flows, flows whose client port clashed). One entry per flow, keyed by
+    /// the backend's reply (backend -> address:port, direction reply, the
+    /// key of the flow's conntrack reply entry), giving the client's address
+    /// and port. (Layouts 1 and 2 also had a forward entry per flow, keyed by
+    /// the service-direction key; layout 3 keeps that in conntrack.)
     pub const SNAT4: &str = "SVCNAT_SNAT4";
     /// ifindex (`u32`) -> [`crate::NodeAddr4`]: the address of each node
     /// interface, the source of SNATed flows that arrive on it.
@@ -80,7 +80,7 @@ pub mod default_sizes {
     pub const CT4: u32 = 524_288;
     /// Fragmented datagrams in flight.
     pub const FRAG4: u32 = 8_192;
-    /// SNAT entries (two per node-port flow to a remote backend).
+    /// SNAT entries (one per source-NATed flow).
     pub const SNAT4: u32 = 65_536;
     /// Node interfaces.
     pub const NODE4: u32 = 256;

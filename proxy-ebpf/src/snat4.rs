@@ -17,10 +17,12 @@
 //! which makes the allocation atomic: two CPUs cannot take the same
 //! (backend, address, port) tuple.
 //!
-//! Keys: the forward entry is keyed by the flow's conntrack service key
-//! (client -> frontend), unique per flow; the reverse entry by the tuple the
-//! backend answers to (backend -> address:port, reply direction), the same
-//! key as the flow's conntrack reply entry.
+//! One SNAT entry per flow, the reverse one, keyed by the tuple the backend
+//! answers to (backend -> address:port, reply direction, the same key as the
+//! flow's conntrack reply entry) and naming the client: it is the port's
+//! allocation. The source to write on the client's packets is in the flow's
+//! conntrack service entry (`peer_addr`, `peer_port`), and the client to
+//! answer in its reply entry, so the established paths read no SNAT entry.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -139,9 +141,9 @@ fn stamp(now: u64) -> u16 {
 }
 
 /// Opens a new flow (`key`: client -> frontend) to `backend` from `addr`
-/// and a port allocated here: the reverse SNAT entry, both conntrack
-/// entries (flagged `CT_F_SNAT`), then the forward SNAT entry. Returns the
-/// port, taken from `ports`. Fails closed with `DropSnatPorts` when no port
+/// and a port allocated here: the reverse SNAT entry, then both conntrack
+/// entries (flagged `CT_F_SNAT`; the service-direction one names the source
+/// to write). Returns the port, taken from `ports`. Fails closed with `DropSnatPorts` when no port
 /// was free after a few random tries.
 ///
 /// A port is taken when inserting its reverse entry with `BPF_NOEXIST`
@@ -226,14 +228,6 @@ pub(crate) fn snat4_open(
             // took the same leftover may have written its client meanwhile.
             let _ = SNAT4.insert(rkey, back, u64::from(BPF_ANY));
         }
-        let out = Snat4Value {
-            addr,
-            port,
-            stamp: back.stamp,
-        };
-        SNAT4
-            .insert(key, out, u64::from(BPF_ANY))
-            .map_err(|_| Reason::DropSnatPorts)?;
         return Ok(port);
     }
     Err(Reason::DropSnatPorts)

@@ -31,8 +31,10 @@
 //! been answered; sequence numbers start unknown, so the first RST of a
 //! migrated flow is believed, as before). Entries the new programs already
 //! wrote are never overwritten. Once the new programs run, the copy is
-//! repeated for flows the old programs created meanwhile and the old pin is
-//! removed. A layout-1 folder goes through both steps.
+//! repeated for flows the old programs created meanwhile, the old pin is
+//! removed, and so are the forward SNAT entries (layout 3 keeps the source
+//! of a source-NATed flow in its conntrack entry). A layout-1 folder goes
+//! through both steps.
 
 use std::{fs, io, path::Path};
 
@@ -161,7 +163,7 @@ pub fn v2_to_v3(dir: &Path, remove_old: bool) -> Result<MigrationReport> {
     };
     let mut new: HashMap<MapData, Ct4Key, CtValue> =
         HashMap::try_from(open_pinned(dir, map_names::CT4)?).map_err(map_err(map_names::CT4))?;
-    let snat: HashMap<MapData, Ct4Key, Snat4Value> =
+    let mut snat: HashMap<MapData, Ct4Key, Snat4Value> =
         HashMap::try_from(open_pinned(dir, map_names::SNAT4)?)
             .map_err(map_err(map_names::SNAT4))?;
     let entries: Vec<(Ct4Key, CtValueV2)> = old.iter().filter_map(|r| r.ok()).collect();
@@ -211,6 +213,16 @@ pub fn v2_to_v3(dir: &Path, remove_old: bool) -> Result<MigrationReport> {
     }
     drop(old);
     if remove_old {
+        // Layout 3 keeps no forward SNAT entries (conntrack has the source).
+        let forward: Vec<Ct4Key> = snat
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.dir == CT_DIR_SERVICE)
+            .collect();
+        for k in forward {
+            ignore_missing(snat.remove(&k)).map_err(map_err(map_names::SNAT4))?;
+            report.removed += 1;
+        }
         let p = dir.join(OLD_CT4_PIN);
         match fs::remove_file(&p) {
             Ok(()) => report.removed += 1,

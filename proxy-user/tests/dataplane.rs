@@ -906,8 +906,8 @@ fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
     assert_eq!(before.len(), 2 * 9, "nine flows, two entries each");
     assert_eq!(
         snat_before.len(),
-        2,
-        "the node-port flow's two SNAT entries"
+        1,
+        "the node-port flow's SNAT entry (its port's allocation)"
     );
 
     // b1 leaves dns, b3 leaves the node port.
@@ -942,7 +942,7 @@ fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
         ClearedFlows {
             flows: 4,
             ct_entries: 8,
-            snat_entries: 2
+            snat_entries: 1
         }
     );
     // The next datagram of a cleared flow goes to a live backend.

@@ -182,6 +182,17 @@ fn upgrade(dir: &Path) -> svcnat::migrate::MigrationReport {
         !dir.join(svcnat::migrate::OLD_CT4_PIN).exists(),
         "the old conntrack map's pin is gone"
     );
+    let snat: aya::maps::HashMap<_, proxy_common::Ct4Key, proxy_common::Snat4Value> =
+        aya::maps::HashMap::try_from(
+            svcnat::dataplane::open_pinned(dir, proxy_common::map_names::SNAT4).expect("SNAT4"),
+        )
+        .expect("SNAT4 types");
+    let forward = snat
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.dir == proxy_common::CT_DIR_SERVICE)
+        .count();
+    assert_eq!(forward, 0, "layout 3 keeps no forward SNAT entries");
     assert_eq!(dp.finish_migration().expect("nothing left"), None);
     // A second agent on the migrated folder migrates nothing.
     drop(dp);

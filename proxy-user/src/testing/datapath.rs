@@ -218,13 +218,13 @@ impl TestDatapath {
         Ok(())
     }
 
-    /// Writes the four entries of a source-NATed flow, as the datapath
+    /// Writes the three entries of a source-NATed flow, as the datapath
     /// opens one (node port to a remote backend, hairpin, or a client port
     /// remapped on a NAT clash): the backend sees it come from `via`. The
-    /// conntrack entries of [`ct4_pair`] flagged [`CT_F_SNAT`], the reply
-    /// entry keyed by what the backend answers to (backend -> `via`); the
-    /// forward SNAT entry keyed by the service key (giving `via`) and the
-    /// reverse one keyed by the reply key (giving the client).
+    /// conntrack entries of [`ct4_pair`] flagged [`CT_F_SNAT`] (the service
+    /// entry naming `via`), the reply entry keyed by what the backend
+    /// answers to (backend -> `via`), and the reverse SNAT entry under the
+    /// reply key (giving the client).
     pub fn add_snat_flow(&mut self, flow: &Flow, via: SocketAddrV4) -> Result<(), MapError> {
         let [(skey, sval), (_, rval)] = ct4_pair(flow);
         let rkey = flow.snat_reply_key(via);
@@ -247,7 +247,6 @@ impl TestDatapath {
             },
             0,
         )?;
-        self.snat4.insert(skey, snat4_value(via), 0)?;
         self.snat4.insert(rkey, snat4_value(flow.client), 0)
     }
 
