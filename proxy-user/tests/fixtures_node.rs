@@ -1086,6 +1086,27 @@ fn cases() -> Vec<Case> {
         case("remote backend: every SNAT port held by a live flow, new flow dropped and counted")
             .seed(|dp| seed_snat_range(dp, Some((0, 3600)), 100))
             .step(xdp(rsyn.build()).dropped(Reason::DropSnatPorts)),
+        case(
+            "remote backend: every SNAT port held by a flow older than its reply entry's first lifetime, none taken",
+        )
+        .seed(|dp| {
+            // The flows are alive (their service entries say so); their reply
+            // entries still carry the expiry their first reply left.
+            seed_snat_range(dp, Some((0, 3600)), 100)?;
+            let replies: Vec<Ct4Key> = dp
+                .ct4
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.dir == CT_DIR_REPLY)
+                .collect();
+            for k in replies {
+                let mut v = dp.ct4.get(&k, 0).map_err(|e| e.to_string())?;
+                v.expires_ns = 1;
+                dp.ct4.insert(k, v, 0).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .step(xdp(rsyn.build()).dropped(Reason::DropSnatPorts)),
         case("remote backend: SNAT entries that outlived their flows are taken again")
             .seed(|dp| seed_snat_range(dp, None, 100))
             .step(xdp(rsyn.build()).checked(Reason::SnatNew, snat_to(R1))),
