@@ -866,7 +866,24 @@ fn conntrack_cases() -> Vec<Case> {
             .step(xdp(syn.build()).passed(dnat(&syn, L1).build(), Reason::DnatNew))
             .step({
                 let rst = tcp(CLIENT, NP_LOCAL, TCP_RST).seq(1_000_001 + (64 << 20));
-                xdp(rst.build()).passed(dnat(&rst, L1).build(), Reason::RstOutOfWindow)
+                xdp(rst.build())
+                    .passed(dnat(&rst, L1).build(), Reason::RstOutOfWindow)
+                    .effect(|dp, _, _| {
+                        let key = Ct4Key {
+                            saddr: CLIENT.ip().octets(),
+                            daddr: NP_LOCAL.ip().octets(),
+                            sport: CLIENT.port(),
+                            dport: NP_LOCAL.port(),
+                            proto: IPPROTO_TCP,
+                            dir: CT_DIR_SERVICE,
+                            pad: 0,
+                        };
+                        let e = dp.ct4.get(&key, 0).map_err(|e| format!("ct: {e}"))?;
+                        if e.flags & CT_F_CLOSED != 0 {
+                            return Err(format!("the blind RST closed the flow: {:#x}", e.flags));
+                        }
+                        Ok(())
+                    })
             })
             .step({
                 let rst = tcp(CLIENT, NP_LOCAL, TCP_RST).seq(1_000_001);
