@@ -243,25 +243,8 @@ fn check_objects(objects: &[Object]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// ALLOWANCE for a known parser bug (see
-/// `known_bug_type_error_of_a_plain_scalar_has_no_line` below): a
-/// Service or EndpointSlice whose plain scalar has another YAML type than
-/// its field (`clusterIPs: [1980.80]`, a float where a string goes) fails
-/// the conversion from a plain value, but the typed re-read that should
-/// find the line accepts the scalar as a string, so the error comes
-/// without a line ("document N: Service invalid type: ..."). Only that
-/// message shape is let through; remove this when the bug is fixed.
-fn known_unlocated_type_error(message: &str) -> bool {
-    message.starts_with("document ")
-        && (message.contains(": Service invalid type: ")
-            || message.contains(": EndpointSlice invalid type: "))
-}
-
 fn check_line(text: &str, line: Option<usize>, message: &str) -> Result<(), TestCaseError> {
     let Some(line) = line else {
-        if known_unlocated_type_error(message) {
-            return Ok(());
-        }
         return Err(TestCaseError::fail(format!(
             "error without a line: {message}"
         )));
@@ -372,11 +355,10 @@ proptest! {
 }
 
 /// The smallest text the property test found (`deploy/examples/external.yaml`
-/// with four bytes deleted): the error names no line. Ignored until the
-/// parser places such errors; then drop the allowance above.
+/// with four bytes deleted): a float where a string goes, once reported
+/// without a line.
 #[test]
-#[ignore = "known bug: a type error of a plain scalar (a float where a string goes) has no line"]
-fn known_bug_type_error_of_a_plain_scalar_has_no_line() {
+fn a_type_error_of_a_plain_scalar_has_a_line() {
     let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: external\nspec:\n  \
                 clusterIPs: [1980.80]\n";
     match parse_manifests(text) {

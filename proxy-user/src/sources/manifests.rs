@@ -8,11 +8,14 @@
 //! ignored (a Knative `Service` of another API group too). Every object gets
 //! its managed fields stripped and the namespace `default` when it names none.
 //!
-//! Errors carry the line and column the parser reports. Documents are first
-//! read as plain values, which is fast; only when one fails to convert, the
-//! text is read again with the real types to find where.
+//! Errors carry the line and column the parser reports. Documents are read
+//! as plain values, then converted to the real types; the conversion notes the
+//! path it was at (keys and indices) when it failed, and only then the text is
+//! read again, down that path, for the parser to place the error at the value.
+//! The error is always the conversion's: the second read only finds where.
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, BTreeSet},
     fmt,
     hash::{DefaultHasher, Hasher},
@@ -27,7 +30,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde::de::{
-    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+    self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, MapAccess, SeqAccess,
+    VariantAccess, Visitor,
 };
 use serde_yaml::Value;
 use tokio::sync::mpsc::Sender;
@@ -698,7 +702,7 @@ fn parse_document(
 ) -> Result<(), RawError> {
     let document = index + 1;
     let fail_at = |item: Option<usize>, message: String| {
-        locate(text, format, index, item, Action::Fail(&message))
+        locate(text, format, index, item, &[], &message)
             .unwrap_or_else(|| RawError::unlocated(format!("document {document}: {message}")))
     };
     let pending = shape(value).map_err(|e| fail_at(e.item, e.message))?;
@@ -709,15 +713,15 @@ fn parse_document(
     } in pending
     {
         let converted = match target {
-            Target::Service => {
-                serde_yaml::from_value::<Service>(value).map(|s| Object::Service(Box::new(s)))
+            Target::Service => convert::<Service>(&value).map(|s| Object::Service(Box::new(s))),
+            Target::EndpointSlice => {
+                convert::<EndpointSlice>(&value).map(|s| Object::EndpointSlice(Box::new(s)))
             }
-            Target::EndpointSlice => serde_yaml::from_value::<EndpointSlice>(value)
-                .map(|s| Object::EndpointSlice(Box::new(s))),
         };
-        let mut object = converted.map_err(|error| {
-            locate(text, format, index, item, Action::Typed(target)).unwrap_or_else(|| {
-                RawError::unlocated(format!("document {document}: {} {error}", target.name()))
+        let mut object = converted.map_err(|(error, path)| {
+            let message = error.to_string();
+            locate(text, format, index, item, &path, &message).unwrap_or_else(|| {
+                RawError::unlocated(format!("document {document}: {} {message}", target.name()))
             })
         })?;
         let meta = match &mut object {
@@ -855,26 +859,309 @@ fn value_type(value: &Value) -> &'static str {
     }
 }
 
-/// What the locating pass does where it lands.
-#[derive(Clone, Copy)]
-enum Action<'a> {
-    /// Deserialize with the real type: its error is the one to report.
-    Typed(Target),
-    /// Fail with this message, at this place.
-    Fail(&'a str),
+/// A step from an object down to one of its parts, as the conversion took it.
+#[derive(Clone, Debug, PartialEq)]
+enum Step {
+    /// The value of a mapping's entry: the one with this key, or the
+    /// `index`-th (0-based) when the key was not a scalar.
+    Value { index: usize, key: Option<Value> },
+    /// The key of a mapping's `index`-th entry.
+    Key(usize),
+    /// An element of a sequence.
+    Element(usize),
 }
 
-/// Reads document `index` of `text` again, down to `item` of its list, and
-/// does `action` there, to get the parser's located error. `None` when that
-/// produces no error (then the caller reports without a place).
+/// The path to the value being converted, as a chain up to the object.
+enum Chain<'a> {
+    Root,
+    Child(&'a Chain<'a>, Step),
+}
+
+impl Chain<'_> {
+    fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut at = self;
+        while let Chain::Child(parent, step) = at {
+            steps.push(step.clone());
+            at = parent;
+        }
+        steps.reverse();
+        steps
+    }
+}
+
+/// Converts a plain value to `T`; on failure, the error and the path to the
+/// innermost value that failed.
+fn convert<'de, T: Deserialize<'de>>(
+    value: &'de Value,
+) -> Result<T, (serde_yaml::Error, Vec<Step>)> {
+    let failure = RefCell::new(None);
+    let root = Chain::Root;
+    let track = Track {
+        de: value,
+        at: At {
+            chain: &root,
+            failure: &failure,
+            key: None,
+        },
+    };
+    T::deserialize(track).map_err(|error| (error, failure.take().unwrap_or_default()))
+}
+
+/// Where a [`Track`] is: its path, the slot for the path of the first
+/// failure, and, while a mapping key is read, the slot for that key.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    chain: &'a Chain<'a>,
+    failure: &'a RefCell<Option<Vec<Step>>>,
+    key: Option<&'a RefCell<Option<Value>>>,
+}
+
+impl At<'_> {
+    /// Notes this path as the failure's, unless an inner one was noted.
+    fn failed<E>(&self, error: E) -> E {
+        let mut failure = self.failure.borrow_mut();
+        if failure.is_none() {
+            *failure = Some(self.chain.steps());
+        }
+        error
+    }
+
+    fn capture(&self, key: impl FnOnce() -> Value) {
+        if let Some(slot) = self.key {
+            *slot.borrow_mut() = Some(key());
+        }
+    }
+
+    fn below(self) -> Self {
+        Self { key: None, ..self }
+    }
+}
+
+/// A deserializer that passes everything through to `de`, following the path.
+struct Track<'a, D> {
+    de: D,
+    at: At<'a>,
+}
+
+macro_rules! track_deserialize {
+    ($($method:ident($($arg:ident: $ty:ty),*)),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self $(, $arg: $ty)*, visitor: V) -> Result<V::Value, D::Error> {
+            let at = self.at;
+            self.de
+                .$method($($arg,)* TrackVisitor { visitor, at })
+                .map_err(|error| at.failed(error))
+        }
+    )*};
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Track<'_, D> {
+    type Error = D::Error;
+
+    track_deserialize! {
+        deserialize_any(), deserialize_bool(), deserialize_i8(), deserialize_i16(),
+        deserialize_i32(), deserialize_i64(), deserialize_i128(), deserialize_u8(),
+        deserialize_u16(), deserialize_u32(), deserialize_u64(), deserialize_u128(),
+        deserialize_f32(), deserialize_f64(), deserialize_char(), deserialize_str(),
+        deserialize_string(), deserialize_bytes(), deserialize_byte_buf(),
+        deserialize_option(), deserialize_unit(), deserialize_unit_struct(name: &'static str),
+        deserialize_newtype_struct(name: &'static str), deserialize_seq(),
+        deserialize_tuple(len: usize), deserialize_tuple_struct(name: &'static str, len: usize),
+        deserialize_map(),
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]),
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]),
+        deserialize_identifier(), deserialize_ignored_any(),
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.de.is_human_readable()
+    }
+}
+
+/// The visitor of a [`Track`]: notes scalar keys, follows into sequences,
+/// mappings and wrapped values.
+struct TrackVisitor<'a, V> {
+    visitor: V,
+    at: At<'a>,
+}
+
+macro_rules! track_visit {
+    ($($method:ident($ty:ty) $(=> $key:expr)?),* $(,)?) => {$(
+        fn $method<E: de::Error>(self, v: $ty) -> Result<V::Value, E> {
+            $(self.at.capture(|| ($key)(&v));)?
+            self.visitor.$method(v)
+        }
+    )*};
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for TrackVisitor<'_, V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.visitor.expecting(f)
+    }
+
+    track_visit! {
+        visit_bool(bool) => |v: &bool| Value::Bool(*v),
+        visit_i8(i8), visit_i16(i16), visit_i32(i32),
+        visit_i64(i64) => |v: &i64| Value::from(*v),
+        visit_i128(i128), visit_u8(u8), visit_u16(u16), visit_u32(u32),
+        visit_u64(u64) => |v: &u64| Value::from(*v),
+        visit_u128(u128), visit_f32(f32),
+        visit_f64(f64) => |v: &f64| Value::from(*v),
+        visit_char(char),
+        visit_str(&str) => |v: &&str| Value::from(*v),
+        visit_borrowed_str(&'de str) => |v: &&str| Value::from(*v),
+        visit_string(String) => |v: &String| Value::String(v.clone()),
+        visit_bytes(&[u8]), visit_borrowed_bytes(&'de [u8]), visit_byte_buf(Vec<u8>),
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+        self.visitor.visit_none()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+        self.at.capture(|| Value::Null);
+        self.visitor.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<V::Value, D::Error> {
+        let at = self.at;
+        self.visitor.visit_some(Track { de, at })
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, de: D) -> Result<V::Value, D::Error> {
+        let at = self.at;
+        self.visitor.visit_newtype_struct(Track { de, at })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        self.visitor.visit_seq(TrackSeq {
+            seq,
+            at: self.at.below(),
+            index: 0,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.visitor.visit_map(TrackMap {
+            map,
+            at: self.at.below(),
+            entries: 0,
+            key: None,
+        })
+    }
+
+    // Tagged values: errors inside are placed at the tagged value.
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
+        self.visitor.visit_enum(data)
+    }
+}
+
+/// A seed that deserializes through a [`Track`] at `at`.
+struct TrackSeed<'a, S> {
+    seed: S,
+    at: At<'a>,
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for TrackSeed<'_, S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<S::Value, D::Error> {
+        self.seed.deserialize(Track { de, at: self.at })
+    }
+}
+
+struct TrackSeq<'a, A> {
+    seq: A,
+    at: At<'a>,
+    index: usize,
+}
+
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for TrackSeq<'_, A> {
+    type Error = A::Error;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, A::Error> {
+        let chain = Chain::Child(self.at.chain, Step::Element(self.index));
+        self.index += 1;
+        let at = At {
+            chain: &chain,
+            ..self.at
+        };
+        self.seq.next_element_seed(TrackSeed { seed, at })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.seq.size_hint()
+    }
+}
+
+struct TrackMap<'a, A> {
+    map: A,
+    at: At<'a>,
+    /// Keys read so far.
+    entries: usize,
+    /// The last key read, when it was a scalar.
+    key: Option<Value>,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for TrackMap<'_, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, A::Error> {
+        let chain = Chain::Child(self.at.chain, Step::Key(self.entries));
+        let slot = RefCell::new(None);
+        let at = At {
+            chain: &chain,
+            failure: self.at.failure,
+            key: Some(&slot),
+        };
+        let key = self.map.next_key_seed(TrackSeed { seed, at })?;
+        self.entries += 1;
+        self.key = slot.into_inner();
+        Ok(key)
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, A::Error> {
+        let step = Step::Value {
+            index: self.entries.saturating_sub(1),
+            key: self.key.take(),
+        };
+        let chain = Chain::Child(self.at.chain, step);
+        let at = At {
+            chain: &chain,
+            ..self.at
+        };
+        self.map.next_value_seed(TrackSeed { seed, at })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.map.size_hint()
+    }
+}
+
+/// Reads document `index` of `text` again, down to `item` of its list and
+/// then along `path`, and fails there with `message`, to get the parser's
+/// located error. Where the text does not go on along the path, fails at
+/// the deepest value reached. `None` when the document is not there.
 fn locate(
     text: &str,
     format: Format,
     index: usize,
     item: Option<usize>,
-    action: Action<'_>,
+    path: &[Step],
+    message: &str,
 ) -> Option<RawError> {
-    let seed = Navigate { item, action };
+    let seed = Navigate {
+        item,
+        walk: Walk { path, message },
+    };
     match format {
         Format::Yaml => {
             let document = serde_yaml::Deserializer::from_str(text).nth(index)?;
@@ -894,12 +1181,12 @@ fn locate(
     }
 }
 
-/// Walks to the object the action is about: the document itself, or an item
+/// Walks to the object the error is about: the document itself, or an item
 /// of its list (`items` of a mapping, or an element of a bare array).
 #[derive(Clone, Copy)]
 struct Navigate<'a> {
     item: Option<usize>,
-    action: Action<'a>,
+    walk: Walk<'a>,
 }
 
 impl<'de> DeserializeSeed<'de> for Navigate<'_> {
@@ -907,7 +1194,7 @@ impl<'de> DeserializeSeed<'de> for Navigate<'_> {
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         match self.item {
-            None => Act(self.action).deserialize(deserializer),
+            None => self.walk.deserialize(deserializer),
             Some(_) => deserializer.deserialize_any(self),
         }
     }
@@ -924,9 +1211,9 @@ impl<'de> Visitor<'de> for Navigate<'_> {
         let mut index = 0;
         loop {
             if Some(index) == self.item {
-                seq.next_element_seed(Act(self.action))?;
+                seq.next_element_seed(self.walk)?;
             } else if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Ok(());
+                return Err(de::Error::custom(self.walk.message));
             }
             index += 1;
         }
@@ -940,7 +1227,7 @@ impl<'de> Visitor<'de> for Navigate<'_> {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(())
+        Err(de::Error::custom(self.walk.message))
     }
 }
 
@@ -955,58 +1242,53 @@ impl<'de> DeserializeSeed<'de> for Items<'_> {
     }
 }
 
-/// Does the action on the value at hand.
-struct Act<'a>(Action<'a>);
+/// Follows `path` down from the value at hand, and fails at its end (or at
+/// the deepest value reached) with `message`; the parser adds the place.
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    path: &'a [Step],
+    message: &'a str,
+}
 
-impl<'de> DeserializeSeed<'de> for Act<'_> {
-    type Value = ();
+impl<'a> Walk<'a> {
+    fn fail<E: de::Error, T>(self) -> Result<T, E> {
+        Err(E::custom(self.message))
+    }
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        match self.0 {
-            Action::Typed(Target::Service) => Service::deserialize(deserializer).map(drop),
-            Action::Typed(Target::EndpointSlice) => {
-                EndpointSlice::deserialize(deserializer).map(drop)
-            }
-            Action::Fail(message) => deserializer.deserialize_any(FailHere(message)),
+    fn rest(self) -> Walk<'a> {
+        Walk {
+            path: self.path.get(1..).unwrap_or_default(),
+            message: self.message,
         }
     }
 }
 
-/// A visitor that rejects whatever it is given with a message; the parser
-/// adds the place.
-struct FailHere<'a>(&'a str);
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
 
-impl FailHere<'_> {
-    fn fail<E: de::Error>(self) -> Result<(), E> {
-        Err(E::custom(self.0))
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for FailHere<'_> {
+macro_rules! walk_fail {
+    ($($method:ident($ty:ty)),* $(,)?) => {$(
+        fn $method<E: de::Error>(self, _: $ty) -> Result<(), E> {
+            self.fail()
+        }
+    )*};
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
+        f.write_str(self.message)
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.fail()
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        self.fail()
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        self.fail()
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.fail()
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.fail()
+    walk_fail! {
+        visit_bool(bool), visit_i64(i64), visit_u64(u64), visit_i128(i128),
+        visit_u128(u128), visit_f64(f64), visit_str(&str), visit_bytes(&[u8]),
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
@@ -1017,12 +1299,66 @@ impl<'de> Visitor<'de> for FailHere<'_> {
         self.fail()
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some(&Step::Element(index)) = self.path.first() else {
+            return self.fail();
+        };
+        for _ in 0..index {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return self.fail();
+            }
+        }
+        seq.next_element_seed(self.rest())?;
         self.fail()
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        self.fail()
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        match self.path.first() {
+            Some(Step::Value { index, key }) => {
+                let mut at = 0;
+                while let Some(found) = map.next_key::<Value>()? {
+                    let here = match key {
+                        Some(key) => found == *key,
+                        None => at == *index,
+                    };
+                    if here {
+                        map.next_value_seed(self.rest())?;
+                        return self.fail();
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                    at += 1;
+                }
+                self.fail()
+            }
+            Some(&Step::Key(index)) => {
+                for _ in 0..index {
+                    if map.next_key::<IgnoredAny>()?.is_none() {
+                        return self.fail();
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
+                map.next_key_seed(self.rest())?;
+                self.fail()
+            }
+            _ => self.fail(),
+        }
+    }
+
+    // A tagged value (`!tag {...}`): the conversion looks through the tag.
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        let (_, variant) = data.variant::<IgnoredAny>()?;
+        if self.path.is_empty() {
+            return self.fail();
+        }
+        variant.newtype_variant_seed(self)
     }
 }
 
@@ -1364,6 +1700,98 @@ spec: {clusterIP: 198.19.0.2, ports: [{port: 80}]}
                 "{}: {error}",
                 case.name
             );
+        }
+    }
+
+    /// A plain scalar that resolves to another type than its field (a float
+    /// where a string goes, as in `deploy/examples/external.yaml` with four
+    /// bytes deleted) is rejected, and placed at the value, in every kind the
+    /// source reads, in YAML and JSON, at a value or a key.
+    #[test]
+    fn type_errors_of_plain_scalars_point_at_the_value() {
+        let minimal = "apiVersion: v1\nkind: Service\nmetadata:\n  name: external\nspec:\n  clusterIPs: [1980.80]\n";
+        match parse_manifests(minimal) {
+            Err(ManifestError::Parse {
+                line,
+                column,
+                message,
+                ..
+            }) => {
+                assert_eq!((line, column), (Some(6), Some(16)), "{message}");
+                assert!(
+                    message.contains("spec.clusterIPs[0]")
+                        && message
+                            .contains("invalid type: floating point `1980.8`, expected a string"),
+                    "{message}"
+                );
+            }
+            other => panic!("want a parse error at 6:16, got {other:?}"),
+        }
+        // (name, text, marker on the line, text of the message)
+        let cases = [
+            (
+                "integer name",
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: 5 # here\n",
+                "# here",
+                "metadata.name: invalid type: integer",
+            ),
+            (
+                "boolean in an EndpointSlice",
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.1]\n- addresses:\n  - true # here\n",
+                "# here",
+                "endpoints[1].addresses[0]: invalid type: boolean",
+            ),
+            (
+                "integer key of labels",
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: a\n  labels:\n    a: b\n    5: x # here\naddressType: IPv4\nendpoints: []\n",
+                "# here",
+                "invalid type: integer `5`, expected a string",
+            ),
+            (
+                "float in a kind: List item",
+                "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: b}\n  spec:\n    ports: [{port: 80}]\n    clusterIP: 1.5 # here\n",
+                "# here",
+                "items[1].spec.clusterIP: invalid type: floating point",
+            ),
+            (
+                "float in a ServiceList item behind a tag",
+                "apiVersion: v1\nkind: ServiceList\nitems:\n- metadata: {name: a}\n  spec: !tagged\n    externalIPs:\n    - 1.5e3 # here\n",
+                "# here",
+                "invalid type: floating point",
+            ),
+            (
+                "null in a bare sequence",
+                "- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n  spec: {ports: [{port: 80, protocol: ~}, {port: 81, name: [] }]} # here\n",
+                "# here",
+                "invalid type: sequence",
+            ),
+            (
+                "JSON float in a list item",
+                "{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [\n {\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"a\"},\n  \"spec\": {\"ports\": [{\"port\": 80}],\n   \"clusterIPs\": [1980.80]}}]}\n",
+                "1980.80",
+                "invalid type: floating point",
+            ),
+            (
+                "JSON integer in the second EndpointSlice",
+                "{\"apiVersion\": \"discovery.k8s.io/v1\", \"kind\": \"EndpointSlice\", \"metadata\": {\"name\": \"a\"}, \"addressType\": \"IPv4\", \"endpoints\": []}\n{\"apiVersion\": \"discovery.k8s.io/v1\", \"kind\": \"EndpointSlice\", \"metadata\": {\"name\": \"b\"}, \"addressType\": \"IPv4\",\n \"endpoints\": [{\"addresses\": [\"198.18.1.1\"], \"nodeName\": 7}]}\n",
+                "nodeName",
+                "invalid type: integer `7`",
+            ),
+        ];
+        for (name, text, marker, expected) in cases {
+            match parse_manifests(text) {
+                Err(ManifestError::Parse {
+                    line,
+                    column,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!(line, Some(line_of(text, marker)), "{name}: {message}");
+                    assert!(column.is_some(), "{name}: {message}");
+                    assert!(message.contains(expected), "{name}: {message}");
+                }
+                other => panic!("{name}: want a parse error, got {other:?}"),
+            }
         }
     }
 
