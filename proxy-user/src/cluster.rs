@@ -262,6 +262,15 @@ impl Host {
         c
     }
 
+    /// Spawns a thread that has entered this host's network namespace
+    /// running `f` (a server or client written with `std::net`).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<std::io::Result<T>> {
+        netns::spawn_in(PathBuf::from(format!("/var/run/netns/{}", self.netns)), f)
+    }
+
     /// The name of its node (as endpoints' `nodeName`), if a pod.
     pub fn node_name(&self) -> Option<String> {
         self.node.map(node_name)
@@ -776,8 +785,10 @@ pub struct Endpoint {
     pub addr: Ipv4Addr,
     /// `nodeName` (None: left out).
     pub node: Option<String>,
-    /// `conditions.ready` (None: no conditions written).
+    /// `conditions.ready` (None: not written).
     pub ready: Option<bool>,
+    /// `conditions.serving` (None: not written).
+    pub serving: Option<bool>,
 }
 
 impl Endpoint {
@@ -787,7 +798,16 @@ impl Endpoint {
             addr: pod.addr,
             node: pod.node_name(),
             ready: Some(true),
+            serving: None,
         }
+    }
+
+    /// Not ready and not serving (a running pod failing its readiness
+    /// probe): not used, not even as the serving-terminating fallback.
+    pub fn not_ready(mut self) -> Self {
+        self.ready = Some(false);
+        self.serving = Some(false);
+        self
     }
 
     /// An endpoint with only an address (as hand-written slices often are).
@@ -796,6 +816,7 @@ impl Endpoint {
             addr,
             node: None,
             ready: None,
+            serving: None,
         }
     }
 }
@@ -861,8 +882,12 @@ pub fn slice_yaml(
     }
     for e in endpoints {
         let _ = writeln!(s, "- addresses: [\"{}\"]", e.addr);
-        if let Some(r) = e.ready {
-            let _ = writeln!(s, "  conditions: {{ready: {r}}}");
+        let conditions: Vec<String> = [("ready", e.ready), ("serving", e.serving)]
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+            .collect();
+        if !conditions.is_empty() {
+            let _ = writeln!(s, "  conditions: {{{}}}", conditions.join(", "));
         }
         if let Some(n) = &e.node {
             let _ = writeln!(s, "  nodeName: {n}");

@@ -86,13 +86,9 @@ impl NetNs {
     /// its result. Sockets, interface lookups and netlink in `f` see the
     /// namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-        let path = self.path();
-        std::thread::spawn(move || -> io::Result<T> {
-            enter(&path)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| io::Error::other("thread in namespace panicked"))?
+        spawn_in(self.path(), f)
+            .join()
+            .map_err(|_| io::Error::other("thread in namespace panicked"))?
     }
 
     /// Spawns a thread inside this namespace running `f` (for servers that
@@ -101,12 +97,20 @@ impl NetNs {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<io::Result<T>> {
-        let path = self.path();
-        std::thread::spawn(move || -> io::Result<T> {
-            enter(&path)?;
-            Ok(f())
-        })
+        spawn_in(self.path(), f)
     }
+}
+
+/// Spawns a thread that enters the network namespace bound at `path` and
+/// runs `f` there.
+pub fn spawn_in<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<io::Result<T>> {
+    std::thread::spawn(move || -> io::Result<T> {
+        enter(&path)?;
+        Ok(f())
+    })
 }
 
 impl Drop for NetNs {

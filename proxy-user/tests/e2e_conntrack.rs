@@ -3,16 +3,24 @@
 //! keeps sending from one source port is one flow; when its endpoint is
 //! replaced, the flow moves to the new endpoint at once instead of staying
 //! pinned to the removed one for as long as the client keeps sending.
+//! Established TCP flows outlive their service's last endpoint (only new
+//! ones are refused), and fragmented UDP replies are translated fragment by
+//! fragment so that the client reassembles them.
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use svcnat::cluster::{
-    Cluster, ClusterConfig, Frontend, Host, Port, Query, node_addr, pod_addr, service_yaml,
-    skip_reason, slice_yaml,
+    Cluster, ClusterConfig, Endpoint, Frontend, Host, Port, Proto, Query, node_addr, pod_addr,
+    service_with_slice, service_yaml, skip_reason, slice_yaml,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -27,12 +35,18 @@ const CLIENT_PORT: u16 = 40053;
 const WHO_OLD: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
 const WHO_NEW: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
 
-fn cluster(prefix: &str) -> Option<Cluster> {
-    if let Some(why) = skip_reason(&["dnsmasq", "dig"]) {
+/// A cluster of two nodes, or None (after printing why) when this machine
+/// cannot run it (`programs` are the ones the test needs besides svcnat's).
+fn cluster_with(prefix: &str, programs: &[&str]) -> Option<Cluster> {
+    if let Some(why) = skip_reason(programs) {
         eprintln!("skipped: {why}");
         return None;
     }
     Some(Cluster::new(ClusterConfig::new(BIN, 2).prefix(prefix)).expect("build the cluster"))
+}
+
+fn cluster(prefix: &str) -> Option<Cluster> {
+    cluster_with(prefix, &["dnsmasq", "dig"])
 }
 
 /// The EndpointSlice of service `dns` with `backend` as its one endpoint.
@@ -195,4 +209,289 @@ fn a_snated_udp_flow_to_a_node_port_moves_when_its_endpoint_is_replaced() {
         &old,
         &new,
     );
+}
+
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 80);
+/// The slow download: 10 KiB at 2,000 bytes/s (nginx's `limit_rate`), ~4 s.
+const SLOW_BYTES: u64 = 10 << 10;
+const SLOW_RATE: u64 = 2_000;
+/// The download's fixed source port (names its flow in conntrack).
+const SLOW_PORT: u16 = 41080;
+
+/// Issue 11: the only endpoint of a ClusterIP becomes not ready while a pod
+/// downloads from it. It stays in its EndpointSlice with `ready: false`
+/// and `serving: false` (a running pod failing its readiness probe, the
+/// usual way a service loses its last endpoint while connections to it are
+/// open; `serving: false` keeps the serving-terminating fallback out).
+/// Once the maps show no backend, a new connection is refused at once, as
+/// kube-proxy rejects only `ctstate NEW`, while the download completes to
+/// the last byte. (Looking up the service before conntrack, svcnat used to
+/// reset the established flow too: curl failed with "Connection reset by
+/// peer" after 8 of the 10 KiB.)
+#[test]
+fn an_established_flow_survives_its_service_dropping_to_zero_endpoints() {
+    let Some(mut c) = cluster_with("ez", &["nginx", "curl"]) else {
+        return;
+    };
+    let backend = c.add_pod(1, "web", pod_addr(1, 30)).expect("pod");
+    let client = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    c.nginx(&backend).expect("nginx");
+    let ports = [Port::tcp("http", 80, 80)];
+    let manifest = |e: Endpoint| service_with_slice(NS, "web", WEB_VIP, &ports, &[e]);
+    c.write_manifest("web.yaml", &manifest(Endpoint::of(&backend)))
+        .expect("manifest");
+    c.start_agents().expect("start agents");
+    let to = SocketAddrV4::new(backend.addr, 80);
+    c.wait_backends(WEB_VIP, 80, Proto::Tcp, Some(&[to]), WAIT)
+        .expect("first sync");
+
+    let base = format!("http://{WEB_VIP}");
+    let mut download = c
+        .download(&client, &base, SLOW_BYTES, SLOW_RATE, SLOW_PORT)
+        .expect("download");
+    let flow = SocketAddrV4::new(client.addr, SLOW_PORT);
+    let t = Instant::now();
+    while c.flow_backend(0, flow).expect("conntrack").is_none() {
+        assert!(t.elapsed() < WAIT, "the download's flow never showed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Into the transfer.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(download.running(), "the download ended before the change");
+
+    c.write_manifest("web.yaml", &manifest(Endpoint::of(&backend).not_ready()))
+        .expect("manifest");
+    c.wait_backends(WEB_VIP, 80, Proto::Tcp, Some(&[]), WAIT)
+        .expect("no backend on every node");
+    assert!(
+        download.running(),
+        "the download ended before every node's maps showed no backend: cannot judge \
+         whether the established flow survives"
+    );
+
+    let limit = Duration::from_secs(10);
+    let o = client.curl(&format!("{base}/"), limit).expect("curl");
+    eprintln!(
+        "no ready endpoint -> new connection: curl exit {} after {:?}: {:?}",
+        o.exit,
+        o.elapsed,
+        o.connect_error()
+    );
+    assert_eq!(o.exit, 7, "a new connection must be refused: {o:?}");
+    assert_eq!(o.connect_error(), Some("Connection refused"), "{o:?}");
+
+    let d = download.finish(WAIT).expect("the download ends");
+    eprintln!(
+        "the established download: exit {}, HTTP {}, {} of {SLOW_BYTES} bytes in {:?}",
+        d.exit, d.http_code, d.size, d.elapsed
+    );
+    assert_eq!(
+        (d.exit, d.http_code, d.size),
+        (0, 206, SLOW_BYTES),
+        "the established download must complete: {}",
+        d.stderr
+    );
+}
+
+const UDP_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 90);
+const UDP_PORT: u16 = 9000;
+const UDP_TARGET: u16 = 9009;
+/// The reply's size: with the harness's 1500-byte MTU (veths' default),
+/// the backend's stack sends it in three fragments.
+const REPLY_BYTES: usize = 4000;
+
+/// The reply's bytes (a pattern, so that misplaced fragments show).
+fn reply() -> Vec<u8> {
+    (0..REPLY_BYTES).map(|i| (i % 251) as u8).collect()
+}
+
+/// One datagram, or None when none came within the socket's read timeout.
+/// A wait interrupted by a signal starts again: the test process catches
+/// some (glibc's internal one among them), and on a socket with a timeout
+/// the kernel returns EINTR even under SA_RESTART (seen under load).
+fn recv_within(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Option<(usize, SocketAddr)>> {
+    loop {
+        match s.recv_from(buf) {
+            Ok(got) => return Ok(Some(got)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A UDP server in a pod answering every datagram with [`reply`], from a
+/// thread in the pod's namespace; stopped on drop.
+struct UdpServer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<std::io::Result<std::io::Result<()>>>>,
+}
+
+impl UdpServer {
+    fn start(c: &Cluster, pod: &Host, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = pod.spawn(move || -> std::io::Result<()> {
+            let s = UdpSocket::bind(("0.0.0.0", port))?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let body = reply();
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Some((_, peer)) = recv_within(&s, &mut buf)? {
+                    s.send_to(&body, peer)?;
+                }
+            }
+            Ok(())
+        });
+        c.wait_listening(pod, Proto::Udp, port)
+            .expect("the UDP server listens");
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// IP datagrams reassembled in `host`'s namespace so far (`ReasmOKs`).
+fn reassembled(host: &Host) -> u64 {
+    let out = host
+        .command("cat")
+        .arg("/proc/net/snmp")
+        .output()
+        .expect("read /proc/net/snmp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+        panic!("no Ip lines in /proc/net/snmp: {text}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ReasmOKs")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("ReasmOKs in /proc/net/snmp")
+}
+
+/// `client` sends a small request to the ClusterIP whose only backend is
+/// `backend` (a UDP server answering with [`REPLY_BYTES`] bytes); the
+/// client must get the whole reply, reassembled from its fragments, from
+/// the ClusterIP's address and port.
+fn a_large_udp_reply_reassembles_at_the_client(c: &Cluster, client: &Host, backend: &Host) {
+    let _server = UdpServer::start(c, backend, UDP_TARGET);
+    c.write_manifest(
+        "udp.yaml",
+        &service_with_slice(
+            NS,
+            "big",
+            UDP_VIP,
+            &[Port::udp("big", UDP_PORT, UDP_TARGET)],
+            &[Endpoint::of(backend)],
+        ),
+    )
+    .expect("manifest");
+    c.start_agents().expect("start agents");
+    c.wait_backends(
+        UDP_VIP,
+        UDP_PORT,
+        Proto::Udp,
+        Some(&[SocketAddrV4::new(backend.addr, UDP_TARGET)]),
+        WAIT,
+    )
+    .expect("first sync");
+
+    let before = reassembled(client);
+    let got = client
+        .spawn(|| -> std::io::Result<Vec<(Vec<u8>, SocketAddr)>> {
+            let s = UdpSocket::bind(("0.0.0.0", 0))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            // A few tries, for a first datagram lost to neighbour discovery.
+            for _ in 0..3 {
+                s.send_to(b"big?", (UDP_VIP, UDP_PORT))?;
+                if let Some((n, from)) = recv_within(&s, &mut buf)? {
+                    got.push((buf[..n].to_vec(), from));
+                    break;
+                }
+            }
+            Ok(got)
+        })
+        .join()
+        .expect("the client thread")
+        .expect("enter the client's namespace")
+        .expect("the client's socket");
+    let after = reassembled(client);
+    eprintln!(
+        "{} -> {UDP_VIP}:{UDP_PORT} (backend {} on {}): replies {:?}; datagrams reassembled \
+         at the client: {}",
+        client.name,
+        backend.addr,
+        backend.node_name().unwrap_or_default(),
+        got.iter().map(|(b, f)| (b.len(), *f)).collect::<Vec<_>>(),
+        after - before
+    );
+    let Some((body, from)) = got.first() else {
+        let node = client.node.unwrap_or(0);
+        let show = |what| {
+            c.inspect(node, what, false)
+                .unwrap_or_else(|e| format!("{e:#}"))
+        };
+        panic!(
+            "no reply in 3 tries of 3 s; the client's node shows\n{}\n{}",
+            show("conntrack"),
+            show("stats")
+        );
+    };
+    assert_eq!(
+        *from,
+        SocketAddr::from((UDP_VIP, UDP_PORT)),
+        "the reply's source"
+    );
+    assert_eq!(body.len(), REPLY_BYTES, "the reply's size");
+    assert!(*body == reply(), "the reply's bytes differ");
+    assert!(
+        after > before,
+        "the reply should have reached the client in fragments (ReasmOKs {before} -> {after})"
+    );
+}
+
+/// Issue 11: the backend is on the other node; its node forwards the
+/// fragments to the client's node, whose TC egress translates every
+/// fragment (later ones carry no ports). (Before the fix the client got
+/// nothing: its reassembly never completed.)
+#[test]
+fn a_large_udp_reply_from_a_remote_backend_reassembles_at_the_client() {
+    let Some(mut c) = cluster_with("ef", &[]) else {
+        return;
+    };
+    let backend = c.add_pod(1, "big", pod_addr(1, 40)).expect("pod");
+    let client = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    a_large_udp_reply_reassembles_at_the_client(&c, &client, &backend);
+}
+
+/// The control: the backend is on the client's node.
+#[test]
+fn a_large_udp_reply_from_a_local_backend_reassembles_at_the_client() {
+    let Some(mut c) = cluster_with("eg", &[]) else {
+        return;
+    };
+    let backend = c.add_pod(0, "big", pod_addr(0, 40)).expect("pod");
+    let client = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    a_large_udp_reply_reassembles_at_the_client(&c, &client, &backend);
 }
