@@ -167,7 +167,7 @@ fn track_seq(e: *mut CtValue, l4: &L4) {
     if !l4.is_tcp() || l4.flags & TCP_RST != 0 {
         return;
     }
-    let end = l4.seq.wrapping_add(l4.seg_len);
+    let end = l4.seq().wrapping_add(l4.seg_len());
     // SAFETY: as in `touch`.
     unsafe {
         let flags = (*e).flags;
@@ -187,7 +187,7 @@ fn rst_in_window(e: &CtValue, l4: &L4) -> Option<bool> {
     if e.flags & CT_F_SEQ == 0 {
         return None;
     }
-    let d = l4.seq.wrapping_sub(e.seq_next) as i32;
+    let d = l4.seq().wrapping_sub(e.seq_next) as i32;
     Some(d.unsigned_abs() <= CT_RST_WINDOW)
 }
 
@@ -326,7 +326,7 @@ pub(crate) fn ct4_create(
     let mut flags = next_flags(0, l4, Side::Client, true) | extra_flags;
     let mut seq_next = 0;
     if l4.is_tcp() {
-        seq_next = l4.seq.wrapping_add(l4.seg_len);
+        seq_next = l4.seq().wrapping_add(l4.seg_len());
         flags |= CT_F_SEQ;
     }
     let fwd = CtValue {
@@ -413,7 +413,7 @@ pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<ReplyN
             // RST must acknowledge what the client sent.
             // SAFETY: copied at once.
             None => match unsafe { CT4.get(skey).copied() } {
-                Some(s) if s.flags & CT_F_SEQ != 0 => l4.has(TCP_ACK) && l4.ack == s.seq_next,
+                Some(s) if s.flags & CT_F_SEQ != 0 => l4.has(TCP_ACK) && l4.ack() == s.seq_next,
                 _ => true,
             },
         };

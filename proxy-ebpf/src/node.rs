@@ -72,11 +72,16 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb4_source_allowed(svc.svc_id, ip.saddr) {
         return Err(Reason::DropSourceRange);
     }
+    // A SYN to a frontend without a usable endpoint opens a connection:
+    // no flow to look for. Anything else looks for its flow first: an
+    // established flow keeps its backend even when the service has no
+    // usable endpoint any more. Without a usable entry the flow opens anew
+    // below (UDP survives; the backend resets TCP).
+    if svc.count == 0 && l4.is_syn_only() {
+        return no_backend(&svc);
+    }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    // Conntrack first: an established flow keeps its backend even when the
-    // service has no usable endpoint any more. Without a usable entry the
-    // flow opens anew below (UDP survives; the backend resets TCP).
     if let Some(f) = flow_established(&key, &l4, now) {
         record(&ip, f.addr, f.src.0);
         xdp4_rewrite(ctx, End::Dst, f.addr, &l4, f.port)?;
@@ -99,11 +104,7 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         return Err(Reason::DropTcpNoFlow);
     }
     if svc.count == 0 {
-        if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
-            return Err(Reason::DropNoLocalBackend);
-        }
-        // The stack answers a node address with RST / port unreachable.
-        return Ok(pass(Reason::PassNoBackend));
+        return no_backend(&svc);
     }
     let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
@@ -122,6 +123,17 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
     xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
     Ok(pass(Reason::SnatNew))
+}
+
+/// A new flow to a frontend without a usable endpoint: with a traffic
+/// policy Local dropped (as kube-proxy does), else passed to the stack,
+/// which answers a node address with RST / port unreachable.
+#[inline(always)]
+fn no_backend(svc: &SvcValue) -> Result<XdpVerdict, Reason> {
+    if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+        return Err(Reason::DropNoLocalBackend);
+    }
+    Ok(pass(Reason::PassNoBackend))
 }
 
 /// The address SNATed flows leave with: the node port's own address (a node

@@ -68,33 +68,22 @@ impl Ipv4Hdr {
     pub(crate) fn id(&self) -> u16 {
         u16::from_be_bytes(self.id)
     }
-    /// Bytes after the IPv4 header, as the header says.
-    pub(crate) fn payload_len(&self) -> u32 {
-        u32::from(u16::from_be_bytes(self.tot_len)).saturating_sub(u32::from(self.ihl()) * 4)
-    }
 }
 
 impl TcpHdr {
     /// The [`L4`] of this header, in a datagram of `ip`.
     #[inline(always)]
     pub(crate) fn l4(&self, ip: &Ipv4Hdr) -> L4 {
-        let hlen = u32::from(self.doff_res >> 4) * 4;
-        let mut seg_len = ip.payload_len().saturating_sub(hlen);
-        if self.flags & TCP_SYN != 0 {
-            seg_len += 1;
-        }
-        if self.flags & TCP_FIN != 0 {
-            seg_len += 1;
-        }
         L4 {
             proto: IPPROTO_TCP,
             sport: u16::from_be_bytes(self.sport),
             dport: u16::from_be_bytes(self.dport),
             flags: self.flags,
             check: self.check,
-            seq: u32::from_be_bytes(self.seq),
-            ack: u32::from_be_bytes(self.ack_seq),
-            seg_len,
+            seq_raw: self.seq,
+            ack_raw: self.ack_seq,
+            doff_raw: self.doff_res,
+            ip_len_raw: ip.tot_len,
         }
     }
 }
@@ -109,9 +98,10 @@ impl UdpHdr {
             dport: u16::from_be_bytes(self.dport),
             flags: 0,
             check: self.check,
-            seq: 0,
-            ack: 0,
-            seg_len: 0,
+            seq_raw: [0; 4],
+            ack_raw: [0; 4],
+            doff_raw: 0,
+            ip_len_raw: [0; 2],
         }
     }
 }
@@ -149,12 +139,17 @@ pub(crate) struct L4 {
     pub flags: u8,
     /// Raw L4 checksum as in the packet (UDP: 0 means "none").
     pub check: [u8; 2],
-    /// TCP sequence and acknowledgment numbers, host order; 0 for UDP.
-    pub seq: u32,
-    pub ack: u32,
-    /// TCP: sequence space the segment takes (payload, plus one for SYN
-    /// and for FIN); 0 for UDP.
-    pub seg_len: u32,
+    /// TCP sequence and acknowledgment numbers as in the packet; zero for
+    /// UDP. Kept raw and converted where used, so that paths that never
+    /// look at them (most) pay nothing.
+    pub seq_raw: [u8; 4],
+    pub ack_raw: [u8; 4],
+    /// TCP data offset byte as in the packet (header length in its high
+    /// nibble); 0 for UDP.
+    pub doff_raw: u8,
+    /// The IPv4 total length as in the packet (an L4 header is only parsed
+    /// after an option-less IPv4 header of 20 bytes).
+    pub ip_len_raw: [u8; 2],
 }
 
 impl L4 {
@@ -167,6 +162,21 @@ impl L4 {
     /// A TCP SYN without ACK: the start of a new connection.
     pub(crate) fn is_syn_only(&self) -> bool {
         self.is_tcp() && self.has(TCP_SYN) && !self.has(TCP_ACK)
+    }
+    /// TCP sequence number.
+    pub(crate) fn seq(&self) -> u32 {
+        u32::from_be_bytes(self.seq_raw)
+    }
+    /// TCP acknowledgment number.
+    pub(crate) fn ack(&self) -> u32 {
+        u32::from_be_bytes(self.ack_raw)
+    }
+    /// TCP: the sequence space the segment takes (payload, plus one for SYN
+    /// and one for FIN).
+    pub(crate) fn seg_len(&self) -> u32 {
+        let hlen = IPV4_HLEN as u32 + u32::from(self.doff_raw >> 4) * 4;
+        let payload = u32::from(u16::from_be_bytes(self.ip_len_raw)).saturating_sub(hlen);
+        payload + u32::from(self.flags & TCP_SYN != 0) + u32::from(self.flags & TCP_FIN != 0)
     }
     pub(crate) fn csum_off(&self) -> usize {
         if self.is_tcp() {

@@ -5,7 +5,7 @@ use aya_ebpf::programs::TcContext;
 use proxy_common::{
     CT_DIR_SERVICE, CT_F_SNAT, FRAG_DIR_REVNAT_SRC, HAIRPIN_ADDR_DEFAULT, IPPROTO_ICMP,
     IPPROTO_TCP, IPPROTO_UDP, NODE4_HAIRPIN_KEY, Reason, SNAT_PORT_MIN, SVC_FLAG_LOCAL_ONLY,
-    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SvcValue,
 };
 
 use crate::{
@@ -59,11 +59,15 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         // of them where outside clients see only local ones).
         svc = lb4_lookup_internal(ip.daddr, l4.dport, l4.proto)?;
     }
+    // A SYN to a service without a usable endpoint opens a connection:
+    // refused at once. Anything else looks for its flow first: a flow that
+    // is established keeps its backend even when the service has no usable
+    // endpoint any more (kube-proxy rejects only new connections).
+    if svc.count == 0 && l4.is_syn_only() {
+        return no_backend(ctx, &ip, &l4, &svc);
+    }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    // Conntrack first: a flow that is established keeps its backend even
-    // when the service has no usable endpoint any more (kube-proxy rejects
-    // only new connections).
     let (addr, port, src, reason) = match flow_established(&key, &l4, now) {
         Some(f) => {
             let reason = if f.rst_ignored {
@@ -75,12 +79,7 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         }
         None => {
             if svc.count == 0 {
-                if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
-                    // Traffic policy Local without a local endpoint: dropped,
-                    // as kube-proxy does, rather than rejected.
-                    return Err(Reason::DropNoLocalBackend);
-                }
-                return reject4(ctx, &ip, &l4, Reason::RejectNoBackend);
+                return no_backend(ctx, &ip, &l4, &svc);
             }
             let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
             let (addr, port) = (backend.addr, backend.port);
@@ -115,6 +114,17 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return bounce(ctx, reason);
     }
     Ok(pass(reason))
+}
+
+/// A new flow to a service without a usable endpoint: rejected, as
+/// kube-proxy does; with a traffic policy Local (no local endpoint) dropped
+/// instead, as kube-proxy does too.
+#[inline(always)]
+fn no_backend(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, svc: &SvcValue) -> Result<Verdict, Reason> {
+    if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+        return Err(Reason::DropNoLocalBackend);
+    }
+    reject4(ctx, ip, l4, Reason::RejectNoBackend)
 }
 
 /// The address hairpin flows come from: set by the agent, else the default.
@@ -234,9 +244,10 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
         dport: u16::from_be_bytes(ports.sport),
         flags: 0,
         check: [0, 0],
-        seq: 0,
-        ack: 0,
-        seg_len: 0,
+        seq_raw: [0; 4],
+        ack_raw: [0; 4],
+        doff_raw: 0,
+        ip_len_raw: [0; 2],
     };
     let key = reply_key(inner.daddr, inner.saddr, &quoted);
     let Some(e) = ct4_get(&key) else {
