@@ -1370,6 +1370,26 @@ fn node_fixtures() {
     );
 }
 
+/// The fixtures' world in a datapath whose conntrack map holds `entries`.
+fn world_with_conntrack_of(entries: u32) -> TestDatapath {
+    let sizes: Vec<(&str, u32)> = svcnat::testing::datapath::TEST_MAP_SIZES
+        .iter()
+        .map(|&(n, s)| {
+            (
+                n,
+                if n == proxy_common::map_names::CT4 {
+                    entries
+                } else {
+                    s
+                },
+            )
+        })
+        .collect();
+    let mut dp = TestDatapath::load_with_sizes(&sizes).unwrap_or_else(|e| panic!("load: {e}"));
+    seed_world(&mut dp).unwrap_or_else(|e| panic!("seed: {e}"));
+    dp
+}
+
 /// A flood of made-up TCP segments from outside to a node port, three times
 /// as many as the conntrack map holds and each sent twice (so that the
 /// kernel's LRU sees every one of them referenced, as an attacker would
@@ -1383,21 +1403,7 @@ fn a_flood_of_flowless_segments_evicts_no_established_flow() {
     }
     const CT_SIZE: u32 = 4096;
     const FLOWS: u16 = 200;
-    let sizes: Vec<(&str, u32)> = svcnat::testing::datapath::TEST_MAP_SIZES
-        .iter()
-        .map(|(n, s)| {
-            (
-                *n,
-                if *n == proxy_common::map_names::CT4 {
-                    CT_SIZE
-                } else {
-                    *s
-                },
-            )
-        })
-        .collect();
-    let mut dp = TestDatapath::load_with_sizes(&sizes).unwrap_or_else(|e| panic!("load: {e}"));
-    seed_world(&mut dp).unwrap_or_else(|e| panic!("seed: {e}"));
+    let dp = world_with_conntrack_of(CT_SIZE);
     let run = |prog, frame: Vec<u8>| {
         dp.run(prog, &frame)
             .unwrap_or_else(|e| panic!("test run: {e}"))
@@ -1478,21 +1484,7 @@ fn a_syn_flood_bigger_than_the_map_shows_as_evictions() {
         return;
     }
     const CT_SIZE: u32 = 2048;
-    let sizes: Vec<(&str, u32)> = svcnat::testing::datapath::TEST_MAP_SIZES
-        .iter()
-        .map(|(n, s)| {
-            (
-                *n,
-                if *n == proxy_common::map_names::CT4 {
-                    CT_SIZE
-                } else {
-                    *s
-                },
-            )
-        })
-        .collect();
-    let mut dp = TestDatapath::load_with_sizes(&sizes).unwrap_or_else(|e| panic!("load: {e}"));
-    seed_world(&mut dp).unwrap_or_else(|e| panic!("seed: {e}"));
+    let dp = world_with_conntrack_of(CT_SIZE);
     let mut estimate = svcnat::metrics::EvictionEstimate::default();
     assert_eq!(
         estimate.update(0, 0, 0),
