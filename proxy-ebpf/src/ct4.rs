@@ -206,9 +206,8 @@ pub(crate) struct ServiceHit {
     /// The backend.
     pub(crate) addr: [u8; 4],
     pub(crate) port: u16,
-    /// The flow's `CT_F_*` flags before this packet.
-    pub(crate) flags: u8,
-    /// The source the backend sees.
+    /// The source the backend sees (the client's own address and port
+    /// unless the flow is source-NATed).
     pub(crate) peer: AddrPort,
     /// A RST outside the window: translated, but the flow stays open.
     pub(crate) rst_ignored: bool,
@@ -234,7 +233,6 @@ pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<Serv
     Some(ServiceHit {
         addr: v.nat_addr,
         port: v.nat_port,
-        flags: v.flags,
         peer: (v.peer_addr, v.peer_port),
         rst_ignored: !rst_ok,
     })

@@ -25,13 +25,13 @@ use proxy_common::{
 
 use crate::{
     XdpVerdict,
-    ct4::{ReplyNat, ct4_lookup_reply, now, service_key},
+    ct4::{ReplyNat, ct4_lookup_reply, ct4_lookup_service, now, service_key},
     frag4::{frag4_lookup, frag4_record},
     lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
     maps::NODE4,
     nat4::End,
     parse::{Ipv4Hdr, L4},
-    snat4::{NODE_PORTS, flow_established, open_from_client, rev_key, snat4_open},
+    snat4::{NODE_PORTS, open_from_client, rev_key, snat4_open},
     xdp4::{self, xdp4_rewrite, xdp4_rewrite_addr},
 };
 
@@ -82,15 +82,15 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    if let Some(f) = flow_established(&key, &l4, now) {
-        record(&ip, f.addr, f.src.0);
+    if let Some(f) = ct4_lookup_service(&key, &l4, now) {
+        record(&ip, f.addr, f.peer.0);
         xdp4_rewrite(ctx, End::Dst, f.addr, &l4, f.port)?;
-        if f.src != (ip.saddr, l4.sport) {
-            xdp4_rewrite(ctx, End::Src, f.src.0, &l4, f.src.1)?;
+        if f.peer != (ip.saddr, l4.sport) {
+            xdp4_rewrite(ctx, End::Src, f.peer.0, &l4, f.peer.1)?;
         }
         return Ok(pass(if f.rst_ignored {
             Reason::RstOutOfWindow
-        } else if f.src.0 == ip.saddr {
+        } else if f.peer.0 == ip.saddr {
             Reason::DnatEstablished
         } else {
             Reason::SnatEstablished

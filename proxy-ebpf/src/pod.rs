@@ -10,7 +10,7 @@ use proxy_common::{
 
 use crate::{
     Verdict,
-    ct4::{ct4_get, ct4_lookup_reply, now, reply_key, service_key},
+    ct4::{ct4_get, ct4_lookup_reply, ct4_lookup_service, now, reply_key, service_key},
     frag4::{frag4_record, frag4_translate},
     lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select, lb4_source_allowed},
     maps::NODE4,
@@ -18,7 +18,7 @@ use crate::{
     parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
     pass,
     reject4::{bounce, reject4},
-    snat4::{NODE_PORTS, flow_established, open_from_client, snat4_lookup_rev, snat4_open},
+    snat4::{NODE_PORTS, open_from_client, snat4_lookup_rev, snat4_open},
 };
 
 /// A packet from a pod: DNAT when it is addressed to a service.
@@ -68,14 +68,14 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    let (addr, port, src, reason) = match flow_established(&key, &l4, now) {
+    let (addr, port, src, reason) = match ct4_lookup_service(&key, &l4, now) {
         Some(f) => {
             let reason = if f.rst_ignored {
                 Reason::RstOutOfWindow
             } else {
                 Reason::DnatEstablished
             };
-            (f.addr, f.port, f.src, reason)
+            (f.addr, f.port, f.peer, reason)
         }
         None => {
             if svc.count == 0 {

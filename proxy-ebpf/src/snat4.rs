@@ -34,7 +34,7 @@ use proxy_common::{
 };
 
 use crate::{
-    ct4::{AddrPort, NS, Tuple, ct4_create, ct4_lookup_service, ct4_tuple},
+    ct4::{NS, Tuple, ct4_create, ct4_tuple},
     maps::SNAT4,
     parse::L4,
 };
@@ -45,35 +45,6 @@ pub(crate) const NODE_PORTS: (u16, u16) = (SNAT_PORT_MIN, SNAT_PORT_MAX);
 /// Ports for a client's own address whose port clashed: 1024-65535, as
 /// netfilter remaps (the clash check sees the client's translated flows).
 const CLIENT_PORTS: (u16, u16) = (REMAP_PORT_MIN, REMAP_PORT_MAX);
-
-/// A client packet of a known flow: where it goes and where it comes from.
-pub(crate) struct Established {
-    /// The backend.
-    pub(crate) addr: [u8; 4],
-    pub(crate) port: u16,
-    /// The source to write (the client's own when not source-NATed).
-    pub(crate) src: AddrPort,
-    /// A RST outside the window: translated, but the flow stays open.
-    pub(crate) rst_ignored: bool,
-}
-
-/// The backend and the source to write of a packet of a known flow
-/// (`key`: its conntrack service key). `None`: no usable entry.
-#[inline(always)]
-pub(crate) fn flow_established(key: &Ct4Key, l4: &L4, now: u64) -> Option<Established> {
-    let hit = ct4_lookup_service(key, l4, now)?;
-    let src = if hit.flags & CT_F_SNAT == 0 {
-        (key.saddr, key.sport)
-    } else {
-        hit.peer
-    };
-    Some(Established {
-        addr: hit.addr,
-        port: hit.port,
-        src,
-        rst_ignored: hit.rst_ignored,
-    })
-}
 
 /// Opens a new flow (`key`: client -> frontend) to `backend` from the
 /// client's own address and port; when another flow already owns that

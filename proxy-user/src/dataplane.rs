@@ -422,7 +422,7 @@ pub struct ClearedFlows {
     pub flows: usize,
     /// Conntrack entries deleted, both directions.
     pub ct_entries: usize,
-    /// Source NAT entries deleted (two per SNATed flow).
+    /// Source NAT entries deleted (one per SNATed flow).
     pub snat_entries: usize,
 }
 
@@ -1407,7 +1407,7 @@ impl Dataplane {
                     out.flows += 1;
                 }
             }
-            // The flow's SNAT entries share its conntrack keys.
+            // A SNATed flow's SNAT entry sits under its reply key.
             if v.flags & CT_F_SNAT != 0
                 && removed(self.snat4.remove(k)).map_err(map_err(map_names::SNAT4))?
             {
@@ -1496,11 +1496,9 @@ impl Dataplane {
     /// Conntrack entries the datapath created under a new key, ever (the
     /// `STAT_CT_CREATED` counter of the pinned stats map, summed over CPUs).
     pub fn ct_created(&self) -> Result<u64> {
-        let per_cpu = self
-            .stats
-            .get(&STAT_CT_CREATED, 0)
-            .map_err(map_err(map_names::STATS))?;
-        Ok(per_cpu.iter().map(|v| v.packets).sum())
+        stat_slot(&self.stats, STAT_CT_CREATED)
+            .map(|v| v.packets)
+            .map_err(map_err(map_names::STATS))
     }
 
     /// Conntrack entries this dataplane deleted itself (stale UDP flows).
@@ -1913,8 +1911,10 @@ fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
     )
 }
 
+/// `bpf_map_update_elem` flag `BPF_NOEXIST`: only create (linux/bpf.h).
+pub(crate) const BPF_NOEXIST: u64 = 1;
 /// `BPF_EXIST`: update an entry only if it is still there.
-const BPF_EXIST: u64 = 2;
+pub(crate) const BPF_EXIST: u64 = 2;
 
 /// Whether two backend lists hold the same backends (slot order aside).
 fn same_set(a: &[Backend4Spec], b: &[Backend4Spec]) -> bool {
@@ -2094,19 +2094,28 @@ fn check_layout(dir: &Path) -> Result<Option<u32>> {
 
 /// Sums a per-CPU stats array by reason.
 pub fn read_stats(stats: &PerCpuArray<MapData, StatValue>) -> Result<Vec<(Reason, StatValue)>> {
-    let mut out = Vec::with_capacity(Reason::ALL.len());
-    for r in Reason::ALL {
-        let per_cpu = stats
-            .get(&(*r as u32), 0)
-            .map_err(map_err(map_names::STATS))?;
-        let mut sum = StatValue::default();
-        for v in per_cpu.iter() {
-            sum.packets += v.packets;
-            sum.bytes += v.bytes;
-        }
-        out.push((*r, sum));
-    }
-    Ok(out)
+    Reason::ALL
+        .iter()
+        .map(|r| {
+            let sum = stat_slot(stats, *r as u32).map_err(map_err(map_names::STATS))?;
+            Ok((*r, sum))
+        })
+        .collect()
+}
+
+/// One slot of a per-CPU stats array (a [`Reason`], or a counter such as
+/// [`STAT_CT_CREATED`]), summed over CPUs.
+pub fn stat_slot(
+    stats: &PerCpuArray<MapData, StatValue>,
+    slot: u32,
+) -> std::result::Result<StatValue, MapError> {
+    let per_cpu = stats.get(&slot, 0)?;
+    Ok(per_cpu
+        .iter()
+        .fold(StatValue::default(), |acc, v| StatValue {
+            packets: acc.packets + v.packets,
+            bytes: acc.bytes + v.bytes,
+        }))
 }
 
 /// Opens one pinned map of `dir` by name (for inspection while the agent is

@@ -44,10 +44,7 @@ use proxy_common::{
     IPPROTO_TCP, Snat4Value, map_names,
 };
 
-use crate::dataplane::{DataplaneError, ignore_missing, open_pinned};
-
-/// `bpf_map_update_elem` flag: only create (linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
+use crate::dataplane::{BPF_NOEXIST, DataplaneError, ignore_missing, open_pinned};
 
 /// Where the conntrack map of layouts 1 and 2 is pinned while a migration
 /// to layout 3 copies it (bpffs refuses names with a dot).

@@ -351,20 +351,13 @@ impl<C: aya::Pod> TestDatapath<C> {
 
     /// The counter of `reason`, summed over all CPUs.
     pub fn stat(&self, reason: Reason) -> Result<StatValue, MapError> {
-        let per_cpu = self.stats.get(&(reason as u32), 0)?;
-        Ok(per_cpu
-            .iter()
-            .fold(StatValue::default(), |acc, v| StatValue {
-                packets: acc.packets + v.packets,
-                bytes: acc.bytes + v.bytes,
-            }))
+        crate::dataplane::stat_slot(&self.stats, reason as u32)
     }
 
     /// Conntrack entries the datapath created under a new key (the
     /// `STAT_CT_CREATED` counter, summed over CPUs).
     pub fn created_entries(&self) -> Result<u64, MapError> {
-        let per_cpu = self.stats.get(&proxy_common::STAT_CT_CREATED, 0)?;
-        Ok(per_cpu.iter().map(|v| v.packets).sum())
+        crate::dataplane::stat_slot(&self.stats, proxy_common::STAT_CT_CREATED).map(|v| v.packets)
     }
 
     /// Every reason's counter, summed over all CPUs, in [`Reason::ALL`] order.
