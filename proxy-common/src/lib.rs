@@ -6,52 +6,13 @@
 //! byte arrays in network order (they dump as `[198,18,0,10]`); ports are
 //! stored in host order (they dump as `80`).
 //!
-//! Map names, default sizes and stat reasons are defined here once and used by
-//! both sides.
+//! Maps (name, kind, key and value types, default size, layout) are defined
+//! once in the table of [`maps`](crate::svcnat_maps), stat reasons once in
+//! [`Reason`]; both sides read them from here.
 #![no_std]
 
-/// Names of the maps in the eBPF object. They are also the file names of the
-/// pins under the agent's bpffs folder.
-pub mod map_names {
-    /// [`crate::Svc4Key`] -> [`crate::SvcValue`].
-    pub const SVC4: &str = "SVCNAT_SVC4";
-    /// [`crate::SlotKey`] -> [`crate::SlotValue`].
-    pub const SLOTS: &str = "SVCNAT_SLOTS";
-    /// backend id (`u32`) -> [`crate::Backend4`].
-    pub const BACKEND4: &str = "SVCNAT_BACKEND4";
-    /// service id (`u32`) -> [`crate::RevNat4`].
-    pub const REVNAT4: &str = "SVCNAT_REVNAT4";
-    /// [`crate::Ct4Key`] -> [`crate::CtValue`] (LRU).
-    pub const CT4: &str = "SVCNAT_CT4";
-    /// [`crate::Frag4Key`] -> [`crate::Frag4Value`] (LRU).
-    pub const FRAG4: &str = "SVCNAT_FRAG4";
-    /// reason (`u32`) -> [`crate::StatValue`] (per CPU).
-    pub const STATS: &str = "SVCNAT_STATS";
-    /// service id (`u32`) -> [`crate::SvcLabel`]: names for inspection only;
-    /// the datapath never reads it.
-    pub const LABELS: &str = "SVCNAT_LABELS";
-    /// [`crate::Ct4Key`] -> [`crate::Snat4Value`] (LRU): the ports allocated
-    /// for source NAT (node-port flows to backends on other nodes, hairpin
-    /// flows, flows whose client port clashed). One entry per flow, keyed by
-    /// the backend's reply (backend -> address:port, direction reply, the
-    /// key of the flow's conntrack reply entry), giving the client's address
-    /// and port. (Layouts 1 and 2 also had a forward entry per flow, keyed by
-    /// the service-direction key; layout 3 keeps that in conntrack.)
-    pub const SNAT4: &str = "SVCNAT_SNAT4";
-    /// ifindex (`u32`) -> [`crate::NodeAddr4`]: the address of each node
-    /// interface, the source of SNATed flows that arrive on it.
-    pub const NODE4: &str = "SVCNAT_NODE4";
-    /// [`crate::AffinityKey`] -> [`crate::AffinityValue`] (LRU):
-    /// `sessionAffinity: ClientIP`.
-    pub const AFFINITY4: &str = "SVCNAT_AFFINITY4";
-    /// LPM trie of [`crate::SrcRange4`] -> `u32`: `loadBalancerSourceRanges`.
-    pub const SRCRANGE4: &str = "SVCNAT_SRCRANGE4";
-    /// All maps, in the order the agent creates and pins them.
-    pub const ALL: [&str; 12] = [
-        SVC4, SLOTS, BACKEND4, REVNAT4, CT4, FRAG4, STATS, LABELS, SNAT4, NODE4, AFFINITY4,
-        SRCRANGE4,
-    ];
-}
+mod maps;
+pub use maps::{MAPS, MapDef, MapKind, MapSize, default_sizes, map_names};
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
@@ -64,30 +25,6 @@ pub mod program_names {
     pub const XDP_NODE: &str = "svcnat_node_xdp";
     /// TC egress on node interfaces: reverse NAT of replies from local backends.
     pub const TC_NODE_EGRESS: &str = "svcnat_node_egress";
-}
-
-/// Default number of entries of each map; the agent may size them at load time.
-pub mod default_sizes {
-    /// Service frontends (one per VIP, port and protocol, plus one per VIP).
-    pub const SVC4: u32 = 65_536;
-    /// Backend slots over all services.
-    pub const SLOTS: u32 = 524_288;
-    /// Distinct backends.
-    pub const BACKEND4: u32 = 262_144;
-    /// Reverse NAT entries (one per service frontend).
-    pub const REVNAT4: u32 = 65_536;
-    /// Conntrack entries. Each flow takes two (service and reply direction).
-    pub const CT4: u32 = 524_288;
-    /// Fragmented datagrams in flight.
-    pub const FRAG4: u32 = 8_192;
-    /// SNAT entries (one per source-NATed flow).
-    pub const SNAT4: u32 = 65_536;
-    /// Node interfaces.
-    pub const NODE4: u32 = 256;
-    /// Session affinity entries (one per client and service).
-    pub const AFFINITY4: u32 = 65_536;
-    /// Source ranges over all services.
-    pub const SRCRANGE4: u32 = 16_384;
 }
 
 /// First port of the SNAT range. Ports allocated for node-port flows to

@@ -86,7 +86,7 @@ pub enum AgentError {
 /// The addresses of the interfaces matching `patterns` in the current
 /// network namespace (the NodePort addresses, as kube-proxy's `primary`).
 pub fn interface_addresses(patterns: &[glob::Pattern]) -> Vec<IpAddr> {
-    let all = crate::dataplane::addresses().unwrap_or_else(|e| {
+    let all = crate::host::addresses().unwrap_or_else(|e| {
         tracing::warn!("cannot list the node's addresses: {e}");
         Vec::new()
     });
@@ -110,7 +110,7 @@ pub fn nodeport_addresses(patterns: &[glob::Pattern], cidrs: &[(IpAddr, u8)]) ->
     if cidrs.is_empty() {
         return interface_addresses(patterns);
     }
-    let all = crate::dataplane::addresses().unwrap_or_else(|e| {
+    let all = crate::host::addresses().unwrap_or_else(|e| {
         tracing::warn!("cannot list the node's addresses: {e}");
         Vec::new()
     });

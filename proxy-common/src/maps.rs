@@ -1,0 +1,237 @@
+//! The maps of the datapath, defined once.
+//!
+//! [`svcnat_maps!`](crate::svcnat_maps) is the one list of every map: its
+//! static's name, its pinned name, its kind, its key and value types, the
+//! sizing knob it follows, and the layout version its key and value took
+//! their current form in. It hands the list to a macro of the caller's:
+//! here it becomes [`map_names`], [`default_sizes`] and [`MAPS`] (what the
+//! loader sizes, pins, reads back and cleans up; what migration and
+//! inspection look up), and the eBPF crate turns it into its map statics.
+//! A new map (an IPv6 one, a socket one) is one more line in the list.
+
+/// The table of every map. `svcnat_maps!(then)` calls `then!` with one entry
+/// per map, in the order the agent creates and pins them:
+///
+/// `#[doc] STATIC = "PINNED_NAME", Kind, KeyType => ValueType, size, layout;`
+///
+/// - `Kind` is a [`MapKind`] variant name;
+/// - `size` a [`MapSize`] expression (the knob that sizes it);
+/// - `layout` the [`crate::LAYOUT_VERSION`] in which the map's key and value
+///   took their current form (a migration from an older layout moves a map
+///   newer than it aside and copies its entries, see the agent's
+///   `migrate` module).
+///
+/// Types are written as `$crate::` paths, so that the caller needs no
+/// imports.
+#[macro_export]
+macro_rules! svcnat_maps {
+    ($then:ident) => {
+        $then! {
+            /// Service frontends, plus one marker entry per VIP:
+            /// [`Svc4Key`](crate::Svc4Key) -> [`SvcValue`](crate::SvcValue).
+            SVC4 = "SVCNAT_SVC4", Hash,
+                $crate::Svc4Key => $crate::SvcValue, $crate::MapSize::Services, 1;
+            /// Backend slots of each service, 1..=count:
+            /// [`SlotKey`](crate::SlotKey) -> [`SlotValue`](crate::SlotValue).
+            SLOTS = "SVCNAT_SLOTS", Hash,
+                $crate::SlotKey => $crate::SlotValue, $crate::MapSize::Slots, 1;
+            /// Backends by id (`u32`) -> [`Backend4`](crate::Backend4).
+            BACKEND4 = "SVCNAT_BACKEND4", Hash,
+                u32 => $crate::Backend4, $crate::MapSize::Backends, 1;
+            /// Reverse NAT by service id (`u32`) -> [`RevNat4`](crate::RevNat4).
+            REVNAT4 = "SVCNAT_REVNAT4", Hash,
+                u32 => $crate::RevNat4, $crate::MapSize::RevNat, 1;
+            /// Conntrack (LRU): two entries per translated flow (service and
+            /// reply direction), [`Ct4Key`](crate::Ct4Key) ->
+            /// [`CtValue`](crate::CtValue).
+            CT4 = "SVCNAT_CT4", LruHash,
+                $crate::Ct4Key => $crate::CtValue, $crate::MapSize::Conntrack, 3;
+            /// Later fragments of translated datagrams (LRU):
+            /// [`Frag4Key`](crate::Frag4Key) -> [`Frag4Value`](crate::Frag4Value).
+            FRAG4 = "SVCNAT_FRAG4", LruHash,
+                $crate::Frag4Key => $crate::Frag4Value, $crate::MapSize::Fragments, 1;
+            /// Counters by [`Reason`](crate::Reason) (per CPU), reason (`u32`)
+            /// -> [`StatValue`](crate::StatValue).
+            STATS = "SVCNAT_STATS", PerCpuArray,
+                u32 => $crate::StatValue, $crate::MapSize::Fixed($crate::STATS_SLOTS), 1;
+            /// Names of services for inspection, service id (`u32`) ->
+            /// [`SvcLabel`](crate::SvcLabel); written by the agent, never read
+            /// by the datapath.
+            LABELS = "SVCNAT_LABELS", Hash,
+                u32 => $crate::SvcLabel, $crate::MapSize::RevNat, 1;
+            /// Source NAT (LRU): the ports allocated for node-port flows to
+            /// backends on other nodes, hairpin flows and flows whose client
+            /// port clashed. One entry per flow, keyed by the backend's reply
+            /// (the key of the flow's conntrack reply entry), giving the
+            /// client's address and port: [`Ct4Key`](crate::Ct4Key) ->
+            /// [`Snat4Value`](crate::Snat4Value). (Layouts 1 and 2 also had a
+            /// forward entry per flow; layout 3 keeps that in conntrack.)
+            SNAT4 = "SVCNAT_SNAT4", LruHash,
+                $crate::Ct4Key => $crate::Snat4Value, $crate::MapSize::Snat, 1;
+            /// The address of each node interface, ifindex (`u32`) ->
+            /// [`NodeAddr4`](crate::NodeAddr4): the source of SNATed flows
+            /// that arrive on it.
+            NODE4 = "SVCNAT_NODE4", Hash,
+                u32 => $crate::NodeAddr4, $crate::MapSize::NodeAddresses, 1;
+            /// `sessionAffinity: ClientIP` (LRU):
+            /// [`AffinityKey`](crate::AffinityKey) ->
+            /// [`AffinityValue`](crate::AffinityValue).
+            AFFINITY4 = "SVCNAT_AFFINITY4", LruHash,
+                $crate::AffinityKey => $crate::AffinityValue, $crate::MapSize::Affinity, 1;
+            /// `loadBalancerSourceRanges`: LPM trie of
+            /// [`SrcRange4`](crate::SrcRange4) -> `u32`.
+            SRCRANGE4 = "SVCNAT_SRCRANGE4", LpmTrie,
+                $crate::SrcRange4 => u32, $crate::MapSize::SourceRanges, 1;
+        }
+    };
+}
+
+/// The kind of a BPF map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// `BPF_MAP_TYPE_HASH`.
+    Hash,
+    /// `BPF_MAP_TYPE_LRU_HASH`: the kernel evicts the least recently used
+    /// entry when full.
+    LruHash,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    PerCpuArray,
+    /// `BPF_MAP_TYPE_LPM_TRIE`.
+    LpmTrie,
+}
+
+/// What sizes a map: one of the agent's sizing knobs (`--*-entries` flags),
+/// or a size fixed by the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapSize {
+    /// Service frontends (one per VIP, port and protocol, plus one per VIP).
+    Services,
+    /// Backend slots over all services.
+    Slots,
+    /// Distinct backends.
+    Backends,
+    /// Reverse NAT entries and labels (one per service frontend).
+    RevNat,
+    /// Conntrack entries. Each flow takes two (service and reply direction).
+    Conntrack,
+    /// Fragmented datagrams in flight.
+    Fragments,
+    /// SNAT entries (one per source-NATed flow).
+    Snat,
+    /// Node interfaces.
+    NodeAddresses,
+    /// Session affinity entries (one per client and service).
+    Affinity,
+    /// Source ranges over all services.
+    SourceRanges,
+    /// Not sizeable: this many entries.
+    Fixed(u32),
+}
+
+impl MapSize {
+    /// The number of entries a map sized by this knob gets by default (the
+    /// agent may size it otherwise at load time).
+    pub const fn default_entries(self) -> u32 {
+        match self {
+            Self::Services => 65_536,
+            Self::Slots => 524_288,
+            Self::Backends => 262_144,
+            Self::RevNat => 65_536,
+            Self::Conntrack => 524_288,
+            Self::Fragments => 8_192,
+            Self::Snat => 65_536,
+            Self::NodeAddresses => 256,
+            Self::Affinity => 65_536,
+            Self::SourceRanges => 16_384,
+            Self::Fixed(n) => n,
+        }
+    }
+}
+
+/// One map of the datapath, as [`svcnat_maps!`](crate::svcnat_maps) defines it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    /// Name in the object and file name of its pin.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: MapKind,
+    /// Size of a key in bytes (for an LPM trie, of the data after the
+    /// prefix length).
+    pub key_size: usize,
+    /// Size of a value in bytes.
+    pub value_size: usize,
+    /// What sizes it.
+    pub size: MapSize,
+    /// The layout version in which its key and value took their current form.
+    pub layout: u32,
+}
+
+macro_rules! define {
+    ($( $(#[$doc:meta])* $id:ident = $name:literal, $kind:ident,
+        $k:ty => $v:ty, $size:expr, $layout:literal; )*) => {
+        /// Names of the maps in the eBPF object. They are also the file
+        /// names of the pins under the agent's bpffs folder.
+        pub mod map_names {
+            $( $(#[$doc])* pub const $id: &str = $name; )*
+            /// All maps, in the order the agent creates and pins them.
+            pub const ALL: [&str; super::MAPS.len()] = [$($id),*];
+        }
+
+        /// Default number of entries of each map; the agent may size them
+        /// at load time.
+        pub mod default_sizes {
+            $( $(#[$doc])* pub const $id: u32 = $size.default_entries(); )*
+        }
+
+        /// Every map, in the order the agent creates and pins them.
+        pub const MAPS: [MapDef; [$($name),*].len()] = [$(
+            MapDef {
+                name: $name,
+                kind: MapKind::$kind,
+                key_size: core::mem::size_of::<$k>(),
+                value_size: core::mem::size_of::<$v>(),
+                size: $size,
+                layout: $layout,
+            }
+        ),*];
+    };
+}
+
+crate::svcnat_maps!(define);
+
+impl MapDef {
+    /// The map called `name`, if the datapath has one.
+    pub fn by_name(name: &str) -> Option<&'static MapDef> {
+        MAPS.iter().find(|m| m.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_pinnable() {
+        for (i, m) in MAPS.iter().enumerate() {
+            assert!(MAPS[..i].iter().all(|o| o.name != m.name), "{}", m.name);
+            // bpffs refuses dots; the object's map names are at most 15
+            // bytes on old kernels, BTF names are not, but keep them short.
+            assert!(!m.name.contains('.'), "{}", m.name);
+            assert_eq!(MapDef::by_name(m.name), Some(m));
+        }
+        assert_eq!(map_names::ALL.len(), MAPS.len());
+        assert_eq!(default_sizes::CT4, MapSize::Conntrack.default_entries());
+        assert_eq!(default_sizes::STATS, crate::STATS_SLOTS);
+    }
+
+    #[test]
+    fn layouts_are_known() {
+        for m in &MAPS {
+            assert!(
+                (1..=crate::LAYOUT_VERSION).contains(&m.layout),
+                "{}",
+                m.name
+            );
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! Typed, idempotent updates of the load-balancing table (frontends, slots,
+//! backends, source ranges, VIP markers) in the order that keeps the
+//! datapath consistent at every instant, and drift repair.
+
+use super::*;
+
+impl Dataplane {
+    /// Makes the maps equal to the mirror: rewrites every frontend, slot,
+    /// backend, source range and VIP marker the mirror holds and deletes what
+    /// it does not. Repairs drift such as an entry deleted by hand. Returns
+    /// how many map entries it had to write or delete.
+    pub fn repair(&mut self) -> Result<usize> {
+        let mut fixed = 0;
+        // Source ranges: an LPM lookup matches prefixes, not exact keys, so
+        // compare the sets of keys.
+        let want_ranges: BTreeSet<RangeId> = self
+            .services
+            .values()
+            .chain(self.internal.values())
+            .flat_map(|s| s.ranges.iter().map(|r| range_id(&range_key(s.svc_id, *r))))
+            .collect();
+        let have_ranges: Vec<aya::maps::lpm_trie::Key<SrcRange4>> = self
+            .srcrange4
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SRCRANGE4))?;
+        let have_ids: BTreeSet<RangeId> = have_ranges.iter().map(range_id).collect();
+        for id in want_ranges.difference(&have_ids) {
+            self.srcrange4
+                .insert(&range_key_of(*id), 1, 0)
+                .map_err(map_err(map_names::SRCRANGE4))?;
+            fixed += 1;
+        }
+        // Backends first, then slots, then frontends (the safe order).
+        for (key, b) in &self.backends {
+            let want = Backend4 {
+                addr: key.addr.octets(),
+                port: key.port,
+                proto: key.proto,
+                flags: b.flags,
+            };
+            if self.backend4.get(&b.id, 0).ok() != Some(want) {
+                self.backend4
+                    .insert(b.id, want, 0)
+                    .map_err(map_err(map_names::BACKEND4))?;
+                fixed += 1;
+            }
+        }
+        for (scope, fe, s) in self
+            .services
+            .iter()
+            .map(|(f, s)| (SCOPE_EXTERNAL, f, s))
+            .chain(self.internal.iter().map(|(f, s)| (SCOPE_INTERNAL, f, s)))
+        {
+            for (i, id) in s.backend_ids.iter().enumerate() {
+                let k = SlotKey {
+                    svc_id: s.svc_id,
+                    slot: i as u32 + 1,
+                };
+                let v = SlotValue { backend_id: *id };
+                if self.slots.get(&k, 0).ok() != Some(v) {
+                    self.slots
+                        .insert(k, v, 0)
+                        .map_err(map_err(map_names::SLOTS))?;
+                    fixed += 1;
+                }
+            }
+            let rv = RevNat4 {
+                vip: fe.vip.octets(),
+                port: fe.port,
+                proto: fe.proto,
+                pad: 0,
+            };
+            if self.revnat4.get(&s.svc_id, 0).ok() != Some(rv) {
+                self.revnat4
+                    .insert(s.svc_id, rv, 0)
+                    .map_err(map_err(map_names::REVNAT4))?;
+                fixed += 1;
+            }
+            let label = SvcLabel::new(&s.label);
+            if self.labels.get(&s.svc_id, 0).ok() != Some(label) {
+                self.labels
+                    .insert(s.svc_id, label, 0)
+                    .map_err(map_err(map_names::LABELS))?;
+                fixed += 1;
+            }
+            let (k, v) = svc_entry(fe, scope, s);
+            if self.svc4.get(&k, 0).ok() != Some(v) {
+                self.svc4
+                    .insert(k, v, 0)
+                    .map_err(map_err(map_names::SVC4))?;
+                fixed += 1;
+            }
+        }
+        for vip in self.vips.keys() {
+            let (k, v) = vip_marker(*vip);
+            if self.svc4.get(&k, 0).ok() != Some(v) {
+                self.svc4
+                    .insert(k, v, 0)
+                    .map_err(map_err(map_names::SVC4))?;
+                fixed += 1;
+            }
+        }
+        // Deletions last: what the maps hold and the mirror does not.
+        let (services, internal, vips) = (&self.services, &self.internal, &self.vips);
+        fixed += prune(&mut self.svc4, map_names::SVC4, |k| {
+            if k.port == 0 && k.proto == 0 {
+                return vips.contains_key(&Ipv4Addr::from(k.vip));
+            }
+            let fe = Frontend4 {
+                vip: Ipv4Addr::from(k.vip),
+                port: k.port,
+                proto: k.proto,
+            };
+            (k.scope == SCOPE_EXTERNAL && services.contains_key(&fe))
+                || (k.scope == SCOPE_INTERNAL && internal.contains_key(&fe))
+        })?;
+        let by_svc: StdHashMap<u32, usize> = self
+            .services
+            .values()
+            .chain(self.internal.values())
+            .map(|s| (s.svc_id, s.backend_ids.len()))
+            .collect();
+        fixed += prune(&mut self.slots, map_names::SLOTS, |k| {
+            by_svc
+                .get(&k.svc_id)
+                .is_some_and(|n| k.slot >= 1 && k.slot as usize <= *n)
+        })?;
+        fixed += prune(&mut self.revnat4, map_names::REVNAT4, |k| {
+            by_svc.contains_key(k)
+        })?;
+        fixed += prune(&mut self.labels, map_names::LABELS, |k| {
+            by_svc.contains_key(k)
+        })?;
+        let backend_keys = &self.backend_keys;
+        fixed += prune(&mut self.backend4, map_names::BACKEND4, |k| {
+            backend_keys.contains_key(k)
+        })?;
+        for k in have_ranges
+            .iter()
+            .filter(|k| !want_ranges.contains(&range_id(k)))
+        {
+            ignore_missing(self.srcrange4.remove(k)).map_err(map_err(map_names::SRCRANGE4))?;
+            fixed += 1;
+        }
+        Ok(fixed)
+    }
+
+    /// Makes the maps hold `fe` with exactly `backends` (duplicates are
+    /// removed). A new frontend gets them in this slot order; a changed one
+    /// keeps its surviving backends in their slots, so that session
+    /// affinity survives other backends coming and going. An empty list keeps the frontend and makes
+    /// the datapath reject its traffic. Idempotent. On error the maps are
+    /// left consistent: either unchanged or fully updated for the parts
+    /// written. A plain frontend: no policy flags, one scope.
+    pub fn upsert_service(
+        &mut self,
+        fe: Frontend4,
+        backends: &[Backend4Spec],
+        opts: &ServiceOpts,
+    ) -> Result<Upsert> {
+        self.upsert_frontend(
+            fe,
+            &FrontendSpec {
+                backends: backends.to_vec(),
+                opts: opts.clone(),
+                ..FrontendSpec::default()
+            },
+        )
+    }
+
+    /// Makes the maps hold `fe` as `spec` says: the frontend entry with its
+    /// flags, backends and source ranges, and the internal-scope entry when
+    /// `spec.internal_backends` is set (written before the flag that sends
+    /// pods to it, deleted after). Idempotent; same consistency as
+    /// [`Self::upsert_service`].
+    pub fn upsert_frontend(&mut self, fe: Frontend4, spec: &FrontendSpec) -> Result<Upsert> {
+        let mut flags = spec.flags & !(SVC_FLAG_VIP | SVC_FLAG_TWO_SCOPES);
+        let mut changed = false;
+        if let Some(internal) = &spec.internal_backends {
+            flags |= SVC_FLAG_TWO_SCOPES;
+            let r = self.upsert_scoped(
+                fe,
+                SCOPE_INTERNAL,
+                internal,
+                &spec.opts,
+                flags & !(SVC_FLAG_TWO_SCOPES | SVC_FLAG_SOURCE_RANGES),
+                &[],
+            )?;
+            changed |= r != Upsert::Unchanged;
+        }
+        // Normalized, so that the mirror equals what adoption reads back.
+        let mut ranges: Vec<(Ipv4Addr, u8)> = spec
+            .source_ranges
+            .iter()
+            .map(|r| normalize_range(*r))
+            .collect();
+        ranges.sort();
+        ranges.dedup();
+        let r = self.upsert_scoped(
+            fe,
+            SCOPE_EXTERNAL,
+            &spec.backends,
+            &spec.opts,
+            flags,
+            &ranges,
+        )?;
+        if spec.internal_backends.is_none() && self.internal.contains_key(&fe) {
+            // Pods' flows to backends the frontend entry still has stay.
+            let kept = self
+                .services
+                .get(&fe)
+                .map(|s| s.backend_ids.clone())
+                .unwrap_or_default();
+            self.delete_scoped(&fe, SCOPE_INTERNAL, &kept)?;
+            changed = true;
+        }
+        Ok(match r {
+            Upsert::Unchanged if changed => Upsert::Updated,
+            other => other,
+        })
+    }
+
+    pub(super) fn upsert_scoped(
+        &mut self,
+        fe: Frontend4,
+        scope: u8,
+        backends: &[Backend4Spec],
+        opts: &ServiceOpts,
+        flags: u16,
+        ranges: &[(Ipv4Addr, u8)],
+    ) -> Result<Upsert> {
+        let affinity_timeout = opts.affinity_timeout;
+        let mut want: Vec<Backend4Spec> = Vec::with_capacity(backends.len());
+        for b in backends {
+            if !want.iter().any(|w| w.addr == b.addr && w.port == b.port) {
+                want.push(*b);
+            }
+        }
+        if want.len() > usize::from(u16::MAX) {
+            return Err(DataplaneError::TooManyBackends {
+                count: want.len(),
+                max: usize::from(u16::MAX),
+            });
+        }
+        if let Some(cur) = self.table(scope).get(&fe)
+            && same_set(&self.backends_of(&cur.backend_ids), &want)
+            && cur.affinity_timeout == affinity_timeout
+            && cur.label == opts.label
+            && cur.flags == flags
+            && cur.ranges == ranges
+        {
+            return Ok(Upsert::Unchanged);
+        }
+        self.check_capacity(&fe, scope, &want)?;
+
+        // 1. Backends: new ones written, changed flags rewritten.
+        let mut ids = Vec::with_capacity(want.len());
+        let mut taken = Vec::new();
+        for b in &want {
+            let key = BackendKey {
+                addr: b.addr,
+                port: b.port,
+                proto: fe.proto,
+            };
+            let value = Backend4 {
+                addr: b.addr.octets(),
+                port: b.port,
+                proto: fe.proto,
+                flags: b.flags,
+            };
+            let id = match self.backends.get_mut(&key) {
+                Some(slot) => {
+                    if slot.flags != b.flags {
+                        self.backend4
+                            .insert(slot.id, value, 0)
+                            .map_err(map_err(map_names::BACKEND4))?;
+                        slot.flags = b.flags;
+                    }
+                    slot.id
+                }
+                None => {
+                    let id = self.backend_ids.take();
+                    if let Err(e) = self.backend4.insert(id, value, 0) {
+                        self.backend_ids.give(id);
+                        self.release_backends(&taken)?;
+                        return Err(map_err(map_names::BACKEND4)(e));
+                    }
+                    self.backends.insert(
+                        key,
+                        BackendSlot {
+                            id,
+                            flags: b.flags,
+                            refs: 0,
+                        },
+                    );
+                    self.backend_keys.insert(id, key);
+                    id
+                }
+            };
+            // Count the reference now so a failure below releases it.
+            if let Some(slot) = self.backends.get_mut(&key) {
+                slot.refs += 1;
+            }
+            taken.push(id);
+            ids.push(id);
+        }
+
+        let cur = self.table(scope).get(&fe);
+        let created = cur.is_none();
+        let old_affinity = cur.map_or(0, |s| s.affinity_timeout);
+        let (svc_id, old_ids, old_label, old_flags, old_ranges) = match cur {
+            Some(s) => (
+                s.svc_id,
+                s.backend_ids.clone(),
+                Some(s.label.clone()),
+                Some(s.flags),
+                s.ranges.clone(),
+            ),
+            None => (self.svc_ids.take(), Vec::new(), None, None, Vec::new()),
+        };
+        // Surviving backends keep their slots (session affinity names a
+        // slot); see `slot_layout`.
+        let (ids, moves) = slot_layout(&old_ids, &ids);
+        let mirror = ServiceMirror {
+            svc_id,
+            backend_ids: ids.clone(),
+            affinity_timeout,
+            label: opts.label.clone(),
+            flags,
+            ranges: ranges.to_vec(),
+        };
+        // Affinity entries follow a moved backend (entries of a service
+        // whose affinity is just turned on or off need no care).
+        let moves = if old_affinity != 0 && affinity_timeout != 0 {
+            moves
+        } else {
+            Vec::new()
+        };
+        let result = self
+            .write_service(&fe, scope, &mirror, &old_ids, &old_ranges, created, &moves)
+            .and_then(|()| {
+                if old_label.as_deref() != Some(opts.label.as_str()) {
+                    self.labels
+                        .insert(svc_id, SvcLabel::new(&opts.label), 0)
+                        .map_err(map_err(map_names::LABELS))?;
+                }
+                Ok(())
+            });
+        if let Err(e) = result {
+            if created {
+                self.svc_ids.give(svc_id);
+            }
+            self.release_backends(&taken)?;
+            return Err(e);
+        }
+        self.slot_count = self.slot_count + ids.len() - old_ids.len();
+        self.table_mut(scope).insert(fe, mirror);
+        self.note_udp_change(&fe, svc_id, &old_ids, &ids);
+        if scope == SCOPE_EXTERNAL {
+            let had = old_flags.is_some_and(has_marker);
+            if has_marker(flags) && !had {
+                *self.vips.entry(fe.vip).or_default() += 1;
+                let (k, v) = vip_marker(fe.vip);
+                self.svc4
+                    .insert(k, v, 0)
+                    .map_err(map_err(map_names::SVC4))?;
+            } else if had && !has_marker(flags) {
+                self.drop_marker(fe.vip)?;
+            }
+        }
+        // 4. Backends no slot names any more go last.
+        self.release_backends(&old_ids)?;
+        // Affinity turned off: forget the clients, so that turning it on
+        // again starts afresh.
+        if old_affinity != 0 && affinity_timeout == 0 {
+            self.flush_affinity(svc_id)?;
+        }
+        Ok(if created {
+            Upsert::Created
+        } else {
+            Upsert::Updated
+        })
+    }
+
+    /// Slots, reverse NAT, source ranges and the frontend entry, in the safe
+    /// order. The affinity entries of each moved backend (`moves`: backend
+    /// id, old slot, new slot) are rewritten to its new slot while both
+    /// slots name it: after the new slot is written, before the count that
+    /// hides the old one is lowered.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one caller; the parts of one update"
+    )]
+    pub(super) fn write_service(
+        &mut self,
+        fe: &Frontend4,
+        scope: u8,
+        s: &ServiceMirror,
+        old_ids: &[u32],
+        old_ranges: &[(Ipv4Addr, u8)],
+        created: bool,
+        moves: &[SlotMove],
+    ) -> Result<()> {
+        // 2. Slots that change, before the count that exposes them.
+        for (i, id) in s.backend_ids.iter().enumerate() {
+            if old_ids.get(i) != Some(id) {
+                let k = SlotKey {
+                    svc_id: s.svc_id,
+                    slot: i as u32 + 1,
+                };
+                self.slots
+                    .insert(k, SlotValue { backend_id: *id }, 0)
+                    .map_err(map_err(map_names::SLOTS))?;
+            }
+        }
+        if created {
+            let rv = RevNat4 {
+                vip: fe.vip.octets(),
+                port: fe.port,
+                proto: fe.proto,
+                pad: 0,
+            };
+            self.revnat4
+                .insert(s.svc_id, rv, 0)
+                .map_err(map_err(map_names::REVNAT4))?;
+        }
+        // New ranges before the entry that may start checking them.
+        for r in &s.ranges {
+            if !old_ranges.contains(r) {
+                self.srcrange4
+                    .insert(&range_key(s.svc_id, *r), 1, 0)
+                    .map_err(map_err(map_names::SRCRANGE4))?;
+            }
+        }
+        if !moves.is_empty() {
+            let moved = self.move_affinity(s.svc_id, moves)?;
+            tracing::debug!(
+                frontend = %fe,
+                moved_backends = moves.len(),
+                affinity_entries = moved,
+                "backends moved to other slots; their session affinity follows them"
+            );
+        }
+        // 3. The frontend with its new count, then slots past the count.
+        let (k, v) = svc_entry(fe, scope, s);
+        self.svc4
+            .insert(k, v, 0)
+            .map_err(map_err(map_names::SVC4))?;
+        for slot in s.backend_ids.len() + 1..=old_ids.len() {
+            let k = SlotKey {
+                svc_id: s.svc_id,
+                slot: slot as u32,
+            };
+            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+        }
+        for r in old_ranges {
+            if !s.ranges.contains(r) {
+                ignore_missing(self.srcrange4.remove(&range_key(s.svc_id, *r)))
+                    .map_err(map_err(map_names::SRCRANGE4))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_capacity(
+        &self,
+        fe: &Frontend4,
+        scope: u8,
+        want: &[Backend4Spec],
+    ) -> Result<()> {
+        let cur = self.table(scope).get(fe);
+        let new_backends = want
+            .iter()
+            .filter(|b| {
+                !self.backends.contains_key(&BackendKey {
+                    addr: b.addr,
+                    port: b.port,
+                    proto: fe.proto,
+                })
+            })
+            .count();
+        let old_slots = cur.map_or(0, |s| s.backend_ids.len());
+        let slots_after = self.slot_count - old_slots + want.len();
+        let free_backends = (self.capacity.backends as usize).saturating_sub(self.backends.len());
+        if new_backends > free_backends {
+            return Err(DataplaneError::MapFull {
+                map: map_names::BACKEND4,
+                needed: new_backends,
+                free: free_backends,
+                capacity: self.capacity.backends,
+            });
+        }
+        if slots_after > self.capacity.slots as usize {
+            return Err(DataplaneError::MapFull {
+                map: map_names::SLOTS,
+                needed: want.len().saturating_sub(old_slots),
+                free: (self.capacity.slots as usize).saturating_sub(self.slot_count),
+                capacity: self.capacity.slots,
+            });
+        }
+        if cur.is_none() {
+            let entries = self.services.len() + self.internal.len() + self.vips.len();
+            let needed = 1 + usize::from(!self.vips.contains_key(&fe.vip));
+            let free = (self.capacity.services as usize).saturating_sub(entries);
+            if needed > free {
+                return Err(DataplaneError::MapFull {
+                    map: map_names::SVC4,
+                    needed,
+                    free,
+                    capacity: self.capacity.services,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `fe` from the maps (both scopes). Returns whether it was there
+    /// (deleting what is absent is not an error). Established flows keep
+    /// their conntrack entries and so their backend; new ones are rejected
+    /// if the VIP still has other ports, else no longer translated.
+    pub fn delete_service(&mut self, fe: &Frontend4) -> Result<bool> {
+        let found = self.delete_scoped(fe, SCOPE_EXTERNAL, &[])?;
+        self.delete_scoped(fe, SCOPE_INTERNAL, &[])?;
+        Ok(found)
+    }
+
+    /// Removes one scope of `fe`; the UDP flows of its backends other than
+    /// `kept` become stale.
+    pub(super) fn delete_scoped(
+        &mut self,
+        fe: &Frontend4,
+        scope: u8,
+        kept: &[u32],
+    ) -> Result<bool> {
+        let Some(s) = self.table_mut(scope).remove(fe) else {
+            return Ok(false);
+        };
+        self.note_udp_change(fe, s.svc_id, &s.backend_ids, kept);
+        let key = Svc4Key {
+            vip: fe.vip.octets(),
+            port: fe.port,
+            proto: fe.proto,
+            scope,
+        };
+        ignore_missing(self.svc4.remove(&key)).map_err(map_err(map_names::SVC4))?;
+        if scope == SCOPE_EXTERNAL && has_marker(s.flags) {
+            self.drop_marker(fe.vip)?;
+        }
+        for slot in 1..=s.backend_ids.len() {
+            let k = SlotKey {
+                svc_id: s.svc_id,
+                slot: slot as u32,
+            };
+            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+        }
+        for r in &s.ranges {
+            ignore_missing(self.srcrange4.remove(&range_key(s.svc_id, *r)))
+                .map_err(map_err(map_names::SRCRANGE4))?;
+        }
+        ignore_missing(self.revnat4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
+        ignore_missing(self.labels.remove(&s.svc_id)).map_err(map_err(map_names::LABELS))?;
+        self.slot_count -= s.backend_ids.len();
+        self.svc_ids.give(s.svc_id);
+        self.release_backends(&s.backend_ids)?;
+        // The id may name another service next: its clients start afresh.
+        if s.affinity_timeout != 0 {
+            self.flush_affinity(s.svc_id)?;
+        }
+        Ok(true)
+    }
+
+    /// One frontend fewer on `vip`; its marker goes with the last one.
+    pub(super) fn drop_marker(&mut self, vip: Ipv4Addr) -> Result<()> {
+        let remaining = self.vips.get(&vip).copied().unwrap_or(1).saturating_sub(1);
+        if remaining == 0 {
+            self.vips.remove(&vip);
+            let (k, _) = vip_marker(vip);
+            ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
+        } else {
+            self.vips.insert(vip, remaining);
+        }
+        Ok(())
+    }
+
+    /// Drops one reference of each backend id; deletes backends no slot names.
+    pub(super) fn release_backends(&mut self, ids: &[u32]) -> Result<()> {
+        for id in ids {
+            let Some(key) = self.backend_keys.get(id).copied() else {
+                continue;
+            };
+            let Some(slot) = self.backends.get_mut(&key) else {
+                continue;
+            };
+            slot.refs = slot.refs.saturating_sub(1);
+            if slot.refs == 0 {
+                self.backends.remove(&key);
+                self.backend_keys.remove(id);
+                ignore_missing(self.backend4.remove(id)).map_err(map_err(map_names::BACKEND4))?;
+                self.backend_ids.give(*id);
+            }
+        }
+        Ok(())
+    }
+}
