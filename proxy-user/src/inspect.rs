@@ -3,29 +3,22 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, path::Path};
 
-use aya::maps::{HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie};
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, CT_DIR_SERVICE, CT_F_CLOSED,
-    CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN, Ct4Key, CtValue, SCOPE_INTERNAL,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
-    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, StatValue, Svc4Key,
-    SvcLabel, SvcValue, map_names,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY,
+    CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN, SCOPE_INTERNAL, SVC_FLAG_LOCAL_ONLY,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, Svc4Key, SvcValue, map_names,
 };
 use serde::Serialize;
 
-use crate::dataplane::{DataplaneError, open_pinned, proto_name, read_stats};
+use crate::{
+    dataplane::{DataplaneError, Maps, kind_of, proto_name, range_of, read_stats},
+    model::FrontendKind,
+};
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
-}
-
-fn hash<K: aya::Pod, V: aya::Pod>(
-    dir: &Path,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>> {
-    HashMap::try_from(open_pinned(dir, name)?).map_err(map_err(name))
 }
 
 /// One service frontend: its kind, policies and backends, with the
@@ -68,14 +61,11 @@ pub struct ServiceRow {
 
 /// The kind of a frontend entry with `flags` (see [`ServiceRow::kind`]).
 pub fn frontend_kind(flags: u16) -> &'static str {
-    if flags & SVC_FLAG_EXTERNAL == 0 {
-        "cluster-ip"
-    } else if flags & SVC_FLAG_NODE_PORT != 0 {
-        "node-port"
-    } else if flags & SVC_FLAG_LOAD_BALANCER != 0 {
-        "load-balancer"
-    } else {
-        "external-ip"
+    match kind_of(flags) {
+        FrontendKind::ClusterIp => "cluster-ip",
+        FrontendKind::NodePort => "node-port",
+        FrontendKind::LoadBalancer => "load-balancer",
+        FrontendKind::ExternalIp => "external-ip",
     }
 }
 
@@ -132,10 +122,9 @@ pub struct StatRow {
     pub bytes: u64,
 }
 
-fn labels(dir: &Path) -> Result<BTreeMap<u32, String>> {
-    let m: HashMap<MapData, u32, SvcLabel> = hash(dir, map_names::LABELS)?;
+fn labels(maps: &Maps) -> Result<BTreeMap<u32, String>> {
     let mut out = BTreeMap::new();
-    for e in m.iter() {
+    for e in maps.LABELS.iter() {
         let (k, v) = e.map_err(map_err(map_names::LABELS))?;
         out.insert(k, v.as_str().to_string());
     }
@@ -143,17 +132,13 @@ fn labels(dir: &Path) -> Result<BTreeMap<u32, String>> {
 }
 
 /// The source ranges in the pinned map, by service id, as `addr/len`.
-fn source_ranges(dir: &Path) -> Result<BTreeMap<u32, Vec<String>>> {
-    let m: LpmTrie<MapData, SrcRange4, u32> =
-        LpmTrie::try_from(open_pinned(dir, map_names::SRCRANGE4)?)
-            .map_err(map_err(map_names::SRCRANGE4))?;
-    let mut out: BTreeMap<u32, Vec<(Ipv4Addr, u32)>> = BTreeMap::new();
-    for k in m.keys() {
+fn source_ranges(maps: &Maps) -> Result<BTreeMap<u32, Vec<String>>> {
+    let mut out: BTreeMap<u32, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
+    for k in maps.SRCRANGE4.keys() {
         let k = k.map_err(map_err(map_names::SRCRANGE4))?;
-        let data = k.data();
-        out.entry(u32::from_be_bytes(data.svc_id))
-            .or_default()
-            .push((Ipv4Addr::from(data.addr), k.prefix_len().saturating_sub(32)));
+        if let Some((svc_id, range)) = range_of(&k) {
+            out.entry(svc_id).or_default().push(range);
+        }
     }
     Ok(out
         .into_iter()
@@ -168,11 +153,10 @@ fn source_ranges(dir: &Path) -> Result<BTreeMap<u32, Vec<String>>> {
 /// Every service frontend in the pinned maps, one row per frontend (the
 /// internal-scope entry of a frontend is shown in its row).
 pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
-    let svc: HashMap<MapData, Svc4Key, SvcValue> = hash(dir, map_names::SVC4)?;
-    let slots: HashMap<MapData, SlotKey, SlotValue> = hash(dir, map_names::SLOTS)?;
-    let backends: HashMap<MapData, u32, Backend4> = hash(dir, map_names::BACKEND4)?;
-    let names = labels(dir)?;
-    let mut ranges = source_ranges(dir)?;
+    let maps = Maps::pinned(dir)?;
+    let (svc, slots, backends) = (&maps.SVC4, &maps.SLOTS, &maps.BACKEND4);
+    let names = labels(&maps)?;
+    let mut ranges = source_ranges(&maps)?;
     let list = |v: &SvcValue| -> Vec<String> {
         (1..=u32::from(v.count))
             .map(|slot| {
@@ -261,10 +245,9 @@ pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
 
 /// Every backend in the pinned maps, with the services that use it.
 pub fn backends(dir: &Path) -> Result<Vec<BackendRow>> {
-    let svc: HashMap<MapData, Svc4Key, SvcValue> = hash(dir, map_names::SVC4)?;
-    let slots: HashMap<MapData, SlotKey, SlotValue> = hash(dir, map_names::SLOTS)?;
-    let backends: HashMap<MapData, u32, Backend4> = hash(dir, map_names::BACKEND4)?;
-    let names = labels(dir)?;
+    let maps = Maps::pinned(dir)?;
+    let (svc, slots, backends) = (&maps.SVC4, &maps.SLOTS, &maps.BACKEND4);
+    let names = labels(&maps)?;
     let mut counts: BTreeMap<u32, u16> = BTreeMap::new();
     for e in svc.iter() {
         let (_, v) = e.map_err(map_err(map_names::SVC4))?;
@@ -325,8 +308,9 @@ pub fn monotonic_ns() -> u64 {
 
 /// Every conntrack entry in the pinned map.
 pub fn conntrack(dir: &Path) -> Result<Vec<ConntrackRow>> {
-    let ct: HashMap<MapData, Ct4Key, CtValue> = hash(dir, map_names::CT4)?;
-    let names = labels(dir)?;
+    let maps = Maps::pinned(dir)?;
+    let ct = &maps.CT4;
+    let names = labels(&maps)?;
     let now = monotonic_ns() as f64;
     let mut rows = Vec::new();
     for e in ct.iter() {
@@ -370,10 +354,7 @@ pub fn conntrack(dir: &Path) -> Result<Vec<ConntrackRow>> {
 
 /// Datapath counters by reason (summed over CPUs).
 pub fn stats(dir: &Path) -> Result<Vec<StatRow>> {
-    let m: PerCpuArray<MapData, StatValue> =
-        PerCpuArray::try_from(open_pinned(dir, map_names::STATS)?)
-            .map_err(map_err(map_names::STATS))?;
-    Ok(read_stats(&m)?
+    Ok(read_stats(&Maps::pinned(dir)?.STATS)?
         .into_iter()
         .map(|(r, v)| StatRow {
             reason: r.name(),
@@ -561,6 +542,9 @@ pub fn render(dir: &Path, what: What, json: bool) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proxy_common::{
+        SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    };
 
     #[test]
     fn frontend_kinds_follow_the_entry_flags() {

@@ -6,13 +6,14 @@
 pub mod agent;
 pub mod cluster;
 pub mod dataplane;
+pub use dataplane::migrate;
 pub mod healthcheck;
 pub mod host;
 pub mod inspect;
 pub mod metrics;
-pub mod migrate;
 pub mod model;
 pub mod netns;
+pub mod plan;
 pub mod rbac;
 pub mod sources;
 pub mod sync;

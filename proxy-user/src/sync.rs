@@ -12,7 +12,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -21,18 +20,13 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use proxy_common::{
-    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER,
-    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-};
 use tokio::sync::mpsc;
 
 use crate::{
-    dataplane::{
-        Backend4Spec, Dataplane, DataplaneError, Frontend4, FrontendSpec, ServiceOpts, Upsert,
-    },
+    dataplane::{Dataplane, DataplaneError, Frontend4, FrontendSpec, Upsert},
     healthcheck::{self, HealthChecks},
-    model::{self, Family, FrontendKind, NodeInfo, Protocol, ServiceModel, ServiceName},
+    model::{self, NodeInfo, ServiceModel, ServiceName},
+    plan,
     sources::{Kind, Object, SourceEvent},
 };
 
@@ -434,119 +428,18 @@ impl Syncer {
         self.health_checks = assigned;
     }
 
-    /// The IPv4 TCP/UDP frontends of a model, their backends and policies.
-    /// SCTP and IPv6 are reported as not supported by the datapath yet.
-    ///
-    /// - Cluster IPs: all backends, or with `internalTrafficPolicy: Local`
-    ///   only this node's, none meaning drop.
-    /// - Node ports, external IPs, load-balancer IPs: translated at XDP too
-    ///   (`SVC_FLAG_EXTERNAL`). With `externalTrafficPolicy: Local` the
-    ///   frontend entry holds only this node's backends (none: drop) and a
-    ///   second, internal-scope entry holds all of them for this node's pods
-    ///   (kube-proxy sends pod traffic to external addresses cluster-wide).
-    /// - `loadBalancerSourceRanges` apply to load-balancer IPs.
+    /// The frontends of a model the datapath serves (see [`plan::plan`]).
     fn desired(
         &self,
         m: &ServiceModel,
         want: &mut BTreeMap<Frontend4, FrontendSpec>,
         problems: &mut Vec<String>,
     ) {
-        for port in &m.ports {
-            let what = if port.port_name.is_empty() {
-                format!(
-                    "service {} port {}",
-                    m.name,
-                    port.frontends.first().map_or(0, |f| f.port)
-                )
-            } else {
-                format!("service {} port {}", m.name, port.port_name)
-            };
-            if port.protocol == Protocol::Sctp {
-                problems.push(format!("{what}: SCTP is not supported by the datapath yet"));
-                continue;
-            }
-            if port.family == Family::V6 {
-                problems.push(format!("{what}: IPv6 is not supported by the datapath yet"));
-                continue;
-            }
-            let backends: Vec<Backend4Spec> = port
-                .backends
-                .iter()
-                .filter_map(|b| match b.address {
-                    IpAddr::V4(addr) => Some(Backend4Spec {
-                        addr,
-                        port: b.port,
-                        flags: (if b.is_local { BACKEND_FLAG_LOCAL } else { 0 })
-                            | (if b.terminating {
-                                BACKEND_FLAG_TERMINATING
-                            } else {
-                                0
-                            }),
-                    }),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
-            for fe in &port.frontends {
-                let IpAddr::V4(vip) = fe.address else {
-                    continue;
-                };
-                let f4 = Frontend4 {
-                    vip,
-                    port: fe.port,
-                    proto: fe.protocol.number(),
-                };
-                let label = if port.port_name.is_empty() {
-                    format!("{}:{}", m.name, fe.port)
-                } else {
-                    format!("{}:{}", m.name, port.port_name)
-                };
-                let opts = ServiceOpts {
-                    affinity_timeout: port.affinity_timeout_s.unwrap_or(0),
-                    label,
-                };
-                let local: Vec<Backend4Spec> = backends
-                    .iter()
-                    .filter(|b| b.flags & BACKEND_FLAG_LOCAL != 0)
-                    .copied()
-                    .collect();
-                let mut spec = FrontendSpec {
-                    backends: backends.clone(),
-                    opts,
-                    ..FrontendSpec::default()
-                };
-                match fe.kind {
-                    FrontendKind::ClusterIp => {
-                        if port.internal_traffic_local {
-                            spec.backends = local;
-                            spec.flags |= SVC_FLAG_LOCAL_ONLY;
-                        }
-                    }
-                    kind => {
-                        spec.flags |= SVC_FLAG_EXTERNAL;
-                        match kind {
-                            FrontendKind::NodePort => spec.flags |= SVC_FLAG_NODE_PORT,
-                            FrontendKind::LoadBalancer => spec.flags |= SVC_FLAG_LOAD_BALANCER,
-                            _ => {}
-                        }
-                        if port.external_traffic_local {
-                            spec.internal_backends = Some(backends.clone());
-                            spec.backends = local;
-                            spec.flags |= SVC_FLAG_LOCAL_ONLY;
-                        }
-                        if kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
-                            spec.flags |= SVC_FLAG_SOURCE_RANGES;
-                            spec.source_ranges = port
-                                .source_ranges
-                                .iter()
-                                .filter_map(|(a, len)| match a {
-                                    IpAddr::V4(a) => Some((*a, *len)),
-                                    IpAddr::V6(_) => None,
-                                })
-                                .collect();
-                        }
-                    }
-                }
-                want.insert(f4, spec);
+        let (planned, unsupported) = plan::plan(m);
+        problems.extend(unsupported);
+        for (key, p) in &planned {
+            if let Some(fe) = Frontend4::of_key(key) {
+                want.insert(fe, FrontendSpec::of_plan(p));
             }
         }
     }

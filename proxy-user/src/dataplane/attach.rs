@@ -2,7 +2,28 @@
 //! egress on node interfaces, interface matching, pinned links adopted with
 //! an atomic program swap, and the node address map.
 
-use super::*;
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsFd,
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use proxy_common::{NodeAddr4, map_names, program_names};
+
+use super::error::{DataplaneError, Result, io_err, map_err};
+use super::handle::Dataplane;
+use super::loader::program_mut;
+use crate::host::{addresses, interfaces};
 
 /// What one [`Dataplane::attach_matching`] pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -181,8 +202,9 @@ impl Dataplane {
         let v = NodeAddr4 {
             addr: addr.octets(),
         };
-        if self.node4.get(&ifindex, 0).ok() != Some(v) {
-            self.node4
+        if self.maps.NODE4.get(&ifindex, 0).ok() != Some(v) {
+            self.maps
+                .NODE4
                 .insert(ifindex, v, 0)
                 .map_err(map_err(map_names::NODE4))?;
         }

@@ -3,7 +3,26 @@
 //! (`svcnat cleanup`). Everything is driven by the one table of maps
 //! ([`proxy_common::MAPS`]).
 
-use super::*;
+use std::{
+    collections::{BTreeSet, HashMap as StdHashMap},
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use proxy_common::{
+    Backend4, LAYOUT_VERSION, MAPS, MapSize, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey,
+    Svc4Key, SvcValue, map_names, program_names,
+};
+
+use super::error::{DataplaneError, Result, io_err, map_err};
+use super::handle::{Dataplane, DataplaneConfig, MapSizes};
+use super::maps::{Maps, range_of};
+use super::table::{BackendKey, BackendSlot, Frontend4, ServiceMirror, Table, has_marker};
 
 impl Dataplane {
     /// Loads the embedded object, adopting maps already pinned under
@@ -22,24 +41,14 @@ impl Dataplane {
         fs::create_dir_all(dir.join("links")).map_err(io_err(&dir))?;
         let migrate_from = check_layout(&dir)?;
         if let Some(from) = migrate_from {
-            crate::migrate::prepare(&dir, from)?;
+            super::migrate::prepare(&dir, from)?;
         }
-        let pins: Vec<(&str, PathBuf)> = map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect();
-        let s = cfg.sizes;
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(map_names::SVC4, s.services)
-            .map_max_entries(map_names::SLOTS, s.slots)
-            .map_max_entries(map_names::BACKEND4, s.backends)
-            .map_max_entries(map_names::REVNAT4, s.revnat)
-            .map_max_entries(map_names::LABELS, s.revnat)
-            .map_max_entries(map_names::CT4, s.conntrack)
-            .map_max_entries(map_names::FRAG4, s.fragments)
-            .map_max_entries(map_names::SNAT4, s.snat)
-            .map_max_entries(map_names::NODE4, s.node_addresses)
-            .map_max_entries(map_names::AFFINITY4, s.affinity)
-            .map_max_entries(map_names::SRCRANGE4, s.source_ranges);
-        for (name, path) in &pins {
+        let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.name, dir.join(m.name))).collect();
+        for (m, (name, path)) in MAPS.iter().zip(&pins) {
+            if !matches!(m.size, MapSize::Fixed(_)) {
+                loader.map_max_entries(name, cfg.sizes.entries(m));
+            }
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object)?;
@@ -66,74 +75,24 @@ impl Dataplane {
                 name: program_names::XDP_NODE.into(),
                 source,
             })?;
-        let node4 = HashMap::try_from(take(&mut ebpf, map_names::NODE4)?)
-            .map_err(map_err(map_names::NODE4))?;
-        let srcrange4 = LpmTrie::try_from(take(&mut ebpf, map_names::SRCRANGE4)?)
-            .map_err(map_err(map_names::SRCRANGE4))?;
-        let affinity4 = HashMap::try_from(take(&mut ebpf, map_names::AFFINITY4)?)
-            .map_err(map_err(map_names::AFFINITY4))?;
-        let svc4 = HashMap::try_from(take(&mut ebpf, map_names::SVC4)?)
-            .map_err(map_err(map_names::SVC4))?;
-        let slots = HashMap::try_from(take(&mut ebpf, map_names::SLOTS)?)
-            .map_err(map_err(map_names::SLOTS))?;
-        let backend4 = HashMap::try_from(take(&mut ebpf, map_names::BACKEND4)?)
-            .map_err(map_err(map_names::BACKEND4))?;
-        let revnat4 = HashMap::try_from(take(&mut ebpf, map_names::REVNAT4)?)
-            .map_err(map_err(map_names::REVNAT4))?;
-        let labels = HashMap::try_from(take(&mut ebpf, map_names::LABELS)?)
-            .map_err(map_err(map_names::LABELS))?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, map_names::STATS)?)
-            .map_err(map_err(map_names::STATS))?;
-        let ct4 =
-            HashMap::try_from(take(&mut ebpf, map_names::CT4)?).map_err(map_err(map_names::CT4))?;
-        let snat4 = HashMap::try_from(take(&mut ebpf, map_names::SNAT4)?)
-            .map_err(map_err(map_names::SNAT4))?;
-        let capacity = MapSizes {
-            services: pinned_max_entries(&dir, map_names::SVC4)?,
-            slots: pinned_max_entries(&dir, map_names::SLOTS)?,
-            backends: pinned_max_entries(&dir, map_names::BACKEND4)?,
-            revnat: pinned_max_entries(&dir, map_names::REVNAT4)?,
-            conntrack: pinned_max_entries(&dir, map_names::CT4)?,
-            fragments: pinned_max_entries(&dir, map_names::FRAG4)?,
-            snat: pinned_max_entries(&dir, map_names::SNAT4)?,
-            node_addresses: pinned_max_entries(&dir, map_names::NODE4)?,
-            affinity: pinned_max_entries(&dir, map_names::AFFINITY4)?,
-            source_ranges: pinned_max_entries(&dir, map_names::SRCRANGE4)?,
-        };
+        let maps = Maps::take(&mut ebpf)?;
+        let capacity = MapSizes::pinned(&dir)?;
         let mut dp = Self {
             dir,
             ebpf,
-            svc4,
-            slots,
-            backend4,
-            revnat4,
-            labels,
-            stats,
-            node4,
-            srcrange4,
-            affinity4,
-            ct4,
-            snat4,
+            maps,
             capacity,
-            services: BTreeMap::new(),
-            internal: BTreeMap::new(),
-            backends: StdHashMap::new(),
-            backend_keys: StdHashMap::new(),
-            vips: StdHashMap::new(),
-            slot_count: 0,
-            svc_ids: Ids::default(),
-            backend_ids: Ids::default(),
+            table: Table::default(),
             attached: BTreeSet::new(),
             node_attached: BTreeSet::new(),
             pending_migration: None,
-            stale_udp: BTreeSet::new(),
             ct_removed: 0,
         };
         dp.adopt()?;
         if let Some(from) = migrate_from {
             // Step 1 of the migration: new-layout entries next to the old
             // ones, before any of our programs runs.
-            let r = crate::migrate::migrate(&dp.dir, from, false)?;
+            let r = super::migrate::migrate(&dp.dir, from, false)?;
             tracing::info!(
                 from,
                 to = LAYOUT_VERSION,
@@ -151,11 +110,11 @@ impl Dataplane {
     /// flows the old programs created meanwhile, removes the entries only
     /// they used, and the old layout marker. `None` when nothing was
     /// pending.
-    pub fn finish_migration(&mut self) -> Result<Option<crate::migrate::MigrationReport>> {
+    pub fn finish_migration(&mut self) -> Result<Option<super::migrate::MigrationReport>> {
         let Some(from) = self.pending_migration else {
             return Ok(None);
         };
-        let report = crate::migrate::migrate(&self.dir, from, true)?;
+        let report = super::migrate::migrate(&self.dir, from, true)?;
         let marker = self.dir.join(layout_marker(from));
         match fs::remove_dir(&marker) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&marker)(e)),
@@ -181,11 +140,19 @@ where
         .map_err(err)
 }
 
-pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
-    ebpf.take_map(name).ok_or(DataplaneError::Map {
-        map: name,
-        source: MapError::InvalidName { name: name.into() },
-    })
+impl MapSizes {
+    /// The sizes of the maps pinned in `dir` (a map adopted from an earlier
+    /// agent keeps its size); a knob that sizes several maps reports the
+    /// first of them.
+    fn pinned(dir: &Path) -> Result<Self> {
+        let mut sizes = MapSizes::default();
+        for m in MAPS.iter().rev() {
+            if let Some(n) = sizes.knob(m.size) {
+                *n = pinned_max_entries(dir, m.name)?;
+            }
+        }
+        Ok(sizes)
+    }
 }
 
 /// Size of a pinned map (a map adopted from an earlier agent keeps its size).
@@ -227,7 +194,7 @@ pub(super) fn check_layout(dir: &Path) -> Result<Option<u32>> {
             continue;
         }
         match v.parse::<u32>() {
-            Ok(n) if crate::migrate::MIGRATES_FROM.contains(&n) => from = Some(n),
+            Ok(n) if super::migrate::MIGRATES_FROM.contains(&n) => from = Some(n),
             _ => {
                 return Err(DataplaneError::Layout {
                     dir: dir.to_path_buf(),
@@ -237,7 +204,7 @@ pub(super) fn check_layout(dir: &Path) -> Result<Option<u32>> {
             }
         }
     }
-    if found.is_empty() && map_names::ALL.iter().any(|n| dir.join(n).exists()) {
+    if found.is_empty() && MAPS.iter().any(|m| dir.join(m.name).exists()) {
         // Maps pinned by something that did not mark its layout.
         return Err(DataplaneError::Layout {
             dir: dir.to_path_buf(),
@@ -267,10 +234,8 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
         fs::remove_dir(&p).map_err(io_err(&p))?;
         removed.push(p);
     }
-    for name in map_names::ALL
-        .iter()
-        .chain(std::iter::once(&crate::migrate::OLD_CT4_PIN))
-    {
+    let names = MAPS.iter().map(|m| m.name.to_string());
+    for name in names.chain(super::migrate::old_pins()) {
         let p = dir.join(name);
         match fs::remove_file(&p) {
             Ok(()) => removed.push(p),
@@ -289,4 +254,105 @@ pub fn cleanup(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
+}
+
+impl Dataplane {
+    /// Reads what the pinned maps hold into the mirror, without changing
+    /// them. Entries that do not hang together (a slot naming a missing
+    /// backend, a backend no slot names) are left for [`Self::repair`].
+    pub(super) fn adopt(&mut self) -> Result<()> {
+        let backends: Vec<(u32, Backend4)> = self
+            .maps
+            .BACKEND4
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::BACKEND4))?;
+        let by_id: StdHashMap<u32, Backend4> = backends.into_iter().collect();
+        let entries: Vec<(Svc4Key, SvcValue)> = self
+            .maps
+            .SVC4
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(map_names::SVC4))?;
+        let mut ranges: StdHashMap<u32, Vec<(Ipv4Addr, u8)>> = StdHashMap::new();
+        for k in self.maps.SRCRANGE4.keys() {
+            let k = k.map_err(map_err(map_names::SRCRANGE4))?;
+            // A key no agent writes (prefix outside 32..=64) is left for repair.
+            if let Some((svc_id, range)) = range_of(&k) {
+                ranges.entry(svc_id).or_default().push(range);
+            }
+        }
+        for (k, v) in entries {
+            if v.flags & SVC_FLAG_VIP != 0
+                || (k.scope != SCOPE_EXTERNAL && k.scope != SCOPE_INTERNAL)
+            {
+                continue;
+            }
+            let fe = Frontend4 {
+                vip: Ipv4Addr::from(k.vip),
+                port: k.port,
+                proto: k.proto,
+            };
+            let mut ids = Vec::with_capacity(usize::from(v.count));
+            for slot in 1..=u32::from(v.count) {
+                let key = SlotKey {
+                    svc_id: v.svc_id,
+                    slot,
+                };
+                if let Ok(s) = self.maps.SLOTS.get(&key, 0)
+                    && by_id.contains_key(&s.backend_id)
+                {
+                    ids.push(s.backend_id);
+                }
+            }
+            for id in &ids {
+                let b = by_id[id];
+                let key = BackendKey {
+                    addr: Ipv4Addr::from(b.addr),
+                    port: b.port,
+                    proto: b.proto,
+                };
+                let e = self.table.backends.entry(key).or_insert(BackendSlot {
+                    id: *id,
+                    flags: b.flags,
+                    refs: 0,
+                });
+                e.refs += 1;
+                self.table.backend_keys.insert(*id, key);
+            }
+            self.table.slot_count += ids.len();
+            if k.scope == SCOPE_EXTERNAL && has_marker(v.flags) {
+                *self.table.vips.entry(fe.vip).or_default() += 1;
+            }
+            let label = self
+                .maps
+                .LABELS
+                .get(&v.svc_id, 0)
+                .map(|l| l.as_str().to_string())
+                .unwrap_or_default();
+            let mut r = ranges.remove(&v.svc_id).unwrap_or_default();
+            r.sort();
+            self.table.scope_mut(k.scope).insert(
+                fe,
+                ServiceMirror {
+                    svc_id: v.svc_id,
+                    backend_ids: ids,
+                    affinity_timeout: v.affinity_timeout,
+                    label,
+                    flags: v.flags,
+                    ranges: r,
+                },
+            );
+        }
+        let ids: Vec<u32> = self
+            .table
+            .services
+            .values()
+            .chain(self.table.internal.values())
+            .map(|s| s.svc_id)
+            .collect();
+        self.table.svc_ids.rebuild(ids.into_iter());
+        self.table.backend_ids.rebuild(by_id.keys().copied());
+        Ok(())
+    }
 }

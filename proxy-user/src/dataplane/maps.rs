@@ -4,7 +4,72 @@
 //! keys). The only code that knows the entries' encoding; the table,
 //! inspection, metrics, migration and tests read the maps through it.
 
-use super::*;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie},
+};
+use proxy_common::{
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Reason, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_VIP, SrcRange4, StatValue, Svc4Key, SvcValue, map_names,
+};
+
+use super::error::{DataplaneError, Result, map_err};
+use super::table::{Backend4Spec, Frontend4, FrontendSpec, ServiceMirror, ServiceOpts};
+use crate::{
+    model::FrontendKind,
+    plan::{FrontendKey, PlannedBackend, PlannedFrontend},
+};
+
+/// The aya type of a map of kind `$kind` with key `$k` and value `$v`.
+macro_rules! map_type {
+    (Hash, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
+    (LruHash, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
+    (PerCpuArray, $k:ty, $v:ty) => { PerCpuArray<MapData, $v> };
+    (LpmTrie, $k:ty, $v:ty) => { LpmTrie<MapData, $k, $v> };
+}
+
+macro_rules! typed_maps {
+    ($( $(#[$doc:meta])* $id:ident = $name:literal, $kind:ident,
+        $k:ty => $v:ty, $size:expr, $layout:literal; )*) => {
+        /// A typed handle on every map of the datapath, generated from the
+        /// table of maps: field `SVC4` is map `SVCNAT_SVC4` and so on.
+        pub struct Maps {
+            $( $(#[$doc])* pub $id: map_type!($kind, $k, $v), )*
+        }
+
+        impl Maps {
+            /// Each map as `open` gives it (taken from a loaded object, or
+            /// opened from its pin), typed.
+            pub fn from_source(mut open: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+                Ok(Self {
+                    $( $id: <map_type!($kind, $k, $v)>::try_from(open($name)?)
+                        .map_err(map_err($name))?, )*
+                })
+            }
+        }
+    };
+}
+
+proxy_common::svcnat_maps!(typed_maps);
+
+impl Maps {
+    /// The maps of a loaded object (taken out of it).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::from_source(|name| take(ebpf, name))
+    }
+
+    /// The maps pinned in `dir` (for inspection, metrics and tests while an
+    /// agent owns them).
+    pub fn pinned(dir: &Path) -> Result<Self> {
+        Self::from_source(|name| open_pinned(dir, name))
+    }
+}
 
 /// A source-range key as (service id, address, LPM prefix length), to
 /// compare keys (the LPM key type has no ordering).
@@ -29,7 +94,7 @@ pub(super) fn range_key_of(
 
 /// The service id and range of a source-range key; `None` for a key whose
 /// prefix length is not 32 (the service id) plus 0..=32.
-pub(super) fn range_of(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> Option<(u32, (Ipv4Addr, u8))> {
+pub fn range_of(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> Option<(u32, (Ipv4Addr, u8))> {
     let (svc_id, addr, prefix_len) = range_id(k);
     let len = prefix_len.checked_sub(32).filter(|l| *l <= 32)?;
     Some((svc_id, (Ipv4Addr::from(addr), len as u8)))
@@ -85,10 +150,10 @@ pub(super) fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
 }
 
 /// `bpf_map_update_elem` flag `BPF_NOEXIST`: only create (linux/bpf.h).
-pub(crate) const BPF_NOEXIST: u64 = 1;
+pub(super) const BPF_NOEXIST: u64 = 1;
 
 /// `BPF_EXIST`: update an entry only if it is still there.
-pub(crate) const BPF_EXIST: u64 = 2;
+pub(super) const BPF_EXIST: u64 = 2;
 
 /// The entries of `map`, read in one walk over at most `limit` keys (a
 /// walk over a map that changes underneath may start over, so it is
@@ -140,7 +205,7 @@ pub(super) fn removed(r: Result<(), MapError>) -> Result<bool, MapError> {
 }
 
 /// Deleting what is absent is not an error.
-pub(crate) fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+pub(super) fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -180,4 +245,95 @@ pub fn open_pinned(dir: &Path, name: &'static str) -> Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).map_err(map_err(name))?;
     Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// Takes map `name` out of a loaded object.
+pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
+    ebpf.take_map(name).ok_or(DataplaneError::Map {
+        map: name,
+        source: MapError::InvalidName { name: name.into() },
+    })
+}
+
+impl Frontend4 {
+    /// The IPv4 frontend of a planned one; `None` for an IPv6 address (the
+    /// plan reports IPv6 ports as unsupported, see [`crate::plan::unsupported`]).
+    pub fn of_key(k: &FrontendKey) -> Option<Self> {
+        match k.addr {
+            IpAddr::V4(vip) => Some(Self {
+                vip,
+                port: k.port,
+                proto: k.protocol.number(),
+            }),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl FrontendSpec {
+    /// The entry of a planned frontend: its kind and policy as `SVC_FLAG_*`
+    /// bits, its backends' as `BACKEND_FLAG_*` bits (IPv6 addresses, which
+    /// an IPv4 port never has, are left out).
+    pub fn of_plan(p: &PlannedFrontend) -> Self {
+        let backends = |list: &[PlannedBackend]| -> Vec<Backend4Spec> {
+            list.iter()
+                .filter_map(|b| match b.addr {
+                    IpAddr::V4(addr) => Some(Backend4Spec {
+                        addr,
+                        port: b.port,
+                        flags: (if b.local { BACKEND_FLAG_LOCAL } else { 0 })
+                            | (if b.terminating {
+                                BACKEND_FLAG_TERMINATING
+                            } else {
+                                0
+                            }),
+                    }),
+                    IpAddr::V6(_) => None,
+                })
+                .collect()
+        };
+        let mut flags = match p.kind {
+            FrontendKind::ClusterIp => 0,
+            FrontendKind::NodePort => SVC_FLAG_EXTERNAL | SVC_FLAG_NODE_PORT,
+            FrontendKind::ExternalIp => SVC_FLAG_EXTERNAL,
+            FrontendKind::LoadBalancer => SVC_FLAG_EXTERNAL | SVC_FLAG_LOAD_BALANCER,
+        };
+        if p.local_only {
+            flags |= SVC_FLAG_LOCAL_ONLY;
+        }
+        let mut source_ranges = Vec::new();
+        if let Some(ranges) = &p.source_ranges {
+            flags |= SVC_FLAG_SOURCE_RANGES;
+            source_ranges = ranges
+                .iter()
+                .filter_map(|(a, len)| match a {
+                    IpAddr::V4(a) => Some((*a, *len)),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+        }
+        Self {
+            backends: backends(&p.backends),
+            internal_backends: p.internal_backends.as_deref().map(backends),
+            flags,
+            source_ranges,
+            opts: ServiceOpts {
+                affinity_timeout: p.affinity_timeout,
+                label: p.label.clone(),
+            },
+        }
+    }
+}
+
+/// The kind of a frontend entry with `flags`.
+pub fn kind_of(flags: u16) -> FrontendKind {
+    if flags & SVC_FLAG_EXTERNAL == 0 {
+        FrontendKind::ClusterIp
+    } else if flags & SVC_FLAG_NODE_PORT != 0 {
+        FrontendKind::NodePort
+    } else if flags & SVC_FLAG_LOAD_BALANCER != 0 {
+        FrontendKind::LoadBalancer
+    } else {
+        FrontendKind::ExternalIp
+    }
 }

@@ -4,7 +4,14 @@
 //! kept equal to them by every update (`update.rs`); the slot order that
 //! keeps session affinity when backends come and go ([`slot_layout`]).
 
-use super::*;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    net::Ipv4Addr,
+};
+
+use proxy_common::{
+    CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key, CtValue, IPPROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT,
+};
 
 /// A service frontend: VIP, port, IP protocol number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,164 +171,6 @@ pub enum Upsert {
     Unchanged,
 }
 
-impl Dataplane {
-    /// Reads what the pinned maps hold into the mirror, without changing
-    /// them. Entries that do not hang together (a slot naming a missing
-    /// backend, a backend no slot names) are left for [`Self::repair`].
-    pub(super) fn adopt(&mut self) -> Result<()> {
-        let backends: Vec<(u32, Backend4)> = self
-            .backend4
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::BACKEND4))?;
-        let by_id: StdHashMap<u32, Backend4> = backends.into_iter().collect();
-        let entries: Vec<(Svc4Key, SvcValue)> = self
-            .svc4
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::SVC4))?;
-        let mut ranges: StdHashMap<u32, Vec<(Ipv4Addr, u8)>> = StdHashMap::new();
-        for k in self.srcrange4.keys() {
-            let k = k.map_err(map_err(map_names::SRCRANGE4))?;
-            // A key no agent writes (prefix outside 32..=64) is left for repair.
-            if let Some((svc_id, range)) = range_of(&k) {
-                ranges.entry(svc_id).or_default().push(range);
-            }
-        }
-        for (k, v) in entries {
-            if v.flags & SVC_FLAG_VIP != 0
-                || (k.scope != SCOPE_EXTERNAL && k.scope != SCOPE_INTERNAL)
-            {
-                continue;
-            }
-            let fe = Frontend4 {
-                vip: Ipv4Addr::from(k.vip),
-                port: k.port,
-                proto: k.proto,
-            };
-            let mut ids = Vec::with_capacity(usize::from(v.count));
-            for slot in 1..=u32::from(v.count) {
-                let key = SlotKey {
-                    svc_id: v.svc_id,
-                    slot,
-                };
-                if let Ok(s) = self.slots.get(&key, 0)
-                    && by_id.contains_key(&s.backend_id)
-                {
-                    ids.push(s.backend_id);
-                }
-            }
-            for id in &ids {
-                let b = by_id[id];
-                let key = BackendKey {
-                    addr: Ipv4Addr::from(b.addr),
-                    port: b.port,
-                    proto: b.proto,
-                };
-                let e = self.backends.entry(key).or_insert(BackendSlot {
-                    id: *id,
-                    flags: b.flags,
-                    refs: 0,
-                });
-                e.refs += 1;
-                self.backend_keys.insert(*id, key);
-            }
-            self.slot_count += ids.len();
-            if k.scope == SCOPE_EXTERNAL && has_marker(v.flags) {
-                *self.vips.entry(fe.vip).or_default() += 1;
-            }
-            let label = self
-                .labels
-                .get(&v.svc_id, 0)
-                .map(|l| l.as_str().to_string())
-                .unwrap_or_default();
-            let mut r = ranges.remove(&v.svc_id).unwrap_or_default();
-            r.sort();
-            self.table_mut(k.scope).insert(
-                fe,
-                ServiceMirror {
-                    svc_id: v.svc_id,
-                    backend_ids: ids,
-                    affinity_timeout: v.affinity_timeout,
-                    label,
-                    flags: v.flags,
-                    ranges: r,
-                },
-            );
-        }
-        let ids: Vec<u32> = self
-            .services
-            .values()
-            .chain(self.internal.values())
-            .map(|s| s.svc_id)
-            .collect();
-        self.svc_ids.rebuild(ids.into_iter());
-        self.backend_ids.rebuild(by_id.keys().copied());
-        Ok(())
-    }
-
-    /// Every frontend the maps hold, with its backends in slot order.
-    pub fn services(&self) -> BTreeMap<Frontend4, ServiceState> {
-        self.services
-            .keys()
-            .filter_map(|fe| Some((*fe, self.service(fe)?)))
-            .collect()
-    }
-
-    /// One frontend's state, if the maps hold it.
-    pub fn service(&self, fe: &Frontend4) -> Option<ServiceState> {
-        let s = self.services.get(fe)?;
-        let mut state = self.state_of(s);
-        state.internal_backends = self
-            .internal
-            .get(fe)
-            .map(|i| self.backends_of(&i.backend_ids));
-        Some(state)
-    }
-
-    pub(super) fn table(&self, scope: u8) -> &BTreeMap<Frontend4, ServiceMirror> {
-        if scope == SCOPE_INTERNAL {
-            &self.internal
-        } else {
-            &self.services
-        }
-    }
-
-    pub(super) fn table_mut(&mut self, scope: u8) -> &mut BTreeMap<Frontend4, ServiceMirror> {
-        if scope == SCOPE_INTERNAL {
-            &mut self.internal
-        } else {
-            &mut self.services
-        }
-    }
-
-    pub(super) fn state_of(&self, s: &ServiceMirror) -> ServiceState {
-        ServiceState {
-            svc_id: s.svc_id,
-            backends: self.backends_of(&s.backend_ids),
-            affinity_timeout: s.affinity_timeout,
-            label: s.label.clone(),
-            flags: s.flags,
-            internal_backends: None,
-            source_ranges: s.ranges.clone(),
-        }
-    }
-
-    pub(super) fn backends_of(&self, ids: &[u32]) -> Vec<Backend4Spec> {
-        ids.iter()
-            .filter_map(|id| {
-                let k = self.backend_keys.get(id)?;
-                let b = self.backends.get(k)?;
-                Some(Backend4Spec {
-                    addr: k.addr,
-                    port: k.port,
-                    flags: b.flags,
-                })
-            })
-            .collect()
-    }
-}
-
 /// Whether two backend lists hold the same backends (slot order aside).
 pub(super) fn same_set(a: &[Backend4Spec], b: &[Backend4Spec]) -> bool {
     let mut a = a.to_vec();
@@ -385,4 +234,130 @@ pub(super) fn slot_layout(old: &[u32], want: &[u32]) -> (Vec<u32>, Vec<SlotMove>
     }
     slots.truncate(n);
     (slots.into_iter().flatten().collect(), moves)
+}
+
+/// The mirror: every frontend of both scopes, the backends they name and
+/// their reference counts, the VIPs with a marker, and the ids in use.
+#[derive(Default)]
+pub(super) struct Table {
+    pub(super) services: BTreeMap<Frontend4, ServiceMirror>,
+    /// Internal-scope entries of frontends with two scopes.
+    pub(super) internal: BTreeMap<Frontend4, ServiceMirror>,
+    pub(super) backends: StdHashMap<BackendKey, BackendSlot>,
+    pub(super) backend_keys: StdHashMap<u32, BackendKey>,
+    pub(super) vips: StdHashMap<Ipv4Addr, u32>,
+    pub(super) slot_count: usize,
+    pub(super) svc_ids: Ids,
+    pub(super) backend_ids: Ids,
+    /// UDP backends removed from a frontend (or with it) whose conntrack
+    /// entries [`Dataplane::clear_stale_udp_flows`] has not deleted yet.
+    pub(super) stale_udp: BTreeSet<StaleFlow>,
+}
+
+impl Table {
+    pub(super) fn scope(&self, scope: u8) -> &BTreeMap<Frontend4, ServiceMirror> {
+        if scope == SCOPE_INTERNAL {
+            &self.internal
+        } else {
+            &self.services
+        }
+    }
+
+    pub(super) fn scope_mut(&mut self, scope: u8) -> &mut BTreeMap<Frontend4, ServiceMirror> {
+        if scope == SCOPE_INTERNAL {
+            &mut self.internal
+        } else {
+            &mut self.services
+        }
+    }
+
+    pub(super) fn state_of(&self, s: &ServiceMirror) -> ServiceState {
+        ServiceState {
+            svc_id: s.svc_id,
+            backends: self.backends_of(&s.backend_ids),
+            affinity_timeout: s.affinity_timeout,
+            label: s.label.clone(),
+            flags: s.flags,
+            internal_backends: None,
+            source_ranges: s.ranges.clone(),
+        }
+    }
+
+    pub(super) fn backends_of(&self, ids: &[u32]) -> Vec<Backend4Spec> {
+        ids.iter()
+            .filter_map(|id| {
+                let k = self.backend_keys.get(id)?;
+                let b = self.backends.get(k)?;
+                Some(Backend4Spec {
+                    addr: k.addr,
+                    port: k.port,
+                    flags: b.flags,
+                })
+            })
+            .collect()
+    }
+
+    /// Notes that backends `gone` left service id `svc_id` of frontend `fe`
+    /// while `kept` are in it: for a UDP frontend, the flows to the ones
+    /// that left are stale, and those to the ones in it (again) are not.
+    pub(super) fn note_udp_change(
+        &mut self,
+        fe: &Frontend4,
+        svc_id: u32,
+        gone: &[u32],
+        kept: &[u32],
+    ) {
+        if fe.proto != IPPROTO_UDP {
+            return;
+        }
+        let frontend = (fe.vip.octets(), fe.port);
+        let keys = &self.backend_keys;
+        let addr_of = |id: &u32| keys.get(id).map(|k| (k.addr.octets(), k.port));
+        let kept: BTreeSet<([u8; 4], u16)> = kept.iter().filter_map(addr_of).collect();
+        self.stale_udp.retain(|s| {
+            !(s.svc_id == svc_id && s.frontend == frontend && kept.contains(&s.backend))
+        });
+        for id in gone {
+            let Some(backend) = addr_of(id) else {
+                continue;
+            };
+            if !kept.contains(&backend) {
+                self.stale_udp.insert(StaleFlow {
+                    svc_id,
+                    backend_id: *id,
+                    frontend,
+                    backend,
+                });
+            }
+        }
+    }
+}
+
+/// A UDP backend that left one scope of a frontend: the flows of that
+/// frontend's service id to it are stale. The frontend and the backend's
+/// address are kept besides the ids, so that an id handed out again meanwhile
+/// never names someone else's flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct StaleFlow {
+    pub(super) svc_id: u32,
+    pub(super) backend_id: u32,
+    pub(super) frontend: ([u8; 4], u16),
+    pub(super) backend: ([u8; 4], u16),
+}
+
+impl StaleFlow {
+    /// What a UDP conntrack entry says about its flow, in either direction.
+    pub(super) fn of_entry(k: &Ct4Key, v: &CtValue) -> Option<Self> {
+        let (frontend, backend) = match k.dir {
+            CT_DIR_SERVICE => ((k.daddr, k.dport), (v.nat_addr, v.nat_port)),
+            CT_DIR_REPLY => ((v.nat_addr, v.nat_port), (k.saddr, k.sport)),
+            _ => return None,
+        };
+        Some(Self {
+            svc_id: v.svc_id,
+            backend_id: v.backend_id,
+            frontend,
+            backend,
+        })
+    }
 }

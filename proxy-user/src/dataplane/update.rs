@@ -2,7 +2,26 @@
 //! backends, source ranges, VIP markers) in the order that keeps the
 //! datapath consistent at every instant, and drift repair.
 
-use super::*;
+use std::{
+    collections::{BTreeSet, HashMap as StdHashMap},
+    net::Ipv4Addr,
+};
+
+use proxy_common::{
+    Backend4, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
+    SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, Svc4Key, SvcLabel, map_names,
+};
+
+use super::error::{DataplaneError, Result, map_err};
+use super::handle::Dataplane;
+use super::maps::{
+    RangeId, ignore_missing, normalize_range, prune, range_id, range_key, range_key_of, svc_entry,
+    vip_marker,
+};
+use super::table::{
+    Backend4Spec, BackendKey, BackendSlot, Frontend4, FrontendSpec, ServiceMirror, ServiceOpts,
+    SlotMove, Upsert, has_marker, same_set, slot_layout,
+};
 
 impl Dataplane {
     /// Makes the maps equal to the mirror: rewrites every frontend, slot,
@@ -14,43 +33,53 @@ impl Dataplane {
         // Source ranges: an LPM lookup matches prefixes, not exact keys, so
         // compare the sets of keys.
         let want_ranges: BTreeSet<RangeId> = self
+            .table
             .services
             .values()
-            .chain(self.internal.values())
+            .chain(self.table.internal.values())
             .flat_map(|s| s.ranges.iter().map(|r| range_id(&range_key(s.svc_id, *r))))
             .collect();
         let have_ranges: Vec<aya::maps::lpm_trie::Key<SrcRange4>> = self
-            .srcrange4
+            .maps
+            .SRCRANGE4
             .keys()
             .collect::<Result<_, _>>()
             .map_err(map_err(map_names::SRCRANGE4))?;
         let have_ids: BTreeSet<RangeId> = have_ranges.iter().map(range_id).collect();
         for id in want_ranges.difference(&have_ids) {
-            self.srcrange4
+            self.maps
+                .SRCRANGE4
                 .insert(&range_key_of(*id), 1, 0)
                 .map_err(map_err(map_names::SRCRANGE4))?;
             fixed += 1;
         }
         // Backends first, then slots, then frontends (the safe order).
-        for (key, b) in &self.backends {
+        for (key, b) in &self.table.backends {
             let want = Backend4 {
                 addr: key.addr.octets(),
                 port: key.port,
                 proto: key.proto,
                 flags: b.flags,
             };
-            if self.backend4.get(&b.id, 0).ok() != Some(want) {
-                self.backend4
+            if self.maps.BACKEND4.get(&b.id, 0).ok() != Some(want) {
+                self.maps
+                    .BACKEND4
                     .insert(b.id, want, 0)
                     .map_err(map_err(map_names::BACKEND4))?;
                 fixed += 1;
             }
         }
         for (scope, fe, s) in self
+            .table
             .services
             .iter()
             .map(|(f, s)| (SCOPE_EXTERNAL, f, s))
-            .chain(self.internal.iter().map(|(f, s)| (SCOPE_INTERNAL, f, s)))
+            .chain(
+                self.table
+                    .internal
+                    .iter()
+                    .map(|(f, s)| (SCOPE_INTERNAL, f, s)),
+            )
         {
             for (i, id) in s.backend_ids.iter().enumerate() {
                 let k = SlotKey {
@@ -58,8 +87,9 @@ impl Dataplane {
                     slot: i as u32 + 1,
                 };
                 let v = SlotValue { backend_id: *id };
-                if self.slots.get(&k, 0).ok() != Some(v) {
-                    self.slots
+                if self.maps.SLOTS.get(&k, 0).ok() != Some(v) {
+                    self.maps
+                        .SLOTS
                         .insert(k, v, 0)
                         .map_err(map_err(map_names::SLOTS))?;
                     fixed += 1;
@@ -71,39 +101,44 @@ impl Dataplane {
                 proto: fe.proto,
                 pad: 0,
             };
-            if self.revnat4.get(&s.svc_id, 0).ok() != Some(rv) {
-                self.revnat4
+            if self.maps.REVNAT4.get(&s.svc_id, 0).ok() != Some(rv) {
+                self.maps
+                    .REVNAT4
                     .insert(s.svc_id, rv, 0)
                     .map_err(map_err(map_names::REVNAT4))?;
                 fixed += 1;
             }
             let label = SvcLabel::new(&s.label);
-            if self.labels.get(&s.svc_id, 0).ok() != Some(label) {
-                self.labels
+            if self.maps.LABELS.get(&s.svc_id, 0).ok() != Some(label) {
+                self.maps
+                    .LABELS
                     .insert(s.svc_id, label, 0)
                     .map_err(map_err(map_names::LABELS))?;
                 fixed += 1;
             }
             let (k, v) = svc_entry(fe, scope, s);
-            if self.svc4.get(&k, 0).ok() != Some(v) {
-                self.svc4
+            if self.maps.SVC4.get(&k, 0).ok() != Some(v) {
+                self.maps
+                    .SVC4
                     .insert(k, v, 0)
                     .map_err(map_err(map_names::SVC4))?;
                 fixed += 1;
             }
         }
-        for vip in self.vips.keys() {
+        for vip in self.table.vips.keys() {
             let (k, v) = vip_marker(*vip);
-            if self.svc4.get(&k, 0).ok() != Some(v) {
-                self.svc4
+            if self.maps.SVC4.get(&k, 0).ok() != Some(v) {
+                self.maps
+                    .SVC4
                     .insert(k, v, 0)
                     .map_err(map_err(map_names::SVC4))?;
                 fixed += 1;
             }
         }
         // Deletions last: what the maps hold and the mirror does not.
-        let (services, internal, vips) = (&self.services, &self.internal, &self.vips);
-        fixed += prune(&mut self.svc4, map_names::SVC4, |k| {
+        let (services, internal, vips) =
+            (&self.table.services, &self.table.internal, &self.table.vips);
+        fixed += prune(&mut self.maps.SVC4, map_names::SVC4, |k| {
             if k.port == 0 && k.proto == 0 {
                 return vips.contains_key(&Ipv4Addr::from(k.vip));
             }
@@ -116,31 +151,32 @@ impl Dataplane {
                 || (k.scope == SCOPE_INTERNAL && internal.contains_key(&fe))
         })?;
         let by_svc: StdHashMap<u32, usize> = self
+            .table
             .services
             .values()
-            .chain(self.internal.values())
+            .chain(self.table.internal.values())
             .map(|s| (s.svc_id, s.backend_ids.len()))
             .collect();
-        fixed += prune(&mut self.slots, map_names::SLOTS, |k| {
+        fixed += prune(&mut self.maps.SLOTS, map_names::SLOTS, |k| {
             by_svc
                 .get(&k.svc_id)
                 .is_some_and(|n| k.slot >= 1 && k.slot as usize <= *n)
         })?;
-        fixed += prune(&mut self.revnat4, map_names::REVNAT4, |k| {
+        fixed += prune(&mut self.maps.REVNAT4, map_names::REVNAT4, |k| {
             by_svc.contains_key(k)
         })?;
-        fixed += prune(&mut self.labels, map_names::LABELS, |k| {
+        fixed += prune(&mut self.maps.LABELS, map_names::LABELS, |k| {
             by_svc.contains_key(k)
         })?;
-        let backend_keys = &self.backend_keys;
-        fixed += prune(&mut self.backend4, map_names::BACKEND4, |k| {
+        let backend_keys = &self.table.backend_keys;
+        fixed += prune(&mut self.maps.BACKEND4, map_names::BACKEND4, |k| {
             backend_keys.contains_key(k)
         })?;
         for k in have_ranges
             .iter()
             .filter(|k| !want_ranges.contains(&range_id(k)))
         {
-            ignore_missing(self.srcrange4.remove(k)).map_err(map_err(map_names::SRCRANGE4))?;
+            ignore_missing(self.maps.SRCRANGE4.remove(k)).map_err(map_err(map_names::SRCRANGE4))?;
             fixed += 1;
         }
         Ok(fixed)
@@ -205,9 +241,10 @@ impl Dataplane {
             flags,
             &ranges,
         )?;
-        if spec.internal_backends.is_none() && self.internal.contains_key(&fe) {
+        if spec.internal_backends.is_none() && self.table.internal.contains_key(&fe) {
             // Pods' flows to backends the frontend entry still has stay.
             let kept = self
+                .table
                 .services
                 .get(&fe)
                 .map(|s| s.backend_ids.clone())
@@ -243,8 +280,8 @@ impl Dataplane {
                 max: usize::from(u16::MAX),
             });
         }
-        if let Some(cur) = self.table(scope).get(&fe)
-            && same_set(&self.backends_of(&cur.backend_ids), &want)
+        if let Some(cur) = self.table.scope(scope).get(&fe)
+            && same_set(&self.table.backends_of(&cur.backend_ids), &want)
             && cur.affinity_timeout == affinity_timeout
             && cur.label == opts.label
             && cur.flags == flags
@@ -269,10 +306,11 @@ impl Dataplane {
                 proto: fe.proto,
                 flags: b.flags,
             };
-            let id = match self.backends.get_mut(&key) {
+            let id = match self.table.backends.get_mut(&key) {
                 Some(slot) => {
                     if slot.flags != b.flags {
-                        self.backend4
+                        self.maps
+                            .BACKEND4
                             .insert(slot.id, value, 0)
                             .map_err(map_err(map_names::BACKEND4))?;
                         slot.flags = b.flags;
@@ -280,13 +318,13 @@ impl Dataplane {
                     slot.id
                 }
                 None => {
-                    let id = self.backend_ids.take();
-                    if let Err(e) = self.backend4.insert(id, value, 0) {
-                        self.backend_ids.give(id);
+                    let id = self.table.backend_ids.take();
+                    if let Err(e) = self.maps.BACKEND4.insert(id, value, 0) {
+                        self.table.backend_ids.give(id);
                         self.release_backends(&taken)?;
                         return Err(map_err(map_names::BACKEND4)(e));
                     }
-                    self.backends.insert(
+                    self.table.backends.insert(
                         key,
                         BackendSlot {
                             id,
@@ -294,19 +332,19 @@ impl Dataplane {
                             refs: 0,
                         },
                     );
-                    self.backend_keys.insert(id, key);
+                    self.table.backend_keys.insert(id, key);
                     id
                 }
             };
             // Count the reference now so a failure below releases it.
-            if let Some(slot) = self.backends.get_mut(&key) {
+            if let Some(slot) = self.table.backends.get_mut(&key) {
                 slot.refs += 1;
             }
             taken.push(id);
             ids.push(id);
         }
 
-        let cur = self.table(scope).get(&fe);
+        let cur = self.table.scope(scope).get(&fe);
         let created = cur.is_none();
         let old_affinity = cur.map_or(0, |s| s.affinity_timeout);
         let (svc_id, old_ids, old_label, old_flags, old_ranges) = match cur {
@@ -317,7 +355,13 @@ impl Dataplane {
                 Some(s.flags),
                 s.ranges.clone(),
             ),
-            None => (self.svc_ids.take(), Vec::new(), None, None, Vec::new()),
+            None => (
+                self.table.svc_ids.take(),
+                Vec::new(),
+                None,
+                None,
+                Vec::new(),
+            ),
         };
         // Surviving backends keep their slots (session affinity names a
         // slot); see `slot_layout`.
@@ -341,7 +385,8 @@ impl Dataplane {
             .write_service(&fe, scope, &mirror, &old_ids, &old_ranges, created, &moves)
             .and_then(|()| {
                 if old_label.as_deref() != Some(opts.label.as_str()) {
-                    self.labels
+                    self.maps
+                        .LABELS
                         .insert(svc_id, SvcLabel::new(&opts.label), 0)
                         .map_err(map_err(map_names::LABELS))?;
                 }
@@ -349,20 +394,21 @@ impl Dataplane {
             });
         if let Err(e) = result {
             if created {
-                self.svc_ids.give(svc_id);
+                self.table.svc_ids.give(svc_id);
             }
             self.release_backends(&taken)?;
             return Err(e);
         }
-        self.slot_count = self.slot_count + ids.len() - old_ids.len();
-        self.table_mut(scope).insert(fe, mirror);
-        self.note_udp_change(&fe, svc_id, &old_ids, &ids);
+        self.table.slot_count = self.table.slot_count + ids.len() - old_ids.len();
+        self.table.scope_mut(scope).insert(fe, mirror);
+        self.table.note_udp_change(&fe, svc_id, &old_ids, &ids);
         if scope == SCOPE_EXTERNAL {
             let had = old_flags.is_some_and(has_marker);
             if has_marker(flags) && !had {
-                *self.vips.entry(fe.vip).or_default() += 1;
+                *self.table.vips.entry(fe.vip).or_default() += 1;
                 let (k, v) = vip_marker(fe.vip);
-                self.svc4
+                self.maps
+                    .SVC4
                     .insert(k, v, 0)
                     .map_err(map_err(map_names::SVC4))?;
             } else if had && !has_marker(flags) {
@@ -409,7 +455,8 @@ impl Dataplane {
                     svc_id: s.svc_id,
                     slot: i as u32 + 1,
                 };
-                self.slots
+                self.maps
+                    .SLOTS
                     .insert(k, SlotValue { backend_id: *id }, 0)
                     .map_err(map_err(map_names::SLOTS))?;
             }
@@ -421,14 +468,16 @@ impl Dataplane {
                 proto: fe.proto,
                 pad: 0,
             };
-            self.revnat4
+            self.maps
+                .REVNAT4
                 .insert(s.svc_id, rv, 0)
                 .map_err(map_err(map_names::REVNAT4))?;
         }
         // New ranges before the entry that may start checking them.
         for r in &s.ranges {
             if !old_ranges.contains(r) {
-                self.srcrange4
+                self.maps
+                    .SRCRANGE4
                     .insert(&range_key(s.svc_id, *r), 1, 0)
                     .map_err(map_err(map_names::SRCRANGE4))?;
             }
@@ -444,7 +493,8 @@ impl Dataplane {
         }
         // 3. The frontend with its new count, then slots past the count.
         let (k, v) = svc_entry(fe, scope, s);
-        self.svc4
+        self.maps
+            .SVC4
             .insert(k, v, 0)
             .map_err(map_err(map_names::SVC4))?;
         for slot in s.backend_ids.len() + 1..=old_ids.len() {
@@ -452,11 +502,11 @@ impl Dataplane {
                 svc_id: s.svc_id,
                 slot: slot as u32,
             };
-            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+            ignore_missing(self.maps.SLOTS.remove(&k)).map_err(map_err(map_names::SLOTS))?;
         }
         for r in old_ranges {
             if !s.ranges.contains(r) {
-                ignore_missing(self.srcrange4.remove(&range_key(s.svc_id, *r)))
+                ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)))
                     .map_err(map_err(map_names::SRCRANGE4))?;
             }
         }
@@ -469,11 +519,11 @@ impl Dataplane {
         scope: u8,
         want: &[Backend4Spec],
     ) -> Result<()> {
-        let cur = self.table(scope).get(fe);
+        let cur = self.table.scope(scope).get(fe);
         let new_backends = want
             .iter()
             .filter(|b| {
-                !self.backends.contains_key(&BackendKey {
+                !self.table.backends.contains_key(&BackendKey {
                     addr: b.addr,
                     port: b.port,
                     proto: fe.proto,
@@ -481,8 +531,9 @@ impl Dataplane {
             })
             .count();
         let old_slots = cur.map_or(0, |s| s.backend_ids.len());
-        let slots_after = self.slot_count - old_slots + want.len();
-        let free_backends = (self.capacity.backends as usize).saturating_sub(self.backends.len());
+        let slots_after = self.table.slot_count - old_slots + want.len();
+        let free_backends =
+            (self.capacity.backends as usize).saturating_sub(self.table.backends.len());
         if new_backends > free_backends {
             return Err(DataplaneError::MapFull {
                 map: map_names::BACKEND4,
@@ -495,13 +546,14 @@ impl Dataplane {
             return Err(DataplaneError::MapFull {
                 map: map_names::SLOTS,
                 needed: want.len().saturating_sub(old_slots),
-                free: (self.capacity.slots as usize).saturating_sub(self.slot_count),
+                free: (self.capacity.slots as usize).saturating_sub(self.table.slot_count),
                 capacity: self.capacity.slots,
             });
         }
         if cur.is_none() {
-            let entries = self.services.len() + self.internal.len() + self.vips.len();
-            let needed = 1 + usize::from(!self.vips.contains_key(&fe.vip));
+            let entries =
+                self.table.services.len() + self.table.internal.len() + self.table.vips.len();
+            let needed = 1 + usize::from(!self.table.vips.contains_key(&fe.vip));
             let free = (self.capacity.services as usize).saturating_sub(entries);
             if needed > free {
                 return Err(DataplaneError::MapFull {
@@ -533,17 +585,18 @@ impl Dataplane {
         scope: u8,
         kept: &[u32],
     ) -> Result<bool> {
-        let Some(s) = self.table_mut(scope).remove(fe) else {
+        let Some(s) = self.table.scope_mut(scope).remove(fe) else {
             return Ok(false);
         };
-        self.note_udp_change(fe, s.svc_id, &s.backend_ids, kept);
+        self.table
+            .note_udp_change(fe, s.svc_id, &s.backend_ids, kept);
         let key = Svc4Key {
             vip: fe.vip.octets(),
             port: fe.port,
             proto: fe.proto,
             scope,
         };
-        ignore_missing(self.svc4.remove(&key)).map_err(map_err(map_names::SVC4))?;
+        ignore_missing(self.maps.SVC4.remove(&key)).map_err(map_err(map_names::SVC4))?;
         if scope == SCOPE_EXTERNAL && has_marker(s.flags) {
             self.drop_marker(fe.vip)?;
         }
@@ -552,16 +605,16 @@ impl Dataplane {
                 svc_id: s.svc_id,
                 slot: slot as u32,
             };
-            ignore_missing(self.slots.remove(&k)).map_err(map_err(map_names::SLOTS))?;
+            ignore_missing(self.maps.SLOTS.remove(&k)).map_err(map_err(map_names::SLOTS))?;
         }
         for r in &s.ranges {
-            ignore_missing(self.srcrange4.remove(&range_key(s.svc_id, *r)))
+            ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)))
                 .map_err(map_err(map_names::SRCRANGE4))?;
         }
-        ignore_missing(self.revnat4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
-        ignore_missing(self.labels.remove(&s.svc_id)).map_err(map_err(map_names::LABELS))?;
-        self.slot_count -= s.backend_ids.len();
-        self.svc_ids.give(s.svc_id);
+        ignore_missing(self.maps.REVNAT4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
+        ignore_missing(self.maps.LABELS.remove(&s.svc_id)).map_err(map_err(map_names::LABELS))?;
+        self.table.slot_count -= s.backend_ids.len();
+        self.table.svc_ids.give(s.svc_id);
         self.release_backends(&s.backend_ids)?;
         // The id may name another service next: its clients start afresh.
         if s.affinity_timeout != 0 {
@@ -572,13 +625,19 @@ impl Dataplane {
 
     /// One frontend fewer on `vip`; its marker goes with the last one.
     pub(super) fn drop_marker(&mut self, vip: Ipv4Addr) -> Result<()> {
-        let remaining = self.vips.get(&vip).copied().unwrap_or(1).saturating_sub(1);
+        let remaining = self
+            .table
+            .vips
+            .get(&vip)
+            .copied()
+            .unwrap_or(1)
+            .saturating_sub(1);
         if remaining == 0 {
-            self.vips.remove(&vip);
+            self.table.vips.remove(&vip);
             let (k, _) = vip_marker(vip);
-            ignore_missing(self.svc4.remove(&k)).map_err(map_err(map_names::SVC4))?;
+            ignore_missing(self.maps.SVC4.remove(&k)).map_err(map_err(map_names::SVC4))?;
         } else {
-            self.vips.insert(vip, remaining);
+            self.table.vips.insert(vip, remaining);
         }
         Ok(())
     }
@@ -586,18 +645,19 @@ impl Dataplane {
     /// Drops one reference of each backend id; deletes backends no slot names.
     pub(super) fn release_backends(&mut self, ids: &[u32]) -> Result<()> {
         for id in ids {
-            let Some(key) = self.backend_keys.get(id).copied() else {
+            let Some(key) = self.table.backend_keys.get(id).copied() else {
                 continue;
             };
-            let Some(slot) = self.backends.get_mut(&key) else {
+            let Some(slot) = self.table.backends.get_mut(&key) else {
                 continue;
             };
             slot.refs = slot.refs.saturating_sub(1);
             if slot.refs == 0 {
-                self.backends.remove(&key);
-                self.backend_keys.remove(id);
-                ignore_missing(self.backend4.remove(id)).map_err(map_err(map_names::BACKEND4))?;
-                self.backend_ids.give(*id);
+                self.table.backends.remove(&key);
+                self.table.backend_keys.remove(id);
+                ignore_missing(self.maps.BACKEND4.remove(id))
+                    .map_err(map_err(map_names::BACKEND4))?;
+                self.table.backend_ids.give(*id);
             }
         }
         Ok(())

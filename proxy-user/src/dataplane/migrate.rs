@@ -41,10 +41,13 @@ use std::{fs, io, path::Path};
 use aya::maps::{HashMap, MapData, MapError};
 use proxy_common::{
     CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SNAT, Ct4Key, CtValue,
-    IPPROTO_TCP, Snat4Value, map_names,
+    IPPROTO_TCP, MAPS, MapDef, Snat4Value, map_names,
 };
 
-use crate::dataplane::{BPF_NOEXIST, DataplaneError, ignore_missing, open_pinned};
+use super::{
+    error::DataplaneError,
+    maps::{BPF_NOEXIST, ignore_missing, open_pinned},
+};
 
 /// Where the conntrack map of layouts 1 and 2 is pinned while a migration
 /// to layout 3 copies it (bpffs refuses names with a dot).
@@ -112,18 +115,37 @@ impl std::ops::AddAssign for MigrationReport {
 /// Layouts an agent of this version migrates from.
 pub const MIGRATES_FROM: &[u32] = &[1, 2];
 
+/// Where a map of the table whose key or value changed after layout
+/// `m.layout - 1` is pinned while a migration copies it (bpffs refuses
+/// names with a dot): [`OLD_CT4_PIN`] for the conntrack map of layout 3.
+pub fn old_pin(m: &MapDef) -> String {
+    format!("{}_LAYOUT{}", m.name, m.layout - 1)
+}
+
+/// The maps a folder of layout `from` has in an older form: the loader
+/// creates them anew, and the migration copies their entries.
+fn changed_since(from: u32) -> impl Iterator<Item = &'static MapDef> {
+    MAPS.iter().filter(move |m| m.layout > from)
+}
+
+/// Every name an old map may be pinned under during a migration (for
+/// `svcnat cleanup`).
+pub fn old_pins() -> impl Iterator<Item = String> {
+    changed_since(0).filter(|m| m.layout > 1).map(old_pin)
+}
+
 /// Before the new object is loaded on a folder of layout `from`: moves the
-/// old conntrack map's pin aside (layout 3 has a new conntrack map), unless
-/// an interrupted migration did already.
+/// pins of the maps whose form changed since (layout 3: the conntrack map)
+/// aside, unless an interrupted migration did already.
 pub fn prepare(dir: &Path, from: u32) -> Result<()> {
-    if from >= 3 {
-        return Ok(());
+    for m in changed_since(from) {
+        let (cur, old) = (dir.join(m.name), dir.join(old_pin(m)));
+        if old.exists() || !cur.exists() {
+            continue;
+        }
+        fs::rename(&cur, &old).map_err(|source| DataplaneError::Io { path: cur, source })?;
     }
-    let (cur, old) = (dir.join(map_names::CT4), dir.join(OLD_CT4_PIN));
-    if old.exists() || !cur.exists() {
-        return Ok(());
-    }
-    fs::rename(&cur, &old).map_err(|source| DataplaneError::Io { path: cur, source })
+    Ok(())
 }
 
 /// Migrates the maps pinned in `dir` from layout `from` to this agent's.
@@ -307,4 +329,21 @@ pub fn v1_to_v2(dir: &Path, remove_old: bool) -> Result<MigrationReport> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_old_conntrack_pin_follows_the_table() {
+        let ct = MapDef::by_name(map_names::CT4).expect("conntrack map");
+        assert_eq!(old_pin(ct), OLD_CT4_PIN);
+        assert_eq!(old_pins().collect::<Vec<_>>(), [OLD_CT4_PIN]);
+        assert_eq!(
+            changed_since(2).map(|m| m.name).collect::<Vec<_>>(),
+            [map_names::CT4]
+        );
+        assert_eq!(changed_since(proxy_common::LAYOUT_VERSION).count(), 0);
+    }
 }
