@@ -1,12 +1,28 @@
 //! The svcnat agent: it keeps the BPF maps of the svcnat datapath equal to what
 //! the cluster says.
 //!
-//! Sources -> model -> sync -> dataplane (maps). See `DESIGN.md`.
+//! Sources -> model -> plan -> sync -> dataplane (maps):
+//!
+//! - [`sources`] read Services and EndpointSlices (a Kubernetes API server,
+//!   or a folder of manifests) and send them as events;
+//! - [`model`] turns one Service and its slices into what it promises
+//!   (ports, frontends, backends, policies), reporting what it cannot use;
+//! - [`plan`] turns a model into frontends with typed policy, and says what
+//!   the datapath can serve;
+//! - [`sync`] keeps the store of objects and applies the plan of each
+//!   changed Service to the dataplane, once per batch of changes;
+//! - [`dataplane`] loads, pins, sizes, migrates and attaches the eBPF
+//!   programs and keeps their maps equal to the plan (its `maps` module is
+//!   the only codec of map entries).
+//!
+//! Around them: [`agent`] wires the tasks, [`healthcheck`] and [`metrics`]
+//! serve HTTP, [`inspect`] reads the pinned maps for `svcnat inspect`,
+//! [`host`] lists the node's interfaces and addresses. The README's
+//! "Layout" section maps the repository.
 
 pub mod agent;
 pub mod cluster;
 pub mod dataplane;
-pub use dataplane::migrate;
 pub mod healthcheck;
 pub mod host;
 pub mod inspect;

@@ -23,8 +23,7 @@ use proxy_common::{
     SVC_FLAG_NODE_PORT,
 };
 use svcnat::{
-    dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
-    migrate::CtValueV2,
+    dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup, migrate::CtValueV2},
     netns::unique_tag,
     testing::{
         datapath::{TEST_MAP_SIZES, TEST_RUN_IFINDEX, TcProgram, TestDatapath, skip_reason},
@@ -168,7 +167,7 @@ fn layouts(dir: &Path) -> Vec<String> {
 /// Opens the current dataplane on the old folder (which migrates), as the
 /// agent does, and finishes the migration as the agent does once its
 /// programs are attached. Returns the report of the finishing pass.
-fn upgrade(dir: &Path) -> svcnat::migrate::MigrationReport {
+fn upgrade(dir: &Path) -> svcnat::dataplane::migrate::MigrationReport {
     let cfg = DataplaneConfig {
         bpffs: dir.to_path_buf(),
         sizes: MapSizes::default(),
@@ -179,7 +178,7 @@ fn upgrade(dir: &Path) -> svcnat::migrate::MigrationReport {
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(layouts(dir), vec!["layout-v3".to_string()]);
     assert!(
-        !dir.join(svcnat::migrate::OLD_CT4_PIN).exists(),
+        !dir.join(svcnat::dataplane::migrate::OLD_CT4_PIN).exists(),
         "the old conntrack map's pin is gone"
     );
     let snat: aya::maps::HashMap<_, proxy_common::Ct4Key, proxy_common::Snat4Value> =
@@ -251,7 +250,7 @@ fn flows_of_layout_2_survive_the_upgrade() {
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(report.copied, 2, "the late flow's two entries: {report:?}");
     assert_eq!(layouts(&dir.0), vec!["layout-v3".to_string()]);
-    assert!(!dir.0.join(svcnat::migrate::OLD_CT4_PIN).exists());
+    assert!(!dir.0.join(svcnat::dataplane::migrate::OLD_CT4_PIN).exists());
     drop(dp);
     drop(old);
 

@@ -8,6 +8,7 @@ mod cmd;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod imports;
 mod setup;
 mod test;
 
@@ -66,6 +67,9 @@ enum Task {
         #[arg(long, value_parser = fuzz::parse_seed)]
         seed: Option<u64>,
     },
+    /// Print the import graphs of the agent's and the datapath's modules
+    /// and fail if either has a circle (see `xtask/src/imports.rs`).
+    Imports,
     /// Run setup, build-ebpf --release, then the demo (`proxy-user/examples/demo.rs`) in release mode.
     Demo {
         /// Passed to the demo (`--requests N`, `--manifests DIR`, `--svcnat PATH`).
@@ -108,6 +112,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             let object = ebpf::build(&root, &toolchain, true)?;
             fuzz::run(&root, &object, packets, seed)
         }
+        Task::Imports => imports::run(&root),
         Task::Demo { args } => {
             let object = ebpf::build(&root, &toolchain, true)?;
             demo::run(&root, &object, &args)
