@@ -86,64 +86,74 @@ impl Dataplane {
     /// Attaches ingress and egress on one interface. Returns whether pinned
     /// links were adopted (true) rather than created (false).
     pub(super) fn attach_one(&mut self, index: u32, name: &str) -> Result<bool> {
-        let mut adopted = true;
-        for (prog_name, kind, suffix) in [
-            (
-                program_names::TC_POD_INGRESS,
-                TcAttachType::Ingress,
-                "ingress",
-            ),
-            (program_names::TC_POD_EGRESS, TcAttachType::Egress, "egress"),
-        ] {
-            let pin = self
-                .dir
-                .join("links")
-                .join(format!("{index}-{name}-{suffix}"));
-            let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, prog_name)?;
-            let link_err = |what: String| DataplaneError::Link {
-                ifname: name.into(),
-                what,
-            };
-            match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    // Atomic replacement of the program behind the existing link.
-                    let link = SchedClassifierLink::try_from(FdLink::from(old))
-                        .map_err(|e| link_err(format!("pinned link {}: {e}", pin.display())))?;
-                    let id =
-                        prog.attach_to_link(link)
-                            .map_err(|source| DataplaneError::Program {
-                                name: format!("{prog_name} on {name}"),
-                                source,
-                            })?;
-                    // The pin keeps the link; our handle can go.
-                    drop(prog.take_link(id));
-                }
-                Err(_) => {
-                    adopted = false;
-                    let id = prog
-                        .attach_with_options(
-                            name,
-                            kind,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        )
-                        .map_err(|source| DataplaneError::Program {
-                            name: format!("{prog_name} on {name}"),
-                            source,
-                        })?;
-                    let link = prog
-                        .take_link(id)
-                        .map_err(|source| DataplaneError::Program {
-                            name: prog_name.into(),
-                            source,
-                        })?;
-                    let fd = FdLink::try_from(link)
-                        .map_err(|e| link_err(format!("not a TCX link: {e}")))?;
-                    fd.pin(&pin)
-                        .map_err(|e| link_err(format!("pin {}: {e}", pin.display())))?;
-                }
+        let ingress = self.attach_tc(
+            program_names::TC_POD_INGRESS,
+            TcAttachType::Ingress,
+            index,
+            name,
+            "ingress",
+        )?;
+        let egress = self.attach_tc(
+            program_names::TC_POD_EGRESS,
+            TcAttachType::Egress,
+            index,
+            name,
+            "egress",
+        )?;
+        Ok(ingress && egress)
+    }
+
+    /// Attaches TC program `prog_name` on `kind` of interface `name` as a
+    /// TCX link pinned as `<index>-<name>-<suffix>`: a link already pinned
+    /// there gets the program swapped in atomically (returns true), else a
+    /// new link is made and pinned (false).
+    fn attach_tc(
+        &mut self,
+        prog_name: &str,
+        kind: TcAttachType,
+        index: u32,
+        name: &str,
+        suffix: &str,
+    ) -> Result<bool> {
+        let pin = self
+            .dir
+            .join("links")
+            .join(format!("{index}-{name}-{suffix}"));
+        let link_err = |what: String| DataplaneError::Link {
+            ifname: name.into(),
+            what,
+        };
+        let prog_err = |source| DataplaneError::Program {
+            name: format!("{prog_name} on {name}"),
+            source,
+        };
+        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, prog_name)?;
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                // Atomic replacement of the program behind the existing link.
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| link_err(format!("pinned link {}: {e}", pin.display())))?;
+                let id = prog.attach_to_link(link).map_err(prog_err)?;
+                // The pin keeps the link; our handle can go.
+                drop(prog.take_link(id));
+                Ok(true)
+            }
+            Err(_) => {
+                let id = prog
+                    .attach_with_options(
+                        name,
+                        kind,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(prog_err)?;
+                let link = prog.take_link(id).map_err(prog_err)?;
+                let fd =
+                    FdLink::try_from(link).map_err(|e| link_err(format!("not a TCX link: {e}")))?;
+                fd.pin(&pin)
+                    .map_err(|e| link_err(format!("pin {}: {e}", pin.display())))?;
+                Ok(false)
             }
         }
-        Ok(adopted)
     }
 
     /// Attaches the node programs to every interface of the current network
@@ -260,37 +270,14 @@ impl Dataplane {
                     .map_err(|e| link_err(format!("pin {}: {e}", pin.display())))?;
             }
         }
-        let pin = links.join(format!("{index}-{name}-node-egress"));
-        let prog_name = program_names::TC_NODE_EGRESS;
-        let tc_err = |source| DataplaneError::Program {
-            name: format!("{prog_name} on {name}"),
-            source,
-        };
-        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, prog_name)?;
-        match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(old))
-                    .map_err(|e| link_err(format!("pinned link {}: {e}", pin.display())))?;
-                let id = prog.attach_to_link(link).map_err(tc_err)?;
-                drop(prog.take_link(id));
-            }
-            Err(_) => {
-                adopted = false;
-                let id = prog
-                    .attach_with_options(
-                        name,
-                        TcAttachType::Egress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(tc_err)?;
-                let link = prog.take_link(id).map_err(tc_err)?;
-                let fd =
-                    FdLink::try_from(link).map_err(|e| link_err(format!("not a TCX link: {e}")))?;
-                fd.pin(&pin)
-                    .map_err(|e| link_err(format!("pin {}: {e}", pin.display())))?;
-            }
-        }
-        Ok(adopted)
+        let egress = self.attach_tc(
+            program_names::TC_NODE_EGRESS,
+            TcAttachType::Egress,
+            index,
+            name,
+            "node-egress",
+        )?;
+        Ok(adopted && egress)
     }
 }
 

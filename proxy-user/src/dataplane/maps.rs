@@ -337,3 +337,18 @@ pub fn kind_of(flags: u16) -> FrontendKind {
         FrontendKind::ExternalIp
     }
 }
+
+/// Writes `v` under `k` unless `map` already holds exactly that (drift
+/// repair); returns whether it wrote.
+pub(super) fn ensure<K: aya::Pod, V: aya::Pod + PartialEq>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    k: K,
+    v: V,
+) -> Result<bool> {
+    if map.get(&k, 0).ok() == Some(v) {
+        return Ok(false);
+    }
+    map.insert(k, v, 0).map_err(map_err(name))?;
+    Ok(true)
+}

@@ -15,8 +15,8 @@ use proxy_common::{
 use super::error::{DataplaneError, Result, map_err};
 use super::handle::Dataplane;
 use super::maps::{
-    RangeId, ignore_missing, normalize_range, prune, range_id, range_key, range_key_of, svc_entry,
-    vip_marker,
+    RangeId, ensure, ignore_missing, normalize_range, prune, range_id, range_key, range_key_of,
+    svc_entry, vip_marker,
 };
 use super::table::{
     Backend4Spec, BackendKey, BackendSlot, Frontend4, FrontendSpec, ServiceMirror, ServiceOpts,
@@ -61,13 +61,12 @@ impl Dataplane {
                 proto: key.proto,
                 flags: b.flags,
             };
-            if self.maps.BACKEND4.get(&b.id, 0).ok() != Some(want) {
-                self.maps
-                    .BACKEND4
-                    .insert(b.id, want, 0)
-                    .map_err(map_err(map_names::BACKEND4))?;
-                fixed += 1;
-            }
+            fixed += usize::from(ensure(
+                &mut self.maps.BACKEND4,
+                map_names::BACKEND4,
+                b.id,
+                want,
+            )?);
         }
         for (scope, fe, s) in self
             .table
@@ -87,13 +86,7 @@ impl Dataplane {
                     slot: i as u32 + 1,
                 };
                 let v = SlotValue { backend_id: *id };
-                if self.maps.SLOTS.get(&k, 0).ok() != Some(v) {
-                    self.maps
-                        .SLOTS
-                        .insert(k, v, 0)
-                        .map_err(map_err(map_names::SLOTS))?;
-                    fixed += 1;
-                }
+                fixed += usize::from(ensure(&mut self.maps.SLOTS, map_names::SLOTS, k, v)?);
             }
             let rv = RevNat4 {
                 vip: fe.vip.octets(),
@@ -101,39 +94,25 @@ impl Dataplane {
                 proto: fe.proto,
                 pad: 0,
             };
-            if self.maps.REVNAT4.get(&s.svc_id, 0).ok() != Some(rv) {
-                self.maps
-                    .REVNAT4
-                    .insert(s.svc_id, rv, 0)
-                    .map_err(map_err(map_names::REVNAT4))?;
-                fixed += 1;
-            }
+            fixed += usize::from(ensure(
+                &mut self.maps.REVNAT4,
+                map_names::REVNAT4,
+                s.svc_id,
+                rv,
+            )?);
             let label = SvcLabel::new(&s.label);
-            if self.maps.LABELS.get(&s.svc_id, 0).ok() != Some(label) {
-                self.maps
-                    .LABELS
-                    .insert(s.svc_id, label, 0)
-                    .map_err(map_err(map_names::LABELS))?;
-                fixed += 1;
-            }
+            fixed += usize::from(ensure(
+                &mut self.maps.LABELS,
+                map_names::LABELS,
+                s.svc_id,
+                label,
+            )?);
             let (k, v) = svc_entry(fe, scope, s);
-            if self.maps.SVC4.get(&k, 0).ok() != Some(v) {
-                self.maps
-                    .SVC4
-                    .insert(k, v, 0)
-                    .map_err(map_err(map_names::SVC4))?;
-                fixed += 1;
-            }
+            fixed += usize::from(ensure(&mut self.maps.SVC4, map_names::SVC4, k, v)?);
         }
         for vip in self.table.vips.keys() {
             let (k, v) = vip_marker(*vip);
-            if self.maps.SVC4.get(&k, 0).ok() != Some(v) {
-                self.maps
-                    .SVC4
-                    .insert(k, v, 0)
-                    .map_err(map_err(map_names::SVC4))?;
-                fixed += 1;
-            }
+            fixed += usize::from(ensure(&mut self.maps.SVC4, map_names::SVC4, k, v)?);
         }
         // Deletions last: what the maps hold and the mirror does not.
         let (services, internal, vips) =
