@@ -72,7 +72,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use svcnat::{
     dataplane::{
-        Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, ServiceOpts, cleanup,
+        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
     },
     netns::{NetNs, run_ok, skip_reason, veth},
 };
@@ -1060,20 +1060,20 @@ fn load_rules(
     Ok(secs)
 }
 
-fn specs(svc: &Svc) -> Vec<Backend4Spec> {
+fn specs(svc: &Svc) -> Vec<BackendSpec> {
     svc.endpoints
         .iter()
-        .map(|(addr, port)| Backend4Spec {
-            addr: *addr,
+        .map(|(addr, port)| BackendSpec {
+            addr: (*addr).into(),
             port: *port,
             flags: 0,
         })
         .collect()
 }
 
-fn frontend(svc: &Svc) -> Frontend4 {
-    Frontend4 {
-        vip: svc.vip,
+fn frontend(svc: &Svc) -> Frontend {
+    Frontend {
+        addr: svc.vip.into(),
         port: svc.port,
         proto: 6,
     }
@@ -1095,7 +1095,7 @@ fn setup_svcnat(topo: &mut Topology, svcs: &[Svc]) -> Result<f64> {
     let _ = cleanup(&bpffs);
     topo.bpffs = Some(bpffs.clone());
     let n = svcs.len() as u32;
-    let work: Vec<(Frontend4, Vec<Backend4Spec>)> =
+    let work: Vec<(Frontend, Vec<BackendSpec>)> =
         svcs.iter().map(|s| (frontend(s), specs(s))).collect();
     let (dp, secs) = topo.node.run(move || -> Result<(Dataplane, f64)> {
         let cfg = DataplaneConfig {

@@ -1,7 +1,12 @@
 //! `svcnat inspect`: reads the pinned maps (the agent need not run) and shows
 //! them joined back to names, as tables or JSON.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY,
@@ -133,7 +138,7 @@ fn labels(maps: &Maps) -> Result<BTreeMap<u32, String>> {
 
 /// The source ranges in the pinned map, by service id, as `addr/len`.
 fn source_ranges(maps: &Maps) -> Result<BTreeMap<u32, Vec<String>>> {
-    let mut out: BTreeMap<u32, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
+    let mut out: BTreeMap<u32, Vec<(IpAddr, u8)>> = BTreeMap::new();
     for k in maps.SRCRANGE4.keys() {
         let k = k.map_err(map_err(map_names::SRCRANGE4))?;
         if let Some((svc_id, range)) = range_of(&k) {

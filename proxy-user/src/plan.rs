@@ -158,7 +158,15 @@ pub fn plan(m: &ServiceModel) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<Strin
                     p.local_only = true;
                 }
                 if fe.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
-                    p.source_ranges = Some(port.source_ranges.clone());
+                    // Ranges of the other family never match this port's
+                    // clients (with none left, nobody is admitted).
+                    let same: Vec<(IpAddr, u8)> = port
+                        .source_ranges
+                        .iter()
+                        .filter(|(a, _)| Family::of(a) == port.family)
+                        .copied()
+                        .collect();
+                    p.source_ranges = Some(same);
                 }
             }
             out.push((key, p));

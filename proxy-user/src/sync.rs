@@ -23,7 +23,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use tokio::sync::mpsc;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, Frontend4, FrontendSpec, Upsert},
+    dataplane::{Dataplane, DataplaneError, Frontend, FrontendSpec, Upsert},
     healthcheck::{self, HealthChecks},
     model::{self, NodeInfo, ServiceModel, ServiceName},
     plan,
@@ -88,8 +88,8 @@ pub struct Syncer {
     dirty: BTreeSet<ServiceName>,
     /// When each dirty service first changed (for programming latency).
     dirty_since: BTreeMap<ServiceName, Instant>,
-    owned: BTreeMap<ServiceName, BTreeSet<Frontend4>>,
-    owner: BTreeMap<Frontend4, ServiceName>,
+    owned: BTreeMap<ServiceName, BTreeSet<Frontend>>,
+    owner: BTreeMap<Frontend, ServiceName>,
     /// Last problems reported per service, to log each once until it changes.
     reported: BTreeMap<ServiceName, Vec<String>>,
     resynced: BTreeSet<Kind>,
@@ -319,7 +319,7 @@ impl Syncer {
     fn sync_service(&mut self, dp: &mut Dataplane, name: &ServiceName, report: &mut PassReport) {
         let key = (name.namespace.clone(), name.name.clone());
         let mut problems = Vec::new();
-        let mut want: BTreeMap<Frontend4, FrontendSpec> = BTreeMap::new();
+        let mut want: BTreeMap<Frontend, FrontendSpec> = BTreeMap::new();
         let mut need = None;
         if let Some(svc) = self.services.get(&key) {
             let slices: Vec<&EndpointSlice> = self
@@ -372,7 +372,7 @@ impl Syncer {
             }
             now_owned.insert(*fe);
         }
-        let gone: Vec<Frontend4> = had.difference(&now_owned).copied().collect();
+        let gone: Vec<Frontend> = had.difference(&now_owned).copied().collect();
         for fe in &gone {
             match dp.delete_service(fe) {
                 Ok(_) => report.deleted += 1,
@@ -432,15 +432,13 @@ impl Syncer {
     fn desired(
         &self,
         m: &ServiceModel,
-        want: &mut BTreeMap<Frontend4, FrontendSpec>,
+        want: &mut BTreeMap<Frontend, FrontendSpec>,
         problems: &mut Vec<String>,
     ) {
         let (planned, unsupported) = plan::plan(m);
         problems.extend(unsupported);
         for (key, p) in &planned {
-            if let Some(fe) = Frontend4::of_key(key) {
-                want.insert(fe, FrontendSpec::of_plan(p));
-            }
+            want.insert(Frontend::from(key), FrontendSpec::of_plan(p));
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -21,7 +21,7 @@ use proxy_common::{
 };
 use svcnat::{
     dataplane::{
-        Backend4Spec, ClearedFlows, Dataplane, DataplaneConfig, DataplaneError, Frontend4,
+        BackendSpec, ClearedFlows, Dataplane, DataplaneConfig, DataplaneError, Frontend,
         FrontendSpec, MapSizes, ServiceOpts, Upsert, cleanup, open_pinned, program_fd,
     },
     inspect,
@@ -98,17 +98,25 @@ fn small() -> MapSizes {
     }
 }
 
-fn fe(last: u8, port: u16) -> Frontend4 {
-    Frontend4 {
-        vip: Ipv4Addr::new(198, 19, 0, last),
+/// The IPv4 address of a frontend or backend (every one these tests make).
+fn v4(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => panic!("{a}: the tests make IPv4 addresses only"),
+    }
+}
+
+fn fe(last: u8, port: u16) -> Frontend {
+    Frontend {
+        addr: Ipv4Addr::new(198, 19, 0, last).into(),
         port,
         proto: 6,
     }
 }
 
-fn be(last: u8) -> Backend4Spec {
-    Backend4Spec {
-        addr: Ipv4Addr::new(198, 18, 1, last),
+fn be(last: u8) -> BackendSpec {
+    BackendSpec {
+        addr: Ipv4Addr::new(198, 18, 1, last).into(),
         port: 8080,
         flags: 0,
     }
@@ -116,7 +124,7 @@ fn be(last: u8) -> Backend4Spec {
 
 /// What the pinned maps say about one frontend: its entry and its backends
 /// in slot order, read without the dataplane's mirror.
-fn read_back(dir: &PinDir, f: Frontend4) -> Option<(SvcValue, Vec<Backend4>)> {
+fn read_back(dir: &PinDir, f: Frontend) -> Option<(SvcValue, Vec<Backend4>)> {
     let svc: HashMap<_, Svc4Key, SvcValue> =
         HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("svc map")).expect("svc");
     let slots: HashMap<_, SlotKey, SlotValue> =
@@ -125,7 +133,7 @@ fn read_back(dir: &PinDir, f: Frontend4) -> Option<(SvcValue, Vec<Backend4>)> {
     let backends: HashMap<_, u32, Backend4> =
         HashMap::try_from(open_pinned(&dir.0, map_names::BACKEND4).expect("be map")).expect("be");
     let key = Svc4Key {
-        vip: f.vip.octets(),
+        vip: v4(f.addr).octets(),
         port: f.port,
         proto: f.proto,
         scope: SCOPE_EXTERNAL,
@@ -231,7 +239,7 @@ fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
     let marker = svc
         .get(
             &Svc4Key {
-                vip: f.vip.octets(),
+                vip: v4(f.addr).octets(),
                 port: 0,
                 proto: 0,
                 scope: SCOPE_EXTERNAL,
@@ -243,7 +251,10 @@ fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
     let rev: HashMap<_, u32, RevNat4> =
         HashMap::try_from(open_pinned(&dir.0, map_names::REVNAT4).expect("map")).expect("rev");
     let r = rev.get(&v.svc_id, 0).expect("revnat entry");
-    assert_eq!((Ipv4Addr::from(r.vip), r.port, r.proto), (f.vip, 80, 6));
+    assert_eq!(
+        (Ipv4Addr::from(r.vip), r.port, r.proto),
+        (v4(f.addr), 80, 6)
+    );
 
     // Idempotent.
     assert_eq!(
@@ -361,7 +372,7 @@ fn repair_restores_entries_deleted_by_hand_and_removes_strays() {
         let mut svc: HashMap<_, Svc4Key, SvcValue> =
             HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("map")).expect("svc");
         svc.remove(&Svc4Key {
-            vip: f.vip.octets(),
+            vip: v4(f.addr).octets(),
             port: 80,
             proto: 6,
             scope: SCOPE_EXTERNAL,
@@ -442,8 +453,8 @@ fn opts(affinity_timeout: u32) -> ServiceOpts {
     }
 }
 
-fn range(a: u8, b: u8, c: u8, len: u8) -> (Ipv4Addr, u8) {
-    (Ipv4Addr::new(198, a, b, c), len)
+fn range(a: u8, b: u8, c: u8, len: u8) -> (IpAddr, u8) {
+    (Ipv4Addr::new(198, a, b, c).into(), len)
 }
 
 /// The source-range keys of the pinned LPM map as (service id, `addr/len`).
@@ -560,7 +571,7 @@ fn affinity_entries_go_with_their_service_and_when_affinity_is_turned_off() {
     dp.upsert_service(b, &[be(1), be(2)], &opts(300))
         .expect("b");
     dp.upsert_service(c, &[be(1)], &opts(300)).expect("c");
-    let id = |f: Frontend4| dp.service(&f).expect("frontend").svc_id;
+    let id = |f: Frontend| dp.service(&f).expect("frontend").svc_id;
     let (ia, ib, ic) = (id(a), id(b), id(c));
     for (client, svc) in [(1, ia), (2, ia), (1, ib), (3, ib), (1, ic)] {
         remember(&dir, client, svc);
@@ -587,7 +598,7 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
     require_kernel!();
     let dir = PinDir::new("inspect");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
-    let local = Backend4Spec {
+    let local = BackendSpec {
         flags: BACKEND_FLAG_LOCAL,
         ..be(1)
     };
@@ -598,8 +609,8 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
     let cluster_ip = fe(40, 80);
     dp.upsert_service(cluster_ip, &[local, be(2)], &label("shop/web:http"))
         .expect("cluster ip");
-    let node_port = Frontend4 {
-        vip: Ipv4Addr::new(198, 18, 0, 2),
+    let node_port = Frontend {
+        addr: Ipv4Addr::new(198, 18, 0, 2).into(),
         port: 30080,
         proto: 6,
     };
@@ -647,9 +658,9 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
         4,
         "one row per frontend, scopes folded: {rows:?}"
     );
-    let row = |f: Frontend4| {
+    let row = |f: Frontend| {
         rows.iter()
-            .find(|r| r.vip == f.vip && r.port == f.port)
+            .find(|r| r.vip == v4(f.addr) && r.port == f.port)
             .unwrap_or_else(|| panic!("no row for {f}"))
     };
     let r = row(cluster_ip);
@@ -782,19 +793,19 @@ fn syn_from_pod(dp: &Dataplane, client: SocketAddrV4, to: SocketAddrV4) -> Socke
     dst
 }
 
-fn udp_fe(last: u8, port: u16) -> Frontend4 {
-    Frontend4 {
+fn udp_fe(last: u8, port: u16) -> Frontend {
+    Frontend {
         proto: IPPROTO_UDP,
         ..fe(last, port)
     }
 }
 
-fn sock(f: Frontend4) -> SocketAddrV4 {
-    SocketAddrV4::new(f.vip, f.port)
+fn sock(f: Frontend) -> SocketAddrV4 {
+    SocketAddrV4::new(v4(f.addr), f.port)
 }
 
-fn be_sock(b: Backend4Spec) -> SocketAddrV4 {
-    SocketAddrV4::new(b.addr, b.port)
+fn be_sock(b: BackendSpec) -> SocketAddrV4 {
+    SocketAddrV4::new(v4(b.addr), b.port)
 }
 
 fn ct_map(dir: &PinDir) -> HashMap<aya::maps::MapData, Ct4Key, CtValue> {
@@ -855,8 +866,8 @@ fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
     let dns2 = udp_fe(41, 53);
     let web = fe(40, 80);
     let node = Ipv4Addr::new(198, 18, 0, 1);
-    let np = Frontend4 {
-        vip: node,
+    let np = Frontend {
+        addr: node.into(),
         port: 30053,
         proto: IPPROTO_UDP,
     };
@@ -884,7 +895,7 @@ fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
     dp.upsert_service(web, &[b1], &opts(0)).expect("web");
     assert_eq!(syn_from_pod(&dp, client(1, 40000), sock(web)), be_sock(b1));
     // A node port to a backend on another node: DNAT and SNAT at XDP.
-    let np_spec = |b: Backend4Spec| FrontendSpec {
+    let np_spec = |b: BackendSpec| FrontendSpec {
         backends: vec![b],
         flags: SVC_FLAG_EXTERNAL | SVC_FLAG_NODE_PORT,
         ..FrontendSpec::default()
@@ -1066,7 +1077,7 @@ fn session_affinity_survives_other_backends_coming_and_going() {
     drop(dp);
     let dp = Dataplane::open(&dir.config(small())).expect("adopt");
     let s = dp.service(&web).expect("adopted");
-    let mut got: Vec<u8> = s.backends.iter().map(|b| b.addr.octets()[3]).collect();
+    let mut got: Vec<u8> = s.backends.iter().map(|b| v4(b.addr).octets()[3]).collect();
     got.sort_unstable();
     assert_eq!(got, vec![3, 5, 6, 8]);
     check(&dp, &affine, &[3, 5, 6, 8], &mut connect, "after adoption");

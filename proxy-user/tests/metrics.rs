@@ -20,7 +20,7 @@ use aya::maps::{HashMap, MapData};
 use proxy_common::{Ct4Key, CtValue, Reason, StatValue, map_names};
 use svcnat::{
     dataplane::{
-        Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, ServiceOpts, cleanup,
+        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
         open_pinned,
     },
     metrics::{
@@ -776,9 +776,9 @@ impl Drop for PinDir {
     }
 }
 
-fn backend(last: u8, port: u16) -> Backend4Spec {
-    Backend4Spec {
-        addr: Ipv4Addr::new(10, 1, 0, last),
+fn backend(last: u8, port: u16) -> BackendSpec {
+    BackendSpec {
+        addr: Ipv4Addr::new(10, 1, 0, last).into(),
         port,
         flags: 0,
     }
@@ -810,8 +810,8 @@ async fn the_sampler_reads_counts_capacities_and_conntrack_from_the_maps() {
         let opts = ServiceOpts::default();
         // Two frontends of one VIP sharing backend .1:8080; .2:8080 only in the first.
         dp.upsert_service(
-            Frontend4 {
-                vip,
+            Frontend {
+                addr: vip.into(),
                 port: 80,
                 proto: 6,
             },
@@ -820,8 +820,8 @@ async fn the_sampler_reads_counts_capacities_and_conntrack_from_the_maps() {
         )
         .expect("upsert");
         dp.upsert_service(
-            Frontend4 {
-                vip,
+            Frontend {
+                addr: vip.into(),
                 port: 443,
                 proto: 6,
             },

@@ -17,7 +17,7 @@ use std::{
 use proxy_common::Reason;
 use svcnat::{
     dataplane::{
-        Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, ServiceOpts, cleanup,
+        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
     },
     netns::{NetNs, skip_reason, unique_tag, veth},
 };
@@ -152,17 +152,17 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
                 report.failed
             );
             assert_eq!(report.attached.len(), 3, "{report:?}");
-            let specs: Vec<Backend4Spec> = backends
+            let specs: Vec<BackendSpec> = backends
                 .iter()
-                .map(|a| Backend4Spec {
-                    addr: *a,
+                .map(|a| BackendSpec {
+                    addr: (*a).into(),
                     port: 8080,
                     flags: 0,
                 })
                 .collect();
             dp.upsert_service(
-                Frontend4 {
-                    vip: VIP,
+                Frontend {
+                    addr: VIP.into(),
                     port: 80,
                     proto: 6,
                 },
@@ -170,17 +170,17 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
                 &opts(0),
             )
             .expect("tcp service");
-            let udp: Vec<Backend4Spec> = backends
+            let udp: Vec<BackendSpec> = backends
                 .iter()
-                .map(|a| Backend4Spec {
-                    addr: *a,
+                .map(|a| BackendSpec {
+                    addr: (*a).into(),
                     port: 5353,
                     flags: 0,
                 })
                 .collect();
             dp.upsert_service(
-                Frontend4 {
-                    vip: VIP,
+                Frontend {
+                    addr: VIP.into(),
                     port: 53,
                     proto: 17,
                 },
@@ -190,8 +190,8 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
             .expect("udp service");
             // A port whose service has no endpoints.
             dp.upsert_service(
-                Frontend4 {
-                    vip: VIP,
+                Frontend {
+                    addr: VIP.into(),
                     port: 81,
                     proto: 6,
                 },
@@ -200,8 +200,8 @@ fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
             )
             .expect("empty tcp service");
             dp.upsert_service(
-                Frontend4 {
-                    vip: VIP,
+                Frontend {
+                    addr: VIP.into(),
                     port: 54,
                     proto: 17,
                 },
@@ -368,15 +368,15 @@ fn one_client_port_to_two_services_sharing_a_backend() {
         .node
         .run(move || {
             let mut dp = open_attached(bpffs);
-            let spec = [Backend4Spec {
-                addr: backend,
+            let spec = [BackendSpec {
+                addr: backend.into(),
                 port: 8080,
                 flags: 0,
             }];
             for vip in [VIP, vip2] {
                 dp.upsert_service(
-                    Frontend4 {
-                        vip,
+                    Frontend {
+                        addr: vip.into(),
                         port: 80,
                         proto: 6,
                     },
@@ -452,13 +452,13 @@ fn a_pod_reaches_a_service_that_selects_it() {
             let mut dp = open_attached(bpffs);
             dp.set_hairpin_address(HAIRPIN).expect("hairpin address");
             dp.upsert_service(
-                Frontend4 {
-                    vip: VIP,
+                Frontend {
+                    addr: VIP.into(),
                     port: 80,
                     proto: 6,
                 },
-                &[Backend4Spec {
-                    addr: backend,
+                &[BackendSpec {
+                    addr: backend.into(),
                     port: 8080,
                     flags: 0,
                 }],

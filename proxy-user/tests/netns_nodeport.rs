@@ -26,7 +26,7 @@ use std::{
 use proxy_common::{BACKEND_FLAG_LOCAL, Reason, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_PORT};
 use svcnat::{
     dataplane::{
-        Backend4Spec, Dataplane, DataplaneConfig, Frontend4, FrontendSpec, MapSizes, ServiceOpts,
+        BackendSpec, Dataplane, DataplaneConfig, Frontend, FrontendSpec, MapSizes, ServiceOpts,
         cleanup,
     },
     netns::{NetNs, skip_reason, unique_tag, veth},
@@ -205,8 +205,8 @@ fn request(addr: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
 
 fn spec(backend: Ipv4Addr, local: bool) -> FrontendSpec {
     FrontendSpec {
-        backends: vec![Backend4Spec {
-            addr: backend,
+        backends: vec![BackendSpec {
+            addr: backend.into(),
             port: 8080,
             flags: if local { BACKEND_FLAG_LOCAL } else { 0 },
         }],
@@ -248,8 +248,8 @@ fn tcp_through_a_node_port_to_local_and_remote_backends() {
                 .expect("attach node");
             assert!(nodes.failed.is_empty(), "{nodes:?}");
             assert_eq!(nodes.attached, vec!["eth0".to_string()], "{nodes:?}");
-            let fe = |port| Frontend4 {
-                vip: NODE1,
+            let fe = |port| Frontend {
+                addr: NODE1.into(),
                 port,
                 proto: 6,
             };

@@ -15,6 +15,12 @@ pub enum DataplaneError {
         "the eBPF object is not embedded in this build: run `cargo xtask build-ebpf --release` and rebuild"
     )]
     NoObject,
+    /// An address of a family the maps do not have yet.
+    #[error("{addr}: IPv6 is not supported by the datapath yet")]
+    Family {
+        /// The address.
+        addr: std::net::IpAddr,
+    },
     /// The pin folder holds maps of another layout.
     #[error(
         "pinned maps in {dir} have layout version {found}, this agent uses {expected}: run `svcnat cleanup --bpffs {dir}` (this drops established flows) or use the agent version that pinned them"

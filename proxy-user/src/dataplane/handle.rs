@@ -11,7 +11,7 @@ use proxy_common::{MAPS, MapDef, MapSize, Reason, STAT_CT_CREATED, StatValue, ma
 
 use super::error::{Result, map_err};
 use super::maps::{Maps, read_stats, stat_slot};
-use super::table::{Frontend4, ServiceState, Table};
+use super::table::{Frontend, ServiceState, Table};
 /// Default pin folder.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/svcnat";
 
@@ -132,7 +132,7 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Every frontend the maps hold, with its backends in slot order.
-    pub fn services(&self) -> BTreeMap<Frontend4, ServiceState> {
+    pub fn services(&self) -> BTreeMap<Frontend, ServiceState> {
         self.table
             .services
             .keys()
@@ -141,7 +141,7 @@ impl Dataplane {
     }
 
     /// One frontend's state, if the maps hold it.
-    pub fn service(&self, fe: &Frontend4) -> Option<ServiceState> {
+    pub fn service(&self, fe: &Frontend) -> Option<ServiceState> {
         let s = self.table.services.get(fe)?;
         let mut state = self.table.state_of(s);
         state.internal_backends = self

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
     fs, io,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -22,7 +22,7 @@ use proxy_common::{
 use super::error::{DataplaneError, Result, io_err, map_err};
 use super::handle::{Dataplane, DataplaneConfig, MapSizes};
 use super::maps::{Maps, range_of};
-use super::table::{BackendKey, BackendSlot, Frontend4, ServiceMirror, Table, has_marker};
+use super::table::{BackendKey, BackendSlot, Frontend, ServiceMirror, Table, has_marker};
 
 impl Dataplane {
     /// Loads the embedded object, adopting maps already pinned under
@@ -274,7 +274,7 @@ impl Dataplane {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(map_names::SVC4))?;
-        let mut ranges: StdHashMap<u32, Vec<(Ipv4Addr, u8)>> = StdHashMap::new();
+        let mut ranges: StdHashMap<u32, Vec<(IpAddr, u8)>> = StdHashMap::new();
         for k in self.maps.SRCRANGE4.keys() {
             let k = k.map_err(map_err(map_names::SRCRANGE4))?;
             // A key no agent writes (prefix outside 32..=64) is left for repair.
@@ -288,8 +288,8 @@ impl Dataplane {
             {
                 continue;
             }
-            let fe = Frontend4 {
-                vip: Ipv4Addr::from(k.vip),
+            let fe = Frontend {
+                addr: IpAddr::from(k.vip),
                 port: k.port,
                 proto: k.proto,
             };
@@ -308,7 +308,7 @@ impl Dataplane {
             for id in &ids {
                 let b = by_id[id];
                 let key = BackendKey {
-                    addr: Ipv4Addr::from(b.addr),
+                    addr: IpAddr::from(b.addr),
                     port: b.port,
                     proto: b.proto,
                 };
@@ -322,7 +322,7 @@ impl Dataplane {
             }
             self.table.slot_count += ids.len();
             if k.scope == SCOPE_EXTERNAL && has_marker(v.flags) {
-                *self.table.vips.entry(fe.vip).or_default() += 1;
+                *self.table.vips.entry(fe.addr).or_default() += 1;
             }
             let label = self
                 .maps

@@ -14,13 +14,13 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie},
 };
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Reason, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SVC_FLAG_VIP, SrcRange4, StatValue, Svc4Key, SvcValue, map_names,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, Reason, RevNat4, SCOPE_EXTERNAL,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SrcRange4, StatValue, Svc4Key, SvcValue, map_names,
 };
 
 use super::error::{DataplaneError, Result, map_err};
-use super::table::{Backend4Spec, Frontend4, FrontendSpec, ServiceMirror, ServiceOpts};
+use super::table::{BackendKey, BackendSpec, Frontend, FrontendSpec, ServiceMirror, ServiceOpts};
 use crate::{
     model::FrontendKind,
     plan::{FrontendKey, PlannedBackend, PlannedFrontend},
@@ -92,35 +92,75 @@ pub(super) fn range_key_of(
     )
 }
 
-/// The service id and range of a source-range key; `None` for a key whose
-/// prefix length is not 32 (the service id) plus 0..=32.
-pub fn range_of(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> Option<(u32, (Ipv4Addr, u8))> {
-    let (svc_id, addr, prefix_len) = range_id(k);
-    let len = prefix_len.checked_sub(32).filter(|l| *l <= 32)?;
-    Some((svc_id, (Ipv4Addr::from(addr), len as u8)))
+/// The IPv4 address of `a`: the only family the maps have yet. Every
+/// address that goes into a map entry passes here, so that IPv6 is refused
+/// in one place (the plan reports IPv6 ports as unsupported before).
+pub(super) fn v4(a: IpAddr) -> Result<Ipv4Addr> {
+    match a {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(DataplaneError::Family { addr: a }),
+    }
 }
 
-/// A range with its host bits cleared and its prefix length at most 32.
-pub(super) fn normalize_range((addr, len): (Ipv4Addr, u8)) -> (Ipv4Addr, u8) {
-    let len = len.min(32);
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    (Ipv4Addr::from(u32::from(addr) & mask), len)
+/// The service id and range of a source-range key; `None` for a key whose
+/// prefix length is not 32 (the service id) plus 0..=32.
+pub fn range_of(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> Option<(u32, (IpAddr, u8))> {
+    let (svc_id, addr, prefix_len) = range_id(k);
+    let len = prefix_len.checked_sub(32).filter(|l| *l <= 32)?;
+    Some((svc_id, (IpAddr::from(addr), len as u8)))
+}
+
+/// A range with its host bits cleared and its prefix length at most the
+/// address's length.
+pub(super) fn normalize_range((addr, len): (IpAddr, u8)) -> (IpAddr, u8) {
+    match addr {
+        IpAddr::V4(a) => {
+            let len = len.min(32);
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            (IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), len)
+        }
+        IpAddr::V6(a) => {
+            let len = len.min(128);
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            (
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask)),
+                len,
+            )
+        }
+    }
 }
 
 /// The LPM key of source range `r` of service `svc_id`.
-pub(super) fn range_key(svc_id: u32, r: (Ipv4Addr, u8)) -> aya::maps::lpm_trie::Key<SrcRange4> {
+pub(super) fn range_key(
+    svc_id: u32,
+    r: (IpAddr, u8),
+) -> Result<aya::maps::lpm_trie::Key<SrcRange4>> {
     let (net, len) = normalize_range(r);
-    range_key_of((svc_id, net.octets(), 32 + u32::from(len)))
+    Ok(range_key_of((
+        svc_id,
+        v4(net)?.octets(),
+        32 + u32::from(len),
+    )))
 }
 
-pub(super) fn svc_entry(fe: &Frontend4, scope: u8, s: &ServiceMirror) -> (Svc4Key, SvcValue) {
-    (
-        Svc4Key {
-            vip: fe.vip.octets(),
-            port: fe.port,
-            proto: fe.proto,
-            scope,
-        },
+/// The frontend map key of `fe` in `scope`.
+pub(super) fn svc_key(fe: &Frontend, scope: u8) -> Result<Svc4Key> {
+    Ok(Svc4Key {
+        vip: v4(fe.addr)?.octets(),
+        port: fe.port,
+        proto: fe.proto,
+        scope,
+    })
+}
+
+/// The frontend entry of `fe` in `scope` as the mirror `s` has it.
+pub(super) fn svc_entry(
+    fe: &Frontend,
+    scope: u8,
+    s: &ServiceMirror,
+) -> Result<(Svc4Key, SvcValue)> {
+    Ok((
+        svc_key(fe, scope)?,
         SvcValue {
             svc_id: s.svc_id,
             count: s.backend_ids.len() as u16,
@@ -128,13 +168,14 @@ pub(super) fn svc_entry(fe: &Frontend4, scope: u8, s: &ServiceMirror) -> (Svc4Ke
             affinity_timeout: s.affinity_timeout,
             pad: 0,
         },
-    )
+    ))
 }
 
-pub(super) fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
-    (
+/// The marker entry of a VIP (a known address: other ports are rejected).
+pub(super) fn vip_marker(vip: IpAddr) -> Result<(Svc4Key, SvcValue)> {
+    Ok((
         Svc4Key {
-            vip: vip.octets(),
+            vip: v4(vip)?.octets(),
             port: 0,
             proto: 0,
             scope: SCOPE_EXTERNAL,
@@ -146,7 +187,27 @@ pub(super) fn vip_marker(vip: Ipv4Addr) -> (Svc4Key, SvcValue) {
             affinity_timeout: 0,
             pad: 0,
         },
-    )
+    ))
+}
+
+/// The reverse NAT entry of `fe`.
+pub(super) fn revnat_entry(fe: &Frontend) -> Result<RevNat4> {
+    Ok(RevNat4 {
+        vip: v4(fe.addr)?.octets(),
+        port: fe.port,
+        proto: fe.proto,
+        pad: 0,
+    })
+}
+
+/// The backend entry of `key` with `flags`.
+pub(super) fn backend_entry(key: &BackendKey, flags: u8) -> Result<Backend4> {
+    Ok(Backend4 {
+        addr: v4(key.addr)?.octets(),
+        port: key.port,
+        proto: key.proto,
+        flags,
+    })
 }
 
 /// `bpf_map_update_elem` flag `BPF_NOEXIST`: only create (linux/bpf.h).
@@ -255,40 +316,31 @@ pub(super) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
     })
 }
 
-impl Frontend4 {
-    /// The IPv4 frontend of a planned one; `None` for an IPv6 address (the
-    /// plan reports IPv6 ports as unsupported, see [`crate::plan::unsupported`]).
-    pub fn of_key(k: &FrontendKey) -> Option<Self> {
-        match k.addr {
-            IpAddr::V4(vip) => Some(Self {
-                vip,
-                port: k.port,
-                proto: k.protocol.number(),
-            }),
-            IpAddr::V6(_) => None,
+impl From<&FrontendKey> for Frontend {
+    fn from(k: &FrontendKey) -> Self {
+        Self {
+            addr: k.addr,
+            port: k.port,
+            proto: k.protocol.number(),
         }
     }
 }
 
 impl FrontendSpec {
     /// The entry of a planned frontend: its kind and policy as `SVC_FLAG_*`
-    /// bits, its backends' as `BACKEND_FLAG_*` bits (IPv6 addresses, which
-    /// an IPv4 port never has, are left out).
+    /// bits, its backends' as `BACKEND_FLAG_*` bits.
     pub fn of_plan(p: &PlannedFrontend) -> Self {
-        let backends = |list: &[PlannedBackend]| -> Vec<Backend4Spec> {
+        let backends = |list: &[PlannedBackend]| -> Vec<BackendSpec> {
             list.iter()
-                .filter_map(|b| match b.addr {
-                    IpAddr::V4(addr) => Some(Backend4Spec {
-                        addr,
-                        port: b.port,
-                        flags: (if b.local { BACKEND_FLAG_LOCAL } else { 0 })
-                            | (if b.terminating {
-                                BACKEND_FLAG_TERMINATING
-                            } else {
-                                0
-                            }),
-                    }),
-                    IpAddr::V6(_) => None,
+                .map(|b| BackendSpec {
+                    addr: b.addr,
+                    port: b.port,
+                    flags: (if b.local { BACKEND_FLAG_LOCAL } else { 0 })
+                        | (if b.terminating {
+                            BACKEND_FLAG_TERMINATING
+                        } else {
+                            0
+                        }),
                 })
                 .collect()
         };
@@ -304,13 +356,7 @@ impl FrontendSpec {
         let mut source_ranges = Vec::new();
         if let Some(ranges) = &p.source_ranges {
             flags |= SVC_FLAG_SOURCE_RANGES;
-            source_ranges = ranges
-                .iter()
-                .filter_map(|(a, len)| match a {
-                    IpAddr::V4(a) => Some((*a, *len)),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
+            source_ranges = ranges.clone();
         }
         Self {
             backends: backends(&p.backends),

@@ -35,5 +35,5 @@ pub use handle::{DEFAULT_BPFFS, Dataplane, DataplaneConfig, MapSizes};
 pub use loader::cleanup;
 pub use maps::{Maps, kind_of, open_pinned, range_of, read_stats, stat_slot};
 pub use table::{
-    Backend4Spec, Frontend4, FrontendSpec, ServiceOpts, ServiceState, Upsert, proto_name,
+    BackendSpec, Frontend, FrontendSpec, ServiceOpts, ServiceState, Upsert, proto_name,
 };

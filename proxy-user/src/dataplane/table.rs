@@ -6,27 +6,32 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use proxy_common::{
     CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key, CtValue, IPPROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT,
 };
 
-/// A service frontend: VIP, port, IP protocol number.
+/// A service frontend: address, port, IP protocol number. Family-neutral,
+/// as the whole table is: only the map codec (`maps.rs`) knows a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frontend4 {
-    /// Service address.
-    pub vip: Ipv4Addr,
+pub struct Frontend {
+    /// Service address, of either family (the map codec refuses IPv6 until
+    /// the datapath has it).
+    pub addr: IpAddr,
     /// Service port.
     pub port: u16,
     /// IP protocol number (6 TCP, 17 UDP).
     pub proto: u8,
 }
 
-impl std::fmt::Display for Frontend4 {
+impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.vip, self.port, proto_name(self.proto))
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, proto_name(self.proto)),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, proto_name(self.proto)),
+        }
     }
 }
 
@@ -43,9 +48,9 @@ pub fn proto_name(proto: u8) -> &'static str {
 
 /// A backend of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Backend4Spec {
+pub struct BackendSpec {
     /// Backend address.
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// Backend port.
     pub port: u16,
     /// `BACKEND_FLAG_*` bits.
@@ -58,7 +63,7 @@ pub struct ServiceState {
     /// Service id (key of slots and reverse NAT).
     pub svc_id: u32,
     /// Backends in slot order (slot 1 first).
-    pub backends: Vec<Backend4Spec>,
+    pub backends: Vec<BackendSpec>,
     /// Session affinity timeout, seconds (0: none).
     pub affinity_timeout: u32,
     /// Name for inspection (`namespace/name:port`).
@@ -67,9 +72,9 @@ pub struct ServiceState {
     pub flags: u16,
     /// Backends of the internal-scope entry, when the frontend has one
     /// (`SVC_FLAG_TWO_SCOPES`: pods see these, outside clients the above).
-    pub internal_backends: Option<Vec<Backend4Spec>>,
+    pub internal_backends: Option<Vec<BackendSpec>>,
     /// Source ranges (`loadBalancerSourceRanges`) as (network, prefix length).
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    pub source_ranges: Vec<(IpAddr, u8)>,
 }
 
 /// Everything about one frontend: what [`Dataplane::upsert_frontend`] writes.
@@ -77,16 +82,16 @@ pub struct ServiceState {
 pub struct FrontendSpec {
     /// Backends of the frontend entry: what traffic from anywhere sees (with
     /// a traffic policy Local, only this node's backends).
-    pub backends: Vec<Backend4Spec>,
+    pub backends: Vec<BackendSpec>,
     /// Backends for this node's pods when they differ from `backends`:
     /// written as a second, internal-scope entry.
-    pub internal_backends: Option<Vec<Backend4Spec>>,
+    pub internal_backends: Option<Vec<BackendSpec>>,
     /// `SVC_FLAG_EXTERNAL`, `SVC_FLAG_LOCAL_ONLY`, `SVC_FLAG_NODE_PORT`,
     /// `SVC_FLAG_SOURCE_RANGES` (with an empty `source_ranges`: nobody is
     /// admitted). `SVC_FLAG_TWO_SCOPES` follows `internal_backends`.
     pub flags: u16,
     /// Admitted client ranges as (address, prefix length).
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    pub source_ranges: Vec<(IpAddr, u8)>,
     /// Affinity and label.
     pub opts: ServiceOpts,
 }
@@ -102,7 +107,7 @@ pub struct ServiceOpts {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct BackendKey {
-    pub(super) addr: Ipv4Addr,
+    pub(super) addr: IpAddr,
     pub(super) port: u16,
     pub(super) proto: u8,
 }
@@ -120,7 +125,7 @@ pub(super) struct ServiceMirror {
     pub(super) affinity_timeout: u32,
     pub(super) label: String,
     pub(super) flags: u16,
-    pub(super) ranges: Vec<(Ipv4Addr, u8)>,
+    pub(super) ranges: Vec<(IpAddr, u8)>,
 }
 
 /// Whether a frontend entry with `flags` gets a VIP marker: external-scope
@@ -172,7 +177,7 @@ pub enum Upsert {
 }
 
 /// Whether two backend lists hold the same backends (slot order aside).
-pub(super) fn same_set(a: &[Backend4Spec], b: &[Backend4Spec]) -> bool {
+pub(super) fn same_set(a: &[BackendSpec], b: &[BackendSpec]) -> bool {
     let mut a = a.to_vec();
     let mut b = b.to_vec();
     a.sort_unstable();
@@ -240,12 +245,12 @@ pub(super) fn slot_layout(old: &[u32], want: &[u32]) -> (Vec<u32>, Vec<SlotMove>
 /// their reference counts, the VIPs with a marker, and the ids in use.
 #[derive(Default)]
 pub(super) struct Table {
-    pub(super) services: BTreeMap<Frontend4, ServiceMirror>,
+    pub(super) services: BTreeMap<Frontend, ServiceMirror>,
     /// Internal-scope entries of frontends with two scopes.
-    pub(super) internal: BTreeMap<Frontend4, ServiceMirror>,
+    pub(super) internal: BTreeMap<Frontend, ServiceMirror>,
     pub(super) backends: StdHashMap<BackendKey, BackendSlot>,
     pub(super) backend_keys: StdHashMap<u32, BackendKey>,
-    pub(super) vips: StdHashMap<Ipv4Addr, u32>,
+    pub(super) vips: StdHashMap<IpAddr, u32>,
     pub(super) slot_count: usize,
     pub(super) svc_ids: Ids,
     pub(super) backend_ids: Ids,
@@ -255,7 +260,7 @@ pub(super) struct Table {
 }
 
 impl Table {
-    pub(super) fn scope(&self, scope: u8) -> &BTreeMap<Frontend4, ServiceMirror> {
+    pub(super) fn scope(&self, scope: u8) -> &BTreeMap<Frontend, ServiceMirror> {
         if scope == SCOPE_INTERNAL {
             &self.internal
         } else {
@@ -263,7 +268,7 @@ impl Table {
         }
     }
 
-    pub(super) fn scope_mut(&mut self, scope: u8) -> &mut BTreeMap<Frontend4, ServiceMirror> {
+    pub(super) fn scope_mut(&mut self, scope: u8) -> &mut BTreeMap<Frontend, ServiceMirror> {
         if scope == SCOPE_INTERNAL {
             &mut self.internal
         } else {
@@ -283,12 +288,12 @@ impl Table {
         }
     }
 
-    pub(super) fn backends_of(&self, ids: &[u32]) -> Vec<Backend4Spec> {
+    pub(super) fn backends_of(&self, ids: &[u32]) -> Vec<BackendSpec> {
         ids.iter()
             .filter_map(|id| {
                 let k = self.backend_keys.get(id)?;
                 let b = self.backends.get(k)?;
-                Some(Backend4Spec {
+                Some(BackendSpec {
                     addr: k.addr,
                     port: k.port,
                     flags: b.flags,
@@ -302,7 +307,7 @@ impl Table {
     /// that left are stale, and those to the ones in it (again) are not.
     pub(super) fn note_udp_change(
         &mut self,
-        fe: &Frontend4,
+        fe: &Frontend,
         svc_id: u32,
         gone: &[u32],
         kept: &[u32],
@@ -310,10 +315,10 @@ impl Table {
         if fe.proto != IPPROTO_UDP {
             return;
         }
-        let frontend = (fe.vip.octets(), fe.port);
+        let frontend = (fe.addr, fe.port);
         let keys = &self.backend_keys;
-        let addr_of = |id: &u32| keys.get(id).map(|k| (k.addr.octets(), k.port));
-        let kept: BTreeSet<([u8; 4], u16)> = kept.iter().filter_map(addr_of).collect();
+        let addr_of = |id: &u32| keys.get(id).map(|k| (k.addr, k.port));
+        let kept: BTreeSet<(IpAddr, u16)> = kept.iter().filter_map(addr_of).collect();
         self.stale_udp.retain(|s| {
             !(s.svc_id == svc_id && s.frontend == frontend && kept.contains(&s.backend))
         });
@@ -341,16 +346,22 @@ impl Table {
 pub(super) struct StaleFlow {
     pub(super) svc_id: u32,
     pub(super) backend_id: u32,
-    pub(super) frontend: ([u8; 4], u16),
-    pub(super) backend: ([u8; 4], u16),
+    pub(super) frontend: (IpAddr, u16),
+    pub(super) backend: (IpAddr, u16),
 }
 
 impl StaleFlow {
     /// What a UDP conntrack entry says about its flow, in either direction.
     pub(super) fn of_entry(k: &Ct4Key, v: &CtValue) -> Option<Self> {
         let (frontend, backend) = match k.dir {
-            CT_DIR_SERVICE => ((k.daddr, k.dport), (v.nat_addr, v.nat_port)),
-            CT_DIR_REPLY => ((v.nat_addr, v.nat_port), (k.saddr, k.sport)),
+            CT_DIR_SERVICE => (
+                (IpAddr::from(k.daddr), k.dport),
+                (IpAddr::from(v.nat_addr), v.nat_port),
+            ),
+            CT_DIR_REPLY => (
+                (IpAddr::from(v.nat_addr), v.nat_port),
+                (IpAddr::from(k.saddr), k.sport),
+            ),
             _ => return None,
         };
         Some(Self {

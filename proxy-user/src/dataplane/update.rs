@@ -4,22 +4,22 @@
 
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use proxy_common::{
-    Backend4, RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
-    SVC_FLAG_VIP, SlotKey, SlotValue, SrcRange4, Svc4Key, SvcLabel, map_names,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP,
+    SlotKey, SlotValue, SrcRange4, SvcLabel, map_names,
 };
 
 use super::error::{DataplaneError, Result, map_err};
 use super::handle::Dataplane;
 use super::maps::{
-    RangeId, ensure, ignore_missing, normalize_range, prune, range_id, range_key, range_key_of,
-    svc_entry, vip_marker,
+    RangeId, backend_entry, ensure, ignore_missing, normalize_range, prune, range_id, range_key,
+    range_key_of, revnat_entry, svc_entry, svc_key, v4, vip_marker,
 };
 use super::table::{
-    Backend4Spec, BackendKey, BackendSlot, Frontend4, FrontendSpec, ServiceMirror, ServiceOpts,
+    BackendKey, BackendSlot, BackendSpec, Frontend, FrontendSpec, ServiceMirror, ServiceOpts,
     SlotMove, Upsert, has_marker, same_set, slot_layout,
 };
 
@@ -37,8 +37,12 @@ impl Dataplane {
             .services
             .values()
             .chain(self.table.internal.values())
-            .flat_map(|s| s.ranges.iter().map(|r| range_id(&range_key(s.svc_id, *r))))
-            .collect();
+            .flat_map(|s| {
+                s.ranges
+                    .iter()
+                    .map(|r| range_key(s.svc_id, *r).map(|k| range_id(&k)))
+            })
+            .collect::<Result<_>>()?;
         let have_ranges: Vec<aya::maps::lpm_trie::Key<SrcRange4>> = self
             .maps
             .SRCRANGE4
@@ -55,12 +59,7 @@ impl Dataplane {
         }
         // Backends first, then slots, then frontends (the safe order).
         for (key, b) in &self.table.backends {
-            let want = Backend4 {
-                addr: key.addr.octets(),
-                port: key.port,
-                proto: key.proto,
-                flags: b.flags,
-            };
+            let want = backend_entry(key, b.flags)?;
             fixed += usize::from(ensure(
                 &mut self.maps.BACKEND4,
                 map_names::BACKEND4,
@@ -88,12 +87,7 @@ impl Dataplane {
                 let v = SlotValue { backend_id: *id };
                 fixed += usize::from(ensure(&mut self.maps.SLOTS, map_names::SLOTS, k, v)?);
             }
-            let rv = RevNat4 {
-                vip: fe.vip.octets(),
-                port: fe.port,
-                proto: fe.proto,
-                pad: 0,
-            };
+            let rv = revnat_entry(fe)?;
             fixed += usize::from(ensure(
                 &mut self.maps.REVNAT4,
                 map_names::REVNAT4,
@@ -107,11 +101,11 @@ impl Dataplane {
                 s.svc_id,
                 label,
             )?);
-            let (k, v) = svc_entry(fe, scope, s);
+            let (k, v) = svc_entry(fe, scope, s)?;
             fixed += usize::from(ensure(&mut self.maps.SVC4, map_names::SVC4, k, v)?);
         }
         for vip in self.table.vips.keys() {
-            let (k, v) = vip_marker(*vip);
+            let (k, v) = vip_marker(*vip)?;
             fixed += usize::from(ensure(&mut self.maps.SVC4, map_names::SVC4, k, v)?);
         }
         // Deletions last: what the maps hold and the mirror does not.
@@ -119,10 +113,10 @@ impl Dataplane {
             (&self.table.services, &self.table.internal, &self.table.vips);
         fixed += prune(&mut self.maps.SVC4, map_names::SVC4, |k| {
             if k.port == 0 && k.proto == 0 {
-                return vips.contains_key(&Ipv4Addr::from(k.vip));
+                return vips.contains_key(&IpAddr::from(k.vip));
             }
-            let fe = Frontend4 {
-                vip: Ipv4Addr::from(k.vip),
+            let fe = Frontend {
+                addr: IpAddr::from(k.vip),
                 port: k.port,
                 proto: k.proto,
             };
@@ -170,8 +164,8 @@ impl Dataplane {
     /// written. A plain frontend: no policy flags, one scope.
     pub fn upsert_service(
         &mut self,
-        fe: Frontend4,
-        backends: &[Backend4Spec],
+        fe: Frontend,
+        backends: &[BackendSpec],
         opts: &ServiceOpts,
     ) -> Result<Upsert> {
         self.upsert_frontend(
@@ -189,7 +183,17 @@ impl Dataplane {
     /// `spec.internal_backends` is set (written before the flag that sends
     /// pods to it, deleted after). Idempotent; same consistency as
     /// [`Self::upsert_service`].
-    pub fn upsert_frontend(&mut self, fe: Frontend4, spec: &FrontendSpec) -> Result<Upsert> {
+    pub fn upsert_frontend(&mut self, fe: Frontend, spec: &FrontendSpec) -> Result<Upsert> {
+        // Every address in the family the maps have, before anything is
+        // written (a frontend is written whole or not at all).
+        v4(fe.addr)?;
+        let internal = spec.internal_backends.iter().flatten();
+        for b in spec.backends.iter().chain(internal) {
+            v4(b.addr)?;
+        }
+        for (a, _) in &spec.source_ranges {
+            v4(*a)?;
+        }
         let mut flags = spec.flags & !(SVC_FLAG_VIP | SVC_FLAG_TWO_SCOPES);
         let mut changed = false;
         if let Some(internal) = &spec.internal_backends {
@@ -205,7 +209,7 @@ impl Dataplane {
             changed |= r != Upsert::Unchanged;
         }
         // Normalized, so that the mirror equals what adoption reads back.
-        let mut ranges: Vec<(Ipv4Addr, u8)> = spec
+        let mut ranges: Vec<(IpAddr, u8)> = spec
             .source_ranges
             .iter()
             .map(|r| normalize_range(*r))
@@ -239,15 +243,15 @@ impl Dataplane {
 
     pub(super) fn upsert_scoped(
         &mut self,
-        fe: Frontend4,
+        fe: Frontend,
         scope: u8,
-        backends: &[Backend4Spec],
+        backends: &[BackendSpec],
         opts: &ServiceOpts,
         flags: u16,
-        ranges: &[(Ipv4Addr, u8)],
+        ranges: &[(IpAddr, u8)],
     ) -> Result<Upsert> {
         let affinity_timeout = opts.affinity_timeout;
-        let mut want: Vec<Backend4Spec> = Vec::with_capacity(backends.len());
+        let mut want: Vec<BackendSpec> = Vec::with_capacity(backends.len());
         for b in backends {
             if !want.iter().any(|w| w.addr == b.addr && w.port == b.port) {
                 want.push(*b);
@@ -279,12 +283,7 @@ impl Dataplane {
                 port: b.port,
                 proto: fe.proto,
             };
-            let value = Backend4 {
-                addr: b.addr.octets(),
-                port: b.port,
-                proto: fe.proto,
-                flags: b.flags,
-            };
+            let value = backend_entry(&key, b.flags)?;
             let id = match self.table.backends.get_mut(&key) {
                 Some(slot) => {
                     if slot.flags != b.flags {
@@ -384,14 +383,14 @@ impl Dataplane {
         if scope == SCOPE_EXTERNAL {
             let had = old_flags.is_some_and(has_marker);
             if has_marker(flags) && !had {
-                *self.table.vips.entry(fe.vip).or_default() += 1;
-                let (k, v) = vip_marker(fe.vip);
+                *self.table.vips.entry(fe.addr).or_default() += 1;
+                let (k, v) = vip_marker(fe.addr)?;
                 self.maps
                     .SVC4
                     .insert(k, v, 0)
                     .map_err(map_err(map_names::SVC4))?;
             } else if had && !has_marker(flags) {
-                self.drop_marker(fe.vip)?;
+                self.drop_marker(fe.addr)?;
             }
         }
         // 4. Backends no slot names any more go last.
@@ -419,11 +418,11 @@ impl Dataplane {
     )]
     pub(super) fn write_service(
         &mut self,
-        fe: &Frontend4,
+        fe: &Frontend,
         scope: u8,
         s: &ServiceMirror,
         old_ids: &[u32],
-        old_ranges: &[(Ipv4Addr, u8)],
+        old_ranges: &[(IpAddr, u8)],
         created: bool,
         moves: &[SlotMove],
     ) -> Result<()> {
@@ -441,12 +440,7 @@ impl Dataplane {
             }
         }
         if created {
-            let rv = RevNat4 {
-                vip: fe.vip.octets(),
-                port: fe.port,
-                proto: fe.proto,
-                pad: 0,
-            };
+            let rv = revnat_entry(fe)?;
             self.maps
                 .REVNAT4
                 .insert(s.svc_id, rv, 0)
@@ -457,7 +451,7 @@ impl Dataplane {
             if !old_ranges.contains(r) {
                 self.maps
                     .SRCRANGE4
-                    .insert(&range_key(s.svc_id, *r), 1, 0)
+                    .insert(&range_key(s.svc_id, *r)?, 1, 0)
                     .map_err(map_err(map_names::SRCRANGE4))?;
             }
         }
@@ -471,7 +465,7 @@ impl Dataplane {
             );
         }
         // 3. The frontend with its new count, then slots past the count.
-        let (k, v) = svc_entry(fe, scope, s);
+        let (k, v) = svc_entry(fe, scope, s)?;
         self.maps
             .SVC4
             .insert(k, v, 0)
@@ -485,7 +479,7 @@ impl Dataplane {
         }
         for r in old_ranges {
             if !s.ranges.contains(r) {
-                ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)))
+                ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)?))
                     .map_err(map_err(map_names::SRCRANGE4))?;
             }
         }
@@ -494,9 +488,9 @@ impl Dataplane {
 
     pub(super) fn check_capacity(
         &self,
-        fe: &Frontend4,
+        fe: &Frontend,
         scope: u8,
-        want: &[Backend4Spec],
+        want: &[BackendSpec],
     ) -> Result<()> {
         let cur = self.table.scope(scope).get(fe);
         let new_backends = want
@@ -532,7 +526,7 @@ impl Dataplane {
         if cur.is_none() {
             let entries =
                 self.table.services.len() + self.table.internal.len() + self.table.vips.len();
-            let needed = 1 + usize::from(!self.table.vips.contains_key(&fe.vip));
+            let needed = 1 + usize::from(!self.table.vips.contains_key(&fe.addr));
             let free = (self.capacity.services as usize).saturating_sub(entries);
             if needed > free {
                 return Err(DataplaneError::MapFull {
@@ -550,7 +544,7 @@ impl Dataplane {
     /// (deleting what is absent is not an error). Established flows keep
     /// their conntrack entries and so their backend; new ones are rejected
     /// if the VIP still has other ports, else no longer translated.
-    pub fn delete_service(&mut self, fe: &Frontend4) -> Result<bool> {
+    pub fn delete_service(&mut self, fe: &Frontend) -> Result<bool> {
         let found = self.delete_scoped(fe, SCOPE_EXTERNAL, &[])?;
         self.delete_scoped(fe, SCOPE_INTERNAL, &[])?;
         Ok(found)
@@ -558,26 +552,16 @@ impl Dataplane {
 
     /// Removes one scope of `fe`; the UDP flows of its backends other than
     /// `kept` become stale.
-    pub(super) fn delete_scoped(
-        &mut self,
-        fe: &Frontend4,
-        scope: u8,
-        kept: &[u32],
-    ) -> Result<bool> {
+    pub(super) fn delete_scoped(&mut self, fe: &Frontend, scope: u8, kept: &[u32]) -> Result<bool> {
         let Some(s) = self.table.scope_mut(scope).remove(fe) else {
             return Ok(false);
         };
         self.table
             .note_udp_change(fe, s.svc_id, &s.backend_ids, kept);
-        let key = Svc4Key {
-            vip: fe.vip.octets(),
-            port: fe.port,
-            proto: fe.proto,
-            scope,
-        };
+        let key = svc_key(fe, scope)?;
         ignore_missing(self.maps.SVC4.remove(&key)).map_err(map_err(map_names::SVC4))?;
         if scope == SCOPE_EXTERNAL && has_marker(s.flags) {
-            self.drop_marker(fe.vip)?;
+            self.drop_marker(fe.addr)?;
         }
         for slot in 1..=s.backend_ids.len() {
             let k = SlotKey {
@@ -587,7 +571,7 @@ impl Dataplane {
             ignore_missing(self.maps.SLOTS.remove(&k)).map_err(map_err(map_names::SLOTS))?;
         }
         for r in &s.ranges {
-            ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)))
+            ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)?))
                 .map_err(map_err(map_names::SRCRANGE4))?;
         }
         ignore_missing(self.maps.REVNAT4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
@@ -603,7 +587,7 @@ impl Dataplane {
     }
 
     /// One frontend fewer on `vip`; its marker goes with the last one.
-    pub(super) fn drop_marker(&mut self, vip: Ipv4Addr) -> Result<()> {
+    pub(super) fn drop_marker(&mut self, vip: IpAddr) -> Result<()> {
         let remaining = self
             .table
             .vips
@@ -613,7 +597,7 @@ impl Dataplane {
             .saturating_sub(1);
         if remaining == 0 {
             self.table.vips.remove(&vip);
-            let (k, _) = vip_marker(vip);
+            let (k, _) = vip_marker(vip)?;
             ignore_missing(self.maps.SVC4.remove(&k)).map_err(map_err(map_names::SVC4))?;
         } else {
             self.table.vips.insert(vip, remaining);
