@@ -1684,6 +1684,76 @@ XDP node-port paths (svcnat_node_xdp), ns/packet, by number of services; \"repea
         assert!(json.contains(&want), "{json}");
     }
 
+    /// The run of the committed report (bench/ at 22c2534), its example
+    /// outputs rebuilt from its report.json into `testdata/*.out`; the
+    /// report and JSON rendered from them are kept in `testdata/` too.
+    #[test]
+    fn report_renders_unchanged_from_saved_outputs() {
+        let plan = Plan::new(false);
+        let facts = Facts {
+            date: "2026-12-01 20:52:29 UTC".into(),
+            commit: "540b80c".into(),
+            nproc: 2,
+            mem_gib: 23.5,
+            cpu: "Intel(R) Xeon(R) Processor".into(),
+            kernel: "6.18.44-fc-v1045".into(),
+            tools: vec![
+                ("iptables", "iptables v1.8.9 (nf_tables)".into()),
+                ("nft", "nftables v1.0.6 (Lester Gooch #5)".into()),
+                ("iperf3", "iperf 3.12 (cJSON 1.7.15)".into()),
+                ("bpftool", "bpftool v7.1.0".into()),
+            ],
+            load_start: "0.99 1.38 1.81 1/76 14538".into(),
+            load_end: "2.93 2.83 2.42 3/106 17139".into(),
+        };
+        let mut log = Log::new(Path::new("/w/m"));
+        log.record(
+            "(cd /w/m && cargo build --release --manifest-path /w/m/Cargo.toml -p proxy-user \
+             --example packet_cost --example sync_scale --example bench_e2e)",
+        );
+        let exe = "/w/m/target/release/examples/";
+        log.record(&format!("{exe}packet_cost 1000000 1 1000 10000 100000"));
+        for n in [1_000, 10_000, 100_000] {
+            log.record(&format!("{exe}sync_scale {n} 200"));
+        }
+        log.record(&format!("{exe}bench_e2e {}", plan.e2e_args.join(" ")));
+        log.record(&format!("{exe}bench_e2e {}", plan.shared_args.join(" ")));
+        let packet = PacketCost::parse(include_str!("bench/testdata/packet_cost.out"));
+        let sync = [
+            SyncScale::parse(1_000, include_str!("bench/testdata/sync_scale_1000.out")),
+            SyncScale::parse(10_000, include_str!("bench/testdata/sync_scale_10000.out")),
+            SyncScale::parse(
+                100_000,
+                include_str!("bench/testdata/sync_scale_100000.out"),
+            ),
+        ];
+        let e2e = E2e::parse(include_str!("bench/testdata/bench_e2e.out"));
+        let shared = E2e::parse(include_str!("bench/testdata/bench_e2e_shared.out"));
+        let report = Report {
+            plan: &plan,
+            facts: &facts,
+            log: &log,
+            packet: &packet,
+            sync: &sync,
+            e2e: &e2e,
+            shared: &shared,
+            elapsed: 670.529151195,
+        };
+        same_lines(&report.markdown(), include_str!("bench/testdata/REPORT.md"));
+        same_lines(
+            &report.json().render(),
+            include_str!("bench/testdata/report.json"),
+        );
+    }
+
+    /// `got == want`, else a panic naming the first line that differs.
+    fn same_lines(got: &str, want: &str) {
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            assert_eq!(g, w, "line {} differs", i + 1);
+        }
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn sync_scale_output_parses() {
         let s = SyncScale::parse(
