@@ -1,287 +1,302 @@
 //! The JSON report (`bench/report.json`): the figures of the Markdown
-//! report and the raw `key=value` lines they come from.
+//! report and the raw `key=value` lines they come from, as derived
+//! `Serialize` structs written by `serde_json`.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
+
+use serde::{Serialize, Serializer};
 
 use super::{
-    parse::E2e,
+    parse::{E2e, PacketCost, SyncScale},
     report::{E2E_FIGURES, Report},
 };
 
-impl Report<'_> {
-    pub(super) fn json(&self) -> J {
-        let f = self.facts;
-        let plan = self.plan;
-        let e2e_json = |e: &E2e| -> J {
-            let sizes = e.sizes();
-            let cols = e.columns();
-            let mut summary = Vec::new();
-            for &n in &sizes {
-                for c in &cols {
-                    let mut fields = vec![
-                        ("services".to_string(), J::Num(f64::from(n))),
-                        ("column".to_string(), J::Str((*c).to_string())),
-                    ];
-                    for (key, _, _, _) in E2E_FIGURES {
-                        fields.push((key.to_string(), J::opt(e.median(c, n, key))));
-                    }
-                    for key in ["conns", "errors", "connect_over_5ms"] {
-                        fields.push((format!("{key}_sum"), J::opt(e.sum(c, n, key))));
-                    }
-                    for key in ["load_s", "rules", "change_ms_p50", "change_ms_max"] {
-                        fields.push((key.to_string(), J::opt(e.load(c, n, key))));
-                    }
-                    summary.push(J::Obj(fields));
-                }
-            }
-            J::obj([
-                ("settings", J::kv(&e.settings)),
-                ("summary_median_over_rounds", J::Arr(summary)),
-                ("runs", J::Arr(e.runs.iter().map(J::kv).collect())),
-                ("loads", J::Arr(e.loads.iter().map(J::kv).collect())),
-            ])
-        };
-        J::obj([
-            ("generated_by", J::Str("cargo xtask bench".into())),
-            ("quick", J::Bool(plan.quick)),
-            ("date", J::Str(f.date.clone())),
-            ("commit", J::Str(f.commit.clone())),
-            ("elapsed_s", J::Num(self.elapsed)),
-            (
-                "machine",
-                J::obj([
-                    ("cpu", J::Str(f.cpu.clone())),
-                    ("nproc", J::Num(f.nproc as f64)),
-                    ("memory_gib", J::Num((f.mem_gib * 10.0).round() / 10.0)),
-                    ("kernel", J::Str(f.kernel.clone())),
-                    ("loadavg_start", J::Str(f.load_start.clone())),
-                    ("loadavg_end", J::Str(f.load_end.clone())),
-                ]),
-            ),
-            (
-                "tools",
-                J::Obj(
-                    f.tools
-                        .iter()
-                        .map(|(k, v)| ((*k).to_string(), J::Str(v.clone())))
-                        .collect(),
-                ),
-            ),
-            (
-                "commands",
-                J::Arr(self.log.commands.iter().cloned().map(J::Str).collect()),
-            ),
-            (
-                "packet_cost",
-                J::obj([
-                    ("repeat", J::Num(f64::from(plan.packet_repeat))),
-                    (
-                        "rows",
-                        J::Arr(
-                            self.packet
-                                .rows
-                                .iter()
-                                .map(|r| {
-                                    J::obj([
-                                        ("services", J::Num(r[0])),
-                                        ("new_flow_ns", J::Num(r[1])),
-                                        ("established_ns", J::Num(r[2])),
-                                        ("reply_ns", J::Num(r[3])),
-                                        ("not_a_service_single_run_ns", J::Num(r[4])),
-                                        ("not_a_service_ns", J::Num(r[5])),
-                                    ])
-                                })
-                                .collect(),
-                        ),
-                    ),
-                    (
-                        "xdp_node_port",
-                        J::Arr(
-                            self.packet
-                                .xdp
-                                .rows
-                                .iter()
-                                .map(|(path, measured, ns)| {
-                                    J::obj([
-                                        ("path", J::Str(path.clone())),
-                                        ("measured", J::Str(measured.clone())),
-                                        (
-                                            "ns",
-                                            J::Arr(
-                                                self.packet
-                                                    .xdp
-                                                    .sizes
-                                                    .iter()
-                                                    .zip(ns)
-                                                    .map(|(n, v)| {
-                                                        J::obj([
-                                                            ("services", J::Num(f64::from(*n))),
-                                                            ("ns", J::opt(*v)),
-                                                        ])
-                                                    })
-                                                    .collect(),
-                                            ),
-                                        ),
-                                    ])
-                                })
-                                .collect(),
-                        ),
-                    ),
-                ]),
-            ),
-            (
-                "sync_scale",
-                J::Arr(
-                    self.sync
-                        .iter()
-                        .map(|x| {
-                            let mut fields =
-                                vec![("services".to_string(), J::Num(f64::from(x.services)))];
-                            fields.extend(
-                                x.values
-                                    .iter()
-                                    .map(|(k, v)| (k.replace('.', "_"), J::Num(*v))),
-                            );
-                            fields.push((
-                                "maps".to_string(),
-                                J::Arr(
-                                    x.maps
-                                        .iter()
-                                        .map(|(name, ty, max, bytes)| {
-                                            J::obj([
-                                                ("name", J::Str(name.clone())),
-                                                ("type", J::Str(ty.clone())),
-                                                ("max_entries", J::Num(*max)),
-                                                ("memlock_bytes", J::Num(*bytes)),
-                                            ])
-                                        })
-                                        .collect(),
-                                ),
-                            ));
-                            J::Obj(fields)
-                        })
-                        .collect(),
-                ),
-            ),
-            ("e2e", e2e_json(self.e2e)),
-            ("e2e_shared_endpoints", e2e_json(self.shared)),
-        ])
+/// A number as the report writes it: a whole number without a fraction
+/// (`3`, not `3.0`), NaN and infinities as null.
+#[derive(Clone, Copy)]
+struct Num(f64);
+
+impl Serialize for Num {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        if !n.is_finite() {
+            s.serialize_unit()
+        } else if n.fract() == 0.0 && n.abs() < 1e15 {
+            s.serialize_i64(n as i64)
+        } else {
+            s.serialize_f64(n)
+        }
     }
 }
 
-/// A small JSON value (xtask has no serde).
-pub(super) enum J {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<J>),
-    Obj(Vec<(String, J)>),
+fn opt(v: Option<f64>) -> Option<Num> {
+    v.map(Num)
 }
 
-impl J {
-    fn obj<const N: usize>(fields: [(&str, J); N]) -> Self {
-        Self::Obj(
-            fields
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        )
-    }
+/// `pairs` as a JSON object, in their order.
+fn ordered<S, K, V>(pairs: &[(K, V)], s: S) -> Result<S::Ok, S::Error>
+where
+    S: Serializer,
+    K: Serialize,
+    V: Serialize,
+{
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
 
-    fn opt(v: Option<f64>) -> Self {
-        v.map_or(Self::Null, Self::Num)
-    }
+/// The value of a `key=value` word: a number, or else a string; `-` is
+/// null (`None`).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Word<'a> {
+    Num(Num),
+    Str(&'a str),
+}
 
-    /// `key=value` pairs: numbers as numbers, `-` as null, the rest as strings.
-    fn kv(map: &BTreeMap<String, String>) -> Self {
-        Self::Obj(
-            map.iter()
-                .map(|(k, v)| {
-                    let j = if v == "-" {
-                        Self::Null
-                    } else if let Ok(n) = v.parse::<f64>() {
-                        Self::Num(n)
-                    } else {
-                        Self::Str(v.clone())
-                    };
-                    (k.clone(), j)
+/// `key=value` pairs: numbers as numbers, `-` as null, the rest as strings.
+fn kv(map: &BTreeMap<String, String>) -> BTreeMap<&str, Option<Word<'_>>> {
+    map.iter()
+        .map(|(k, v)| {
+            let word = if v == "-" {
+                None
+            } else if let Ok(n) = v.parse::<f64>() {
+                Some(Word::Num(Num(n)))
+            } else {
+                Some(Word::Str(v))
+            };
+            (k.as_str(), word)
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    generated_by: &'static str,
+    quick: bool,
+    date: &'a str,
+    commit: &'a str,
+    elapsed_s: Num,
+    machine: Machine<'a>,
+    #[serde(serialize_with = "ordered")]
+    tools: &'a [(&'static str, String)],
+    commands: &'a [String],
+    packet_cost: PacketCostJson<'a>,
+    sync_scale: Vec<SyncJson<'a>>,
+    e2e: E2eJson<'a>,
+    e2e_shared_endpoints: E2eJson<'a>,
+}
+
+#[derive(Serialize)]
+struct Machine<'a> {
+    cpu: &'a str,
+    nproc: usize,
+    memory_gib: Num,
+    kernel: &'a str,
+    loadavg_start: &'a str,
+    loadavg_end: &'a str,
+}
+
+#[derive(Serialize)]
+struct PacketCostJson<'a> {
+    repeat: u32,
+    rows: Vec<PacketRow>,
+    xdp_node_port: Vec<XdpRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct PacketRow {
+    services: Num,
+    new_flow_ns: Num,
+    established_ns: Num,
+    reply_ns: Num,
+    not_a_service_single_run_ns: Num,
+    not_a_service_ns: Num,
+}
+
+#[derive(Serialize)]
+struct XdpRow<'a> {
+    path: &'a str,
+    measured: &'a str,
+    ns: Vec<XdpCell>,
+}
+
+#[derive(Serialize)]
+struct XdpCell {
+    services: u32,
+    ns: Option<Num>,
+}
+
+#[derive(Serialize)]
+struct SyncJson<'a> {
+    services: u32,
+    /// `sync_scale`'s figures, `line.key` written `line_key`.
+    #[serde(flatten, serialize_with = "ordered")]
+    values: Vec<(String, Num)>,
+    maps: Vec<MapJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct MapJson<'a> {
+    name: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    max_entries: Num,
+    memlock_bytes: Num,
+}
+
+#[derive(Serialize)]
+struct E2eJson<'a> {
+    settings: BTreeMap<&'a str, Option<Word<'a>>>,
+    summary_median_over_rounds: Vec<Summary<'a>>,
+    runs: Vec<BTreeMap<&'a str, Option<Word<'a>>>>,
+    loads: Vec<BTreeMap<&'a str, Option<Word<'a>>>>,
+}
+
+/// One column at one number of services: medians and sums over the rounds,
+/// and the figures of programming the services.
+#[derive(Serialize)]
+struct Summary<'a> {
+    services: u32,
+    column: &'a str,
+    /// The medians of [`E2E_FIGURES`], by key.
+    #[serde(flatten, serialize_with = "ordered")]
+    figures: Vec<(&'static str, Option<Num>)>,
+    conns_sum: Option<Num>,
+    errors_sum: Option<Num>,
+    connect_over_5ms_sum: Option<Num>,
+    load_s: Option<Num>,
+    rules: Option<Num>,
+    change_ms_p50: Option<Num>,
+    change_ms_max: Option<Num>,
+}
+
+impl<'a> PacketCostJson<'a> {
+    fn new(repeat: u32, p: &'a PacketCost) -> Self {
+        Self {
+            repeat,
+            rows: p
+                .rows
+                .iter()
+                .map(|r| PacketRow {
+                    services: Num(r[0]),
+                    new_flow_ns: Num(r[1]),
+                    established_ns: Num(r[2]),
+                    reply_ns: Num(r[3]),
+                    not_a_service_single_run_ns: Num(r[4]),
+                    not_a_service_ns: Num(r[5]),
                 })
                 .collect(),
-        )
-    }
-
-    pub(super) fn render(&self) -> String {
-        let mut out = String::new();
-        self.write(&mut out, 0);
-        out.push('\n');
-        out
-    }
-
-    fn write(&self, out: &mut String, depth: usize) {
-        let pad = |out: &mut String, d: usize| {
-            out.push('\n');
-            out.push_str(&"  ".repeat(d));
-        };
-        match self {
-            Self::Null => out.push_str("null"),
-            Self::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Self::Num(n) if !n.is_finite() => out.push_str("null"),
-            Self::Num(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
-                let _ = write!(out, "{}", *n as i64);
-            }
-            Self::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Self::Str(s) => write_json_string(out, s),
-            Self::Arr(items) if items.is_empty() => out.push_str("[]"),
-            Self::Arr(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    pad(out, depth + 1);
-                    item.write(out, depth + 1);
-                }
-                pad(out, depth);
-                out.push(']');
-            }
-            Self::Obj(fields) if fields.is_empty() => out.push_str("{}"),
-            Self::Obj(fields) => {
-                out.push('{');
-                for (i, (k, v)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    pad(out, depth + 1);
-                    write_json_string(out, k);
-                    out.push_str(": ");
-                    v.write(out, depth + 1);
-                }
-                pad(out, depth);
-                out.push('}');
-            }
+            xdp_node_port: p
+                .xdp
+                .rows
+                .iter()
+                .map(|(path, measured, ns)| XdpRow {
+                    path,
+                    measured,
+                    ns: p
+                        .xdp
+                        .sizes
+                        .iter()
+                        .zip(ns)
+                        .map(|(&services, &v)| XdpCell {
+                            services,
+                            ns: opt(v),
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 }
 
-fn write_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
+impl<'a> SyncJson<'a> {
+    fn new(x: &'a SyncScale) -> Self {
+        Self {
+            services: x.services,
+            values: x
+                .values
+                .iter()
+                .map(|(k, v)| (k.replace('.', "_"), Num(*v)))
+                .collect(),
+            maps: x
+                .maps
+                .iter()
+                .map(|(name, ty, max, bytes)| MapJson {
+                    name,
+                    ty,
+                    max_entries: Num(*max),
+                    memlock_bytes: Num(*bytes),
+                })
+                .collect(),
         }
     }
-    out.push('"');
+}
+
+impl<'a> E2eJson<'a> {
+    fn new(e: &'a E2e) -> Self {
+        let sizes = e.sizes();
+        let cols = e.columns();
+        let mut summary = Vec::new();
+        for &n in &sizes {
+            for c in &cols {
+                summary.push(Summary {
+                    services: n,
+                    column: c,
+                    figures: E2E_FIGURES
+                        .iter()
+                        .map(|&(key, _, _, _)| (key, opt(e.median(c, n, key))))
+                        .collect(),
+                    conns_sum: opt(e.sum(c, n, "conns")),
+                    errors_sum: opt(e.sum(c, n, "errors")),
+                    connect_over_5ms_sum: opt(e.sum(c, n, "connect_over_5ms")),
+                    load_s: opt(e.load(c, n, "load_s")),
+                    rules: opt(e.load(c, n, "rules")),
+                    change_ms_p50: opt(e.load(c, n, "change_ms_p50")),
+                    change_ms_max: opt(e.load(c, n, "change_ms_max")),
+                });
+            }
+        }
+        Self {
+            settings: kv(&e.settings),
+            summary_median_over_rounds: summary,
+            runs: e.runs.iter().map(kv).collect(),
+            loads: e.loads.iter().map(kv).collect(),
+        }
+    }
+}
+
+/// `value` as indented JSON (two spaces), with a final newline.
+fn render(value: &impl Serialize) -> serde_json::Result<String> {
+    let mut out = serde_json::to_string_pretty(value)?;
+    out.push('\n');
+    Ok(out)
+}
+
+impl Report<'_> {
+    /// The text of `report.json`.
+    pub(super) fn json(&self) -> serde_json::Result<String> {
+        let f = self.facts;
+        render(&Json {
+            generated_by: "cargo xtask bench",
+            quick: self.plan.quick,
+            date: &f.date,
+            commit: &f.commit,
+            elapsed_s: Num(self.elapsed),
+            machine: Machine {
+                cpu: &f.cpu,
+                nproc: f.nproc,
+                memory_gib: Num((f.mem_gib * 10.0).round() / 10.0),
+                kernel: &f.kernel,
+                loadavg_start: &f.load_start,
+                loadavg_end: &f.load_end,
+            },
+            tools: &f.tools,
+            commands: &self.log.commands,
+            packet_cost: PacketCostJson::new(self.plan.packet_repeat, self.packet),
+            sync_scale: self.sync.iter().map(SyncJson::new).collect(),
+            e2e: E2eJson::new(self.e2e),
+            e2e_shared_endpoints: E2eJson::new(self.shared),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -290,15 +305,23 @@ mod tests {
 
     #[test]
     fn json_renders_escapes_numbers_and_nesting() {
-        let j = J::obj([
-            ("a", J::Num(3.0)),
-            ("b", J::Num(0.25)),
-            ("c", J::Str("x\"y\\z\n".into())),
-            ("d", J::Arr(vec![J::Null, J::Bool(true), J::Num(f64::NAN)])),
-            ("e", J::Obj(Vec::new())),
-        ]);
+        #[derive(Serialize)]
+        struct Sample {
+            a: Num,
+            b: Num,
+            c: &'static str,
+            d: (Option<Num>, bool, Num),
+            e: BTreeMap<String, Num>,
+        }
+        let j = Sample {
+            a: Num(3.0),
+            b: Num(0.25),
+            c: "x\"y\\z\n",
+            d: (None, true, Num(f64::NAN)),
+            e: BTreeMap::new(),
+        };
         assert_eq!(
-            j.render(),
+            render(&j).expect("JSON"),
             "{\n  \"a\": 3,\n  \"b\": 0.25,\n  \"c\": \"x\\\"y\\\\z\\n\",\n  \"d\": [\n    null,\n    true,\n    null\n  ],\n  \"e\": {}\n}\n"
         );
     }

@@ -120,8 +120,8 @@ pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Resul
     let md = out.join("REPORT.md");
     let json = out.join("report.json");
     fs::write(&md, report.markdown()).with_context(|| format!("write {}", md.display()))?;
-    fs::write(&json, report.json().render())
-        .with_context(|| format!("write {}", json.display()))?;
+    let json_text = report.json().context("render report.json")?;
+    fs::write(&json, json_text).with_context(|| format!("write {}", json.display()))?;
     eprintln!(
         "xtask bench: wrote {} and {} ({elapsed:.0} s)",
         md.display(),
@@ -169,7 +169,7 @@ mod tests {
             md.contains("| reply of a remote backend (reverse SNAT+DNAT) | single | 170 | 160 |")
         );
         // Whitespace left out (indentation is the renderer's business).
-        let json: String = report.json().render().split_whitespace().collect();
+        let json: String = report.json().expect("JSON").split_whitespace().collect();
         let want: String = "\"xdp_node_port\": [ { \"path\": \"not a service (pass)\", \
              \"measured\": \"repeat\", \"ns\": [ { \"services\": 1, \"ns\": 52 }, \
              { \"services\": 1000, \"ns\": 53 } ] }"
@@ -233,7 +233,7 @@ mod tests {
         };
         same_lines(&report.markdown(), include_str!("testdata/REPORT.md"));
         same_lines(
-            &report.json().render(),
+            &report.json().expect("JSON"),
             include_str!("testdata/report.json"),
         );
     }
