@@ -1,0 +1,256 @@
+//! `cargo xtask bench`: svcnat side by side with kube-proxy's iptables and
+//! nftables modes, written to `bench/REPORT.md` and `bench/report.json`.
+//!
+//! Three measurement programs (release examples of `proxy-user`) do the
+//! work; this module runs them, keeps their output, and writes the report:
+//!
+//! 1. `packet_cost`: per-packet cost of the TC programs and of the XDP
+//!    node-port paths (BPF_PROG_TEST_RUN);
+//! 2. `sync_scale`: the agent's full sync time, per-change latency, RSS, and
+//!    the kernel's memlock of every map;
+//! 3. `bench_e2e`: real TCP through namespaces: svcnat, iptables-mode and
+//!    nftables-mode rules, and no proxy, on the same topology.
+//!
+//! `--quick` runs small sizes and short durations (CI: checks that the bench
+//! runs; nothing is asserted) and writes to `target/bench-quick/` unless
+//! `--out` says otherwise, so that it never overwrites the committed report.
+//!
+//! This file owns the sequence of one run (build, measure, write); the
+//! parts are in [`run`](mod@run) (what is run, and how), [`parse`] (the
+//! programs' output), [`report`] (the Markdown text) and [`json`] (the JSON).
+
+mod json;
+mod parse;
+mod report;
+mod run;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use self::{
+    parse::{E2e, PacketCost, SyncScale},
+    report::Report,
+    run::{Facts, Log, Plan, read_trim},
+};
+use crate::{
+    cmd::{Cmd, is_root, target_dir},
+    ebpf,
+};
+
+const EXAMPLES: [&str; 3] = ["packet_cost", "sync_scale", "bench_e2e"];
+
+/// Where the report goes: `--out`, else `bench/` (full) or
+/// `target/bench-quick/` (quick).
+pub fn out_dir(root: &Path, quick: bool, out: Option<&Path>) -> PathBuf {
+    match out {
+        Some(dir) if dir.is_absolute() => dir.to_path_buf(),
+        Some(dir) => root.join(dir),
+        None if quick => target_dir(root).join("bench-quick"),
+        None => root.join("bench"),
+    }
+}
+
+/// Builds the examples against `object`, runs them, writes the report.
+pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "cargo xtask bench loads BPF programs and creates network namespaces: run it as root \
+             (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        );
+    }
+    let started = Instant::now();
+    let plan = Plan::new(quick);
+    let out = out_dir(root, quick, out);
+    let mut log = Log::new(root);
+    let load_start = read_trim("/proc/loadavg");
+
+    let mut build = Cmd::new("cargo")
+        .args(["build", "--release", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .args(["-p", "proxy-user"]);
+    for e in EXAMPLES {
+        build = build.args(["--example", e]);
+    }
+    let build = ebpf::embed(build.dir(root), root, object);
+    log.record(&build.display());
+    build.run()?;
+    let examples = target_dir(root).join("release").join("examples");
+    let exe = |name: &str| examples.join(name).to_string_lossy().into_owned();
+
+    // 1. Per-packet cost.
+    let mut args = vec![plan.packet_repeat.to_string()];
+    args.extend(plan.packet_sizes.iter().map(u32::to_string));
+    let packet_out = log.capture(&exe("packet_cost"), &args)?;
+    let packet = PacketCost::parse(&packet_out);
+
+    // 2. Control plane.
+    let mut sync = Vec::new();
+    for n in &plan.sync_sizes {
+        let text = log.capture(
+            &exe("sync_scale"),
+            &[n.to_string(), plan.sync_changes.to_string()],
+        )?;
+        sync.push(SyncScale::parse(*n, &text));
+    }
+
+    // 3. End to end.
+    let e2e_text = log.capture(&exe("bench_e2e"), &plan.e2e_args)?;
+    let e2e = E2e::parse(&e2e_text);
+    let shared_text = log.capture(&exe("bench_e2e"), &plan.shared_args)?;
+    let shared = E2e::parse(&shared_text);
+
+    let facts = Facts::collect(root, load_start);
+    let elapsed = started.elapsed().as_secs_f64();
+    let report = Report {
+        plan: &plan,
+        facts: &facts,
+        log: &log,
+        packet: &packet,
+        sync: &sync,
+        e2e: &e2e,
+        shared: &shared,
+        elapsed,
+    };
+    fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    let md = out.join("REPORT.md");
+    let json = out.join("report.json");
+    fs::write(&md, report.markdown()).with_context(|| format!("write {}", md.display()))?;
+    let json_text = report.json().context("render report.json")?;
+    fs::write(&json, json_text).with_context(|| format!("write {}", json.display()))?;
+    eprintln!(
+        "xtask bench: wrote {} and {} ({elapsed:.0} s)",
+        md.display(),
+        json.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_table_lands_in_the_report_and_the_json() {
+        let plan = Plan::new(true);
+        let facts = Facts {
+            date: String::new(),
+            commit: String::new(),
+            nproc: 2,
+            mem_gib: 1.0,
+            cpu: String::new(),
+            kernel: String::new(),
+            tools: Vec::new(),
+            load_start: String::new(),
+            load_end: String::new(),
+        };
+        let log = Log::new(Path::new("/r"));
+        let packet = PacketCost::parse(include_str!("testdata/packet_cost_quick.out"));
+        let e2e = E2e::parse("");
+        let report = Report {
+            plan: &plan,
+            facts: &facts,
+            log: &log,
+            packet: &packet,
+            sync: &[],
+            e2e: &e2e,
+            shared: &e2e,
+            elapsed: 1.0,
+        };
+        let md = report.markdown();
+        let tc = md.find("| services | new flow").expect("TC table");
+        let xdp = md.find("### XDP node-port paths").expect("XDP section");
+        assert!(tc < xdp && xdp < md.find("## 2.").expect("section 2"));
+        assert!(
+            md.contains("| reply of a remote backend (reverse SNAT+DNAT) | single | 170 | 160 |")
+        );
+        // Whitespace left out (indentation is the renderer's business).
+        let json: String = report.json().expect("JSON").split_whitespace().collect();
+        let want: String = "\"xdp_node_port\": [ { \"path\": \"not a service (pass)\", \
+             \"measured\": \"repeat\", \"ns\": [ { \"services\": 1, \"ns\": 52 }, \
+             { \"services\": 1000, \"ns\": 53 } ] }"
+            .split_whitespace()
+            .collect();
+        assert!(json.contains(&want), "{json}");
+    }
+
+    /// The run of the committed report (bench/ at 22c2534), its example
+    /// outputs rebuilt from its report.json into `testdata/*.out`; the
+    /// report and JSON rendered from them are kept in `testdata/` too.
+
+    #[test]
+    fn report_renders_unchanged_from_saved_outputs() {
+        let plan = Plan::new(false);
+        let facts = Facts {
+            date: "2026-12-01 20:52:29 UTC".into(),
+            commit: "540b80c".into(),
+            nproc: 2,
+            mem_gib: 23.5,
+            cpu: "Intel(R) Xeon(R) Processor".into(),
+            kernel: "6.18.44-fc-v1045".into(),
+            tools: vec![
+                ("iptables", "iptables v1.8.9 (nf_tables)".into()),
+                ("nft", "nftables v1.0.6 (Lester Gooch #5)".into()),
+                ("iperf3", "iperf 3.12 (cJSON 1.7.15)".into()),
+                ("bpftool", "bpftool v7.1.0".into()),
+            ],
+            load_start: "0.99 1.38 1.81 1/76 14538".into(),
+            load_end: "2.93 2.83 2.42 3/106 17139".into(),
+        };
+        let mut log = Log::new(Path::new("/w/m"));
+        log.record(
+            "(cd /w/m && cargo build --release --manifest-path /w/m/Cargo.toml -p proxy-user \
+             --example packet_cost --example sync_scale --example bench_e2e)",
+        );
+        let exe = "/w/m/target/release/examples/";
+        log.record(&format!("{exe}packet_cost 1000000 1 1000 10000 100000"));
+        for n in [1_000, 10_000, 100_000] {
+            log.record(&format!("{exe}sync_scale {n} 200"));
+        }
+        log.record(&format!("{exe}bench_e2e {}", plan.e2e_args.join(" ")));
+        log.record(&format!("{exe}bench_e2e {}", plan.shared_args.join(" ")));
+        let packet = PacketCost::parse(include_str!("testdata/packet_cost.out"));
+        let sync = [
+            SyncScale::parse(1_000, include_str!("testdata/sync_scale_1000.out")),
+            SyncScale::parse(10_000, include_str!("testdata/sync_scale_10000.out")),
+            SyncScale::parse(100_000, include_str!("testdata/sync_scale_100000.out")),
+        ];
+        let e2e = E2e::parse(include_str!("testdata/bench_e2e.out"));
+        let shared = E2e::parse(include_str!("testdata/bench_e2e_shared.out"));
+        let report = Report {
+            plan: &plan,
+            facts: &facts,
+            log: &log,
+            packet: &packet,
+            sync: &sync,
+            e2e: &e2e,
+            shared: &shared,
+            elapsed: 670.529151195,
+        };
+        same_lines(&report.markdown(), include_str!("testdata/REPORT.md"));
+        same_lines(
+            &report.json().expect("JSON"),
+            include_str!("testdata/report.json"),
+        );
+    }
+
+    /// `got == want`, else a panic naming the first line that differs.
+    fn same_lines(got: &str, want: &str) {
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            assert_eq!(g, w, "line {} differs", i + 1);
+        }
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn quick_output_never_lands_on_the_committed_report() {
+        let root = Path::new("/r");
+        assert_eq!(out_dir(root, false, None), Path::new("/r/bench"));
+        assert_ne!(out_dir(root, true, None), Path::new("/r/bench"));
+        assert_eq!(out_dir(root, true, Some(Path::new("x"))), Path::new("/r/x"));
+    }
+}
