@@ -174,3 +174,109 @@ pub fn plan(m: &ServiceModel) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<Strin
     }
     (out, problems)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+    use super::*;
+    use crate::model::{NodeInfo, model_service};
+
+    fn object<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
+        serde_json::from_value(json).expect("a valid object")
+    }
+
+    /// A dual-stack LoadBalancer with `externalTrafficPolicy: Local`, source
+    /// ranges of both families, and one ready endpoint per family on this
+    /// node and one IPv4 endpoint elsewhere.
+    fn dual_stack_lb() -> ServiceModel {
+        let svc: Service = object(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "198.19.0.10",
+                "clusterIPs": ["198.19.0.10", "2001:db8:1::10"],
+                "ipFamilies": ["IPv4", "IPv6"],
+                "ipFamilyPolicy": "RequireDualStack",
+                "externalTrafficPolicy": "Local",
+                "loadBalancerSourceRanges": ["198.18.0.0/16", "2001:db8::/32"],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP",
+                           "targetPort": 8080, "nodePort": 30080}]
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.1.1"}]}}
+        }));
+        let slice = |name: &str, family: &str, endpoints: serde_json::Value| -> EndpointSlice {
+            object(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": family,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": endpoints
+            }))
+        };
+        let v4 = slice(
+            "web-v4",
+            "IPv4",
+            serde_json::json!([
+                {"addresses": ["198.18.1.1"], "nodeName": "node-1",
+                 "conditions": {"ready": true}},
+                {"addresses": ["198.18.2.1"], "nodeName": "node-2",
+                 "conditions": {"ready": true}}
+            ]),
+        );
+        let v6 = slice(
+            "web-v6",
+            "IPv6",
+            serde_json::json!([
+                {"addresses": ["2001:db8:2::1"], "nodeName": "node-1",
+                 "conditions": {"ready": true}}
+            ]),
+        );
+        let node = NodeInfo {
+            name: "node-1".into(),
+            addresses: vec!["198.18.0.1".parse().expect("an address")],
+        };
+        model_service(&svc, &[&v4, &v6], &node)
+    }
+
+    #[test]
+    fn frontends_carry_their_policy_and_unsupported_ports_are_reported() {
+        let m = dual_stack_lb();
+        let (frontends, problems) = plan(&m);
+        assert_eq!(
+            problems,
+            ["service default/web port http: IPv6 is not supported by the datapath yet"]
+        );
+        let by_kind = |kind: FrontendKind| -> Vec<&PlannedFrontend> {
+            frontends
+                .iter()
+                .filter(|(_, p)| p.kind == kind)
+                .map(|(_, p)| p)
+                .collect()
+        };
+        let cluster = by_kind(FrontendKind::ClusterIp);
+        assert_eq!(cluster.len(), 1, "{frontends:?}");
+        assert!(!cluster[0].local_only);
+        assert_eq!(cluster[0].backends.len(), 2);
+        assert_eq!(cluster[0].internal_backends, None);
+        assert_eq!(cluster[0].source_ranges, None);
+        assert_eq!(cluster[0].label, "default/web:http");
+        let lb = by_kind(FrontendKind::LoadBalancer);
+        assert_eq!(lb.len(), 1);
+        assert!(lb[0].local_only);
+        // Outside clients get this node's backend, its pods all of them.
+        assert_eq!(lb[0].backends.len(), 1);
+        assert!(lb[0].backends[0].local);
+        assert_eq!(lb[0].internal_backends.as_ref().map(Vec::len), Some(2));
+        // Only the ranges of the port's family.
+        assert_eq!(
+            lb[0].source_ranges,
+            Some(vec![("198.18.0.0".parse().expect("an address"), 16)])
+        );
+        let np = by_kind(FrontendKind::NodePort);
+        assert_eq!(np.len(), 1);
+        assert_eq!(np[0].source_ranges, None, "ranges apply to LB IPs only");
+        assert!(frontends.iter().all(|(k, _)| k.addr.is_ipv4()));
+        assert_eq!(served(&m).count(), 1);
+    }
+}
