@@ -9,7 +9,8 @@
 //! its managed fields stripped and the namespace `default` when it names none.
 //!
 //! Errors carry the line and column the parser reports. Documents are read
-//! as plain values, then converted to the real types; the conversion notes the
+//! as plain values (a key that a mapping repeats fails there, at its second
+//! copy, in YAML and JSON alike), then converted to the real types; the conversion notes the
 //! path it was at (keys and indices) when it failed, and only then the text is
 //! read again, down that path, for the parser to place the error at the value.
 //! The error is always the conversion's: the second read only finds where.

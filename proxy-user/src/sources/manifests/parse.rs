@@ -8,14 +8,14 @@ use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::de::Deserialize;
+use serde::de::{Deserialize, Deserializer};
 use serde_yaml::Value;
 
 use super::{
     error::{ManifestError, RawError},
     format::Format,
     locate::locate,
-    track::convert,
+    track::{convert, read_value},
 };
 use crate::{
     model::DEFAULT_NAMESPACE,
@@ -82,9 +82,11 @@ struct ShapeError {
 /// # Errors
 ///
 /// [`ManifestError::Parse`] with the parser's line and column (1-based) when
-/// the text is not YAML/JSON, a document is not an object or lacks `kind` or
-/// `apiVersion`, a Service or EndpointSlice does not match its schema, or has
-/// no name. Nothing is returned then: a half-read text is never used.
+/// the text is not YAML/JSON, a mapping repeats a key (in any document, named
+/// and placed at the second copy), a document is not an object or lacks
+/// `kind` or `apiVersion`, a Service or EndpointSlice does not match its
+/// schema, or has no name. Nothing is returned then: a half-read text is never
+/// used.
 pub fn parse_manifests(text: &str) -> Result<Vec<Object>, ManifestError> {
     let parsed = parse_text(text, Format::sniff(text)).map_err(|e| e.in_file(None))?;
     Ok(dedupe(parsed.into_iter().map(|p| (p, None))))
@@ -148,21 +150,28 @@ pub(super) fn parse_text(text: &str, format: Format) -> Result<Vec<Parsed>, RawE
     match format {
         Format::Yaml => {
             for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-                let value = Value::deserialize(document).map_err(|e| RawError::from_yaml(&e))?;
+                let value = read_value(document).map_err(|e| RawError::from_yaml(&e))?;
                 parse_document(text, format, index, value, &mut out)?;
             }
         }
         Format::Json => {
-            let stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
-            for (index, value) in stream.enumerate() {
-                let value = value.map_err(|e| RawError::from_json(&e))?;
-                let value =
-                    serde_yaml::to_value(value).map_err(|e| RawError::unlocated(e.to_string()))?;
+            let stream = serde_json::Deserializer::from_str(text).into_iter::<Document>();
+            for (index, document) in stream.enumerate() {
+                let Document(value) = document.map_err(|e| RawError::from_json(&e))?;
                 parse_document(text, format, index, value, &mut out)?;
             }
         }
     }
     Ok(out)
+}
+
+/// One document of a JSON stream, read as [`read_value`] reads it.
+struct Document(Value);
+
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        read_value(deserializer).map(Self)
+    }
 }
 
 /// Converts the objects of document `index` (0-based) of `text`.

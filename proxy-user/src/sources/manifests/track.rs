@@ -1,7 +1,9 @@
-//! Converting a plain value to a Kubernetes type while following the path
-//! (keys and indices) the conversion is at, to know where it failed.
+//! Following a deserialization down its path (keys and indices): to know
+//! where the conversion of a plain value to a Kubernetes type failed, and to
+//! read a document as a plain value that fails at the second copy of a key
+//! its mapping repeats, where the parser places the error.
 
-use std::{cell::RefCell, fmt};
+use std::{cell::RefCell, collections::HashSet, fmt};
 
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, Visitor,
@@ -44,17 +46,58 @@ impl Chain<'_> {
 pub(super) fn convert<'de, T: Deserialize<'de>>(
     value: &'de Value,
 ) -> Result<T, (serde_yaml::Error, Vec<Step>)> {
+    let (result, failure) = tracked(value);
+    result.map_err(|error| (error, failure.unwrap_or_default()))
+}
+
+/// Reads a YAML or JSON document as a plain value. A key that its mapping
+/// already has is an error raised while that second copy is read, so the
+/// parser places it there (the value's own check would place it at the
+/// mapping, and `serde_json`'s keeps the last copy without a word).
+pub(super) fn read_value<'de, D: Deserializer<'de>>(de: D) -> Result<Value, D::Error> {
+    tracked(de).0
+}
+
+/// Deserializes `T` from `de` through a [`Track`]; the path of the first
+/// failure, if any.
+fn tracked<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    de: D,
+) -> (Result<T, D::Error>, Option<Vec<Step>>) {
     let failure = RefCell::new(None);
     let root = Chain::Root;
     let track = Track {
-        de: value,
+        de,
         at: At {
             chain: &root,
             failure: &failure,
             key: None,
         },
     };
-    T::deserialize(track).map_err(|error| (error, failure.take().unwrap_or_default()))
+    let result = T::deserialize(track);
+    (result, failure.into_inner())
+}
+
+/// While a mapping key is read: the slot for it, and the keys read before.
+#[derive(Clone, Copy)]
+struct KeySlot<'a> {
+    key: &'a RefCell<Option<Value>>,
+    seen: &'a HashSet<Value>,
+}
+
+/// "duplicate entry with key K", as `serde_yaml` words it.
+struct DuplicateKey<'a>(&'a Value);
+
+impl fmt::Display for DuplicateKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("duplicate entry ")?;
+        match self.0 {
+            Value::Null => f.write_str("with null key"),
+            Value::Bool(boolean) => write!(f, "with key `{boolean}`"),
+            Value::Number(number) => write!(f, "with key {number}"),
+            Value::String(string) => write!(f, "with key {string:?}"),
+            Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => f.write_str("in YAML map"),
+        }
+    }
 }
 
 /// Where a [`Track`] is: its path, the slot for the path of the first
@@ -63,7 +106,7 @@ pub(super) fn convert<'de, T: Deserialize<'de>>(
 struct At<'a> {
     chain: &'a Chain<'a>,
     failure: &'a RefCell<Option<Vec<Step>>>,
-    key: Option<&'a RefCell<Option<Value>>>,
+    key: Option<KeySlot<'a>>,
 }
 
 impl At<'_> {
@@ -76,10 +119,16 @@ impl At<'_> {
         error
     }
 
-    fn capture(&self, key: impl FnOnce() -> Value) {
+    /// Notes the scalar key being read; fails when its mapping has it already.
+    fn capture<E: de::Error>(&self, key: impl FnOnce() -> Value) -> Result<(), E> {
         if let Some(slot) = self.key {
-            *slot.borrow_mut() = Some(key());
+            let key = key();
+            if slot.seen.contains(&key) {
+                return Err(E::custom(DuplicateKey(&key)));
+            }
+            *slot.key.borrow_mut() = Some(key);
         }
+        Ok(())
     }
 
     fn below(self) -> Self {
@@ -137,7 +186,7 @@ struct TrackVisitor<'a, V> {
 macro_rules! track_visit {
     ($($method:ident($ty:ty) $(=> $key:expr)?),* $(,)?) => {$(
         fn $method<E: de::Error>(self, v: $ty) -> Result<V::Value, E> {
-            $(self.at.capture(|| ($key)(&v));)?
+            $(self.at.capture(|| ($key)(&v))?;)?
             self.visitor.$method(v)
         }
     )*};
@@ -170,7 +219,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for TrackVisitor<'_, V> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
-        self.at.capture(|| Value::Null);
+        self.at.capture(|| Value::Null)?;
         self.visitor.visit_unit()
     }
 
@@ -198,6 +247,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for TrackVisitor<'_, V> {
             at: self.at.below(),
             entries: 0,
             key: None,
+            seen: HashSet::new(),
         })
     }
 
@@ -255,6 +305,8 @@ struct TrackMap<'a, A> {
     entries: usize,
     /// The last key read, when it was a scalar.
     key: Option<Value>,
+    /// The scalar keys read so far.
+    seen: HashSet<Value>,
 }
 
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for TrackMap<'_, A> {
@@ -269,11 +321,17 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for TrackMap<'_, A> {
         let at = At {
             chain: &chain,
             failure: self.at.failure,
-            key: Some(&slot),
+            key: Some(KeySlot {
+                key: &slot,
+                seen: &self.seen,
+            }),
         };
         let key = self.map.next_key_seed(TrackSeed { seed, at })?;
         self.entries += 1;
         self.key = slot.into_inner();
+        if let Some(key) = &self.key {
+            self.seen.insert(key.clone());
+        }
         Ok(key)
     }
 

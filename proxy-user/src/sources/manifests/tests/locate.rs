@@ -217,3 +217,95 @@ fn type_errors_of_plain_scalars_point_at_the_value() {
         }
     }
 }
+
+/// A key that a mapping repeats is an error naming the key, placed at the
+/// second copy (YAML and JSON alike), whatever the kind of the object; the
+/// last copy never silently wins.
+#[test]
+fn duplicate_keys_point_at_the_second_copy() {
+    // (name, text, the text that starts at the second copy, its key, message)
+    let cases = [
+        (
+            "YAML, not the first key of its mapping",
+            "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: demo\n  name: a\n  name: b\n",
+            "name: b",
+            "name",
+            "metadata: duplicate entry with key \"name\"",
+        ),
+        (
+            "YAML, at the top of the document",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\nmetadata: {name: b}\n",
+            "metadata: {name: b}",
+            "metadata",
+            "duplicate entry with key \"metadata\"",
+        ),
+        (
+            "YAML, in a flow mapping of a list item",
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a, labels: {x: '1', x: '2'}}\n",
+            "x: '2'",
+            "x",
+            "items[0].metadata.labels: duplicate entry with key \"x\"",
+        ),
+        (
+            "YAML, in a kind that is otherwise ignored",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata:\n  a: '1'\n  b: '2'\n  a: '3'\n",
+            "a: '3'",
+            "a",
+            "data: duplicate entry with key \"a\"",
+        ),
+        (
+            "JSON, in metadata",
+            "{\"apiVersion\": \"v1\", \"kind\": \"Service\",\n \"metadata\": {\"namespace\": \"demo\", \"name\": \"a\",\n  \"name\": \"b\"}}\n",
+            "\"name\": \"b\"",
+            "\"name\"",
+            "duplicate entry with key \"name\"",
+        ),
+        (
+            "JSON, at the top of the second object of a stream",
+            "{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"a\"}}\n{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"b\"},\n \"spec\": {}, \"metadata\": {\"name\": \"c\"}}\n",
+            "\"metadata\": {\"name\": \"c\"}",
+            "\"metadata\"",
+            "duplicate entry with key \"metadata\"",
+        ),
+        (
+            "JSON, a bad value in the second copy",
+            "{\"apiVersion\": \"v1\", \"kind\": \"Service\",\n \"metadata\": {\"name\": \"a\"},\n \"metadata\": {\"name\": 5}}\n",
+            "\"metadata\": {\"name\": 5}",
+            "\"metadata\"",
+            "duplicate entry with key \"metadata\"",
+        ),
+        (
+            "JSON, both copies on one line of a list item",
+            "{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"a\"}, \"kind\": \"Service\"}]}\n",
+            "\"kind\": \"Service\"}]",
+            "\"kind\"",
+            "duplicate entry with key \"kind\"",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, text, second, key, expected) in cases {
+        assert!(second.starts_with(key), "{name}: bad case");
+        let offset = text
+            .find(second)
+            .unwrap_or_else(|| panic!("{name}: {second:?} not in the text"));
+        let line = text[..offset].matches('\n').count() + 1;
+        let start = offset - text[..offset].rfind('\n').map_or(0, |nl| nl + 1) + 1;
+        // On the key: at its first character (YAML) or its last (JSON).
+        let on_key = start..start + key.len();
+        match parse_manifests(text) {
+            Err(
+                error @ ManifestError::Parse {
+                    line: Some(got_line),
+                    column: Some(column),
+                    ..
+                },
+            ) if got_line == line
+                && on_key.contains(&column)
+                && error.to_string() == format!("manifest:{line}:{column}: {expected}") => {}
+            other => wrong.push(format!(
+                "{name}: want manifest:{line}:{on_key:?}: {expected}, got {other:?}"
+            )),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
