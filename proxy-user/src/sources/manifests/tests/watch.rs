@@ -1,0 +1,118 @@
+//! Watching: resyncs on change, errors once, a missing path at once.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{TempDir, service_of};
+use crate::sources::{
+    Kind, SourceEvent,
+    manifests::{ManifestError, parse::object_key, run},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn next_event(rx: &mut mpsc::Receiver<SourceEvent>) -> SourceEvent {
+    match tokio::time::timeout(WAIT, rx.recv()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("the source stopped"),
+        Err(_) => panic!("no event within {WAIT:?}"),
+    }
+}
+
+/// The next two events, which must be the Service and EndpointSlice
+/// resyncs; returns the Services' first port numbers and the slices' names.
+async fn next_resync(rx: &mut mpsc::Receiver<SourceEvent>) -> (Vec<i32>, Vec<String>) {
+    let services = match next_event(rx).await {
+        SourceEvent::Resync {
+            kind: Kind::Service,
+            objects,
+        } => objects,
+        other => panic!("expected a Service resync, got {other:?}"),
+    };
+    let slices = match next_event(rx).await {
+        SourceEvent::Resync {
+            kind: Kind::EndpointSlice,
+            objects,
+        } => objects,
+        other => panic!("expected an EndpointSlice resync, got {other:?}"),
+    };
+    let ports = services
+        .iter()
+        .map(|object| {
+            let spec = service_of(object).spec.as_ref();
+            spec.and_then(|s| s.ports.as_ref())
+                .and_then(|ports| ports.first())
+                .map_or(0, |port| port.port)
+        })
+        .collect();
+    let names = slices.iter().map(|object| object_key(object).2).collect();
+    (ports, names)
+}
+
+fn web(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{namespace: demo, name: web}}\n\
+         spec: {{clusterIP: 198.19.0.10, ports: [{{name: http, port: {port}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{namespace: demo, name: web-1, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [198.18.1.10]}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn run_resyncs_on_change_and_reports_errors() {
+    let dir = TempDir::new("run");
+    let file = dir.write("web.yaml", &web(80));
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = tokio::spawn(run(dir.0.clone(), tx));
+
+    let initial = next_resync(&mut rx).await;
+    assert_eq!(initial, (vec![80], vec!["web-1".to_owned()]));
+
+    // Same size, rewritten right away: still seen.
+    dir.write("web.yaml", &web(81));
+    assert_eq!(next_resync(&mut rx).await.0, vec![81]);
+
+    let broken = "apiVersion: v1\nkind: Service\nmetadata: {namespace: demo, name: web}\nspec: {ports: [{port: x}]}\n";
+    dir.write("web.yaml", broken);
+    match next_event(&mut rx).await {
+        SourceEvent::Error(message) => {
+            assert!(
+                message.starts_with(&format!("{}:4:", file.display())),
+                "{message}"
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    // Fixed back to the last good state: sent again, the error is over.
+    dir.write("web.yaml", &web(81));
+    assert_eq!(next_resync(&mut rx).await.0, vec![81]);
+
+    // A new file in the folder is a change too.
+    dir.write(
+        "more/api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: demo, name: api}\nspec: {clusterIP: 198.19.0.11, ports: [{port: 443}]}\n",
+    );
+    let mut ports = next_resync(&mut rx).await.0;
+    ports.sort();
+    assert_eq!(ports, vec![81, 443]);
+
+    drop(rx);
+    match tokio::time::timeout(WAIT, task).await {
+        Ok(Ok(Ok(()))) => {}
+        other => panic!("run did not end cleanly: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn run_fails_at_once_on_a_missing_path() {
+    let dir = TempDir::new("missing");
+    let (tx, _rx) = mpsc::channel(1);
+    let result = tokio::time::timeout(WAIT, run(dir.0.join("nothing"), tx)).await;
+    match result {
+        Ok(Err(ManifestError::Io { path, .. })) => assert!(path.ends_with("nothing")),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
