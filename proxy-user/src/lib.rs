@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cluster;
 pub mod dataplane;
 pub mod healthcheck;
+pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod migrate;

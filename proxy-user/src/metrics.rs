@@ -52,7 +52,6 @@
 use std::{
     collections::HashSet,
     io,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
@@ -73,18 +72,17 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use proxy_common::{Ct4Key, CtValue, Reason, StatValue, map_names};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-    task::AbortHandle,
-};
+use tokio::{net::TcpListener, task::AbortHandle};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, MapSizes, open_pinned},
+    http,
     sources::kube::KubeSourceStats,
     sync::{self, Health, SyncStats},
 };
+
+// Moved to `http`; re-exported so that the older paths work.
+pub use crate::http::{Response, bind_retrying};
 
 /// kube-proxy's `--metrics-bind-address` default.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10249";
@@ -727,35 +725,10 @@ pub async fn watch_liveness<T: Send + 'static>(
     }
 }
 
-/// An HTTP response of the small servers here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// `Content-Type`.
-    pub content_type: &'static str,
-    /// Body.
-    pub body: String,
-}
-
-impl Response {
-    fn text(status: u16, body: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n"),
-        }
-    }
-}
-
 /// The `/metrics` server's answer for `path`.
 pub fn metrics_response(metrics: &Metrics, path: &str) -> Response {
     match path {
-        "/metrics" => Response {
-            status: 200,
-            content_type: prometheus_text::CONTENT_TYPE,
-            body: metrics.encode(),
-        },
+        "/metrics" => Response::new(200, prometheus_text::CONTENT_TYPE, metrics.encode()),
         _ => Response::text(404, "not found; try /metrics"),
     }
 }
@@ -764,186 +737,31 @@ pub fn metrics_response(metrics: &Metrics, path: &str) -> Response {
 pub fn health_response(health: &AgentHealth, path: &str) -> Response {
     let s = health.status();
     match path {
-        "/healthz" => Response {
-            status: if s.healthy { 200 } else { 503 },
-            content_type: "application/json",
+        "/healthz" => Response::new(
+            if s.healthy { 200 } else { 503 },
+            "application/json",
             // kube-proxy's body, in its field order.
-            body: format!(
+            format!(
                 "{{\"lastUpdated\": {},\"currentTime\": {}}}",
                 serde_json::Value::from(rfc3339(s.last_updated_ms)),
                 serde_json::Value::from(rfc3339(s.current_ms)),
             ),
-        },
+        ),
         "/readyz" if s.ready => Response::text(200, "ok"),
         "/readyz" => Response::text(503, "the first sync pass has not finished"),
         _ => Response::text(404, "not found; try /healthz or /readyz"),
     }
 }
 
-/// Longest request head read (request line and headers).
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 32;
-
-/// Serves `GET` and `HEAD` with `route(path)` (query string removed), one
-/// request per connection (`Connection: close`), until the task is aborted.
-pub async fn serve(
-    listener: TcpListener,
-    route: Arc<dyn Fn(&str) -> Response + Send + Sync>,
-) -> io::Result<()> {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return Ok(());
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and the like: wait instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let route = Arc::clone(&route);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = answer(stream, &*route).await {
-                tracing::debug!("http connection: {e}");
-            }
-        });
-    }
-}
-
-async fn answer(
-    mut stream: TcpStream,
-    route: &(dyn Fn(&str) -> Response + Send + Sync),
-) -> io::Result<()> {
-    let (response, head_only) = match read_request_line(&mut stream).await? {
-        None => (Response::text(431, "request header too large"), false),
-        Some(line) => {
-            let mut parts = line.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(method @ ("GET" | "HEAD")), Some(target), Some(v))
-                    if v.starts_with("HTTP/1.") =>
-                {
-                    let path = target.split(['?', '#']).next().unwrap_or_default();
-                    (route(path), method == "HEAD")
-                }
-                (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/1.") => {
-                    (Response::text(405, "only GET and HEAD"), false)
-                }
-                _ => (Response::text(400, "bad request"), false),
-            }
-        }
-    };
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
-        response.status,
-        reason_phrase(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    if response.status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&response.body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Reads an HTTP/1 request head (at most `MAX_REQUEST` bytes, within
-/// `REQUEST_TIMEOUT`) and returns its request line; `Ok(None)` when the
-/// head is too large. Shared by the metrics, health and health-check
-/// node-port servers.
-pub(crate) async fn read_request_line(stream: &mut TcpStream) -> io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0_u8; 1024];
-        loop {
-            if let Some(end) = find_head_end(&buf) {
-                return Ok(Some(end));
-            }
-            if buf.len() >= MAX_REQUEST {
-                return Ok(None);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    Ok(head.map(|end| {
-        let text = String::from_utf8_lossy(&buf[..end]);
-        text.lines().next().unwrap_or_default().to_owned()
-    }))
-}
-
-/// End of the request head (index of the blank line), if it arrived.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
-/// Binds `addr`, retrying every few seconds while it fails (the port of a
-/// kube-proxy being replaced, for example): the datapath does not wait for
-/// the metrics or health server.
-pub async fn bind_retrying(addr: SocketAddr, what: &str) -> TcpListener {
-    let mut logged = false;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => {
-                tracing::info!(%addr, "{what} server listening");
-                return l;
-            }
-            Err(e) => {
-                if !logged {
-                    tracing::error!(%addr, "cannot listen for the {what} server: {e}; retrying");
-                    logged = true;
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    }
-}
-
-/// Serves `/metrics` on `listener` until aborted.
+/// Serves `/metrics` (`GET` and `HEAD`) on `listener` until aborted.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<()> {
-    serve(
-        listener,
-        Arc::new(move |path: &str| metrics_response(&metrics, path)),
-    )
-    .await
+    http::serve_get(listener, move |path| metrics_response(&metrics, path)).await
 }
 
-/// Serves `/healthz` and `/readyz` on `listener` until aborted.
+/// Serves `/healthz` and `/readyz` (`GET` and `HEAD`) on `listener` until
+/// aborted.
 pub async fn serve_health(listener: TcpListener, health: Arc<AgentHealth>) -> io::Result<()> {
-    serve(
-        listener,
-        Arc::new(move |path: &str| health_response(&health, path)),
-    )
-    .await
+    http::serve_get(listener, move |path| health_response(&health, path)).await
 }
 
 #[cfg(test)]
@@ -954,16 +772,6 @@ mod tests {
     fn rfc3339_formats_unix_ms() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-    }
-
-    #[test]
-    fn head_end_is_found_with_either_line_ending() {
-        assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(23)
-        );
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n"), Some(14));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }
 
     fn health(timeout_ms: u64) -> (Arc<Health>, AgentHealth) {
