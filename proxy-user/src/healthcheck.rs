@@ -46,6 +46,7 @@ use tokio::{
 };
 
 use crate::{
+    health::AgentHealth,
     http::{self, Request, Response},
     model::{Family, Protocol, ServiceModel, ServiceName},
 };
@@ -79,9 +80,6 @@ pub struct HealthCheckService {
 /// Health check ports and the service each answers for: what the sync loop
 /// publishes after each pass.
 pub type HealthChecks = BTreeMap<u16, HealthCheckService>;
-
-/// Whether the agent is healthy (`serviceProxyHealthy`).
-pub type Healthy = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What `svc`, modelled as `m`, needs: `None` unless it is a LoadBalancer
 /// with `externalTrafficPolicy: Local` and a valid `healthCheckNodePort` (the
@@ -214,7 +212,7 @@ pub struct ApplyReport {
 /// The listeners of the health check ports.
 pub struct Responder {
     bind: IpAddr,
-    healthy: Healthy,
+    health: Arc<AgentHealth>,
     current: Arc<RwLock<HealthChecks>>,
     listeners: BTreeMap<u16, JoinHandle<()>>,
     failed: BTreeMap<u16, String>,
@@ -222,12 +220,12 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// A responder that binds its ports on `bind` and asks `healthy` for
+    /// A responder that binds its ports on `bind` and asks `health` for
     /// `serviceProxyHealthy` at each request.
-    pub fn new(bind: IpAddr, healthy: Healthy) -> Self {
+    pub fn new(bind: IpAddr, health: Arc<AgentHealth>) -> Self {
         Self {
             bind,
-            healthy,
+            health,
             current: Arc::new(RwLock::new(HealthChecks::new())),
             listeners: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -274,7 +272,7 @@ impl Responder {
                         listener,
                         *port,
                         Arc::clone(&self.current),
-                        Arc::clone(&self.healthy),
+                        Arc::clone(&self.health),
                         Arc::clone(&self.permits),
                     ));
                     self.listeners.insert(*port, task);
@@ -343,7 +341,7 @@ async fn serve(
     listener: TcpListener,
     port: u16,
     current: Arc<RwLock<HealthChecks>>,
-    healthy: Healthy,
+    health: Arc<AgentHealth>,
     permits: Arc<Semaphore>,
 ) {
     let handler = Arc::new(move |_: &Request<'_>| {
@@ -354,7 +352,7 @@ async fn serve(
             .cloned();
         match svc {
             Some(svc) => {
-                let a = answer_for(&svc, healthy());
+                let a = answer_for(&svc, health.status().healthy);
                 Response::new(a.status, "application/json", a.body)
                     .with_header("X-Load-Balancing-Endpoints", a.local_endpoints.to_string())
             }

@@ -1,7 +1,7 @@
 //! The agent's small HTTP/1 servers: the one request reader, response writer
-//! and serve loop behind `/metrics`, `/healthz` and `/readyz` (module
-//! `metrics`) and the `healthCheckNodePort`s (module `healthcheck`). It
-//! knows none of them.
+//! and serve loop behind `/metrics` (module `metrics`), `/healthz` and
+//! `/readyz` (module `health`) and the `healthCheckNodePort`s (module
+//! `healthcheck`). It knows none of them.
 //!
 //! One request per connection (`Connection: close`). A request head is at
 //! most [`MAX_REQUEST`] bytes (larger: `431`) and must arrive within

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod dataplane;
+pub mod health;
 pub mod healthcheck;
 pub mod http;
 pub mod inspect;
