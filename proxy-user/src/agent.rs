@@ -11,11 +11,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes},
+    health::{self, AgentHealth},
     healthcheck::{self, HealthChecks, Responder},
-    metrics::{self, AgentHealth, Metrics},
+    http,
+    metrics::{self, Metrics},
     model::NodeInfo,
     sources::{self, SourceEvent},
-    sync::{self, Health, LoopConfig, SyncStats, Syncer},
+    sync::{self, LoopConfig, SyncStats, Syncer},
 };
 
 /// Where Services and EndpointSlices come from.
@@ -178,7 +180,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
 
     let stats = Arc::new(SyncStats::default());
-    let health = Arc::new(Health::default());
+    let health = Arc::new(AgentHealth::new(AgentHealth::timeout_for(
+        cfg.sync.repair_every,
+    )));
     let syncer = Syncer::new(node, stats.clone());
     let dp = Arc::new(Mutex::new(dp));
     let metrics = Arc::new(Metrics::new(stats, health.clone(), kube_stats));
@@ -186,7 +190,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     if let Some(addr) = cfg.metrics_addr {
         let m = metrics.clone();
         servers.push(tokio::spawn(async move {
-            let listener = metrics::bind_retrying(addr, "metrics").await;
+            let listener = http::bind_retrying(addr, "metrics").await;
             if let Err(e) = metrics::serve_metrics(listener, m).await {
                 tracing::error!("metrics server stopped: {e}");
             }
@@ -221,16 +225,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         }
     });
-    let agent_health = Arc::new(AgentHealth::new(
-        health.clone(),
-        AgentHealth::timeout_for(cfg.sync.repair_every),
-    ));
     // healthCheckNodePorts: the sync loop publishes, the responder serves.
     let (hc_tx, hc_rx) = watch::channel(HealthChecks::new());
     let mut tasks = Vec::new();
     if let Some(bind) = cfg.healthcheck_bind {
-        let h = agent_health.clone();
-        let responder = Responder::new(bind, Arc::new(move || h.status().healthy));
+        let responder = Responder::new(bind, health.clone());
         let task = tokio::spawn(healthcheck::run(responder, hc_rx, healthcheck::RETRY_EVERY));
         tasks.push(("healthcheck", task.abort_handle()));
         servers.push(task);
@@ -240,7 +239,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         dp.clone(),
         rx,
         cfg.sync.clone(),
-        health,
+        health.clone(),
         move |_, syncer, _| {
             metrics.observe_pass_duration(syncer.last_pass_duration);
             metrics.observe_programming_latencies(&syncer.last_latencies);
@@ -255,17 +254,17 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         },
     ));
     if let Some(addr) = cfg.healthz_addr {
-        let h = agent_health.clone();
+        let h = health.clone();
         servers.push(tokio::spawn(async move {
-            let listener = metrics::bind_retrying(addr, "health").await;
-            if let Err(e) = metrics::serve_health(listener, h).await {
+            let listener = http::bind_retrying(addr, "health").await;
+            if let Err(e) = health::serve_health(listener, h).await {
                 tracing::error!("health server stopped: {e}");
             }
         }));
     }
     // Heartbeats for /healthz: the sync loop only passes on change.
-    servers.push(tokio::spawn(metrics::watch_liveness(
-        agent_health,
+    servers.push(tokio::spawn(health::watch_liveness(
+        health,
         dp,
         [
             ("source", source.abort_handle()),

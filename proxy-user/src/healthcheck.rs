@@ -32,7 +32,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt, io,
+    fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, PoisonError, RwLock},
     time::Duration,
@@ -40,13 +40,16 @@ use std::{
 
 use k8s_openapi::api::core::v1::Service;
 use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Semaphore, watch},
     task::JoinHandle,
 };
 
-use crate::model::{Family, Protocol, ServiceModel, ServiceName};
+use crate::{
+    health::AgentHealth,
+    http::{self, Request, Response},
+    model::{Family, Protocol, ServiceModel, ServiceName},
+};
 
 /// kube-proxy's default: every address of the node (`--nodeport-addresses`
 /// unset).
@@ -77,9 +80,6 @@ pub struct HealthCheckService {
 /// Health check ports and the service each answers for: what the sync loop
 /// publishes after each pass.
 pub type HealthChecks = BTreeMap<u16, HealthCheckService>;
-
-/// Whether the agent is healthy (`serviceProxyHealthy`).
-pub type Healthy = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What `svc`, modelled as `m`, needs: `None` unless it is a LoadBalancer
 /// with `externalTrafficPolicy: Local` and a valid `healthCheckNodePort` (the
@@ -212,7 +212,7 @@ pub struct ApplyReport {
 /// The listeners of the health check ports.
 pub struct Responder {
     bind: IpAddr,
-    healthy: Healthy,
+    health: Arc<AgentHealth>,
     current: Arc<RwLock<HealthChecks>>,
     listeners: BTreeMap<u16, JoinHandle<()>>,
     failed: BTreeMap<u16, String>,
@@ -220,12 +220,12 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// A responder that binds its ports on `bind` and asks `healthy` for
+    /// A responder that binds its ports on `bind` and asks `health` for
     /// `serviceProxyHealthy` at each request.
-    pub fn new(bind: IpAddr, healthy: Healthy) -> Self {
+    pub fn new(bind: IpAddr, health: Arc<AgentHealth>) -> Self {
         Self {
             bind,
-            healthy,
+            health,
             current: Arc::new(RwLock::new(HealthChecks::new())),
             listeners: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -272,7 +272,7 @@ impl Responder {
                         listener,
                         *port,
                         Arc::clone(&self.current),
-                        Arc::clone(&self.healthy),
+                        Arc::clone(&self.health),
                         Arc::clone(&self.permits),
                     ));
                     self.listeners.insert(*port, task);
@@ -335,109 +335,34 @@ pub async fn run(
     responder.close_all().await;
 }
 
-/// Accepts connections on one health check port until aborted.
+/// Serves one health check port until aborted: any method and path (as
+/// kube-proxy).
 async fn serve(
     listener: TcpListener,
     port: u16,
     current: Arc<RwLock<HealthChecks>>,
-    healthy: Healthy,
+    health: Arc<AgentHealth>,
     permits: Arc<Semaphore>,
 ) {
-    loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and the like: wait instead of spinning.
-                tracing::warn!(port, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let handler = Arc::new(move |_: &Request<'_>| {
+        let svc = current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&port)
+            .cloned();
+        match svc {
+            Some(svc) => {
+                let a = answer_for(&svc, health.status().healthy);
+                Response::new(a.status, "application/json", a.body)
+                    .with_header("X-Load-Balancing-Endpoints", a.local_endpoints.to_string())
             }
-        };
-        let current = Arc::clone(&current);
-        let healthy = Arc::clone(&healthy);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = answer(stream, port, &current, &*healthy).await {
-                tracing::debug!(port, "health check connection: {e}");
-            }
-        });
-    }
-}
-
-/// Reads one request head and answers it; any method and path (as
-/// kube-proxy), `HEAD` without a body.
-async fn answer(
-    mut stream: TcpStream,
-    port: u16,
-    current: &RwLock<HealthChecks>,
-    healthy: &(dyn Fn() -> bool + Send + Sync),
-) -> io::Result<()> {
-    let request_line = crate::metrics::read_request_line(&mut stream).await?;
-    let mut head_only = false;
-    let (status, content_type, endpoints, body) = match request_line {
-        None => (431, "text/plain; charset=utf-8", None, String::new()),
-        Some(line) => {
-            let mut parts = line.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(method), Some(_), Some(v)) if v.starts_with("HTTP/1.") => {
-                    head_only = method == "HEAD";
-                    let svc = current
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(&port)
-                        .cloned();
-                    match svc {
-                        Some(svc) => {
-                            let a = answer_for(&svc, healthy());
-                            (
-                                a.status,
-                                "application/json",
-                                Some(a.local_endpoints),
-                                a.body,
-                            )
-                        }
-                        // Closed while this connection waited.
-                        None => (
-                            503,
-                            "text/plain; charset=utf-8",
-                            None,
-                            "no service on this port\n".to_owned(),
-                        ),
-                    }
-                }
-                _ => (
-                    400,
-                    "text/plain; charset=utf-8",
-                    None,
-                    "bad request\n".to_owned(),
-                ),
-            }
+            // Closed while this connection waited.
+            None => Response::text(503, "no service on this port"),
         }
-    };
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\n"
-    );
-    if let Some(n) = endpoints {
-        out.push_str(&format!("X-Load-Balancing-Endpoints: {n}\r\n"));
+    });
+    if let Err(e) = http::serve(listener, permits, handler).await {
+        tracing::error!(port, "health check port stopped: {e}");
     }
-    out.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
-    if !head_only {
-        out.push_str(&body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 #[cfg(test)]

@@ -15,16 +15,19 @@
 //!   programs and keeps their maps equal to the plan (its `maps` module is
 //!   the only codec of map entries).
 //!
-//! Around them: [`agent`] wires the tasks, [`healthcheck`] and [`metrics`]
-//! serve HTTP, [`inspect`] reads the pinned maps for `svcnat inspect`,
+//! Around them: [`agent`] wires the tasks; [`http`] is the one HTTP server
+//! loop, [`health`] the agent's health, served by [`metrics`] (`/metrics`,
+//! `/healthz`, `/readyz`) and [`healthcheck`] (health-check node ports); [`inspect`] reads the pinned maps for `svcnat inspect`,
 //! [`host`] lists the node's interfaces and addresses. The README's
 //! "Layout" section maps the repository.
 
 pub mod agent;
 pub mod cluster;
 pub mod dataplane;
+pub mod health;
 pub mod healthcheck;
 pub mod host;
+pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod model;

@@ -7,7 +7,7 @@ use proxy_common::default_sizes;
 use svcnat::{
     agent::{self, AgentConfig, SourceConfig},
     dataplane::{self, DEFAULT_BPFFS, MapSizes},
-    healthcheck, inspect, metrics,
+    health, healthcheck, inspect, metrics,
     sources::kube::{ApiServerOverride, KubeConfigSource},
     sync::LoopConfig,
 };
@@ -119,7 +119,7 @@ struct RunArgs {
     #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR)]
     metrics_addr: String,
     /// Address of the `/healthz` and `/readyz` server; empty to serve none.
-    #[arg(long, default_value = metrics::DEFAULT_HEALTHZ_ADDR)]
+    #[arg(long, default_value = health::DEFAULT_HEALTHZ_ADDR)]
     healthz_addr: String,
     /// IP address the healthCheckNodePorts of LoadBalancer services with
     /// externalTrafficPolicy Local are served on; empty to serve none.

@@ -1,7 +1,7 @@
-//! Prometheus metrics (`--metrics-addr`, default `127.0.0.1:10249`) and
-//! health endpoints (`--healthz-addr`, default `0.0.0.0:10256`), on the ports
-//! kube-proxy uses, so that probes and scrape configurations written for it
-//! keep working.
+//! Prometheus metrics (`--metrics-addr`, default `127.0.0.1:10249`), on the
+//! port kube-proxy uses, so that scrape configurations written for it keep
+//! working. The health endpoints kube-proxy serves next to them are
+//! [`crate::health`]'s; both use the servers of [`crate::http`].
 //!
 //! # Metrics
 //!
@@ -36,29 +36,16 @@
 //! `map_capacity_entries{map="SVCNAT_SVC4"}` (which also holds one marker per
 //! VIP), `backends` with `SVCNAT_BACKEND4`, `backend_slots` with
 //! `SVCNAT_SLOTS` and `conntrack_entries` with `SVCNAT_CT4`.
-//!
-//! # Health
-//!
-//! - `/healthz`: `200` when the first sync pass finished, every agent task is
-//!   still running, and the sync loop was shown alive within
-//!   [`AgentHealth::timeout`] (`503` otherwise). The sync loop only passes
-//!   when something changed, so [`watch_liveness`] takes the dataplane lock
-//!   (the one passes and drift repairs hold) every few seconds as a
-//!   heartbeat: a pass or repair stuck holding it stops the heartbeats. The
-//!   body is kube-proxy's: `{"lastUpdated": "...", "currentTime": "..."}`
-//!   (RFC 3339), `lastUpdated` being the last pass or heartbeat.
-//! - `/readyz`: `200` once the first sync pass finished.
 
 use std::{
     collections::HashSet,
     io,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use aya::maps::{HashMap, MapData};
@@ -73,45 +60,29 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use proxy_common::{Ct4Key, CtValue, Reason, StatValue, map_names};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-    task::AbortHandle,
-};
+use tokio::net::TcpListener;
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, MapSizes, open_pinned},
     sources::kube::KubeSourceStats,
-    sync::{self, Health, SyncStats},
+    sync::{self, SyncStats},
+};
+
+// Moved to `health` and `http`; re-exported so that the older paths work.
+pub use crate::{
+    health::{
+        AgentHealth, DEFAULT_HEALTHZ_ADDR, HEALTH_SLACK, HealthStatus, health_response, rfc3339,
+        serve_health, unix_ms_now, watch_liveness,
+    },
+    http::{Response, bind_retrying},
 };
 
 /// kube-proxy's `--metrics-bind-address` default.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10249";
-/// kube-proxy's `--healthz-bind-address` default.
-pub const DEFAULT_HEALTHZ_ADDR: &str = "0.0.0.0:10256";
 /// How often [`sample_datapath`] reads counters, capacities and counts.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// How often [`sample_datapath`] counts the conntrack map, at most.
 pub const CONNTRACK_COUNT_EVERY: Duration = Duration::from_secs(30);
-/// Longest a heartbeat or pass may be late before `/healthz` fails, beyond
-/// two repair intervals.
-pub const HEALTH_SLACK: Duration = Duration::from_secs(10);
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// RFC 3339 of a Unix time in milliseconds (`1970-01-01T00:00:00Z` for 0).
-pub fn rfc3339(unix_ms: u64) -> String {
-    let ms = i64::try_from(unix_ms).unwrap_or(i64::MAX);
-    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
-        .unwrap_or(k8s_openapi::jiff::Timestamp::MAX)
-        .to_string()
-}
 
 /// What the maps held at one moment, read by [`DatapathSample::read`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -220,7 +191,7 @@ const UNSET: u64 = u64::MAX;
 #[derive(Debug)]
 struct Shared {
     sync: Arc<SyncStats>,
-    health: Arc<Health>,
+    health: Arc<AgentHealth>,
     kube: Option<Arc<KubeSourceStats>>,
     datapath: Mutex<Option<DatapathSample>>,
     conntrack: AtomicU64,
@@ -239,11 +210,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics over the sync loop's `stats` and `health`, and the Kubernetes
-    /// source's watch counters when there is one.
+    /// Metrics over the sync loop's `stats`, the agent's `health` (its last
+    /// pass), and the Kubernetes source's watch counters when there is one.
     pub fn new(
         stats: Arc<SyncStats>,
-        health: Arc<Health>,
+        health: Arc<AgentHealth>,
         kube: Option<Arc<KubeSourceStats>>,
     ) -> Self {
         let mut registry = Registry::with_prefix("svcnat");
@@ -587,439 +558,17 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// What `/healthz` and `/readyz` answer, at one instant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthStatus {
-    /// `/healthz` answers 200.
-    pub healthy: bool,
-    /// `/readyz` answers 200: the first sync pass finished.
-    pub ready: bool,
-    /// Last pass or heartbeat, Unix ms (0: none yet).
-    pub last_updated_ms: u64,
-    /// The instant of the status, Unix ms.
-    pub current_ms: u64,
-    /// Why it is not healthy.
-    pub reason: Option<String>,
-}
-
-/// Liveness of the agent: the sync loop's [`Health`], heartbeats from
-/// [`watch_liveness`], and whether an agent task stopped.
-#[derive(Debug)]
-pub struct AgentHealth {
-    sync: Arc<Health>,
-    heartbeat_ms: AtomicU64,
-    stopped: Mutex<Option<String>>,
-    timeout: Duration,
-}
-
-impl AgentHealth {
-    /// Healthy while a pass or heartbeat happened within `timeout`.
-    pub fn new(sync: Arc<Health>, timeout: Duration) -> Self {
-        Self {
-            sync,
-            heartbeat_ms: AtomicU64::new(0),
-            stopped: Mutex::new(None),
-            timeout,
-        }
-    }
-
-    /// Two repair intervals plus [`HEALTH_SLACK`]: a pass or repair may hold
-    /// the dataplane lock that long before the agent counts as stuck.
-    pub fn timeout_for(repair_every: Duration) -> Duration {
-        repair_every.saturating_mul(2) + HEALTH_SLACK
-    }
-
-    /// How long the sync loop may go without a pass or heartbeat.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// Records a heartbeat now.
-    pub fn beat(&self) {
-        self.beat_at(unix_ms_now());
-    }
-
-    /// Records a heartbeat at `unix_ms`.
-    pub fn beat_at(&self, unix_ms: u64) {
-        self.heartbeat_ms.fetch_max(unix_ms, Ordering::Relaxed);
-    }
-
-    /// Marks the agent unhealthy for good: task `name` stopped.
-    pub fn task_stopped(&self, name: &str) {
-        let mut s = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.is_none() {
-            tracing::error!(task = name, "agent task stopped; /healthz now fails");
-            *s = Some(format!("task {name} stopped"));
-        }
-    }
-
-    /// The status at `now_ms` (Unix ms).
-    pub fn status_at(&self, now_ms: u64) -> HealthStatus {
-        let ready = self.sync.synced.load(Ordering::Relaxed);
-        let last = self
-            .sync
-            .last_pass_ms
-            .load(Ordering::Relaxed)
-            .max(self.heartbeat_ms.load(Ordering::Relaxed));
-        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        let stopped = self
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let reason = if let Some(s) = stopped {
-            Some(s)
-        } else if !ready {
-            Some("the first sync pass has not finished".to_owned())
-        } else if now_ms.saturating_sub(last) > timeout_ms {
-            Some(format!(
-                "no sync pass or heartbeat for more than {:?}",
-                self.timeout
-            ))
-        } else {
-            None
-        };
-        HealthStatus {
-            healthy: reason.is_none(),
-            ready,
-            last_updated_ms: last,
-            current_ms: now_ms,
-            reason,
-        }
-    }
-
-    /// The status now.
-    pub fn status(&self) -> HealthStatus {
-        self.status_at(unix_ms_now())
-    }
-}
-
-/// Heartbeats for [`AgentHealth`]: every `every`, marks the agent unhealthy
-/// if one of `tasks` finished, and beats once `lock` (the dataplane lock the
-/// sync loop holds for passes and repairs) could be taken. At most one lock
-/// attempt is outstanding, so a lock held forever costs one blocked thread.
-/// Runs until aborted.
-pub async fn watch_liveness<T: Send + 'static>(
-    health: Arc<AgentHealth>,
-    lock: Arc<Mutex<T>>,
-    tasks: Vec<(&'static str, AbortHandle)>,
-    every: Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut attempt: Option<tokio::task::JoinHandle<()>> = None;
-    loop {
-        tick.tick().await;
-        for (name, task) in &tasks {
-            if task.is_finished() {
-                health.task_stopped(name);
-            }
-        }
-        if attempt.as_ref().is_some_and(|a| !a.is_finished()) {
-            continue;
-        }
-        let l = Arc::clone(&lock);
-        let h = Arc::clone(&health);
-        attempt = Some(tokio::task::spawn_blocking(move || {
-            drop(l.lock().unwrap_or_else(PoisonError::into_inner));
-            h.beat();
-        }));
-    }
-}
-
-/// An HTTP response of the small servers here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// `Content-Type`.
-    pub content_type: &'static str,
-    /// Body.
-    pub body: String,
-}
-
-impl Response {
-    fn text(status: u16, body: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n"),
-        }
-    }
-}
-
 /// The `/metrics` server's answer for `path`.
 pub fn metrics_response(metrics: &Metrics, path: &str) -> Response {
     match path {
-        "/metrics" => Response {
-            status: 200,
-            content_type: prometheus_text::CONTENT_TYPE,
-            body: metrics.encode(),
-        },
+        "/metrics" => Response::new(200, prometheus_text::CONTENT_TYPE, metrics.encode()),
         _ => Response::text(404, "not found; try /metrics"),
     }
 }
 
-/// The health server's answer for `path`.
-pub fn health_response(health: &AgentHealth, path: &str) -> Response {
-    let s = health.status();
-    match path {
-        "/healthz" => Response {
-            status: if s.healthy { 200 } else { 503 },
-            content_type: "application/json",
-            // kube-proxy's body, in its field order.
-            body: format!(
-                "{{\"lastUpdated\": {},\"currentTime\": {}}}",
-                serde_json::Value::from(rfc3339(s.last_updated_ms)),
-                serde_json::Value::from(rfc3339(s.current_ms)),
-            ),
-        },
-        "/readyz" if s.ready => Response::text(200, "ok"),
-        "/readyz" => Response::text(503, "the first sync pass has not finished"),
-        _ => Response::text(404, "not found; try /healthz or /readyz"),
-    }
-}
-
-/// Longest request head read (request line and headers).
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 32;
-
-/// Serves `GET` and `HEAD` with `route(path)` (query string removed), one
-/// request per connection (`Connection: close`), until the task is aborted.
-pub async fn serve(
-    listener: TcpListener,
-    route: Arc<dyn Fn(&str) -> Response + Send + Sync>,
-) -> io::Result<()> {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return Ok(());
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and the like: wait instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let route = Arc::clone(&route);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = answer(stream, &*route).await {
-                tracing::debug!("http connection: {e}");
-            }
-        });
-    }
-}
-
-async fn answer(
-    mut stream: TcpStream,
-    route: &(dyn Fn(&str) -> Response + Send + Sync),
-) -> io::Result<()> {
-    let (response, head_only) = match read_request_line(&mut stream).await? {
-        None => (Response::text(431, "request header too large"), false),
-        Some(line) => {
-            let mut parts = line.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(method @ ("GET" | "HEAD")), Some(target), Some(v))
-                    if v.starts_with("HTTP/1.") =>
-                {
-                    let path = target.split(['?', '#']).next().unwrap_or_default();
-                    (route(path), method == "HEAD")
-                }
-                (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/1.") => {
-                    (Response::text(405, "only GET and HEAD"), false)
-                }
-                _ => (Response::text(400, "bad request"), false),
-            }
-        }
-    };
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
-        response.status,
-        reason_phrase(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    if response.status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&response.body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Reads an HTTP/1 request head (at most `MAX_REQUEST` bytes, within
-/// `REQUEST_TIMEOUT`) and returns its request line; `Ok(None)` when the
-/// head is too large. Shared by the metrics, health and health-check
-/// node-port servers.
-pub(crate) async fn read_request_line(stream: &mut TcpStream) -> io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0_u8; 1024];
-        loop {
-            if let Some(end) = find_head_end(&buf) {
-                return Ok(Some(end));
-            }
-            if buf.len() >= MAX_REQUEST {
-                return Ok(None);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    Ok(head.map(|end| {
-        let text = String::from_utf8_lossy(&buf[..end]);
-        text.lines().next().unwrap_or_default().to_owned()
-    }))
-}
-
-/// End of the request head (index of the blank line), if it arrived.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    }
-}
-
-/// Binds `addr`, retrying every few seconds while it fails (the port of a
-/// kube-proxy being replaced, for example): the datapath does not wait for
-/// the metrics or health server.
-pub async fn bind_retrying(addr: SocketAddr, what: &str) -> TcpListener {
-    let mut logged = false;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => {
-                tracing::info!(%addr, "{what} server listening");
-                return l;
-            }
-            Err(e) => {
-                if !logged {
-                    tracing::error!(%addr, "cannot listen for the {what} server: {e}; retrying");
-                    logged = true;
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    }
-}
-
-/// Serves `/metrics` on `listener` until aborted.
+/// Serves `/metrics` (`GET` and `HEAD`) on `listener` until aborted.
 pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<()> {
-    serve(
-        listener,
-        Arc::new(move |path: &str| metrics_response(&metrics, path)),
-    )
-    .await
-}
-
-/// Serves `/healthz` and `/readyz` on `listener` until aborted.
-pub async fn serve_health(listener: TcpListener, health: Arc<AgentHealth>) -> io::Result<()> {
-    serve(
-        listener,
-        Arc::new(move |path: &str| health_response(&health, path)),
-    )
-    .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_unix_ms() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-    }
-
-    #[test]
-    fn head_end_is_found_with_either_line_ending() {
-        assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(23)
-        );
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n"), Some(14));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
-    }
-
-    fn health(timeout_ms: u64) -> (Arc<Health>, AgentHealth) {
-        let sync = Arc::new(Health::default());
-        let h = AgentHealth::new(Arc::clone(&sync), Duration::from_millis(timeout_ms));
-        (sync, h)
-    }
-
-    #[test]
-    fn unhealthy_until_the_first_pass() {
-        let (sync, h) = health(1_000);
-        h.beat_at(10_000);
-        let s = h.status_at(10_500);
-        assert!(!s.healthy && !s.ready, "{s:?}");
-        assert_eq!(s.last_updated_ms, 10_000);
-        sync.last_pass_ms.store(10_200, Ordering::Relaxed);
-        sync.synced.store(true, Ordering::Relaxed);
-        let s = h.status_at(10_500);
-        assert!(s.healthy && s.ready, "{s:?}");
-        assert_eq!(s.last_updated_ms, 10_200);
-    }
-
-    #[test]
-    fn heartbeats_keep_it_healthy_without_passes() {
-        let (sync, h) = health(1_000);
-        sync.last_pass_ms.store(10_000, Ordering::Relaxed);
-        sync.synced.store(true, Ordering::Relaxed);
-        assert!(h.status_at(11_000).healthy);
-        let s = h.status_at(11_001);
-        assert!(!s.healthy && s.ready, "{s:?}");
-        h.beat_at(11_500);
-        assert!(h.status_at(12_000).healthy);
-        // An older heartbeat does not move lastUpdated back.
-        h.beat_at(11_000);
-        assert_eq!(h.status_at(12_000).last_updated_ms, 11_500);
-    }
-
-    #[test]
-    fn a_stopped_task_is_unhealthy_for_good() {
-        let (sync, h) = health(1_000);
-        sync.last_pass_ms.store(10_000, Ordering::Relaxed);
-        sync.synced.store(true, Ordering::Relaxed);
-        h.task_stopped("sync");
-        h.beat_at(10_000);
-        let s = h.status_at(10_000);
-        assert!(!s.healthy && s.ready, "{s:?}");
-        assert_eq!(s.reason.as_deref(), Some("task sync stopped"));
-    }
-
-    #[test]
-    fn health_timeout_is_two_repair_intervals_and_slack() {
-        assert_eq!(
-            AgentHealth::timeout_for(Duration::from_secs(60)),
-            Duration::from_secs(130)
-        );
-    }
+    crate::http::serve_get(listener, move |path| metrics_response(&metrics, path)).await
 }
 
 #[cfg(test)]

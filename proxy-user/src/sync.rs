@@ -464,24 +464,16 @@ impl Default for LoopConfig {
     }
 }
 
-/// Shared view of the sync loop's health.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Unix time (ms) of the end of the last pass; 0 before the first.
-    pub last_pass_ms: AtomicU64,
-    /// Whether the first complete pass finished.
-    pub synced: std::sync::atomic::AtomicBool,
-}
-
 /// Runs the sync loop until the channel closes: coalesces events, runs a
-/// pass when something changed, repairs drift every `repair_every`, and
-/// calls `on_pass` after each pass (metrics, tests).
+/// pass when something changed, repairs drift every `repair_every`,
+/// records each pass in `health` and calls `on_pass` after it (metrics,
+/// tests).
 pub async fn run(
     mut syncer: Syncer,
     dp: Arc<Mutex<Dataplane>>,
     mut rx: mpsc::Receiver<SourceEvent>,
     cfg: LoopConfig,
-    health: Arc<Health>,
+    health: Arc<crate::health::AgentHealth>,
     mut on_pass: impl FnMut(&PassReport, &Syncer, &Dataplane),
 ) {
     let mut repair = tokio::time::interval(cfg.repair_every);
@@ -529,11 +521,7 @@ pub async fn run(
                 elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
                 "sync pass"
             );
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            health.last_pass_ms.store(now_ms, Ordering::Relaxed);
-            health.synced.store(true, Ordering::Relaxed);
+            health.pass_finished();
             on_pass(&report, &syncer, &dp);
         }
     }

@@ -9,10 +9,7 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -20,6 +17,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::json;
 use svcnat::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
+    health::AgentHealth,
     healthcheck::{self, HealthCheckService, HealthChecks, Responder},
     model::{NodeInfo, ServiceName},
     netns::{NetNs, skip_reason, unique_tag},
@@ -140,16 +138,20 @@ async fn refused(port: u16) -> bool {
     }
 }
 
+/// An agent that stays healthy through a test: synced, a pass just now, an
+/// hour's timeout.
+fn healthy_agent() -> Arc<AgentHealth> {
+    let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
+    health.pass_finished();
+    health
+}
+
 #[test]
 fn answers_like_kube_proxy_for_local_and_remote_endpoints_and_agent_health() {
     require_root!();
     in_netns(|| async {
-        let healthy = Arc::new(AtomicBool::new(true));
-        let h = Arc::clone(&healthy);
-        let mut responder = Responder::new(
-            healthcheck::DEFAULT_BIND_ADDRESS,
-            Arc::new(move || h.load(Ordering::Relaxed)),
-        );
+        let health = healthy_agent();
+        let mut responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, Arc::clone(&health));
         let report = responder
             .apply(&hc(&[(32001, "web", 2), (32002, "remote", 0)]))
             .await;
@@ -176,13 +178,13 @@ fn answers_like_kube_proxy_for_local_and_remote_endpoints_and_agent_health() {
         assert_eq!((r.status, r.body.as_str()), (200, ""));
         assert_eq!(r.headers["x-load-balancing-endpoints"], "2");
 
-        // An unhealthy agent fails every port.
-        healthy.store(false, Ordering::Relaxed);
+        // An unhealthy agent (here: not synced) fails every port.
+        health.synced.store(false, Ordering::Relaxed);
         let r = get(32001).await;
         assert_eq!((r.status, r.body), (503, body("shop", "web", 2, false)));
 
         // New counts apply without reopening; a port that goes is closed.
-        healthy.store(true, Ordering::Relaxed);
+        health.synced.store(true, Ordering::Relaxed);
         let report = responder.apply(&hc(&[(32002, "remote", 1)])).await;
         assert_eq!((report.opened, report.closed), (vec![], vec![32001]));
         let r = get(32002).await;
@@ -198,7 +200,7 @@ fn a_port_in_use_is_reported_and_retried_and_the_others_are_served() {
     require_root!();
     in_netns(|| async {
         let blocker = std::net::TcpListener::bind("0.0.0.0:32003").expect("occupy 32003");
-        let mut responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, Arc::new(|| true));
+        let mut responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, healthy_agent());
         let want = hc(&[(32003, "busy", 1), (32004, "free", 1)]);
         let report = responder.apply(&want).await;
         assert_eq!(report.opened, vec![32004]);
@@ -222,7 +224,7 @@ fn run_follows_the_published_set_and_closes_everything_at_the_end() {
     require_root!();
     in_netns(|| async {
         let (tx, rx) = watch::channel(HealthChecks::new());
-        let responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, Arc::new(|| true));
+        let responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, healthy_agent());
         let task = tokio::spawn(healthcheck::run(responder, rx, Duration::from_millis(50)));
         tx.send_replace(hc(&[(32005, "web", 1)]));
         let mut tries = 0;
@@ -312,7 +314,7 @@ fn sync_passes_open_answer_hand_over_and_close_the_ports() {
             addresses: vec!["198.18.0.2".parse().expect("address")],
         };
         let mut syncer = Syncer::new(node, Arc::new(SyncStats::default()));
-        let mut responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, Arc::new(|| true));
+        let mut responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, healthy_agent());
         syncer.handle(SourceEvent::Resync {
             kind: Kind::Service,
             objects: vec![

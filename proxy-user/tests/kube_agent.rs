@@ -17,11 +17,12 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use support::apiserver::ApiServer;
 use svcnat::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
+    health::AgentHealth,
     inspect,
     model::NodeInfo,
     netns::skip_reason,
     sources::{self, Kind, SourceEvent},
-    sync::{self, Health, LoopConfig, SyncStats, Syncer},
+    sync::{self, LoopConfig, SyncStats, Syncer},
 };
 use tokio::sync::mpsc;
 
@@ -129,7 +130,7 @@ async fn kube_source_changes_reach_the_maps() {
         dp.clone(),
         rx,
         LoopConfig::default(),
-        Arc::new(Health::default()),
+        Arc::new(AgentHealth::new(Duration::from_secs(3600))),
         move |report, _, _| {
             record
                 .lock()

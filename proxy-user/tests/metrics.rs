@@ -23,12 +23,10 @@ use svcnat::{
         BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
         open_pinned,
     },
-    metrics::{
-        AgentHealth, DatapathSample, Metrics, count_conntrack, rfc3339, sample_datapath,
-        serve_health, serve_metrics, unix_ms_now, watch_liveness,
-    },
+    health::{AgentHealth, rfc3339, serve_health, unix_ms_now, watch_liveness},
+    metrics::{DatapathSample, Metrics, count_conntrack, sample_datapath, serve_metrics},
     sources::kube::KubeSourceStats,
-    sync::{Health, SyncStats},
+    sync::SyncStats,
     testing::datapath::{Flow, ct4_pair},
 };
 use tokio::net::TcpListener;
@@ -371,7 +369,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
         stats.repaired.store(4, Ordering::Relaxed);
         stats.source_errors.store(7, Ordering::Relaxed);
         stats.udp_flows_cleared.store(8, Ordering::Relaxed);
-        let health = Arc::new(Health::default());
+        let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
         health
             .last_pass_ms
             .store(1_700_000_000_500, Ordering::Relaxed);
@@ -546,7 +544,7 @@ async fn families_without_a_source_are_absent_not_zero() {
     within(async {
         let metrics = Arc::new(Metrics::new(
             Arc::new(SyncStats::default()),
-            Arc::new(Health::default()),
+            Arc::new(AgentHealth::new(Duration::from_secs(3600))),
             None,
         ));
         let (addr, server) = start_metrics(Arc::clone(&metrics)).await;
@@ -615,11 +613,7 @@ fn healthz_body(r: &HttpResponse) -> (k8s_openapi::jiff::Timestamp, k8s_openapi:
 #[tokio::test]
 async fn healthz_is_503_before_the_first_sync_and_200_after() {
     within(async {
-        let sync = Arc::new(Health::default());
-        let health = Arc::new(AgentHealth::new(
-            Arc::clone(&sync),
-            Duration::from_secs(3600),
-        ));
+        let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
         let (addr, server) = start_health(Arc::clone(&health)).await;
 
         let before = unix_ms_now();
@@ -632,8 +626,8 @@ async fn healthz_is_503_before_the_first_sync_and_200_after() {
 
         // The first pass: what the sync loop records.
         let pass_ms = unix_ms_now();
-        sync.last_pass_ms.store(pass_ms, Ordering::Relaxed);
-        sync.synced.store(true, Ordering::Relaxed);
+        health.last_pass_ms.store(pass_ms, Ordering::Relaxed);
+        health.synced.store(true, Ordering::Relaxed);
         let r = get(addr, "/healthz").await;
         assert_eq!(r.status, 200, "{}", r.body);
         let (last, now) = healthz_body(&r);
@@ -655,12 +649,12 @@ async fn healthz_is_503_before_the_first_sync_and_200_after() {
 #[tokio::test]
 async fn healthz_fails_when_passes_and_heartbeats_stop() {
     within(async {
-        let sync = Arc::new(Health::default());
+        let health = Arc::new(AgentHealth::new(Duration::from_secs(5)));
         // A pass long ago, beyond the timeout.
-        sync.last_pass_ms
+        health
+            .last_pass_ms
             .store(unix_ms_now() - 10_000, Ordering::Relaxed);
-        sync.synced.store(true, Ordering::Relaxed);
-        let health = Arc::new(AgentHealth::new(Arc::clone(&sync), Duration::from_secs(5)));
+        health.synced.store(true, Ordering::Relaxed);
         let (addr, server) = start_health(Arc::clone(&health)).await;
         assert_eq!(get(addr, "/healthz").await.status, 503);
         // A heartbeat brings it back.
@@ -675,12 +669,8 @@ async fn healthz_fails_when_passes_and_heartbeats_stop() {
 #[tokio::test]
 async fn liveness_watch_beats_while_the_lock_is_free_and_notices_stopped_tasks() {
     within(async {
-        let sync = Arc::new(Health::default());
-        sync.synced.store(true, Ordering::Relaxed);
-        let health = Arc::new(AgentHealth::new(
-            Arc::clone(&sync),
-            Duration::from_secs(3600),
-        ));
+        let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
+        health.synced.store(true, Ordering::Relaxed);
         let lock = Arc::new(Mutex::new(()));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -865,7 +855,7 @@ async fn the_sampler_reads_counts_capacities_and_conntrack_from_the_maps() {
         // The background sampler puts the same into a scrape.
         let metrics = Arc::new(Metrics::new(
             Arc::new(SyncStats::default()),
-            Arc::new(Health::default()),
+            Arc::new(AgentHealth::new(Duration::from_secs(3600))),
             None,
         ));
         let dp = Arc::new(Mutex::new(dp));
