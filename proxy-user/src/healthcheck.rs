@@ -24,8 +24,9 @@
 //! the others.
 //!
 //! `localEndpoints` counts the distinct ready endpoints (address and port,
-//! as kube-proxy counts them) on this node, over the service's IPv4 TCP and
-//! UDP ports: the endpoints the datapath sends outside traffic to. Like
+//! as kube-proxy counts them) on this node, over the ports the datapath
+//! serves ([`crate::plan::served`]; IPv4 TCP and UDP today): the endpoints
+//! the datapath sends outside traffic to. Like
 //! kube-proxy, serving-but-terminating endpoints are not counted even when
 //! the datapath still uses them as a fallback, so that load balancers drain
 //! a node whose endpoints are all terminating.
@@ -38,7 +39,6 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Service;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, watch},
@@ -48,7 +48,7 @@ use tokio::{
 use crate::{
     health::AgentHealth,
     http::{self, Request, Response},
-    model::{Family, Protocol, ServiceModel, ServiceName},
+    model::{ServiceModel, ServiceName},
 };
 
 /// kube-proxy's default: every address of the node (`--nodeport-addresses`
@@ -81,19 +81,17 @@ pub struct HealthCheckService {
 /// publishes after each pass.
 pub type HealthChecks = BTreeMap<u16, HealthCheckService>;
 
-/// What `svc`, modelled as `m`, needs: `None` unless it is a LoadBalancer
-/// with `externalTrafficPolicy: Local` and a valid `healthCheckNodePort` (the
-/// model keeps the port only with the Local policy).
-pub fn need_of(svc: &Service, m: &ServiceModel) -> Option<Need> {
-    let spec = svc.spec.as_ref()?;
-    if spec.type_.as_deref() != Some("LoadBalancer") {
+/// What a service, modelled as `m`, needs: `None` unless it is a
+/// LoadBalancer with `externalTrafficPolicy: Local` and a valid
+/// `healthCheckNodePort` (the model keeps the port only with the Local
+/// policy). Local endpoints are counted over the ports the datapath serves
+/// ([`crate::plan::served`]).
+pub fn need_of(m: &ServiceModel) -> Option<Need> {
+    if !m.load_balancer {
         return None;
     }
     let port = m.ports.iter().find_map(|p| p.health_check_node_port)?;
-    let local: BTreeSet<(IpAddr, u16)> = m
-        .ports
-        .iter()
-        .filter(|p| p.family == Family::V4 && p.protocol != Protocol::Sctp)
+    let local: BTreeSet<(IpAddr, u16)> = crate::plan::served(m)
         .flat_map(|p| &p.backends)
         .filter(|b| b.is_local && !b.terminating)
         .map(|b| (b.address, b.port))
@@ -425,7 +423,7 @@ mod tests {
 
     fn need(svc: &Service, slices: &[EndpointSlice]) -> Option<Need> {
         let refs: Vec<&EndpointSlice> = slices.iter().collect();
-        need_of(svc, &model_service(svc, &refs, &node()))
+        need_of(&model_service(svc, &refs, &node()))
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //!
 //! Around them: [`agent`] wires the tasks; [`http`] is the one HTTP server
 //! loop, [`health`] the agent's health, served by [`metrics`] (`/metrics`,
-//! `/healthz`, `/readyz`) and [`healthcheck`] (health-check node ports); [`inspect`] reads the pinned maps for `svcnat inspect`,
-//! [`host`] lists the node's interfaces and addresses. The README's
+//! `/healthz`, `/readyz`) and [`healthcheck`] (health-check node ports);
+//! [`inspect`] reads the pinned maps for `svcnat inspect`; [`host`] lists
+//! the node's interfaces and addresses. The README's
 //! "Layout" section maps the repository.
 
 pub mod agent;

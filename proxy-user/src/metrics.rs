@@ -435,19 +435,7 @@ impl Collector for Collector_ {
             "Backend slots over all frontends",
             d.backend_slots as i64,
         )?;
-        let c = d.capacity;
-        let capacities = [
-            (map_names::SVC4, c.services),
-            (map_names::SLOTS, c.slots),
-            (map_names::BACKEND4, c.backends),
-            (map_names::REVNAT4, c.revnat),
-            (map_names::CT4, c.conntrack),
-            (map_names::FRAG4, c.fragments),
-            (map_names::SNAT4, c.snat),
-            (map_names::NODE4, c.node_addresses),
-            (map_names::AFFINITY4, c.affinity),
-            (map_names::SRCRANGE4, c.source_ranges),
-        ];
+        let capacities = d.capacity.per_map();
         {
             let mut family = enc.encode_descriptor(
                 "map_capacity_entries",

@@ -330,7 +330,7 @@ impl Syncer {
             let m = model::model_service(svc, &slices, &self.node);
             problems.extend(m.skipped.iter().map(|s| s.to_string()));
             self.desired(&m, &mut want, &mut problems);
-            need = healthcheck::need_of(svc, &m);
+            need = healthcheck::need_of(&m);
         }
         match need {
             Some(n) => self.hc_needs.insert(name.clone(), n),

@@ -90,9 +90,15 @@ impl MapSizes {
         }
     }
 
-    /// Each map's name and its number of entries with these sizes.
+    /// Each sizing knob's value under the name of the first map it sizes
+    /// (what `svcnat_map_capacity_entries` reports).
     pub fn per_map(self) -> impl Iterator<Item = (&'static str, u32)> {
-        MAPS.iter().map(move |m| (m.name, self.entries(m)))
+        MAPS.iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                !matches!(m.size, MapSize::Fixed(_)) && !MAPS[..*i].iter().any(|o| o.size == m.size)
+            })
+            .map(move |(_, m)| (m.name, self.entries(m)))
     }
 }
 

@@ -84,6 +84,9 @@ pub struct ServiceModel {
     pub skipped: Vec<Skip>,
     /// Set when the service has no datapath by design (then `ports` is empty).
     pub no_datapath: Option<NoDatapath>,
+    /// `type: LoadBalancer` (the only type whose `healthCheckNodePort` is
+    /// served, as kube-proxy serves it).
+    pub load_balancer: bool,
 }
 
 /// Models a whole cluster: joins slices to services by namespace and
@@ -128,11 +131,16 @@ pub fn model_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) 
     let mut skipped = ctx.skipped;
     skipped.sort();
     skipped.dedup();
+    let load_balancer = svc
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.type_.as_deref() == Some("LoadBalancer"));
     ServiceModel {
         name: ctx.name,
         ports,
         skipped,
         no_datapath,
+        load_balancer,
     }
 }
 
