@@ -365,7 +365,7 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use serde_json::json;
 
     use super::*;
