@@ -70,11 +70,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use svcnat::{
-    dataplane::{
-        Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, ServiceOpts, cleanup,
-    },
-    netns::{NetNs, run_ok, skip_reason, veth},
+use svcnat::dataplane::{
+    Backend4Spec, Dataplane, DataplaneConfig, Frontend4, MapSizes, ServiceOpts, cleanup,
+};
+use svcnat_testkit::{
+    netns::{NetNs, run_ok, veth},
+    skip::{Needs, skip_reason},
 };
 
 const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -243,7 +244,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = parse_args()?;
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason(&Needs::netns()) {
         bail!("cannot run: {why}");
     }
     for tool in ["iperf3", "iptables-restore", "nft", "ss"] {

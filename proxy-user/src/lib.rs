@@ -4,18 +4,15 @@
 //! Sources -> model -> sync -> dataplane (maps). See `DESIGN.md`.
 
 pub mod agent;
-pub mod cluster;
 pub mod dataplane;
 pub mod healthcheck;
 pub mod inspect;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
-pub mod netns;
 pub mod rbac;
 pub mod sources;
 pub mod sync;
-pub mod testing;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time
 /// (empty when it was not built; loading then fails with a clear error).
