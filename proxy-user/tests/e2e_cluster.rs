@@ -1,4 +1,4 @@
-//! End to end on a cluster on one machine (`svcnat::cluster`): nodes, pods
+//! End to end on a cluster on one machine (`svcnat_testkit::cluster`): nodes, pods
 //! and the fabric are network namespaces, every node runs the real
 //! `svcnat run` on one manifests folder, and real programs talk through
 //! the Services: nginx and curl, dnsmasq and dig, iperf3.

@@ -1,4 +1,4 @@
-//! End to end on the cluster on one machine (`svcnat::cluster`): conntrack
+//! End to end on the cluster on one machine (`svcnat_testkit::cluster`): conntrack
 //! follows endpoint changes as kube-proxy's cleanup does. A UDP client that
 //! keeps sending from one source port is one flow; when its endpoint is
 //! replaced, the flow moves to the new endpoint at once instead of staying

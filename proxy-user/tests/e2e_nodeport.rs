@@ -1,4 +1,4 @@
-//! End to end from outside the cluster (`svcnat::cluster`): outside clients
+//! End to end from outside the cluster (`svcnat_testkit::cluster`): outside clients
 //! on the fabric reach Services through the nodes' addresses (NodePort) and
 //! through load-balancer IPs routed to a node, with nginx backends on both
 //! nodes; traffic policies, session affinity, source ranges and the
