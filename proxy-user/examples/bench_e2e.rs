@@ -244,18 +244,9 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = parse_args()?;
-    if let Some(why) = skip_reason(&Needs::netns()) {
+    let tools = ["iperf3", "iptables-restore", "nft", "ss"];
+    if let Some(why) = skip_reason(&Needs::netns().programs(&tools)) {
         bail!("cannot run: {why}");
-    }
-    for tool in ["iperf3", "iptables-restore", "nft", "ss"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            bail!("`{tool}` is missing (cargo xtask setup installs it)");
-        }
     }
     raise_fd_limit();
     sweep_stale();
