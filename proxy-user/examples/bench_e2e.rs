@@ -70,11 +70,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use svcnat::{
-    dataplane::{
-        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
-    },
-    netns::{NetNs, run_ok, skip_reason, veth},
+use svcnat::dataplane::{
+    BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
+};
+use svcnat_testkit::{
+    netns::{NetNs, run_ok, veth},
+    skip::{Needs, skip_reason},
 };
 
 const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -243,18 +244,9 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = parse_args()?;
-    if let Some(why) = skip_reason() {
+    let tools = ["iperf3", "iptables-restore", "nft", "ss"];
+    if let Some(why) = skip_reason(&Needs::netns().programs(&tools)) {
         bail!("cannot run: {why}");
-    }
-    for tool in ["iperf3", "iptables-restore", "nft", "ss"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            bail!("`{tool}` is missing (cargo xtask setup installs it)");
-        }
     }
     raise_fd_limit();
     sweep_stale();

@@ -19,8 +19,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use svcnat::cluster::{
-    Cluster, ClusterConfig, Host, Proto, node_addr, node_name, pod_addr, pod_gateway, skip_reason,
+use svcnat_testkit::{
+    cluster::{Cluster, ClusterConfig, Host, Proto, node_addr, node_name, pod_addr, pod_gateway},
+    skip::{Needs, skip_reason},
 };
 
 /// Start the demo cluster, send traffic through the example Services, tear down.
@@ -139,7 +140,7 @@ fn step(n: u32, text: &str) {
 }
 
 fn run(args: &Args) -> Result<()> {
-    if let Some(why) = skip_reason(&["nginx", "dnsmasq", "curl", "dig"]) {
+    if let Some(why) = skip_reason(&Needs::cluster(&["nginx", "dnsmasq", "curl", "dig"])) {
         bail!("cannot run here: {why}");
     }
     let svcnat = svcnat_binary(args)?;
@@ -320,7 +321,7 @@ fn show(answers: &[Ipv4Addr], exit: i32) -> String {
     }
 }
 
-fn print_table(web: &[Host], outcomes: &[svcnat::cluster::CurlOutcome]) {
+fn print_table(web: &[Host], outcomes: &[svcnat_testkit::cluster::CurlOutcome]) {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for o in outcomes {
         let key = if o.ok() {

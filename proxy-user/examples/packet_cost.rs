@@ -33,7 +33,7 @@ use proxy_common::{
     SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
     map_names,
 };
-use svcnat::testing::{
+use svcnat_testkit::{
     datapath::{TEST_RUN_IFINDEX, TcProgram, TestDatapath},
     packet::{PacketBuilder, TCP_ACK, TCP_SYN},
     prog_run::test_run,

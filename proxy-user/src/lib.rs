@@ -23,7 +23,6 @@
 //! "Layout" section maps the repository.
 
 pub mod agent;
-pub mod cluster;
 pub mod dataplane;
 pub mod health;
 pub mod healthcheck;
@@ -32,12 +31,10 @@ pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod model;
-pub mod netns;
 pub mod plan;
 pub mod rbac;
 pub mod sources;
 pub mod sync;
-pub mod testing;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time
 /// (empty when it was not built; loading then fails with a clear error).

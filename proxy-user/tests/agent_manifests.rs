@@ -16,7 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat::netns::{NetNs, skip_reason, unique_tag, veth};
+use svcnat_testkit::{
+    netns::{NetNs, unique_tag, veth},
+    skip::Needs,
+    skip_unless,
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const GW: &str = "198.18.0.1";
@@ -291,14 +295,7 @@ fn setup(prefix: &str) -> Setup {
 
 #[test]
 fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_loss() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        eprintln!("skipped: nsenter (util-linux) is not installed");
-        return;
-    }
+    skip_unless!(Needs::agent());
     let Setup {
         mut agent,
         node: _node,
@@ -438,18 +435,6 @@ fn agent_programs_manifests_follows_edits_repairs_drift_and_restarts_without_los
     stop.store(true, Ordering::Relaxed);
 }
 
-fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        eprintln!("skipped: nsenter (util-linux) is not installed");
-        return true;
-    }
-    false
-}
-
 /// A backend that streams bytes to each connection until the peer closes.
 fn serve_stream(ns: &NetNs, stop: Arc<AtomicBool>) {
     drop(ns.spawn(move || {
@@ -481,9 +466,7 @@ fn serve_stream(ns: &NetNs, stop: Arc<AtomicBool>) {
 
 #[test]
 fn twenty_restarts_under_load_fail_no_connection_and_keep_a_long_transfer() {
-    if skip() {
-        return;
-    }
+    skip_unless!(Needs::agent());
     let Setup {
         mut agent,
         node: _node,
@@ -593,9 +576,7 @@ fn twenty_restarts_under_load_fail_no_connection_and_keep_a_long_transfer() {
 
 #[test]
 fn cleanup_removes_every_pin_and_link_and_nothing_else() {
-    if skip() {
-        return;
-    }
+    skip_unless!(Needs::agent());
     let Setup {
         mut agent,
         node: _node,

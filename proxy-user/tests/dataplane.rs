@@ -25,11 +25,13 @@ use svcnat::{
         FrontendSpec, MapSizes, ServiceOpts, Upsert, cleanup, open_pinned, program_fd,
     },
     inspect,
-    testing::{
-        datapath::{TCX_NEXT, XDP_PASS},
-        packet::{PacketBuilder, ParsedL4, TCP_SYN, parse},
-        prog_run::test_run,
-    },
+};
+use svcnat_testkit::{
+    datapath::{TCX_NEXT, XDP_PASS},
+    packet::{PacketBuilder, ParsedL4, TCP_SYN, parse},
+    prog_run::test_run,
+    skip::Needs,
+    skip_unless,
 };
 
 /// A pin folder that is removed when the test ends, also on panic.
@@ -58,29 +60,6 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = cleanup(&self.0);
     }
-}
-
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (CAP_BPF, CAP_NET_ADMIN)");
-    }
-    if svcnat::EBPF_OBJECT.is_empty() {
-        return Some("eBPF object not built: run `cargo xtask build-ebpf --release`");
-    }
-    if !std::path::Path::new("/sys/fs/bpf").exists() {
-        return Some("no bpffs at /sys/fs/bpf");
-    }
-    None
-}
-
-macro_rules! require_kernel {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
 }
 
 fn small() -> MapSizes {
@@ -213,7 +192,7 @@ fn get_next_key(fd: &aya::maps::MapFd, key: Option<&[u8]>, next: &mut [u8]) -> b
 
 #[test]
 fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("upsert");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let f = fe(10, 80);
@@ -272,7 +251,7 @@ fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
 
 #[test]
 fn shrinking_and_deleting_remove_slots_and_unreferenced_backends_only() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("shrink");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let a = fe(10, 80);
@@ -317,7 +296,7 @@ fn shrinking_and_deleting_remove_slots_and_unreferenced_backends_only() {
 
 #[test]
 fn empty_backend_list_keeps_the_frontend_with_count_zero() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("empty");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let f = fe(11, 53);
@@ -331,7 +310,7 @@ fn empty_backend_list_keeps_the_frontend_with_count_zero() {
 
 #[test]
 fn a_new_dataplane_adopts_pinned_maps_without_changing_them() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("adopt");
     let before = {
         let mut dp = Dataplane::open(&dir.config(small())).expect("open");
@@ -362,7 +341,7 @@ fn a_new_dataplane_adopts_pinned_maps_without_changing_them() {
 
 #[test]
 fn repair_restores_entries_deleted_by_hand_and_removes_strays() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("repair");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let f = fe(10, 80);
@@ -410,7 +389,7 @@ fn repair_restores_entries_deleted_by_hand_and_removes_strays() {
 
 #[test]
 fn capacity_is_checked_before_anything_is_written() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("full");
     let sizes = MapSizes {
         backends: 4,
@@ -435,7 +414,7 @@ fn capacity_is_checked_before_anything_is_written() {
 
 #[test]
 fn a_pin_folder_of_another_layout_is_refused_with_a_clear_error() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("layout");
     drop(Dataplane::open(&dir.config(small())).expect("open"));
     std::fs::create_dir(dir.0.join("layout-v999")).expect("mark another layout");
@@ -475,7 +454,7 @@ fn pinned_ranges(dir: &PinDir) -> BTreeSet<(u32, String)> {
 
 #[test]
 fn repair_restores_source_ranges_deleted_by_hand_and_removes_strays() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("ranges");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let f = fe(20, 443);
@@ -562,7 +541,7 @@ fn remember(dir: &PinDir, client: u8, svc_id: u32) {
 
 #[test]
 fn affinity_entries_go_with_their_service_and_when_affinity_is_turned_off() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("affinity");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let (a, b, c) = (fe(30, 80), fe(30, 81), fe(30, 82));
@@ -595,7 +574,7 @@ fn affinity_entries_go_with_their_service_and_when_affinity_is_turned_off() {
 
 #[test]
 fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("inspect");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let local = BackendSpec {
@@ -859,7 +838,7 @@ fn flow_keys(
 /// to surviving backends and flows to a backend that came back stay.
 #[test]
 fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("udpct");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let dns = udp_fe(40, 53);
@@ -988,7 +967,7 @@ fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
 /// (as long as that backend stays).
 #[test]
 fn session_affinity_survives_other_backends_coming_and_going() {
-    require_kernel!();
+    skip_unless!(Needs::pinned());
     let dir = PinDir::new("affslots");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
     let web = fe(50, 80);

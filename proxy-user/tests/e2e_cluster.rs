@@ -1,4 +1,4 @@
-//! End to end on a cluster on one machine (`svcnat::cluster`): nodes, pods
+//! End to end on a cluster on one machine (`svcnat_testkit::cluster`): nodes, pods
 //! and the fabric are network namespaces, every node runs the real
 //! `svcnat run` on one manifests folder, and real programs talk through
 //! the Services: nginx and curl, dnsmasq and dig, iperf3.
@@ -9,9 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat::cluster::{
-    Cluster, ClusterConfig, Endpoint, Frontend, Host, Port, Proto, node_addr, pod_addr,
-    service_with_slice, service_yaml, skip_reason, slice_yaml,
+use svcnat_testkit::{
+    cluster::{
+        Cluster, ClusterConfig, Endpoint, Frontend, Host, Port, Proto, node_addr, pod_addr,
+        service_with_slice, service_yaml, slice_yaml,
+    },
+    skip::{Needs, skip_reason},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -25,7 +28,7 @@ const IPERF_SECONDS: u32 = 8;
 /// A cluster of `nodes` nodes, or None (after printing why) when this
 /// machine cannot run it.
 fn cluster(prefix: &str, nodes: usize, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(programs) {
+    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
         eprintln!("skipped: {why}");
         return None;
     }
@@ -120,7 +123,7 @@ fn http_through_a_cluster_ip_spreads_over_local_and_remote_backends() {
     assert!(itself > 0, "b1 never picked itself in 30 requests");
     assert_eq!(
         hairpinned,
-        vec![svcnat::cluster::HAIRPIN_ADDR; itself],
+        vec![svcnat_testkit::cluster::HAIRPIN_ADDR; itself],
         "b1 sees its own requests from the hairpin address"
     );
 }

@@ -1,4 +1,4 @@
-//! End to end on the cluster on one machine (`svcnat::cluster`): conntrack
+//! End to end on the cluster on one machine (`svcnat_testkit::cluster`): conntrack
 //! follows endpoint changes as kube-proxy's cleanup does. A UDP client that
 //! keeps sending from one source port is one flow; when its endpoint is
 //! replaced, the flow moves to the new endpoint at once instead of staying
@@ -18,9 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat::cluster::{
-    Cluster, ClusterConfig, Endpoint, Frontend, Host, Port, Proto, Query, node_addr, pod_addr,
-    service_with_slice, service_yaml, skip_reason, slice_yaml,
+use svcnat_testkit::{
+    cluster::{
+        Cluster, ClusterConfig, Endpoint, Frontend, Host, Port, Proto, Query, node_addr, pod_addr,
+        service_with_slice, service_yaml, slice_yaml,
+    },
+    skip::{Needs, skip_reason},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -38,7 +41,7 @@ const WHO_NEW: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
 /// A cluster of two nodes, or None (after printing why) when this machine
 /// cannot run it (`programs` are the ones the test needs besides svcnat's).
 fn cluster_with(prefix: &str, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(programs) {
+    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
         eprintln!("skipped: {why}");
         return None;
     }
@@ -56,7 +59,7 @@ fn slice(backend: &Host) -> String {
         "dns-1",
         "dns",
         &[Port::udp("dns", 53, 53)],
-        &[svcnat::cluster::Endpoint::of(backend)],
+        &[svcnat_testkit::cluster::Endpoint::of(backend)],
     )
 }
 

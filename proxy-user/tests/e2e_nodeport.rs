@@ -1,4 +1,4 @@
-//! End to end from outside the cluster (`svcnat::cluster`): outside clients
+//! End to end from outside the cluster (`svcnat_testkit::cluster`): outside clients
 //! on the fabric reach Services through the nodes' addresses (NodePort) and
 //! through load-balancer IPs routed to a node, with nginx backends on both
 //! nodes; traffic policies, session affinity, source ranges and the
@@ -11,9 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat::cluster::{
-    Cluster, ClusterConfig, CurlOutcome, Endpoint, Frontend, Host, OUTSIDE_ADDR, Port, node_addr,
-    node_name, pod_addr, skip_reason, slice_yaml,
+use svcnat_testkit::{
+    cluster::{
+        Cluster, ClusterConfig, CurlOutcome, Endpoint, Frontend, Host, OUTSIDE_ADDR, Port,
+        node_addr, node_name, pod_addr, slice_yaml,
+    },
+    skip::{Needs, skip_reason},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -32,7 +35,7 @@ const OUTSIDE2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
 /// A two-node cluster, or None (after printing why) when this machine
 /// cannot run it.
 fn cluster(prefix: &str, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(programs) {
+    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
         eprintln!("skipped: {why}");
         return None;
     }

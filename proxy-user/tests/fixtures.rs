@@ -16,18 +16,18 @@ use proxy_common::{
     CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_REPLIED, CT_F_SEEN_NON_SYN,
     CT_F_SEQ, CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S, CT_TCP_SYN_LIFETIME_S, CT_UDP_LIFETIME_S,
     CT_UDP_UNREPLIED_LIFETIME_S, Ct4Key, CtValue, FRAG_DIR_REVNAT_SRC, Frag4Key, Frag4Value,
-    IPPROTO_TCP, IPPROTO_UDP, Reason, SlotKey, SlotValue, StatValue,
+    IPPROTO_TCP, IPPROTO_UDP, Reason, SlotKey, SlotValue,
 };
-use svcnat::testing::{
-    datapath::{
-        Flow, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, TcProgram, TestDatapath, monotonic_ns,
-        skip_reason,
-    },
+use svcnat_testkit::{
+    datapath::{Flow, TCX_NEXT, TcProgram, TestDatapath, monotonic_ns},
+    fixture::{Case, Expect, Seed, Step, Window, case, hex, run_table},
     packet::{
         ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, L4,
-        PacketBuilder, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, arp_request, checksums_ok,
-        ethernet_frame, fragment, parse,
+        PacketBuilder, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, arp_request, ethernet_frame,
+        fragment, parse,
     },
+    skip::Needs,
+    skip_unless,
 };
 
 // ---------------------------------------------------------------------------
@@ -201,128 +201,17 @@ fn expected_port_unreachable(p: &PacketBuilder) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
-// The table's shape
+// The table's shape (the runner is svcnat_testkit::fixture)
 // ---------------------------------------------------------------------------
 
-/// Monotonic clock readings just before and after a step ran.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    before: u64,
-    after: u64,
-}
-
-impl Window {
-    fn contains(&self, t: u64) -> bool {
-        self.before <= t && t <= self.after
-    }
-}
-
-type Seed = Box<dyn Fn(&mut TestDatapath) -> Result<(), String>>;
-type FrameCheck = Box<dyn Fn(&[u8]) -> Result<(), String>>;
-type Effects = Box<dyn Fn(&TestDatapath, Window, &[u8]) -> Result<(), String>>;
-
-enum Expect {
-    /// Output equals input.
-    Unchanged,
-    /// Output equals these bytes.
-    Frame(Vec<u8>),
-    /// Output passes this check (generated packets).
-    Check(FrameCheck),
-    /// Dropped: the contents do not matter.
-    Any,
-}
-
-struct Step {
-    prog: TcProgram,
-    input: Vec<u8>,
-    verdict: u32,
-    output: Expect,
-    reason: Reason,
-    effects: Vec<Effects>,
-}
-
-impl Step {
-    fn expect(mut self, verdict: u32, output: Expect, reason: Reason) -> Self {
-        self.verdict = verdict;
-        self.output = output;
-        self.reason = reason;
-        self
-    }
-    /// TCX_NEXT, output == input.
-    fn untouched(self, reason: Reason) -> Self {
-        self.expect(TCX_NEXT, Expect::Unchanged, reason)
-    }
-    /// TCX_NEXT with exactly this frame.
-    fn ok(self, frame: Vec<u8>, reason: Reason) -> Self {
-        self.expect(TCX_NEXT, Expect::Frame(frame), reason)
-    }
-    /// TC_ACT_SHOT.
-    fn dropped(self, reason: Reason) -> Self {
-        self.expect(TC_ACT_SHOT, Expect::Any, reason)
-    }
-    /// TC_ACT_REDIRECT with exactly this reply.
-    fn answered(self, frame: Vec<u8>, reason: Reason) -> Self {
-        self.expect(TC_ACT_REDIRECT, Expect::Frame(frame), reason)
-    }
-    fn effect(
-        mut self,
-        f: impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> + 'static,
-    ) -> Self {
-        self.effects.push(Box::new(f));
-        self
-    }
-}
-
+/// `svcnat_pod_ingress` on a frame from a pod.
 fn ingress(input: Vec<u8>) -> Step {
-    Step {
-        prog: TcProgram::PodIngress,
-        input,
-        verdict: u32::MAX,
-        output: Expect::Any,
-        reason: Reason::PassNotIpv4,
-        effects: Vec::new(),
-    }
+    Step::on(TcProgram::PodIngress, input)
 }
 
+/// `svcnat_pod_egress` on a frame to a pod.
 fn egress(input: Vec<u8>) -> Step {
-    Step {
-        prog: TcProgram::PodEgress,
-        ..ingress(input)
-    }
-}
-
-struct Case {
-    name: &'static str,
-    seed: Seed,
-    steps: Vec<Step>,
-}
-
-fn case(name: &'static str) -> Case {
-    Case {
-        name,
-        seed: Box::new(|_| Ok(())),
-        steps: Vec::new(),
-    }
-}
-
-impl Case {
-    fn seed(mut self, f: impl Fn(&mut TestDatapath) -> Result<(), String> + 'static) -> Self {
-        self.seed = Box::new(f);
-        self
-    }
-    fn flows(self, flows: Vec<Flow>) -> Self {
-        self.seed(move |dp| {
-            for f in &flows {
-                dp.add_flow(f)
-                    .map_err(|e| format!("seed flow {f:?}: {e}"))?;
-            }
-            Ok(())
-        })
-    }
-    fn step(mut self, s: Step) -> Self {
-        self.steps.push(s);
-        self
-    }
+    Step::on(TcProgram::PodEgress, input)
 }
 
 // ---------------------------------------------------------------------------
@@ -624,7 +513,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("TCP SYN to a service: new flow, DNAT to the backend").step(
                 ingress(syn.build())
-                    .ok(dnat(&syn, B1).build(), Reason::DnatNew)
+                    .passed(dnat(&syn, B1).build(), Reason::DnatNew)
                     .effect(new_flow(new_tcp_flow(B1, B1_ID, CT_TCP_SYN_LIFETIME_S, 0)))
                     .effect(ct_count(2)),
             ),
@@ -635,7 +524,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("TCP data without a flow: new flow, short-lived until the backend answers").step(
                 ingress(ack.build())
-                    .ok(dnat(&ack, B1).build(), Reason::DnatNew)
+                    .passed(dnat(&ack, B1).build(), Reason::DnatNew)
                     .effect(new_flow(new_tcp_flow(
                         B1,
                         B1_ID,
@@ -653,7 +542,7 @@ fn cases() -> Vec<Case> {
                 .flows(vec![flow])
                 .step(
                     ingress(ack.build())
-                        .ok(dnat(&ack, B1).build(), Reason::DnatEstablished)
+                        .passed(dnat(&ack, B1).build(), Reason::DnatEstablished)
                         .effect(ct_flags(flow, CT_F_SEEN_NON_SYN, CT_F_CLOSED))
                         .effect(ct_count(2)),
                 ),
@@ -674,7 +563,7 @@ fn cases() -> Vec<Case> {
                 })
                 .step(
                     ingress(ack.build())
-                        .ok(dnat(&ack, B4).build(), Reason::DnatEstablished)
+                        .passed(dnat(&ack, B4).build(), Reason::DnatEstablished)
                         .effect(move |dp, _, _| {
                             let v = ct_get(dp, &flow.service_key())?;
                             if v.backend_id != B4_ID {
@@ -701,7 +590,7 @@ fn cases() -> Vec<Case> {
                 })
                 .step(
                     ingress(ack.build())
-                        .ok(dnat(&ack, B3).build(), Reason::DnatNew)
+                        .passed(dnat(&ack, B3).build(), Reason::DnatNew)
                         .effect(new_flow(new_tcp_flow(
                             B3,
                             B3_ID,
@@ -716,7 +605,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("UDP to a service: new flow, DNAT").step(
                 ingress(q.build())
-                    .ok(dnat(&q, B2).build(), Reason::DnatNew)
+                    .passed(dnat(&q, B2).build(), Reason::DnatNew)
                     .effect(new_flow(new_udp_flow())),
             ),
         );
@@ -726,7 +615,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("UDP of an established flow: DNAT")
                 .flows(vec![udp_flow()])
-                .step(ingress(q.build()).ok(dnat(&q, B2).build(), Reason::DnatEstablished)),
+                .step(ingress(q.build()).passed(dnat(&q, B2).build(), Reason::DnatEstablished)),
         );
     }
     {
@@ -734,7 +623,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("UDP checksum 0 stays 0 through DNAT").step(
                 ingress(q.build())
-                    .ok(dnat(&q, B2).build(), Reason::DnatNew)
+                    .passed(dnat(&q, B2).build(), Reason::DnatNew)
                     .effect(|_, _, out| {
                         let p = parse(out)?;
                         match p.ip()?.udp()?.checksum {
@@ -755,7 +644,7 @@ fn cases() -> Vec<Case> {
                     ingress(syn.build())
                         .expect(
                             TCX_NEXT,
-                            Expect::Check(Box::new(move |out| {
+                            Expect::Check(Box::new(move |_, out| {
                                 let to = parse(out)?.ip()?.destination()?;
                                 let b = backends
                                     .iter()
@@ -788,7 +677,9 @@ fn cases() -> Vec<Case> {
         t.push(
             case("egress: TCP SYN-ACK from the backend is reverse-NATed to the VIP")
                 .flows(vec![tcp_flow()])
-                .step(egress(synack.build()).ok(snat(&synack, WEB).build(), Reason::RevnatReply)),
+                .step(
+                    egress(synack.build()).passed(snat(&synack, WEB).build(), Reason::RevnatReply),
+                ),
         );
     }
     {
@@ -796,7 +687,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("egress: UDP reply is reverse-NATed to the VIP")
                 .flows(vec![udp_flow()])
-                .step(egress(ans.build()).ok(snat(&ans, DNS).build(), Reason::RevnatReply)),
+                .step(egress(ans.build()).passed(snat(&ans, DNS).build(), Reason::RevnatReply)),
         );
     }
     {
@@ -804,7 +695,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("egress: UDP reply with checksum 0 keeps 0")
                 .flows(vec![udp_flow()])
-                .step(egress(ans.build()).ok(snat(&ans, DNS).build(), Reason::RevnatReply)),
+                .step(egress(ans.build()).passed(snat(&ans, DNS).build(), Reason::RevnatReply)),
         );
     }
     t.push(
@@ -975,13 +866,13 @@ fn cases() -> Vec<Case> {
                 })
                 .step(
                     ingress(rst.build())
-                        .ok(dnat(&rst, B1).build(), Reason::DnatEstablished)
+                        .passed(dnat(&rst, B1).build(), Reason::DnatEstablished)
                         .effect(ct_flags(flow, CT_F_CLOSED, 0))
                         .effect(ct_expires_in(flow, CT_TCP_CLOSE_LIFETIME_S)),
                 )
                 .step(
                     ingress(syn.build())
-                        .ok(dnat(&syn, B3).build(), Reason::DnatNew)
+                        .passed(dnat(&syn, B3).build(), Reason::DnatNew)
                         .effect(new_flow(new_tcp_flow(B3, B3_ID, CT_TCP_SYN_LIFETIME_S, 0))),
                 ),
         );
@@ -998,7 +889,7 @@ fn cases() -> Vec<Case> {
                     set_web_backends(dp, &[(B3_ID, B3)])?;
                     dp.add_flow(&flow).map_err(|e| e.to_string())
                 })
-                .step(ingress(ack.build()).ok(dnat(&ack, B1).build(), Reason::DnatEstablished)),
+                .step(ingress(ack.build()).passed(dnat(&ack, B1).build(), Reason::DnatEstablished)),
         );
     }
     {
@@ -1012,7 +903,7 @@ fn cases() -> Vec<Case> {
                 .flows(vec![flow])
                 .step(
                     egress(rst.build())
-                        .ok(snat(&rst, WEB).build(), Reason::RevnatReply)
+                        .passed(snat(&rst, WEB).build(), Reason::RevnatReply)
                         .effect(ct_flags(flow, CT_F_CLOSED, 0)),
                 ),
         );
@@ -1030,7 +921,7 @@ fn cases() -> Vec<Case> {
                 .flows(vec![flow])
                 .step(
                     ingress(fin.build())
-                        .ok(dnat(&fin, B1).build(), Reason::DnatEstablished)
+                        .passed(dnat(&fin, B1).build(), Reason::DnatEstablished)
                         .effect(ct_flags(
                             flow,
                             CT_F_FIN_SERVICE,
@@ -1039,7 +930,7 @@ fn cases() -> Vec<Case> {
                 )
                 .step(
                     egress(fin_back.build())
-                        .ok(snat(&fin_back, WEB).build(), Reason::RevnatReply)
+                        .passed(snat(&fin_back, WEB).build(), Reason::RevnatReply)
                         .effect(ct_flags(
                             flow,
                             CT_F_FIN_SERVICE | CT_F_FIN_REPLY | CT_F_CLOSED,
@@ -1048,7 +939,7 @@ fn cases() -> Vec<Case> {
                 )
                 .step(
                     ingress(syn.build())
-                        .ok(dnat(&syn, B1).build(), Reason::DnatNew)
+                        .passed(dnat(&syn, B1).build(), Reason::DnatNew)
                         .effect(new_flow(new_tcp_flow(B1, B1_ID, CT_TCP_SYN_LIFETIME_S, 0))),
                 ),
         );
@@ -1064,7 +955,7 @@ fn cases() -> Vec<Case> {
                 .flows(vec![flow])
                 .step(
                     ingress(fin.build())
-                        .ok(dnat(&fin, B1).build(), Reason::DnatEstablished)
+                        .passed(dnat(&fin, B1).build(), Reason::DnatEstablished)
                         .effect(ct_flags(flow, CT_F_FIN_SERVICE | CT_F_CLOSED, 0))
                         .effect(ct_expires_in(flow, CT_TCP_CLOSE_LIFETIME_S)),
                 ),
@@ -1081,11 +972,11 @@ fn cases() -> Vec<Case> {
             case("UDP fragments: first is DNATed and tracked, the second follows it")
                 .step(
                     ingress(frags[0].clone())
-                        .ok(want[0].clone(), Reason::DnatNew)
+                        .passed(want[0].clone(), Reason::DnatNew)
                         .effect(new_flow(new_udp_flow()))
                         .effect(frag_entry(key, Some(*B2.ip()))),
                 )
-                .step(ingress(frags[1].clone()).ok(want[1].clone(), Reason::NatFragment)),
+                .step(ingress(frags[1].clone()).passed(want[1].clone(), Reason::NatFragment)),
         );
     }
     {
@@ -1106,7 +997,7 @@ fn cases() -> Vec<Case> {
                         )
                         .map_err(|e| e.to_string())
                 })
-                .step(ingress(frags[1].clone()).ok(want[1].clone(), Reason::NatFragment)),
+                .step(ingress(frags[1].clone()).passed(want[1].clone(), Reason::NatFragment)),
         );
     }
     {
@@ -1163,10 +1054,10 @@ fn cases() -> Vec<Case> {
                 .flows(vec![udp_flow()])
                 .step(
                     egress(frags[0].clone())
-                        .ok(want[0].clone(), Reason::RevnatReply)
+                        .passed(want[0].clone(), Reason::RevnatReply)
                         .effect(frag_entry(key, Some(VIP))),
                 )
-                .step(egress(frags[1].clone()).ok(want[1].clone(), Reason::NatFragment)),
+                .step(egress(frags[1].clone()).passed(want[1].clone(), Reason::NatFragment)),
         );
     }
     {
@@ -1192,7 +1083,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("egress: ICMP frag-needed from a router about a TCP flow: inner reverse-NATed")
                 .flows(vec![tcp_flow()])
-                .step(egress(err.build()).ok(want.build(), Reason::RevnatIcmpError)),
+                .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
         );
     }
     {
@@ -1216,7 +1107,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("egress: ICMP port unreachable from the backend: outer and inner reverse-NATed")
                 .flows(vec![udp_flow()])
-                .step(egress(err.build()).ok(want.build(), Reason::RevnatIcmpError)),
+                .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
         );
     }
     {
@@ -1234,7 +1125,7 @@ fn cases() -> Vec<Case> {
         t.push(
             case("egress: ICMP time exceeded quoting UDP with checksum 0: inner stays 0")
                 .flows(vec![udp_flow()])
-                .step(egress(err.build()).ok(want.build(), Reason::RevnatIcmpError)),
+                .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
         );
     }
     {
@@ -1308,10 +1199,10 @@ fn conntrack_cases() -> Vec<Case> {
                 .flows(vec![flow])
                 .step(
                     egress(reply.build())
-                        .ok(snat(&reply, DNS).build(), Reason::RevnatReply)
+                        .passed(snat(&reply, DNS).build(), Reason::RevnatReply)
                         .effect(ct_expires_in(flow, CT_UDP_LIFETIME_S)),
                 )
-                .step(ingress(q.build()).ok(dnat(&q, B4).build(), Reason::DnatEstablished)),
+                .step(ingress(q.build()).passed(dnat(&q, B4).build(), Reason::DnatEstablished)),
         );
     }
     {
@@ -1345,7 +1236,7 @@ fn conntrack_cases() -> Vec<Case> {
                     ingress(syn.build())
                         .expect(
                             TCX_NEXT,
-                            Expect::Check(Box::new(|out| {
+                            Expect::Check(Box::new(|_, out| {
                                 let p = parse(out)?;
                                 let (src, dst) = (p.ip()?.source()?, p.ip()?.destination()?);
                                 if dst != B1 || src.port() == CLIENT.port() {
@@ -1379,7 +1270,7 @@ fn conntrack_cases() -> Vec<Case> {
                 })
                 .step(
                     ingress(ack.build())
-                        .ok(dnat(&ack, B1).build(), Reason::DnatEstablished)
+                        .passed(dnat(&ack, B1).build(), Reason::DnatEstablished)
                         .effect(closed(flow, false)),
                 )
                 .step(ingress(syn.build()).answered(
@@ -1398,7 +1289,7 @@ fn conntrack_cases() -> Vec<Case> {
                         .map_err(|e| e.to_string())?;
                     dp.add_flow(&flow).map_err(|e| e.to_string())
                 })
-                .step(ingress(q.build()).ok(dnat(&q, B2).build(), Reason::DnatEstablished)),
+                .step(ingress(q.build()).passed(dnat(&q, B2).build(), Reason::DnatEstablished)),
         );
     }
     {
@@ -1410,12 +1301,12 @@ fn conntrack_cases() -> Vec<Case> {
                 .seed(established(flow, Some(1_000_000), None))
                 .step(
                     ingress(blind.build())
-                        .ok(dnat(&blind, B1).build(), Reason::RstOutOfWindow)
+                        .passed(dnat(&blind, B1).build(), Reason::RstOutOfWindow)
                         .effect(closed(flow, false)),
                 )
                 .step(
                     ingress(real.build())
-                        .ok(dnat(&real, B1).build(), Reason::DnatEstablished)
+                        .passed(dnat(&real, B1).build(), Reason::DnatEstablished)
                         .effect(closed(flow, true)),
                 ),
         );
@@ -1433,12 +1324,12 @@ fn conntrack_cases() -> Vec<Case> {
                 .seed(established(flow, Some(1_000_000), Some(7_000_000)))
                 .step(
                     egress(blind.build())
-                        .ok(snat(&blind, WEB).build(), Reason::RstOutOfWindow)
+                        .passed(snat(&blind, WEB).build(), Reason::RstOutOfWindow)
                         .effect(closed(flow, false)),
                 )
                 .step(
                     egress(real.build())
-                        .ok(snat(&real, WEB).build(), Reason::RevnatReply)
+                        .passed(snat(&real, WEB).build(), Reason::RevnatReply)
                         .effect(closed(flow, true)),
                 ),
         );
@@ -1459,15 +1350,15 @@ fn conntrack_cases() -> Vec<Case> {
             .ack_seq(1_000_001);
         t.push(
             case("backend refusing a SYN: its RST must acknowledge the SYN to close the flow")
-                .step(ingress(syn.build()).ok(dnat(&syn, B1).build(), Reason::DnatNew))
+                .step(ingress(syn.build()).passed(dnat(&syn, B1).build(), Reason::DnatNew))
                 .step(
                     egress(blind.build())
-                        .ok(snat(&blind, WEB).build(), Reason::RstOutOfWindow)
+                        .passed(snat(&blind, WEB).build(), Reason::RstOutOfWindow)
                         .effect(closed(flow, false)),
                 )
                 .step(
                     egress(refusal.build())
-                        .ok(snat(&refusal, WEB).build(), Reason::RevnatReply)
+                        .passed(snat(&refusal, WEB).build(), Reason::RevnatReply)
                         .effect(closed(flow, true)),
                 ),
         );
@@ -1482,17 +1373,17 @@ fn conntrack_cases() -> Vec<Case> {
             case("unassured until answered: SYN 60 s, answered and acknowledged 6 h")
                 .step(
                     ingress(syn.build())
-                        .ok(dnat(&syn, B1).build(), Reason::DnatNew)
+                        .passed(dnat(&syn, B1).build(), Reason::DnatNew)
                         .effect(ct_expires_in(flow, CT_TCP_SYN_LIFETIME_S)),
                 )
                 .step(
                     egress(synack.build())
-                        .ok(snat(&synack, WEB).build(), Reason::RevnatReply)
+                        .passed(snat(&synack, WEB).build(), Reason::RevnatReply)
                         .effect(ct_flags(flow, CT_F_REPLIED, CT_F_CLOSED)),
                 )
                 .step(
                     ingress(ack.build())
-                        .ok(dnat(&ack, B1).build(), Reason::DnatEstablished)
+                        .passed(dnat(&ack, B1).build(), Reason::DnatEstablished)
                         .effect(ct_expires_in(flow, CT_TCP_LIFETIME_S)),
                 ),
         );
@@ -1503,7 +1394,7 @@ fn conntrack_cases() -> Vec<Case> {
         t.push(
             case("new flows count the conntrack entries they create").step(
                 ingress(syn.build())
-                    .ok(dnat(&syn, B1).build(), Reason::DnatNew)
+                    .passed(dnat(&syn, B1).build(), Reason::DnatNew)
                     .effect(|dp, _, _| {
                         let n = dp.created_entries().map_err(|e| e.to_string())?;
                         if n != 2 {
@@ -1517,196 +1408,17 @@ fn conntrack_cases() -> Vec<Case> {
     t
 }
 
-// ---------------------------------------------------------------------------
-// Runner
-// ---------------------------------------------------------------------------
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join("")
-}
-
-fn describe(frame: &[u8]) -> String {
-    match parse(frame) {
-        Ok(p) => match &p.ipv4 {
-            Some(ip) => format!(
-                "{} -> {} proto {} len {} ttl {} id {:#06x} frag {:#06x} l4 {:?}",
-                ip.src, ip.dst, ip.proto, ip.total_len, ip.ttl, ip.id, ip.flags_frag, ip.l4
-            ),
-            None => format!("ethertype {:#06x}, {} bytes", p.ethertype, frame.len()),
-        },
-        Err(e) => format!("unparsable ({e}), {} bytes", frame.len()),
-    }
-}
-
-fn frame_diff(got: &[u8], want: &[u8]) -> String {
-    let first = got
-        .iter()
-        .zip(want)
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(want.len()));
-    format!(
-        "output differs (lengths {} vs {}, first difference at byte {first}):\n      got  {}\n      want {}\n      got  {}\n      want {}",
-        got.len(),
-        want.len(),
-        describe(got),
-        describe(want),
-        hex(got),
-        hex(want)
-    )
-}
-
-fn verdict_name(v: u32) -> &'static str {
-    match v {
-        TCX_NEXT => "TCX_NEXT",
-        TC_ACT_SHOT => "TC_ACT_SHOT",
-        TC_ACT_REDIRECT => "TC_ACT_REDIRECT",
-        _ => "?",
-    }
-}
-
-fn stats_delta(
-    before: &[(Reason, StatValue)],
-    after: &[(Reason, StatValue)],
-) -> Vec<(Reason, u64, u64)> {
-    before
-        .iter()
-        .zip(after)
-        .filter(|((_, b), (_, a))| a != b)
-        .map(|((r, b), (_, a))| {
-            (
-                *r,
-                a.packets.wrapping_sub(b.packets),
-                a.bytes.wrapping_sub(b.bytes),
-            )
-        })
-        .collect()
-}
-
-fn run_step(dp: &TestDatapath, step: &Step) -> Result<(), String> {
-    let before = dp.all_stats().map_err(|e| format!("read stats: {e}"))?;
-    let t0 = monotonic_ns();
-    let out = dp
-        .run(step.prog, &step.input)
-        .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
-    let window = Window {
-        before: t0,
-        after: monotonic_ns(),
-    };
-    let after = dp.all_stats().map_err(|e| format!("read stats: {e}"))?;
-
-    let mut errors = Vec::new();
-    if out.retval != step.verdict {
-        errors.push(format!(
-            "verdict {} ({}), want {} ({})",
-            out.retval,
-            verdict_name(out.retval),
-            step.verdict,
-            verdict_name(step.verdict)
-        ));
-    }
-    match &step.output {
-        Expect::Unchanged if out.data_out != step.input => {
-            errors.push(frame_diff(&out.data_out, &step.input));
-        }
-        Expect::Frame(want) if &out.data_out != want => {
-            errors.push(frame_diff(&out.data_out, want));
-        }
-        Expect::Check(check) => {
-            if let Err(e) = check(&out.data_out) {
-                errors.push(format!("output: {e}; got {}", describe(&out.data_out)));
-            }
-        }
-        _ => {}
-    }
-    // Whatever leaves with TCX_NEXT or a redirect must carry valid checksums.
-    if out.retval != TC_ACT_SHOT
-        && parse(&out.data_out).is_ok_and(|p| p.ipv4.is_some())
-        && out.data_out.len() >= 14 + 20
-        && !matches!(step.output, Expect::Unchanged)
-        && let Err(e) = checksums_ok(&out.data_out)
-    {
-        errors.push(format!("output checksums: {e}"));
-    }
-    let delta = stats_delta(&before, &after);
-    let want = vec![(step.reason, 1, step.input.len() as u64)];
-    if delta != want {
-        errors.push(format!(
-            "stats changed by {delta:?} (reason, packets, bytes), want {want:?}"
-        ));
-    }
-    for effect in &step.effects {
-        if let Err(e) = effect(dp, window, &out.data_out) {
-            errors.push(format!("map effect: {e}"));
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("\n    "))
-    }
-}
-
-fn run_case(c: &Case) -> Result<(), String> {
-    let mut dp = TestDatapath::load().map_err(|e| format!("load: {e}"))?;
-    seed_world(&mut dp)?;
-    (c.seed)(&mut dp).map_err(|e| format!("seed: {e}"))?;
-    for (i, step) in c.steps.iter().enumerate() {
-        run_step(&dp, step).map_err(|e| {
-            format!(
-                "step {} ({:?}, input {}):\n    {e}",
-                i + 1,
-                step.prog,
-                describe(&step.input)
-            )
-        })?;
-    }
-    Ok(())
-}
-
 #[test]
 fn tc_fixtures() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let filter = std::env::var("SVCNAT_FIXTURE").ok();
+    skip_unless!(Needs::prog_run());
     let table = cases();
     assert!(table.len() >= 30, "the table has {} cases", table.len());
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for c in &table {
-        if filter
-            .as_ref()
-            .is_some_and(|f| !c.name.contains(f.as_str()))
-        {
-            continue;
-        }
-        ran += 1;
-        match run_case(c) {
-            Ok(()) => eprintln!("ok   {}", c.name),
-            Err(e) => {
-                eprintln!("FAIL {}\n  {e}", c.name);
-                failures.push(c.name);
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {ran} fixtures failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    run_table(&table, seed_world);
 }
 
 #[test]
 fn random_backend_selection_is_uniform() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::prog_run());
     const FLOWS: u16 = 10_000;
     let backends: Vec<(u32, SocketAddrV4)> = (1..=5u8)
         .map(|i| (100 + u32::from(i), sa(198, 18, 5, i, 8000 + u16::from(i))))

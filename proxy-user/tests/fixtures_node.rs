@@ -19,14 +19,17 @@ use proxy_common::{
     CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SNAT, Ct4Key, CtValue, IPPROTO_TCP, IPPROTO_UDP,
     REMAP_PORT_MAX, REMAP_PORT_MIN, Reason, SCOPE_EXTERNAL, SCOPE_INTERNAL, SNAT_PORT_MAX,
     SNAT_PORT_MIN, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
-    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, Snat4Value, StatValue,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, Snat4Value,
 };
-use svcnat::testing::{
+use svcnat_testkit::{
     datapath::{
-        Flow, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, TEST_RUN_IFINDEX, TcProgram, TestDatapath,
-        XDP_DROP, XDP_PASS, monotonic_ns, skip_reason,
+        Flow, TC_ACT_SHOT, TEST_RUN_IFINDEX, TcProgram, TestDatapath, XDP_DROP, XDP_PASS,
+        monotonic_ns,
     },
-    packet::{L4, PacketBuilder, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, checksums_ok, parse},
+    fixture::{Case, Expect, Step, Window, case, run_table},
+    packet::{L4, PacketBuilder, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, parse},
+    skip::Needs,
+    skip_unless,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -223,142 +226,17 @@ fn ends(frame: &[u8]) -> Result<(SocketAddrV4, SocketAddrV4), String> {
 }
 
 // ---------------------------------------------------------------------------
-// The table's shape
+// The table's shape (the runner is svcnat_testkit::fixture)
 // ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    before: u64,
-    after: u64,
-}
-
-type Seed = Box<dyn Fn(&mut TestDatapath) -> Result<(), String>>;
-/// Checks the output given the previous step's output (empty for the first).
-type FrameCheck = Box<dyn Fn(&[u8], &[u8]) -> Result<(), String>>;
-type Effects = Box<dyn Fn(&TestDatapath, Window, &[u8]) -> Result<(), String>>;
-type MakeInput = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, String>>;
-
-enum Expect {
-    Unchanged,
-    Frame(Vec<u8>),
-    Check(FrameCheck),
-    Any,
-}
-
-struct Step {
-    prog: TcProgram,
-    input: MakeInput,
-    verdict: u32,
-    output: Expect,
-    reason: Reason,
-    effects: Vec<Effects>,
-}
-
-impl Step {
-    fn expect(mut self, verdict: u32, output: Expect, reason: Reason) -> Self {
-        self.verdict = verdict;
-        self.output = output;
-        self.reason = reason;
-        self
-    }
-    fn passed(self, frame: Vec<u8>, reason: Reason) -> Self {
-        let v = self.pass_verdict();
-        self.expect(v, Expect::Frame(frame), reason)
-    }
-    fn untouched(self, reason: Reason) -> Self {
-        let v = self.pass_verdict();
-        self.expect(v, Expect::Unchanged, reason)
-    }
-    fn checked(
-        self,
-        reason: Reason,
-        f: impl Fn(&[u8], &[u8]) -> Result<(), String> + 'static,
-    ) -> Self {
-        let v = self.pass_verdict();
-        self.expect(v, Expect::Check(Box::new(f)), reason)
-    }
-    /// Sent back out of the interface it came in on (TC_ACT_REDIRECT).
-    fn bounced(
-        self,
-        reason: Reason,
-        f: impl Fn(&[u8], &[u8]) -> Result<(), String> + 'static,
-    ) -> Self {
-        self.expect(TC_ACT_REDIRECT, Expect::Check(Box::new(f)), reason)
-    }
-    fn dropped(self, reason: Reason) -> Self {
-        self.expect(XDP_DROP, Expect::Any, reason)
-    }
-    fn effect(
-        mut self,
-        f: impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> + 'static,
-    ) -> Self {
-        self.effects.push(Box::new(f));
-        self
-    }
-    fn pass_verdict(&self) -> u32 {
-        if self.prog == TcProgram::NodeXdp {
-            XDP_PASS
-        } else {
-            TCX_NEXT
-        }
-    }
-}
-
-fn on(prog: TcProgram, input: Vec<u8>) -> Step {
-    Step {
-        prog,
-        input: Box::new(move |_| Ok(input.clone())),
-        verdict: u32::MAX,
-        output: Expect::Any,
-        reason: Reason::PassNotIpv4,
-        effects: Vec::new(),
-    }
-}
 
 /// XDP on the node interface.
 fn xdp(input: Vec<u8>) -> Step {
-    on(TcProgram::NodeXdp, input)
+    Step::on(TcProgram::NodeXdp, input)
 }
 
 /// XDP, with an input made from the previous step's output.
 fn xdp_after(f: impl Fn(&[u8]) -> Result<Vec<u8>, String> + 'static) -> Step {
-    Step {
-        input: Box::new(f),
-        ..on(TcProgram::NodeXdp, Vec::new())
-    }
-}
-
-/// `prog`, with an input made from the previous step's output.
-fn after(prog: TcProgram, f: impl Fn(&[u8]) -> Result<Vec<u8>, String> + 'static) -> Step {
-    Step {
-        input: Box::new(f),
-        ..on(prog, Vec::new())
-    }
-}
-
-struct Case {
-    name: &'static str,
-    seed: Seed,
-    steps: Vec<Step>,
-}
-
-fn case(name: &'static str) -> Case {
-    Case {
-        name,
-        seed: Box::new(|_| Ok(())),
-        steps: Vec::new(),
-    }
-}
-
-impl Case {
-    fn seed(mut self, f: impl Fn(&mut TestDatapath) -> Result<(), String> + 'static) -> Self {
-        self.seed = Box::new(f);
-        self
-    }
-    fn step(mut self, s: Step) -> Self {
-        self.steps.push(s);
-        self
-    }
+    Step::after(TcProgram::NodeXdp, f)
 }
 
 // ---------------------------------------------------------------------------
@@ -637,9 +515,9 @@ fn port_clash_cases() -> Vec<Case> {
     const NP_REMOTE_2: SocketAddrV4 = SocketAddrV4::new(NODE, 30082);
     vec![
         case("port clash, pod path: second frontend to the same backend remaps the source port")
-            .step(on(TcProgram::PodIngress, pod_a.build()).passed(dnat(&pod_a, L1).build(), Reason::DnatNew))
+            .step(Step::on(TcProgram::PodIngress, pod_a.build()).passed(dnat(&pod_a, L1).build(), Reason::DnatNew))
             .step(
-                on(TcProgram::PodIngress, pod_b.build())
+                Step::on(TcProgram::PodIngress, pod_b.build())
                     .checked(Reason::DnatNewPortRemapped, port_remapped(POD, L1))
                     .effect(|dp, _, out| {
                         let (src, _) = ends(out)?;
@@ -651,15 +529,15 @@ fn port_clash_cases() -> Vec<Case> {
                     }),
             )
             .step(
-                after(TcProgram::PodEgress, |prev| reply_of(prev, TCP_SYN | TCP_ACK))
+                Step::after(TcProgram::PodEgress, |prev| reply_of(prev, TCP_SYN | TCP_ACK))
                     .checked(Reason::RevnatReply, between(NP_LOCAL, POD)),
             )
             .step(
-                on(TcProgram::PodEgress, l1_to_pod.build())
+                Step::on(TcProgram::PodEgress, l1_to_pod.build())
                     .passed(snat(&l1_to_pod, CLUSTER_IP).build(), Reason::RevnatReply),
             )
             .step(
-                on(TcProgram::PodIngress, pod_b_ack.build()).checked(
+                Step::on(TcProgram::PodIngress, pod_b_ack.build()).checked(
                     Reason::DnatEstablished,
                     port_remapped(POD, L1),
                 ).effect(|dp, _, out| {
@@ -672,35 +550,35 @@ fn port_clash_cases() -> Vec<Case> {
                 }),
             ),
         case("port clash, pod path: the first flow is untouched by the second")
-            .step(on(TcProgram::PodIngress, pod_a.build()).passed(dnat(&pod_a, L1).build(), Reason::DnatNew))
-            .step(on(TcProgram::PodIngress, pod_b.build()).checked(Reason::DnatNewPortRemapped, port_remapped(POD, L1)))
+            .step(Step::on(TcProgram::PodIngress, pod_a.build()).passed(dnat(&pod_a, L1).build(), Reason::DnatNew))
+            .step(Step::on(TcProgram::PodIngress, pod_b.build()).checked(Reason::DnatNewPortRemapped, port_remapped(POD, L1)))
             .step(
-                on(TcProgram::PodIngress, tcp(POD, CLUSTER_IP, TCP_ACK).build())
+                Step::on(TcProgram::PodIngress, tcp(POD, CLUSTER_IP, TCP_ACK).build())
                     .passed(dnat(&tcp(POD, CLUSTER_IP, TCP_ACK), L1).build(), Reason::DnatEstablished),
             ),
         case("port clash, pod path: a closed flow keeps its tuple for the backend's TIME_WAIT")
             .step(
-                on(TcProgram::PodIngress, pod_a.build())
+                Step::on(TcProgram::PodIngress, pod_a.build())
                     .passed(dnat(&pod_a, L1).build(), Reason::DnatNew),
             )
             .step({
                 let rst = tcp(POD, CLUSTER_IP, TCP_RST);
-                on(TcProgram::PodIngress, rst.build())
+                Step::on(TcProgram::PodIngress, rst.build())
                     .passed(dnat(&rst, L1).build(), Reason::DnatEstablished)
             })
             .step(
-                on(TcProgram::PodIngress, pod_b.build())
+                Step::on(TcProgram::PodIngress, pod_b.build())
                     .checked(Reason::DnatNewPortRemapped, port_remapped(POD, L1)),
             ),
         case("port clash at XDP: an outside client port reused for two frontends of one local backend")
             .step(xdp(ext_a.build()).passed(dnat(&ext_a, L1).build(), Reason::DnatNew))
             .step(xdp(ext_b.build()).checked(Reason::DnatNewPortRemapped, port_remapped(CLIENT, L1)))
             .step(
-                after(TcProgram::NodeEgress, |prev| reply_of(prev, TCP_SYN | TCP_ACK))
+                Step::after(TcProgram::NodeEgress, |prev| reply_of(prev, TCP_SYN | TCP_ACK))
                     .checked(Reason::RevnatReply, between(LB, CLIENT)),
             )
             .step(
-                on(TcProgram::NodeEgress, l1_to_client.build())
+                Step::on(TcProgram::NodeEgress, l1_to_client.build())
                     .passed(snat(&l1_to_client, NP_LOCAL).build(), Reason::RevnatReply),
             ),
         case("port clash, remote backend: two node ports to one remote backend get two SNAT ports")
@@ -755,7 +633,7 @@ fn addrs_between(from: Ipv4Addr, to: Ipv4Addr) -> impl Fn(&[u8], &[u8]) -> Resul
 /// UDP header alone, then the payload.
 fn udp_fragments(client: SocketAddrV4, frontend: SocketAddrV4) -> Vec<Vec<u8>> {
     let full = udp(client, frontend).id(0x5151).payload(&[7u8; 40]).build();
-    svcnat::testing::packet::fragment(&full, 8)
+    svcnat_testkit::packet::fragment(&full, 8)
 }
 
 /// Fragmented datagrams through node ports: the first fragment is
@@ -775,7 +653,7 @@ fn fragment_cases() -> Vec<Case> {
             .id(0x6262)
             .payload(&[9u8; 40])
             .build();
-        svcnat::testing::packet::fragment(&full, 8)
+        svcnat_testkit::packet::fragment(&full, 8)
     };
     let later_reply = reply_frags(SocketAddrV4::new(NODE, SNAT_PORT_MIN))[1].clone();
     vec![
@@ -838,7 +716,7 @@ fn conntrack_cases() -> Vec<Case> {
         .id(0x7373)
         .payload(&[5u8; 40])
         .build();
-    let frags = svcnat::testing::packet::fragment(&reply, 8);
+    let frags = svcnat_testkit::packet::fragment(&reply, 8);
     let (f0, f1) = (frags[0].clone(), frags[1].clone());
     vec![
         case("outside: a TCP segment of no known flow is dropped, and opens nothing").step(
@@ -894,7 +772,7 @@ fn conntrack_cases() -> Vec<Case> {
                 xdp(syn.build()).passed(dnat(&syn, L1).build(), Reason::DnatNew),
             ),
         case("pods: a pod outside a load balancer's source ranges is dropped").step(
-            on(TcProgram::PodIngress, tcp(POD, LB, TCP_SYN).build()).expect(
+            Step::on(TcProgram::PodIngress, tcp(POD, LB, TCP_SYN).build()).expect(
                 TC_ACT_SHOT,
                 Expect::Any,
                 Reason::DropSourceRange,
@@ -902,7 +780,7 @@ fn conntrack_cases() -> Vec<Case> {
         ),
         case("pods: a pod inside a load balancer's source ranges is translated").step({
             let p = tcp(sa(198, 18, 200, 77, 41000), LB, TCP_SYN);
-            on(TcProgram::PodIngress, p.build()).passed(dnat(&p, L1).build(), Reason::DnatNew)
+            Step::on(TcProgram::PodIngress, p.build()).passed(dnat(&p, L1).build(), Reason::DnatNew)
         }),
         case("fragments: a remote backend's reply to a pod is translated at TC only, not at XDP")
             .seed(|dp| {
@@ -919,17 +797,18 @@ fn conntrack_cases() -> Vec<Case> {
             })
             .step({
                 let q = udp(POD, CLUSTER_UDP);
-                on(TcProgram::PodIngress, q.build()).passed(dnat(&q, R2).build(), Reason::DnatNew)
+                Step::on(TcProgram::PodIngress, q.build())
+                    .passed(dnat(&q, R2).build(), Reason::DnatNew)
             })
             .step(xdp(f0.clone()).untouched(Reason::PassNotService))
             .step(
-                on(TcProgram::PodEgress, f0)
+                Step::on(TcProgram::PodEgress, f0)
                     .checked(Reason::RevnatReply, between(CLUSTER_UDP, POD)),
             )
             // Its later fragment reaches XDP after TC recorded the first:
             // XDP must not take that record for a destination rewrite.
             .step(xdp(f1.clone()).untouched(Reason::PassFragmentUntracked))
-            .step(on(TcProgram::PodEgress, f1).checked(
+            .step(Step::on(TcProgram::PodEgress, f1).checked(
                 Reason::NatFragment,
                 addrs_between(*CLUSTER_UDP.ip(), *POD.ip()),
             )),
@@ -975,11 +854,11 @@ fn hairpin_cases() -> Vec<Case> {
         case("hairpin: a pod reaching itself through a service comes from the hairpin address")
             .seed(seed)
             .step(
-                on(TcProgram::PodIngress, syn.build())
+                Step::on(TcProgram::PodIngress, syn.build())
                     .bounced(Reason::DnatNewHairpin, back_to_sender(from_hairpin, L1)),
             )
             .step(
-                after(TcProgram::PodIngress, |prev| {
+                Step::after(TcProgram::PodIngress, |prev| {
                     let (src, dst) = ends(prev)?;
                     Ok(tcp(dst, src, TCP_SYN | TCP_ACK).build())
                 })
@@ -989,11 +868,11 @@ fn hairpin_cases() -> Vec<Case> {
                 ),
             )
             .step(
-                on(TcProgram::PodIngress, ack.build())
+                Step::on(TcProgram::PodIngress, ack.build())
                     .bounced(Reason::DnatEstablished, back_to_sender(from_hairpin, L1)),
             ),
         case("hairpin: without an address set, the default link-local one is used").step(
-            on(TcProgram::PodIngress, syn.build()).bounced(
+            Step::on(TcProgram::PodIngress, syn.build()).bounced(
                 Reason::DnatNewHairpin,
                 back_to_sender(
                     |s| s.ip().octets() == proxy_common::HAIRPIN_ADDR_DEFAULT,
@@ -1028,11 +907,11 @@ fn cases() -> Vec<Case> {
         case("local backend: reply reverse-NATed at node egress to the node port")
             .step(xdp(syn.build()).passed(dnat(&syn, L1).build(), Reason::DnatNew))
             .step(
-                on(TcProgram::NodeEgress, l1_reply.build())
+                Step::on(TcProgram::NodeEgress, l1_reply.build())
                     .passed(snat(&l1_reply, NP_LOCAL).build(), Reason::RevnatReply),
             ),
         case("node egress: a packet of no translated flow passes untouched")
-            .step(on(TcProgram::NodeEgress, l1_reply.build()).untouched(Reason::PassNotService)),
+            .step(Step::on(TcProgram::NodeEgress, l1_reply.build()).untouched(Reason::PassNotService)),
         case("remote backend: new TCP flow gets DNAT and SNAT from the SNAT port range").step(
             xdp(rsyn.build())
                 .checked(Reason::SnatNew, snat_to(R1))
@@ -1162,7 +1041,7 @@ fn cases() -> Vec<Case> {
         case("externalTrafficPolicy Local: pods of the node use the internal scope (all backends)")
             .step({
                 let p = tcp(POD, NP_ETP_LOCAL, TCP_SYN);
-                on(TcProgram::PodIngress, p.build()).passed(dnat(&p, R1).build(), Reason::DnatNew)
+                Step::on(TcProgram::PodIngress, p.build()).passed(dnat(&p, R1).build(), Reason::DnatNew)
             }),
         case("cluster IP reached from outside: not translated at XDP")
             .step(xdp(tcp(CLIENT, CLUSTER_IP, TCP_SYN).build()).untouched(Reason::PassNotService)),
@@ -1233,7 +1112,7 @@ fn cases() -> Vec<Case> {
     // Not IPv4: passed, counted.
     t.push(
         case("ARP passes XDP untouched").step(
-            xdp(svcnat::testing::packet::arp_request(
+            xdp(svcnat_testkit::packet::arp_request(
                 CLIENT_MAC,
                 *CLIENT.ip(),
                 NODE,
@@ -1244,135 +1123,15 @@ fn cases() -> Vec<Case> {
     t
 }
 
-// ---------------------------------------------------------------------------
-// Runner
-// ---------------------------------------------------------------------------
-
-fn describe(frame: &[u8]) -> String {
-    match parse(frame) {
-        Ok(p) => match &p.ipv4 {
-            Some(ip) => format!("{} -> {} proto {} l4 {:?}", ip.src, ip.dst, ip.proto, ip.l4),
-            None => format!("ethertype {:#06x}, {} bytes", p.ethertype, frame.len()),
-        },
-        Err(e) => format!("unparsable ({e}), {} bytes", frame.len()),
-    }
-}
-
-fn all_stats(dp: &TestDatapath) -> Result<Vec<(Reason, StatValue)>, String> {
-    dp.all_stats().map_err(|e| format!("read stats: {e}"))
-}
-
-fn run_step(dp: &TestDatapath, step: &Step, prev: &[u8]) -> Result<Vec<u8>, String> {
-    let input = (step.input)(prev)?;
-    let before = all_stats(dp)?;
-    let t0 = monotonic_ns();
-    let out = dp
-        .run(step.prog, &input)
-        .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
-    let window = Window {
-        before: t0,
-        after: monotonic_ns(),
-    };
-    let after = all_stats(dp)?;
-    let mut errors = Vec::new();
-    if out.retval != step.verdict {
-        errors.push(format!("verdict {}, want {}", out.retval, step.verdict));
-    }
-    match &step.output {
-        Expect::Unchanged if out.data_out != input => errors.push(format!(
-            "output changed: {} (input {})",
-            describe(&out.data_out),
-            describe(&input)
-        )),
-        Expect::Frame(want) if &out.data_out != want => errors.push(format!(
-            "output {}\n      want {}",
-            describe(&out.data_out),
-            describe(want)
-        )),
-        Expect::Check(check) => {
-            if let Err(e) = check(prev, &out.data_out) {
-                errors.push(format!("output: {e}; got {}", describe(&out.data_out)));
-            }
-        }
-        _ => {}
-    }
-    if out.retval != XDP_DROP
-        && !matches!(step.output, Expect::Unchanged | Expect::Any)
-        && let Err(e) = checksums_ok(&out.data_out)
-    {
-        errors.push(format!("output checksums: {e}"));
-    }
-    let delta: Vec<(Reason, u64, u64)> = before
-        .iter()
-        .zip(&after)
-        .filter(|((_, b), (_, a))| a != b)
-        .map(|((r, b), (_, a))| (*r, a.packets - b.packets, a.bytes - b.bytes))
-        .collect();
-    let want = vec![(step.reason, 1, input.len() as u64)];
-    if delta != want {
-        errors.push(format!("stats changed by {delta:?}, want {want:?}"));
-    }
-    for effect in &step.effects {
-        if let Err(e) = effect(dp, window, &out.data_out) {
-            errors.push(format!("map effect: {e}"));
-        }
-    }
-    if errors.is_empty() {
-        Ok(out.data_out)
-    } else {
-        Err(errors.join("\n    "))
-    }
-}
-
-fn run_case(c: &Case) -> Result<(), String> {
-    let mut dp = TestDatapath::load().map_err(|e| format!("load: {e}"))?;
-    seed_world(&mut dp)?;
-    (c.seed)(&mut dp).map_err(|e| format!("seed: {e}"))?;
-    let mut prev = Vec::new();
-    for (i, step) in c.steps.iter().enumerate() {
-        prev = run_step(&dp, step, &prev)
-            .map_err(|e| format!("step {} ({:?}):\n    {e}", i + 1, step.prog))?;
-    }
-    Ok(())
-}
-
 #[test]
 fn node_fixtures() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let filter = std::env::var("SVCNAT_FIXTURE").ok();
-    let table = cases();
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for c in &table {
-        if filter
-            .as_ref()
-            .is_some_and(|f| !c.name.contains(f.as_str()))
-        {
-            continue;
-        }
-        ran += 1;
-        match run_case(c) {
-            Ok(()) => eprintln!("ok   {}", c.name),
-            Err(e) => {
-                eprintln!("FAIL {}\n  {e}", c.name);
-                failures.push(c.name);
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {ran} fixtures failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
+    skip_unless!(Needs::prog_run());
+    run_table(&cases(), seed_world);
 }
 
 /// The fixtures' world in a datapath whose conntrack map holds `entries`.
 fn world_with_conntrack_of(entries: u32) -> TestDatapath {
-    let sizes: Vec<(&str, u32)> = svcnat::testing::datapath::TEST_MAP_SIZES
+    let sizes: Vec<(&str, u32)> = svcnat_testkit::datapath::TEST_MAP_SIZES
         .iter()
         .map(|&(n, s)| {
             (
@@ -1397,10 +1156,7 @@ fn world_with_conntrack_of(entries: u32) -> TestDatapath {
 /// only a SYN opens a flow from outside.
 #[test]
 fn a_flood_of_flowless_segments_evicts_no_established_flow() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::prog_run());
     const CT_SIZE: u32 = 4096;
     const FLOWS: u16 = 200;
     let dp = world_with_conntrack_of(CT_SIZE);
@@ -1479,10 +1235,7 @@ fn a_flood_of_flowless_segments_evicts_no_established_flow() {
 /// created entries.
 #[test]
 fn a_syn_flood_bigger_than_the_map_shows_as_evictions() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::prog_run());
     const CT_SIZE: u32 = 2048;
     let dp = world_with_conntrack_of(CT_SIZE);
     let mut estimate = svcnat::metrics::EvictionEstimate::default();

@@ -54,16 +54,18 @@ use proxy_common::{
     SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SlotKey,
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use svcnat::testing::{
+use svcnat_testkit::{
     datapath::{
         Flow, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX, TcProgram, TestDatapath,
-        XDP_DROP, XDP_PASS, XDP_TX, monotonic_ns, skip_reason,
+        XDP_DROP, XDP_PASS, XDP_TX, monotonic_ns,
     },
     packet::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED,
         PacketBuilder, Residue, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, arp_request,
         checksum_residues, checksums_ok, ethernet_frame, fragment, parse,
     },
+    skip::Needs,
+    skip_unless,
 };
 
 /// Packets between two map checks.
@@ -1573,7 +1575,7 @@ fn fix_ipv4_checksum(f: &mut [u8]) {
     let ip = &mut f[ETH_HLEN..];
     let hlen = usize::from(ip[0] & 0x0f) * 4;
     ip[10..12].copy_from_slice(&[0, 0]);
-    let sum = svcnat::testing::packet::internet_checksum(&ip[..hlen]);
+    let sum = svcnat_testkit::packet::internet_checksum(&ip[..hlen]);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
@@ -1694,10 +1696,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn packet_fuzz() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::prog_run());
     let packets = env_u64("SVCNAT_FUZZ_PACKETS", DEFAULT_PACKETS);
     let seed = env_u64("SVCNAT_FUZZ_SEED", DEFAULT_SEED);
     let check_every = env_u64("SVCNAT_FUZZ_CHECK_EVERY", CHECK_EVERY).max(1);

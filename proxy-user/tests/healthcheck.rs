@@ -20,24 +20,19 @@ use svcnat::{
     health::AgentHealth,
     healthcheck::{self, HealthCheckService, HealthChecks, Responder},
     model::{NodeInfo, ServiceName},
-    netns::{NetNs, skip_reason, unique_tag},
     sources::{Kind, Object, SourceEvent},
     sync::{SyncStats, Syncer},
+};
+use svcnat_testkit::{
+    netns::{NetNs, unique_tag},
+    skip::Needs,
+    skip_unless,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::watch,
 };
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// Runs `f` to completion on a single-threaded runtime in a new network
 /// namespace (deleted afterwards).
@@ -148,7 +143,7 @@ fn healthy_agent() -> Arc<AgentHealth> {
 
 #[test]
 fn answers_like_kube_proxy_for_local_and_remote_endpoints_and_agent_health() {
-    require_root!();
+    skip_unless!(Needs::netns());
     in_netns(|| async {
         let health = healthy_agent();
         let mut responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, Arc::clone(&health));
@@ -197,7 +192,7 @@ fn answers_like_kube_proxy_for_local_and_remote_endpoints_and_agent_health() {
 
 #[test]
 fn a_port_in_use_is_reported_and_retried_and_the_others_are_served() {
-    require_root!();
+    skip_unless!(Needs::netns());
     in_netns(|| async {
         let blocker = std::net::TcpListener::bind("0.0.0.0:32003").expect("occupy 32003");
         let mut responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, healthy_agent());
@@ -221,7 +216,7 @@ fn a_port_in_use_is_reported_and_retried_and_the_others_are_served() {
 
 #[test]
 fn run_follows_the_published_set_and_closes_everything_at_the_end() {
-    require_root!();
+    skip_unless!(Needs::netns());
     in_netns(|| async {
         let (tx, rx) = watch::channel(HealthChecks::new());
         let responder = Responder::new(healthcheck::DEFAULT_BIND_ADDRESS, healthy_agent());
@@ -297,7 +292,7 @@ impl Drop for PinDir {
 
 #[test]
 fn sync_passes_open_answer_hand_over_and_close_the_ports() {
-    require_root!();
+    skip_unless!(Needs::netns());
     in_netns(|| async {
         let dir = PinDir(PathBuf::from(format!(
             "/sys/fs/bpf/svcnat-test-hc-{}",

@@ -20,10 +20,10 @@ use svcnat::{
     health::AgentHealth,
     inspect,
     model::NodeInfo,
-    netns::skip_reason,
     sources::{self, Kind, SourceEvent},
     sync::{self, LoopConfig, SyncStats, Syncer},
 };
+use svcnat_testkit::{skip::Needs, skip_unless};
 use tokio::sync::mpsc;
 
 fn service(name: &str, ip: &str, port: u16) -> Service {
@@ -86,10 +86,7 @@ fn entry(label: &str, vip: &str, backends: &[&str]) -> (String, Vec<String>) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn kube_source_changes_reach_the_maps() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let dir = PathBuf::from(format!("/sys/fs/bpf/svcnat-kube-{}", std::process::id()));
     let _ = cleanup(&dir);
     struct Guard(PathBuf);

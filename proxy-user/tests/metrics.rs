@@ -27,7 +27,11 @@ use svcnat::{
     metrics::{DatapathSample, Metrics, count_conntrack, sample_datapath, serve_metrics},
     sources::kube::KubeSourceStats,
     sync::SyncStats,
-    testing::datapath::{Flow, ct4_pair},
+};
+use svcnat_testkit::{
+    datapath::{Flow, ct4_pair},
+    skip::Needs,
+    skip_unless,
 };
 use tokio::net::TcpListener;
 
@@ -731,20 +735,6 @@ async fn liveness_watch_beats_while_the_lock_is_free_and_notices_stopped_tasks()
 // ---------------------------------------------------------------------------
 // The sampler against the real maps (root and the eBPF object needed).
 
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (CAP_BPF)");
-    }
-    if svcnat::EBPF_OBJECT.is_empty() {
-        return Some("eBPF object not built: run `cargo xtask build-ebpf --release`");
-    }
-    if !std::path::Path::new("/sys/fs/bpf").exists() {
-        return Some("no bpffs at /sys/fs/bpf");
-    }
-    None
-}
-
 struct PinDir(PathBuf);
 
 impl PinDir {
@@ -776,10 +766,7 @@ fn backend(last: u8, port: u16) -> BackendSpec {
 
 #[tokio::test]
 async fn the_sampler_reads_counts_capacities_and_conntrack_from_the_maps() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::pinned());
     within(async {
         let pins = PinDir::new();
         let sizes = MapSizes {

@@ -15,11 +15,13 @@ use std::{
 };
 
 use proxy_common::Reason;
-use svcnat::{
-    dataplane::{
-        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
-    },
-    netns::{NetNs, skip_reason, unique_tag, veth},
+use svcnat::dataplane::{
+    BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
+};
+use svcnat_testkit::{
+    netns::{NetNs, unique_tag, veth},
+    skip::Needs,
+    skip_unless,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
@@ -121,10 +123,7 @@ fn udp_request(addr: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
 
 #[test]
 fn tcp_and_udp_through_a_cluster_ip_between_namespaces() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let topo = topology();
     let stop = Arc::new(AtomicBool::new(false));
     serve(&topo.backends[0].0, "b1", stop.clone());
@@ -354,10 +353,7 @@ fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream>
 /// hit the first connection at the backend and the connect would time out.
 #[test]
 fn one_client_port_to_two_services_sharing_a_backend() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let topo = topology();
     let stop = Arc::new(AtomicBool::new(false));
     serve_peer(&topo.backends[0].0, stop.clone());
@@ -437,10 +433,7 @@ fn one_client_port_to_two_services_sharing_a_backend() {
 /// not its own.
 #[test]
 fn a_pod_reaches_a_service_that_selects_it() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let topo = topology();
     let stop = Arc::new(AtomicBool::new(false));
     serve_peer(&topo.backends[0].0, stop.clone());
@@ -515,10 +508,7 @@ fn passed_under(dp: &Dataplane, reason: Reason) -> u64 {
 /// stands in for that program: it must see every packet the first passed.
 #[test]
 fn programs_attached_after_svcnat_still_run() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let topo = topology();
     let second = std::path::PathBuf::from(format!("{}-after", topo.bpffs.display()));
     struct Pins(std::path::PathBuf);

@@ -24,12 +24,14 @@ use std::{
 };
 
 use proxy_common::{BACKEND_FLAG_LOCAL, Reason, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_PORT};
-use svcnat::{
-    dataplane::{
-        BackendSpec, Dataplane, DataplaneConfig, Frontend, FrontendSpec, MapSizes, ServiceOpts,
-        cleanup,
-    },
-    netns::{NetNs, skip_reason, unique_tag, veth},
+use svcnat::dataplane::{
+    BackendSpec, Dataplane, DataplaneConfig, Frontend, FrontendSpec, MapSizes, ServiceOpts,
+    cleanup,
+};
+use svcnat_testkit::{
+    netns::{NetNs, unique_tag, veth},
+    skip::Needs,
+    skip_unless,
 };
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -218,10 +220,7 @@ fn spec(backend: Ipv4Addr, local: bool) -> FrontendSpec {
 
 #[test]
 fn tcp_through_a_node_port_to_local_and_remote_backends() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let topo = topology();
     let stop = Arc::new(AtomicBool::new(false));
     serve(&topo.pod1, stop.clone());
@@ -312,10 +311,7 @@ fn tcp_through_a_node_port_to_local_and_remote_backends() {
 /// them, whatever its interface (and on no other).
 #[test]
 fn nodeport_addresses_follow_the_node_interfaces_or_the_cidrs() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let ns = NetNs::new(&format!("sn-npa-{}", unique_tag())).expect("namespace");
     for (dev, addr) in [("eth0", "198.18.7.1/24"), ("lan1", "198.18.8.1/24")] {
         // No dummy driver here: a veth pair inside the namespace.

@@ -16,10 +16,10 @@ use svcnat::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
     inspect,
     model::{self, Family, NodeInfo, Protocol},
-    netns::skip_reason,
     sources::{Kind, Object, SourceEvent},
     sync::{SyncStats, Syncer},
 };
+use svcnat_testkit::{skip::Needs, skip_unless};
 
 const SERVICES: u8 = 4;
 const SLICES: u8 = 6;
@@ -256,10 +256,7 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
 
 #[test]
 fn random_event_sequences_end_with_maps_equal_to_the_model() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let case = std::sync::atomic::AtomicU32::new(0);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 48,
@@ -274,10 +271,7 @@ fn random_event_sequences_end_with_maps_equal_to_the_model() {
 
 #[test]
 fn a_service_too_big_for_the_maps_is_skipped_with_a_reason_and_the_rest_works() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::netns());
     let dir = PathBuf::from(format!("/sys/fs/bpf/svcnat-full-{}", std::process::id()));
     let _ = cleanup(&dir);
     struct Guard(PathBuf);

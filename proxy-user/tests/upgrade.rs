@@ -24,11 +24,13 @@ use proxy_common::{
 };
 use svcnat::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup, migrate::CtValueV2},
+};
+use svcnat_testkit::{
+    datapath::{TEST_MAP_SIZES, TEST_RUN_IFINDEX, TcProgram, TestDatapath},
     netns::unique_tag,
-    testing::{
-        datapath::{TEST_MAP_SIZES, TEST_RUN_IFINDEX, TcProgram, TestDatapath, skip_reason},
-        packet::{PacketBuilder, TCP_ACK, TCP_SYN, parse},
-    },
+    packet::{PacketBuilder, TCP_ACK, TCP_SYN, parse},
+    skip::Needs,
+    skip_unless,
 };
 
 const V1_OBJECT: &[u8] = include_bytes!("data/proxy-ebpf-layout-v1.o");
@@ -202,10 +204,7 @@ fn upgrade(dir: &Path) -> svcnat::dataplane::migrate::MigrationReport {
 
 #[test]
 fn flows_of_layout_1_survive_the_upgrade() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::prog_run());
     let dir = PinDir::new();
     let old = old_datapath(&dir.0, 1);
     let snat_port = old_flows(&old);
@@ -221,10 +220,7 @@ fn flows_of_layout_1_survive_the_upgrade() {
 
 #[test]
 fn flows_of_layout_2_survive_the_upgrade() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::prog_run());
     let dir = PinDir::new();
     let old = old_datapath(&dir.0, 2);
     let snat_port = old_flows(&old);
@@ -274,10 +270,7 @@ fn flows_of_layout_2_survive_the_upgrade() {
 
 #[test]
 fn without_the_migration_the_new_programs_refuse_the_old_maps() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(Needs::prog_run());
     for v in [1, 2] {
         let dir = PinDir::new();
         let old = old_datapath(&dir.0, v);

@@ -1,7 +1,8 @@
 //! The datapath loaded for packet tests and benchmarks: the embedded eBPF
 //! object with small private maps (nothing pinned, nothing attached), its TC
-//! programs ready for [`super::prog_run::test_run`], and helpers to seed the
-//! maps and read the stats.
+//! programs ready for [`crate::prog_run::test_run`], and helpers to seed the
+//! maps and read the stats. A test that loads it needs
+//! [`crate::skip::Needs::prog_run`].
 
 use std::{
     io,
@@ -23,7 +24,7 @@ use proxy_common::{
     Svc4Key, SvcValue, map_names, program_names,
 };
 
-use super::prog_run::{TestRunOutput, test_run};
+use crate::prog_run::{TestRunOutput, test_run};
 
 /// TC verdict: pass the packet on, skipping later programs on the hook.
 pub const TC_ACT_OK: u32 = 0;
@@ -159,21 +160,7 @@ pub struct TestDatapath<C: aya::Pod = CtValue> {
     pub srcrange4: LpmTrie<MapData, SrcRange4, u32>,
 }
 
-/// Why packet tests cannot run here, if they cannot: not root, or no object.
-pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root: loading BPF programs needs CAP_BPF and CAP_NET_ADMIN".into());
-    }
-    if crate::EBPF_OBJECT.is_empty() {
-        return Some(
-            "the eBPF object is not embedded: run `cargo xtask build-ebpf --release` first".into(),
-        );
-    }
-    None
-}
-
-pub use crate::inspect::monotonic_ns;
+pub use svcnat::inspect::monotonic_ns;
 
 fn take<T>(
     ebpf: &mut Ebpf,
@@ -207,7 +194,7 @@ impl TestDatapath {
     /// Loads the embedded object with the given map sizes (others at their
     /// defaults) and both TC programs. Maps are private to this instance.
     pub fn load_with_sizes(sizes: &[(&str, u32)]) -> Result<Self, LoadError> {
-        Self::load_object(crate::EBPF_OBJECT, sizes, None)
+        Self::load_object(svcnat::EBPF_OBJECT, sizes, None)
     }
 
     /// Writes both conntrack entries of a translated flow (see [`ct4_pair`]).
@@ -351,13 +338,13 @@ impl<C: aya::Pod> TestDatapath<C> {
 
     /// The counter of `reason`, summed over all CPUs.
     pub fn stat(&self, reason: Reason) -> Result<StatValue, MapError> {
-        crate::dataplane::stat_slot(&self.stats, reason as u32)
+        svcnat::dataplane::stat_slot(&self.stats, reason as u32)
     }
 
     /// Conntrack entries the datapath created under a new key (the
     /// `STAT_CT_CREATED` counter, summed over CPUs).
     pub fn created_entries(&self) -> Result<u64, MapError> {
-        crate::dataplane::stat_slot(&self.stats, proxy_common::STAT_CT_CREATED).map(|v| v.packets)
+        svcnat::dataplane::stat_slot(&self.stats, proxy_common::STAT_CT_CREATED).map(|v| v.packets)
     }
 
     /// Every reason's counter, summed over all CPUs, in [`Reason::ALL`] order.

@@ -203,11 +203,7 @@ mod tests {
 
     #[test]
     fn runs_a_program_and_returns_its_verdict_and_packet() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: loading a BPF program needs root");
-            return;
-        }
+        crate::skip_unless!(crate::skip::Needs::root());
         let fd = load_return(7).expect("BPF_PROG_LOAD of a two-instruction program");
         let frame: Vec<u8> = (0u8..60).collect();
         let out = test_run(fd.as_fd(), &frame, 1).expect("test run");

@@ -1,4 +1,5 @@
-//! Network namespaces for tests, benchmarks and the demo.
+//! Network namespaces for tests, benchmarks and the demo (a test that uses
+//! them needs [`crate::skip::Needs::netns`]).
 //!
 //! A [`NetNs`] is a named namespace (`ip netns add`) deleted when dropped, so
 //! a failing or panicking test still cleans up. Code runs inside one either
@@ -155,23 +156,4 @@ pub fn veth(host_ns: &NetNs, host: &str, peer_ns: &NetNs, peer_name: &str) -> io
     host_ns.ip(&["link", "set", host, "up"])?;
     peer_ns.ip(&["link", "set", peer_name, "up"])?;
     Ok(())
-}
-
-/// Why a test that needs root, the eBPF object and `ip` cannot run here,
-/// or None when it can.
-pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)".into());
-    }
-    if crate::EBPF_OBJECT.is_empty() {
-        return Some("the eBPF object is not built: run `cargo xtask build-ebpf --release`".into());
-    }
-    if !std::path::Path::new("/sys/fs/bpf").exists() {
-        return Some("no bpffs at /sys/fs/bpf".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("iproute2 (`ip`) is not installed".into());
-    }
-    None
 }

@@ -1,0 +1,551 @@
+//! The cluster's shape: the address plan, the namespaces of the fabric,
+//! the nodes, the pods and the outside clients, and how they are wired
+//! (see the [module documentation](super)).
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::process::Proc;
+use crate::netns::{self, NetNs, unique_tag, veth};
+
+/// The glob of the pods' host-side veths (`--pod-interfaces`).
+pub const POD_GLOB: &str = "vp*";
+/// The source address a pod sees when it reaches itself through a service
+/// (`--hairpin-address`; the agent's default is link-local).
+pub const HAIRPIN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
+/// The outside client's address on the fabric.
+pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+/// The fabric's network: nodes, outside clients (and free addresses, for
+/// load-balancer IPs, between them).
+pub const FABRIC_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+/// At most this many nodes (pod ranges 198.18.1.0/24 ..= 198.18.26.0/24).
+pub const MAX_NODES: usize = 26;
+
+/// How often wait loops look again.
+pub(super) const POLL: Duration = Duration::from_millis(20);
+
+/// The name of node `i`: `node-a`, `node-b`, ...
+pub fn node_name(i: usize) -> String {
+    let letter = b"abcdefghijklmnopqrstuvwxyz"[i % 26] as char;
+    format!("node-{letter}")
+}
+
+/// Node `i`'s address on the fabric: 198.18.0.(10+i).
+pub fn node_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 10 + i as u8)
+}
+
+/// The pods' gateway on node `i` (the address of its `cni0`): 198.18.(i+1).1.
+pub fn pod_gateway(i: usize) -> Ipv4Addr {
+    pod_addr(i, 1)
+}
+
+/// Address `host` in node `i`'s pod range: 198.18.(i+1).host.
+pub fn pod_addr(i: usize, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, i as u8 + 1, host)
+}
+
+/// The node whose pod range holds `addr`, if any.
+pub fn node_of_pod_addr(addr: Ipv4Addr, nodes: usize) -> Option<usize> {
+    let o = addr.octets();
+    (o[0] == 198 && o[1] == 18 && o[2] >= 1 && usize::from(o[2]) <= nodes)
+        .then(|| usize::from(o[2]) - 1)
+}
+
+/// Turns TX checksum offload off on interface `ifname` of the calling
+/// thread's network namespace (`ethtool -K IF tx off`, by ioctl: ethtool
+/// may not be installed). See the module documentation for why.
+fn tx_checksum_offload_off(ifname: &str) -> std::io::Result<()> {
+    /// `struct ethtool_value` of `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    /// `ETHTOOL_STXCSUM`: set TX checksum offload.
+    const SET_TX_CHECKSUM: u32 = 0x17;
+    let name = ifname.as_bytes();
+    // SAFETY: ifreq is plain old data; all zeros is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::other(format!(
+            "interface name too long: {ifname}"
+        )));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    let mut value = EthtoolValue {
+        cmd: SET_TX_CHECKSUM,
+        data: 0,
+    };
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: socket(2) has no memory preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: `req` names the interface and points at `value`; both outlive
+    // the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SIOCETHTOOL,
+            &raw mut req,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`tx_checksum_offload_off`] for `ifname` in namespace `ns`.
+fn no_tx_checksum_offload(ns: &NetNs, ifname: &str) -> Result<()> {
+    let name = ifname.to_string();
+    ns.run(move || tx_checksum_offload_off(&name))
+        .with_context(|| format!("enter {}", ns.name()))?
+        .with_context(|| format!("turn TX checksum offload off on {ifname} in {}", ns.name()))
+}
+
+/// How to build a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Number of nodes (1..=[`MAX_NODES`]).
+    pub nodes: usize,
+    /// The `svcnat` binary.
+    pub svcnat: PathBuf,
+    /// A short prefix for namespace names (say the test's initials).
+    pub prefix: String,
+    /// Extra arguments to every `svcnat run`.
+    pub agent_args: Vec<String>,
+    /// `RUST_LOG` for the agents.
+    pub agent_log_filter: String,
+    /// Agents read this folder instead of the cluster's own temporary one
+    /// (which [`Cluster::write_manifest`] edits; it refuses then).
+    pub manifests: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// `nodes` nodes running `svcnat`, with a small conntrack table and a
+    /// drift repair every 5 s.
+    pub fn new(svcnat: impl Into<PathBuf>, nodes: usize) -> Self {
+        Self {
+            nodes,
+            svcnat: svcnat.into(),
+            prefix: "sc".into(),
+            agent_args: ["--conntrack-size", "65536", "--repair-interval", "5"]
+                .map(String::from)
+                .to_vec(),
+            agent_log_filter: "info".into(),
+            manifests: None,
+        }
+    }
+
+    /// Sets the namespace name prefix.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+}
+
+/// A namespace one can run programs in: a pod or the outside client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Its name (nginx answers with it).
+    pub name: String,
+    /// The node it lives on (None: the outside client).
+    pub node: Option<usize>,
+    /// Its address.
+    pub addr: Ipv4Addr,
+    /// Its network namespace's name.
+    pub netns: String,
+    /// The host-side veth in the node (pods only).
+    pub veth: Option<String>,
+}
+
+impl Host {
+    /// `ip netns exec NS program`: `program` inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, program]);
+        c
+    }
+
+    /// Spawns a thread that has entered this host's network namespace
+    /// running `f` (a server or client written with `std::net`).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<std::io::Result<T>> {
+        netns::spawn_in(PathBuf::from(format!("/var/run/netns/{}", self.netns)), f)
+    }
+
+    /// The name of its node (as endpoints' `nodeName`), if a pod.
+    pub fn node_name(&self) -> Option<String> {
+        self.node.map(node_name)
+    }
+}
+
+pub(super) struct NodeState {
+    pub(super) ns: NetNs,
+    pub(super) next_veth: u32,
+}
+
+pub(super) struct AgentState {
+    pub(super) proc: Option<Proc>,
+    pub(super) bpffs: PathBuf,
+    pub(super) log: PathBuf,
+    pub(super) starts: u32,
+}
+
+/// The cluster. Every method takes `&self` except adding pods, so client
+/// threads can share it (`std::thread::scope`).
+pub struct Cluster {
+    pub(super) cfg: ClusterConfig,
+    pub(super) tag: String,
+    pub(super) dir: PathBuf,
+    pub(super) manifests: PathBuf,
+    pub(super) fabric: Option<NetNs>,
+    pub(super) nodes: Vec<NodeState>,
+    pub(super) outside: Option<(NetNs, Host)>,
+    pub(super) more_outside: Vec<(NetNs, Host)>,
+    pub(super) pods: Vec<(NetNs, Host)>,
+    pub(super) agents: Vec<Mutex<AgentState>>,
+    pub(super) servers: Mutex<Vec<Proc>>,
+    pub(super) interrupt: Option<&'static AtomicBool>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Cluster {
+    /// Builds the fabric, the nodes and the outside client (no pods, no
+    /// agents yet). On error, whatever was built is torn down.
+    pub fn new(cfg: ClusterConfig) -> Result<Self> {
+        if cfg.nodes == 0 || cfg.nodes > MAX_NODES {
+            bail!("1..={MAX_NODES} nodes, not {}", cfg.nodes);
+        }
+        let tag = unique_tag();
+        let dir = std::env::temp_dir().join(format!("svcnat-cluster-{}-{tag}", cfg.prefix));
+        let own_manifests = dir.join("manifests");
+        let manifests = cfg.manifests.clone().unwrap_or(own_manifests.clone());
+        let mut c = Self {
+            tag,
+            dir,
+            manifests,
+            fabric: None,
+            nodes: Vec::new(),
+            outside: None,
+            more_outside: Vec::new(),
+            pods: Vec::new(),
+            agents: Vec::new(),
+            servers: Mutex::new(Vec::new()),
+            interrupt: None,
+            cfg,
+        };
+        let _ = fs::remove_dir_all(&c.dir);
+        fs::create_dir_all(&own_manifests).context("create the cluster's temporary folder")?;
+        fs::create_dir_all(c.dir.join("logs"))?;
+
+        let fabric = NetNs::new(&c.ns_name("fab"))?;
+        fabric.ip(&["link", "add", "fab0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "fab0", "up"])?;
+        c.fabric = Some(fabric);
+        let fabric = c.fabric.as_ref().ok_or_else(|| anyhow!("no fabric"))?;
+
+        for i in 0..c.cfg.nodes {
+            let ns = NetNs::new(&c.ns_name(&format!("n{i}")))?;
+            let leg = format!("fn{i}");
+            veth(fabric, &leg, &ns, "eth0")?;
+            fabric.ip(&["link", "set", &leg, "master", "fab0"])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", node_addr(i)),
+                "dev",
+                "eth0",
+            ])?;
+            // Complete checksums on what the node sends to other nodes'
+            // XDP (replies of backends to SNATed flows): see the module doc.
+            no_tx_checksum_offload(&ns, "eth0")?;
+            ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
+            // A fixed MAC: a bridge otherwise takes its lowest port's, which
+            // changes as pods come and go (and pods cache the gateway's).
+            ns.ip(&[
+                "link",
+                "set",
+                "cni0",
+                "address",
+                &format!("02:00:c6:12:{:02x}:01", i + 1),
+            ])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", pod_gateway(i)),
+                "dev",
+                "cni0",
+            ])?;
+            ns.ip(&["link", "set", "cni0", "up"])?;
+            for (key, value) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.send_redirects", "0"),
+                ("net.ipv4.conf.default.send_redirects", "0"),
+                ("net.ipv4.conf.eth0.send_redirects", "0"),
+                ("net.ipv4.conf.cni0.send_redirects", "0"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                ("net.ipv4.conf.eth0.rp_filter", "0"),
+                ("net.ipv4.conf.cni0.rp_filter", "0"),
+            ] {
+                ns.sysctl(key, value)?;
+            }
+            for j in (0..c.cfg.nodes).filter(|&j| j != i) {
+                ns.ip(&[
+                    "route",
+                    "add",
+                    &format!("{}/24", pod_addr(j, 0)),
+                    "via",
+                    &node_addr(j).to_string(),
+                    "dev",
+                    "eth0",
+                ])?;
+            }
+            let bpffs = PathBuf::from(format!(
+                "/sys/fs/bpf/svcnat-{}{}-{}",
+                c.cfg.prefix,
+                c.tag,
+                node_name(i)
+            ));
+            let log = c
+                .dir
+                .join("logs")
+                .join(format!("agent-{}.log", node_name(i)));
+            c.nodes.push(NodeState { ns, next_veth: 0 });
+            c.agents.push(Mutex::new(AgentState {
+                proc: None,
+                bpffs,
+                log,
+                starts: 0,
+            }));
+        }
+
+        c.outside = Some(c.new_outside("outside", "out", "fo", OUTSIDE_ADDR)?);
+        Ok(c)
+    }
+
+    /// An outside client namespace `role` named `name` whose `eth0` has
+    /// `addr` on the fabric (leg `leg` on `fab0`), default route via node 0.
+    fn new_outside(
+        &self,
+        name: &str,
+        role: &str,
+        leg: &str,
+        addr: Ipv4Addr,
+    ) -> Result<(NetNs, Host)> {
+        let fabric = self.fabric.as_ref().ok_or_else(|| anyhow!("no fabric"))?;
+        let ns = NetNs::new(&self.ns_name(role))?;
+        veth(fabric, leg, &ns, "eth0")?;
+        fabric.ip(&["link", "set", leg, "master", "fab0"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["route", "add", "default", "via", &node_addr(0).to_string()])?;
+        // Frames from outside reach the nodes' XDP with complete checksums,
+        // as from a wire: see the module doc.
+        no_tx_checksum_offload(&ns, "eth0")?;
+        let host = Host {
+            name: name.to_string(),
+            node: None,
+            addr,
+            netns: ns.name().to_string(),
+            veth: None,
+        };
+        Ok((ns, host))
+    }
+
+    fn ns_name(&self, role: &str) -> String {
+        format!("{}{}-{role}", self.cfg.prefix, self.tag)
+    }
+
+    /// Polling loops stop with an error once `flag` is set (the demo's
+    /// Ctrl-C).
+    pub fn set_interrupt(&mut self, flag: &'static AtomicBool) {
+        self.interrupt = Some(flag);
+    }
+
+    pub(super) fn check_interrupt(&self) -> Result<()> {
+        if self.interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    /// The number of nodes.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Node `i`'s namespace.
+    pub fn node_ns(&self, i: usize) -> &NetNs {
+        &self.nodes[i].ns
+    }
+
+    /// The folder every agent reads.
+    pub fn manifests_dir(&self) -> &Path {
+        &self.manifests
+    }
+
+    /// The cluster's temporary folder (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The outside client (on the fabric, default route via node 0).
+    pub fn outside(&self) -> Option<&Host> {
+        self.outside.as_ref().map(|(_, h)| h)
+    }
+
+    /// Adds another outside client `name` with address `addr` on the
+    /// fabric (198.18.0.0/24; not a node's, not taken), default route via
+    /// node 0, like [`Cluster::outside`].
+    pub fn add_outside(&mut self, name: &str, addr: Ipv4Addr) -> Result<Host> {
+        let o = addr.octets();
+        let on_fabric = addr != FABRIC_NET && o[..3] == FABRIC_NET.octets()[..3] && o[3] != 255;
+        let node = (0..self.nodes.len()).any(|i| node_addr(i) == addr);
+        let taken = self
+            .outside
+            .iter()
+            .chain(&self.more_outside)
+            .chain(&self.pods)
+            .any(|(_, h)| h.name == name || h.addr == addr);
+        if !on_fabric || node || taken {
+            bail!("{addr} is not a free fabric address ({FABRIC_NET}/24) or {name} exists");
+        }
+        let k = self.more_outside.len() + 1;
+        let added = self.new_outside(name, &format!("out{k}"), &format!("fo{k}"), addr)?;
+        let host = added.1.clone();
+        self.more_outside.push(added);
+        Ok(host)
+    }
+
+    /// Every outside client: [`Cluster::outside`] first, then those of
+    /// [`Cluster::add_outside`].
+    pub fn outside_clients(&self) -> impl Iterator<Item = &Host> {
+        self.outside
+            .iter()
+            .chain(&self.more_outside)
+            .map(|(_, h)| h)
+    }
+
+    /// Makes outside client `client` send traffic for `dst` (say a
+    /// load-balancer IP that no interface has) to node `node` over the
+    /// fabric, as a load balancer in front of the nodes would.
+    pub fn route_via_node(&self, client: &Host, dst: Ipv4Addr, node: usize) -> Result<()> {
+        if node >= self.nodes.len() {
+            bail!("no node {node}");
+        }
+        let (ns, _) = self
+            .outside
+            .iter()
+            .chain(&self.more_outside)
+            .find(|(_, h)| h.netns == client.netns)
+            .ok_or_else(|| anyhow!("{} is not an outside client", client.name))?;
+        ns.ip(&[
+            "route",
+            "replace",
+            &format!("{dst}/32"),
+            "via",
+            &node_addr(node).to_string(),
+            "dev",
+            "eth0",
+        ])?;
+        Ok(())
+    }
+
+    /// Every pod.
+    pub fn pods(&self) -> impl Iterator<Item = &Host> {
+        self.pods.iter().map(|(_, h)| h)
+    }
+
+    /// Adds pod `name` with address `addr` (in node `node`'s range) behind
+    /// a new `vpN` veth on the node's `cni0`.
+    pub fn add_pod(&mut self, node: usize, name: &str, addr: Ipv4Addr) -> Result<Host> {
+        if node >= self.nodes.len() {
+            bail!("no node {node}");
+        }
+        if node_of_pod_addr(addr, self.nodes.len()) != Some(node)
+            || addr == pod_gateway(node)
+            || addr.octets()[3] == 0
+            || addr.octets()[3] == 255
+        {
+            bail!(
+                "{addr} is not a pod address of {} ({}/24)",
+                node_name(node),
+                pod_addr(node, 0)
+            );
+        }
+        if self
+            .pods
+            .iter()
+            .any(|(_, h)| h.name == name || h.addr == addr)
+        {
+            bail!("pod {name} or address {addr} exists already");
+        }
+        let st = &mut self.nodes[node];
+        let host_if = format!("vp{}", st.next_veth);
+        st.next_veth += 1;
+        let ns = NetNs::new(&format!("{}{}-p-{name}", self.cfg.prefix, self.tag))?;
+        let node_ns = &self.nodes[node].ns;
+        veth(node_ns, &host_if, &ns, "eth0")?;
+        node_ns.ip(&["link", "set", &host_if, "master", "cni0"])?;
+        node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.send_redirects"), "0")?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &pod_gateway(node).to_string(),
+        ])?;
+        let host = Host {
+            name: name.to_string(),
+            node: Some(node),
+            addr,
+            netns: ns.name().to_string(),
+            veth: Some(host_if),
+        };
+        self.pods.push((ns, host.clone()));
+        Ok(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_plan() {
+        assert_eq!(node_name(0), "node-a");
+        assert_eq!(node_name(1), "node-b");
+        assert_eq!(node_addr(1), Ipv4Addr::new(198, 18, 0, 11));
+        assert_eq!(pod_gateway(0), Ipv4Addr::new(198, 18, 1, 1));
+        assert_eq!(pod_addr(1, 10), Ipv4Addr::new(198, 18, 2, 10));
+        assert_eq!(node_of_pod_addr(Ipv4Addr::new(198, 18, 2, 10), 2), Some(1));
+        assert_eq!(node_of_pod_addr(Ipv4Addr::new(198, 18, 3, 10), 2), None);
+        assert_eq!(node_of_pod_addr(Ipv4Addr::new(198, 18, 0, 10), 2), None);
+    }
+}

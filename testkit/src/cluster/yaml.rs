@@ -1,0 +1,291 @@
+//! The manifests the agents read: YAML of Services and EndpointSlices
+//! ([`service_yaml`], [`slice_yaml`]) and the cluster's manifests folder.
+
+use std::{fmt::Write as _, fs, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::topology::{Cluster, Host};
+
+/// Protocols of service ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// As Kubernetes spells it.
+    pub fn k8s(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+
+    /// As `svcnat inspect` spells it.
+    pub fn inspect(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// A service port and the matching EndpointSlice port.
+#[derive(Clone, Debug)]
+pub struct Port {
+    /// Port name (None: unnamed).
+    pub name: Option<String>,
+    /// Protocol.
+    pub proto: Proto,
+    /// The service port.
+    pub port: u16,
+    /// The backends' port.
+    pub target: u16,
+}
+
+impl Port {
+    /// A named TCP port.
+    pub fn tcp(name: &str, port: u16, target: u16) -> Self {
+        Self {
+            name: Some(name.into()),
+            proto: Proto::Tcp,
+            port,
+            target,
+        }
+    }
+
+    /// A named UDP port.
+    pub fn udp(name: &str, port: u16, target: u16) -> Self {
+        Self {
+            name: Some(name.into()),
+            proto: Proto::Udp,
+            port,
+            target,
+        }
+    }
+
+    /// Without a name.
+    pub fn unnamed(mut self) -> Self {
+        self.name = None;
+        self
+    }
+}
+
+/// An endpoint of an EndpointSlice.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Address.
+    pub addr: Ipv4Addr,
+    /// `nodeName` (None: left out).
+    pub node: Option<String>,
+    /// `conditions.ready` (None: not written).
+    pub ready: Option<bool>,
+    /// `conditions.serving` (None: not written).
+    pub serving: Option<bool>,
+}
+
+impl Endpoint {
+    /// A ready endpoint for `pod`, with its node's name.
+    pub fn of(pod: &Host) -> Self {
+        Self {
+            addr: pod.addr,
+            node: pod.node_name(),
+            ready: Some(true),
+            serving: None,
+        }
+    }
+
+    /// Not ready and not serving (a running pod failing its readiness
+    /// probe): not used, not even as the serving-terminating fallback.
+    pub fn not_ready(mut self) -> Self {
+        self.ready = Some(false);
+        self.serving = Some(false);
+        self
+    }
+
+    /// An endpoint with only an address (as hand-written slices often are).
+    pub fn bare(addr: Ipv4Addr) -> Self {
+        Self {
+            addr,
+            node: None,
+            ready: None,
+            serving: None,
+        }
+    }
+}
+
+/// YAML of a ClusterIP Service. With `selector`, it selects `app: NAME`
+/// (the slices are still written by hand here: svcnat never evaluates
+/// selectors).
+pub fn service_yaml(
+    namespace: &str,
+    name: &str,
+    vip: Ipv4Addr,
+    ports: &[Port],
+    selector: bool,
+) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  type: ClusterIP\n  clusterIP: {vip}\n  clusterIPs: [\"{vip}\"]\n"
+    );
+    if selector {
+        let _ = writeln!(s, "  selector: {{app: {name}}}");
+    }
+    s.push_str("  ports:\n");
+    for p in ports {
+        s.push_str("  - {");
+        if let Some(n) = &p.name {
+            let _ = write!(s, "name: {n}, ");
+        }
+        let _ = writeln!(
+            s,
+            "protocol: {}, port: {}, targetPort: {}}}",
+            p.proto.k8s(),
+            p.port,
+            p.target
+        );
+    }
+    s
+}
+
+/// YAML of an EndpointSlice `slice` of `service` (ports carry the targets).
+pub fn slice_yaml(
+    namespace: &str,
+    slice: &str,
+    service: &str,
+    ports: &[Port],
+    endpoints: &[Endpoint],
+) -> String {
+    let mut s = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  \
+         namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {service}}}\n\
+         addressType: IPv4\nports:\n"
+    );
+    for p in ports {
+        s.push_str("- {");
+        if let Some(n) = &p.name {
+            let _ = write!(s, "name: {n}, ");
+        }
+        let _ = writeln!(s, "protocol: {}, port: {}}}", p.proto.k8s(), p.target);
+    }
+    if endpoints.is_empty() {
+        s.push_str("endpoints: []\n");
+    } else {
+        s.push_str("endpoints:\n");
+    }
+    for e in endpoints {
+        let _ = writeln!(s, "- addresses: [\"{}\"]", e.addr);
+        let conditions: Vec<String> = [("ready", e.ready), ("serving", e.serving)]
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+            .collect();
+        if !conditions.is_empty() {
+            let _ = writeln!(s, "  conditions: {{{}}}", conditions.join(", "));
+        }
+        if let Some(n) = &e.node {
+            let _ = writeln!(s, "  nodeName: {n}");
+        }
+    }
+    s
+}
+
+/// A Service with a selector plus its one EndpointSlice `NAME-1`.
+pub fn service_with_slice(
+    namespace: &str,
+    name: &str,
+    vip: Ipv4Addr,
+    ports: &[Port],
+    endpoints: &[Endpoint],
+) -> String {
+    format!(
+        "{}---\n{}",
+        service_yaml(namespace, name, vip, ports, true),
+        slice_yaml(namespace, &format!("{name}-1"), name, ports, endpoints)
+    )
+}
+
+impl Cluster {
+    fn check_own_manifests(&self) -> Result<()> {
+        if self.cfg.manifests.is_some() {
+            bail!(
+                "the agents read {}, which the cluster does not edit",
+                self.manifests.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `file` in the manifests folder atomically (a hidden temporary
+    /// file renamed over it), so an agent never reads half a file.
+    pub fn write_manifest(&self, file: &str, text: &str) -> Result<()> {
+        self.check_own_manifests()?;
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, self.manifests.join(file)).context("rename manifest")?;
+        Ok(())
+    }
+
+    /// Removes `file` from the manifests folder.
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        self.check_own_manifests()?;
+        fs::remove_file(self.manifests.join(file)).with_context(|| format!("remove {file}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::cluster::topology::pod_addr;
+
+    #[test]
+    fn manifests_are_valid_objects() {
+        let pod = Host {
+            name: "b1".into(),
+            node: Some(0),
+            addr: pod_addr(0, 10),
+            netns: String::new(),
+            veth: None,
+        };
+        let yaml = service_with_slice(
+            "demo",
+            "web",
+            Ipv4Addr::new(198, 19, 0, 10),
+            &[Port::tcp("http", 80, 8080), Port::udp("dns", 53, 53)],
+            &[Endpoint::of(&pod), Endpoint::bare(pod_addr(1, 10))],
+        );
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
+            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
+            .collect();
+        assert_eq!(docs.len(), 2);
+        let objects = svcnat::sources::manifests::parse_manifests(&yaml).expect("valid objects");
+        assert_eq!(objects.len(), 2);
+        assert_eq!(docs[0]["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(docs[0]["spec"]["selector"]["app"], "web");
+        assert_eq!(docs[1]["ports"][1]["protocol"], "UDP");
+        assert_eq!(docs[1]["endpoints"][0]["nodeName"], "node-a");
+        assert_eq!(docs[1]["endpoints"][0]["conditions"]["ready"], true);
+        assert!(docs[1]["endpoints"][1].get("nodeName").is_none());
+        let empty = slice_yaml(
+            "demo",
+            "web-1",
+            "web",
+            &[Port::tcp("http", 80, 80).unnamed()],
+            &[],
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&empty).expect("yaml");
+        assert_eq!(
+            svcnat::sources::manifests::parse_manifests(&empty)
+                .expect("valid slice")
+                .len(),
+            1
+        );
+        assert_eq!(v["endpoints"].as_sequence().map(Vec::len), Some(0));
+        assert!(v["ports"][0].get("name").is_none());
+    }
+}
