@@ -1131,9 +1131,9 @@ fn node_fixtures() {
 
 /// The fixtures' world in a datapath whose conntrack map holds `entries`.
 fn world_with_conntrack_of(entries: u32) -> TestDatapath {
-    let sizes: Vec<(&str, u32)> = svcnat_testkit::datapath::TEST_MAP_SIZES
-        .iter()
-        .map(|&(n, s)| {
+    let sizes: Vec<(&str, u32)> = svcnat_testkit::datapath::test_map_sizes()
+        .into_iter()
+        .map(|(n, s)| {
             (
                 n,
                 if n == proxy_common::map_names::CT4 {

@@ -25,8 +25,7 @@ use std::{
 
 use proxy_common::{BACKEND_FLAG_LOCAL, Reason, SVC_FLAG_EXTERNAL, SVC_FLAG_NODE_PORT};
 use svcnat::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Frontend, FrontendSpec, MapSizes, ServiceOpts,
-    cleanup,
+    BackendSpec, Dataplane, DataplaneConfig, Frontend, FrontendSpec, MapSizes, ServiceOpts, cleanup,
 };
 use svcnat_testkit::{
     netns::{NetNs, unique_tag, veth},

@@ -22,11 +22,9 @@ use proxy_common::{
     BACKEND_FLAG_LOCAL, CtValue, IPPROTO_TCP, Reason, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
     SVC_FLAG_NODE_PORT,
 };
-use svcnat::{
-    dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup, migrate::CtValueV2},
-};
+use svcnat::dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup, migrate::CtValueV2};
 use svcnat_testkit::{
-    datapath::{TEST_MAP_SIZES, TEST_RUN_IFINDEX, TcProgram, TestDatapath},
+    datapath::{TEST_RUN_IFINDEX, TcProgram, TestDatapath, test_map_sizes},
     netns::unique_tag,
     packet::{PacketBuilder, TCP_ACK, TCP_SYN, parse},
     skip::Needs,
@@ -83,7 +81,7 @@ fn ends(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
 fn old_datapath(dir: &Path, v: u32) -> TestDatapath<CtValueV2> {
     std::fs::create_dir_all(dir).expect("pin folder");
     let object = if v == 1 { V1_OBJECT } else { V2_OBJECT };
-    let mut dp = TestDatapath::load_object(object, TEST_MAP_SIZES, Some(dir))
+    let mut dp = TestDatapath::load_object(object, &test_map_sizes(), Some(dir))
         .unwrap_or_else(|e| panic!("load the layout-{v} object: {e}"));
     std::fs::create_dir(dir.join(format!("layout-v{v}"))).expect("mark the layout");
     dp.set_node_address(TEST_RUN_IFINDEX, NODE)
@@ -136,8 +134,9 @@ fn old_flows(old: &TestDatapath<CtValueV2>) -> u16 {
 /// reply reaches the client from the node port, the pod's reply comes from
 /// the cluster IP).
 fn new_programs_on(dir: &Path, snat_port: u16) -> (bool, bool, bool) {
-    let new = TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, TEST_MAP_SIZES, Some(dir))
-        .expect("load the current object");
+    let new =
+        TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, &test_map_sizes(), Some(dir))
+            .expect("load the current object");
     let ack = PacketBuilder::tcp(CLIENT, NP_REMOTE).flags(TCP_ACK).build();
     let out = new.run(TcProgram::NodeXdp, &ack).expect("run XDP");
     let same_port =
@@ -255,7 +254,7 @@ fn flows_of_layout_2_survive_the_upgrade() {
     assert!(back, "the remote backend's reply goes back to the client");
     assert!(pod, "the pod flow's reply is reverse-NATed");
     let new =
-        TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, TEST_MAP_SIZES, Some(&dir.0))
+        TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, &test_map_sizes(), Some(&dir.0))
             .expect("load the current object");
     let reply = PacketBuilder::tcp(L1, late)
         .flags(TCP_SYN | TCP_ACK)
@@ -277,8 +276,11 @@ fn without_the_migration_the_new_programs_refuse_the_old_maps() {
         old_flows(&old);
         // Layout 3's conntrack values are larger: the current object cannot
         // run on the old conntrack map, which is why it is copied.
-        let loaded =
-            TestDatapath::<CtValue>::load_object(svcnat::EBPF_OBJECT, TEST_MAP_SIZES, Some(&dir.0));
+        let loaded = TestDatapath::<CtValue>::load_object(
+            svcnat::EBPF_OBJECT,
+            &test_map_sizes(),
+            Some(&dir.0),
+        );
         assert!(
             loaded.is_err(),
             "layout {v}: the current programs loaded over unmigrated maps"

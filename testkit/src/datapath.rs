@@ -24,6 +24,8 @@ use proxy_common::{
     Svc4Key, SvcValue, map_names, program_names,
 };
 
+use svcnat::dataplane::MapSizes;
+
 use crate::prog_run::{TestRunOutput, test_run};
 
 /// TC verdict: pass the packet on, skipping later programs on the hook.
@@ -48,18 +50,24 @@ pub const XDP_TX: u32 = 3;
 pub const TEST_RUN_IFINDEX: u32 = 1;
 
 /// Map sizes for tests: large enough for 10,000 flows (two conntrack entries
-/// each), small enough that loading many times costs little memory.
-pub const TEST_MAP_SIZES: &[(&str, u32)] = &[
-    (map_names::SVC4, 1024),
-    (map_names::SLOTS, 4096),
-    (map_names::BACKEND4, 4096),
-    (map_names::REVNAT4, 1024),
-    (map_names::CT4, 65_536),
-    (map_names::FRAG4, 1024),
-    (map_names::SNAT4, 65_536),
-    (map_names::AFFINITY4, 4096),
-    (map_names::SRCRANGE4, 1024),
-];
+/// each), small enough that loading many times costs little memory. Every
+/// sizeable map of the table of maps, as the agent's loader sizes them.
+pub fn test_map_sizes() -> Vec<(&'static str, u32)> {
+    MapSizes {
+        services: 1024,
+        slots: 4096,
+        backends: 4096,
+        revnat: 1024,
+        conntrack: 65_536,
+        fragments: 1024,
+        snat: 65_536,
+        affinity: 4096,
+        source_ranges: 1024,
+        ..MapSizes::default()
+    }
+    .sizeable()
+    .collect()
+}
 
 /// Which program to run (the TC programs and, despite the name, the XDP one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,9 +194,9 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, LoadEr
 }
 
 impl TestDatapath {
-    /// Loads the embedded object with [`TEST_MAP_SIZES`] and both TC programs.
+    /// Loads the embedded object with [`test_map_sizes`] and both TC programs.
     pub fn load() -> Result<Self, LoadError> {
-        Self::load_with_sizes(TEST_MAP_SIZES)
+        Self::load_with_sizes(&test_map_sizes())
     }
 
     /// Loads the embedded object with the given map sizes (others at their

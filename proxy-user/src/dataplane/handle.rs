@@ -90,6 +90,14 @@ impl MapSizes {
         }
     }
 
+    /// Each map a knob sizes, with its number of entries (what the loader
+    /// asks for).
+    pub fn sizeable(self) -> impl Iterator<Item = (&'static str, u32)> {
+        MAPS.iter()
+            .filter(|m| !matches!(m.size, MapSize::Fixed(_)))
+            .map(move |m| (m.name, self.entries(m)))
+    }
+
     /// Each sizing knob's value under the name of the first map it sizes
     /// (what `svcnat_map_capacity_entries` reports).
     pub fn per_map(self) -> impl Iterator<Item = (&'static str, u32)> {

@@ -15,8 +15,8 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use proxy_common::{
-    Backend4, LAYOUT_VERSION, MAPS, MapSize, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey,
-    Svc4Key, SvcValue, map_names, program_names,
+    Backend4, LAYOUT_VERSION, MAPS, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey, Svc4Key,
+    SvcValue, map_names, program_names,
 };
 
 use super::error::{DataplaneError, Result, io_err, map_err};
@@ -44,11 +44,11 @@ impl Dataplane {
             super::migrate::prepare(&dir, from)?;
         }
         let mut loader = EbpfLoader::new();
+        for (name, entries) in cfg.sizes.sizeable() {
+            loader.map_max_entries(name, entries);
+        }
         let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (m.name, dir.join(m.name))).collect();
-        for (m, (name, path)) in MAPS.iter().zip(&pins) {
-            if !matches!(m.size, MapSize::Fixed(_)) {
-                loader.map_max_entries(name, cfg.sizes.entries(m));
-            }
+        for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object)?;
