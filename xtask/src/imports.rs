@@ -69,31 +69,33 @@ fn mentions(code: &str, module: &str) -> bool {
     })
 }
 
-/// Names used as `crate::{a, b::c}` in a grouped import.
+/// Names used as `crate::{a, b::c}` in a grouped import: the first name of
+/// each item of the outer braces.
 fn grouped_after(code: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     let pat = format!("{prefix}{{");
     for (i, _) in code.match_indices(&pat) {
-        let rest = &code[i + pat.len()..];
         let mut depth = 0;
-        let mut item = String::new();
-        let mut at_start = true;
-        for c in rest.chars() {
+        let mut items = vec![String::new()];
+        for c in code[i + pat.len()..].chars() {
             match c {
                 '{' => depth += 1,
                 '}' if depth == 0 => break,
                 '}' => depth -= 1,
-                ',' if depth == 0 => at_start = true,
-                c if depth == 0 && at_start && (c.is_alphanumeric() || c == '_') => item.push(c),
-                _ if depth == 0 && at_start && !item.is_empty() => {
-                    out.push(std::mem::take(&mut item));
-                    at_start = false;
-                }
+                ',' if depth == 0 => items.push(String::new()),
+                c if depth == 0 => items.last_mut().into_iter().for_each(|s| s.push(c)),
                 _ => {}
             }
         }
-        if !item.is_empty() {
-            out.push(item);
+        for item in items {
+            let name: String = item
+                .trim()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push(name);
+            }
         }
     }
     out
