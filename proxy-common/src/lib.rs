@@ -100,6 +100,29 @@ pub struct SvcValue {
 
 /// The entry marks a VIP (`port == 0`, `proto == 0`), not a service port.
 pub const SVC_FLAG_VIP: u16 = 1;
+
+impl Svc4Key {
+    /// The key of the marker entry of `vip` (see [`SvcValue::VIP_MARKER`]).
+    pub const fn vip_marker(vip: [u8; 4]) -> Self {
+        Self {
+            vip,
+            port: 0,
+            proto: 0,
+            scope: SCOPE_EXTERNAL,
+        }
+    }
+}
+
+impl SvcValue {
+    /// The value of a VIP's marker entry: no service, [`SVC_FLAG_VIP`].
+    pub const VIP_MARKER: Self = Self {
+        svc_id: 0,
+        count: 0,
+        flags: SVC_FLAG_VIP,
+        affinity_timeout: 0,
+        pad: 0,
+    };
+}
 /// A node-port, external-IP or load-balancer frontend: XDP on node
 /// interfaces translates traffic to it (cluster IPs are translated only for
 /// pods).

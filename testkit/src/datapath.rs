@@ -20,8 +20,8 @@ use aya::{
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend4, CT_F_SNAT, Ct4Key, CtValue, Frag4Key, Frag4Value,
-    NodeAddr4, Reason, RevNat4, SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue,
-    Svc4Key, SvcValue, map_names, program_names,
+    NodeAddr4, Reason, RevNat4, SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key,
+    SvcValue, map_names, program_names,
 };
 
 use svcnat::dataplane::MapSizes;
@@ -485,19 +485,8 @@ impl<C: aya::Pod> TestDatapath<C> {
     /// Writes the marker entry that makes `vip`'s address a known VIP.
     pub fn add_vip_marker(&mut self, vip: SocketAddrV4) -> Result<(), MapError> {
         self.svc4.insert(
-            Svc4Key {
-                vip: vip.ip().octets(),
-                port: 0,
-                proto: 0,
-                scope: proxy_common::SCOPE_EXTERNAL,
-            },
-            SvcValue {
-                svc_id: 0,
-                count: 0,
-                flags: SVC_FLAG_VIP,
-                affinity_timeout: 0,
-                pad: 0,
-            },
+            Svc4Key::vip_marker(vip.ip().octets()),
+            SvcValue::VIP_MARKER,
             0,
         )
     }

@@ -14,9 +14,9 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie},
 };
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, Reason, RevNat4, SCOPE_EXTERNAL,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
-    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SrcRange4, StatValue, Svc4Key, SvcValue, map_names,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, Reason, RevNat4, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
+    SrcRange4, StatValue, Svc4Key, SvcValue, map_names,
 };
 
 use super::error::{DataplaneError, Result, map_err};
@@ -173,21 +173,7 @@ pub(super) fn svc_entry(
 
 /// The marker entry of a VIP (a known address: other ports are rejected).
 pub(super) fn vip_marker(vip: IpAddr) -> Result<(Svc4Key, SvcValue)> {
-    Ok((
-        Svc4Key {
-            vip: v4(vip)?.octets(),
-            port: 0,
-            proto: 0,
-            scope: SCOPE_EXTERNAL,
-        },
-        SvcValue {
-            svc_id: 0,
-            count: 0,
-            flags: SVC_FLAG_VIP,
-            affinity_timeout: 0,
-            pad: 0,
-        },
-    ))
+    Ok((Svc4Key::vip_marker(v4(vip)?.octets()), SvcValue::VIP_MARKER))
 }
 
 /// The reverse NAT entry of `fe`.
