@@ -1,10 +1,10 @@
-//! Header parsing. Headers are copied out of the packet by direct packet
-//! access when they lie in the skb's linear area (the usual case), else with
-//! `bpf_skb_load_bytes`, which also reads paged data; a header shorter than it
-//! must be is an error.
+//! Header layouts and parsing, for TC and XDP alike: the parsers copy the
+//! headers out of any [`Packet`], and [`l3`] is the prologue every pipeline
+//! starts with. A header shorter than it must be is an error.
 
-use aya_ebpf::programs::TcContext;
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+
+use crate::packet::Packet;
 
 pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
@@ -187,32 +187,18 @@ impl L4 {
     }
 }
 
-/// Copies a `T` at `off` out of the packet.
-#[inline(always)]
-pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() <= end {
-        // SAFETY: the bounds check above keeps the read inside the linear
-        // packet data (and proves it to the verifier).
-        Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
-    } else {
-        ctx.load::<T>(off).map_err(|_| ())
-    }
-}
-
 /// The IPv4 header. A frame that is not IPv4 ends the pipeline with
 /// `Err(PassNotIpv4)` (an `Option` here would leave undefined bytes that the
 /// verifier refuses to see copied).
 #[inline(always)]
-pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Reason> {
-    let Ok(proto) = read::<[u8; 2]>(ctx, 12) else {
+pub(crate) fn ipv4<P: Packet>(pkt: &P) -> Result<Ipv4Hdr, Reason> {
+    let Ok(proto) = pkt.read::<[u8; 2]>(12) else {
         return Err(Reason::PassNotIpv4);
     };
     if u16::from_be_bytes(proto) != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
-    let ip: Ipv4Hdr = read(ctx, L3_OFF).map_err(|()| Reason::DropTruncated)?;
+    let ip: Ipv4Hdr = pkt.read(L3_OFF).map_err(|()| Reason::DropTruncated)?;
     if ip.ver_ihl >> 4 != 4 || ip.ihl() < 5 {
         return Err(Reason::DropTruncated);
     }
@@ -221,17 +207,48 @@ pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Reason> {
 
 /// The TCP or UDP header after an option-less IPv4 header `ip`.
 #[inline(always)]
-pub(crate) fn l4(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<L4, Reason> {
+pub(crate) fn l4<P: Packet>(pkt: &P, ip: &Ipv4Hdr) -> Result<L4, Reason> {
     if ip.proto == IPPROTO_TCP {
-        let tcp: TcpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
+        let tcp: TcpHdr = pkt.read(L4_OFF).map_err(|()| Reason::DropTruncated)?;
         if tcp.doff_res >> 4 < 5 {
             return Err(Reason::DropTruncated);
         }
         Ok(tcp.l4(ip))
     } else if ip.proto == IPPROTO_UDP {
-        let udp: UdpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
+        let udp: UdpHdr = pkt.read(L4_OFF).map_err(|()| Reason::DropTruncated)?;
         Ok(udp.l4())
     } else {
         Err(Reason::PassOtherProtocol)
     }
+}
+
+/// What the L3 prologue found after the IPv4 header.
+pub(crate) enum L3 {
+    /// TCP or UDP (unfragmented, or the first fragment), with its header.
+    Ports(L4),
+    /// A fragment other than the first: no L4 header in it.
+    LaterFragment,
+    /// Another protocol (ICMP, ...): no L4 header parsed.
+    Other,
+}
+
+/// The L3 prologue of every pipeline: Ethernet, the IPv4 header, then the
+/// TCP or UDP header where there is one. Ends the pipeline with a pass
+/// reason for a frame that is not IPv4 (`PassNotIpv4`) or has IP options
+/// (`PassIpOptions`: passed untouched, so that [`L4_OFF`] holds), and with a
+/// drop reason for a truncated one.
+#[inline(always)]
+pub(crate) fn l3<P: Packet>(pkt: &P) -> Result<(Ipv4Hdr, L3), Reason> {
+    let ip = ipv4(pkt)?;
+    if ip.ihl() > 5 {
+        return Err(Reason::PassIpOptions);
+    }
+    if ip.is_later_fragment() {
+        return Ok((ip, L3::LaterFragment));
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok((ip, L3::Other));
+    }
+    let l4 = l4(pkt, &ip)?;
+    Ok((ip, L3::Ports(l4)))
 }
