@@ -191,7 +191,7 @@ impl L4 {
 /// `Err(PassNotIpv4)` (an `Option` here would leave undefined bytes that the
 /// verifier refuses to see copied).
 #[inline(always)]
-pub(crate) fn ipv4<P: Packet>(pkt: &P) -> Result<Ipv4Hdr, Reason> {
+fn ipv4<P: Packet>(pkt: &P) -> Result<Ipv4Hdr, Reason> {
     let Ok(proto) = pkt.read::<[u8; 2]>(12) else {
         return Err(Reason::PassNotIpv4);
     };
@@ -207,7 +207,7 @@ pub(crate) fn ipv4<P: Packet>(pkt: &P) -> Result<Ipv4Hdr, Reason> {
 
 /// The TCP or UDP header after an option-less IPv4 header `ip`.
 #[inline(always)]
-pub(crate) fn l4<P: Packet>(pkt: &P, ip: &Ipv4Hdr) -> Result<L4, Reason> {
+fn l4<P: Packet>(pkt: &P, ip: &Ipv4Hdr) -> Result<L4, Reason> {
     if ip.proto == IPPROTO_TCP {
         let tcp: TcpHdr = pkt.read(L4_OFF).map_err(|()| Reason::DropTruncated)?;
         if tcp.doff_res >> 4 < 5 {

@@ -17,6 +17,20 @@ fn addr_port(addr: [u8; 4], port: u16) -> [u8; 6] {
     [addr[0], addr[1], addr[2], addr[3], p[0], p[1]]
 }
 
+/// Updates the checksum at `csum_off` in place for `old` replaced by `new`.
+#[inline(always)]
+fn csum_replace<const N: usize>(
+    ctx: &XdpContext,
+    csum_off: usize,
+    old: &[u8; N],
+    new: &[u8; N],
+) -> Result<(), Reason> {
+    let c: *mut [u8; 2] = ctx.at(csum_off).map_err(|()| Reason::DropRewrite)?;
+    // SAFETY: bounds-checked by `at`; byte arrays only.
+    unsafe { *c = csum::update(*c, old, new) };
+    Ok(())
+}
+
 impl Packet for XdpContext {
     #[inline(always)]
     fn data(&self) -> usize {
@@ -51,18 +65,12 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn csum_replace2(&self, csum_off: usize, old: [u8; 2], new: [u8; 2]) -> Result<(), Reason> {
-        let c: *mut [u8; 2] = self.at(csum_off).map_err(|()| Reason::DropRewrite)?;
-        // SAFETY: bounds-checked by `at`; byte arrays only.
-        unsafe { *c = csum::update(*c, &old, &new) };
-        Ok(())
+        csum_replace(self, csum_off, &old, &new)
     }
 
     #[inline(always)]
     fn csum_replace4(&self, csum_off: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), Reason> {
-        let c: *mut [u8; 2] = self.at(csum_off).map_err(|()| Reason::DropRewrite)?;
-        // SAFETY: bounds-checked by `at`; byte arrays only.
-        unsafe { *c = csum::update(*c, &old, &new) };
-        Ok(())
+        csum_replace(self, csum_off, &old, &new)
     }
 
     /// Every field is written, changed or not. A UDP datagram whose new
