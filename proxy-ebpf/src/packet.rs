@@ -29,11 +29,9 @@ pub(crate) struct EndAt {
 
 /// A packet under its program's context.
 pub(crate) trait Packet {
-    /// Start of the directly accessible packet data.
-    fn data(&self) -> usize;
-
-    /// End of the directly accessible packet data.
-    fn data_end(&self) -> usize;
+    /// Start and end of the directly accessible packet data (for TC, the
+    /// skb's linear area).
+    fn bounds(&self) -> (usize, usize);
 
     /// Length of the packet as it arrived, for the stats.
     fn len(&self) -> u32;
@@ -43,8 +41,8 @@ pub(crate) trait Packet {
     /// verifier.
     #[inline(always)]
     fn at<T>(&self, off: usize) -> Result<*mut T, ()> {
-        let start = self.data();
-        if start + off + core::mem::size_of::<T>() > self.data_end() {
+        let (start, end) = self.bounds();
+        if start + off + core::mem::size_of::<T>() > end {
             return Err(());
         }
         Ok((start + off) as *mut T)

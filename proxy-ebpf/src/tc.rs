@@ -26,13 +26,8 @@ fn port_u64(p: u16) -> u64 {
 
 impl Packet for TcContext {
     #[inline(always)]
-    fn data(&self) -> usize {
-        TcContext::data(self)
-    }
-
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        TcContext::data_end(self)
+    fn bounds(&self) -> (usize, usize) {
+        (TcContext::data(self), TcContext::data_end(self))
     }
 
     #[inline(always)]

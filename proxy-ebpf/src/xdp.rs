@@ -33,18 +33,14 @@ fn csum_replace<const N: usize>(
 
 impl Packet for XdpContext {
     #[inline(always)]
-    fn data(&self) -> usize {
-        XdpContext::data(self)
-    }
-
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        XdpContext::data_end(self)
+    fn bounds(&self) -> (usize, usize) {
+        (XdpContext::data(self), XdpContext::data_end(self))
     }
 
     #[inline(always)]
     fn len(&self) -> u32 {
-        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+        let (start, end) = self.bounds();
+        (end - start) as u32
     }
 
     #[inline(always)]
