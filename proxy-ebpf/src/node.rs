@@ -29,7 +29,7 @@ use crate::{
     lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
     maps::NODE4,
     nat4::{End, nat4_rewrite, nat4_rewrite_addr},
-    parse::{self, Ipv4Hdr, L3, L4},
+    parse::{self, Ipv4Hdr, L4, Transport},
     snat4::{NODE_PORTS, open_from_client, rev_key, snat4_open},
     verdict::{XdpVerdict, xdp_pass},
 };
@@ -37,11 +37,11 @@ use crate::{
 /// A packet arriving on a node interface.
 #[inline(always)]
 pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
-    let (ip, l3) = parse::l3(ctx)?;
-    let l4 = match l3 {
-        L3::Ports(l4) => l4,
-        L3::LaterFragment => return later_fragment(ctx, &ip),
-        L3::Other => return Ok(xdp_pass(Reason::PassNotService)),
+    let ip = parse::l3(ctx)?;
+    let l4 = match parse::transport(ctx, &ip)? {
+        Transport::Ports(l4) => l4,
+        Transport::LaterFragment => return later_fragment(ctx, &ip),
+        Transport::Other => return Ok(xdp_pass(Reason::PassNotService)),
     };
     if l4.dport >= SNAT_PORT_MIN {
         let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);

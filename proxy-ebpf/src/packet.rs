@@ -36,15 +36,23 @@ pub(crate) trait Packet {
     /// Length of the packet as it arrived, for the stats.
     fn len(&self) -> u32;
 
-    /// A pointer to a `T` at `off` when it lies within the directly
-    /// accessible data; the bounds check also proves the access to the
-    /// verifier.
+    /// The start of the packet data when its first `len` bytes are
+    /// directly accessible. The bounds check also proves to the verifier
+    /// every access below `len` from the pointer returned.
     #[inline(always)]
-    fn at<T>(&self, off: usize) -> Result<*mut T, ()> {
+    fn direct(&self, len: usize) -> Result<usize, ()> {
         let (start, end) = self.bounds();
-        if start + off + core::mem::size_of::<T>() > end {
+        if start + len > end {
             return Err(());
         }
+        Ok(start)
+    }
+
+    /// A pointer to a `T` at `off` when it lies within the directly
+    /// accessible data (see [`Packet::direct`]).
+    #[inline(always)]
+    fn at<T>(&self, off: usize) -> Result<*mut T, ()> {
+        let start = self.direct(off + core::mem::size_of::<T>())?;
         Ok((start + off) as *mut T)
     }
 

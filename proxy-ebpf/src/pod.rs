@@ -15,7 +15,7 @@ use crate::{
     maps::NODE4,
     nat4::{End, nat4_rewrite, nat4_rewrite_addr, replace2, replace4},
     packet::Packet,
-    parse::{self, IPV4_HLEN, Ipv4Hdr, L3, L4, L4_OFF, UdpHdr},
+    parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, Transport, UdpHdr},
     reject4::{bounce, reject4},
     snat4::{NODE_PORTS, open_from_client, snat4_lookup_rev, snat4_open},
     verdict::{Verdict, pass},
@@ -24,11 +24,11 @@ use crate::{
 /// A packet from a pod: DNAT when it is addressed to a service.
 #[inline(always)]
 pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    let (ip, l3) = parse::l3(ctx)?;
-    let l4 = match l3 {
-        L3::Ports(l4) => l4,
-        L3::LaterFragment => return frag4_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst),
-        L3::Other => {
+    let ip = parse::l3(ctx)?;
+    let l4 = match parse::transport(ctx, &ip)? {
+        Transport::Ports(l4) => l4,
+        Transport::LaterFragment => return frag4_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst),
+        Transport::Other => {
             let reason = if lb4_is_vip(ip.daddr) {
                 Reason::PassOtherProtocol
             } else {
@@ -163,12 +163,14 @@ fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<Option<Verdic
 /// or an ICMP error about one.
 #[inline(always)]
 pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    let (ip, l3) = parse::l3(ctx)?;
-    let l4 = match l3 {
-        L3::Ports(l4) => l4,
-        L3::LaterFragment => return frag4_translate(ctx, &ip, FRAG_DIR_REVNAT_SRC, End::Src),
-        L3::Other if ip.proto == IPPROTO_ICMP => return icmp_error(ctx, &ip),
-        L3::Other => return Ok(pass(Reason::PassNotService)),
+    let ip = parse::l3(ctx)?;
+    let l4 = match parse::transport(ctx, &ip)? {
+        Transport::Ports(l4) => l4,
+        Transport::LaterFragment => {
+            return frag4_translate(ctx, &ip, FRAG_DIR_REVNAT_SRC, End::Src);
+        }
+        Transport::Other if ip.proto == IPPROTO_ICMP => return icmp_error(ctx, &ip),
+        Transport::Other => return Ok(pass(Reason::PassNotService)),
     };
     let key = reply_key(ip.saddr, ip.daddr, &l4);
     let Some(r) = ct4_lookup_reply(&key, &l4, now()) else {

@@ -3,6 +3,8 @@
 //! updated incrementally (RFC 1624). Frames at XDP arrive from the wire with
 //! complete checksums (no offload state to keep).
 
+use core::cmp::max;
+
 use aya_ebpf::programs::XdpContext;
 use proxy_common::Reason;
 
@@ -78,16 +80,27 @@ impl Packet for XdpContext {
         old: ([u8; 4], u16),
         new: ([u8; 4], u16),
     ) -> Result<(), Reason> {
-        let l3: *mut [u8; 2] = self.at(at.l3_csum).map_err(|()| Reason::DropRewrite)?;
-        let addr: *mut [u8; 4] = self.at(at.addr).map_err(|()| Reason::DropRewrite)?;
-        let l4: *mut [u8; 2] = self.at(at.l4_csum).map_err(|()| Reason::DropRewrite)?;
-        let port: *mut [u8; 2] = self.at(at.port).map_err(|()| Reason::DropRewrite)?;
+        // One bounds check for all four fields.
+        let len = max(
+            max(at.l3_csum + 2, at.addr + 4),
+            max(at.l4_csum + 2, at.port + 2),
+        );
+        let start = self.direct(len).map_err(|()| Reason::DropRewrite)?;
+        let l3 = (start + at.l3_csum) as *mut [u8; 2];
+        let addr = (start + at.addr) as *mut [u8; 4];
+        let l4 = (start + at.l4_csum) as *mut [u8; 2];
+        let port = (start + at.port) as *mut [u8; 2];
         let (o, n) = (addr_port(old.0, old.1), addr_port(new.0, new.1));
-        // SAFETY: every pointer is bounds-checked above; byte arrays only.
+        // SAFETY: every field lies below `len`, bounds-checked above; byte
+        // arrays only.
         unsafe {
             *l3 = csum::update(*l3, &old.0, &new.0);
-            if !at.no_l4_csum {
-                let mut c = csum::update(*l4, &o, &n);
+            // `at.no_l4_csum`, read from the field itself (loaded here
+            // anyway): a zero UDP checksum is "none", and a rewrite never
+            // writes one.
+            let check = *l4;
+            if at.tcp || check != [0, 0] {
+                let mut c = csum::update(check, &o, &n);
                 if !at.tcp && c == [0, 0] {
                     c = [0xff, 0xff];
                 }
