@@ -14,11 +14,10 @@ use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use proxy_common::{Frag4Key, Frag4Value, Reason};
 
 use crate::{
-    Verdict,
     maps::FRAG4,
     nat4::{End, nat4_rewrite_addr},
     parse::Ipv4Hdr,
-    pass,
+    verdict::{Verdict, pass},
 };
 
 #[inline(always)]

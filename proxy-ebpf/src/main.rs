@@ -1,8 +1,9 @@
 //! svcnat datapath.
 //!
-//! This file only dispatches: each entry point is a thin wrapper over a `try_`
-//! pipeline that returns the TC action and the [`Reason`] it is counted under,
-//! or an error reason (always a drop). Every packet is counted exactly once.
+//! This file only declares the modules and the entry points: each entry
+//! point is a thin wrapper over a `try_` pipeline that returns the action
+//! and the [`proxy_common::Reason`] it is counted under, or an error reason
+//! (see `verdict.rs`). Every packet is counted exactly once.
 #![no_std]
 #![no_main]
 
@@ -13,39 +14,25 @@ mod lb4;
 mod maps;
 mod nat4;
 mod node;
+mod packet;
 mod parse;
 mod pod;
 mod reject4;
 mod snat4;
 mod stats;
-mod xdp4;
+mod tc;
+mod verdict;
+mod xdp;
 
 use aya_ebpf::{
-    bindings::{
-        TC_ACT_SHOT,
-        xdp_action::{XDP_DROP, XDP_PASS},
-    },
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use proxy_common::Reason;
 
-/// A TC action and the reason it is counted under.
-pub(crate) type Verdict = (i32, Reason);
-
-/// An XDP action and the reason it is counted under.
-pub(crate) type XdpVerdict = (u32, Reason);
-
-/// `TCX_NEXT` (`TC_ACT_UNSPEC` for classic tc filters): on to the next
-/// program or filter on the hook, and past the last one as `TC_ACT_OK`.
-/// svcnat returns it for every packet it passes (untouched or rewritten), so
-/// that programs attached after it (a CNI's bandwidth shaping, say) still run.
-pub(crate) const TCX_NEXT: i32 = -1;
-
-/// Pass the packet on untouched (or as rewritten), counted under `reason`.
-pub(crate) const fn pass(reason: Reason) -> Verdict {
-    (TCX_NEXT, reason)
-}
+use crate::{
+    packet::Packet,
+    verdict::{finish, finish_xdp},
+};
 
 /// TC ingress on pod-facing interfaces: packets from pods to services.
 #[classifier]
@@ -65,20 +52,8 @@ pub fn svcnat_pod_egress(ctx: TcContext) -> i32 {
 /// from outside, and replies of remote backends to SNATed flows.
 #[xdp]
 pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
-    let len = xdp4::len(&ctx);
-    let (action, reason) = match node::try_xdp(&ctx) {
-        Ok(v) => v,
-        Err(reason) => (
-            if action_for(reason) == TCX_NEXT {
-                XDP_PASS
-            } else {
-                XDP_DROP
-            },
-            reason,
-        ),
-    };
-    stats::count(reason, len);
-    action
+    let len = ctx.len();
+    finish_xdp(len, node::try_xdp(&ctx))
 }
 
 /// TC egress on node interfaces: replies of local backends to outside
@@ -88,34 +63,6 @@ pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
 pub fn svcnat_node_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     finish(len, pod::try_egress(&ctx))
-}
-
-/// The action for a pipeline that stopped early with `reason`: the pass
-/// reasons pass the packet untouched, every other one drops it (a packet we
-/// could not translate correctly must not reach a pod half-rewritten).
-#[inline(always)]
-const fn action_for(reason: Reason) -> i32 {
-    match reason {
-        Reason::PassNotIpv4
-        | Reason::PassNotService
-        | Reason::PassIpOptions
-        | Reason::PassFragmentUntracked
-        | Reason::PassOtherProtocol
-        | Reason::PassNoBackend => TCX_NEXT,
-        _ => TC_ACT_SHOT,
-    }
-}
-
-/// Counts the verdict under the length the packet had when it arrived (a
-/// reject replaces it with a reply of another size) and returns its action.
-#[inline(always)]
-fn finish(len: u32, result: Result<Verdict, Reason>) -> i32 {
-    let (action, reason) = match result {
-        Ok(v) => v,
-        Err(reason) => (action_for(reason), reason),
-    };
-    stats::count(reason, len);
-    action
 }
 
 #[cfg(not(test))]

@@ -16,44 +16,33 @@
 //! (later). A packet whose new source is the node's own address needs
 //! `accept_local` on the interface, which the agent sets when it attaches.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use proxy_common::{
     BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_DIR_SERVICE, FRAG_DIR_REVSNAT_SRC, FRAG_DIR_SNAT_SRC,
-    IPPROTO_TCP, IPPROTO_UDP, Reason, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY,
-    SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SvcValue,
+    Reason, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
+    SVC_FLAG_SOURCE_RANGES, SvcValue,
 };
 
 use crate::{
-    XdpVerdict,
     ct4::{ReplyNat, ct4_lookup_reply, ct4_lookup_service, now, service_key},
     frag4::{frag4_lookup, frag4_record},
     lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
     maps::NODE4,
-    nat4::End,
-    parse::{Ipv4Hdr, L4},
+    nat4::{End, nat4_rewrite, nat4_rewrite_addr},
+    parse::{self, Ipv4Hdr, L4, Transport},
     snat4::{NODE_PORTS, open_from_client, rev_key, snat4_open},
-    xdp4::{self, xdp4_rewrite, xdp4_rewrite_addr},
+    verdict::{XdpVerdict, xdp_pass},
 };
-
-#[inline(always)]
-const fn pass(reason: Reason) -> XdpVerdict {
-    (XDP_PASS, reason)
-}
 
 /// A packet arriving on a node interface.
 #[inline(always)]
 pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
-    let ip = xdp4::ipv4(ctx)?;
-    if ip.ihl() > 5 {
-        return Ok(pass(Reason::PassIpOptions));
-    }
-    if ip.is_later_fragment() {
-        return later_fragment(ctx, &ip);
-    }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Ok(pass(Reason::PassNotService));
-    }
-    let l4 = xdp4::l4(ctx, &ip)?;
+    let ip = parse::l3(ctx)?;
+    let l4 = match parse::transport(ctx, &ip)? {
+        Transport::Ports(l4) => l4,
+        Transport::LaterFragment => return later_fragment(ctx, &ip),
+        Transport::Other => return Ok(xdp_pass(Reason::PassNotService)),
+    };
     if l4.dport >= SNAT_PORT_MIN {
         let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
         if let Some(r) = ct4_lookup_reply(&rkey, &l4, now())
@@ -63,11 +52,11 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         }
     }
     let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
-        return Ok(pass(Reason::PassNotService));
+        return Ok(xdp_pass(Reason::PassNotService));
     };
     if svc.flags & SVC_FLAG_EXTERNAL == 0 {
         // A cluster IP reached from outside: not ours to translate.
-        return Ok(pass(Reason::PassNotService));
+        return Ok(xdp_pass(Reason::PassNotService));
     }
     if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb4_source_allowed(svc.svc_id, ip.saddr) {
         return Err(Reason::DropSourceRange);
@@ -84,11 +73,11 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     let key = service_key(ip.saddr, ip.daddr, &l4);
     if let Some(f) = ct4_lookup_service(&key, &l4, now) {
         record(&ip, f.addr, f.peer.0);
-        xdp4_rewrite(ctx, End::Dst, f.addr, &l4, f.port)?;
+        nat4_rewrite(ctx, End::Dst, ip.daddr, f.addr, &l4, f.port)?;
         if f.peer != (ip.saddr, l4.sport) {
-            xdp4_rewrite(ctx, End::Src, f.peer.0, &l4, f.peer.1)?;
+            nat4_rewrite(ctx, End::Src, ip.saddr, f.peer.0, &l4, f.peer.1)?;
         }
-        return Ok(pass(if f.rst_ignored {
+        return Ok(xdp_pass(if f.rst_ignored {
             Reason::RstOutOfWindow
         } else if f.peer.0 == ip.saddr {
             Reason::DnatEstablished
@@ -110,19 +99,19 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
         let (sport, remapped) = open_from_client(&key, &svc, backend_id, &backend, &l4, now)?;
         record(&ip, backend.addr, ip.saddr);
-        xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
+        nat4_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
         if !remapped {
-            return Ok(pass(Reason::DnatNew));
+            return Ok(xdp_pass(Reason::DnatNew));
         }
-        xdp4_rewrite(ctx, End::Src, ip.saddr, &l4, sport)?;
-        return Ok(pass(Reason::DnatNewPortRemapped));
+        nat4_rewrite(ctx, End::Src, ip.saddr, ip.saddr, &l4, sport)?;
+        return Ok(xdp_pass(Reason::DnatNewPortRemapped));
     }
     let node = node_addr(ctx, &ip, &svc)?;
     let nport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, node, NODE_PORTS)?;
     record(&ip, backend.addr, node);
-    xdp4_rewrite(ctx, End::Dst, backend.addr, &l4, backend.port)?;
-    xdp4_rewrite(ctx, End::Src, node, &l4, nport)?;
-    Ok(pass(Reason::SnatNew))
+    nat4_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
+    nat4_rewrite(ctx, End::Src, ip.saddr, node, &l4, nport)?;
+    Ok(xdp_pass(Reason::SnatNew))
 }
 
 /// A new flow to a frontend without a usable endpoint: with a traffic
@@ -133,7 +122,7 @@ fn no_backend(svc: &SvcValue) -> Result<XdpVerdict, Reason> {
     if svc.flags & SVC_FLAG_LOCAL_ONLY != 0 {
         return Err(Reason::DropNoLocalBackend);
     }
-    Ok(pass(Reason::PassNoBackend))
+    Ok(xdp_pass(Reason::PassNoBackend))
 }
 
 /// The address SNATed flows leave with: the node port's own address (a node
@@ -161,9 +150,9 @@ fn rev_snat(ctx: &XdpContext, ip: &Ipv4Hdr, l4: &L4, r: &ReplyNat) -> Result<Xdp
         frag4_record(ip, CT_DIR_REPLY, r.client);
         frag4_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
     }
-    xdp4_rewrite(ctx, End::Dst, r.client, l4, r.cport)?;
-    xdp4_rewrite(ctx, End::Src, r.vip, l4, r.vport)?;
-    Ok(pass(if r.rst_ignored {
+    nat4_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
+    nat4_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
+    Ok(xdp_pass(if r.rst_ignored {
         Reason::RstOutOfWindow
     } else {
         Reason::RevsnatReply
@@ -195,11 +184,11 @@ fn later_fragment(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<XdpVerdict, Reason> 
     } else if let Some(d) = frag4_lookup(ip, CT_DIR_REPLY) {
         (d, frag4_lookup(ip, FRAG_DIR_REVSNAT_SRC))
     } else {
-        return Ok(pass(Reason::PassFragmentUntracked));
+        return Ok(xdp_pass(Reason::PassFragmentUntracked));
     };
-    xdp4_rewrite_addr(ctx, End::Dst, dst)?;
+    nat4_rewrite_addr(ctx, End::Dst, ip.daddr, dst)?;
     if let Some(s) = src {
-        xdp4_rewrite_addr(ctx, End::Src, s)?;
+        nat4_rewrite_addr(ctx, End::Src, ip.saddr, s)?;
     }
-    Ok(pass(Reason::NatFragment))
+    Ok(xdp_pass(Reason::NatFragment))
 }

@@ -1,10 +1,10 @@
-//! Header parsing. Headers are copied out of the packet by direct packet
-//! access when they lie in the skb's linear area (the usual case), else with
-//! `bpf_skb_load_bytes`, which also reads paged data; a header shorter than it
-//! must be is an error.
+//! Header layouts and parsing, for TC and XDP alike: the parsers copy the
+//! headers out of any [`Packet`]; [`l3`] then [`transport`] are the prologue
+//! every pipeline starts with. A header shorter than it must be is an error.
 
-use aya_ebpf::programs::TcContext;
 use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+
+use crate::packet::Packet;
 
 pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
@@ -187,51 +187,60 @@ impl L4 {
     }
 }
 
-/// Copies a `T` at `off` out of the packet.
+/// The L3 prologue of every pipeline: the Ethernet type and the IPv4
+/// header. Ends the pipeline with a pass reason for a frame that is not IPv4
+/// (`PassNotIpv4`; an `Option` here would leave undefined bytes that the
+/// verifier refuses to see copied) or has IP options (`PassIpOptions`:
+/// passed untouched, so that [`L4_OFF`] holds), and with a drop reason for a
+/// truncated one. [`transport`] goes on from here.
 #[inline(always)]
-pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() <= end {
-        // SAFETY: the bounds check above keeps the read inside the linear
-        // packet data (and proves it to the verifier).
-        Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
-    } else {
-        ctx.load::<T>(off).map_err(|_| ())
-    }
-}
-
-/// The IPv4 header. A frame that is not IPv4 ends the pipeline with
-/// `Err(PassNotIpv4)` (an `Option` here would leave undefined bytes that the
-/// verifier refuses to see copied).
-#[inline(always)]
-pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, Reason> {
-    let Ok(proto) = read::<[u8; 2]>(ctx, 12) else {
+pub(crate) fn l3<P: Packet>(pkt: &P) -> Result<Ipv4Hdr, Reason> {
+    let Ok(proto) = pkt.read::<[u8; 2]>(12) else {
         return Err(Reason::PassNotIpv4);
     };
     if u16::from_be_bytes(proto) != ETH_P_IP {
         return Err(Reason::PassNotIpv4);
     }
-    let ip: Ipv4Hdr = read(ctx, L3_OFF).map_err(|()| Reason::DropTruncated)?;
+    let ip: Ipv4Hdr = pkt.read(L3_OFF).map_err(|()| Reason::DropTruncated)?;
     if ip.ver_ihl >> 4 != 4 || ip.ihl() < 5 {
         return Err(Reason::DropTruncated);
+    }
+    if ip.ihl() > 5 {
+        return Err(Reason::PassIpOptions);
     }
     Ok(ip)
 }
 
-/// The TCP or UDP header after an option-less IPv4 header `ip`.
+/// What follows an option-less IPv4 header, as far as the pipelines care.
+pub(crate) enum Transport {
+    /// TCP or UDP (unfragmented, or the first fragment), with its header.
+    Ports(L4),
+    /// A fragment other than the first: no L4 header in it.
+    LaterFragment,
+    /// Another protocol (ICMP, ...): no L4 header parsed.
+    Other,
+}
+
+/// The rest of the prologue, after [`l3`]: fragments, then the TCP or UDP
+/// header. A truncated TCP or UDP header ends the pipeline with a drop.
+///
+/// (Kept apart from [`l3`]: returning the IPv4 header and this in one value
+/// costs every packet some twenty instructions of copies.)
 #[inline(always)]
-pub(crate) fn l4(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<L4, Reason> {
+pub(crate) fn transport<P: Packet>(pkt: &P, ip: &Ipv4Hdr) -> Result<Transport, Reason> {
+    if ip.is_later_fragment() {
+        return Ok(Transport::LaterFragment);
+    }
     if ip.proto == IPPROTO_TCP {
-        let tcp: TcpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
+        let tcp: TcpHdr = pkt.read(L4_OFF).map_err(|()| Reason::DropTruncated)?;
         if tcp.doff_res >> 4 < 5 {
             return Err(Reason::DropTruncated);
         }
-        Ok(tcp.l4(ip))
+        Ok(Transport::Ports(tcp.l4(ip)))
     } else if ip.proto == IPPROTO_UDP {
-        let udp: UdpHdr = read(ctx, L4_OFF).map_err(|()| Reason::DropTruncated)?;
-        Ok(udp.l4())
+        let udp: UdpHdr = pkt.read(L4_OFF).map_err(|()| Reason::DropTruncated)?;
+        Ok(Transport::Ports(udp.l4()))
     } else {
-        Err(Reason::PassOtherProtocol)
+        Ok(Transport::Other)
     }
 }

@@ -9,37 +9,34 @@ use proxy_common::{
 };
 
 use crate::{
-    Verdict,
     ct4::{ct4_get, ct4_lookup_reply, ct4_lookup_service, now, reply_key, service_key},
     frag4::{frag4_record, frag4_translate},
     lb4::{lb4_is_vip, lb4_lookup, lb4_lookup_internal, lb4_select, lb4_source_allowed},
     maps::NODE4,
     nat4::{End, nat4_rewrite, nat4_rewrite_addr, replace2, replace4},
-    parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, UdpHdr},
-    pass,
+    packet::Packet,
+    parse::{self, IPV4_HLEN, Ipv4Hdr, L4, L4_OFF, Transport, UdpHdr},
     reject4::{bounce, reject4},
     snat4::{NODE_PORTS, open_from_client, snat4_lookup_rev, snat4_open},
+    verdict::{Verdict, pass},
 };
 
 /// A packet from a pod: DNAT when it is addressed to a service.
 #[inline(always)]
 pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    let ip = parse::ipv4(ctx)?;
-    if ip.ihl() > 5 {
-        return Ok(pass(Reason::PassIpOptions));
-    }
-    if ip.is_later_fragment() {
-        return frag4_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst);
-    }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        let reason = if lb4_is_vip(ip.daddr) {
-            Reason::PassOtherProtocol
-        } else {
-            Reason::PassNotService
-        };
-        return Ok(pass(reason));
-    }
-    let l4 = parse::l4(ctx, &ip)?;
+    let ip = parse::l3(ctx)?;
+    let l4 = match parse::transport(ctx, &ip)? {
+        Transport::Ports(l4) => l4,
+        Transport::LaterFragment => return frag4_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst),
+        Transport::Other => {
+            let reason = if lb4_is_vip(ip.daddr) {
+                Reason::PassOtherProtocol
+            } else {
+                Reason::PassNotService
+            };
+            return Ok(pass(reason));
+        }
+    };
     let Some(mut svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
         if lb4_is_vip(ip.daddr) {
             return reject4(ctx, &ip, &l4, Reason::RejectUnknownPort);
@@ -166,20 +163,15 @@ fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4) -> Result<Option<Verdic
 /// or an ICMP error about one.
 #[inline(always)]
 pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    let ip = parse::ipv4(ctx)?;
-    if ip.ihl() > 5 {
-        return Ok(pass(Reason::PassIpOptions));
-    }
-    if ip.is_later_fragment() {
-        return frag4_translate(ctx, &ip, FRAG_DIR_REVNAT_SRC, End::Src);
-    }
-    if ip.proto == IPPROTO_ICMP {
-        return icmp_error(ctx, &ip);
-    }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Ok(pass(Reason::PassNotService));
-    }
-    let l4 = parse::l4(ctx, &ip)?;
+    let ip = parse::l3(ctx)?;
+    let l4 = match parse::transport(ctx, &ip)? {
+        Transport::Ports(l4) => l4,
+        Transport::LaterFragment => {
+            return frag4_translate(ctx, &ip, FRAG_DIR_REVNAT_SRC, End::Src);
+        }
+        Transport::Other if ip.proto == IPPROTO_ICMP => return icmp_error(ctx, &ip),
+        Transport::Other => return Ok(pass(Reason::PassNotService)),
+    };
     let key = reply_key(ip.saddr, ip.daddr, &l4);
     let Some(r) = ct4_lookup_reply(&key, &l4, now()) else {
         return Ok(pass(Reason::PassNotService));
@@ -282,8 +274,9 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
             e.nat_port.to_be_bytes(),
             &[icmp_csum, in_udp_csum],
         )?;
+        // The inner UDP checksum just changed, and the ICMP checksum covers it.
         let new_udp: [u8; 2] = ctx.load(in_udp_csum).map_err(|_| Reason::DropRewrite)?;
-        fix_icmp_for(ctx, icmp_csum, ports.check, new_udp)?;
+        ctx.csum_replace2(icmp_csum, ports.check, new_udp)?;
     } else {
         replace4(
             ctx,
@@ -302,26 +295,9 @@ fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reason> {
     }
     // The inner IPv4 checksum changed too, and the ICMP checksum covers it.
     let new_ip: [u8; 2] = ctx.load(in_ip_csum).map_err(|_| Reason::DropRewrite)?;
-    fix_icmp_for(ctx, icmp_csum, inner.check, new_ip)?;
+    ctx.csum_replace2(icmp_csum, inner.check, new_ip)?;
     if ip.saddr == inner.daddr {
         nat4_rewrite_addr(ctx, End::Src, ip.saddr, e.nat_addr)?;
     }
     Ok(pass(Reason::RevnatIcmpError))
-}
-
-/// Accounts in the ICMP checksum for a 16-bit field inside the ICMP message
-/// that another checksum update already changed from `old` to `new`.
-#[inline(always)]
-fn fix_icmp_for(
-    ctx: &TcContext,
-    icmp_csum: usize,
-    old: [u8; 2],
-    new: [u8; 2],
-) -> Result<(), Reason> {
-    let (o, n) = (
-        u64::from(u16::from_ne_bytes(old)),
-        u64::from(u16::from_ne_bytes(new)),
-    );
-    ctx.l3_csum_replace(icmp_csum, o, n, 2)
-        .map_err(|_| Reason::DropRewrite)
 }

@@ -11,12 +11,12 @@ use aya_ebpf::{
 use proxy_common::{IPPROTO_ICMP, IPPROTO_TCP, Reason};
 
 use crate::{
-    Verdict,
     csum::{fold, words},
     parse::{
         ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, L3_OFF, L4, L4_OFF, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
     },
+    verdict::Verdict,
 };
 
 const TCP_HLEN: usize = 20;

@@ -1,0 +1,82 @@
+//! Packet access, written once for both kinds of program context: TC
+//! (`TcContext`, an skb: kernel helpers for reads past the linear area,
+//! writes and checksums; see `tc.rs`) and XDP (`XdpContext`: direct access
+//! and incremental checksums only; see `xdp.rs`). The parsers and the NAT
+//! rewrites are generic over [`Packet`]. Every method is `#[inline(always)]`:
+//! each program gets the code written for its own context, with no call and
+//! no dispatch left.
+
+use proxy_common::Reason;
+
+/// One end of a TCP/UDP flow in a packet, as a rewrite sees it: where its
+/// address and port are, and the checksums that cover them.
+#[derive(Clone, Copy)]
+pub(crate) struct EndAt {
+    /// Offset of the address.
+    pub addr: usize,
+    /// Offset of the port.
+    pub port: usize,
+    /// Offset of the L3 header checksum, which covers the address.
+    pub l3_csum: usize,
+    /// Offset of the L4 checksum, which covers the port and (through the
+    /// pseudo-header) the address.
+    pub l4_csum: usize,
+    /// TCP (else UDP).
+    pub tcp: bool,
+    /// A UDP datagram sent without checksum (zero): it keeps none.
+    pub no_l4_csum: bool,
+}
+
+/// A packet under its program's context.
+pub(crate) trait Packet {
+    /// Start and end of the directly accessible packet data (for TC, the
+    /// skb's linear area).
+    fn bounds(&self) -> (usize, usize);
+
+    /// Length of the packet as it arrived, for the stats.
+    fn len(&self) -> u32;
+
+    /// The start of the packet data when its first `len` bytes are
+    /// directly accessible. The bounds check also proves to the verifier
+    /// every access below `len` from the pointer returned.
+    #[inline(always)]
+    fn direct(&self, len: usize) -> Result<usize, ()> {
+        let (start, end) = self.bounds();
+        if start + len > end {
+            return Err(());
+        }
+        Ok(start)
+    }
+
+    /// A pointer to a `T` at `off` when it lies within the directly
+    /// accessible data (see [`Packet::direct`]).
+    #[inline(always)]
+    fn at<T>(&self, off: usize) -> Result<*mut T, ()> {
+        let start = self.direct(off + core::mem::size_of::<T>())?;
+        Ok((start + off) as *mut T)
+    }
+
+    /// Copies a `T` at `off` out of the packet; `Err` when the packet ends
+    /// before it.
+    fn read<T: Copy>(&self, off: usize) -> Result<T, ()>;
+
+    /// Writes `v` at `off`.
+    fn write<T: Copy>(&self, off: usize, v: &T) -> Result<(), Reason>;
+
+    /// Fixes the 16-bit checksum at `csum_off` for a 2-byte field it covers
+    /// that changed from `old` to `new` (network order bytes). A plain sum:
+    /// no pseudo-header, no offload state (the IPv4 header, ICMP).
+    fn csum_replace2(&self, csum_off: usize, old: [u8; 2], new: [u8; 2]) -> Result<(), Reason>;
+
+    /// [`Packet::csum_replace2`] for a 4-byte field.
+    fn csum_replace4(&self, csum_off: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), Reason>;
+
+    /// Rewrites one end of a TCP/UDP packet from address and port `old` to
+    /// `new` (port in host order), with the L3 and L4 checksums of `at`.
+    fn rewrite_end(
+        &self,
+        at: EndAt,
+        old: ([u8; 4], u16),
+        new: ([u8; 4], u16),
+    ) -> Result<(), Reason>;
+}

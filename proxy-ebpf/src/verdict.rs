@@ -1,0 +1,82 @@
+//! Verdicts: the action a pipeline ends a packet with and the [`Reason`] it
+//! is counted under, for TC and XDP alike, and how the entry points turn a
+//! pipeline's result into an action and a count. Every packet is counted
+//! exactly once.
+
+use aya_ebpf::bindings::{
+    TC_ACT_SHOT,
+    xdp_action::{XDP_DROP, XDP_PASS},
+};
+use proxy_common::Reason;
+
+use crate::stats;
+
+/// A TC action and the reason it is counted under.
+pub(crate) type Verdict = (i32, Reason);
+
+/// An XDP action and the reason it is counted under.
+pub(crate) type XdpVerdict = (u32, Reason);
+
+/// `TCX_NEXT` (`TC_ACT_UNSPEC` for classic tc filters): on to the next
+/// program or filter on the hook, and past the last one as `TC_ACT_OK`.
+/// svcnat returns it for every packet it passes (untouched or rewritten), so
+/// that programs attached after it (a CNI's bandwidth shaping, say) still run.
+pub(crate) const TCX_NEXT: i32 = -1;
+
+/// Pass the packet on untouched (or as rewritten), counted under `reason`.
+pub(crate) const fn pass(reason: Reason) -> Verdict {
+    (TCX_NEXT, reason)
+}
+
+/// XDP: pass the packet to the kernel untouched (or as rewritten), counted
+/// under `reason`.
+#[inline(always)]
+pub(crate) const fn xdp_pass(reason: Reason) -> XdpVerdict {
+    (XDP_PASS, reason)
+}
+
+/// The action for a pipeline that stopped early with `reason`: the pass
+/// reasons pass the packet untouched, every other one drops it (a packet we
+/// could not translate correctly must not reach a pod half-rewritten).
+#[inline(always)]
+pub(crate) const fn action_for(reason: Reason) -> i32 {
+    match reason {
+        Reason::PassNotIpv4
+        | Reason::PassNotService
+        | Reason::PassIpOptions
+        | Reason::PassFragmentUntracked
+        | Reason::PassOtherProtocol
+        | Reason::PassNoBackend => TCX_NEXT,
+        _ => TC_ACT_SHOT,
+    }
+}
+
+/// Counts the verdict under the length the packet had when it arrived (a
+/// reject replaces it with a reply of another size) and returns its action.
+#[inline(always)]
+pub(crate) fn finish(len: u32, result: Result<Verdict, Reason>) -> i32 {
+    let (action, reason) = match result {
+        Ok(v) => v,
+        Err(reason) => (action_for(reason), reason),
+    };
+    stats::count(reason, len);
+    action
+}
+
+/// [`finish`] for XDP: an early stop passes or drops as [`action_for`] says.
+#[inline(always)]
+pub(crate) fn finish_xdp(len: u32, result: Result<XdpVerdict, Reason>) -> u32 {
+    let (action, reason) = match result {
+        Ok(v) => v,
+        Err(reason) => (
+            if action_for(reason) == TCX_NEXT {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            },
+            reason,
+        ),
+    };
+    stats::count(reason, len);
+    action
+}
