@@ -412,6 +412,85 @@ fn capacity_is_checked_before_anything_is_written() {
         .expect("exactly fits");
 }
 
+/// The table is family-neutral; the maps have IPv4 only, so an IPv6
+/// frontend, backend or source range is refused with its own error and
+/// nothing is written (not a half-written frontend, not a stray backend).
+#[test]
+fn an_address_of_a_family_the_maps_lack_is_refused_before_anything_is_written() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new("family");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let v6: IpAddr = "2001:db8::10".parse().expect("an address");
+    let v6_fe = Frontend {
+        addr: v6,
+        ..fe(10, 80)
+    };
+    let v6_be = BackendSpec { addr: v6, ..be(1) };
+    let cases = [
+        (
+            v6_fe,
+            FrontendSpec {
+                backends: vec![be(1)],
+                ..FrontendSpec::default()
+            },
+        ),
+        (
+            fe(10, 80),
+            FrontendSpec {
+                backends: vec![be(2), v6_be],
+                ..FrontendSpec::default()
+            },
+        ),
+        (
+            fe(10, 80),
+            FrontendSpec {
+                backends: vec![be(2)],
+                internal_backends: Some(vec![v6_be]),
+                ..FrontendSpec::default()
+            },
+        ),
+        (
+            fe(10, 80),
+            FrontendSpec {
+                backends: vec![be(2)],
+                source_ranges: vec![(v6, 64)],
+                ..FrontendSpec::default()
+            },
+        ),
+    ];
+    for (f, spec) in cases {
+        let err = dp.upsert_frontend(f, &spec).expect_err("refused");
+        assert!(
+            matches!(err, DataplaneError::Family { addr } if addr == v6),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("IPv6 is not supported by the datapath yet"),
+            "{err}"
+        );
+    }
+    assert!(dp.services().is_empty());
+    for name in [
+        map_names::SVC4,
+        map_names::SLOTS,
+        map_names::BACKEND4,
+        map_names::REVNAT4,
+    ] {
+        assert_eq!(count_entries(&dir, name), 0, "{name}");
+    }
+    // The same frontend in IPv4 is written as usual.
+    dp.upsert_frontend(
+        fe(10, 80),
+        &FrontendSpec {
+            backends: vec![be(2)],
+            ..FrontendSpec::default()
+        },
+    )
+    .expect("IPv4 is written");
+    assert!(read_back(&dir, fe(10, 80)).is_some());
+}
+
 #[test]
 fn a_pin_folder_of_another_layout_is_refused_with_a_clear_error() {
     skip_unless!(Needs::pinned());
