@@ -205,7 +205,18 @@ fn a_port_in_use_is_reported_and_retried_and_the_others_are_served() {
         assert_eq!(get(32004).await.status, 200);
 
         drop(blocker);
-        let report = responder.apply(&want).await;
+        // A process another test forks in these same moments holds a copy
+        // of the blocker until it execs (close-on-exec): the port is free
+        // only then. The responder retries on every apply, as on every
+        // change and every RETRY_EVERY in the agent.
+        let mut report = responder.apply(&want).await;
+        for _ in 0..50 {
+            if !report.opened.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            report = responder.apply(&want).await;
+        }
         assert_eq!(report.opened, vec![32003], "retried: {report:?}");
         assert!(responder.failed().is_empty());
         assert_eq!(responder.listening(), vec![32003, 32004]);
