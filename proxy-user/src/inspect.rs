@@ -16,15 +16,11 @@ use proxy_common::{
 use serde::Serialize;
 
 use crate::{
-    dataplane::{DataplaneError, Maps, kind_of, proto_name, range_of, read_stats},
+    dataplane::{DataplaneError, Maps, kind_of, map_err, proto_name, range_of, read_stats},
     model::FrontendKind,
 };
 
 type Result<T> = std::result::Result<T, DataplaneError>;
-
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { map, source }
-}
 
 /// One service frontend: its kind, policies and backends, with the
 /// internal-scope entry of the same frontend folded in.

@@ -24,25 +24,6 @@ pub struct FrontendKey {
     pub protocol: Protocol,
 }
 
-impl std::fmt::Display for FrontendKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sep = if self.addr.is_ipv6() {
-            ("[", "]")
-        } else {
-            ("", "")
-        };
-        write!(
-            f,
-            "{}{}{}:{}/{}",
-            sep.0,
-            self.addr,
-            sep.1,
-            self.port,
-            self.protocol.as_str()
-        )
-    }
-}
-
 /// A backend of a planned frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PlannedBackend {

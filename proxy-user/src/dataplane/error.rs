@@ -95,7 +95,7 @@ pub enum DataplaneError {
 
 pub(super) type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
-pub(super) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 

@@ -45,7 +45,7 @@ use proxy_common::{
 };
 
 use super::{
-    error::DataplaneError,
+    error::{DataplaneError, map_err},
     maps::{BPF_NOEXIST, ignore_missing, open_pinned},
 };
 
@@ -80,10 +80,6 @@ pub struct CtValueV2 {
 unsafe impl aya::Pod for CtValueV2 {}
 
 type Result<T> = std::result::Result<T, DataplaneError>;
-
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { map, source }
-}
 
 /// What a migration pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

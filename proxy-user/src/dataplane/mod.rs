@@ -30,6 +30,7 @@ mod update;
 
 pub use attach::{AttachReport, program_fd};
 pub use error::DataplaneError;
+pub(crate) use error::map_err;
 pub use flows::ClearedFlows;
 pub use handle::{DEFAULT_BPFFS, Dataplane, DataplaneConfig, MapSizes};
 pub use loader::cleanup;
