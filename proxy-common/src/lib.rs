@@ -408,6 +408,182 @@ pub struct SrcRange4 {
     pub addr: [u8; 4],
 }
 
+/// Key of an IPv6 service frontend: as [`Svc4Key`], with an IPv6 VIP. The
+/// fields have the same names as [`Svc4Key`]'s, so that the datapath's
+/// family-neutral code builds either.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Svc6Key {
+    /// Service address, network order.
+    pub vip: [u8; 16],
+    /// Service port, host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`SCOPE_EXTERNAL`] or [`SCOPE_INTERNAL`].
+    pub scope: u8,
+}
+
+impl Svc6Key {
+    /// The key of the marker entry of `vip` (see [`SvcValue::VIP_MARKER`]).
+    pub const fn vip_marker(vip: [u8; 16]) -> Self {
+        Self {
+            vip,
+            port: 0,
+            proto: 0,
+            scope: SCOPE_EXTERNAL,
+        }
+    }
+}
+
+/// An IPv6 backend (as [`Backend4`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend6 {
+    /// Backend address, network order.
+    pub addr: [u8; 16],
+    /// Backend port, host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u8,
+}
+
+/// IPv6 conntrack key (as [`Ct4Key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ct6Key {
+    /// Source address, network order.
+    pub saddr: [u8; 16],
+    /// Destination address, network order.
+    pub daddr: [u8; 16],
+    /// Source port, host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// [`CT_DIR_SERVICE`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// IPv6 conntrack value: the fields of [`CtValue`], with IPv6 addresses
+/// (the padding sits where the 8-byte fields need it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ct6Value {
+    /// As [`CtValue::nat_addr`].
+    pub nat_addr: [u8; 16],
+    /// As [`CtValue::nat_port`].
+    pub nat_port: u16,
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    /// Explicit padding.
+    pub pad: u8,
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// The service.
+    pub svc_id: u32,
+    /// Explicit padding.
+    pub pad3: u32,
+    /// As [`CtValue::created_ns`].
+    pub created_ns: u64,
+    /// As [`CtValue::expires_ns`].
+    pub expires_ns: u64,
+    /// As [`CtValue::seq_next`].
+    pub seq_next: u32,
+    /// As [`CtValue::peer_addr`].
+    pub peer_addr: [u8; 16],
+    /// Port of [`Self::peer_addr`], host order.
+    pub peer_port: u16,
+    /// Explicit padding.
+    pub pad2: u16,
+}
+
+/// Key of an IPv6 fragment train (RFC 8200: source, destination and the
+/// fragment header's 32-bit identification; the protocol is the one after
+/// the fragment header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag6Key {
+    /// Source address, network order.
+    pub saddr: [u8; 16],
+    /// Destination address, network order.
+    pub daddr: [u8; 16],
+    /// Fragment identification, host order.
+    pub id: u32,
+    /// IP protocol number of the fragmented payload.
+    pub proto: u8,
+    /// As [`Frag4Key::dir`].
+    pub dir: u8,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// Where the later fragments of a translated IPv6 datagram go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag6Value {
+    /// As [`Frag4Value::addr`].
+    pub addr: [u8; 16],
+}
+
+/// IPv6 source NAT entry (as [`Snat4Value`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Snat6Value {
+    /// The client's address, network order.
+    pub addr: [u8; 16],
+    /// The client's port, host order.
+    pub port: u16,
+    /// As [`Snat4Value::stamp`].
+    pub stamp: u16,
+}
+
+/// The IPv6 address of one node interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddr6 {
+    /// Network order.
+    pub addr: [u8; 16],
+}
+
+/// Session affinity key of an IPv6 client (as [`AffinityKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Affinity6Key {
+    /// Client address, network order.
+    pub client: [u8; 16],
+    /// Service id.
+    pub svc_id: u32,
+}
+
+/// Data of an IPv6 source-range LPM key (as [`SrcRange4`]: prefix length
+/// 32 plus the range's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SrcRange6 {
+    /// Service id, big-endian.
+    pub svc_id: [u8; 4],
+    /// Range or client address, network order.
+    pub addr: [u8; 16],
+}
+
+/// The `SVCNAT_NODE6` key that holds the IPv6 hairpin address.
+pub const NODE6_HAIRPIN_KEY: u32 = 0;
+/// The IPv6 source a pod sees when it reaches itself through a service,
+/// unless the agent sets another: a link-local address (fe80::a9fe:2a01,
+/// the IPv4 default's bits), which never leaves the pod's veth.
+pub const HAIRPIN6_ADDR_DEFAULT: [u8; 16] = [
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01,
+];
+
+/// IP protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+
 /// Length of a service label.
 pub const SVC_LABEL_LEN: usize = 96;
 
@@ -483,8 +659,8 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// Not IPv4 (ARP, IPv6 for now, ...): passed.
-    PassNotIpv4 = 0, "pass_not_ipv4";
+    /// Neither IPv4 nor IPv6 (ARP, ...): passed.
+    PassNotIp = 0, "pass_not_ip";
     /// Not addressed to a VIP, or a reply of no translated flow: passed.
     PassNotService = 1, "pass_not_service";
     /// IPv4 with options: passed untouched.
@@ -549,6 +725,9 @@ reasons! {
     /// (blind reset): translated and passed on, the flow stays open; the
     /// endpoint judges it (RFC 5961).
     RstOutOfWindow = 28, "rst_out_of_window";
+    /// IPv6 with an extension header the datapath does not walk, or more
+    /// of them than it walks: passed untouched.
+    PassIpv6Extension = 29, "pass_ipv6_extension";
 }
 
 /// Not a reason: the slot of the stats map that counts conntrack entries
@@ -573,7 +752,10 @@ pub const STATS_SLOTS: u32 = 64;
 ///   the flow's other end ([`CtValue::seq_next`], [`CtValue::peer_addr`]);
 ///   a flow's life is its service-direction entry's; SNAT values carry a
 ///   stamp; fragments of replies at TC egress have their own direction.
-pub const LAYOUT_VERSION: u32 = 3;
+/// - 4: IPv6: the `*6` maps (frontends, backends, conntrack, fragments,
+///   SNAT, node addresses, affinity, source ranges). The IPv4 maps keep
+///   their layout-3 form; service ids, slots, labels and stats are shared.
+pub const LAYOUT_VERSION: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -596,6 +778,16 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::SrcRange4 {}
+    unsafe impl aya::Pod for super::Svc6Key {}
+    unsafe impl aya::Pod for super::Backend6 {}
+    unsafe impl aya::Pod for super::Ct6Key {}
+    unsafe impl aya::Pod for super::Ct6Value {}
+    unsafe impl aya::Pod for super::Frag6Key {}
+    unsafe impl aya::Pod for super::Frag6Value {}
+    unsafe impl aya::Pod for super::Snat6Value {}
+    unsafe impl aya::Pod for super::NodeAddr6 {}
+    unsafe impl aya::Pod for super::Affinity6Key {}
+    unsafe impl aya::Pod for super::SrcRange6 {}
 }
 
 #[cfg(test)]
@@ -622,6 +814,16 @@ mod tests {
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<SrcRange4>(), 8);
+        assert_eq!(size_of::<Svc6Key>(), 20);
+        assert_eq!(size_of::<Backend6>(), 20);
+        assert_eq!(size_of::<Ct6Key>(), 40);
+        assert_eq!(size_of::<Ct6Value>(), 72);
+        assert_eq!(size_of::<Frag6Key>(), 40);
+        assert_eq!(size_of::<Frag6Value>(), 16);
+        assert_eq!(size_of::<Snat6Value>(), 20);
+        assert_eq!(size_of::<NodeAddr6>(), 16);
+        assert_eq!(size_of::<Affinity6Key>(), 20);
+        assert_eq!(size_of::<SrcRange6>(), 20);
     }
 
     #[test]

@@ -12,10 +12,12 @@
 /// The table of every map. `svcnat_maps!(then)` calls `then!` with one entry
 /// per map, in the order the agent creates and pins them:
 ///
-/// `#[doc] STATIC = "PINNED_NAME", Kind, KeyType => ValueType, size, layout;`
+/// `#[doc] STATIC = "PINNED_NAME", Kind, KeyType => ValueType, size, since, layout;`
 ///
 /// - `Kind` is a [`MapKind`] variant name;
 /// - `size` a [`MapSize`] expression (the knob that sizes it);
+/// - `since` the [`crate::LAYOUT_VERSION`] that introduced the map (a folder
+///   of an older layout has no such map: the loader creates it empty);
 /// - `layout` the [`crate::LAYOUT_VERSION`] in which the map's key and value
 ///   took their current form (a migration from an older layout moves a map
 ///   newer than it aside and copies its entries, see the agent's
@@ -30,35 +32,35 @@ macro_rules! svcnat_maps {
             /// Service frontends, plus one marker entry per VIP:
             /// [`Svc4Key`](crate::Svc4Key) -> [`SvcValue`](crate::SvcValue).
             SVC4 = "SVCNAT_SVC4", Hash,
-                $crate::Svc4Key => $crate::SvcValue, $crate::MapSize::Services, 1;
+                $crate::Svc4Key => $crate::SvcValue, $crate::MapSize::Services, 1, 1;
             /// Backend slots of each service, 1..=count:
             /// [`SlotKey`](crate::SlotKey) -> [`SlotValue`](crate::SlotValue).
             SLOTS = "SVCNAT_SLOTS", Hash,
-                $crate::SlotKey => $crate::SlotValue, $crate::MapSize::Slots, 1;
+                $crate::SlotKey => $crate::SlotValue, $crate::MapSize::Slots, 1, 1;
             /// Backends by id (`u32`) -> [`Backend4`](crate::Backend4).
             BACKEND4 = "SVCNAT_BACKEND4", Hash,
-                u32 => $crate::Backend4, $crate::MapSize::Backends, 1;
+                u32 => $crate::Backend4, $crate::MapSize::Backends, 1, 1;
             /// Reverse NAT by service id (`u32`) -> [`RevNat4`](crate::RevNat4).
             REVNAT4 = "SVCNAT_REVNAT4", Hash,
-                u32 => $crate::RevNat4, $crate::MapSize::RevNat, 1;
+                u32 => $crate::RevNat4, $crate::MapSize::RevNat, 1, 1;
             /// Conntrack (LRU): two entries per translated flow (service and
             /// reply direction), [`Ct4Key`](crate::Ct4Key) ->
             /// [`CtValue`](crate::CtValue).
             CT4 = "SVCNAT_CT4", LruHash,
-                $crate::Ct4Key => $crate::CtValue, $crate::MapSize::Conntrack, 3;
+                $crate::Ct4Key => $crate::CtValue, $crate::MapSize::Conntrack, 1, 3;
             /// Later fragments of translated datagrams (LRU):
             /// [`Frag4Key`](crate::Frag4Key) -> [`Frag4Value`](crate::Frag4Value).
             FRAG4 = "SVCNAT_FRAG4", LruHash,
-                $crate::Frag4Key => $crate::Frag4Value, $crate::MapSize::Fragments, 1;
+                $crate::Frag4Key => $crate::Frag4Value, $crate::MapSize::Fragments, 1, 1;
             /// Counters by [`Reason`](crate::Reason) (per CPU), reason (`u32`)
             /// -> [`StatValue`](crate::StatValue).
             STATS = "SVCNAT_STATS", PerCpuArray,
-                u32 => $crate::StatValue, $crate::MapSize::Fixed($crate::STATS_SLOTS), 1;
+                u32 => $crate::StatValue, $crate::MapSize::Fixed($crate::STATS_SLOTS), 1, 1;
             /// Names of services for inspection, service id (`u32`) ->
             /// [`SvcLabel`](crate::SvcLabel); written by the agent, never read
             /// by the datapath.
             LABELS = "SVCNAT_LABELS", Hash,
-                u32 => $crate::SvcLabel, $crate::MapSize::RevNat, 1;
+                u32 => $crate::SvcLabel, $crate::MapSize::RevNat, 1, 1;
             /// Source NAT (LRU): the ports allocated for node-port flows to
             /// backends on other nodes, hairpin flows and flows whose client
             /// port clashed. One entry per flow, keyed by the backend's reply
@@ -67,21 +69,54 @@ macro_rules! svcnat_maps {
             /// [`Snat4Value`](crate::Snat4Value). (Layouts 1 and 2 also had a
             /// forward entry per flow; layout 3 keeps that in conntrack.)
             SNAT4 = "SVCNAT_SNAT4", LruHash,
-                $crate::Ct4Key => $crate::Snat4Value, $crate::MapSize::Snat, 1;
+                $crate::Ct4Key => $crate::Snat4Value, $crate::MapSize::Snat, 1, 1;
             /// The address of each node interface, ifindex (`u32`) ->
             /// [`NodeAddr4`](crate::NodeAddr4): the source of SNATed flows
             /// that arrive on it.
             NODE4 = "SVCNAT_NODE4", Hash,
-                u32 => $crate::NodeAddr4, $crate::MapSize::NodeAddresses, 1;
+                u32 => $crate::NodeAddr4, $crate::MapSize::NodeAddresses, 1, 1;
             /// `sessionAffinity: ClientIP` (LRU):
             /// [`AffinityKey`](crate::AffinityKey) ->
             /// [`AffinityValue`](crate::AffinityValue).
             AFFINITY4 = "SVCNAT_AFFINITY4", LruHash,
-                $crate::AffinityKey => $crate::AffinityValue, $crate::MapSize::Affinity, 1;
+                $crate::AffinityKey => $crate::AffinityValue, $crate::MapSize::Affinity, 1, 1;
             /// `loadBalancerSourceRanges`: LPM trie of
             /// [`SrcRange4`](crate::SrcRange4) -> `u32`.
             SRCRANGE4 = "SVCNAT_SRCRANGE4", LpmTrie,
-                $crate::SrcRange4 => u32, $crate::MapSize::SourceRanges, 1;
+                $crate::SrcRange4 => u32, $crate::MapSize::SourceRanges, 1, 1;
+            /// IPv6 service frontends and VIP markers:
+            /// [`Svc6Key`](crate::Svc6Key) -> [`SvcValue`](crate::SvcValue).
+            SVC6 = "SVCNAT_SVC6", Hash,
+                $crate::Svc6Key => $crate::SvcValue, $crate::MapSize::Services, 4, 4;
+            /// IPv6 backends by id (`u32`, one id space with
+            /// `SVCNAT_BACKEND4`) -> [`Backend6`](crate::Backend6).
+            BACKEND6 = "SVCNAT_BACKEND6", Hash,
+                u32 => $crate::Backend6, $crate::MapSize::Backends, 4, 4;
+            /// IPv6 conntrack (LRU), as `SVCNAT_CT4`:
+            /// [`Ct6Key`](crate::Ct6Key) -> [`Ct6Value`](crate::Ct6Value).
+            CT6 = "SVCNAT_CT6", LruHash,
+                $crate::Ct6Key => $crate::Ct6Value, $crate::MapSize::Conntrack, 4, 4;
+            /// Later fragments of translated IPv6 datagrams (LRU):
+            /// [`Frag6Key`](crate::Frag6Key) -> [`Frag6Value`](crate::Frag6Value).
+            FRAG6 = "SVCNAT_FRAG6", LruHash,
+                $crate::Frag6Key => $crate::Frag6Value, $crate::MapSize::Fragments, 4, 4;
+            /// IPv6 source NAT (LRU), as `SVCNAT_SNAT4`:
+            /// [`Ct6Key`](crate::Ct6Key) -> [`Snat6Value`](crate::Snat6Value).
+            SNAT6 = "SVCNAT_SNAT6", LruHash,
+                $crate::Ct6Key => $crate::Snat6Value, $crate::MapSize::Snat, 4, 4;
+            /// The IPv6 address of each node interface, ifindex (`u32`) ->
+            /// [`NodeAddr6`](crate::NodeAddr6); key 0 holds the hairpin address.
+            NODE6 = "SVCNAT_NODE6", Hash,
+                u32 => $crate::NodeAddr6, $crate::MapSize::NodeAddresses, 4, 4;
+            /// Session affinity of IPv6 clients (LRU):
+            /// [`Affinity6Key`](crate::Affinity6Key) ->
+            /// [`AffinityValue`](crate::AffinityValue).
+            AFFINITY6 = "SVCNAT_AFFINITY6", LruHash,
+                $crate::Affinity6Key => $crate::AffinityValue, $crate::MapSize::Affinity, 4, 4;
+            /// IPv6 `loadBalancerSourceRanges`: LPM trie of
+            /// [`SrcRange6`](crate::SrcRange6) -> `u32`.
+            SRCRANGE6 = "SVCNAT_SRCRANGE6", LpmTrie,
+                $crate::SrcRange6 => u32, $crate::MapSize::SourceRanges, 4, 4;
         }
     };
 }
@@ -162,13 +197,15 @@ pub struct MapDef {
     pub value_size: usize,
     /// What sizes it.
     pub size: MapSize,
+    /// The layout version that introduced it.
+    pub since: u32,
     /// The layout version in which its key and value took their current form.
     pub layout: u32,
 }
 
 macro_rules! define {
     ($( $(#[$doc:meta])* $id:ident = $name:literal, $kind:ident,
-        $k:ty => $v:ty, $size:expr, $layout:literal; )*) => {
+        $k:ty => $v:ty, $size:expr, $since:literal, $layout:literal; )*) => {
         /// Names of the maps in the eBPF object. They are also the file
         /// names of the pins under the agent's bpffs folder.
         pub mod map_names {
@@ -191,6 +228,7 @@ macro_rules! define {
                 key_size: core::mem::size_of::<$k>(),
                 value_size: core::mem::size_of::<$v>(),
                 size: $size,
+                since: $since,
                 layout: $layout,
             }
         ),*];
@@ -228,10 +266,11 @@ mod tests {
     fn layouts_are_known() {
         for m in &MAPS {
             assert!(
-                (1..=crate::LAYOUT_VERSION).contains(&m.layout),
+                (1..=crate::LAYOUT_VERSION).contains(&m.since) && m.since <= m.layout,
                 "{}",
                 m.name
             );
+            assert!(m.layout <= crate::LAYOUT_VERSION, "{}", m.name);
         }
     }
 }

@@ -19,7 +19,7 @@ macro_rules! map_type {
 
 macro_rules! statics {
     ($( $(#[$doc:meta])* $id:ident = $name:tt, $kind:ident,
-        $k:ty => $v:ty, $size:expr, $layout:literal; )*) => {
+        $k:ty => $v:ty, $size:expr, $since:literal, $layout:literal; )*) => {
         $(
             $(#[$doc])*
             #[btf_map(name = $name)]

@@ -189,17 +189,17 @@ impl L4 {
 
 /// The L3 prologue of every pipeline: the Ethernet type and the IPv4
 /// header. Ends the pipeline with a pass reason for a frame that is not IPv4
-/// (`PassNotIpv4`; an `Option` here would leave undefined bytes that the
+/// (`PassNotIp`; an `Option` here would leave undefined bytes that the
 /// verifier refuses to see copied) or has IP options (`PassIpOptions`:
 /// passed untouched, so that [`L4_OFF`] holds), and with a drop reason for a
 /// truncated one. [`transport`] goes on from here.
 #[inline(always)]
 pub(crate) fn l3<P: Packet>(pkt: &P) -> Result<Ipv4Hdr, Reason> {
     let Ok(proto) = pkt.read::<[u8; 2]>(12) else {
-        return Err(Reason::PassNotIpv4);
+        return Err(Reason::PassNotIp);
     };
     if u16::from_be_bytes(proto) != ETH_P_IP {
-        return Err(Reason::PassNotIpv4);
+        return Err(Reason::PassNotIp);
     }
     let ip: Ipv4Hdr = pkt.read(L3_OFF).map_err(|()| Reason::DropTruncated)?;
     if ip.ver_ihl >> 4 != 4 || ip.ihl() < 5 {

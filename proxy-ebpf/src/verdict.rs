@@ -41,7 +41,7 @@ pub(crate) const fn xdp_pass(reason: Reason) -> XdpVerdict {
 #[inline(always)]
 pub(crate) const fn action_for(reason: Reason) -> i32 {
     match reason {
-        Reason::PassNotIpv4
+        Reason::PassNotIp
         | Reason::PassNotService
         | Reason::PassIpOptions
         | Reason::PassFragmentUntracked

@@ -402,10 +402,10 @@ fn cases() -> Vec<Case> {
     // --- Not for us ---------------------------------------------------------
     t.push(
         case("ARP request passes untouched")
-            .step(ingress(arp_request(POD_MAC, *CLIENT.ip(), VIP)).untouched(Reason::PassNotIpv4)),
+            .step(ingress(arp_request(POD_MAC, *CLIENT.ip(), VIP)).untouched(Reason::PassNotIp)),
     );
     t.push(case("IPv6 frame passes untouched (egress)").step(
-        egress(ethernet_frame(GW_MAC, POD_MAC, 0x86dd, &[0x60; 48])).untouched(Reason::PassNotIpv4),
+        egress(ethernet_frame(GW_MAC, POD_MAC, 0x86dd, &[0x60; 48])).untouched(Reason::PassNotIp),
     ));
     t.push(
         case("TCP to a pod that is not a VIP passes untouched").step(

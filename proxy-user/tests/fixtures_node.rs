@@ -1117,7 +1117,7 @@ fn cases() -> Vec<Case> {
                 *CLIENT.ip(),
                 NODE,
             ))
-            .untouched(Reason::PassNotIpv4),
+            .untouched(Reason::PassNotIp),
         ),
     );
     t

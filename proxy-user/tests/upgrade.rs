@@ -177,7 +177,10 @@ fn upgrade(dir: &Path) -> svcnat::dataplane::migrate::MigrationReport {
     let report = dp.finish_migration().expect("finish the migration");
     let report = report.expect("a migration was pending");
     assert_eq!(report.lost, 0, "{report:?}");
-    assert_eq!(layouts(dir), vec!["layout-v3".to_string()]);
+    assert_eq!(
+        layouts(dir),
+        vec![format!("layout-v{}", proxy_common::LAYOUT_VERSION)]
+    );
     assert!(
         !dir.join(svcnat::dataplane::migrate::OLD_CT4_PIN).exists(),
         "the old conntrack map's pin is gone"
@@ -244,7 +247,10 @@ fn flows_of_layout_2_survive_the_upgrade() {
         .expect("pending");
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(report.copied, 2, "the late flow's two entries: {report:?}");
-    assert_eq!(layouts(&dir.0), vec!["layout-v3".to_string()]);
+    assert_eq!(
+        layouts(&dir.0),
+        vec![format!("layout-v{}", proxy_common::LAYOUT_VERSION)]
+    );
     assert!(!dir.0.join(svcnat::dataplane::migrate::OLD_CT4_PIN).exists());
     drop(dp);
     drop(old);

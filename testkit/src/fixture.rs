@@ -88,7 +88,7 @@ impl Step {
             input: Box::new(move |_| Ok(input.clone())),
             verdict: u32::MAX,
             output: Expect::Any,
-            reason: Reason::PassNotIpv4,
+            reason: Reason::PassNotIp,
             effects: Vec::new(),
         }
     }

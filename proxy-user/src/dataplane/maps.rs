@@ -36,7 +36,7 @@ macro_rules! map_type {
 
 macro_rules! typed_maps {
     ($( $(#[$doc:meta])* $id:ident = $name:literal, $kind:ident,
-        $k:ty => $v:ty, $size:expr, $layout:literal; )*) => {
+        $k:ty => $v:ty, $size:expr, $since:literal, $layout:literal; )*) => {
         /// A typed handle on every map of the datapath, generated from the
         /// table of maps: field `SVC4` is map `SVCNAT_SVC4` and so on.
         pub struct Maps {

@@ -119,15 +119,18 @@ pub fn old_pin(m: &MapDef) -> String {
 }
 
 /// The maps a folder of layout `from` has in an older form: the loader
-/// creates them anew, and the migration copies their entries.
+/// creates them anew, and the migration copies their entries. (Maps the
+/// folder does not have yet, such as the IPv6 ones of layout 4, are simply
+/// created.)
 fn changed_since(from: u32) -> impl Iterator<Item = &'static MapDef> {
-    MAPS.iter().filter(move |m| m.layout > from)
+    MAPS.iter()
+        .filter(move |m| m.layout > from && m.since <= from)
 }
 
 /// Every name an old map may be pinned under during a migration (for
 /// `svcnat cleanup`).
 pub fn old_pins() -> impl Iterator<Item = String> {
-    changed_since(0).filter(|m| m.layout > 1).map(old_pin)
+    MAPS.iter().filter(|m| m.layout > m.since).map(old_pin)
 }
 
 /// Before the new object is loaded on a folder of layout `from`: moves the
