@@ -3,24 +3,22 @@
 //! This file only declares the modules and the entry points: each entry
 //! point is a thin wrapper over a `try_` pipeline that returns the action
 //! and the [`proxy_common::Reason`] it is counted under, or an error reason
-//! (see `verdict.rs`). Every packet is counted exactly once.
+//! (see `verdict.rs`). Every packet is counted exactly once. Each entry
+//! point dispatches on the frame's IP family (`parse::family`) to the
+//! pipeline of its family, one source compiled for each family
+//! (`pipeline/`, see `v4/mod.rs`). IPv6 frames are passed untouched
+//! (`PassNotIp`) until the IPv6 family is compiled in.
 #![no_std]
 #![no_main]
 
+mod bounce;
 mod csum;
-mod ct4;
-mod frag4;
-mod lb4;
 mod maps;
-mod nat4;
-mod node;
 mod packet;
 mod parse;
-mod pod;
-mod reject4;
-mod snat4;
 mod stats;
 mod tc;
+mod v4;
 mod verdict;
 mod xdp;
 
@@ -28,32 +26,37 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use proxy_common::Reason;
 
 use crate::{
     packet::Packet,
+    parse::{Family, family},
     verdict::{finish, finish_xdp},
 };
 
 /// TC ingress on pod-facing interfaces: packets from pods to services.
 #[classifier]
 pub fn svcnat_pod_ingress(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    finish(len, pod::try_ingress(&ctx))
+    match family(&ctx) {
+        Ok(Family::V4) => v4::pod::ingress(ctx),
+        Ok(Family::V6) | Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
+    }
 }
 
 /// TC egress on pod-facing interfaces: replies of translated flows.
 #[classifier]
 pub fn svcnat_pod_egress(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    finish(len, pod::try_egress(&ctx))
+    egress(ctx)
 }
 
 /// XDP on node interfaces: node-port, external-IP and load-balancer traffic
 /// from outside, and replies of remote backends to SNATed flows.
 #[xdp]
 pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
-    let len = ctx.len();
-    finish_xdp(len, node::try_xdp(&ctx))
+    match family(&ctx) {
+        Ok(Family::V4) => v4::node::xdp(ctx),
+        Ok(Family::V6) | Err(_) => finish_xdp(ctx.len(), Err(Reason::PassNotIp)),
+    }
 }
 
 /// TC egress on node interfaces: replies of local backends to outside
@@ -61,8 +64,16 @@ pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
 /// address back. The same reverse NAT as towards pods.
 #[classifier]
 pub fn svcnat_node_egress(ctx: TcContext) -> i32 {
-    let len = ctx.len();
-    finish(len, pod::try_egress(&ctx))
+    egress(ctx)
+}
+
+/// The reverse NAT of both egress programs, by family.
+#[inline(always)]
+fn egress(ctx: TcContext) -> i32 {
+    match family(&ctx) {
+        Ok(Family::V4) => v4::pod::egress(ctx),
+        Ok(Family::V6) | Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
+    }
 }
 
 #[cfg(not(test))]

@@ -8,15 +8,36 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
     programs::TcContext,
 };
 use proxy_common::Reason;
 
-use crate::packet::{EndAt, Packet};
+use crate::packet::{EndAt, Packet, first4};
 
 #[inline(always)]
 fn addr_u64(a: [u8; 4]) -> u64 {
     u64::from(u32::from_ne_bytes(a))
+}
+
+/// The checksum difference of `old` replaced by `new` (`N` a multiple of
+/// 4), as `bpf_l4_csum_replace` takes it with size 0.
+#[inline(always)]
+fn csum_diff<const N: usize>(old: &[u8; N], new: &[u8; N]) -> Result<u64, Reason> {
+    // SAFETY: both buffers are N bytes; the helper only reads them.
+    let d = unsafe {
+        bpf_csum_diff(
+            old.as_ptr() as *mut u32,
+            N as u32,
+            new.as_ptr() as *mut u32,
+            N as u32,
+            0,
+        )
+    };
+    if d < 0 {
+        return Err(Reason::DropRewrite);
+    }
+    Ok(d as u64)
 }
 
 #[inline(always)]
@@ -66,13 +87,15 @@ impl Packet for TcContext {
             .map_err(|_| Reason::DropRewrite)
     }
 
-    /// Fields that do not change are left alone (no helper call).
+    /// Fields that do not change are left alone (no helper call). An IPv4
+    /// address is handed to the checksum helpers whole; an IPv6 one as the
+    /// difference `bpf_csum_diff` computes.
     #[inline(always)]
-    fn rewrite_end(
+    fn rewrite_end<const N: usize>(
         &self,
-        at: EndAt,
-        old: ([u8; 4], u16),
-        new: ([u8; 4], u16),
+        at: &EndAt,
+        old: (&[u8; N], u16),
+        new: (&[u8; N], u16),
     ) -> Result<(), Reason> {
         let mangled = if at.tcp {
             0
@@ -81,16 +104,20 @@ impl Packet for TcContext {
         };
         if old.0 != new.0 {
             if !at.no_l4_csum {
-                self.l4_csum_replace(
-                    at.l4_csum,
-                    addr_u64(old.0),
-                    addr_u64(new.0),
-                    u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
-                )
-                .map_err(|_| Reason::DropRewrite)?;
+                let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+                let r = if N == 4 {
+                    let (o, n) = (first4(old.0), first4(new.0));
+                    self.l4_csum_replace(at.l4_csum, addr_u64(o), addr_u64(n), pseudo | 4)
+                } else {
+                    let d = csum_diff(old.0, new.0)?;
+                    self.l4_csum_replace(at.l4_csum, 0, d, pseudo)
+                };
+                r.map_err(|_| Reason::DropRewrite)?;
             }
-            self.csum_replace4(at.l3_csum, old.0, new.0)?;
-            self.write(at.addr, &new.0)?;
+            if let Some(l3) = at.l3_csum {
+                self.csum_replace4(l3, first4(old.0), first4(new.0))?;
+            }
+            self.write(at.addr, new.0)?;
         }
         if old.1 != new.1 {
             if !at.no_l4_csum {

@@ -3,21 +3,13 @@
 //! updated incrementally (RFC 1624). Frames at XDP arrive from the wire with
 //! complete checksums (no offload state to keep).
 
-use core::cmp::max;
-
 use aya_ebpf::programs::XdpContext;
 use proxy_common::Reason;
 
 use crate::{
     csum,
-    packet::{EndAt, Packet},
+    packet::{EndAt, Packet, first4},
 };
-
-#[inline(always)]
-fn addr_port(addr: [u8; 4], port: u16) -> [u8; 6] {
-    let p = port.to_be_bytes();
-    [addr[0], addr[1], addr[2], addr[3], p[0], p[1]]
-}
 
 /// Updates the checksum at `csum_off` in place for `old` replaced by `new`.
 #[inline(always)]
@@ -72,42 +64,42 @@ impl Packet for XdpContext {
     }
 
     /// Every field is written, changed or not. A UDP datagram whose new
-    /// checksum computes to zero gets 0xffff (RFC 768).
+    /// checksum computes to zero gets 0xffff (RFC 768; RFC 8200 for IPv6,
+    /// where zero is not even allowed as "none").
     #[inline(always)]
-    fn rewrite_end(
+    fn rewrite_end<const N: usize>(
         &self,
-        at: EndAt,
-        old: ([u8; 4], u16),
-        new: ([u8; 4], u16),
+        at: &EndAt,
+        old: (&[u8; N], u16),
+        new: (&[u8; N], u16),
     ) -> Result<(), Reason> {
-        // One bounds check for all four fields.
-        let len = max(
-            max(at.l3_csum + 2, at.addr + 4),
-            max(at.l4_csum + 2, at.port + 2),
-        );
-        let start = self.direct(len).map_err(|()| Reason::DropRewrite)?;
-        let l3 = (start + at.l3_csum) as *mut [u8; 2];
-        let addr = (start + at.addr) as *mut [u8; 4];
-        let l4 = (start + at.l4_csum) as *mut [u8; 2];
-        let port = (start + at.port) as *mut [u8; 2];
-        let (o, n) = (addr_port(old.0, old.1), addr_port(new.0, new.1));
-        // SAFETY: every field lies below `len`, bounds-checked above; byte
-        // arrays only.
+        // Each field bounds-checked where it is: the L4 ones sit at an
+        // offset the verifier may know only a range of (IPv6).
+        let addr: *mut [u8; N] = self.at(at.addr).map_err(|()| Reason::DropRewrite)?;
+        let port: *mut [u8; 2] = self.at(at.port).map_err(|()| Reason::DropRewrite)?;
+        let l4: *mut [u8; 2] = self.at(at.l4_csum).map_err(|()| Reason::DropRewrite)?;
+        if let Some(l3_off) = at.l3_csum {
+            let l3: *mut [u8; 2] = self.at(l3_off).map_err(|()| Reason::DropRewrite)?;
+            // SAFETY: bounds-checked by `at`; byte arrays only.
+            unsafe { *l3 = csum::update(*l3, &first4(old.0), &first4(new.0)) };
+        }
+        let (op, np) = (old.1.to_be_bytes(), new.1.to_be_bytes());
+        // SAFETY: every field bounds-checked by `at` above; byte arrays only.
         unsafe {
-            *l3 = csum::update(*l3, &old.0, &new.0);
             // `at.no_l4_csum`, read from the field itself (loaded here
             // anyway): a zero UDP checksum is "none", and a rewrite never
             // writes one.
             let check = *l4;
             if at.tcp || check != [0, 0] {
-                let mut c = csum::update(check, &o, &n);
+                let mut c = csum::update(check, old.0, new.0);
+                c = csum::update(c, &op, &np);
                 if !at.tcp && c == [0, 0] {
                     c = [0xff, 0xff];
                 }
                 *l4 = c;
             }
-            *addr = new.0;
-            *port = new.1.to_be_bytes();
+            *addr = *new.0;
+            *port = np;
         }
         Ok(())
     }

@@ -101,6 +101,24 @@ fn grouped_after(code: &str, prefix: &str) -> Vec<String> {
     out
 }
 
+/// The modules `code` declares with a `#[path = ..]` attribute.
+fn path_mods(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut lines = code.lines().map(str::trim);
+    while let Some(l) = lines.next() {
+        if !l.starts_with("#[path") {
+            continue;
+        }
+        if let Some(decl) = lines.next() {
+            let decl = decl.trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+            if let Some(name) = decl.strip_prefix("mod ") {
+                out.insert(name.trim_end_matches(';').trim().to_string());
+            }
+        }
+    }
+    out
+}
+
 fn rs_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
@@ -201,6 +219,17 @@ pub fn scan(src: &Path) -> Result<Imports> {
                 })
                 .filter(|s| s != "mod")
                 .collect();
+            // Modules mod.rs includes from elsewhere (`#[path = ".."] mod
+            // ct;`: the pipelines compiled once per IP family) are
+            // siblings too, with no file here.
+            let mod_rs = dir.join("mod.rs");
+            let siblings: BTreeSet<String> = if mod_rs.exists() {
+                let mut all = siblings;
+                all.extend(path_mods(&self::code(&mod_rs)?));
+                all
+            } else {
+                siblings
+            };
             let graph = folders.entry(module.clone()).or_default();
             let mut deps: BTreeSet<String> = BTreeSet::new();
             if file == "mod" {
@@ -328,6 +357,15 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names, ["metrics", "model", "plan", "sync"]);
+    }
+
+    #[test]
+    fn modules_included_by_path_are_siblings() {
+        let code = "mod icmp;\n#[path = \"../pipeline/ct.rs\"]\npub(crate) mod ct;\n#[path = \"x.rs\"]\nmod nat;";
+        assert_eq!(
+            path_mods(code).into_iter().collect::<Vec<_>>(),
+            ["ct", "nat"]
+        );
     }
 
     /// The repository's own crates have no circles (this is what CI checks).

@@ -3,19 +3,14 @@
 //! built in place of the packet and sent back out of the interface it came in
 //! on, so the client fails at once instead of timing out.
 
-use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use proxy_common::{IPPROTO_ICMP, IPPROTO_TCP, Reason};
 
+use super::ip::{IPV4_HLEN, Ipv4Hdr, L4_OFF};
 use crate::{
+    bounce::{TTL, redirect_here, resize, rst_for, swapped_eth},
     csum::{fold, words},
-    parse::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, L3_OFF, L4, L4_OFF, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
-    },
+    parse::{ETH_HLEN, L3_OFF, L4, TcpHdr, UdpHdr},
     verdict::Verdict,
 };
 
@@ -24,7 +19,6 @@ const ICMP_HLEN: usize = 8;
 const RST_LEN: usize = ETH_HLEN + IPV4_HLEN + TCP_HLEN;
 const ICMP_ERR_LEN: usize = ETH_HLEN + IPV4_HLEN + ICMP_HLEN + IPV4_HLEN + 8;
 const IP_DF: u16 = 0x4000;
-const TTL: u8 = 64;
 
 #[repr(C, align(4))]
 #[derive(Clone, Copy)]
@@ -75,30 +69,10 @@ fn reply_ip(ip: &Ipv4Hdr, total_len: usize, proto: u8, frag: u16) -> AlignedIp {
     h
 }
 
-#[inline(always)]
-fn resize_and_bounce(ctx: &TcContext, len: usize) -> Result<(), Reason> {
-    // SAFETY: the skb pointer is the program's context.
-    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) };
-    if ret != 0 {
-        return Err(Reason::DropRewrite);
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn swapped_eth(ctx: &TcContext) -> Result<EthHdr, Reason> {
-    let eth: EthHdr = ctx.load(0).map_err(|_| Reason::DropTruncated)?;
-    Ok(EthHdr {
-        dst: eth.src,
-        src: eth.dst,
-        proto: ETH_P_IP.to_be_bytes(),
-    })
-}
-
 /// Replaces the packet with a reject for it and returns the verdict that
 /// sends the reject back to the sender, counted under `reason`.
 #[inline(always)]
-pub(crate) fn reject4(
+pub(crate) fn reject(
     ctx: &TcContext,
     ip: &Ipv4Hdr,
     l4: &L4,
@@ -112,50 +86,12 @@ pub(crate) fn reject4(
     redirect_here(ctx, reason)
 }
 
-/// Sends the packet, as rewritten, back to its sender out of the
-/// interface it came in on: Ethernet addresses swapped, TC_ACT_REDIRECT.
-#[inline(always)]
-pub(crate) fn bounce(ctx: &TcContext, reason: Reason) -> Result<Verdict, Reason> {
-    let eth = swapped_eth(ctx)?;
-    ctx.store(0, &eth, 0).map_err(|_| Reason::DropRewrite)?;
-    redirect_here(ctx, reason)
-}
-
-/// TC_ACT_REDIRECT to the egress of the interface the packet came in on.
-#[inline(always)]
-fn redirect_here(ctx: &TcContext, reason: Reason) -> Result<Verdict, Reason> {
-    // SAFETY: reads the ifindex field of the context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: helper with plain arguments; returns TC_ACT_REDIRECT on success.
-    let action = unsafe { bpf_redirect(ifindex, 0) };
-    if action != i64::from(TC_ACT_REDIRECT) {
-        return Err(Reason::DropRewrite);
-    }
-    Ok((TC_ACT_REDIRECT, reason))
-}
-
 #[inline(always)]
 fn reject_tcp(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, reason: Reason) -> Result<(), Reason> {
-    if l4.has(TCP_RST) {
-        // Never answer a RST (RFC 793): drop it, counted under the same reason.
-        return Err(reason);
-    }
+    // Never answer a RST (RFC 793): drop it, counted under the same reason.
+    let (seq, ack, flags) = rst_for(l4).ok_or(reason)?;
     let tcp: TcpHdr = ctx.load(L4_OFF).map_err(|_| Reason::DropTruncated)?;
     let eth = swapped_eth(ctx)?;
-    let (seq, ack, flags) = if l4.has(TCP_ACK) {
-        (u32::from_be_bytes(tcp.ack_seq), 0u32, TCP_RST)
-    } else {
-        let hdrs = usize::from(ip.ihl()) * 4 + usize::from(tcp.doff_res >> 4) * 4;
-        let payload = usize::from(u16::from_be_bytes(ip.tot_len)).saturating_sub(hdrs) as u32;
-        let mut ack = u32::from_be_bytes(tcp.seq).wrapping_add(payload);
-        if l4.has(TCP_SYN) {
-            ack = ack.wrapping_add(1);
-        }
-        if l4.has(TCP_FIN) {
-            ack = ack.wrapping_add(1);
-        }
-        (0u32, ack, TCP_RST | TCP_ACK)
-    };
     let nip = reply_ip(ip, IPV4_HLEN + TCP_HLEN, IPPROTO_TCP, IP_DF);
     let mut c = TcpCsum {
         saddr: ip.daddr,
@@ -178,7 +114,7 @@ fn reject_tcp(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, reason: Reason) -> Result<
     // SAFETY: TcpCsum is 32 bytes of byte arrays, 4-aligned.
     let sum = fold::<16>(unsafe { words(&c) }, 0);
     c.tcp.check = sum.to_ne_bytes();
-    resize_and_bounce(ctx, RST_LEN)?;
+    resize(ctx, RST_LEN)?;
     ctx.store(0, &eth, 0).map_err(|_| Reason::DropRewrite)?;
     ctx.store(L3_OFF, &nip.0, 0)
         .map_err(|_| Reason::DropRewrite)?;
@@ -203,7 +139,7 @@ fn reject_udp(ctx: &TcContext, ip: &Ipv4Hdr, _reason: Reason) -> Result<(), Reas
     // SAFETY: IcmpUnreach is 36 bytes of byte arrays, 4-aligned.
     let sum = fold::<18>(unsafe { words(&m) }, 0);
     m.check = sum.to_ne_bytes();
-    resize_and_bounce(ctx, ICMP_ERR_LEN)?;
+    resize(ctx, ICMP_ERR_LEN)?;
     ctx.store(0, &eth, 0).map_err(|_| Reason::DropRewrite)?;
     ctx.store(L3_OFF, &nip.0, 0)
         .map_err(|_| Reason::DropRewrite)?;

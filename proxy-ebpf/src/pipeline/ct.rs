@@ -1,4 +1,4 @@
-//! Conntrack (IPv4): pins a flow to its backend and drives reverse NAT.
+//! Conntrack: pins a flow to its backend and drives reverse NAT.
 //!
 //! A translated flow has a service-direction entry (client -> VIP, what the
 //! client sends) and a reply-direction entry (backend -> client, what the
@@ -19,15 +19,15 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
 };
 use proxy_common::{
-    Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE,
-    CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SEQ, CT_REFRESH_NS, CT_RST_WINDOW,
-    CT_TCP_CLOSE_LIFETIME_S, CT_TCP_LIFETIME_S, CT_TCP_SYN_LIFETIME_S, CT_TIME_WAIT_S,
-    CT_UDP_LIFETIME_S, CT_UDP_UNREPLIED_LIFETIME_S, Ct4Key, CtValue, Reason, STAT_CT_CREATED,
-    SvcValue,
+    CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY, CT_F_FIN_SERVICE, CT_F_REPLIED,
+    CT_F_SEEN_NON_SYN, CT_F_SEQ, CT_REFRESH_NS, CT_RST_WINDOW, CT_TCP_CLOSE_LIFETIME_S,
+    CT_TCP_LIFETIME_S, CT_TCP_SYN_LIFETIME_S, CT_TIME_WAIT_S, CT_UDP_LIFETIME_S,
+    CT_UDP_UNREPLIED_LIFETIME_S, Reason, STAT_CT_CREATED, SvcValue,
 };
 
+use super::{Addr, Backend, CT, CtKey, CtValue};
 use crate::{
-    maps::{CT4, STATS},
+    maps::STATS,
     parse::{L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -40,13 +40,13 @@ pub(crate) fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// An IPv4 address and a port.
-pub(crate) type AddrPort = ([u8; 4], u16);
+/// An address and a port.
+pub(crate) type AddrPort = (Addr, u16);
 
 /// The key of the service-direction entry of a packet from a client.
 #[inline(always)]
-pub(crate) fn service_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
-    Ct4Key {
+pub(crate) fn service_key(saddr: Addr, daddr: Addr, l4: &L4) -> CtKey {
+    CtKey {
         saddr,
         daddr,
         sport: l4.sport,
@@ -59,8 +59,8 @@ pub(crate) fn service_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
 
 /// The key of the reply-direction entry of a packet from a backend.
 #[inline(always)]
-pub(crate) fn reply_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
-    Ct4Key {
+pub(crate) fn reply_key(saddr: Addr, daddr: Addr, l4: &L4) -> CtKey {
+    CtKey {
         dir: CT_DIR_REPLY,
         ..service_key(saddr, daddr, l4)
     }
@@ -69,8 +69,8 @@ pub(crate) fn reply_key(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> Ct4Key {
 /// The service-direction key of the flow whose reply-direction entry `e`
 /// sits under `rkey`.
 #[inline(always)]
-fn service_key_of(rkey: &Ct4Key, e: &CtValue) -> Ct4Key {
-    Ct4Key {
+fn service_key_of(rkey: &CtKey, e: &CtValue) -> CtKey {
+    CtKey {
         saddr: e.peer_addr,
         daddr: e.nat_addr,
         sport: e.peer_port,
@@ -204,7 +204,7 @@ fn count_created() {
 /// A client packet of a known flow.
 pub(crate) struct ServiceHit {
     /// The backend.
-    pub(crate) addr: [u8; 4],
+    pub(crate) addr: Addr,
     pub(crate) port: u16,
     /// The source the backend sees (the client's own address and port
     /// unless the flow is source-NATed).
@@ -217,25 +217,27 @@ pub(crate) struct ServiceHit {
 /// backend, when the entry may carry this packet (alive, and not a closed
 /// entry seeing a new SYN: that connection chooses anew).
 #[inline(always)]
-pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<ServiceHit> {
-    let e = CT4.get_ptr_mut(key)?;
-    // SAFETY: pointer from a successful lookup; fields copied at once.
-    let v = unsafe { *e };
+pub(crate) fn ct_lookup_service(key: &CtKey, l4: &L4, now: u64) -> Option<ServiceHit> {
+    let e = CT.get_ptr_mut(key)?;
+    // SAFETY: pointer from a successful lookup; fields copied at once (not
+    // the whole value: stack space is scarce, with IPv6 above all).
+    let v = unsafe { &*e };
     if now >= v.expires_ns {
         return None;
     }
     if v.flags & CT_F_CLOSED != 0 && l4.is_syn_only() {
         return None;
     }
-    let rst_ok = !(l4.is_tcp() && l4.has(TCP_RST)) || rst_in_window(&v, l4).unwrap_or(true);
-    track_seq(e, l4);
-    touch(e, l4, Side::Client, rst_ok, now);
-    Some(ServiceHit {
+    let rst_ok = !(l4.is_tcp() && l4.has(TCP_RST)) || rst_in_window(v, l4).unwrap_or(true);
+    let hit = ServiceHit {
         addr: v.nat_addr,
         port: v.nat_port,
         peer: (v.peer_addr, v.peer_port),
         rst_ignored: !rst_ok,
-    })
+    };
+    track_seq(e, l4);
+    touch(e, l4, Side::Client, rst_ok, now);
+    Some(hit)
 }
 
 /// Whether the flow of the reply-direction entry `e` (under `rkey`) no
@@ -245,16 +247,18 @@ pub(crate) fn ct4_lookup_service(key: &Ct4Key, l4: &L4, now: u64) -> Option<Serv
 /// `accept_time_wait` (a last resort when free tuples are scarce) a closed
 /// flow's tuple is taken at once, as netfilter reuses TIME_WAIT tuples.
 #[inline(always)]
-fn flow_over(rkey: &Ct4Key, e: &CtValue, now: u64, accept_time_wait: bool) -> bool {
-    // SAFETY: copied at once.
-    let Some(s) = (unsafe { CT4.get(service_key_of(rkey, e)).copied() }) else {
+fn flow_over(rkey: &CtKey, e: &CtValue, now: u64, accept_time_wait: bool) -> bool {
+    let Some(s) = CT.get_ptr(service_key_of(rkey, e)) else {
         return true;
     };
-    if s.flags & CT_F_CLOSED != 0 {
+    // SAFETY: pointer from a successful lookup; the two fields are read at
+    // once (not the whole value: stack space is scarce with IPv6).
+    let (flags, expires_ns) = unsafe { ((*s).flags, (*s).expires_ns) };
+    if flags & CT_F_CLOSED != 0 {
         return accept_time_wait
-            || now >= s.expires_ns + (CT_TIME_WAIT_S - CT_TCP_CLOSE_LIFETIME_S) * NS;
+            || now >= expires_ns + (CT_TIME_WAIT_S - CT_TCP_CLOSE_LIFETIME_S) * NS;
     }
-    now >= s.expires_ns
+    now >= expires_ns
 }
 
 /// Who holds a reply tuple.
@@ -270,11 +274,11 @@ pub(crate) enum Tuple {
 
 /// Who holds the reply tuple `rkey`.
 #[inline(always)]
-pub(crate) fn ct4_tuple(rkey: &Ct4Key, now: u64, accept_time_wait: bool) -> Tuple {
-    // SAFETY: copied at once.
-    match unsafe { CT4.get(rkey).copied() } {
+pub(crate) fn ct_tuple(rkey: &CtKey, now: u64, accept_time_wait: bool) -> Tuple {
+    match CT.get_ptr(rkey) {
         None => Tuple::Unused,
-        Some(e) if flow_over(rkey, &e, now, accept_time_wait) => Tuple::Over,
+        // SAFETY: pointer from a successful lookup, read at once.
+        Some(e) if flow_over(rkey, unsafe { &*e }, now, accept_time_wait) => Tuple::Over,
         Some(_) => Tuple::Held,
     }
 }
@@ -286,11 +290,12 @@ pub(crate) fn ct4_tuple(rkey: &Ct4Key, now: u64, accept_time_wait: bool) -> Tupl
 /// same backend through another frontend, and the backend could not tell
 /// the two connections apart.
 #[inline(always)]
-fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, now: u64, accept_time_wait: bool) -> bool {
-    // SAFETY: copied at once.
-    let Some(e) = (unsafe { CT4.get(rkey).copied() }) else {
+fn reply_reusable(rkey: &CtKey, key: &CtKey, now: u64, accept_time_wait: bool) -> bool {
+    let Some(e) = CT.get_ptr(rkey) else {
         return true;
     };
+    // SAFETY: pointer from a successful lookup, read at once.
+    let e = unsafe { &*e };
     if e.peer_addr == key.saddr
         && e.peer_port == key.sport
         && e.nat_addr == key.daddr
@@ -298,7 +303,20 @@ fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, now: u64, accept_time_wait: bool)
     {
         return true;
     }
-    flow_over(rkey, &e, now, accept_time_wait)
+    flow_over(rkey, e, now, accept_time_wait)
+}
+
+/// A new flow to open: the client's packet (`key`: client -> frontend,
+/// `l4`), the service and the backend chosen for it. Passed by reference:
+/// one value for the steps that open flows, rather than six arguments to
+/// each.
+pub(crate) struct NewFlow<'a> {
+    pub(crate) key: &'a CtKey,
+    pub(crate) svc: &'a SvcValue,
+    pub(crate) backend_id: u32,
+    pub(crate) backend: &'a Backend,
+    pub(crate) l4: &'a L4,
+    pub(crate) now: u64,
 }
 
 /// Creates both entries of a new flow, where the backend sees the flow
@@ -309,40 +327,27 @@ fn reply_reusable(rkey: &Ct4Key, key: &Ct4Key, now: u64, accept_time_wait: bool)
 /// be written the packet is dropped, since a flow without its reply entry
 /// would reach the client with the backend's address.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined; one call per path")]
-pub(crate) fn ct4_create(
-    key: &Ct4Key,
-    svc: &SvcValue,
-    backend_id: u32,
-    backend: &Backend4,
-    l4: &L4,
-    now: u64,
+pub(crate) fn ct_create(
+    f: &NewFlow,
     extra_flags: u8,
-    src: AddrPort,
+    src: &AddrPort,
     accept_time_wait: bool,
 ) -> Result<bool, Reason> {
+    let NewFlow {
+        key,
+        svc,
+        backend_id,
+        backend,
+        l4,
+        now,
+    } = *f;
     let mut flags = next_flags(0, l4, Side::Client, true) | extra_flags;
     let mut seq_next = 0;
     if l4.is_tcp() {
         seq_next = l4.seq().wrapping_add(l4.seg_len());
         flags |= CT_F_SEQ;
     }
-    let fwd = CtValue {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        flags,
-        pad: 0,
-        backend_id,
-        svc_id: svc.svc_id,
-        created_ns: now,
-        expires_ns: now + lifetime_ns(l4.is_tcp(), flags),
-        seq_next,
-        peer_addr: src.0,
-        peer_port: src.1,
-        pad2: 0,
-        pad3: 0,
-    };
-    let rkey = Ct4Key {
+    let rkey = CtKey {
         saddr: backend.addr,
         daddr: src.0,
         sport: backend.port,
@@ -351,29 +356,44 @@ pub(crate) fn ct4_create(
         dir: CT_DIR_REPLY,
         pad: 0,
     };
-    // The backend's side has sent nothing yet.
-    let rev = CtValue {
+    // The reply entry first (the backend's side has sent nothing yet),
+    // then the same value turned into the service entry: one value on the
+    // stack, not two.
+    let mut v = CtValue {
         nat_addr: key.daddr,
         nat_port: key.dport,
         flags: flags & !CT_F_SEQ,
+        pad: 0,
+        backend_id,
+        svc_id: svc.svc_id,
+        created_ns: now,
+        expires_ns: now + lifetime_ns(l4.is_tcp(), flags),
         seq_next: 0,
         peer_addr: key.saddr,
         peer_port: key.sport,
-        ..fwd
+        pad2: 0,
+        pad3: 0,
     };
-    if CT4.insert(rkey, rev, u64::from(BPF_NOEXIST)).is_ok() {
+    if CT.insert(rkey, v, u64::from(BPF_NOEXIST)).is_ok() {
         count_created();
     } else {
         if !reply_reusable(&rkey, key, now, accept_time_wait) {
             return Ok(false);
         }
-        CT4.insert(rkey, rev, u64::from(BPF_ANY))
+        CT.insert(rkey, v, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropCtCreate)?;
     }
-    if CT4.insert(key, fwd, u64::from(BPF_NOEXIST)).is_ok() {
+    v.nat_addr = backend.addr;
+    v.nat_port = backend.port;
+    v.flags = flags;
+    v.seq_next = seq_next;
+    v.peer_addr = src.0;
+    v.peer_port = src.1;
+    let fwd = v;
+    if CT.insert(key, fwd, u64::from(BPF_NOEXIST)).is_ok() {
         count_created();
     } else {
-        CT4.insert(key, fwd, u64::from(BPF_ANY))
+        CT.insert(key, fwd, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropCtCreate)?;
     }
     Ok(true)
@@ -382,9 +402,9 @@ pub(crate) fn ct4_create(
 /// What a reply is translated to: the frontend it comes from and the
 /// client's own address and port it goes to.
 pub(crate) struct ReplyNat {
-    pub(crate) vip: [u8; 4],
+    pub(crate) vip: Addr,
     pub(crate) vport: u16,
-    pub(crate) client: [u8; 4],
+    pub(crate) client: Addr,
     pub(crate) cport: u16,
     /// The flow is source-NATed (`CT_F_SNAT`).
     pub(crate) snat: bool,
@@ -396,33 +416,47 @@ pub(crate) struct ReplyNat {
 /// packet on the flow (see the module doc). `None`: not a reply of a
 /// translated flow.
 #[inline(always)]
-pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<ReplyNat> {
-    let e = CT4.get_ptr_mut(key)?;
-    // SAFETY: pointer from a successful lookup; fields copied at once.
-    let v = unsafe { *e };
+pub(crate) fn ct_lookup_reply(key: &CtKey, l4: &L4, now: u64) -> Option<ReplyNat> {
+    let e = CT.get_ptr_mut(key)?;
+    // SAFETY: pointer from a successful lookup; read before `track_seq`
+    // and the refresh below write it (fields copied, not the value).
+    let v = unsafe { &*e };
+    let nat = ReplyNat {
+        vip: v.nat_addr,
+        vport: v.nat_port,
+        client: v.peer_addr,
+        cport: v.peer_port,
+        snat: v.flags & proxy_common::CT_F_SNAT != 0,
+        rst_ignored: false,
+    };
+    let (flags, expires_ns) = (v.flags, v.expires_ns);
     let tcp = l4.is_tcp();
     let rst = tcp && l4.has(TCP_RST);
-    let skey = service_key_of(key, &v);
+    let skey = service_key_of(key, v);
     let mut rst_ok = true;
     if rst {
-        rst_ok = match rst_in_window(&v, l4) {
+        rst_ok = match rst_in_window(v, l4) {
             Some(ok) => ok,
             // The backend has not sent before (it refuses the SYN): the
             // RST must acknowledge what the client sent.
             // SAFETY: copied at once.
-            None => match unsafe { CT4.get(skey).copied() } {
-                Some(s) if s.flags & CT_F_SEQ != 0 => l4.has(TCP_ACK) && l4.ack() == s.seq_next,
-                _ => true,
+            None => match CT.get_ptr(skey) {
+                // SAFETY: pointer from a successful lookup, read at once.
+                Some(s) => match unsafe { ((*s).flags, (*s).seq_next) } {
+                    (f, next) if f & CT_F_SEQ != 0 => l4.has(TCP_ACK) && l4.ack() == next,
+                    _ => true,
+                },
+                None => true,
             },
         };
     }
     track_seq(e, l4);
-    let paced = now + lifetime_ns(tcp, v.flags | CT_F_REPLIED);
-    if v.flags & CT_F_REPLIED == 0
-        || paced > v.expires_ns + CT_REFRESH_NS
+    let paced = now + lifetime_ns(tcp, flags | CT_F_REPLIED);
+    if flags & CT_F_REPLIED == 0
+        || paced > expires_ns + CT_REFRESH_NS
         || (tcp && l4.flags & (TCP_FIN | TCP_RST) != 0)
     {
-        if let Some(s) = CT4.get_ptr_mut(skey) {
+        if let Some(s) = CT.get_ptr_mut(skey) {
             touch(s, l4, Side::Backend, rst_ok, now);
         }
         // SAFETY: as above.
@@ -432,18 +466,14 @@ pub(crate) fn ct4_lookup_reply(key: &Ct4Key, l4: &L4, now: u64) -> Option<ReplyN
         }
     }
     Some(ReplyNat {
-        vip: v.nat_addr,
-        vport: v.nat_port,
-        client: v.peer_addr,
-        cport: v.peer_port,
-        snat: v.flags & proxy_common::CT_F_SNAT != 0,
         rst_ignored: !rst_ok,
+        ..nat
     })
 }
 
 /// The conntrack entry at `key`, copied.
 #[inline(always)]
-pub(crate) fn ct4_get(key: &Ct4Key) -> Option<CtValue> {
+pub(crate) fn ct_get(key: &CtKey) -> Option<CtValue> {
     // SAFETY: copied at once.
-    unsafe { CT4.get(key).copied() }
+    unsafe { CT.get(key).copied() }
 }

@@ -1,4 +1,4 @@
-//! Source NAT (IPv4): a flow leaves with another source address or port,
+//! Source NAT: a flow leaves with another source address or port,
 //! and its replies are translated back.
 //!
 //! Two uses:
@@ -29,14 +29,13 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
 };
 use proxy_common::{
-    Backend4, CT_DIR_REPLY, CT_F_SNAT, Ct4Key, REMAP_PORT_MAX, REMAP_PORT_MIN, Reason,
-    SNAT_CLAIM_S, SNAT_PORT_MAX, SNAT_PORT_MIN, Snat4Value, SvcValue,
+    CT_DIR_REPLY, CT_F_SNAT, REMAP_PORT_MAX, REMAP_PORT_MIN, Reason, SNAT_CLAIM_S, SNAT_PORT_MAX,
+    SNAT_PORT_MIN,
 };
 
-use crate::{
-    ct4::{NS, Tuple, ct4_create, ct4_tuple},
-    maps::SNAT4,
-    parse::L4,
+use super::{
+    Addr, CtKey, SNAT, SnatValue,
+    ct::{NS, NewFlow, Tuple, ct_create, ct_tuple},
 };
 
 /// Ports for a source address this node owns (node-port SNAT, hairpin):
@@ -52,28 +51,12 @@ const CLIENT_PORTS: (u16, u16) = (REMAP_PORT_MIN, REMAP_PORT_MAX);
 /// frontend), from the client's address and a remapped port. Returns the
 /// source port and whether it was remapped.
 #[inline(always)]
-pub(crate) fn open_from_client(
-    key: &Ct4Key,
-    svc: &SvcValue,
-    backend_id: u32,
-    backend: &Backend4,
-    l4: &L4,
-    now: u64,
-) -> Result<(u16, bool), Reason> {
-    let own = (key.saddr, key.sport);
-    if ct4_create(key, svc, backend_id, backend, l4, now, 0, own, false)? {
-        return Ok((key.sport, false));
+pub(crate) fn open_from_client(f: &NewFlow) -> Result<(u16, bool), Reason> {
+    let own = (f.key.saddr, f.key.sport);
+    if ct_create(f, 0, &own, false)? {
+        return Ok((f.key.sport, false));
     }
-    let port = snat4_open(
-        key,
-        svc,
-        backend_id,
-        backend,
-        l4,
-        now,
-        key.saddr,
-        CLIENT_PORTS,
-    )?;
+    let port = snat_open(f, &f.key.saddr, CLIENT_PORTS)?;
     Ok((port, true))
 }
 
@@ -84,8 +67,8 @@ const TRIES: u32 = 12;
 
 /// The key of the reverse entry: what the backend answers to.
 #[inline(always)]
-pub(crate) fn rev_key(backend: [u8; 4], bport: u16, addr: [u8; 4], port: u16, proto: u8) -> Ct4Key {
-    Ct4Key {
+pub(crate) fn rev_key(backend: Addr, bport: u16, addr: Addr, port: u16, proto: u8) -> CtKey {
+    CtKey {
         saddr: backend,
         daddr: addr,
         sport: bport,
@@ -100,9 +83,9 @@ pub(crate) fn rev_key(backend: [u8; 4], bport: u16, addr: [u8; 4], port: u16, pr
 /// back to, when `addr:port` was allocated here. Callers that see every
 /// packet check first that the port is in the range they allocate from.
 #[inline(always)]
-pub(crate) fn snat4_lookup_rev(key: &Ct4Key) -> Option<Snat4Value> {
+pub(crate) fn snat_lookup_rev(key: &CtKey) -> Option<SnatValue> {
     // SAFETY: copied at once.
-    unsafe { SNAT4.get(key).copied() }
+    unsafe { SNAT.get(key).copied() }
 }
 
 /// Seconds of `now`, modulo 2^16 (the stamp of reverse SNAT entries).
@@ -128,19 +111,13 @@ fn stamp(now: u64) -> u16 {
 /// entries cannot be made; one it took over is written again once its
 /// conntrack entries are ours.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined; one call per path")]
-pub(crate) fn snat4_open(
-    key: &Ct4Key,
-    svc: &SvcValue,
-    backend_id: u32,
-    backend: &Backend4,
-    l4: &L4,
-    now: u64,
-    addr: [u8; 4],
-    ports: (u16, u16),
-) -> Result<u16, Reason> {
+pub(crate) fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u16, Reason> {
+    let NewFlow {
+        key, backend, now, ..
+    } = *f;
+    let addr = *addr;
     let range = u32::from(ports.1 - ports.0) + 1;
-    let back = Snat4Value {
+    let back = SnatValue {
         addr: key.saddr,
         port: key.sport,
         stamp: stamp(now),
@@ -152,44 +129,34 @@ pub(crate) fn snat4_open(
         // SAFETY: helper without arguments.
         let port = ports.0 + (unsafe { bpf_get_prandom_u32() } % range) as u16;
         let rkey = rev_key(backend.addr, backend.port, addr, port, key.proto);
-        let created = SNAT4.insert(rkey, back, u64::from(BPF_NOEXIST)).is_ok();
+        let created = SNAT.insert(rkey, back, u64::from(BPF_NOEXIST)).is_ok();
         if !created {
             // SAFETY: copied at once.
-            let Some(old) = (unsafe { SNAT4.get(rkey).copied() }) else {
+            let Some(old) = (unsafe { SNAT.get(rkey).copied() }) else {
                 continue;
             };
-            let free = match ct4_tuple(&rkey, now, last_resort) {
+            let free = match ct_tuple(&rkey, now, last_resort) {
                 Tuple::Held => false,
                 Tuple::Over => true,
                 Tuple::Unused => back.stamp.wrapping_sub(old.stamp) >= SNAT_CLAIM_S,
             };
-            if !free || SNAT4.insert(rkey, back, u64::from(BPF_ANY)).is_err() {
+            if !free || SNAT.insert(rkey, back, u64::from(BPF_ANY)).is_err() {
                 continue;
             }
         }
-        match ct4_create(
-            key,
-            svc,
-            backend_id,
-            backend,
-            l4,
-            now,
-            CT_F_SNAT,
-            (addr, port),
-            last_resort,
-        ) {
+        match ct_create(f, CT_F_SNAT, &(addr, port), last_resort) {
             Ok(true) => {}
             // A live flow still owns that tuple (its SNAT entry was evicted
             // first): try another port.
             Ok(false) => {
                 if created {
-                    let _ = SNAT4.remove(rkey);
+                    let _ = SNAT.remove(rkey);
                 }
                 continue;
             }
             Err(e) => {
                 if created {
-                    let _ = SNAT4.remove(rkey);
+                    let _ = SNAT.remove(rkey);
                 }
                 return Err(e);
             }
@@ -197,7 +164,7 @@ pub(crate) fn snat4_open(
         if !created {
             // The tuple's conntrack entries are ours now; another CPU that
             // took the same leftover may have written its client meanwhile.
-            let _ = SNAT4.insert(rkey, back, u64::from(BPF_ANY));
+            let _ = SNAT.insert(rkey, back, u64::from(BPF_ANY));
         }
         return Ok(port);
     }

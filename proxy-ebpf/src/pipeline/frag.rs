@@ -1,8 +1,9 @@
-//! IPv4 fragments of service traffic.
+//! Fragments of service traffic.
 //!
 //! Only the first fragment carries ports, so only it can be looked up as a
 //! service flow. When it is translated, where it went is recorded under the
-//! datagram's (source, destination, protocol, id); later fragments with that
+//! datagram's (source, destination, protocol, id) (IPv6: the fragment
+//! header's id); later fragments with that
 //! key get the same address rewrite (they have no L4 header, and the L4
 //! checksum in the first fragment was already fixed for the whole datagram).
 //! A later fragment that arrives before its first one, or whose first one was
@@ -11,57 +12,45 @@
 //! on reassembly timeout rather than misdelivered.
 
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
-use proxy_common::{Frag4Key, Frag4Value, Reason};
+use proxy_common::Reason;
 
-use crate::{
-    maps::FRAG4,
-    nat4::{End, nat4_rewrite_addr},
-    parse::Ipv4Hdr,
-    verdict::{Verdict, pass},
+use super::{
+    Addr, FRAG, FragValue, Ip, frag_key as key,
+    nat::{End, nat_rewrite_addr},
 };
-
-#[inline(always)]
-fn key(ip: &Ipv4Hdr, dir: u8) -> Frag4Key {
-    Frag4Key {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        id: ip.id(),
-        proto: ip.proto,
-        dir,
-    }
-}
+use crate::verdict::{Verdict, pass};
 
 /// Records where the later fragments of `ip`'s datagram go. Best effort: if
 /// the map cannot take it the later fragments pass untranslated (and are
 /// counted), the first one is still translated.
 #[inline(always)]
-pub(crate) fn frag4_record(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4]) {
-    let _ = FRAG4.insert(key(ip, dir), Frag4Value { addr }, u64::from(BPF_ANY));
+pub(crate) fn frag_record(ip: &Ip, dir: u8, addr: Addr) {
+    let _ = FRAG.insert(key(ip, dir), FragValue { addr }, u64::from(BPF_ANY));
 }
 
 /// The address recorded for `ip`'s datagram under `dir`, if any.
 #[inline(always)]
-pub(crate) fn frag4_lookup(ip: &Ipv4Hdr, dir: u8) -> Option<[u8; 4]> {
+pub(crate) fn frag_lookup(ip: &Ip, dir: u8) -> Option<Addr> {
     // SAFETY: copied at once.
-    unsafe { FRAG4.get(key(ip, dir)).copied() }.map(|v| v.addr)
+    unsafe { FRAG.get(key(ip, dir)).copied() }.map(|v| v.addr)
 }
 
 /// Translates a later fragment, rewriting the `end` address.
 #[inline(always)]
-pub(crate) fn frag4_translate(
+pub(crate) fn frag_translate(
     ctx: &TcContext,
-    ip: &Ipv4Hdr,
+    ip: &Ip,
     dir: u8,
     end: End,
 ) -> Result<Verdict, Reason> {
     // SAFETY: copied at once.
-    let Some(v) = (unsafe { FRAG4.get(key(ip, dir)).copied() }) else {
+    let Some(v) = (unsafe { FRAG.get(key(ip, dir)).copied() }) else {
         return Ok(pass(Reason::PassFragmentUntracked));
     };
     let old = match end {
         End::Dst => ip.daddr,
         End::Src => ip.saddr,
     };
-    nat4_rewrite_addr(ctx, end, old, v.addr)?;
+    nat_rewrite_addr(ctx, end, old, v.addr)?;
     Ok(pass(Reason::NatFragment))
 }

@@ -6,7 +6,7 @@
 //! another node.
 //!
 //! Fragments: a translated first fragment records its address rewrites in
-//! `SVCNAT_FRAG4` (destination, and source when SNATed); later fragments
+//! the family's fragment map (destination, and source when SNATed); later fragments
 //! get the same rewrites (see `frag4.rs`).
 //!
 //! Every rewritten packet is passed to the kernel (`XDP_PASS`), which routes
@@ -23,21 +23,33 @@ use proxy_common::{
     SVC_FLAG_SOURCE_RANGES, SvcValue,
 };
 
-use crate::{
-    ct4::{ReplyNat, ct4_lookup_reply, ct4_lookup_service, now, service_key},
-    frag4::{frag4_lookup, frag4_record},
-    lb4::{lb4_lookup, lb4_select, lb4_source_allowed},
-    maps::NODE4,
-    nat4::{End, nat4_rewrite, nat4_rewrite_addr},
-    parse::{self, Ipv4Hdr, L4, Transport},
-    snat4::{NODE_PORTS, open_from_client, rev_key, snat4_open},
-    verdict::{XdpVerdict, xdp_pass},
+use super::{
+    Addr, Ip, NODE,
+    ct::{NewFlow, ReplyNat, ct_lookup_reply, ct_lookup_service, now, service_key},
+    frag::{frag_lookup, frag_record},
+    l3,
+    lb::{lb_lookup, lb_select, lb_source_allowed},
+    nat::{End, nat_rewrite, nat_rewrite_addr},
+    snat::{NODE_PORTS, open_from_client, rev_key, snat_open},
 };
+use crate::{
+    packet::Packet,
+    parse::{self, L4, Transport},
+    verdict::{XdpVerdict, finish_xdp, xdp_pass},
+};
+
+/// XDP of this family: [`try_xdp`], counted, in a function of its own (see
+/// `pod::ingress`).
+#[inline(never)]
+pub(crate) fn xdp(ctx: XdpContext) -> u32 {
+    let len = ctx.len();
+    finish_xdp(len, try_xdp(&ctx))
+}
 
 /// A packet arriving on a node interface.
 #[inline(always)]
 pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
-    let ip = parse::l3(ctx)?;
+    let ip = l3(ctx)?;
     let l4 = match parse::transport(ctx, &ip)? {
         Transport::Ports(l4) => l4,
         Transport::LaterFragment => return later_fragment(ctx, &ip),
@@ -45,20 +57,20 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     };
     if l4.dport >= SNAT_PORT_MIN {
         let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
-        if let Some(r) = ct4_lookup_reply(&rkey, &l4, now())
+        if let Some(r) = ct_lookup_reply(&rkey, &l4, now())
             && r.snat
         {
             return rev_snat(ctx, &ip, &l4, &r);
         }
     }
-    let Some(svc) = lb4_lookup(ip.daddr, l4.dport, l4.proto) else {
+    let Some(svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
         return Ok(xdp_pass(Reason::PassNotService));
     };
     if svc.flags & SVC_FLAG_EXTERNAL == 0 {
         // A cluster IP reached from outside: not ours to translate.
         return Ok(xdp_pass(Reason::PassNotService));
     }
-    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb4_source_allowed(svc.svc_id, ip.saddr) {
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb_source_allowed(svc.svc_id, ip.saddr) {
         return Err(Reason::DropSourceRange);
     }
     // A SYN to a frontend without a usable endpoint opens a connection:
@@ -71,11 +83,11 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    if let Some(f) = ct4_lookup_service(&key, &l4, now) {
+    if let Some(f) = ct_lookup_service(&key, &l4, now) {
         record(&ip, f.addr, f.peer.0);
-        nat4_rewrite(ctx, End::Dst, ip.daddr, f.addr, &l4, f.port)?;
+        nat_rewrite(ctx, End::Dst, ip.daddr, f.addr, &l4, f.port)?;
         if f.peer != (ip.saddr, l4.sport) {
-            nat4_rewrite(ctx, End::Src, ip.saddr, f.peer.0, &l4, f.peer.1)?;
+            nat_rewrite(ctx, End::Src, ip.saddr, f.peer.0, &l4, f.peer.1)?;
         }
         return Ok(xdp_pass(if f.rst_ignored {
             Reason::RstOutOfWindow
@@ -95,22 +107,30 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     if svc.count == 0 {
         return no_backend(&svc);
     }
-    let (backend_id, backend) = lb4_select(&svc, ip.saddr, now)?;
+    let (backend_id, backend) = lb_select(&svc, ip.saddr, now)?;
+    let flow = NewFlow {
+        key: &key,
+        svc: &svc,
+        backend_id,
+        backend: &backend,
+        l4: &l4,
+        now,
+    };
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
-        let (sport, remapped) = open_from_client(&key, &svc, backend_id, &backend, &l4, now)?;
+        let (sport, remapped) = open_from_client(&flow)?;
         record(&ip, backend.addr, ip.saddr);
-        nat4_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
+        nat_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
         if !remapped {
             return Ok(xdp_pass(Reason::DnatNew));
         }
-        nat4_rewrite(ctx, End::Src, ip.saddr, ip.saddr, &l4, sport)?;
+        nat_rewrite(ctx, End::Src, ip.saddr, ip.saddr, &l4, sport)?;
         return Ok(xdp_pass(Reason::DnatNewPortRemapped));
     }
     let node = node_addr(ctx, &ip, &svc)?;
-    let nport = snat4_open(&key, &svc, backend_id, &backend, &l4, now, node, NODE_PORTS)?;
+    let nport = snat_open(&flow, &node, NODE_PORTS)?;
     record(&ip, backend.addr, node);
-    nat4_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
-    nat4_rewrite(ctx, End::Src, ip.saddr, node, &l4, nport)?;
+    nat_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
+    nat_rewrite(ctx, End::Src, ip.saddr, node, &l4, nport)?;
     Ok(xdp_pass(Reason::SnatNew))
 }
 
@@ -129,13 +149,13 @@ fn no_backend(svc: &SvcValue) -> Result<XdpVerdict, Reason> {
 /// address the client already talks to), else the address of the interface
 /// the packet came in on.
 #[inline(always)]
-fn node_addr(ctx: &XdpContext, ip: &Ipv4Hdr, svc: &SvcValue) -> Result<[u8; 4], Reason> {
+fn node_addr(ctx: &XdpContext, ip: &Ip, svc: &SvcValue) -> Result<Addr, Reason> {
     if svc.flags & SVC_FLAG_NODE_PORT != 0 {
         return Ok(ip.daddr);
     }
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: copied at once.
-    match unsafe { NODE4.get(ifindex).copied() } {
+    match unsafe { NODE.get(ifindex).copied() } {
         Some(n) => Ok(n.addr),
         None => Err(Reason::DropSnatPorts),
     }
@@ -145,13 +165,13 @@ fn node_addr(ctx: &XdpContext, ip: &Ipv4Hdr, svc: &SvcValue) -> Result<[u8; 4], 
 /// says): destination back to the client's address and port, source back
 /// to the frontend.
 #[inline(always)]
-fn rev_snat(ctx: &XdpContext, ip: &Ipv4Hdr, l4: &L4, r: &ReplyNat) -> Result<XdpVerdict, Reason> {
+fn rev_snat(ctx: &XdpContext, ip: &Ip, l4: &L4, r: &ReplyNat) -> Result<XdpVerdict, Reason> {
     if ip.is_first_fragment() {
-        frag4_record(ip, CT_DIR_REPLY, r.client);
-        frag4_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
+        frag_record(ip, CT_DIR_REPLY, r.client);
+        frag_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
     }
-    nat4_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
-    nat4_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
+    nat_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
+    nat_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
     Ok(xdp_pass(if r.rst_ignored {
         Reason::RstOutOfWindow
     } else {
@@ -163,13 +183,13 @@ fn rev_snat(ctx: &XdpContext, ip: &Ipv4Hdr, l4: &L4, r: &ReplyNat) -> Result<Xdp
 /// fragments go (`dst`), and where they come from when that changed
 /// (`src`, SNAT).
 #[inline(always)]
-fn record(ip: &Ipv4Hdr, dst: [u8; 4], src: [u8; 4]) {
+fn record(ip: &Ip, dst: Addr, src: Addr) {
     if !ip.is_first_fragment() {
         return;
     }
-    frag4_record(ip, CT_DIR_SERVICE, dst);
+    frag_record(ip, CT_DIR_SERVICE, dst);
     if src != ip.saddr {
-        frag4_record(ip, FRAG_DIR_SNAT_SRC, src);
+        frag_record(ip, FRAG_DIR_SNAT_SRC, src);
     }
 }
 
@@ -178,17 +198,17 @@ fn record(ip: &Ipv4Hdr, dst: [u8; 4], src: [u8; 4]) {
 /// untracked (passed, counted) when the first one was not translated here
 /// or has not arrived yet.
 #[inline(always)]
-fn later_fragment(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<XdpVerdict, Reason> {
-    let (dst, src) = if let Some(d) = frag4_lookup(ip, CT_DIR_SERVICE) {
-        (d, frag4_lookup(ip, FRAG_DIR_SNAT_SRC))
-    } else if let Some(d) = frag4_lookup(ip, CT_DIR_REPLY) {
-        (d, frag4_lookup(ip, FRAG_DIR_REVSNAT_SRC))
+fn later_fragment(ctx: &XdpContext, ip: &Ip) -> Result<XdpVerdict, Reason> {
+    let (dst, src) = if let Some(d) = frag_lookup(ip, CT_DIR_SERVICE) {
+        (d, frag_lookup(ip, FRAG_DIR_SNAT_SRC))
+    } else if let Some(d) = frag_lookup(ip, CT_DIR_REPLY) {
+        (d, frag_lookup(ip, FRAG_DIR_REVSNAT_SRC))
     } else {
         return Ok(xdp_pass(Reason::PassFragmentUntracked));
     };
-    nat4_rewrite_addr(ctx, End::Dst, ip.daddr, dst)?;
+    nat_rewrite_addr(ctx, End::Dst, ip.daddr, dst)?;
     if let Some(s) = src {
-        nat4_rewrite_addr(ctx, End::Src, ip.saddr, s)?;
+        nat_rewrite_addr(ctx, End::Src, ip.saddr, s)?;
     }
     Ok(xdp_pass(Reason::NatFragment))
 }

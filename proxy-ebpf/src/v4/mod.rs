@@ -1,0 +1,71 @@
+//! IPv4: the concrete types, maps and header offsets the family-neutral
+//! pipelines are compiled with for this family, its header (`ip.rs`), its
+//! rejects (`reject.rs`) and its ICMP errors (`icmp.rs`).
+//!
+//! The pipelines (`pipeline/*.rs`) are written once and compiled once per
+//! family: each family module includes them as its own child modules, and
+//! they name what differs between the families through `super::` (`Addr`,
+//! `CtKey`, `CT`, `l3`, `reject`, ...). Both families' key and value types
+//! have the same field names, so one struct literal builds either. (A trait
+//! with associated types would need an accessor per field for a dozen map
+//! types; generic map types would mangle the BTF names `bpftool map dump`
+//! prints.) IPv4 is the only family compiled in so far; IPv6 (`v6/`) is
+//! issue 13's next step.
+
+mod icmp;
+pub(crate) mod ip;
+mod reject;
+
+pub(crate) use proxy_common::{
+    AffinityKey, Backend4 as Backend, Ct4Key as CtKey, CtValue, Frag4Key as FragKey,
+    Frag4Value as FragValue, HAIRPIN_ADDR_DEFAULT as HAIRPIN_DEFAULT,
+    NODE4_HAIRPIN_KEY as HAIRPIN_KEY, Snat4Value as SnatValue, SrcRange4 as SrcRange,
+    Svc4Key as SvcKey,
+};
+
+pub(crate) use self::{
+    icmp::icmp_error,
+    ip::{IP_CSUM_OFF, IP_DADDR_OFF as DADDR_OFF, IP_SADDR_OFF as SADDR_OFF, Ipv4Hdr as Ip, l3},
+    reject::reject,
+};
+pub(crate) use crate::maps::{
+    AFFINITY4 as AFFINITY, BACKEND4 as BACKEND, CT4 as CT, FRAG4 as FRAG, NODE4 as NODE,
+    SNAT4 as SNAT, SRCRANGE4 as SRCRANGE, SVC4 as SVC,
+};
+
+/// An IPv4 address, network order.
+pub(crate) type Addr = [u8; 4];
+
+/// The header checksum, which covers the addresses.
+pub(crate) const L3_CSUM: Option<usize> = Some(IP_CSUM_OFF);
+
+/// LPM prefix length of a whole client address after the service id.
+pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 32;
+
+/// The key of `ip`'s datagram in the fragment map (RFC 791: source,
+/// destination, protocol, identification).
+#[inline(always)]
+pub(crate) fn frag_key(ip: &Ip, dir: u8) -> FragKey {
+    FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id(),
+        proto: ip.proto,
+        dir,
+    }
+}
+
+#[path = "../pipeline/ct.rs"]
+pub(crate) mod ct;
+#[path = "../pipeline/frag.rs"]
+pub(crate) mod frag;
+#[path = "../pipeline/lb.rs"]
+pub(crate) mod lb;
+#[path = "../pipeline/nat.rs"]
+pub(crate) mod nat;
+#[path = "../pipeline/node.rs"]
+pub(crate) mod node;
+#[path = "../pipeline/pod.rs"]
+pub(crate) mod pod;
+#[path = "../pipeline/snat.rs"]
+pub(crate) mod snat;
