@@ -359,12 +359,23 @@ pub fn hex(b: &[u8]) -> String {
 /// A one-line account of `frame`: its addresses and headers.
 pub fn describe(frame: &[u8]) -> String {
     match parse(frame) {
-        Ok(p) => match &p.ipv4 {
-            Some(ip) => format!(
+        Ok(p) => match (&p.ipv4, &p.ipv6) {
+            (Some(ip), _) => format!(
                 "{} -> {} proto {} len {} ttl {} id {:#06x} frag {:#06x} l4 {:?}",
                 ip.src, ip.dst, ip.proto, ip.total_len, ip.ttl, ip.id, ip.flags_frag, ip.l4
             ),
-            None => format!("ethertype {:#06x}, {} bytes", p.ethertype, frame.len()),
+            (None, Some(ip)) => format!(
+                "{} -> {} ext {:?} proto {} plen {} hops {} frag {:?} l4 {:?}",
+                ip.src,
+                ip.dst,
+                ip.ext_kinds(),
+                ip.proto,
+                ip.payload_len,
+                ip.hop_limit,
+                ip.fragment(),
+                ip.l4
+            ),
+            (None, None) => format!("ethertype {:#06x}, {} bytes", p.ethertype, frame.len()),
         },
         Err(e) => format!("unparsable ({e}), {} bytes", frame.len()),
     }

@@ -1,7 +1,8 @@
 //! Parsers of what a program wrote: an Ethernet frame ([`parse`]), an IPv4
-//! packet ([`parse_ipv4`]) and their TCP, UDP or ICMP headers.
+//! packet ([`parse_ipv4`]) or an IPv6 packet with its extension headers
+//! ([`parse_ipv6`]), and their TCP, UDP, ICMP or ICMPv6 headers.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use super::consts::*;
 
@@ -16,6 +17,8 @@ pub struct ParsedFrame {
     pub ethertype: u16,
     /// The IPv4 packet, when the ethertype is IPv4.
     pub ipv4: Option<ParsedIpv4>,
+    /// The IPv6 packet, when the ethertype is IPv6.
+    pub ipv6: Option<ParsedIpv6>,
 }
 
 /// A parsed IPv4 header and what follows it.
@@ -89,7 +92,75 @@ pub struct ParsedUdp {
     pub payload: Vec<u8>,
 }
 
-/// A parsed ICMP header.
+/// A parsed IPv6 header, its extension headers and what follows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedIpv6 {
+    /// Version (6).
+    pub version: u8,
+    /// Traffic class.
+    pub traffic_class: u8,
+    /// Flow label (20 bits).
+    pub flow_label: u32,
+    /// Payload length (extension headers included).
+    pub payload_len: u16,
+    /// The header's own next header field (the first extension header, or
+    /// the upper-layer protocol).
+    pub next_header: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Source.
+    pub src: Ipv6Addr,
+    /// Destination.
+    pub dst: Ipv6Addr,
+    /// The extension headers, in order.
+    pub ext: Vec<ParsedExt>,
+    /// The upper-layer protocol: the next header after the last extension
+    /// header.
+    pub proto: u8,
+    /// What follows the extension headers, up to the payload length (or the
+    /// end of the bytes, if shorter).
+    pub l4: ParsedL4,
+}
+
+/// One IPv6 extension header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedExt {
+    /// Its protocol number (the next header value that announced it:
+    /// [`IPPROTO_HOPOPTS`], [`IPPROTO_ROUTING`], [`IPPROTO_FRAGMENT`],
+    /// [`IPPROTO_DSTOPTS`], ...).
+    pub kind: u8,
+    /// Its next header field.
+    pub next_header: u8,
+    /// The whole header, next header byte included.
+    pub bytes: Vec<u8>,
+}
+
+/// The fields of an IPv6 fragment header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment6 {
+    /// Fragment offset in 8-byte units.
+    pub offset_units: u16,
+    /// "More fragments".
+    pub more: bool,
+    /// Identification.
+    pub id: u32,
+}
+
+impl ParsedExt {
+    /// The fragment header's fields, if this is one.
+    pub fn fragment(&self) -> Option<Fragment6> {
+        (self.kind == IPPROTO_FRAGMENT && self.bytes.len() >= 8).then(|| {
+            let word = be16(&self.bytes, 2);
+            Fragment6 {
+                offset_units: word >> 3,
+                more: word & IP6_MF != 0,
+                id: be32(&self.bytes, 4),
+            }
+        })
+    }
+}
+
+/// A parsed ICMP or ICMPv6 header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedIcmp {
     /// Type.
@@ -111,7 +182,7 @@ pub enum ParsedL4 {
     Tcp(ParsedTcp),
     /// A UDP datagram.
     Udp(ParsedUdp),
-    /// An ICMP message.
+    /// An ICMP message (ICMPv6 in an IPv6 packet).
     Icmp(ParsedIcmp),
     /// Anything else: another protocol, a non-first fragment, a header too
     /// short to parse. The raw bytes.
@@ -122,7 +193,7 @@ pub(super) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+pub(super) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
@@ -130,8 +201,8 @@ fn mac(b: &[u8]) -> [u8; 6] {
     [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
-/// Parses an Ethernet frame; the IPv4 part when the ethertype says IPv4.
-/// Errors when a header is shorter than it claims.
+/// Parses an Ethernet frame; the IPv4 or IPv6 part when the ethertype says
+/// so. Errors when a header is shorter than it claims.
 pub fn parse(frame: &[u8]) -> Result<ParsedFrame, String> {
     if frame.len() < ETH_HLEN {
         return Err(format!(
@@ -145,11 +216,17 @@ pub fn parse(frame: &[u8]) -> Result<ParsedFrame, String> {
     } else {
         None
     };
+    let ipv6 = if ethertype == ETH_P_IPV6 {
+        Some(parse_ipv6(&frame[ETH_HLEN..])?)
+    } else {
+        None
+    };
     Ok(ParsedFrame {
         eth_dst: mac(&frame[0..6]),
         eth_src: mac(&frame[6..12]),
         ethertype,
         ipv4,
+        ipv6,
     })
 }
 
@@ -173,7 +250,7 @@ pub fn parse_ipv4(ip: &[u8]) -> Result<ParsedIpv4, String> {
     let l4 = if flags_frag & IP_OFFSET_MASK != 0 {
         ParsedL4::Other(body.to_vec())
     } else {
-        parse_l4(proto, body)
+        parse_l4(proto, IPPROTO_ICMP, body)
     };
     Ok(ParsedIpv4 {
         version: ip[0] >> 4,
@@ -192,7 +269,136 @@ pub fn parse_ipv4(ip: &[u8]) -> Result<ParsedIpv4, String> {
     })
 }
 
-fn parse_l4(proto: u8, b: &[u8]) -> ParsedL4 {
+/// Where an IPv6 packet's extension headers are: each header's offset (from
+/// the start of the IPv6 header), protocol number and length; then the
+/// upper-layer protocol and its offset. Walks every header of RFC 7045's
+/// list but ESP (whose length is not in the clear), up to a fragment header
+/// of a later fragment (after which comes data); errors when one is cut
+/// short by the end of `ip` or of the payload length.
+pub(super) struct ExtChain {
+    pub(super) headers: Vec<(usize, u8, usize)>,
+    pub(super) proto: u8,
+    pub(super) l4_off: usize,
+    /// Where the payload ends: 40 + the payload length, or the end of the bytes.
+    pub(super) end: usize,
+}
+
+/// Whether the next header value `nh` announces an extension header the
+/// parser walks, and how long the one at `h` is.
+fn ext_len(nh: u8, h: &[u8]) -> Option<usize> {
+    match nh {
+        IPPROTO_FRAGMENT => Some(8),
+        // Authentication header: length in 4-byte units, minus 2.
+        51 => Some((usize::from(h[1]) + 2) * 4),
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | 135 | 139 | 140 | 253 | 254 => {
+            Some((usize::from(h[1]) + 1) * 8)
+        }
+        _ => None,
+    }
+}
+
+pub(super) fn ext_chain(ip: &[u8]) -> Result<ExtChain, String> {
+    if ip.len() < IPV6_HLEN {
+        return Err(format!("IPv6 header truncated: {} bytes", ip.len()));
+    }
+    let end = (IPV6_HLEN + usize::from(be16(ip, 4))).min(ip.len());
+    let mut headers = Vec::new();
+    let (mut nh, mut off) = (ip[6], IPV6_HLEN);
+    loop {
+        if !matches!(
+            nh,
+            IPPROTO_FRAGMENT
+                | 51
+                | IPPROTO_HOPOPTS
+                | IPPROTO_ROUTING
+                | IPPROTO_DSTOPTS
+                | 135
+                | 139
+                | 140
+                | 253
+                | 254
+        ) {
+            break;
+        }
+        if off + 2 > end {
+            return Err(format!(
+                "IPv6 extension header {nh} at {off} truncated ({end} bytes)"
+            ));
+        }
+        let len = ext_len(nh, &ip[off..]).unwrap_or(8);
+        if off + len > end {
+            return Err(format!(
+                "IPv6 extension header {nh} at {off} of {len} bytes truncated ({end} bytes)"
+            ));
+        }
+        headers.push((off, nh, len));
+        let later_fragment = nh == IPPROTO_FRAGMENT && be16(ip, off + 2) & IP6_OFFSET_MASK != 0;
+        nh = ip[off];
+        off += len;
+        if later_fragment {
+            // What follows is data of the middle of the datagram, not headers.
+            break;
+        }
+    }
+    Ok(ExtChain {
+        headers,
+        proto: nh,
+        l4_off: off,
+        end,
+    })
+}
+
+/// Parses an IPv6 packet (no Ethernet header), e.g. the one an ICMPv6
+/// error quotes: its extension headers, and the upper-layer header unless
+/// a fragment header says this is not the first fragment. Data is taken up
+/// to the payload length, or to the end of `ip` if shorter (a quoted
+/// packet is cut).
+pub fn parse_ipv6(ip: &[u8]) -> Result<ParsedIpv6, String> {
+    let chain = ext_chain(ip)?;
+    let ext: Vec<ParsedExt> = chain
+        .headers
+        .iter()
+        .map(|&(off, kind, len)| ParsedExt {
+            kind,
+            next_header: ip[off],
+            bytes: ip[off..off + len].to_vec(),
+        })
+        .collect();
+    let body = &ip[chain.l4_off..chain.end];
+    let later_fragment = ext
+        .iter()
+        .filter_map(ParsedExt::fragment)
+        .any(|f| f.offset_units != 0);
+    let l4 = if later_fragment {
+        ParsedL4::Other(body.to_vec())
+    } else {
+        parse_l4(chain.proto, IPPROTO_ICMPV6, body)
+    };
+    let word = be32(ip, 0);
+    Ok(ParsedIpv6 {
+        version: ip[0] >> 4,
+        traffic_class: ((word >> 20) & 0xff) as u8,
+        flow_label: word & 0x000f_ffff,
+        payload_len: be16(ip, 4),
+        next_header: ip[6],
+        hop_limit: ip[7],
+        src: Ipv6Addr::from(addr16(&ip[8..24])),
+        dst: Ipv6Addr::from(addr16(&ip[24..40])),
+        ext,
+        proto: chain.proto,
+        l4,
+    })
+}
+
+pub(super) fn addr16(b: &[u8]) -> [u8; 16] {
+    let mut a = [0; 16];
+    a.copy_from_slice(&b[..16]);
+    a
+}
+
+/// The upper-layer header `proto` at the start of `b`; `icmp` is the ICMP
+/// protocol number of the family.
+fn parse_l4(proto: u8, icmp: u8, b: &[u8]) -> ParsedL4 {
     match proto {
         IPPROTO_TCP if b.len() >= 20 && usize::from(b[12] >> 4) * 4 >= 20 => {
             let doff = usize::from(b[12] >> 4) * 4;
@@ -216,7 +422,7 @@ fn parse_l4(proto: u8, b: &[u8]) -> ParsedL4 {
             checksum: be16(b, 6),
             payload: b[8..].to_vec(),
         }),
-        IPPROTO_ICMP if b.len() >= 8 => ParsedL4::Icmp(ParsedIcmp {
+        p if p == icmp && b.len() >= 8 => ParsedL4::Icmp(ParsedIcmp {
             icmp_type: b[0],
             code: b[1],
             checksum: be16(b, 2),
@@ -234,12 +440,19 @@ impl ParsedFrame {
             .as_ref()
             .ok_or_else(|| format!("not IPv4: ethertype {:#06x}", self.ethertype))
     }
+
+    /// The IPv6 packet, or an error naming the ethertype.
+    pub fn ip6(&self) -> Result<&ParsedIpv6, String> {
+        self.ipv6
+            .as_ref()
+            .ok_or_else(|| format!("not IPv6: ethertype {:#06x}", self.ethertype))
+    }
 }
 
-impl ParsedIpv4 {
+impl ParsedL4 {
     /// The TCP header, or an error.
     pub fn tcp(&self) -> Result<&ParsedTcp, String> {
-        match &self.l4 {
+        match self {
             ParsedL4::Tcp(t) => Ok(t),
             other => Err(format!("not a TCP segment: {other:?}")),
         }
@@ -247,35 +460,102 @@ impl ParsedIpv4 {
 
     /// The UDP header, or an error.
     pub fn udp(&self) -> Result<&ParsedUdp, String> {
-        match &self.l4 {
+        match self {
             ParsedL4::Udp(u) => Ok(u),
             other => Err(format!("not a UDP datagram: {other:?}")),
         }
     }
 
-    /// The ICMP header, or an error.
+    /// The ICMP (or ICMPv6) header, or an error.
     pub fn icmp(&self) -> Result<&ParsedIcmp, String> {
-        match &self.l4 {
+        match self {
             ParsedL4::Icmp(i) => Ok(i),
             other => Err(format!("not an ICMP message: {other:?}")),
         }
     }
 
-    /// Source address and port (TCP or UDP).
-    pub fn source(&self) -> Result<SocketAddrV4, String> {
-        match &self.l4 {
-            ParsedL4::Tcp(t) => Ok(SocketAddrV4::new(self.src, t.sport)),
-            ParsedL4::Udp(u) => Ok(SocketAddrV4::new(self.src, u.sport)),
+    /// Source and destination ports (TCP or UDP).
+    pub fn ports(&self) -> Result<(u16, u16), String> {
+        match self {
+            ParsedL4::Tcp(t) => Ok((t.sport, t.dport)),
+            ParsedL4::Udp(u) => Ok((u.sport, u.dport)),
             other => Err(format!("no ports: {other:?}")),
         }
+    }
+}
+
+impl ParsedIpv4 {
+    /// The TCP header, or an error.
+    pub fn tcp(&self) -> Result<&ParsedTcp, String> {
+        self.l4.tcp()
+    }
+
+    /// The UDP header, or an error.
+    pub fn udp(&self) -> Result<&ParsedUdp, String> {
+        self.l4.udp()
+    }
+
+    /// The ICMP header, or an error.
+    pub fn icmp(&self) -> Result<&ParsedIcmp, String> {
+        self.l4.icmp()
+    }
+
+    /// Source address and port (TCP or UDP).
+    pub fn source(&self) -> Result<SocketAddrV4, String> {
+        Ok(SocketAddrV4::new(self.src, self.l4.ports()?.0))
     }
 
     /// Destination address and port (TCP or UDP).
     pub fn destination(&self) -> Result<SocketAddrV4, String> {
-        match &self.l4 {
-            ParsedL4::Tcp(t) => Ok(SocketAddrV4::new(self.dst, t.dport)),
-            ParsedL4::Udp(u) => Ok(SocketAddrV4::new(self.dst, u.dport)),
-            other => Err(format!("no ports: {other:?}")),
+        Ok(SocketAddrV4::new(self.dst, self.l4.ports()?.1))
+    }
+}
+
+impl ParsedIpv6 {
+    /// The TCP header, or an error.
+    pub fn tcp(&self) -> Result<&ParsedTcp, String> {
+        self.l4.tcp()
+    }
+
+    /// The UDP header, or an error.
+    pub fn udp(&self) -> Result<&ParsedUdp, String> {
+        self.l4.udp()
+    }
+
+    /// The ICMPv6 header, or an error.
+    pub fn icmp(&self) -> Result<&ParsedIcmp, String> {
+        self.l4.icmp()
+    }
+
+    /// Source address and port (TCP or UDP).
+    pub fn source(&self) -> Result<SocketAddrV6, String> {
+        Ok(SocketAddrV6::new(self.src, self.l4.ports()?.0, 0, 0))
+    }
+
+    /// Destination address and port (TCP or UDP).
+    pub fn destination(&self) -> Result<SocketAddrV6, String> {
+        Ok(SocketAddrV6::new(self.dst, self.l4.ports()?.1, 0, 0))
+    }
+
+    /// The fields of the fragment header, if the packet has one.
+    pub fn fragment(&self) -> Option<Fragment6> {
+        self.ext.iter().find_map(ParsedExt::fragment)
+    }
+
+    /// The protocol numbers of the extension headers, in order.
+    pub fn ext_kinds(&self) -> Vec<u8> {
+        self.ext.iter().map(|e| e.kind).collect()
+    }
+
+    /// The IPv6 packet an ICMPv6 error (type below 128) quotes.
+    pub fn icmp_inner(&self) -> Result<ParsedIpv6, String> {
+        let icmp = self.icmp()?;
+        if icmp.icmp_type >= 128 {
+            return Err(format!(
+                "ICMPv6 type {} is no error and quotes nothing",
+                icmp.icmp_type
+            ));
         }
+        parse_ipv6(&icmp.payload).map_err(|e| format!("quoted packet: {e}"))
     }
 }
