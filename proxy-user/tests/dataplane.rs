@@ -29,6 +29,7 @@ use svcnat::{
 };
 use svcnat_testkit::{
     datapath::{TCX_NEXT, XDP_PASS},
+    netns::{NetNs, unique_tag},
     packet::{PacketBuilder, ParsedL4, TCP_SYN, parse},
     prog_run::test_run,
     skip::Needs,
@@ -1069,6 +1070,86 @@ fn stale_udp_flows_of_ipv6_backends_are_cleared_from_the_ipv6_conntrack() {
     assert_eq!(
         dp.clear_stale_udp_flows().expect("again"),
         ClearedFlows::default()
+    );
+}
+
+/// A node interface's first IPv4 address goes to `SVCNAT_NODE4` and its
+/// first IPv6 address that is not link-local to `SVCNAT_NODE6` (the
+/// sources of SNATed flows that arrive on it); node ports are on the node
+/// addresses of both families, link-local ones left out, and
+/// `--nodeport-addresses` CIDRs of either family select among them.
+#[test]
+fn node_interfaces_give_node_addresses_and_node_ports_of_both_families() {
+    skip_unless!(Needs::netns());
+    let ns = NetNs::new(&format!("sn-dp6-{}", unique_tag())).expect("namespace");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ])
+    .expect("veth");
+    ns.ip(&["link", "set", "eth0p", "up"]).expect("peer up");
+    ns.ip(&["link", "set", "eth0", "up"]).expect("up");
+    ns.ip(&["addr", "add", "198.18.7.1/24", "dev", "eth0"])
+        .expect("IPv4 address");
+    ns.ip(&["addr", "add", "2001:db8:7::1/64", "dev", "eth0", "nodad"])
+        .expect("IPv6 address");
+    let dir = PinDir::new("node6");
+    let cfg = dir.config(small());
+    let (ifindex, addrs, nodeports) = ns
+        .run(move || {
+            use svcnat::{agent::nodeport_addresses, model::addr::parse_cidr};
+            let eth0 = [glob::Pattern::new("eth0").expect("glob")];
+            let mut dp = Dataplane::open(&cfg).expect("open");
+            let r = dp.attach_node_matching(&eth0).expect("attach");
+            assert!(r.failed.is_empty(), "{r:?}");
+            let ifindex = svcnat::host::interfaces()
+                .expect("interfaces")
+                .into_iter()
+                .find(|(_, n)| n == "eth0")
+                .expect("eth0")
+                .0;
+            let cidr = |t: &str| parse_cidr(t).expect("cidr");
+            let nodeports = (
+                nodeport_addresses(&eth0, &[]),
+                nodeport_addresses(&eth0, &[cidr("2001:db8:7::/48")]),
+                nodeport_addresses(&eth0, &[cidr("fe80::/10"), cidr("198.18.0.0/15")]),
+            );
+            let addrs: Vec<IpAddr> = svcnat::host::addresses()
+                .expect("addresses")
+                .into_iter()
+                .filter(|(n, _)| n == "eth0")
+                .map(|(_, a)| a)
+                .collect();
+            drop(dp);
+            (ifindex, addrs, nodeports)
+        })
+        .expect("in the namespace");
+    assert!(
+        addrs
+            .iter()
+            .any(|a| matches!(a, IpAddr::V6(a) if a.is_unicast_link_local())),
+        "eth0 has a link-local address too: {addrs:?}"
+    );
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    assert_eq!(
+        maps.NODE4.get(&ifindex, 0).expect("NODE4 entry").addr,
+        [198, 18, 7, 1]
+    );
+    assert_eq!(
+        Ipv6Addr::from(maps.NODE6.get(&ifindex, 0).expect("NODE6 entry").addr),
+        Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, 1)
+    );
+    assert_eq!(
+        maps.NODE6.keys().count(),
+        1,
+        "no hairpin entry: the default"
+    );
+    let (all, v6_only, v4_and_link_local) = nodeports;
+    assert_eq!(all, [ip("198.18.7.1"), ip("2001:db8:7::1")]);
+    assert_eq!(v6_only, [ip("2001:db8:7::1")]);
+    assert_eq!(
+        v4_and_link_local,
+        [ip("198.18.7.1")],
+        "a link-local address is no node address"
     );
 }
 

@@ -348,6 +348,7 @@ mod tests {
             changed_since(2).map(|m| m.name).collect::<Vec<_>>(),
             [map_names::CT4]
         );
+        assert_eq!(changed_since(3).count(), 0, "layout 4 only adds maps");
         assert_eq!(changed_since(proxy_common::LAYOUT_VERSION).count(), 0);
     }
 }
