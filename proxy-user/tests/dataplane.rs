@@ -618,6 +618,13 @@ fn an_ipv6_frontend_is_written_to_the_ipv6_maps_exactly() {
     let mut backend_ids: BTreeSet<u32> = backends.keys().copied().collect();
     backend_ids.extend(maps.BACKEND4.keys().map(|k| k.expect("key")));
     assert_eq!(backend_ids.len(), 3, "one id space for backends");
+    // Metrics count both families' frontends and backends.
+    let sample = svcnat::metrics::DatapathSample::read(&dp).expect("sample");
+    assert_eq!(
+        (sample.frontends, sample.backends, sample.backend_slots),
+        (2, 2, 2),
+        "the IPv6 and the IPv4 frontend (external scope), one backend each"
+    );
     // The mirror agrees, and says the same after adoption.
     let state = dp.service(&lb).expect("mirror");
     assert_eq!(state.backends, [local]);
@@ -1042,6 +1049,11 @@ fn stale_udp_flows_of_ipv6_backends_are_cleared_from_the_ipv6_conntrack() {
             )
             .expect("SNAT entry");
     }
+    assert_eq!(
+        svcnat::metrics::count_conntrack(&dir.0, 1_000).expect("count"),
+        8,
+        "the conntrack gauge counts IPv6 entries"
+    );
     let rows = inspect::conntrack(&dir.0).expect("inspect conntrack");
     assert_eq!(rows.len(), 8);
     assert!(
