@@ -85,8 +85,10 @@ pub enum AgentError {
     Other(String),
 }
 
-/// The addresses of the interfaces matching `patterns` in the current
-/// network namespace (the NodePort addresses, as kube-proxy's `primary`).
+/// The addresses of both families of the interfaces matching `patterns`
+/// in the current network namespace (the NodePort addresses, as
+/// kube-proxy's `primary`), IPv6 link-local and loopback ones left out
+/// ([`crate::host::is_node_address`]).
 pub fn interface_addresses(patterns: &[glob::Pattern]) -> Vec<IpAddr> {
     let all = crate::host::addresses().unwrap_or_else(|e| {
         tracing::warn!("cannot list the node's addresses: {e}");
@@ -95,8 +97,7 @@ pub fn interface_addresses(patterns: &[glob::Pattern]) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = all
         .into_iter()
         .filter(|(name, addr)| {
-            patterns.iter().any(|p| p.matches(name))
-                && !matches!(addr, IpAddr::V6(a) if a.is_unicast_link_local())
+            patterns.iter().any(|p| p.matches(name)) && crate::host::is_node_address(addr)
         })
         .map(|(_, addr)| addr)
         .collect();
@@ -105,9 +106,11 @@ pub fn interface_addresses(patterns: &[glob::Pattern]) -> Vec<IpAddr> {
     out
 }
 
-/// The addresses node ports are served on: with `cidrs`, every address of
-/// the node (on any interface) inside one of them, as kube-proxy's
-/// `--nodeport-addresses`; else the addresses of the node interfaces.
+/// The addresses node ports are served on, of both families: with
+/// `cidrs` (of either family), every node address (on any interface)
+/// inside one of them, as kube-proxy's `--nodeport-addresses`; else the
+/// addresses of the node interfaces. A family no address is found for has
+/// no node ports: the plan reports that per service.
 pub fn nodeport_addresses(patterns: &[glob::Pattern], cidrs: &[(IpAddr, u8)]) -> Vec<IpAddr> {
     if cidrs.is_empty() {
         return interface_addresses(patterns);
@@ -120,9 +123,10 @@ pub fn nodeport_addresses(patterns: &[glob::Pattern], cidrs: &[(IpAddr, u8)]) ->
         .into_iter()
         .map(|(_, addr)| addr)
         .filter(|addr| {
-            cidrs
-                .iter()
-                .any(|c| crate::model::addr::cidr_contains(*c, *addr))
+            crate::host::is_node_address(addr)
+                && cidrs
+                    .iter()
+                    .any(|c| crate::model::addr::cidr_contains(*c, *addr))
         })
         .collect();
     out.sort();

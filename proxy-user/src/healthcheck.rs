@@ -25,8 +25,8 @@
 //!
 //! `localEndpoints` counts the distinct ready endpoints (address and port,
 //! as kube-proxy counts them) on this node, over the ports the datapath
-//! serves ([`crate::plan::served`]; IPv4 TCP and UDP today): the endpoints
-//! the datapath sends outside traffic to. Like
+//! serves ([`crate::plan::served`]: TCP and UDP, IPv4 and IPv6): the
+//! endpoints the datapath sends outside traffic to. Like
 //! kube-proxy, serving-but-terminating endpoints are not counted even when
 //! the datapath still uses them as a fallback, so that load balancers drain
 //! a node whose endpoints are all terminating.
@@ -469,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_endpoints_are_not_counted_as_the_datapath_does_not_use_them() {
+    fn ipv6_endpoints_are_counted_like_ipv4_ones() {
         let mut svc = service("web", "LoadBalancer", "Local", Some(32000));
         if let Some(spec) = svc.spec.as_mut() {
             spec.cluster_ips = Some(vec!["198.19.0.10".into(), "2001:db8::10".into()]);
@@ -479,7 +479,8 @@ mod tests {
             slice("web", "IPv4", &[("198.18.1.1", "node-a", true, false)]),
             slice("web", "IPv6", &[("2001:db8::1:1", "node-a", true, false)]),
         ];
-        assert_eq!(need(&svc, &slices).map(|n| n.local_endpoints), Some(2));
+        // One local pod per family, two ports each.
+        assert_eq!(need(&svc, &slices).map(|n| n.local_endpoints), Some(4));
     }
 
     #[test]

@@ -73,3 +73,14 @@ pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
         Ok(out)
     }
 }
+
+/// Whether `addr` can be a node address (of node ports, and the source of
+/// SNATed flows): any IPv4 address (as before IPv6), an IPv6 address other
+/// than loopback and link-local (`fe80::/10` is valid only with its
+/// interface, which neither a node port nor a backend's reply carries).
+pub fn is_node_address(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(a) => !a.is_unicast_link_local() && !a.is_loopback(),
+    }
+}

@@ -1,22 +1,25 @@
 //! `svcnat inspect`: reads the pinned maps (the agent need not run) and shows
-//! them joined back to names, as tables or JSON.
+//! them joined back to names, as tables or JSON. Both families: IPv6
+//! addresses with ports are shown as `[2001:db8::10]:80`.
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, SocketAddr},
     path::Path,
 };
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, CT_DIR_SERVICE, CT_F_CLOSED, CT_F_FIN_REPLY,
     CT_F_FIN_SERVICE, CT_F_SEEN_NON_SYN, SCOPE_INTERNAL, SVC_FLAG_LOCAL_ONLY,
-    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, Svc4Key, SvcValue, map_names,
+    SVC_FLAG_SOURCE_RANGES, SVC_FLAG_VIP, SlotKey, SvcValue, map_names,
 };
 use serde::Serialize;
 
 use crate::{
-    dataplane::{DataplaneError, Maps, kind_of, map_err, proto_name, range_of, read_stats},
+    dataplane::{
+        DataplaneError, Maps, SvcEntry, kind_of, map_err, proto_name, range_of, read_stats,
+    },
     model::FrontendKind,
 };
 
@@ -31,15 +34,15 @@ pub struct ServiceRow {
     /// How traffic reaches it, from the entry's `SVC_FLAG_*` bits:
     /// `cluster-ip`, `node-port`, `load-balancer` or `external-ip`.
     pub kind: &'static str,
-    /// VIP.
-    pub vip: Ipv4Addr,
+    /// VIP (or node address), of either family.
+    pub vip: IpAddr,
     /// Port.
     pub port: u16,
     /// `tcp` / `udp`.
     pub protocol: &'static str,
     /// Service id.
     pub svc_id: u32,
-    /// Backends as `addr:port`, in slot order: what traffic from anywhere
+    /// Backends as `addr:port` (`[addr]:port` for IPv6), in slot order: what traffic from anywhere
     /// gets (with a traffic policy `local`, this node's backends only).
     pub backends: Vec<String>,
     /// `cluster`, or `local` when a traffic policy Local applies
@@ -75,8 +78,8 @@ pub fn frontend_kind(flags: u16) -> &'static str {
 pub struct BackendRow {
     /// Backend id.
     pub id: u32,
-    /// Address.
-    pub address: Ipv4Addr,
+    /// Address, of either family.
+    pub address: IpAddr,
     /// Port.
     pub port: u16,
     /// Protocol.
@@ -135,9 +138,8 @@ fn labels(maps: &Maps) -> Result<BTreeMap<u32, String>> {
 /// The source ranges in the pinned map, by service id, as `addr/len`.
 fn source_ranges(maps: &Maps) -> Result<BTreeMap<u32, Vec<String>>> {
     let mut out: BTreeMap<u32, Vec<(IpAddr, u8)>> = BTreeMap::new();
-    for k in maps.SRCRANGE4.keys() {
-        let k = k.map_err(map_err(map_names::SRCRANGE4))?;
-        if let Some((svc_id, range)) = range_of(&k) {
+    for id in maps.range_ids()? {
+        if let Some((svc_id, range)) = range_of(&id) {
             out.entry(svc_id).or_default().push(range);
         }
     }
@@ -155,7 +157,6 @@ fn source_ranges(maps: &Maps) -> Result<BTreeMap<u32, Vec<String>>> {
 /// internal-scope entry of a frontend is shown in its row).
 pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
     let maps = Maps::pinned(dir)?;
-    let (svc, slots, backends) = (&maps.SVC4, &maps.SLOTS, &maps.BACKEND4);
     let names = labels(&maps)?;
     let mut ranges = source_ranges(&maps)?;
     let list = |v: &SvcValue| -> Vec<String> {
@@ -165,34 +166,35 @@ pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
                     svc_id: v.svc_id,
                     slot,
                 };
-                let b = slots
+                let b = maps
+                    .SLOTS
                     .get(&key, 0)
                     .ok()
-                    .and_then(|s| backends.get(&s.backend_id, 0).ok());
+                    .and_then(|s| maps.backend(s.backend_id));
                 match b {
-                    Some(b) => format!("{}:{}", Ipv4Addr::from(b.addr), b.port),
+                    Some(b) => socket(b.addr, b.port),
                     None => format!("<slot {slot} missing>"),
                 }
             })
             .collect()
     };
-    let mut external: BTreeMap<(Ipv4Addr, u16, u8), ServiceRow> = BTreeMap::new();
-    let mut internal: Vec<(Svc4Key, SvcValue)> = Vec::new();
-    for e in svc.iter() {
-        let (k, v) = e.map_err(map_err(map_names::SVC4))?;
+    let mut external: BTreeMap<(IpAddr, u16, u8), ServiceRow> = BTreeMap::new();
+    let mut internal: Vec<SvcEntry> = Vec::new();
+    for e in maps.svc_entries()? {
+        let v = e.value;
         if v.flags & SVC_FLAG_VIP != 0 {
             continue;
         }
-        if k.scope == SCOPE_INTERNAL {
-            internal.push((k, v));
+        if e.scope == SCOPE_INTERNAL {
+            internal.push(e);
             continue;
         }
         let row = ServiceRow {
             name: names.get(&v.svc_id).cloned().unwrap_or_default(),
             kind: frontend_kind(v.flags),
-            vip: Ipv4Addr::from(k.vip),
-            port: k.port,
-            protocol: proto_name(k.proto),
+            vip: e.addr,
+            port: e.port,
+            protocol: proto_name(e.proto),
             svc_id: v.svc_id,
             backends: list(&v),
             traffic_policy: if v.flags & SVC_FLAG_LOCAL_ONLY != 0 {
@@ -209,11 +211,12 @@ pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
             },
             affinity_timeout: v.affinity_timeout,
         };
-        external.insert((row.vip, row.port, k.proto), row);
+        external.insert((row.vip, row.port, e.proto), row);
     }
     let mut rows = Vec::new();
-    for (k, v) in internal {
-        match external.get_mut(&(Ipv4Addr::from(k.vip), k.port, k.proto)) {
+    for e in internal {
+        let v = e.value;
+        match external.get_mut(&(e.addr, e.port, e.proto)) {
             Some(row) => {
                 row.internal_svc_id = Some(v.svc_id);
                 row.internal_backends = Some(list(&v));
@@ -224,9 +227,9 @@ pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
             None => rows.push(ServiceRow {
                 name: names.get(&v.svc_id).cloned().unwrap_or_default(),
                 kind: frontend_kind(v.flags),
-                vip: Ipv4Addr::from(k.vip),
-                port: k.port,
-                protocol: proto_name(k.proto),
+                vip: e.addr,
+                port: e.port,
+                protocol: proto_name(e.proto),
                 svc_id: v.svc_id,
                 backends: Vec::new(),
                 traffic_policy: "local",
@@ -244,20 +247,19 @@ pub fn services(dir: &Path) -> Result<Vec<ServiceRow>> {
     Ok(rows)
 }
 
-/// Every backend in the pinned maps, with the services that use it.
+/// Every backend in the pinned maps (both families), with the services
+/// that use it.
 pub fn backends(dir: &Path) -> Result<Vec<BackendRow>> {
     let maps = Maps::pinned(dir)?;
-    let (svc, slots, backends) = (&maps.SVC4, &maps.SLOTS, &maps.BACKEND4);
     let names = labels(&maps)?;
     let mut counts: BTreeMap<u32, u16> = BTreeMap::new();
-    for e in svc.iter() {
-        let (_, v) = e.map_err(map_err(map_names::SVC4))?;
-        if v.flags & SVC_FLAG_VIP == 0 {
-            counts.insert(v.svc_id, v.count);
+    for e in maps.svc_entries()? {
+        if e.value.flags & SVC_FLAG_VIP == 0 {
+            counts.insert(e.value.svc_id, e.value.count);
         }
     }
     let mut users: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for e in slots.iter() {
+    for e in maps.SLOTS.iter() {
         let (k, v) = e.map_err(map_err(map_names::SLOTS))?;
         if counts
             .get(&k.svc_id)
@@ -271,8 +273,7 @@ pub fn backends(dir: &Path) -> Result<Vec<BackendRow>> {
         }
     }
     let mut rows = Vec::new();
-    for e in backends.iter() {
-        let (id, b) = e.map_err(map_err(map_names::BACKEND4))?;
+    for (id, b) in maps.backend_entries()? {
         let mut flags = Vec::new();
         if b.flags & BACKEND_FLAG_LOCAL != 0 {
             flags.push("local");
@@ -285,7 +286,7 @@ pub fn backends(dir: &Path) -> Result<Vec<BackendRow>> {
         services.dedup();
         rows.push(BackendRow {
             id,
-            address: Ipv4Addr::from(b.addr),
+            address: b.addr,
             port: b.port,
             protocol: proto_name(b.proto),
             flags,
@@ -294,6 +295,11 @@ pub fn backends(dir: &Path) -> Result<Vec<BackendRow>> {
     }
     rows.sort_by_key(|r| (r.address, r.port, r.id));
     Ok(rows)
+}
+
+/// `addr:port`, with an IPv6 address in brackets (`[2001:db8::10]:80`).
+pub fn socket(addr: IpAddr, port: u16) -> String {
+    SocketAddr::new(addr, port).to_string()
 }
 
 /// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
@@ -307,15 +313,58 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Every conntrack entry in the pinned map.
+/// What a conntrack row shows of an entry of either family.
+struct CtView {
+    dir: u8,
+    proto: u8,
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    nat: (IpAddr, u16),
+    flags: u8,
+    backend_id: u32,
+    svc_id: u32,
+    created_ns: u64,
+    expires_ns: u64,
+}
+
+/// Every conntrack entry in the pinned maps (IPv4, then IPv6).
 pub fn conntrack(dir: &Path) -> Result<Vec<ConntrackRow>> {
     let maps = Maps::pinned(dir)?;
-    let ct = &maps.CT4;
     let names = labels(&maps)?;
+    let mut views = Vec::new();
+    for e in maps.CT4.iter() {
+        let (k, v) = e.map_err(map_err(map_names::CT4))?;
+        views.push(CtView {
+            dir: k.dir,
+            proto: k.proto,
+            src: (IpAddr::from(k.saddr), k.sport),
+            dst: (IpAddr::from(k.daddr), k.dport),
+            nat: (IpAddr::from(v.nat_addr), v.nat_port),
+            flags: v.flags,
+            backend_id: v.backend_id,
+            svc_id: v.svc_id,
+            created_ns: v.created_ns,
+            expires_ns: v.expires_ns,
+        });
+    }
+    for e in maps.CT6.iter() {
+        let (k, v) = e.map_err(map_err(map_names::CT6))?;
+        views.push(CtView {
+            dir: k.dir,
+            proto: k.proto,
+            src: (IpAddr::from(k.saddr), k.sport),
+            dst: (IpAddr::from(k.daddr), k.dport),
+            nat: (IpAddr::from(v.nat_addr), v.nat_port),
+            flags: v.flags,
+            backend_id: v.backend_id,
+            svc_id: v.svc_id,
+            created_ns: v.created_ns,
+            expires_ns: v.expires_ns,
+        });
+    }
     let now = monotonic_ns() as f64;
     let mut rows = Vec::new();
-    for e in ct.iter() {
-        let (k, v) = e.map_err(map_err(map_names::CT4))?;
+    for v in views {
         let mut flags = Vec::new();
         for (bit, name) in [
             (CT_F_SEEN_NON_SYN, "seen_non_syn"),
@@ -328,15 +377,15 @@ pub fn conntrack(dir: &Path) -> Result<Vec<ConntrackRow>> {
             }
         }
         rows.push(ConntrackRow {
-            direction: if k.dir == CT_DIR_SERVICE {
+            direction: if v.dir == CT_DIR_SERVICE {
                 "service"
             } else {
                 "reply"
             },
-            protocol: proto_name(k.proto),
-            source: format!("{}:{}", Ipv4Addr::from(k.saddr), k.sport),
-            destination: format!("{}:{}", Ipv4Addr::from(k.daddr), k.dport),
-            nat: format!("{}:{}", Ipv4Addr::from(v.nat_addr), v.nat_port),
+            protocol: proto_name(v.proto),
+            source: socket(v.src.0, v.src.1),
+            destination: socket(v.dst.0, v.dst.1),
+            nat: socket(v.nat.0, v.nat.1),
             backend_id: v.backend_id,
             service: names
                 .get(&v.svc_id)
@@ -443,7 +492,7 @@ impl Row for ServiceRow {
         vec![
             self.name.clone(),
             self.kind.to_string(),
-            format!("{}:{}", self.vip, self.port),
+            socket(self.vip, self.port),
             self.protocol.to_string(),
             match self.internal_svc_id {
                 Some(internal) if internal != self.svc_id => format!("{}/{internal}", self.svc_id),
@@ -474,7 +523,7 @@ impl Row for BackendRow {
     fn cells(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
-            format!("{}:{}", self.address, self.port),
+            socket(self.address, self.port),
             self.protocol.to_string(),
             self.flags.join(","),
             self.services.join(", "),
@@ -571,7 +620,7 @@ mod tests {
         let row = ServiceRow {
             name: "shop/web:http".into(),
             kind: "node-port",
-            vip: Ipv4Addr::new(198, 18, 0, 2),
+            vip: std::net::Ipv4Addr::new(198, 18, 0, 2).into(),
             port: 30080,
             protocol: "tcp",
             svc_id: 3,

@@ -20,7 +20,7 @@
 //! | `conntrack_flows_cleared_total{proto}` | counter | flows whose conntrack entries a sync pass deleted because their backend left the service (`proto="udp"`: kube-proxy's cleanup of stale UDP endpoints) |
 //! | `kube_watch_restarts_total`, `kube_watch_errors_total` | counter | relists and failed list/watch requests (with a Kubernetes source only) |
 //! | `frontends`, `backends`, `backend_slots` | gauge | what the maps hold |
-//! | `conntrack_entries` | gauge | entries of the conntrack map, counted at most every [`CONNTRACK_COUNT_EVERY`] |
+//! | `conntrack_entries` | gauge | entries of the conntrack maps (both families), counted at most every [`CONNTRACK_COUNT_EVERY`] |
 //! | `conntrack_created_total` | counter | conntrack entries the datapath created under a new key |
 //! | `conntrack_evictions_total` | counter | conntrack entries the kernel's LRU evicted to make room since this agent started: pressure on the map (see [`EvictionEstimate`]) |
 //! | `map_capacity_entries{map}` | gauge | size of each map as loaded (`map` is the pinned name) |
@@ -32,10 +32,12 @@
 //! (half a million at the default size), so it runs apart from the other
 //! samples, at most every [`CONNTRACK_COUNT_EVERY`], without holding the
 //! dataplane lock; under heavy churn the count is approximate (an LRU map
-//! changes while it is walked). Compare `frontends` with
-//! `map_capacity_entries{map="SVCNAT_SVC4"}` (which also holds one marker per
-//! VIP), `backends` with `SVCNAT_BACKEND4`, `backend_slots` with
-//! `SVCNAT_SLOTS` and `conntrack_entries` with `SVCNAT_CT4`.
+//! changes while it is walked). `frontends`, `backends` and
+//! `conntrack_entries` count both IP families. Compare `frontends` with
+//! `map_capacity_entries{map="SVCNAT_SVC4"}` (the size of `SVCNAT_SVC4` and
+//! of `SVCNAT_SVC6` each, which also hold one marker per VIP), `backends`
+//! with `SVCNAT_BACKEND4`, `backend_slots` with `SVCNAT_SLOTS` and
+//! `conntrack_entries` with `SVCNAT_CT4` (per family, as the others).
 
 use std::{
     collections::HashSet,
@@ -59,11 +61,11 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use proxy_common::{Ct4Key, CtValue, Reason, StatValue, map_names};
+use proxy_common::{Ct4Key, Ct6Key, Ct6Value, CtValue, Reason, StatValue, map_names};
 use tokio::net::TcpListener;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, MapSizes, open_pinned},
+    dataplane::{Dataplane, DataplaneError, MapSizes, map_err, open_pinned},
     sources::kube::KubeSourceStats,
     sync::{self, SyncStats},
 };
@@ -157,24 +159,26 @@ impl DatapathSample {
     }
 }
 
-/// Counts the entries of the pinned conntrack map under `dir`, walking its
-/// keys and stopping after `limit` (the count is then `limit`). Takes no
-/// lock: the datapath keeps writing while it runs.
+/// Counts the entries of the pinned conntrack maps of both families under
+/// `dir`, walking their keys and stopping after `limit` keys of each map
+/// (a map's count is then `limit`). Takes no lock: the datapath keeps
+/// writing while it runs.
 pub fn count_conntrack(dir: &Path, limit: u64) -> Result<u64, DataplaneError> {
-    let map = open_pinned(dir, map_names::CT4)?;
-    let ct: HashMap<MapData, Ct4Key, CtValue> =
-        HashMap::try_from(map).map_err(|source| DataplaneError::Map {
-            map: map_names::CT4,
-            source,
-        })?;
+    Ok(count_keys::<Ct4Key, CtValue>(dir, map_names::CT4, limit)?
+        + count_keys::<Ct6Key, Ct6Value>(dir, map_names::CT6, limit)?)
+}
+
+/// The keys of pinned hash map `name`, at most `limit`.
+fn count_keys<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+    limit: u64,
+) -> Result<u64, DataplaneError> {
+    let map: HashMap<MapData, K, V> =
+        HashMap::try_from(open_pinned(dir, name)?).map_err(map_err(name))?;
     let mut n = 0_u64;
-    for key in ct.keys() {
-        if let Err(source) = key {
-            return Err(DataplaneError::Map {
-                map: map_names::CT4,
-                source,
-            });
-        }
+    for key in map.keys() {
+        key.map_err(map_err(name))?;
         n += 1;
         if n >= limit {
             break;
@@ -515,7 +519,8 @@ pub async fn sample_datapath(
         }
         match counted {
             Some(Ok(n)) => {
-                metrics.set_conntrack_entries(n.min(ct_capacity));
+                // Two maps (one per family) of that size.
+                metrics.set_conntrack_entries(n.min(ct_capacity.saturating_mul(2)));
                 if let Some((created, removed)) = ct_counters {
                     metrics.set_conntrack_evictions(evictions.update(created, n, removed));
                 }

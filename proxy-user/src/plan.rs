@@ -59,15 +59,34 @@ pub struct PlannedFrontend {
     pub label: String,
 }
 
-/// Why the datapath cannot serve `port`, if it cannot.
+/// Why the datapath cannot serve `port`, if it cannot. Both IP families
+/// are served.
 pub fn unsupported(port: &ServicePort) -> Option<&'static str> {
     if port.protocol == Protocol::Sctp {
         return Some("SCTP is not supported by the datapath yet");
     }
-    if port.family == Family::V6 {
-        return Some("IPv6 is not supported by the datapath yet");
-    }
     None
+}
+
+/// The node port `port` would have in its family if this node had a node
+/// address of that family: the model makes node-port frontends on the
+/// node's addresses of each family (`--nodeport-addresses`, or the node
+/// interfaces' addresses), so a port of a family with a cluster IP and no
+/// node-port frontend, whose twin of the other family has some, lacks a
+/// node address of its family.
+fn missing_node_port(m: &ServiceModel, port: &ServicePort) -> Option<u16> {
+    let has = |p: &ServicePort, kind| p.frontends.iter().any(|f| f.kind == kind);
+    if !has(port, FrontendKind::ClusterIp) || has(port, FrontendKind::NodePort) {
+        return None;
+    }
+    m.ports
+        .iter()
+        .filter(|o| {
+            o.family != port.family && o.port_name == port.port_name && o.protocol == port.protocol
+        })
+        .flat_map(|o| &o.frontends)
+        .find(|f| f.kind == FrontendKind::NodePort)
+        .map(|f| f.port)
 }
 
 /// The ports of `m` the datapath serves.
@@ -76,7 +95,11 @@ pub fn served(m: &ServiceModel) -> impl Iterator<Item = &ServicePort> {
 }
 
 /// The frontends of a model, their backends and policies, and a problem
-/// line for each port the datapath cannot serve.
+/// line for each port the datapath cannot serve and for each node port
+/// a family lacks because this node has no node address of that family
+/// (reported, not fatal: the family's other frontends are planned).
+/// Frontends of both families are planned, each with backends of its own
+/// family (the model keeps the families apart).
 ///
 /// - Cluster IPs: all backends, or with `internalTrafficPolicy: Local`
 ///   only this node's, none meaning drop.
@@ -96,10 +119,19 @@ pub fn plan(m: &ServiceModel) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<Strin
                 port.port_name.clone()
             }
         };
+        let first = port.frontends.first().map_or(0, |f| f.port);
         if let Some(why) = unsupported(port) {
-            let first = port.frontends.first().map_or(0, |f| f.port);
             problems.push(format!("service {} port {}: {why}", m.name, named(first)));
             continue;
+        }
+        // Not fatal: the family's other frontends are planned.
+        if let Some(node_port) = missing_node_port(m, port) {
+            let family = port.family.as_str();
+            problems.push(format!(
+                "service {} port {}: node port {node_port} is not served over {family}: this node has no {family} node address",
+                m.name,
+                named(first)
+            ));
         }
         let backends: Vec<PlannedBackend> = port
             .backends
@@ -168,9 +200,10 @@ mod tests {
     }
 
     /// A dual-stack LoadBalancer with `externalTrafficPolicy: Local`, source
-    /// ranges of both families, and one ready endpoint per family on this
-    /// node and one IPv4 endpoint elsewhere.
-    fn dual_stack_lb() -> ServiceModel {
+    /// ranges of both families, an IPv4 load-balancer IP, and one ready
+    /// endpoint per family on this node and one IPv4 endpoint elsewhere, on
+    /// a node with `node_addresses`.
+    fn dual_stack_lb(node_addresses: &[&str]) -> ServiceModel {
         let svc: Service = object(serde_json::json!({
             "metadata": {"name": "web", "namespace": "default"},
             "spec": {
@@ -215,49 +248,111 @@ mod tests {
         );
         let node = NodeInfo {
             name: "node-1".into(),
-            addresses: vec!["198.18.0.1".parse().expect("an address")],
+            addresses: node_addresses
+                .iter()
+                .map(|a| a.parse().expect("an address"))
+                .collect(),
         };
         model_service(&svc, &[&v4, &v6], &node)
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    /// The planned frontends of `kind` in `family`.
+    fn of(
+        frontends: &[(FrontendKey, PlannedFrontend)],
+        kind: FrontendKind,
+        family: Family,
+    ) -> Vec<(&FrontendKey, &PlannedFrontend)> {
+        frontends
+            .iter()
+            .filter(|(k, p)| p.kind == kind && Family::of(&k.addr) == family)
+            .map(|(k, p)| (k, p))
+            .collect()
+    }
+
     #[test]
-    fn frontends_carry_their_policy_and_unsupported_ports_are_reported() {
-        let m = dual_stack_lb();
+    fn both_families_are_planned_with_their_policy_and_backends_of_their_family() {
+        let m = dual_stack_lb(&["198.18.0.1", "2001:db8::1"]);
+        let (frontends, problems) = plan(&m);
+        assert!(problems.is_empty(), "{problems:?}");
+        for (k, p) in &frontends {
+            let backends = p
+                .backends
+                .iter()
+                .chain(p.internal_backends.iter().flatten());
+            for b in backends {
+                assert_eq!(Family::of(&b.addr), Family::of(&k.addr), "{k:?}: {b:?}");
+            }
+        }
+        let cluster = of(&frontends, FrontendKind::ClusterIp, Family::V4);
+        assert_eq!(cluster.len(), 1, "{frontends:?}");
+        let (k, p) = cluster[0];
+        assert_eq!(k.addr, ip("198.19.0.10"));
+        assert!(!p.local_only);
+        assert_eq!(p.backends.len(), 2);
+        assert_eq!(p.internal_backends, None);
+        assert_eq!(p.source_ranges, None);
+        assert_eq!(p.label, "default/web:http");
+        let lb = of(&frontends, FrontendKind::LoadBalancer, Family::V4);
+        assert_eq!(lb.len(), 1);
+        let (_, p) = lb[0];
+        assert!(p.local_only);
+        // Outside clients get this node's backend, its pods all of them.
+        assert_eq!(p.backends.len(), 1);
+        assert!(p.backends[0].local);
+        assert_eq!(p.internal_backends.as_ref().map(Vec::len), Some(2));
+        // Only the ranges of the port's family.
+        assert_eq!(p.source_ranges, Some(vec![(ip("198.18.0.0"), 16)]));
+        let np = of(&frontends, FrontendKind::NodePort, Family::V4);
+        assert_eq!(np.len(), 1);
+        assert_eq!(np[0].1.source_ranges, None, "ranges apply to LB IPs only");
+
+        // IPv6: the cluster IP and the node port on the node's IPv6 address
+        // (no IPv6 load-balancer IP), each with the IPv6 endpoint.
+        let cluster = of(&frontends, FrontendKind::ClusterIp, Family::V6);
+        assert_eq!(cluster.len(), 1, "{frontends:?}");
+        let (k, p) = cluster[0];
+        assert_eq!((k.addr, k.port), (ip("2001:db8:1::10"), 80));
+        assert_eq!(
+            p.backends,
+            [PlannedBackend {
+                addr: ip("2001:db8:2::1"),
+                port: 8080,
+                local: true,
+                terminating: false,
+            }]
+        );
+        assert_eq!(p.label, "default/web:http");
+        let np = of(&frontends, FrontendKind::NodePort, Family::V6);
+        assert_eq!(np.len(), 1);
+        let (k, p) = np[0];
+        assert_eq!((k.addr, k.port), (ip("2001:db8::1"), 30080));
+        assert!(p.local_only);
+        assert_eq!(p.backends.len(), 1);
+        assert_eq!(p.internal_backends.as_ref().map(Vec::len), Some(1));
+        assert!(of(&frontends, FrontendKind::LoadBalancer, Family::V6).is_empty());
+        assert_eq!(frontends.len(), 5);
+        assert_eq!(served(&m).count(), 2);
+    }
+
+    #[test]
+    fn a_family_without_a_node_address_is_reported_and_its_other_frontends_planned() {
+        let m = dual_stack_lb(&["198.18.0.1"]);
         let (frontends, problems) = plan(&m);
         assert_eq!(
             problems,
-            ["service default/web port http: IPv6 is not supported by the datapath yet"]
+            [
+                "service default/web port http: node port 30080 is not served over IPv6: this node has no IPv6 node address"
+            ]
         );
-        let by_kind = |kind: FrontendKind| -> Vec<&PlannedFrontend> {
-            frontends
-                .iter()
-                .filter(|(_, p)| p.kind == kind)
-                .map(|(_, p)| p)
-                .collect()
-        };
-        let cluster = by_kind(FrontendKind::ClusterIp);
-        assert_eq!(cluster.len(), 1, "{frontends:?}");
-        assert!(!cluster[0].local_only);
-        assert_eq!(cluster[0].backends.len(), 2);
-        assert_eq!(cluster[0].internal_backends, None);
-        assert_eq!(cluster[0].source_ranges, None);
-        assert_eq!(cluster[0].label, "default/web:http");
-        let lb = by_kind(FrontendKind::LoadBalancer);
-        assert_eq!(lb.len(), 1);
-        assert!(lb[0].local_only);
-        // Outside clients get this node's backend, its pods all of them.
-        assert_eq!(lb[0].backends.len(), 1);
-        assert!(lb[0].backends[0].local);
-        assert_eq!(lb[0].internal_backends.as_ref().map(Vec::len), Some(2));
-        // Only the ranges of the port's family.
-        assert_eq!(
-            lb[0].source_ranges,
-            Some(vec![("198.18.0.0".parse().expect("an address"), 16)])
-        );
-        let np = by_kind(FrontendKind::NodePort);
-        assert_eq!(np.len(), 1);
-        assert_eq!(np[0].source_ranges, None, "ranges apply to LB IPs only");
-        assert!(frontends.iter().all(|(k, _)| k.addr.is_ipv4()));
-        assert_eq!(served(&m).count(), 1);
+        assert_eq!(of(&frontends, FrontendKind::NodePort, Family::V4).len(), 1);
+        assert!(of(&frontends, FrontendKind::NodePort, Family::V6).is_empty());
+        let cluster = of(&frontends, FrontendKind::ClusterIp, Family::V6);
+        assert_eq!(cluster.len(), 1, "the IPv6 cluster IP is still planned");
+        assert_eq!(cluster[0].1.backends.len(), 1);
+        assert_eq!(frontends.len(), 4);
     }
 }

@@ -354,9 +354,12 @@ impl Syncer {
                 Ok(_) => report.upserted += 1,
                 Err(e) => {
                     problems.push(format!("service {name} frontend {fe}: {e}"));
+                    // These are refused before anything is written.
                     if !matches!(
                         e,
-                        DataplaneError::MapFull { .. } | DataplaneError::TooManyBackends { .. }
+                        DataplaneError::MapFull { .. }
+                            | DataplaneError::TooManyBackends { .. }
+                            | DataplaneError::Family { .. }
                     ) {
                         // The frontend may be half-written: keep owning it so
                         // a later pass fixes or deletes it.

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -13,21 +13,23 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key,
-    CtValue, IPPROTO_TCP, IPPROTO_UDP, RevNat4, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, SrcRange4, Svc4Key, SvcValue, map_names,
-    program_names,
+    Affinity6Key, AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, Backend6, CT_DIR_REPLY,
+    CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, Ct6Key, Ct6Value, CtValue, IPPROTO_TCP, IPPROTO_UDP,
+    RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER,
+    SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
+    SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, Snat6Value, SrcRange4, Svc4Key, Svc6Key,
+    SvcValue, map_names, program_names,
 };
 use svcnat::{
     dataplane::{
         BackendSpec, ClearedFlows, Dataplane, DataplaneConfig, DataplaneError, Frontend,
-        FrontendSpec, MapSizes, ServiceOpts, Upsert, cleanup, open_pinned, program_fd,
+        FrontendSpec, MapSizes, Maps, ServiceOpts, Upsert, cleanup, open_pinned, program_fd,
     },
     inspect,
 };
 use svcnat_testkit::{
     datapath::{TCX_NEXT, XDP_PASS},
+    netns::{NetNs, unique_tag},
     packet::{PacketBuilder, ParsedL4, TCP_SYN, parse},
     prog_run::test_run,
     skip::Needs,
@@ -412,83 +414,755 @@ fn capacity_is_checked_before_anything_is_written() {
         .expect("exactly fits");
 }
 
-/// The table is family-neutral; the maps have IPv4 only, so an IPv6
-/// frontend, backend or source range is refused with its own error and
-/// nothing is written (not a half-written frontend, not a stray backend).
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("an address")
+}
+
+fn fe6(last: u16, port: u16) -> Frontend {
+    Frontend {
+        addr: Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, last).into(),
+        port,
+        proto: 6,
+    }
+}
+
+fn be6(last: u16) -> BackendSpec {
+    BackendSpec {
+        addr: Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, last).into(),
+        port: 8080,
+        flags: 0,
+    }
+}
+
+fn v6(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => panic!("{a}: an IPv6 address expected"),
+    }
+}
+
+fn svc6_key(f: Frontend, scope: u8) -> Svc6Key {
+    Svc6Key {
+        vip: v6(f.addr),
+        port: f.port,
+        proto: f.proto,
+        scope,
+    }
+}
+
+fn backend6(b: BackendSpec, proto: u8) -> Backend6 {
+    Backend6 {
+        addr: v6(b.addr),
+        port: b.port,
+        proto,
+        flags: b.flags,
+    }
+}
+
+/// Every entry of the pinned `SVCNAT_SVC6`.
+fn svc6_entries(dir: &PinDir) -> BTreeMap<Svc6Key, SvcValue> {
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    maps.SVC6.iter().map(|e| e.expect("entry")).collect()
+}
+
+/// Every entry of the pinned `SVCNAT_BACKEND6`.
+fn backend6_entries(dir: &PinDir) -> BTreeMap<u32, Backend6> {
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    maps.BACKEND6.iter().map(|e| e.expect("entry")).collect()
+}
+
+/// The backend ids in slots 1..=count of service id `svc_id`.
+fn slot_ids(dir: &PinDir, svc_id: u32, count: u16) -> Vec<u32> {
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    (1..=u32::from(count))
+        .map(|slot| {
+            maps.SLOTS
+                .get(&SlotKey { svc_id, slot }, 0)
+                .expect("slot present")
+                .backend_id
+        })
+        .collect()
+}
+
+/// The keys of the pinned `SVCNAT_SRCRANGE6` as (service id, address,
+/// prefix length).
+fn pinned_ranges6(dir: &PinDir) -> BTreeSet<(u32, Ipv6Addr, u32)> {
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    maps.SRCRANGE6
+        .keys()
+        .map(|k| {
+            let k = k.expect("key");
+            let d = k.data();
+            (
+                u32::from_be_bytes(d.svc_id),
+                Ipv6Addr::from(d.addr),
+                k.prefix_len(),
+            )
+        })
+        .collect()
+}
+
+/// An IPv6 frontend goes to the IPv6 maps entry for entry as an IPv4 one
+/// goes to the IPv4 maps (frontend entries of both scopes, VIP marker,
+/// backends, slots, source ranges, labels), with no reverse NAT entry and
+/// nothing in the IPv4 maps; service and backend ids are one id space with
+/// the IPv4 frontend next to it.
 #[test]
-fn an_address_of_a_family_the_maps_lack_is_refused_before_anything_is_written() {
+fn an_ipv6_frontend_is_written_to_the_ipv6_maps_exactly() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new("v6maps");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let lb = fe6(0x10, 443);
+    let local = BackendSpec {
+        flags: BACKEND_FLAG_LOCAL,
+        ..be6(1)
+    };
+    let spec = FrontendSpec {
+        backends: vec![local],
+        internal_backends: Some(vec![local, be6(2)]),
+        flags: SVC_FLAG_EXTERNAL
+            | SVC_FLAG_LOAD_BALANCER
+            | SVC_FLAG_LOCAL_ONLY
+            | SVC_FLAG_SOURCE_RANGES,
+        // Host bits are cleared: 2001:db8:77::5/48 is 2001:db8:77::/48.
+        source_ranges: vec![(ip("2001:db8:77::5"), 48), (ip("2001:db8::"), 32)],
+        opts: ServiceOpts {
+            affinity_timeout: 300,
+            label: "shop/web6:https".into(),
+        },
+    };
+    assert_eq!(
+        dp.upsert_frontend(lb, &spec).expect("upsert"),
+        Upsert::Created
+    );
+    let v4_fe = fe(10, 80);
+    dp.upsert_service(v4_fe, &[be(1)], &opts(0)).expect("IPv4");
+
+    let svc6 = svc6_entries(&dir);
+    assert_eq!(
+        svc6.len(),
+        3,
+        "frontend, internal scope, VIP marker: {svc6:?}"
+    );
+    let ext = svc6[&svc6_key(lb, SCOPE_EXTERNAL)];
+    let int = svc6[&svc6_key(lb, SCOPE_INTERNAL)];
+    assert_eq!(
+        svc6[&Svc6Key::vip_marker(v6(lb.addr))],
+        SvcValue::VIP_MARKER
+    );
+    assert_eq!(
+        ext,
+        SvcValue {
+            svc_id: ext.svc_id,
+            count: 1,
+            flags: spec.flags | SVC_FLAG_TWO_SCOPES,
+            affinity_timeout: 300,
+            pad: 0,
+        }
+    );
+    assert_eq!(
+        int,
+        SvcValue {
+            svc_id: int.svc_id,
+            count: 2,
+            flags: spec.flags & !SVC_FLAG_SOURCE_RANGES,
+            affinity_timeout: 300,
+            pad: 0,
+        }
+    );
+    let ext_slots = slot_ids(&dir, ext.svc_id, 1);
+    let int_slots = slot_ids(&dir, int.svc_id, 2);
+    assert_eq!(ext_slots[0], int_slots[0], "one backend entry per backend");
+    let backends = backend6_entries(&dir);
+    assert_eq!(
+        backends,
+        [
+            (int_slots[0], backend6(local, IPPROTO_TCP)),
+            (int_slots[1], backend6(be6(2), IPPROTO_TCP)),
+        ]
+        .into()
+    );
+    let svc_id = ext.svc_id;
+    assert_eq!(
+        pinned_ranges6(&dir),
+        [
+            (
+                svc_id,
+                Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),
+                32 + 32
+            ),
+            (
+                svc_id,
+                Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0),
+                32 + 48
+            ),
+        ]
+        .into()
+    );
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    for id in [ext.svc_id, int.svc_id] {
+        assert_eq!(
+            maps.LABELS.get(&id, 0).expect("label").as_str(),
+            "shop/web6:https"
+        );
+    }
+    // The IPv4 maps hold the IPv4 frontend only; no reverse NAT for IPv6.
+    assert_eq!(count_entries(&dir, map_names::SVC4), 2);
+    assert_eq!(count_entries(&dir, map_names::BACKEND4), 1);
+    assert_eq!(count_entries(&dir, map_names::SRCRANGE4), 0);
+    let v4_id = dp.service(&v4_fe).expect("IPv4 frontend").svc_id;
+    let revnat: Vec<u32> = maps.REVNAT4.keys().map(|k| k.expect("key")).collect();
+    assert_eq!(revnat, [v4_id]);
+    let svc_ids: BTreeSet<u32> = [ext.svc_id, int.svc_id, v4_id].into();
+    assert_eq!(svc_ids.len(), 3, "one id space for services");
+    let mut backend_ids: BTreeSet<u32> = backends.keys().copied().collect();
+    backend_ids.extend(maps.BACKEND4.keys().map(|k| k.expect("key")));
+    assert_eq!(backend_ids.len(), 3, "one id space for backends");
+    // Metrics count both families' frontends and backends.
+    let sample = svcnat::metrics::DatapathSample::read(&dp).expect("sample");
+    assert_eq!(
+        (sample.frontends, sample.backends, sample.backend_slots),
+        (2, 2, 2),
+        "the IPv6 and the IPv4 frontend (external scope), one backend each"
+    );
+    // The mirror agrees, and says the same after adoption.
+    let state = dp.service(&lb).expect("mirror");
+    assert_eq!(state.backends, [local]);
+    assert_eq!(state.internal_backends, Some(vec![local, be6(2)]));
+    assert_eq!(
+        state.source_ranges,
+        [(ip("2001:db8::"), 32), (ip("2001:db8:77::"), 48)]
+    );
+    assert_eq!(
+        dp.upsert_frontend(lb, &spec).expect("again"),
+        Upsert::Unchanged
+    );
+    assert_eq!(dp.repair().expect("repair"), 0);
+    let before = dp.services();
+    drop(dp);
+    let mut dp = Dataplane::open(&dir.config(small())).expect("reopen");
+    assert_eq!(dp.services(), before);
+    assert_eq!(dp.repair().expect("repair"), 0, "adopted as written");
+    assert_eq!(
+        dp.upsert_frontend(lb, &spec).expect("adopted"),
+        Upsert::Unchanged
+    );
+}
+
+/// `svcnat inspect` shows IPv6 frontends, backends and conntrack entries
+/// with the address in brackets, next to IPv4 ones.
+#[test]
+fn inspect_shows_ipv6_frontends_and_backends_in_brackets() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new("v6inspect");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let web = fe6(0x10, 80);
+    dp.upsert_service(
+        web,
+        &[be6(1), be6(2)],
+        &ServiceOpts {
+            affinity_timeout: 0,
+            label: "shop/web:http".into(),
+        },
+    )
+    .expect("IPv6");
+    dp.upsert_service(
+        fe(10, 80),
+        &[be(1)],
+        &ServiceOpts {
+            affinity_timeout: 0,
+            label: "shop/web:http".into(),
+        },
+    )
+    .expect("IPv4");
+    let rows = inspect::services(&dir.0).expect("inspect");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let r = rows
+        .iter()
+        .find(|r| r.vip == web.addr)
+        .expect("the IPv6 row");
+    assert_eq!(
+        (r.kind, r.port, r.protocol),
+        ("cluster-ip", 80, "tcp"),
+        "{r:?}"
+    );
+    assert_eq!(r.backends, ["[2001:db8:2::1]:8080", "[2001:db8:2::2]:8080"]);
+    let text = inspect::render(&dir.0, inspect::What::Services, false).expect("text");
+    let line = text
+        .lines()
+        .find(|l| l.contains("[2001:db8:1::10]:80"))
+        .unwrap_or_else(|| panic!("no IPv6 frontend line in\n{text}"));
+    assert!(
+        line.contains("[2001:db8:2::1]:8080, [2001:db8:2::2]:8080"),
+        "{line}"
+    );
+    assert!(text.contains("198.19.0.10:80"), "{text}");
+    let json = inspect::render(&dir.0, inspect::What::Services, true).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert!(
+        v.as_array()
+            .expect("array")
+            .iter()
+            .any(|r| r["vip"] == "2001:db8:1::10"),
+        "{json}"
+    );
+    let backends = inspect::backends(&dir.0).expect("backends");
+    let addrs: Vec<String> = backends
+        .iter()
+        .map(|b| inspect::socket(b.address, b.port))
+        .collect();
+    assert_eq!(
+        addrs,
+        [
+            "198.18.1.1:8080",
+            "[2001:db8:2::1]:8080",
+            "[2001:db8:2::2]:8080"
+        ]
+    );
+    assert!(backends.iter().all(|b| b.services == ["shop/web:http"]));
+    let text = inspect::render(&dir.0, inspect::What::Backends, false).expect("text");
+    assert!(text.contains("[2001:db8:2::2]:8080"), "{text}");
+}
+
+/// Updates, deletes, drift repair (an `SVCNAT_SVC6` entry and a backend
+/// deleted by hand, strays written by hand) and session affinity work for
+/// IPv6 frontends as for IPv4 ones.
+#[test]
+fn updates_deletes_and_repair_work_for_ipv6() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new("v6repair");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let (web, other) = (fe6(0x20, 80), fe6(0x20, 81));
+    dp.upsert_service(web, &[be6(1), be6(2), be6(3)], &opts(600))
+        .expect("web");
+    dp.upsert_service(other, &[be6(3)], &opts(600))
+        .expect("other");
+    assert_eq!(count_entries(&dir, map_names::BACKEND6), 3);
+    assert_eq!(count_entries(&dir, map_names::SLOTS), 4);
+    assert_eq!(
+        count_entries(&dir, map_names::SVC6),
+        3,
+        "two ports, one VIP"
+    );
+
+    assert_eq!(
+        dp.upsert_service(web, &[be6(1)], &opts(600))
+            .expect("shrink"),
+        Upsert::Updated
+    );
+    let web_v = svc6_entries(&dir)[&svc6_key(web, SCOPE_EXTERNAL)];
+    assert_eq!(web_v.count, 1);
+    let web_be = slot_ids(&dir, web_v.svc_id, 1)[0];
+    assert_eq!(
+        backend6_entries(&dir)[&web_be],
+        backend6(be6(1), IPPROTO_TCP)
+    );
+    // be6(2) is gone; be6(3) stays because `other` still uses it.
+    assert_eq!(count_entries(&dir, map_names::BACKEND6), 2);
+    assert_eq!(count_entries(&dir, map_names::SLOTS), 2);
+
+    // Drift: the frontend entry and a backend deleted by hand, strays added.
+    let other_v = svc6_entries(&dir)[&svc6_key(other, SCOPE_EXTERNAL)];
+    let other_be = slot_ids(&dir, other_v.svc_id, 1)[0];
+    {
+        let mut maps = Maps::pinned(&dir.0).expect("pinned maps");
+        maps.SVC6
+            .remove(&svc6_key(web, SCOPE_EXTERNAL))
+            .expect("delete the frontend by hand");
+        maps.BACKEND6
+            .remove(&other_be)
+            .expect("delete a backend by hand");
+        maps.SVC6
+            .insert(
+                svc6_key(udp6(fe6(0x99, 9)), SCOPE_EXTERNAL),
+                SvcValue {
+                    svc_id: 999,
+                    count: 0,
+                    flags: 0,
+                    affinity_timeout: 0,
+                    pad: 0,
+                },
+                0,
+            )
+            .expect("stray frontend");
+        maps.BACKEND6
+            .insert(999, backend6(be6(9), IPPROTO_TCP), 0)
+            .expect("stray backend");
+    }
+    assert_eq!(dp.repair().expect("repair"), 4);
+    let svc6 = svc6_entries(&dir);
+    assert_eq!(svc6.len(), 3, "{svc6:?}");
+    assert_eq!(svc6[&svc6_key(web, SCOPE_EXTERNAL)], web_v, "restored");
+    let backends = backend6_entries(&dir);
+    assert_eq!(
+        backends,
+        [
+            (web_be, backend6(be6(1), IPPROTO_TCP)),
+            (other_be, backend6(be6(3), IPPROTO_TCP)),
+        ]
+        .into()
+    );
+    assert_eq!(dp.repair().expect("repair"), 0);
+    assert_eq!(count_entries(&dir, map_names::REVNAT4), 0, "no reverse NAT");
+
+    // Adoption reads the IPv6 maps back.
+    let before = dp.services();
+    drop(dp);
+    let mut dp = Dataplane::open(&dir.config(small())).expect("reopen");
+    assert_eq!(dp.services(), before);
+    assert_eq!(dp.repair().expect("repair"), 0);
+
+    // Session affinity entries of IPv6 clients go with their service.
+    {
+        let mut maps = Maps::pinned(&dir.0).expect("pinned maps");
+        for (client, svc_id) in [(1, web_v.svc_id), (2, other_v.svc_id)] {
+            maps.AFFINITY6
+                .insert(
+                    Affinity6Key {
+                        client: Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, client).octets(),
+                        svc_id,
+                    },
+                    AffinityValue {
+                        backend_id: 1,
+                        slot: 1,
+                        last_ns: 1,
+                    },
+                    0,
+                )
+                .expect("affinity entry");
+        }
+    }
+    assert!(dp.delete_service(&web).expect("delete web"));
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    let left: Vec<u32> = maps
+        .AFFINITY6
+        .keys()
+        .map(|k| k.expect("key").svc_id)
+        .collect();
+    assert_eq!(left, [other_v.svc_id], "web's clients are forgotten");
+    assert_eq!(count_entries(&dir, map_names::SVC6), 2, "other and its VIP");
+    assert!(dp.delete_service(&other).expect("delete other"));
+    assert!(!dp.delete_service(&other).expect("again: not an error"));
+    for m in [
+        map_names::SVC6,
+        map_names::SLOTS,
+        map_names::BACKEND6,
+        map_names::LABELS,
+        map_names::AFFINITY6,
+    ] {
+        assert_eq!(count_entries(&dir, m), 0, "{m} should be empty");
+    }
+}
+
+fn udp6(f: Frontend) -> Frontend {
+    Frontend {
+        proto: IPPROTO_UDP,
+        ..f
+    }
+}
+
+/// A frontend's backends and source ranges are of its family: one of the
+/// other family is refused with the family error, and nothing is written
+/// (not a half-written frontend, not a stray backend), in either family.
+#[test]
+fn a_frontend_mixing_families_is_refused_before_anything_is_written() {
     skip_unless!(Needs::pinned());
     let dir = PinDir::new("family");
     let mut dp = Dataplane::open(&dir.config(small())).expect("open");
-    let v6: IpAddr = "2001:db8::10".parse().expect("an address");
-    let v6_fe = Frontend {
-        addr: v6,
-        ..fe(10, 80)
+    let (f6, f4) = (fe6(0x10, 80), fe(10, 80));
+    let with = |backends: Vec<BackendSpec>| FrontendSpec {
+        backends,
+        ..FrontendSpec::default()
     };
-    let v6_be = BackendSpec { addr: v6, ..be(1) };
     let cases = [
+        (f6, with(vec![be6(1), be(1)]), be(1).addr),
         (
-            v6_fe,
+            f6,
             FrontendSpec {
-                backends: vec![be(1)],
-                ..FrontendSpec::default()
+                internal_backends: Some(vec![be(2)]),
+                ..with(vec![be6(1)])
             },
+            be(2).addr,
         ),
         (
-            fe(10, 80),
+            f6,
             FrontendSpec {
-                backends: vec![be(2), v6_be],
-                ..FrontendSpec::default()
+                flags: SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES,
+                source_ranges: vec![(ip("2001:db8::"), 32), range(18, 0, 0, 16)],
+                ..with(vec![be6(1)])
             },
+            ip("198.18.0.0"),
         ),
+        (f4, with(vec![be(1), be6(1)]), be6(1).addr),
         (
-            fe(10, 80),
+            f4,
             FrontendSpec {
-                backends: vec![be(2)],
-                internal_backends: Some(vec![v6_be]),
-                ..FrontendSpec::default()
+                flags: SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES,
+                source_ranges: vec![(ip("2001:db8::"), 32)],
+                ..with(vec![be(1)])
             },
-        ),
-        (
-            fe(10, 80),
-            FrontendSpec {
-                backends: vec![be(2)],
-                source_ranges: vec![(v6, 64)],
-                ..FrontendSpec::default()
-            },
+            ip("2001:db8::"),
         ),
     ];
-    for (f, spec) in cases {
+    for (f, spec, bad) in cases {
         let err = dp.upsert_frontend(f, &spec).expect_err("refused");
         assert!(
-            matches!(err, DataplaneError::Family { addr } if addr == v6),
-            "{err}"
+            matches!(err, DataplaneError::Family { addr, frontend } if addr == bad && frontend == f.addr),
+            "{f}: {err}"
         );
-        assert!(
-            err.to_string()
-                .contains("IPv6 is not supported by the datapath yet"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("is not of the IP family"), "{err}");
     }
     assert!(dp.services().is_empty());
     for name in [
         map_names::SVC4,
+        map_names::SVC6,
         map_names::SLOTS,
         map_names::BACKEND4,
+        map_names::BACKEND6,
         map_names::REVNAT4,
+        map_names::LABELS,
+        map_names::SRCRANGE4,
+        map_names::SRCRANGE6,
     ] {
         assert_eq!(count_entries(&dir, name), 0, "{name}");
     }
-    // The same frontend in IPv4 is written as usual.
-    dp.upsert_frontend(
-        fe(10, 80),
-        &FrontendSpec {
-            backends: vec![be(2)],
-            ..FrontendSpec::default()
-        },
-    )
-    .expect("IPv4 is written");
-    assert!(read_back(&dir, fe(10, 80)).is_some());
+    // The same frontends with backends of their own family are written.
+    dp.upsert_frontend(f6, &with(vec![be6(1)]))
+        .expect("IPv6 is written");
+    dp.upsert_frontend(f4, &with(vec![be(1)]))
+        .expect("IPv4 is written");
+    assert!(read_back(&dir, f4).is_some());
+    assert!(svc6_entries(&dir).contains_key(&svc6_key(f6, SCOPE_EXTERNAL)));
+}
+
+/// Both conntrack entries of an IPv6 flow from `client` through `vip` to
+/// `backend`, as the datapath writes them.
+fn ct6_pair(
+    proto: u8,
+    client: SocketAddrV6,
+    vip: SocketAddrV6,
+    backend: SocketAddrV6,
+    ids: (u32, u32),
+    flags: u8,
+) -> [(Ct6Key, Ct6Value); 2] {
+    let value = |nat: SocketAddrV6| Ct6Value {
+        nat_addr: nat.ip().octets(),
+        nat_port: nat.port(),
+        flags,
+        pad: 0,
+        backend_id: ids.1,
+        svc_id: ids.0,
+        pad3: 0,
+        created_ns: 1,
+        expires_ns: u64::MAX,
+        seq_next: 0,
+        peer_addr: client.ip().octets(),
+        peer_port: client.port(),
+        pad2: 0,
+    };
+    [
+        (
+            Ct6Key {
+                saddr: client.ip().octets(),
+                daddr: vip.ip().octets(),
+                sport: client.port(),
+                dport: vip.port(),
+                proto,
+                dir: CT_DIR_SERVICE,
+                pad: 0,
+            },
+            value(backend),
+        ),
+        (
+            Ct6Key {
+                saddr: backend.ip().octets(),
+                daddr: client.ip().octets(),
+                sport: backend.port(),
+                dport: client.port(),
+                proto,
+                dir: CT_DIR_REPLY,
+                pad: 0,
+            },
+            value(vip),
+        ),
+    ]
+}
+
+/// The UDP flows of a backend that left an IPv6 frontend are cleared from
+/// `SVCNAT_CT6` (both directions, and the SNAT entry of a source-NATed
+/// one); the flows to the backend that stays and TCP flows are kept. The
+/// entries are written as the datapath writes them (the programs of this
+/// branch do not translate IPv6 yet).
+#[test]
+fn stale_udp_flows_of_ipv6_backends_are_cleared_from_the_ipv6_conntrack() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new("v6udpct");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let dns = udp6(fe6(0x30, 53));
+    let (b1, b2) = (be6(1), be6(2));
+    dp.upsert_service(dns, &[b1, b2], &opts(0)).expect("dns");
+    let v = svc6_entries(&dir)[&svc6_key(dns, SCOPE_EXTERNAL)];
+    let ids = slot_ids(&dir, v.svc_id, 2);
+    let sock6 = |a: IpAddr, port: u16| SocketAddrV6::new(Ipv6Addr::from(v6(a)), port, 0, 0);
+    let vip = sock6(dns.addr, dns.port);
+    let client = |host: u16| {
+        SocketAddrV6::new(
+            Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, host),
+            5353,
+            0,
+            0,
+        )
+    };
+    let to = |b: BackendSpec| sock6(b.addr, b.port);
+    let stale = ct6_pair(IPPROTO_UDP, client(1), vip, to(b1), (v.svc_id, ids[0]), 0);
+    let snated = ct6_pair(
+        IPPROTO_UDP,
+        client(2),
+        vip,
+        to(b1),
+        (v.svc_id, ids[0]),
+        CT_F_SNAT,
+    );
+    let kept = ct6_pair(IPPROTO_UDP, client(3), vip, to(b2), (v.svc_id, ids[1]), 0);
+    let tcp = ct6_pair(
+        IPPROTO_TCP,
+        client(4),
+        sock6(dns.addr, 80),
+        to(b1),
+        (v.svc_id + 100, ids[0]),
+        0,
+    );
+    {
+        let mut maps = Maps::pinned(&dir.0).expect("pinned maps");
+        for (k, val) in stale.iter().chain(&snated).chain(&kept).chain(&tcp) {
+            maps.CT6.insert(k, val, 0).expect("conntrack entry");
+        }
+        maps.SNAT6
+            .insert(
+                snated[1].0,
+                Snat6Value {
+                    addr: client(2).ip().octets(),
+                    port: client(2).port(),
+                    stamp: 0,
+                },
+                0,
+            )
+            .expect("SNAT entry");
+    }
+    assert_eq!(
+        svcnat::metrics::count_conntrack(&dir.0, 1_000).expect("count"),
+        8,
+        "the conntrack gauge counts IPv6 entries"
+    );
+    let rows = inspect::conntrack(&dir.0).expect("inspect conntrack");
+    assert_eq!(rows.len(), 8);
+    assert!(
+        rows.iter()
+            .any(|r| r.source == "[2001:db8:3::1]:5353" && r.nat == "[2001:db8:2::1]:8080"),
+        "{rows:?}"
+    );
+
+    dp.upsert_service(dns, &[b2], &opts(0))
+        .expect("dns without b1");
+    let cleared = dp.clear_stale_udp_flows().expect("sweep");
+    assert_eq!(
+        cleared,
+        ClearedFlows {
+            flows: 2,
+            ct_entries: 4,
+            snat_entries: 1
+        }
+    );
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    let left: BTreeSet<Ct6Key> = maps.CT6.keys().map(|k| k.expect("key")).collect();
+    let want: BTreeSet<Ct6Key> = kept.iter().chain(&tcp).map(|(k, _)| *k).collect();
+    assert_eq!(left, want, "exactly the UDP flows of the removed backend");
+    assert_eq!(maps.SNAT6.keys().count(), 0, "the SNATed flow's entry too");
+    assert_eq!(count_entries(&dir, map_names::CT4), 0);
+    assert_eq!(
+        dp.clear_stale_udp_flows().expect("again"),
+        ClearedFlows::default()
+    );
+}
+
+/// A node interface's first IPv4 address goes to `SVCNAT_NODE4` and its
+/// first IPv6 address that is not link-local to `SVCNAT_NODE6` (the
+/// sources of SNATed flows that arrive on it); node ports are on the node
+/// addresses of both families, link-local ones left out, and
+/// `--nodeport-addresses` CIDRs of either family select among them.
+#[test]
+fn node_interfaces_give_node_addresses_and_node_ports_of_both_families() {
+    skip_unless!(Needs::netns());
+    let ns = NetNs::new(&format!("sn-dp6-{}", unique_tag())).expect("namespace");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ])
+    .expect("veth");
+    ns.ip(&["link", "set", "eth0p", "up"]).expect("peer up");
+    ns.ip(&["link", "set", "eth0", "up"]).expect("up");
+    ns.ip(&["addr", "add", "198.18.7.1/24", "dev", "eth0"])
+        .expect("IPv4 address");
+    ns.ip(&["addr", "add", "2001:db8:7::1/64", "dev", "eth0", "nodad"])
+        .expect("IPv6 address");
+    let dir = PinDir::new("node6");
+    let cfg = dir.config(small());
+    let (ifindex, addrs, nodeports) = ns
+        .run(move || {
+            use svcnat::{agent::nodeport_addresses, model::addr::parse_cidr};
+            let eth0 = [glob::Pattern::new("eth0").expect("glob")];
+            let mut dp = Dataplane::open(&cfg).expect("open");
+            let r = dp.attach_node_matching(&eth0).expect("attach");
+            assert!(r.failed.is_empty(), "{r:?}");
+            let ifindex = svcnat::host::interfaces()
+                .expect("interfaces")
+                .into_iter()
+                .find(|(_, n)| n == "eth0")
+                .expect("eth0")
+                .0;
+            let cidr = |t: &str| parse_cidr(t).expect("cidr");
+            let nodeports = (
+                nodeport_addresses(&eth0, &[]),
+                nodeport_addresses(&eth0, &[cidr("2001:db8:7::/48")]),
+                nodeport_addresses(&eth0, &[cidr("fe80::/10"), cidr("198.18.0.0/15")]),
+            );
+            let addrs: Vec<IpAddr> = svcnat::host::addresses()
+                .expect("addresses")
+                .into_iter()
+                .filter(|(n, _)| n == "eth0")
+                .map(|(_, a)| a)
+                .collect();
+            drop(dp);
+            (ifindex, addrs, nodeports)
+        })
+        .expect("in the namespace");
+    assert!(
+        addrs
+            .iter()
+            .any(|a| matches!(a, IpAddr::V6(a) if a.is_unicast_link_local())),
+        "eth0 has a link-local address too: {addrs:?}"
+    );
+    let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    assert_eq!(
+        maps.NODE4.get(&ifindex, 0).expect("NODE4 entry").addr,
+        [198, 18, 7, 1]
+    );
+    assert_eq!(
+        Ipv6Addr::from(maps.NODE6.get(&ifindex, 0).expect("NODE6 entry").addr),
+        Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, 1)
+    );
+    assert_eq!(
+        maps.NODE6.keys().count(),
+        1,
+        "no hairpin entry: the default"
+    );
+    let (all, v6_only, v4_and_link_local) = nodeports;
+    assert_eq!(all, [ip("198.18.7.1"), ip("2001:db8:7::1")]);
+    assert_eq!(v6_only, [ip("2001:db8:7::1")]);
+    assert_eq!(
+        v4_and_link_local,
+        [ip("198.18.7.1")],
+        "a link-local address is no node address"
+    );
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! EndpointSlices, with sync passes at arbitrary points, ends with the real
 //! BPF maps holding exactly what the model says. The maps are read back
 //! through `svcnat inspect`'s readers, not through the syncer's own state.
+//! Services are IPv4 or dual-stack, slices IPv4 or IPv6: both families are
+//! programmed, each from the slices of its family.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,7 +17,7 @@ use proptest::prelude::*;
 use svcnat::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
     inspect,
-    model::{self, Family, NodeInfo, Protocol},
+    model::{self, NodeInfo, Protocol},
     sources::{Kind, Object, SourceEvent},
     sync::{SyncStats, Syncer},
 };
@@ -29,6 +31,7 @@ enum Op {
     ApplyService {
         i: u8,
         ports: u8,
+        dual: bool,
     },
     DeleteService {
         i: u8,
@@ -48,7 +51,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..SERVICES, 1u8..4).prop_map(|(i, ports)| Op::ApplyService { i, ports }),
+        3 => (0..SERVICES, 1u8..4, any::<bool>())
+            .prop_map(|(i, ports, dual)| Op::ApplyService { i, ports, dual }),
         1 => (0..SERVICES).prop_map(|i| Op::DeleteService { i }),
         4 => (0..SLICES, 0..SERVICES, any::<u8>(), any::<u8>())
             .prop_map(|(j, svc, endpoints, ready)| Op::ApplySlice { j, svc, endpoints, ready }),
@@ -58,7 +62,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn service(i: u8, ports: u8) -> Service {
+/// Service `i` with the ports `ports` selects (bit 0: http, bit 1: dns),
+/// IPv4 or, with `dual`, dual-stack.
+fn service(i: u8, ports: u8, dual: bool) -> Service {
     let mut p = Vec::new();
     if ports & 1 != 0 {
         p.push(
@@ -70,20 +76,38 @@ fn service(i: u8, ports: u8) -> Service {
             serde_json::json!({"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}),
         );
     }
+    let v4 = format!("198.19.0.{}", i + 1);
+    let (ips, families) = if dual {
+        (
+            vec![v4.clone(), format!("2001:db8:1::{}", i + 1)],
+            vec!["IPv4", "IPv6"],
+        )
+    } else {
+        (vec![v4.clone()], vec!["IPv4"])
+    };
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("svc-{i}"), "namespace": "prop"},
-        "spec": {"clusterIP": format!("198.19.0.{}", i + 1), "clusterIPs": [format!("198.19.0.{}", i + 1)], "ports": p}
+        "spec": {"clusterIP": v4, "clusterIPs": ips, "ipFamilies": families,
+                 "ipFamilyPolicy": if dual { "RequireDualStack" } else { "SingleStack" },
+                 "ports": p}
     }))
     .expect("service json")
 }
 
+/// Slices 0..3 are IPv4, the others IPv6.
 fn slice(j: u8, svc: u8, endpoints: u8, ready: u8) -> EndpointSlice {
+    let v6 = j >= 3;
     let eps: Vec<serde_json::Value> = (0..8)
         .filter(|b| endpoints & (1 << b) != 0)
         .map(|b| {
+            let addr = if v6 {
+                format!("2001:db8:2::{}", b + 1)
+            } else {
+                format!("198.18.1.{}", b + 1)
+            };
             serde_json::json!({
-                "addresses": [format!("198.18.1.{}", b + 1)],
+                "addresses": [addr],
                 "conditions": {"ready": ready & (1 << b) != 0, "serving": true, "terminating": ready & (1 << b) == 0},
                 "nodeName": if b % 2 == 0 { "node-a" } else { "node-b" }
             })
@@ -93,7 +117,7 @@ fn slice(j: u8, svc: u8, endpoints: u8, ready: u8) -> EndpointSlice {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": format!("slice-{j}"), "namespace": "prop",
                       "labels": {"kubernetes.io/service-name": format!("svc-{svc}")}},
-        "addressType": "IPv4",
+        "addressType": if v6 { "IPv6" } else { "IPv4" },
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
         "endpoints": eps
     }))
@@ -112,7 +136,7 @@ fn expected(
     let mut t = Table::new();
     for m in model::model_cluster(&svcs, &sls, node).values() {
         for p in &m.ports {
-            if p.family != Family::V4 || p.protocol == Protocol::Sctp {
+            if p.protocol == Protocol::Sctp {
                 continue;
             }
             let proto = if p.protocol == Protocol::Tcp {
@@ -124,7 +148,7 @@ fn expected(
                 let backends = p
                     .backends
                     .iter()
-                    .map(|b| format!("{}:{}", b.address, b.port))
+                    .map(|b| inspect::socket(b.address, b.port))
                     .collect();
                 t.insert((f.address.to_string(), f.port, proto), backends);
             }
@@ -145,6 +169,10 @@ fn actual(dir: &std::path::Path) -> Table {
         })
         .collect()
 }
+
+/// Cases whose final maps held an IPv6 frontend (the generator must reach
+/// them for the property to cover both families).
+static WITH_IPV6: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
     let dir = PathBuf::from(format!(
@@ -191,8 +219,8 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
     });
     for op in ops {
         match op {
-            Op::ApplyService { i, ports } => {
-                let s = service(i, ports);
+            Op::ApplyService { i, ports, dual } => {
+                let s = service(i, ports, dual);
                 services.insert(i, s.clone());
                 syncer.handle(SourceEvent::Apply(Object::Service(Box::new(s))));
             }
@@ -249,6 +277,9 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
     let want = expected(&services, &slices, &node);
     let got = actual(&dir);
     prop_assert_eq!(&got, &want);
+    if got.keys().any(|(vip, _, _)| vip.contains(':')) {
+        WITH_IPV6.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     // And nothing is left to repair: the mirror equals the maps.
     prop_assert_eq!(dp.repair().expect("repair"), 0);
     Ok(())
@@ -267,6 +298,10 @@ fn random_event_sequences_end_with_maps_equal_to_the_model() {
             check(ops, case.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
         })
         .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        WITH_IPV6.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no case ended with an IPv6 frontend"
+    );
 }
 
 #[test]
@@ -304,8 +339,8 @@ fn a_service_too_big_for_the_maps_is_skipped_with_a_reason_and_the_rest_works() 
     syncer.handle(SourceEvent::Resync {
         kind: Kind::Service,
         objects: vec![
-            Object::Service(Box::new(service(0, 1))),
-            Object::Service(Box::new(service(1, 1))),
+            Object::Service(Box::new(service(0, 1, false))),
+            Object::Service(Box::new(service(1, 1, false))),
         ],
     });
     syncer.handle(SourceEvent::Resync {

@@ -3,7 +3,9 @@
 //! `tests/data/proxy-ebpf-layout-v1.o` is the datapath object of layout 1,
 //! built from commit 3c24c40 with `cargo xtask build-ebpf --release` and
 //! `llvm-strip --strip-debug` (BTF kept); `proxy-ebpf-layout-v2.o` that of
-//! layout 2, built the same way from commit da39c8b. The test loads it with its maps
+//! layout 2, built the same way from commit da39c8b, and
+//! `proxy-ebpf-layout-v3.o` that of layout 3 (IPv4 only, no IPv6 maps),
+//! from commit f58dc32. The test loads it with its maps
 //! pinned the way the agent pins them, lets it create real flows through
 //! `BPF_PROG_TEST_RUN` (a node-port flow SNATed to a remote backend, a pod
 //! flow to a cluster IP), then opens the current dataplane on that folder,
@@ -33,6 +35,7 @@ use svcnat_testkit::{
 
 const V1_OBJECT: &[u8] = include_bytes!("data/proxy-ebpf-layout-v1.o");
 const V2_OBJECT: &[u8] = include_bytes!("data/proxy-ebpf-layout-v2.o");
+const V3_OBJECT: &[u8] = include_bytes!("data/proxy-ebpf-layout-v3.o");
 
 const fn sa(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
@@ -75,12 +78,17 @@ fn ends(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
     )
 }
 
-/// The datapath of layout `v` (1 or 2) on `dir`, with a node port to a
-/// remote backend and a cluster IP to a local one, as that layout's agent
-/// would have left it.
-fn old_datapath(dir: &Path, v: u32) -> TestDatapath<CtValueV2> {
+/// The datapath of layout `v` (1, 2 or 3; `C` its conntrack value) on
+/// `dir`, with a node port to a remote backend and a cluster IP to a local
+/// one, as that layout's agent would have left it.
+fn old_datapath<C: aya::Pod>(dir: &Path, v: u32) -> TestDatapath<C> {
     std::fs::create_dir_all(dir).expect("pin folder");
-    let object = if v == 1 { V1_OBJECT } else { V2_OBJECT };
+    let object = match v {
+        1 => V1_OBJECT,
+        2 => V2_OBJECT,
+        3 => V3_OBJECT,
+        _ => panic!("no object of layout {v}"),
+    };
     let mut dp = TestDatapath::load_object(object, &test_map_sizes(), Some(dir))
         .unwrap_or_else(|e| panic!("load the layout-{v} object: {e}"));
     std::fs::create_dir(dir.join(format!("layout-v{v}"))).expect("mark the layout");
@@ -111,7 +119,7 @@ fn old_datapath(dir: &Path, v: u32) -> TestDatapath<CtValueV2> {
 
 /// Flows created by the old programs: returns the SNAT port of the
 /// node-port flow.
-fn old_flows(old: &TestDatapath<CtValueV2>) -> u16 {
+fn old_flows<C: aya::Pod>(old: &TestDatapath<C>) -> u16 {
     let syn = PacketBuilder::tcp(CLIENT, NP_REMOTE).flags(TCP_SYN).build();
     let out = old.run(TcProgram::NodeXdp, &syn).expect("run the old XDP");
     assert_eq!(out.retval, XDP_PASS);
@@ -208,7 +216,7 @@ fn upgrade(dir: &Path) -> svcnat::dataplane::migrate::MigrationReport {
 fn flows_of_layout_1_survive_the_upgrade() {
     skip_unless!(Needs::prog_run());
     let dir = PinDir::new();
-    let old = old_datapath(&dir.0, 1);
+    let old = old_datapath::<CtValueV2>(&dir.0, 1);
     let snat_port = old_flows(&old);
     let report = upgrade(&dir.0);
     assert_eq!(report.rekeyed, 1, "{report:?}");
@@ -224,7 +232,7 @@ fn flows_of_layout_1_survive_the_upgrade() {
 fn flows_of_layout_2_survive_the_upgrade() {
     skip_unless!(Needs::prog_run());
     let dir = PinDir::new();
-    let old = old_datapath(&dir.0, 2);
+    let old = old_datapath::<CtValueV2>(&dir.0, 2);
     let snat_port = old_flows(&old);
     // The old programs go on creating flows while the new agent starts: a
     // second pod flow after the first copy.
@@ -278,7 +286,7 @@ fn without_the_migration_the_new_programs_refuse_the_old_maps() {
     skip_unless!(Needs::prog_run());
     for v in [1, 2] {
         let dir = PinDir::new();
-        let old = old_datapath(&dir.0, v);
+        let old = old_datapath::<CtValueV2>(&dir.0, v);
         old_flows(&old);
         // Layout 3's conntrack values are larger: the current object cannot
         // run on the old conntrack map, which is why it is copied.
@@ -292,4 +300,57 @@ fn without_the_migration_the_new_programs_refuse_the_old_maps() {
             "layout {v}: the current programs loaded over unmigrated maps"
         );
     }
+}
+
+/// Layout 4 adds the IPv6 maps and keeps every IPv4 map as layout 3 had
+/// it: the upgrade creates the IPv6 maps empty, copies nothing, and the
+/// flows of the layout-3 programs keep their backends (same conntrack and
+/// SNAT entries, read by the new programs).
+#[test]
+fn flows_of_layout_3_survive_the_upgrade() {
+    skip_unless!(Needs::prog_run());
+    let dir = PinDir::new();
+    let old = old_datapath::<CtValue>(&dir.0, 3);
+    let snat_port = old_flows(&old);
+    let added: Vec<&str> = proxy_common::MAPS
+        .iter()
+        .filter(|m| m.since == 4)
+        .map(|m| m.name)
+        .collect();
+    assert!(
+        added.contains(&proxy_common::map_names::SVC6),
+        "layout 4 adds the IPv6 maps: {added:?}"
+    );
+    for name in &added {
+        assert!(!dir.0.join(name).exists(), "{name} before the upgrade");
+    }
+    let ct_keys = |ct: &aya::maps::HashMap<_, proxy_common::Ct4Key, CtValue>| {
+        let mut keys: Vec<proxy_common::Ct4Key> =
+            ct.keys().map(|k| k.expect("conntrack key")).collect();
+        keys.sort();
+        keys
+    };
+    let before = ct_keys(&old.ct4);
+    assert_eq!(before.len(), 4, "two flows, two entries each");
+    let report = upgrade(&dir.0);
+    assert_eq!(
+        report,
+        svcnat::dataplane::migrate::MigrationReport::default(),
+        "nothing to copy or re-key"
+    );
+    // The old programs' conntrack map is the one the new programs use.
+    assert_eq!(ct_keys(&old.ct4), before);
+    drop(old);
+    for name in &added {
+        assert!(dir.0.join(name).exists(), "{name} after the upgrade");
+    }
+    let maps = svcnat::dataplane::Maps::pinned(&dir.0).expect("every map of layout 4, typed");
+    assert_eq!(maps.SVC6.keys().count(), 0, "the IPv6 maps start empty");
+    assert_eq!(maps.CT6.keys().count(), 0);
+    drop(maps);
+
+    let (same_port, back, pod) = new_programs_on(&dir.0, snat_port);
+    assert!(same_port, "the client's next packet keeps its SNAT port");
+    assert!(back, "the remote backend's reply goes back to the client");
+    assert!(pod, "the pod flow's reply is reverse-NATed");
 }

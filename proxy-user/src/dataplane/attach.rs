@@ -2,12 +2,7 @@
 //! egress on node interfaces, interface matching, pinned links adopted with
 //! an atomic program swap, and the node address map.
 
-use std::{
-    fs,
-    net::{IpAddr, Ipv4Addr},
-    os::fd::AsFd,
-    path::Path,
-};
+use std::{fs, net::IpAddr, os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf,
@@ -18,12 +13,12 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use proxy_common::{NodeAddr4, map_names, program_names};
+use proxy_common::{NodeAddr4, NodeAddr6, map_names, program_names};
 
 use super::error::{DataplaneError, Result, io_err, map_err};
 use super::handle::Dataplane;
 use super::loader::program_mut;
-use crate::host::{addresses, interfaces};
+use crate::host::{addresses, interfaces, is_node_address};
 
 /// What one [`Dataplane::attach_matching`] pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -161,27 +156,30 @@ impl Dataplane {
     /// the driver has it, else generic mode with one warning) and TC egress
     /// (reverse NAT of replies from local backends). Links are pinned as
     /// `<ifindex>-<ifname>-xdp` and `-node-egress`, and adopted like the pod
-    /// ones. Each interface's first IPv4 address is written to the node
-    /// address map (the source of SNATed flows that arrive on it), and
+    /// ones. Each interface's first IPv4 address and first IPv6 address
+    /// that is not link-local are written to the node address maps of
+    /// their family (the source of SNATed flows that arrive on it), and
     /// `accept_local` is set on it: the kernel routes packets the XDP program
     /// rewrote to carry the node's own address as source. Call it
     /// periodically; interfaces already done are skipped.
     pub fn attach_node_matching(&mut self, patterns: &[glob::Pattern]) -> Result<AttachReport> {
         let mut report = AttachReport::default();
         let ifaces = interfaces().map_err(io_err(Path::new("if_nameindex")))?;
-        let addrs: Vec<(String, Ipv4Addr)> = addresses()
-            .map_err(io_err(Path::new("getifaddrs")))?
-            .into_iter()
-            .filter_map(|(n, a)| match a {
-                IpAddr::V4(v4) => Some((n, v4)),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
+        let addrs = addresses().map_err(io_err(Path::new("getifaddrs")))?;
         for (index, name) in ifaces
             .iter()
             .filter(|(_, n)| patterns.iter().any(|p| p.matches(n)))
         {
-            if let Some(addr) = addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a) {
+            // The interface's first address of each family (IPv6: not a
+            // link-local one, which SNATed flows cannot come back to).
+            let of = |v4: bool| {
+                addrs
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, a)| *a)
+                    .find(|a| a.is_ipv4() == v4 && is_node_address(a))
+            };
+            for addr in [of(true), of(false)].into_iter().flatten() {
                 self.set_node_address(*index, addr)?;
             }
             if self.node_attached.contains(&(*index, name.clone())) {
@@ -207,28 +205,47 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// Records `addr` as the address of node interface `ifindex`.
-    pub fn set_node_address(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
-        let v = NodeAddr4 {
-            addr: addr.octets(),
-        };
-        if self.maps.NODE4.get(&ifindex, 0).ok() != Some(v) {
-            self.maps
-                .NODE4
-                .insert(ifindex, v, 0)
-                .map_err(map_err(map_names::NODE4))?;
+    /// Records `addr` as the address of node interface `ifindex` in the
+    /// node address map of its family (`SVCNAT_NODE4` or `SVCNAT_NODE6`).
+    pub fn set_node_address(&mut self, ifindex: u32, addr: impl Into<IpAddr>) -> Result<()> {
+        match addr.into() {
+            IpAddr::V4(a) => {
+                let v = NodeAddr4 { addr: a.octets() };
+                if self.maps.NODE4.get(&ifindex, 0).ok() != Some(v) {
+                    self.maps
+                        .NODE4
+                        .insert(ifindex, v, 0)
+                        .map_err(map_err(map_names::NODE4))?;
+                }
+            }
+            IpAddr::V6(a) => {
+                let v = NodeAddr6 { addr: a.octets() };
+                if self.maps.NODE6.get(&ifindex, 0).ok() != Some(v) {
+                    self.maps
+                        .NODE6
+                        .insert(ifindex, v, 0)
+                        .map_err(map_err(map_names::NODE6))?;
+                }
+            }
         }
         Ok(())
     }
 
     /// Sets the address a pod sees as the source when it reaches itself
-    /// through a service (hairpin); the datapath uses
-    /// [`proxy_common::HAIRPIN_ADDR_DEFAULT`] until this is called. It
+    /// through a service (hairpin), for the family of `addr`; the datapath
+    /// uses [`proxy_common::HAIRPIN_ADDR_DEFAULT`] and
+    /// [`proxy_common::HAIRPIN6_ADDR_DEFAULT`] until this is called. It
     /// must not be an address in use: the pod answers it through its
     /// default route, and the datapath turns the answer back at the pod's
     /// veth.
-    pub fn set_hairpin_address(&mut self, addr: Ipv4Addr) -> Result<()> {
-        self.set_node_address(proxy_common::NODE4_HAIRPIN_KEY, addr)
+    pub fn set_hairpin_address(&mut self, addr: impl Into<IpAddr>) -> Result<()> {
+        let addr = addr.into();
+        let key = if addr.is_ipv4() {
+            proxy_common::NODE4_HAIRPIN_KEY
+        } else {
+            proxy_common::NODE6_HAIRPIN_KEY
+        };
+        self.set_node_address(key, addr)
     }
 
     pub(super) fn attach_node_one(&mut self, index: u32, name: &str) -> Result<bool> {

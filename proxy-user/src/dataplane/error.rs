@@ -15,11 +15,15 @@ pub enum DataplaneError {
         "the eBPF object is not embedded in this build: run `cargo xtask build-ebpf --release` and rebuild"
     )]
     NoObject,
-    /// An address of a family the maps do not have yet.
-    #[error("{addr}: IPv6 is not supported by the datapath yet")]
+    /// A backend or source range of another family than its frontend's:
+    /// a frontend's entries all live in the maps of its family. Nothing of
+    /// the frontend was written.
+    #[error("{addr} is not of the IP family of frontend address {frontend}")]
     Family {
-        /// The address.
+        /// The backend's or range's address.
         addr: std::net::IpAddr,
+        /// The frontend's address.
+        frontend: std::net::IpAddr,
     },
     /// The pin folder holds maps of another layout.
     #[error(

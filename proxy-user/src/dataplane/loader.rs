@@ -15,13 +15,12 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use proxy_common::{
-    Backend4, LAYOUT_VERSION, MAPS, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey, Svc4Key,
-    SvcValue, map_names, program_names,
+    LAYOUT_VERSION, MAPS, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey, program_names,
 };
 
 use super::error::{DataplaneError, Result, io_err, map_err};
 use super::handle::{Dataplane, DataplaneConfig, MapSizes};
-use super::maps::{Maps, range_of};
+use super::maps::{BackendEntry, Maps, range_of};
 use super::table::{BackendKey, BackendSlot, Frontend, ServiceMirror, Table, has_marker};
 
 impl Dataplane {
@@ -261,37 +260,28 @@ impl Dataplane {
     /// them. Entries that do not hang together (a slot naming a missing
     /// backend, a backend no slot names) are left for [`Self::repair`].
     pub(super) fn adopt(&mut self) -> Result<()> {
-        let backends: Vec<(u32, Backend4)> = self
-            .maps
-            .BACKEND4
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::BACKEND4))?;
-        let by_id: StdHashMap<u32, Backend4> = backends.into_iter().collect();
-        let entries: Vec<(Svc4Key, SvcValue)> = self
-            .maps
-            .SVC4
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::SVC4))?;
+        let by_id: StdHashMap<u32, BackendEntry> =
+            self.maps.backend_entries()?.into_iter().collect();
+        let entries = self.maps.svc_entries()?;
         let mut ranges: StdHashMap<u32, Vec<(IpAddr, u8)>> = StdHashMap::new();
-        for k in self.maps.SRCRANGE4.keys() {
-            let k = k.map_err(map_err(map_names::SRCRANGE4))?;
-            // A key no agent writes (prefix outside 32..=64) is left for repair.
-            if let Some((svc_id, range)) = range_of(&k) {
+        for id in self.maps.range_ids()? {
+            // A key no agent writes (prefix outside 32 plus the family's
+            // lengths) is left for repair.
+            if let Some((svc_id, range)) = range_of(&id) {
                 ranges.entry(svc_id).or_default().push(range);
             }
         }
-        for (k, v) in entries {
+        for e in entries {
+            let v = e.value;
             if v.flags & SVC_FLAG_VIP != 0
-                || (k.scope != SCOPE_EXTERNAL && k.scope != SCOPE_INTERNAL)
+                || (e.scope != SCOPE_EXTERNAL && e.scope != SCOPE_INTERNAL)
             {
                 continue;
             }
             let fe = Frontend {
-                addr: IpAddr::from(k.vip),
-                port: k.port,
-                proto: k.proto,
+                addr: e.addr,
+                port: e.port,
+                proto: e.proto,
             };
             let mut ids = Vec::with_capacity(usize::from(v.count));
             for slot in 1..=u32::from(v.count) {
@@ -308,7 +298,7 @@ impl Dataplane {
             for id in &ids {
                 let b = by_id[id];
                 let key = BackendKey {
-                    addr: IpAddr::from(b.addr),
+                    addr: b.addr,
                     port: b.port,
                     proto: b.proto,
                 };
@@ -321,7 +311,7 @@ impl Dataplane {
                 self.table.backend_keys.insert(*id, key);
             }
             self.table.slot_count += ids.len();
-            if k.scope == SCOPE_EXTERNAL && has_marker(v.flags) {
+            if e.scope == SCOPE_EXTERNAL && has_marker(v.flags) {
                 *self.table.vips.entry(fe.addr).or_default() += 1;
             }
             let label = self
@@ -332,7 +322,7 @@ impl Dataplane {
                 .unwrap_or_default();
             let mut r = ranges.remove(&v.svc_id).unwrap_or_default();
             r.sort();
-            self.table.scope_mut(k.scope).insert(
+            self.table.scope_mut(e.scope).insert(
                 fe,
                 ServiceMirror {
                     svc_id: v.svc_id,

@@ -1,22 +1,28 @@
-//! The codec of the pinned maps: how frontends, VIP markers and source
-//! ranges become map entries and back, the per-CPU counters, and the
-//! generic walks (bounded iteration, pruning, deletes that tolerate absent
-//! keys). The only code that knows the entries' encoding; the table,
-//! inspection, metrics, migration and tests read the maps through it.
+//! The codec of the pinned maps: how frontends, VIP markers, backends and
+//! source ranges become map entries and back, in the maps of their
+//! address's family ([`SvcKey`], [`BackendValue`] and [`RangeId`] carry the
+//! family; the `Maps` methods dispatch on it, so that the table and its
+//! updates stay family-neutral), the per-CPU counters, and the generic
+//! walks (bounded iteration, pruning, deletes that tolerate absent keys).
+//! The only code that knows the entries' encoding; the table, inspection,
+//! metrics, migration and tests read the maps through it.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, lpm_trie::LpmTrie},
+    maps::{
+        HashMap, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, Reason, RevNat4, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
-    SrcRange4, StatValue, Svc4Key, SvcValue, map_names,
+    BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, Backend6, Reason, RevNat4,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
+    SVC_FLAG_SOURCE_RANGES, SrcRange4, SrcRange6, StatValue, Svc4Key, Svc6Key, SvcValue, map_names,
 };
 
 use super::error::{DataplaneError, Result, map_err};
@@ -71,43 +77,18 @@ impl Maps {
     }
 }
 
-/// A source-range key as (service id, address, LPM prefix length), to
-/// compare keys (the LPM key type has no ordering).
-pub(super) type RangeId = (u32, [u8; 4], u32);
-
-pub(super) fn range_id(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> RangeId {
-    let data = k.data();
-    (u32::from_be_bytes(data.svc_id), data.addr, k.prefix_len())
-}
-
-pub(super) fn range_key_of(
-    (svc_id, addr, prefix_len): RangeId,
-) -> aya::maps::lpm_trie::Key<SrcRange4> {
-    aya::maps::lpm_trie::Key::new(
-        prefix_len,
-        SrcRange4 {
-            svc_id: svc_id.to_be_bytes(),
-            addr,
-        },
-    )
-}
-
-/// The IPv4 address of `a`: the only family the maps have yet. Every
-/// address that goes into a map entry passes here, so that IPv6 is refused
-/// in one place (the plan reports IPv6 ports as unsupported before).
-pub(super) fn v4(a: IpAddr) -> Result<Ipv4Addr> {
-    match a {
-        IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(_) => Err(DataplaneError::Family { addr: a }),
-    }
-}
+/// A source-range key of either family as (service id, address, LPM
+/// prefix length): what the table compares (the LPM key types have no
+/// ordering). The address's family says which trie holds it.
+pub type RangeId = (u32, IpAddr, u32);
 
 /// The service id and range of a source-range key; `None` for a key whose
-/// prefix length is not 32 (the service id) plus 0..=32.
-pub fn range_of(k: &aya::maps::lpm_trie::Key<SrcRange4>) -> Option<(u32, (IpAddr, u8))> {
-    let (svc_id, addr, prefix_len) = range_id(k);
-    let len = prefix_len.checked_sub(32).filter(|l| *l <= 32)?;
-    Some((svc_id, (IpAddr::from(addr), len as u8)))
+/// prefix length is not 32 (the service id) plus 0..=32 (IPv4) or 0..=128
+/// (IPv6).
+pub fn range_of(&(svc_id, addr, prefix_len): &RangeId) -> Option<(u32, (IpAddr, u8))> {
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = prefix_len.checked_sub(32).filter(|l| *l <= max)?;
+    Some((svc_id, (addr, len as u8)))
 }
 
 /// A range with its host bits cleared and its prefix length at most the
@@ -122,45 +103,372 @@ pub(super) fn normalize_range((addr, len): (IpAddr, u8)) -> (IpAddr, u8) {
         IpAddr::V6(a) => {
             let len = len.min(128);
             let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            (
-                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask)),
-                len,
-            )
+            (IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), len)
         }
     }
 }
 
-/// The LPM key of source range `r` of service `svc_id`.
-pub(super) fn range_key(
-    svc_id: u32,
-    r: (IpAddr, u8),
-) -> Result<aya::maps::lpm_trie::Key<SrcRange4>> {
+/// The key of source range `r` of service `svc_id`.
+pub(super) fn range_key(svc_id: u32, r: (IpAddr, u8)) -> RangeId {
     let (net, len) = normalize_range(r);
-    Ok(range_key_of((
-        svc_id,
-        v4(net)?.octets(),
-        32 + u32::from(len),
-    )))
+    (svc_id, net, 32 + u32::from(len))
+}
+
+/// Refuses `addr` unless it has the family of frontend address `frontend`:
+/// a frontend's entries all live in the maps of its family.
+pub(super) fn same_family(frontend: IpAddr, addr: IpAddr) -> Result<()> {
+    if frontend.is_ipv4() == addr.is_ipv4() {
+        Ok(())
+    } else {
+        Err(DataplaneError::Family { addr, frontend })
+    }
+}
+
+/// A frontend-map key, in the map of its address's family (`SVCNAT_SVC4`
+/// or `SVCNAT_SVC6`). With [`BackendValue`] and [`RangeId`], the one point
+/// where the family-neutral table meets the per-family maps: the `Maps`
+/// methods below dispatch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SvcKey {
+    V4(Svc4Key),
+    V6(Svc6Key),
+}
+
+impl SvcKey {
+    /// The key of a frontend entry.
+    pub(super) fn new(addr: IpAddr, port: u16, proto: u8, scope: u8) -> Self {
+        match addr {
+            IpAddr::V4(a) => Self::V4(Svc4Key {
+                vip: a.octets(),
+                port,
+                proto,
+                scope,
+            }),
+            IpAddr::V6(a) => Self::V6(Svc6Key {
+                vip: a.octets(),
+                port,
+                proto,
+                scope,
+            }),
+        }
+    }
+
+    /// The key of the marker entry of `vip` (a known address: other ports
+    /// are rejected), see [`SvcValue::VIP_MARKER`].
+    pub(super) fn marker(vip: IpAddr) -> Self {
+        match vip {
+            IpAddr::V4(a) => Self::V4(Svc4Key::vip_marker(a.octets())),
+            IpAddr::V6(a) => Self::V6(Svc6Key::vip_marker(a.octets())),
+        }
+    }
+}
+
+/// A frontend-map entry of either family, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvcEntry {
+    /// VIP (or node address).
+    pub addr: IpAddr,
+    /// Port (0 in a VIP marker).
+    pub port: u16,
+    /// IP protocol number (0 in a VIP marker).
+    pub proto: u8,
+    /// `SCOPE_*`.
+    pub scope: u8,
+    /// The value.
+    pub value: SvcValue,
+}
+
+impl SvcEntry {
+    fn of4(k: &Svc4Key, value: SvcValue) -> Self {
+        Self {
+            addr: IpAddr::from(k.vip),
+            port: k.port,
+            proto: k.proto,
+            scope: k.scope,
+            value,
+        }
+    }
+
+    fn of6(k: &Svc6Key, value: SvcValue) -> Self {
+        Self {
+            addr: IpAddr::from(k.vip),
+            port: k.port,
+            proto: k.proto,
+            scope: k.scope,
+            value,
+        }
+    }
+
+    /// Whether this is a VIP's marker entry.
+    pub fn is_marker(&self) -> bool {
+        self.port == 0 && self.proto == 0
+    }
+}
+
+/// A backend entry, in the map of its address's family (`SVCNAT_BACKEND4`
+/// or `SVCNAT_BACKEND6`; backend ids are one id space over both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BackendValue {
+    V4(Backend4),
+    V6(Backend6),
+}
+
+/// A backend entry of either family, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendEntry {
+    /// Address.
+    pub addr: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u8,
+}
+
+impl From<Backend4> for BackendEntry {
+    fn from(b: Backend4) -> Self {
+        Self {
+            addr: IpAddr::from(b.addr),
+            port: b.port,
+            proto: b.proto,
+            flags: b.flags,
+        }
+    }
+}
+
+impl From<Backend6> for BackendEntry {
+    fn from(b: Backend6) -> Self {
+        Self {
+            addr: IpAddr::from(b.addr),
+            port: b.port,
+            proto: b.proto,
+            flags: b.flags,
+        }
+    }
+}
+
+/// The frontend map of `addr`'s family (for errors).
+pub(super) fn svc_map_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        map_names::SVC4
+    } else {
+        map_names::SVC6
+    }
+}
+
+/// The backend map of `addr`'s family (for errors).
+pub(super) fn backend_map_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        map_names::BACKEND4
+    } else {
+        map_names::BACKEND6
+    }
+}
+
+/// The LPM key of a source range.
+fn lpm4((svc_id, _, prefix_len): &RangeId, addr: Ipv4Addr) -> Key<SrcRange4> {
+    Key::new(
+        *prefix_len,
+        SrcRange4 {
+            svc_id: svc_id.to_be_bytes(),
+            addr: addr.octets(),
+        },
+    )
+}
+
+/// The LPM key of an IPv6 source range.
+fn lpm6((svc_id, _, prefix_len): &RangeId, addr: Ipv6Addr) -> Key<SrcRange6> {
+    Key::new(
+        *prefix_len,
+        SrcRange6 {
+            svc_id: svc_id.to_be_bytes(),
+            addr: addr.octets(),
+        },
+    )
+}
+
+impl Maps {
+    /// Writes a frontend entry (or VIP marker).
+    pub(super) fn svc_insert(&mut self, k: SvcKey, v: SvcValue) -> Result<()> {
+        match k {
+            SvcKey::V4(k) => self.SVC4.insert(k, v, 0).map_err(map_err(map_names::SVC4)),
+            SvcKey::V6(k) => self.SVC6.insert(k, v, 0).map_err(map_err(map_names::SVC6)),
+        }
+    }
+
+    /// Deletes a frontend entry (or VIP marker); an absent one is no error.
+    pub(super) fn svc_remove(&mut self, k: &SvcKey) -> Result<()> {
+        match k {
+            SvcKey::V4(k) => ignore_missing(self.SVC4.remove(k)).map_err(map_err(map_names::SVC4)),
+            SvcKey::V6(k) => ignore_missing(self.SVC6.remove(k)).map_err(map_err(map_names::SVC6)),
+        }
+    }
+
+    /// Writes a frontend entry unless the map holds exactly that already;
+    /// returns whether it wrote.
+    pub(super) fn svc_ensure(&mut self, k: SvcKey, v: SvcValue) -> Result<bool> {
+        match k {
+            SvcKey::V4(k) => ensure(&mut self.SVC4, map_names::SVC4, k, v),
+            SvcKey::V6(k) => ensure(&mut self.SVC6, map_names::SVC6, k, v),
+        }
+    }
+
+    /// Every frontend entry and VIP marker of both families, IPv4 first.
+    pub fn svc_entries(&self) -> Result<Vec<SvcEntry>> {
+        let mut out = Vec::new();
+        for e in self.SVC4.iter() {
+            let (k, v) = e.map_err(map_err(map_names::SVC4))?;
+            out.push(SvcEntry::of4(&k, v));
+        }
+        for e in self.SVC6.iter() {
+            let (k, v) = e.map_err(map_err(map_names::SVC6))?;
+            out.push(SvcEntry::of6(&k, v));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the frontend entries and markers of both families whose key
+    /// (address, port, protocol, scope) `keep` rejects. Returns how many it
+    /// deleted.
+    pub(super) fn svc_prune(
+        &mut self,
+        keep: impl Fn(IpAddr, u16, u8, u8) -> bool,
+    ) -> Result<usize> {
+        Ok(prune(&mut self.SVC4, map_names::SVC4, |k| {
+            keep(IpAddr::from(k.vip), k.port, k.proto, k.scope)
+        })? + prune(&mut self.SVC6, map_names::SVC6, |k| {
+            keep(IpAddr::from(k.vip), k.port, k.proto, k.scope)
+        })?)
+    }
+
+    /// Writes backend `id`.
+    pub(super) fn backend_insert(&mut self, id: u32, b: BackendValue) -> Result<()> {
+        match b {
+            BackendValue::V4(b) => self
+                .BACKEND4
+                .insert(id, b, 0)
+                .map_err(map_err(map_names::BACKEND4)),
+            BackendValue::V6(b) => self
+                .BACKEND6
+                .insert(id, b, 0)
+                .map_err(map_err(map_names::BACKEND6)),
+        }
+    }
+
+    /// Writes backend `id` unless its map holds exactly that already;
+    /// returns whether it wrote.
+    pub(super) fn backend_ensure(&mut self, id: u32, b: BackendValue) -> Result<bool> {
+        match b {
+            BackendValue::V4(b) => ensure(&mut self.BACKEND4, map_names::BACKEND4, id, b),
+            BackendValue::V6(b) => ensure(&mut self.BACKEND6, map_names::BACKEND6, id, b),
+        }
+    }
+
+    /// Deletes backend `id` of `addr`'s family; an absent one is no error.
+    pub(super) fn backend_remove(&mut self, id: u32, addr: IpAddr) -> Result<()> {
+        if addr.is_ipv4() {
+            ignore_missing(self.BACKEND4.remove(&id)).map_err(map_err(map_names::BACKEND4))
+        } else {
+            ignore_missing(self.BACKEND6.remove(&id)).map_err(map_err(map_names::BACKEND6))
+        }
+    }
+
+    /// Every backend of both families by id.
+    pub fn backend_entries(&self) -> Result<Vec<(u32, BackendEntry)>> {
+        let mut out = Vec::new();
+        for e in self.BACKEND4.iter() {
+            let (id, b) = e.map_err(map_err(map_names::BACKEND4))?;
+            out.push((id, b.into()));
+        }
+        for e in self.BACKEND6.iter() {
+            let (id, b) = e.map_err(map_err(map_names::BACKEND6))?;
+            out.push((id, b.into()));
+        }
+        Ok(out)
+    }
+
+    /// Backend `id`, in whichever family's map holds it.
+    pub fn backend(&self, id: u32) -> Option<BackendEntry> {
+        match self.BACKEND4.get(&id, 0) {
+            Ok(b) => Some(b.into()),
+            Err(_) => self.BACKEND6.get(&id, 0).ok().map(Into::into),
+        }
+    }
+
+    /// Deletes the backends `keep` rejects (given the id and an address of
+    /// the map's family). Returns how many it deleted.
+    pub(super) fn backend_prune(&mut self, keep: impl Fn(u32, IpAddr) -> bool) -> Result<usize> {
+        let (any4, any6) = (
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        );
+        Ok(prune(&mut self.BACKEND4, map_names::BACKEND4, |id| {
+            keep(*id, any4)
+        })? + prune(&mut self.BACKEND6, map_names::BACKEND6, |id| {
+            keep(*id, any6)
+        })?)
+    }
+
+    /// Writes a source-range key (in the trie of its address's family).
+    pub(super) fn range_insert(&mut self, id: &RangeId) -> Result<()> {
+        match id.1 {
+            IpAddr::V4(a) => self
+                .SRCRANGE4
+                .insert(&lpm4(id, a), 1, 0)
+                .map_err(map_err(map_names::SRCRANGE4)),
+            IpAddr::V6(a) => self
+                .SRCRANGE6
+                .insert(&lpm6(id, a), 1, 0)
+                .map_err(map_err(map_names::SRCRANGE6)),
+        }
+    }
+
+    /// Deletes a source-range key; an absent one is no error.
+    pub(super) fn range_remove(&mut self, id: &RangeId) -> Result<()> {
+        match id.1 {
+            IpAddr::V4(a) => ignore_missing(self.SRCRANGE4.remove(&lpm4(id, a)))
+                .map_err(map_err(map_names::SRCRANGE4)),
+            IpAddr::V6(a) => ignore_missing(self.SRCRANGE6.remove(&lpm6(id, a)))
+                .map_err(map_err(map_names::SRCRANGE6)),
+        }
+    }
+
+    /// Every source-range key of both families (see [`range_of`] to read
+    /// one as a range).
+    pub fn range_ids(&self) -> Result<Vec<RangeId>> {
+        let mut out = Vec::new();
+        for k in self.SRCRANGE4.keys() {
+            let k = k.map_err(map_err(map_names::SRCRANGE4))?;
+            let d = k.data();
+            out.push((
+                u32::from_be_bytes(d.svc_id),
+                IpAddr::from(d.addr),
+                k.prefix_len(),
+            ));
+        }
+        for k in self.SRCRANGE6.keys() {
+            let k = k.map_err(map_err(map_names::SRCRANGE6))?;
+            let d = k.data();
+            out.push((
+                u32::from_be_bytes(d.svc_id),
+                IpAddr::from(d.addr),
+                k.prefix_len(),
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// The frontend map key of `fe` in `scope`.
-pub(super) fn svc_key(fe: &Frontend, scope: u8) -> Result<Svc4Key> {
-    Ok(Svc4Key {
-        vip: v4(fe.addr)?.octets(),
-        port: fe.port,
-        proto: fe.proto,
-        scope,
-    })
+pub(super) fn svc_key(fe: &Frontend, scope: u8) -> SvcKey {
+    SvcKey::new(fe.addr, fe.port, fe.proto, scope)
 }
 
 /// The frontend entry of `fe` in `scope` as the mirror `s` has it.
-pub(super) fn svc_entry(
-    fe: &Frontend,
-    scope: u8,
-    s: &ServiceMirror,
-) -> Result<(Svc4Key, SvcValue)> {
-    Ok((
-        svc_key(fe, scope)?,
+pub(super) fn svc_entry(fe: &Frontend, scope: u8, s: &ServiceMirror) -> (SvcKey, SvcValue) {
+    (
+        svc_key(fe, scope),
         SvcValue {
             svc_id: s.svc_id,
             count: s.backend_ids.len() as u16,
@@ -168,32 +476,44 @@ pub(super) fn svc_entry(
             affinity_timeout: s.affinity_timeout,
             pad: 0,
         },
-    ))
+    )
 }
 
 /// The marker entry of a VIP (a known address: other ports are rejected).
-pub(super) fn vip_marker(vip: IpAddr) -> Result<(Svc4Key, SvcValue)> {
-    Ok((Svc4Key::vip_marker(v4(vip)?.octets()), SvcValue::VIP_MARKER))
+pub(super) fn vip_marker(vip: IpAddr) -> (SvcKey, SvcValue) {
+    (SvcKey::marker(vip), SvcValue::VIP_MARKER)
 }
 
-/// The reverse NAT entry of `fe`.
-pub(super) fn revnat_entry(fe: &Frontend) -> Result<RevNat4> {
-    Ok(RevNat4 {
-        vip: v4(fe.addr)?.octets(),
-        port: fe.port,
-        proto: fe.proto,
-        pad: 0,
-    })
+/// The reverse NAT entry of `fe`: IPv4 frontends only (`SVCNAT_REVNAT4`
+/// is IPv4-only and the datapath never reads it; there is no REVNAT6).
+pub(super) fn revnat_entry(fe: &Frontend) -> Option<RevNat4> {
+    match fe.addr {
+        IpAddr::V4(a) => Some(RevNat4 {
+            vip: a.octets(),
+            port: fe.port,
+            proto: fe.proto,
+            pad: 0,
+        }),
+        IpAddr::V6(_) => None,
+    }
 }
 
 /// The backend entry of `key` with `flags`.
-pub(super) fn backend_entry(key: &BackendKey, flags: u8) -> Result<Backend4> {
-    Ok(Backend4 {
-        addr: v4(key.addr)?.octets(),
-        port: key.port,
-        proto: key.proto,
-        flags,
-    })
+pub(super) fn backend_entry(key: &BackendKey, flags: u8) -> BackendValue {
+    match key.addr {
+        IpAddr::V4(a) => BackendValue::V4(Backend4 {
+            addr: a.octets(),
+            port: key.port,
+            proto: key.proto,
+            flags,
+        }),
+        IpAddr::V6(a) => BackendValue::V6(Backend6 {
+            addr: a.octets(),
+            port: key.port,
+            proto: key.proto,
+            flags,
+        }),
+    }
 }
 
 /// `bpf_map_update_elem` flag `BPF_NOEXIST`: only create (linux/bpf.h).

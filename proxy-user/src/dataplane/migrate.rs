@@ -35,6 +35,11 @@
 //! removed, and so are the forward SNAT entries (layout 3 keeps the source
 //! of a source-NATed flow in its conntrack entry). A layout-1 folder goes
 //! through both steps.
+//!
+//! Layout 3 -> 4 (IPv6): the IPv6 maps are new; the loader creates them
+//! empty and pins them, and every IPv4 map keeps its layout-3 form, so
+//! there is nothing to copy: the migration only swaps the programs and
+//! replaces the marker.
 
 use std::{fs, io, path::Path};
 
@@ -109,7 +114,7 @@ impl std::ops::AddAssign for MigrationReport {
 }
 
 /// Layouts an agent of this version migrates from.
-pub const MIGRATES_FROM: &[u32] = &[1, 2];
+pub const MIGRATES_FROM: &[u32] = &[1, 2, 3];
 
 /// Where a map of the table whose key or value changed after layout
 /// `m.layout - 1` is pinned while a migration copies it (bpffs refuses
@@ -343,6 +348,7 @@ mod tests {
             changed_since(2).map(|m| m.name).collect::<Vec<_>>(),
             [map_names::CT4]
         );
+        assert_eq!(changed_since(3).count(), 0, "layout 4 only adds maps");
         assert_eq!(changed_since(proxy_common::LAYOUT_VERSION).count(), 0);
     }
 }

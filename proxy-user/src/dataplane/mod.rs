@@ -34,7 +34,9 @@ pub(crate) use error::map_err;
 pub use flows::ClearedFlows;
 pub use handle::{DEFAULT_BPFFS, Dataplane, DataplaneConfig, MapSizes};
 pub use loader::cleanup;
-pub use maps::{Maps, kind_of, open_pinned, range_of, read_stats, stat_slot};
+pub use maps::{
+    BackendEntry, Maps, RangeId, SvcEntry, kind_of, open_pinned, range_of, read_stats, stat_slot,
+};
 pub use table::{
     BackendSpec, Frontend, FrontendSpec, ServiceOpts, ServiceState, Upsert, proto_name,
 };

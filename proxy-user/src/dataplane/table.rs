@@ -9,16 +9,14 @@ use std::{
     net::IpAddr,
 };
 
-use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, Ct4Key, CtValue, IPPROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT,
-};
+use proxy_common::{CT_DIR_REPLY, CT_DIR_SERVICE, IPPROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT};
 
 /// A service frontend: address, port, IP protocol number. Family-neutral,
 /// as the whole table is: only the map codec (`maps.rs`) knows a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
-    /// Service address, of either family (the map codec refuses IPv6 until
-    /// the datapath has it).
+    /// Service address, of either family (the map codec writes it to the
+    /// maps of its family).
     pub addr: IpAddr,
     /// Service port.
     pub port: u16,
@@ -351,22 +349,25 @@ pub(super) struct StaleFlow {
 }
 
 impl StaleFlow {
-    /// What a UDP conntrack entry says about its flow, in either direction.
-    pub(super) fn of_entry(k: &Ct4Key, v: &CtValue) -> Option<Self> {
-        let (frontend, backend) = match k.dir {
-            CT_DIR_SERVICE => (
-                (IpAddr::from(k.daddr), k.dport),
-                (IpAddr::from(v.nat_addr), v.nat_port),
-            ),
-            CT_DIR_REPLY => (
-                (IpAddr::from(v.nat_addr), v.nat_port),
-                (IpAddr::from(k.saddr), k.sport),
-            ),
+    /// What a UDP conntrack entry of either family says about its flow, in
+    /// either direction: the entry's direction, the source and destination
+    /// of its key, the address and port its value writes, and its ids.
+    pub(super) fn of_entry(
+        dir: u8,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        nat: (IpAddr, u16),
+        svc_id: u32,
+        backend_id: u32,
+    ) -> Option<Self> {
+        let (frontend, backend) = match dir {
+            CT_DIR_SERVICE => (dst, nat),
+            CT_DIR_REPLY => (nat, src),
             _ => return None,
         };
         Some(Self {
-            svc_id: v.svc_id,
-            backend_id: v.backend_id,
+            svc_id,
+            backend_id,
             frontend,
             backend,
         })

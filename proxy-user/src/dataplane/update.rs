@@ -9,14 +9,14 @@ use std::{
 
 use proxy_common::{
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, SVC_FLAG_VIP,
-    SlotKey, SlotValue, SrcRange4, SvcLabel, map_names,
+    SlotKey, SlotValue, SvcLabel, map_names,
 };
 
 use super::error::{DataplaneError, Result, map_err};
 use super::handle::Dataplane;
 use super::maps::{
-    RangeId, backend_entry, ensure, ignore_missing, normalize_range, prune, range_id, range_key,
-    range_key_of, revnat_entry, svc_entry, svc_key, v4, vip_marker,
+    RangeId, SvcKey, backend_entry, backend_map_name, ensure, ignore_missing, normalize_range,
+    prune, range_key, revnat_entry, same_family, svc_entry, svc_key, svc_map_name, vip_marker,
 };
 use super::table::{
     BackendKey, BackendSlot, BackendSpec, Frontend, FrontendSpec, ServiceMirror, ServiceOpts,
@@ -37,35 +37,19 @@ impl Dataplane {
             .services
             .values()
             .chain(self.table.internal.values())
-            .flat_map(|s| {
-                s.ranges
-                    .iter()
-                    .map(|r| range_key(s.svc_id, *r).map(|k| range_id(&k)))
-            })
-            .collect::<Result<_>>()?;
-        let have_ranges: Vec<aya::maps::lpm_trie::Key<SrcRange4>> = self
-            .maps
-            .SRCRANGE4
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::SRCRANGE4))?;
-        let have_ids: BTreeSet<RangeId> = have_ranges.iter().map(range_id).collect();
-        for id in want_ranges.difference(&have_ids) {
-            self.maps
-                .SRCRANGE4
-                .insert(&range_key_of(*id), 1, 0)
-                .map_err(map_err(map_names::SRCRANGE4))?;
+            .flat_map(|s| s.ranges.iter().map(|r| range_key(s.svc_id, *r)))
+            .collect();
+        let have_ranges: BTreeSet<RangeId> = self.maps.range_ids()?.into_iter().collect();
+        for id in want_ranges.difference(&have_ranges) {
+            self.maps.range_insert(id)?;
             fixed += 1;
         }
         // Backends first, then slots, then frontends (the safe order).
         for (key, b) in &self.table.backends {
-            let want = backend_entry(key, b.flags)?;
-            fixed += usize::from(ensure(
-                &mut self.maps.BACKEND4,
-                map_names::BACKEND4,
-                b.id,
-                want,
-            )?);
+            fixed += usize::from(
+                self.maps
+                    .backend_ensure(b.id, backend_entry(key, b.flags))?,
+            );
         }
         for (scope, fe, s) in self
             .table
@@ -87,13 +71,14 @@ impl Dataplane {
                 let v = SlotValue { backend_id: *id };
                 fixed += usize::from(ensure(&mut self.maps.SLOTS, map_names::SLOTS, k, v)?);
             }
-            let rv = revnat_entry(fe)?;
-            fixed += usize::from(ensure(
-                &mut self.maps.REVNAT4,
-                map_names::REVNAT4,
-                s.svc_id,
-                rv,
-            )?);
+            if let Some(rv) = revnat_entry(fe) {
+                fixed += usize::from(ensure(
+                    &mut self.maps.REVNAT4,
+                    map_names::REVNAT4,
+                    s.svc_id,
+                    rv,
+                )?);
+            }
             let label = SvcLabel::new(&s.label);
             fixed += usize::from(ensure(
                 &mut self.maps.LABELS,
@@ -101,55 +86,52 @@ impl Dataplane {
                 s.svc_id,
                 label,
             )?);
-            let (k, v) = svc_entry(fe, scope, s)?;
-            fixed += usize::from(ensure(&mut self.maps.SVC4, map_names::SVC4, k, v)?);
+            let (k, v) = svc_entry(fe, scope, s);
+            fixed += usize::from(self.maps.svc_ensure(k, v)?);
         }
         for vip in self.table.vips.keys() {
-            let (k, v) = vip_marker(*vip)?;
-            fixed += usize::from(ensure(&mut self.maps.SVC4, map_names::SVC4, k, v)?);
+            let (k, v) = vip_marker(*vip);
+            fixed += usize::from(self.maps.svc_ensure(k, v)?);
         }
         // Deletions last: what the maps hold and the mirror does not.
         let (services, internal, vips) =
             (&self.table.services, &self.table.internal, &self.table.vips);
-        fixed += prune(&mut self.maps.SVC4, map_names::SVC4, |k| {
-            if k.port == 0 && k.proto == 0 {
-                return vips.contains_key(&IpAddr::from(k.vip));
+        fixed += self.maps.svc_prune(|addr, port, proto, scope| {
+            if port == 0 && proto == 0 {
+                return vips.contains_key(&addr);
             }
-            let fe = Frontend {
-                addr: IpAddr::from(k.vip),
-                port: k.port,
-                proto: k.proto,
-            };
-            (k.scope == SCOPE_EXTERNAL && services.contains_key(&fe))
-                || (k.scope == SCOPE_INTERNAL && internal.contains_key(&fe))
+            let fe = Frontend { addr, port, proto };
+            (scope == SCOPE_EXTERNAL && services.contains_key(&fe))
+                || (scope == SCOPE_INTERNAL && internal.contains_key(&fe))
         })?;
-        let by_svc: StdHashMap<u32, usize> = self
+        let by_svc: StdHashMap<u32, (usize, IpAddr)> = self
             .table
             .services
-            .values()
-            .chain(self.table.internal.values())
-            .map(|s| (s.svc_id, s.backend_ids.len()))
+            .iter()
+            .chain(self.table.internal.iter())
+            .map(|(fe, s)| (s.svc_id, (s.backend_ids.len(), fe.addr)))
             .collect();
         fixed += prune(&mut self.maps.SLOTS, map_names::SLOTS, |k| {
             by_svc
                 .get(&k.svc_id)
-                .is_some_and(|n| k.slot >= 1 && k.slot as usize <= *n)
+                .is_some_and(|(n, _)| k.slot >= 1 && k.slot as usize <= *n)
         })?;
+        // Reverse NAT entries of IPv4 frontends only.
         fixed += prune(&mut self.maps.REVNAT4, map_names::REVNAT4, |k| {
-            by_svc.contains_key(k)
+            by_svc.get(k).is_some_and(|(_, addr)| addr.is_ipv4())
         })?;
         fixed += prune(&mut self.maps.LABELS, map_names::LABELS, |k| {
             by_svc.contains_key(k)
         })?;
+        // A backend belongs in the map of its address's family.
         let backend_keys = &self.table.backend_keys;
-        fixed += prune(&mut self.maps.BACKEND4, map_names::BACKEND4, |k| {
-            backend_keys.contains_key(k)
+        fixed += self.maps.backend_prune(|id, family| {
+            backend_keys
+                .get(&id)
+                .is_some_and(|k| k.addr.is_ipv4() == family.is_ipv4())
         })?;
-        for k in have_ranges
-            .iter()
-            .filter(|k| !want_ranges.contains(&range_id(k)))
-        {
-            ignore_missing(self.maps.SRCRANGE4.remove(k)).map_err(map_err(map_names::SRCRANGE4))?;
+        for id in have_ranges.difference(&want_ranges) {
+            self.maps.range_remove(id)?;
             fixed += 1;
         }
         Ok(fixed)
@@ -184,15 +166,15 @@ impl Dataplane {
     /// pods to it, deleted after). Idempotent; same consistency as
     /// [`Self::upsert_service`].
     pub fn upsert_frontend(&mut self, fe: Frontend, spec: &FrontendSpec) -> Result<Upsert> {
-        // Every address in the family the maps have, before anything is
-        // written (a frontend is written whole or not at all).
-        v4(fe.addr)?;
+        // Every address in the frontend's family, before anything is
+        // written (a frontend is written whole or not at all, in the maps
+        // of its family).
         let internal = spec.internal_backends.iter().flatten();
         for b in spec.backends.iter().chain(internal) {
-            v4(b.addr)?;
+            same_family(fe.addr, b.addr)?;
         }
         for (a, _) in &spec.source_ranges {
-            v4(*a)?;
+            same_family(fe.addr, *a)?;
         }
         let mut flags = spec.flags & !(SVC_FLAG_VIP | SVC_FLAG_TWO_SCOPES);
         let mut changed = false;
@@ -283,24 +265,21 @@ impl Dataplane {
                 port: b.port,
                 proto: fe.proto,
             };
-            let value = backend_entry(&key, b.flags)?;
+            let value = backend_entry(&key, b.flags);
             let id = match self.table.backends.get_mut(&key) {
                 Some(slot) => {
                     if slot.flags != b.flags {
-                        self.maps
-                            .BACKEND4
-                            .insert(slot.id, value, 0)
-                            .map_err(map_err(map_names::BACKEND4))?;
+                        self.maps.backend_insert(slot.id, value)?;
                         slot.flags = b.flags;
                     }
                     slot.id
                 }
                 None => {
                     let id = self.table.backend_ids.take();
-                    if let Err(e) = self.maps.BACKEND4.insert(id, value, 0) {
+                    if let Err(e) = self.maps.backend_insert(id, value) {
                         self.table.backend_ids.give(id);
                         self.release_backends(&taken)?;
-                        return Err(map_err(map_names::BACKEND4)(e));
+                        return Err(e);
                     }
                     self.table.backends.insert(
                         key,
@@ -384,11 +363,8 @@ impl Dataplane {
             let had = old_flags.is_some_and(has_marker);
             if has_marker(flags) && !had {
                 *self.table.vips.entry(fe.addr).or_default() += 1;
-                let (k, v) = vip_marker(fe.addr)?;
-                self.maps
-                    .SVC4
-                    .insert(k, v, 0)
-                    .map_err(map_err(map_names::SVC4))?;
+                let (k, v) = vip_marker(fe.addr);
+                self.maps.svc_insert(k, v)?;
             } else if had && !has_marker(flags) {
                 self.drop_marker(fe.addr)?;
             }
@@ -398,7 +374,7 @@ impl Dataplane {
         // Affinity turned off: forget the clients, so that turning it on
         // again starts afresh.
         if old_affinity != 0 && affinity_timeout == 0 {
-            self.flush_affinity(svc_id)?;
+            self.flush_affinity(svc_id, fe.addr)?;
         }
         Ok(if created {
             Upsert::Created
@@ -439,8 +415,7 @@ impl Dataplane {
                     .map_err(map_err(map_names::SLOTS))?;
             }
         }
-        if created {
-            let rv = revnat_entry(fe)?;
+        if created && let Some(rv) = revnat_entry(fe) {
             self.maps
                 .REVNAT4
                 .insert(s.svc_id, rv, 0)
@@ -449,14 +424,11 @@ impl Dataplane {
         // New ranges before the entry that may start checking them.
         for r in &s.ranges {
             if !old_ranges.contains(r) {
-                self.maps
-                    .SRCRANGE4
-                    .insert(&range_key(s.svc_id, *r)?, 1, 0)
-                    .map_err(map_err(map_names::SRCRANGE4))?;
+                self.maps.range_insert(&range_key(s.svc_id, *r))?;
             }
         }
         if !moves.is_empty() {
-            let moved = self.move_affinity(s.svc_id, moves)?;
+            let moved = self.move_affinity(s.svc_id, fe.addr, moves)?;
             tracing::debug!(
                 frontend = %fe,
                 moved_backends = moves.len(),
@@ -465,11 +437,8 @@ impl Dataplane {
             );
         }
         // 3. The frontend with its new count, then slots past the count.
-        let (k, v) = svc_entry(fe, scope, s)?;
-        self.maps
-            .SVC4
-            .insert(k, v, 0)
-            .map_err(map_err(map_names::SVC4))?;
+        let (k, v) = svc_entry(fe, scope, s);
+        self.maps.svc_insert(k, v)?;
         for slot in s.backend_ids.len() + 1..=old_ids.len() {
             let k = SlotKey {
                 svc_id: s.svc_id,
@@ -479,8 +448,7 @@ impl Dataplane {
         }
         for r in old_ranges {
             if !s.ranges.contains(r) {
-                ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)?))
-                    .map_err(map_err(map_names::SRCRANGE4))?;
+                self.maps.range_remove(&range_key(s.svc_id, *r))?;
             }
         }
         Ok(())
@@ -505,11 +473,14 @@ impl Dataplane {
             .count();
         let old_slots = cur.map_or(0, |s| s.backend_ids.len());
         let slots_after = self.table.slot_count - old_slots + want.len();
+        // Counted over both families: each family's map has the size of the
+        // knob, so a total within it fits either map (conservative on a
+        // dual-stack node, never over a map's size).
         let free_backends =
             (self.capacity.backends as usize).saturating_sub(self.table.backends.len());
         if new_backends > free_backends {
             return Err(DataplaneError::MapFull {
-                map: map_names::BACKEND4,
+                map: backend_map_name(fe.addr),
                 needed: new_backends,
                 free: free_backends,
                 capacity: self.capacity.backends,
@@ -530,7 +501,7 @@ impl Dataplane {
             let free = (self.capacity.services as usize).saturating_sub(entries);
             if needed > free {
                 return Err(DataplaneError::MapFull {
-                    map: map_names::SVC4,
+                    map: svc_map_name(fe.addr),
                     needed,
                     free,
                     capacity: self.capacity.services,
@@ -558,8 +529,7 @@ impl Dataplane {
         };
         self.table
             .note_udp_change(fe, s.svc_id, &s.backend_ids, kept);
-        let key = svc_key(fe, scope)?;
-        ignore_missing(self.maps.SVC4.remove(&key)).map_err(map_err(map_names::SVC4))?;
+        self.maps.svc_remove(&svc_key(fe, scope))?;
         if scope == SCOPE_EXTERNAL && has_marker(s.flags) {
             self.drop_marker(fe.addr)?;
         }
@@ -571,17 +541,19 @@ impl Dataplane {
             ignore_missing(self.maps.SLOTS.remove(&k)).map_err(map_err(map_names::SLOTS))?;
         }
         for r in &s.ranges {
-            ignore_missing(self.maps.SRCRANGE4.remove(&range_key(s.svc_id, *r)?))
-                .map_err(map_err(map_names::SRCRANGE4))?;
+            self.maps.range_remove(&range_key(s.svc_id, *r))?;
         }
-        ignore_missing(self.maps.REVNAT4.remove(&s.svc_id)).map_err(map_err(map_names::REVNAT4))?;
+        if revnat_entry(fe).is_some() {
+            ignore_missing(self.maps.REVNAT4.remove(&s.svc_id))
+                .map_err(map_err(map_names::REVNAT4))?;
+        }
         ignore_missing(self.maps.LABELS.remove(&s.svc_id)).map_err(map_err(map_names::LABELS))?;
         self.table.slot_count -= s.backend_ids.len();
         self.table.svc_ids.give(s.svc_id);
         self.release_backends(&s.backend_ids)?;
         // The id may name another service next: its clients start afresh.
         if s.affinity_timeout != 0 {
-            self.flush_affinity(s.svc_id)?;
+            self.flush_affinity(s.svc_id, fe.addr)?;
         }
         Ok(true)
     }
@@ -597,8 +569,7 @@ impl Dataplane {
             .saturating_sub(1);
         if remaining == 0 {
             self.table.vips.remove(&vip);
-            let (k, _) = vip_marker(vip)?;
-            ignore_missing(self.maps.SVC4.remove(&k)).map_err(map_err(map_names::SVC4))?;
+            self.maps.svc_remove(&SvcKey::marker(vip))?;
         } else {
             self.table.vips.insert(vip, remaining);
         }
@@ -618,8 +589,7 @@ impl Dataplane {
             if slot.refs == 0 {
                 self.table.backends.remove(&key);
                 self.table.backend_keys.remove(id);
-                ignore_missing(self.maps.BACKEND4.remove(id))
-                    .map_err(map_err(map_names::BACKEND4))?;
+                self.maps.backend_remove(*id, key.addr)?;
                 self.table.backend_ids.give(*id);
             }
         }
