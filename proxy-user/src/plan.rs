@@ -59,13 +59,28 @@ pub struct PlannedFrontend {
     pub label: String,
 }
 
-/// Why the datapath cannot serve `port`, if it cannot. Both IP families
-/// are served.
-pub fn unsupported(port: &ServicePort) -> Option<&'static str> {
+/// The IP families the datapath translates. The agent, its maps and the
+/// plan handle both families; the eBPF programs translate IPv4 only so far
+/// (issue 13: the IPv6 pipelines do not fit the BPF stack yet), so IPv6
+/// ports are reported and not programmed. Tests of the IPv6 programming
+/// path plan with [`plan_for`] and [`crate::sync::Syncer::with_families`].
+pub const DATAPATH_FAMILIES: &[Family] = &[Family::V4];
+
+/// Why the datapath cannot serve `port` when it translates `families`, if
+/// it cannot.
+pub fn unsupported_in(port: &ServicePort, families: &[Family]) -> Option<&'static str> {
     if port.protocol == Protocol::Sctp {
         return Some("SCTP is not supported by the datapath yet");
     }
+    if !families.contains(&port.family) {
+        return Some("IPv6 is not translated by the datapath yet");
+    }
     None
+}
+
+/// Why the datapath cannot serve `port`, if it cannot.
+pub fn unsupported(port: &ServicePort) -> Option<&'static str> {
+    unsupported_in(port, DATAPATH_FAMILIES)
 }
 
 /// The node port `port` would have in its family if this node had a node
@@ -109,6 +124,14 @@ pub fn served(m: &ServiceModel) -> impl Iterator<Item = &ServicePort> {
 ///   (kube-proxy sends pod traffic to external addresses cluster-wide).
 /// - `loadBalancerSourceRanges` apply to load-balancer IPs.
 pub fn plan(m: &ServiceModel) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<String>) {
+    plan_for(m, DATAPATH_FAMILIES)
+}
+
+/// [`plan`] for a datapath that translates `families`.
+pub fn plan_for(
+    m: &ServiceModel,
+    families: &[Family],
+) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<String>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for port in &m.ports {
@@ -120,7 +143,7 @@ pub fn plan(m: &ServiceModel) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<Strin
             }
         };
         let first = port.frontends.first().map_or(0, |f| f.port);
-        if let Some(why) = unsupported(port) {
+        if let Some(why) = unsupported_in(port, families) {
             problems.push(format!("service {} port {}: {why}", m.name, named(first)));
             continue;
         }
@@ -193,6 +216,9 @@ mod tests {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
     use super::*;
+
+    /// What the planner does once the datapath translates IPv6.
+    const BOTH: &[Family] = &[Family::V4, Family::V6];
     use crate::model::{NodeInfo, model_service};
 
     fn object<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
@@ -276,7 +302,7 @@ mod tests {
     #[test]
     fn both_families_are_planned_with_their_policy_and_backends_of_their_family() {
         let m = dual_stack_lb(&["198.18.0.1", "2001:db8::1"]);
-        let (frontends, problems) = plan(&m);
+        let (frontends, problems) = plan_for(&m, BOTH);
         assert!(problems.is_empty(), "{problems:?}");
         for (k, p) in &frontends {
             let backends = p
@@ -335,13 +361,14 @@ mod tests {
         assert_eq!(p.internal_backends.as_ref().map(Vec::len), Some(1));
         assert!(of(&frontends, FrontendKind::LoadBalancer, Family::V6).is_empty());
         assert_eq!(frontends.len(), 5);
-        assert_eq!(served(&m).count(), 2);
+        // What the datapath serves today: the IPv4 port only.
+        assert_eq!(served(&m).count(), 1);
     }
 
     #[test]
     fn a_family_without_a_node_address_is_reported_and_its_other_frontends_planned() {
         let m = dual_stack_lb(&["198.18.0.1"]);
-        let (frontends, problems) = plan(&m);
+        let (frontends, problems) = plan_for(&m, BOTH);
         assert_eq!(
             problems,
             [

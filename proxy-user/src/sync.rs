@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::{
     dataplane::{Dataplane, DataplaneError, Frontend, FrontendSpec, Upsert},
     healthcheck::{self, HealthChecks},
-    model::{self, NodeInfo, ServiceModel, ServiceName},
+    model::{self, Family, NodeInfo, ServiceModel, ServiceName},
     plan,
     sources::{Kind, Object, SourceEvent},
 };
@@ -105,9 +105,20 @@ pub struct Syncer {
     pub last_latencies: Vec<Duration>,
     /// How long the last pass took.
     pub last_pass_duration: Duration,
+    /// The IP families the datapath translates (see
+    /// [`plan::DATAPATH_FAMILIES`]).
+    families: Vec<Family>,
 }
 
 impl Syncer {
+    /// This syncer, planning for a datapath that translates `families`
+    /// (tests of the IPv6 programming path; the agent keeps the default,
+    /// [`plan::DATAPATH_FAMILIES`]).
+    pub fn with_families(mut self, families: &[Family]) -> Self {
+        self.families = families.to_vec();
+        self
+    }
+
     /// A syncer for this node.
     pub fn new(node: NodeInfo, stats: Arc<SyncStats>) -> Self {
         Self {
@@ -128,6 +139,7 @@ impl Syncer {
             stats,
             last_latencies: Vec::new(),
             last_pass_duration: Duration::ZERO,
+            families: plan::DATAPATH_FAMILIES.to_vec(),
         }
     }
 
@@ -438,7 +450,7 @@ impl Syncer {
         want: &mut BTreeMap<Frontend, FrontendSpec>,
         problems: &mut Vec<String>,
     ) {
-        let (planned, unsupported) = plan::plan(m);
+        let (planned, unsupported) = plan::plan_for(m, &self.families);
         problems.extend(unsupported);
         for (key, p) in &planned {
             want.insert(Frontend::from(key), FrontendSpec::of_plan(p));
