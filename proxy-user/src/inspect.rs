@@ -18,7 +18,8 @@ use serde::Serialize;
 
 use crate::{
     dataplane::{
-        DataplaneError, Maps, SvcEntry, kind_of, map_err, proto_name, range_of, read_stats,
+        CtEntry, CtFamily, DataplaneError, Maps, SvcEntry, kind_of, map_err, proto_name, range_of,
+        read_stats,
     },
     model::FrontendKind,
 };
@@ -313,54 +314,18 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// What a conntrack row shows of an entry of either family.
-struct CtView {
-    dir: u8,
-    proto: u8,
-    src: (IpAddr, u16),
-    dst: (IpAddr, u16),
-    nat: (IpAddr, u16),
-    flags: u8,
-    backend_id: u32,
-    svc_id: u32,
-    created_ns: u64,
-    expires_ns: u64,
-}
-
 /// Every conntrack entry in the pinned maps (IPv4, then IPv6).
 pub fn conntrack(dir: &Path) -> Result<Vec<ConntrackRow>> {
     let maps = Maps::pinned(dir)?;
     let names = labels(&maps)?;
-    let mut views = Vec::new();
+    let mut views: Vec<CtEntry> = Vec::new();
     for e in maps.CT4.iter() {
         let (k, v) = e.map_err(map_err(map_names::CT4))?;
-        views.push(CtView {
-            dir: k.dir,
-            proto: k.proto,
-            src: (IpAddr::from(k.saddr), k.sport),
-            dst: (IpAddr::from(k.daddr), k.dport),
-            nat: (IpAddr::from(v.nat_addr), v.nat_port),
-            flags: v.flags,
-            backend_id: v.backend_id,
-            svc_id: v.svc_id,
-            created_ns: v.created_ns,
-            expires_ns: v.expires_ns,
-        });
+        views.push(k.decode(&v));
     }
     for e in maps.CT6.iter() {
         let (k, v) = e.map_err(map_err(map_names::CT6))?;
-        views.push(CtView {
-            dir: k.dir,
-            proto: k.proto,
-            src: (IpAddr::from(k.saddr), k.sport),
-            dst: (IpAddr::from(k.daddr), k.dport),
-            nat: (IpAddr::from(v.nat_addr), v.nat_port),
-            flags: v.flags,
-            backend_id: v.backend_id,
-            svc_id: v.svc_id,
-            created_ns: v.created_ns,
-            expires_ns: v.expires_ns,
-        });
+        views.push(k.decode(&v));
     }
     let now = monotonic_ns() as f64;
     let mut rows = Vec::new();

@@ -9,14 +9,11 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use proxy_common::{
-    AffinityValue, CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, Ct6Key, Ct6Value, CtValue, IPPROTO_UDP,
-    map_names,
-};
+use proxy_common::{AffinityValue, CT_DIR_SERVICE, CT_F_SNAT, IPPROTO_UDP, map_names};
 
 use super::error::{Result, map_err};
 use super::handle::Dataplane;
-use super::maps::{BPF_EXIST, ignore_missing, prune, removed, walk};
+use super::maps::{BPF_EXIST, CtFamily, ignore_missing, prune, removed, walk};
 use super::table::{SlotMove, StaleFlow};
 
 /// What one [`Dataplane::clear_stale_udp_flows`] sweep deleted.
@@ -30,77 +27,22 @@ pub struct ClearedFlows {
     pub snat_entries: usize,
 }
 
-/// What a sweep reads of a conntrack entry, for the key types of both
-/// families (`SVCNAT_CT4`, `SVCNAT_CT6`; their SNAT maps share the key).
-trait CtKey: aya::Pod {
-    /// The conntrack value of the family.
-    type Value: aya::Pod;
-    /// IP protocol number.
-    fn proto(&self) -> u8;
-    /// `CT_DIR_*`.
-    fn dir(&self) -> u8;
-    /// Whether the flow is also source-NATed.
-    fn snat(v: &Self::Value) -> bool;
-    /// What the entry says about its flow.
-    fn flow(&self, v: &Self::Value) -> Option<StaleFlow>;
-}
-
-impl CtKey for Ct4Key {
-    type Value = CtValue;
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-    fn dir(&self) -> u8 {
-        self.dir
-    }
-    fn snat(v: &CtValue) -> bool {
-        v.flags & CT_F_SNAT != 0
-    }
-    fn flow(&self, v: &CtValue) -> Option<StaleFlow> {
-        StaleFlow::of_entry(
-            self.dir,
-            (IpAddr::from(self.saddr), self.sport),
-            (IpAddr::from(self.daddr), self.dport),
-            (IpAddr::from(v.nat_addr), v.nat_port),
-            v.svc_id,
-            v.backend_id,
-        )
-    }
-}
-
-impl CtKey for Ct6Key {
-    type Value = Ct6Value;
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-    fn dir(&self) -> u8 {
-        self.dir
-    }
-    fn snat(v: &Ct6Value) -> bool {
-        v.flags & CT_F_SNAT != 0
-    }
-    fn flow(&self, v: &Ct6Value) -> Option<StaleFlow> {
-        StaleFlow::of_entry(
-            self.dir,
-            (IpAddr::from(self.saddr), self.sport),
-            (IpAddr::from(self.daddr), self.dport),
-            (IpAddr::from(v.nat_addr), v.nat_port),
-            v.svc_id,
-            v.backend_id,
-        )
-    }
+/// The flow a conntrack entry of either family belongs to.
+fn flow_of<K: CtFamily>(k: &K, v: &K::Value) -> Option<StaleFlow> {
+    let e = k.decode(v);
+    StaleFlow::of_entry(e.dir, e.src, e.dst, e.nat, e.svc_id, e.backend_id)
 }
 
 /// One family's sweep: deletes the UDP conntrack entries (and SNAT
 /// entries) of `ct` whose flow is in `stale`, walking at most `limit` keys.
-fn sweep<K: CtKey, S: aya::Pod>(
+fn sweep<K: CtFamily, S: aya::Pod>(
     (ct, ct_name): (&mut HashMap<MapData, K, K::Value>, &'static str),
     (snat, snat_name): (&mut HashMap<MapData, K, S>, &'static str),
     limit: usize,
     stale: &BTreeSet<StaleFlow>,
     out: &mut ClearedFlows,
 ) -> Result<()> {
-    let is_stale = |k: &K, v: &K::Value| k.flow(v).is_some_and(|s| stale.contains(&s));
+    let is_stale = |k: &K, v: &K::Value| flow_of(k, v).is_some_and(|s| stale.contains(&s));
     let mut doomed = Vec::new();
     for k in ct.keys().take(limit) {
         let k = k.map_err(map_err(ct_name))?;
@@ -130,7 +72,9 @@ fn sweep<K: CtKey, S: aya::Pod>(
             }
         }
         // A SNATed flow's SNAT entry sits under its reply key.
-        if K::snat(&v) && removed(snat.remove(k)).map_err(map_err(snat_name))? {
+        if k.decode(&v).flags & CT_F_SNAT != 0
+            && removed(snat.remove(k)).map_err(map_err(snat_name))?
+        {
             out.snat_entries += 1;
         }
     }

@@ -704,3 +704,73 @@ pub(super) fn ensure<K: aya::Pod, V: aya::Pod + PartialEq>(
     map.insert(k, v, 0).map_err(map_err(name))?;
     Ok(true)
 }
+
+/// A conntrack entry of either family, decoded (addresses as `IpAddr`,
+/// ports in host order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// The key's source.
+    pub src: (IpAddr, u16),
+    /// The key's destination.
+    pub dst: (IpAddr, u16),
+    /// What the entry rewrites to.
+    pub nat: (IpAddr, u16),
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// The service.
+    pub svc_id: u32,
+    /// `bpf_ktime_get_ns()` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` after which the entry is dead.
+    pub expires_ns: u64,
+}
+
+/// The conntrack key types of both families (`Ct4Key`, `Ct6Key`: the same
+/// fields, addresses of their own size), with their value type.
+pub trait CtFamily: aya::Pod {
+    /// The family's conntrack value.
+    type Value: aya::Pod;
+    /// `CT_DIR_*` of the key.
+    fn dir(&self) -> u8;
+    /// IP protocol number of the key.
+    fn proto(&self) -> u8;
+    /// The entry `self` -> `v`, decoded.
+    fn decode(&self, v: &Self::Value) -> CtEntry;
+}
+
+macro_rules! ct_family {
+    ($k:ty => $v:ty) => {
+        impl CtFamily for $k {
+            type Value = $v;
+            fn dir(&self) -> u8 {
+                self.dir
+            }
+            fn proto(&self) -> u8 {
+                self.proto
+            }
+            fn decode(&self, v: &$v) -> CtEntry {
+                CtEntry {
+                    dir: self.dir,
+                    proto: self.proto,
+                    src: (IpAddr::from(self.saddr), self.sport),
+                    dst: (IpAddr::from(self.daddr), self.dport),
+                    nat: (IpAddr::from(v.nat_addr), v.nat_port),
+                    flags: v.flags,
+                    backend_id: v.backend_id,
+                    svc_id: v.svc_id,
+                    created_ns: v.created_ns,
+                    expires_ns: v.expires_ns,
+                }
+            }
+        }
+    };
+}
+
+ct_family!(proxy_common::Ct4Key => proxy_common::CtValue);
+ct_family!(proxy_common::Ct6Key => proxy_common::Ct6Value);

@@ -35,7 +35,8 @@ pub use flows::ClearedFlows;
 pub use handle::{DEFAULT_BPFFS, Dataplane, DataplaneConfig, MapSizes};
 pub use loader::cleanup;
 pub use maps::{
-    BackendEntry, Maps, RangeId, SvcEntry, kind_of, open_pinned, range_of, read_stats, stat_slot,
+    BackendEntry, CtEntry, CtFamily, Maps, RangeId, SvcEntry, kind_of, open_pinned, range_of,
+    read_stats, stat_slot,
 };
 pub use table::{
     BackendSpec, Frontend, FrontendSpec, ServiceOpts, ServiceState, Upsert, proto_name,
