@@ -38,7 +38,7 @@ use crate::{
 #[classifier]
 pub fn svcnat_pod_ingress(ctx: TcContext) -> i32 {
     match family(&ctx) {
-        Ok(Family::V4) => v4::pod::ingress(ctx),
+        Ok(Family::V4) => v4::ingress(&ctx),
         Ok(Family::V6) | Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
     }
 }
@@ -54,7 +54,7 @@ pub fn svcnat_pod_egress(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
     match family(&ctx) {
-        Ok(Family::V4) => v4::node::xdp(ctx),
+        Ok(Family::V4) => v4::xdp(&ctx),
         Ok(Family::V6) | Err(_) => finish_xdp(ctx.len(), Err(Reason::PassNotIp)),
     }
 }
@@ -71,7 +71,7 @@ pub fn svcnat_node_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn egress(ctx: TcContext) -> i32 {
     match family(&ctx) {
-        Ok(Family::V4) => v4::pod::egress(ctx),
+        Ok(Family::V4) => v4::egress(&ctx),
         Ok(Family::V6) | Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
     }
 }

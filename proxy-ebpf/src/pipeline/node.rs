@@ -33,18 +33,9 @@ use super::{
     snat::{NODE_PORTS, open_from_client, rev_key, snat_open},
 };
 use crate::{
-    packet::Packet,
     parse::{self, L4, Transport},
-    verdict::{XdpVerdict, finish_xdp, xdp_pass},
+    verdict::{XdpVerdict, xdp_pass},
 };
-
-/// XDP of this family: [`try_xdp`], counted, in a function of its own (see
-/// `pod::ingress`).
-#[inline(never)]
-pub(crate) fn xdp(ctx: XdpContext) -> u32 {
-    let len = ctx.len();
-    finish_xdp(len, try_xdp(&ctx))
-}
 
 /// A packet arriving on a node interface.
 #[inline(always)]

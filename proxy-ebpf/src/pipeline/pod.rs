@@ -20,22 +20,8 @@ use super::{
 use crate::{
     bounce::bounce,
     parse::{self, L4, Transport},
-    verdict::{Verdict, finish, pass},
+    verdict::{Verdict, pass},
 };
-
-/// TC ingress of this family: [`try_ingress`], counted. A function of its
-/// own (not inlined into the entry point), so that each family's pipeline
-/// has its own stack frame.
-#[inline(never)]
-pub(crate) fn ingress(ctx: TcContext) -> i32 {
-    finish(ctx.len(), try_ingress(&ctx))
-}
-
-/// TC egress of this family: [`try_egress`], counted (see [`ingress`]).
-#[inline(never)]
-pub(crate) fn egress(ctx: TcContext) -> i32 {
-    finish(ctx.len(), try_egress(&ctx))
-}
 
 /// A packet from a pod: DNAT when it is addressed to a service.
 #[inline(always)]

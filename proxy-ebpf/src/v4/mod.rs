@@ -28,6 +28,13 @@ pub(crate) use self::{
     ip::{IP_CSUM_OFF, IP_DADDR_OFF as DADDR_OFF, IP_SADDR_OFF as SADDR_OFF, Ipv4Hdr as Ip, l3},
     reject::reject,
 };
+use aya_ebpf::programs::{TcContext, XdpContext};
+
+use crate::{
+    packet::Packet,
+    verdict::{finish, finish_xdp},
+};
+
 pub(crate) use crate::maps::{
     AFFINITY4 as AFFINITY, BACKEND4 as BACKEND, CT4 as CT, FRAG4 as FRAG, NODE4 as NODE,
     SNAT4 as SNAT, SRCRANGE4 as SRCRANGE, SVC4 as SVC,
@@ -53,6 +60,26 @@ pub(crate) fn frag_key(ip: &Ip, dir: u8) -> FragKey {
         proto: ip.proto,
         dir,
     }
+}
+
+/// TC ingress of IPv4 packets: [`pod::try_ingress`], counted. Inlined into
+/// the entry point: IPv4 pays no call (a family whose pipeline needs a
+/// stack frame of its own makes this a subprogram instead).
+#[inline(always)]
+pub(crate) fn ingress(ctx: &TcContext) -> i32 {
+    finish(ctx.len(), pod::try_ingress(ctx))
+}
+
+/// TC egress of IPv4 packets: [`pod::try_egress`], counted.
+#[inline(always)]
+pub(crate) fn egress(ctx: &TcContext) -> i32 {
+    finish(ctx.len(), pod::try_egress(ctx))
+}
+
+/// XDP of IPv4 packets: [`node::try_xdp`], counted.
+#[inline(always)]
+pub(crate) fn xdp(ctx: &XdpContext) -> u32 {
+    finish_xdp(ctx.len(), node::try_xdp(ctx))
 }
 
 #[path = "../pipeline/ct.rs"]
