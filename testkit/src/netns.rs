@@ -74,6 +74,17 @@ impl NetNs {
         ]))
     }
 
+    /// Sets several sysctls inside the namespace with one `sysctl` run, in
+    /// order.
+    pub fn sysctls(&self, pairs: &[(&str, &str)]) -> io::Result<Output> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, "sysctl", "-qw"]);
+        for (key, value) in pairs {
+            cmd.arg(format!("{key}={value}"));
+        }
+        run_ok(&mut cmd)
+    }
+
     /// A command that runs `program` inside the namespace with the host's
     /// mounts (so /sys/fs/bpf is the host's): `nsenter --net=PATH program`.
     pub fn command(&self, program: &str) -> Command {

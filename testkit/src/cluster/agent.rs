@@ -26,8 +26,8 @@ use super::{
 pub struct Frontend {
     /// `namespace/name:port`.
     pub name: String,
-    /// VIP.
-    pub vip: Ipv4Addr,
+    /// VIP (of either family).
+    pub vip: IpAddr,
     /// Port.
     pub port: u16,
     /// `tcp` / `udp`.
@@ -233,6 +233,36 @@ impl Cluster {
         }
     }
 
+    /// Polls node `node`'s agent log (all starts) until a line contains
+    /// `needle` (say a problem the agent reports with a service: `skipped:
+    /// service NS/NAME port P: WHY`); returns that line. Fails after
+    /// `limit`, and at once when the agent has exited (with its log).
+    pub fn wait_agent_log(&self, node: usize, needle: &str, limit: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            self.check_interrupt()?;
+            let log = self.agent_log(node);
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_string());
+            }
+            if let Some(st) = self.agent_exited(node) {
+                bail!(
+                    "the agent of {} exited ({st}) before logging {needle:?}; its log:\n{}",
+                    node_name(node),
+                    tail(&log, 30)
+                );
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "the agent of {} logged no {needle:?} within {limit:?}; its log ends:\n{}",
+                    node_name(node),
+                    tail(&log, 30)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Everything node `node`'s agents wrote (all starts).
     pub fn agent_log(&self, node: usize) -> String {
         self.agent(node)
@@ -275,10 +305,14 @@ impl Cluster {
         serde_json::from_str(&text).context("parse `svcnat inspect conntrack --json`")
     }
 
-    /// The backend (`addr:port`) that node `node`'s conntrack pins the flow
-    /// from `client` to.
-    pub fn flow_backend(&self, node: usize, client: SocketAddrV4) -> Result<Option<String>> {
-        let src = client.to_string();
+    /// The backend (`addr:port`, `[addr]:port` for IPv6) that node
+    /// `node`'s conntrack pins the flow from `client` to.
+    pub fn flow_backend(
+        &self,
+        node: usize,
+        client: impl Into<SocketAddr>,
+    ) -> Result<Option<String>> {
+        let src = client.into().to_string();
         Ok(self
             .conntrack(node)?
             .into_iter()
@@ -333,7 +367,8 @@ impl Cluster {
     }
 
     /// Waits until every node has frontend `vip:port/proto` with exactly
-    /// `backends` (any order), or, with None, no such frontend.
+    /// `backends` (any order), or, with None, no such frontend. IPv4; see
+    /// [`Cluster::wait_backends_ip`] for either family.
     pub fn wait_backends(
         &self,
         vip: Ipv4Addr,
@@ -342,11 +377,27 @@ impl Cluster {
         backends: Option<&[SocketAddrV4]>,
         limit: Duration,
     ) -> Result<Duration> {
+        let backends: Option<Vec<SocketAddr>> =
+            backends.map(|b| b.iter().copied().map(SocketAddr::V4).collect());
+        self.wait_backends_ip(vip.into(), port, proto, backends.as_deref(), limit)
+    }
+
+    /// [`Cluster::wait_backends`] for a VIP and backends of either family
+    /// (a frontend's backends are of its own family).
+    pub fn wait_backends_ip(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        proto: Proto,
+        backends: Option<&[SocketAddr]>,
+        limit: Duration,
+    ) -> Result<Duration> {
         let want: Option<BTreeSet<String>> =
             backends.map(|b| b.iter().map(ToString::to_string).collect());
+        let frontend = SocketAddr::new(vip, port);
         let what = match &want {
-            Some(w) => format!("{vip}:{port}/{} -> {w:?} on every node", proto.inspect()),
-            None => format!("{vip}:{port}/{} gone from every node", proto.inspect()),
+            Some(w) => format!("{frontend}/{} -> {w:?} on every node", proto.inspect()),
+            None => format!("{frontend}/{} gone from every node", proto.inspect()),
         };
         self.wait_frontends(&what, limit, |_, fs| {
             let found = fs

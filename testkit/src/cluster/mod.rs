@@ -3,12 +3,15 @@
 //! Every piece is a network namespace this module creates and deletes:
 //!
 //! ```text
-//!                      fabric namespace: bridge fab0 (198.18.0.0/24, no address)
-//!          ┌──────────────────────┼───────────────────────┬──────────────┐
-//!   node-a: eth0 198.18.0.10   node-b: eth0 198.18.0.11   ...     outside: eth0 198.18.0.200
-//!     cni0 198.18.1.1/24         cni0 198.18.2.1/24                 default via node-a
-//!     ├─ vp0 ── pod 198.18.1.x   ├─ vp0 ── pod 198.18.2.x
-//!     └─ vp1 ── pod ...          └─ ...
+//!                      fabric namespace: bridge fab0 (198.18.0.0/24 and 2001:db8::/64, no address)
+//!          ┌───────────────────────┼────────────────────────┬──────────────┐
+//!   node-a: eth0 198.18.0.10     node-b: eth0 198.18.0.11     ...     outside: eth0 198.18.0.200
+//!                2001:db8::10                 2001:db8::11                       2001:db8::200
+//!     cni0 198.18.1.1/24           cni0 198.18.2.1/24                   default via node-a
+//!          2001:db8:1::1/64             2001:db8:2::1/64                (both families)
+//!     ├─ vp0 ── pod 198.18.1.x     ├─ vp0 ── pod 198.18.2.x
+//!     │             2001:db8:1::x  │             2001:db8:2::x
+//!     └─ vp1 ── pod ...            └─ ...
 //! ```
 //!
 //! Node `i` (0-based) is called `node-a`, `node-b`, ... (as the endpoints'
@@ -22,14 +25,32 @@
 //! `cni0`: replies between pods of one node are bridged and never pass
 //! `cni0`'s host side.
 //!
+//! Every interface is dual-stack: each IPv4 address of the plan in
+//! 198.18.0.0/16 has an IPv6 twin in 2001:db8::/32 ([`twin6`]):
+//! 198.18.Y.Z is 2001:db8:Y::Z, Y and Z in the same decimal digits, so that
+//! the two read alike. The fabric is 2001:db8::/64 (node `i` at
+//! `2001:db8::(10+i)`, the outside client at 2001:db8::200, a load-balancer
+//! IP 198.18.0.Z at 2001:db8::Z), node `i`'s pods are 2001:db8:(i+1)::/64
+//! with the gateway `::1` on `cni0`, and 2001:db8:ff::/64
+//! ([`SERVICE_NET6`]) is nobody's, for IPv6 cluster IPs. The routes of the
+//! IPv4 plan have IPv6 twins: nodes route each other's pod /64s via each
+//! other's fabric address and forward IPv6; pods and outside clients have
+//! default routes of both families. IPv6 addresses are added without
+//! duplicate address detection (`nodad`, and `accept_dad=0` for link-local
+//! ones), so they are usable at once; every namespace ignores ICMPv6
+//! redirects (IPv6 has no `send_redirects` to turn off on the nodes). The
+//! hairpin address stays IPv4-only (`--hairpin-address` takes one).
+//!
 //! Each node runs the real `svcnat run` (`nsenter --net`, so that it sees the
 //! host's bpffs) with its own pin folder, all reading one manifests folder
 //! that the test edits ([`Cluster::write_manifest`]). Servers (nginx,
 //! dnsmasq, iperf3) and clients (curl, dig, iperf3) run in pods through
 //! `ip netns exec`. Dropping the [`Cluster`] kills every process it started,
 //! runs `svcnat cleanup` on every pin folder, deletes the namespaces and the
-//! temporary folder, also when a test panics. Only 198.18.0.0/15 is used, and
-//! nothing is added to the root namespace.
+//! temporary folder, also when a test panics. Only 198.18.0.0/15 and
+//! 2001:db8::/32 are used, and nothing is added to the root namespace: no
+//! namespace of the cluster has an interface to it (the fabric is a bridge
+//! of its own), so no test address is routed through it.
 //!
 //! Every interface on the fabric (the nodes' and the outside clients'
 //! `eth0`) has TX checksum offload turned off: svcnat's XDP programs on the
@@ -61,14 +82,18 @@ pub use agent::{CtEntry, Frontend, tail};
 pub use process::{Finished, Proc, output_within};
 pub use servers::{AccessLogEntry, BIG_FILE_BYTES, BIG_PATH};
 pub use topology::{
-    Cluster, ClusterConfig, FABRIC_NET, HAIRPIN_ADDR, Host, MAX_NODES, OUTSIDE_ADDR, POD_GLOB,
-    node_addr, node_name, node_of_pod_addr, pod_addr, pod_gateway,
+    Cluster, ClusterConfig, FABRIC_NET, FABRIC_NET6, HAIRPIN_ADDR, Host, MAX_NODES, OUTSIDE_ADDR,
+    OUTSIDE_ADDR6, POD_GLOB, SERVICE_NET6, node_addr, node_addr6, node_name, node_of_pod_addr,
+    pod_addr, pod_addr6, pod_gateway, pod_gateway6, twin6,
 };
 pub use traffic::{
     ClientLoop, CurlOutcome, DigLoop, DigOutcome, Download, DownloadOutcome, Iperf3, Iperf3Outcome,
-    Query, Request,
+    Query, Request, url,
 };
-pub use yaml::{Endpoint, Port, Proto, service_with_slice, service_yaml, slice_yaml};
+pub use yaml::{
+    Endpoint, IpFamily, Port, Proto, dual_stack_endpoints, service_with_slice, service_with_slices,
+    service_yaml, service_yaml_ips, slice_yaml, slice_yaml_of,
+};
 
 pub use crate::skip::find_program;
 

@@ -3,9 +3,10 @@
 
 use std::{
     fs::{self, File},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::Command,
+    str::FromStr,
     time::{Duration, Instant},
 };
 
@@ -76,7 +77,7 @@ impl Cluster {
         }
     }
 
-    /// nginx in `pod` on port 80: `/` answers with the pod's name, and
+    /// nginx in `pod` on port 80 of both families: `/` answers with the pod's name, and
     /// [`BIG_PATH`] is a [`BIG_FILE_BYTES`] file for long downloads, sent at
     /// most at `?rate=BYTES_PER_SECOND` when given (nginx's `limit_rate`:
     /// curl's own `--limit-rate` does not hold over veths in curl 7.88).
@@ -97,7 +98,7 @@ impl Cluster {
              client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
              scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 80 backlog=4096;\n\
+             server {{\n    listen 80 backlog=4096;\n    listen [::]:80 backlog=4096;\n\
              location = / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n\
              location / {{ root {d}/www; limit_rate $rate; }}\n  }}\n}}\n",
             name = pod.name
@@ -115,9 +116,16 @@ impl Cluster {
         self.wait_listening(pod, Proto::Tcp, 80)
     }
 
-    /// The requests nginx in `pod` ([`Cluster::nginx`]) has answered so far,
-    /// oldest first (empty before the first one).
+    /// The requests from IPv4 clients nginx in `pod` ([`Cluster::nginx`])
+    /// has answered so far, oldest first (empty before the first one).
     pub fn nginx_access_log(&self, pod: &Host) -> Result<Vec<AccessLogEntry>> {
+        self.nginx_access_log_as(pod)
+    }
+
+    /// [`Cluster::nginx_access_log`] with the client addresses read as `A`:
+    /// `IpAddr` for every request, `Ipv6Addr` for those from IPv6 clients
+    /// only.
+    pub fn nginx_access_log_as<A: FromStr>(&self, pod: &Host) -> Result<Vec<AccessLogEntry<A>>> {
         let path = self.pod_dir(pod, "nginx")?.join("access.log");
         match fs::read_to_string(&path) {
             Ok(text) => Ok(text.lines().filter_map(parse_access_log_line).collect()),
@@ -126,9 +134,10 @@ impl Cluster {
         }
     }
 
-    /// dnsmasq in `pod` on port 53 (UDP and TCP) answering the A `records`
+    /// dnsmasq in `pod` on port 53 (UDP and TCP) of both of its addresses,
+    /// answering the `records` (A for IPv4 addresses, AAAA for IPv6 ones)
     /// and nothing else. Returns once it listens.
-    pub fn dnsmasq(&self, pod: &Host, records: &[(&str, Ipv4Addr)]) -> Result<()> {
+    pub fn dnsmasq<A: Into<IpAddr> + Copy>(&self, pod: &Host, records: &[(&str, A)]) -> Result<()> {
         let dir = self.pod_dir(pod, "dnsmasq")?;
         let mut cmd = pod.command("dnsmasq");
         cmd.args([
@@ -140,21 +149,22 @@ impl Cluster {
             "--port=53",
             "--user=root",
         ])
-        .arg(format!("--listen-address={}", pod.addr))
+        .arg(format!("--listen-address={},{}", pod.addr, pod.addr6))
         .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
         .arg(format!(
             "--log-facility={}",
             dir.join("dnsmasq.log").display()
         ));
-        for (name, addr) in records {
-            cmd.arg(format!("--host-record={name},{addr}"));
+        for &(name, addr) in records {
+            cmd.arg(format!("--host-record={name},{}", addr.into()));
         }
         self.start_server(pod, "dnsmasq", &mut cmd, &dir)?;
         self.wait_listening(pod, Proto::Udp, 53)?;
         self.wait_listening(pod, Proto::Tcp, 53)
     }
 
-    /// An iperf3 server in `pod` on `port`. Returns once it listens.
+    /// An iperf3 server in `pod` on `port` (of both families: iperf3 listens
+    /// on `::` with IPv4-mapped addresses allowed). Returns once it listens.
     pub fn iperf3_server(&self, pod: &Host, port: u16) -> Result<()> {
         let dir = self.pod_dir(pod, &format!("iperf3-{port}"))?;
         let mut cmd = pod.command("iperf3");
@@ -164,19 +174,21 @@ impl Cluster {
     }
 }
 
-/// One request in the access log of [`Cluster::nginx`].
+/// One request in the access log of [`Cluster::nginx`], its client address
+/// read as `A`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessLogEntry {
+pub struct AccessLogEntry<A = Ipv4Addr> {
     /// The address the request came from, as the server saw it.
-    pub client: Ipv4Addr,
+    pub client: A,
     /// The HTTP status it answered.
     pub status: u16,
     /// The request line (`GET /?n=1 HTTP/1.1`).
     pub request: String,
 }
 
-/// Parses a line of the `svcnat` log format: `ADDR STATUS "REQUEST"`.
-fn parse_access_log_line(line: &str) -> Option<AccessLogEntry> {
+/// Parses a line of the `svcnat` log format: `ADDR STATUS "REQUEST"`; None
+/// when it is not one or `ADDR` is no `A`.
+fn parse_access_log_line<A: FromStr>(line: &str) -> Option<AccessLogEntry<A>> {
     let mut f = line.splitn(3, ' ');
     let client = f.next()?.parse().ok()?;
     let status = f.next()?.parse().ok()?;
@@ -191,11 +203,14 @@ fn parse_access_log_line(line: &str) -> Option<AccessLogEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::topology::OUTSIDE_ADDR;
+    use std::net::Ipv6Addr;
+
+    use crate::cluster::topology::{OUTSIDE_ADDR, OUTSIDE_ADDR6};
 
     #[test]
     fn access_log_lines_are_parsed() {
-        let e = parse_access_log_line("198.18.0.200 200 \"GET /?n=3 HTTP/1.1\"");
+        let e: Option<AccessLogEntry> =
+            parse_access_log_line("198.18.0.200 200 \"GET /?n=3 HTTP/1.1\"");
         assert_eq!(
             e,
             Some(AccessLogEntry {
@@ -204,7 +219,13 @@ mod tests {
                 request: "GET /?n=3 HTTP/1.1".into(),
             })
         );
-        assert_eq!(parse_access_log_line("garbage"), None);
-        assert_eq!(parse_access_log_line(""), None);
+        assert_eq!(parse_access_log_line::<IpAddr>("garbage"), None);
+        assert_eq!(parse_access_log_line::<IpAddr>(""), None);
+        let v6 = "2001:db8::200 404 \"GET /x HTTP/1.1\"";
+        assert_eq!(parse_access_log_line::<Ipv4Addr>(v6), None);
+        let e = parse_access_log_line::<IpAddr>(v6).expect("an IPv6 line");
+        assert_eq!((e.client, e.status), (IpAddr::V6(OUTSIDE_ADDR6), 404));
+        let e = parse_access_log_line::<Ipv6Addr>(v6).expect("an IPv6 line");
+        assert_eq!(e.client, OUTSIDE_ADDR6);
     }
 }

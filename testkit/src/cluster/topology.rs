@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -27,9 +27,17 @@ pub const POD_GLOB: &str = "vp*";
 pub const HAIRPIN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
 /// The outside client's address on the fabric.
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+/// The outside client's IPv6 address on the fabric (the [`twin6`] of
+/// [`OUTSIDE_ADDR`]).
+pub const OUTSIDE_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
 /// The fabric's network: nodes, outside clients (and free addresses, for
 /// load-balancer IPs, between them).
 pub const FABRIC_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+/// The fabric's IPv6 network (a /64), the [`twin6`] of [`FABRIC_NET`].
+pub const FABRIC_NET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0);
+/// A /64 no interface of the cluster has and no [`twin6`] falls in, for the
+/// IPv6 cluster IPs of tests (as tests take 198.19.0.0/16 for IPv4 ones).
+pub const SERVICE_NET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0);
 /// At most this many nodes (pod ranges 198.18.1.0/24 ..= 198.18.26.0/24).
 pub const MAX_NODES: usize = 26;
 
@@ -47,9 +55,48 @@ pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 10 + i as u8)
 }
 
+/// Node `i`'s IPv6 address on the fabric: 2001:db8::(10+i) (node-a
+/// 2001:db8::10, the [`twin6`] of [`node_addr`]).
+pub fn node_addr6(i: usize) -> Ipv6Addr {
+    twin(node_addr(i))
+}
+
+/// The IPv6 twin of an IPv4 address of the plan: 198.18.Y.Z is
+/// 2001:db8:Y::Z with Y and Z written in the same decimal digits (so that
+/// they read alike: pod 198.18.2.10 is 2001:db8:2::10, the outside client
+/// 198.18.0.200 is 2001:db8::200). None outside 198.18.0.0/16. Every
+/// address the cluster gives an interface has its twin on that interface
+/// too, and a load-balancer IP on the fabric (198.18.0.Z) has its twin on
+/// the IPv6 fabric.
+pub fn twin6(addr: Ipv4Addr) -> Option<Ipv6Addr> {
+    let o = addr.octets();
+    (o[0] == 198 && o[1] == 18).then(|| twin(addr))
+}
+
+/// [`twin6`] for an address known to be in 198.18.0.0/16.
+fn twin(addr: Ipv4Addr) -> Ipv6Addr {
+    /// The decimal digits of `n` read as hex: 10 -> 0x10.
+    fn digits(n: u8) -> u16 {
+        let (h, t, u) = (
+            u16::from(n / 100),
+            u16::from(n / 10 % 10),
+            u16::from(n % 10),
+        );
+        h << 8 | t << 4 | u
+    }
+    let o = addr.octets();
+    Ipv6Addr::new(0x2001, 0xdb8, digits(o[2]), 0, 0, 0, 0, digits(o[3]))
+}
+
 /// The pods' gateway on node `i` (the address of its `cni0`): 198.18.(i+1).1.
 pub fn pod_gateway(i: usize) -> Ipv4Addr {
     pod_addr(i, 1)
+}
+
+/// The pods' IPv6 gateway on node `i` (also on its `cni0`):
+/// 2001:db8:(i+1)::1.
+pub fn pod_gateway6(i: usize) -> Ipv6Addr {
+    pod_addr6(i, 1)
 }
 
 /// Address `host` in node `i`'s pod range: 198.18.(i+1).host.
@@ -57,11 +104,26 @@ pub fn pod_addr(i: usize, host: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, i as u8 + 1, host)
 }
 
-/// The node whose pod range holds `addr`, if any.
-pub fn node_of_pod_addr(addr: Ipv4Addr, nodes: usize) -> Option<usize> {
-    let o = addr.octets();
-    (o[0] == 198 && o[1] == 18 && o[2] >= 1 && usize::from(o[2]) <= nodes)
-        .then(|| usize::from(o[2]) - 1)
+/// Address `host` in node `i`'s IPv6 pod range (a /64), the [`twin6`] of
+/// [`pod_addr`]: 2001:db8:(i+1)::host, both in the same decimal digits.
+pub fn pod_addr6(i: usize, host: u8) -> Ipv6Addr {
+    twin(pod_addr(i, host))
+}
+
+/// The node whose pod range (of either family) holds `addr`, if any.
+pub fn node_of_pod_addr(addr: impl Into<IpAddr>, nodes: usize) -> Option<usize> {
+    let node = match addr.into() {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            (o[0] == 198 && o[1] == 18).then_some(o[2])?
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let net = (1..=MAX_NODES).find(|&n| pod_addr6(n - 1, 0).segments()[..4] == s[..4])?;
+            u8::try_from(net).ok()?
+        }
+    };
+    (node >= 1 && usize::from(node) <= nodes).then(|| usize::from(node) - 1)
 }
 
 /// Turns TX checksum offload off on interface `ifname` of the calling
@@ -172,6 +234,8 @@ pub struct Host {
     pub node: Option<usize>,
     /// Its address.
     pub addr: Ipv4Addr,
+    /// Its IPv6 address (the [`twin6`] of `addr`).
+    pub addr6: Ipv6Addr,
     /// Its network namespace's name.
     pub netns: String,
     /// The host-side veth in the node (pods only).
@@ -199,6 +263,55 @@ impl Host {
     pub fn node_name(&self) -> Option<String> {
         self.node.map(node_name)
     }
+
+    /// Its address of the family of `peer` (the source it uses towards
+    /// `peer`).
+    pub fn addr_for(&self, peer: IpAddr) -> IpAddr {
+        match peer {
+            IpAddr::V4(_) => IpAddr::V4(self.addr),
+            IpAddr::V6(_) => IpAddr::V6(self.addr6),
+        }
+    }
+}
+
+/// Sysctls of every namespace of the cluster, set before it gets any
+/// interface: IPv6 addresses (also the link-local ones of new interfaces)
+/// are usable at once, without duplicate address detection; and hosts
+/// ignore ICMPv6 redirects (IPv6 has no `send_redirects`: a node forwarding
+/// out of the interface a packet came in on tells the sender of a shorter
+/// path, which would take the node out of the path a test set up).
+const IPV6_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.all.accept_redirects", "0"),
+    ("net.ipv6.conf.default.accept_redirects", "0"),
+];
+
+/// A new namespace of the cluster named `name` ([`IPV6_SYSCTLS`] set).
+fn cluster_ns(name: &str) -> Result<NetNs> {
+    let ns = NetNs::new(name)?;
+    ns.sysctls(IPV6_SYSCTLS)
+        .with_context(|| format!("IPv6 sysctls in {name}"))?;
+    Ok(ns)
+}
+
+/// Adds `addr/prefix` to `dev` in `ns`; an IPv6 address without duplicate
+/// address detection (`nodad`: usable at once).
+fn add_addr(ns: &NetNs, addr: IpAddr, prefix: u8, dev: &str) -> Result<()> {
+    let cidr = format!("{addr}/{prefix}");
+    let mut args = vec!["addr", "add", &cidr, "dev", dev];
+    if addr.is_ipv6() {
+        args.push("nodad");
+    }
+    ns.ip(&args)?;
+    Ok(())
+}
+
+/// Adds both families' default routes in `ns`, via `v4` and `v6`.
+fn default_routes(ns: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
+    ns.ip(&["route", "add", "default", "via", &v4.to_string()])?;
+    ns.ip(&["-6", "route", "add", "default", "via", &v6.to_string()])?;
+    Ok(())
 }
 
 pub(super) struct NodeState {
@@ -263,24 +376,19 @@ impl Cluster {
         fs::create_dir_all(&own_manifests).context("create the cluster's temporary folder")?;
         fs::create_dir_all(c.dir.join("logs"))?;
 
-        let fabric = NetNs::new(&c.ns_name("fab"))?;
+        let fabric = cluster_ns(&c.ns_name("fab"))?;
         fabric.ip(&["link", "add", "fab0", "type", "bridge"])?;
         fabric.ip(&["link", "set", "fab0", "up"])?;
         c.fabric = Some(fabric);
         let fabric = c.fabric.as_ref().ok_or_else(|| anyhow!("no fabric"))?;
 
         for i in 0..c.cfg.nodes {
-            let ns = NetNs::new(&c.ns_name(&format!("n{i}")))?;
+            let ns = cluster_ns(&c.ns_name(&format!("n{i}")))?;
             let leg = format!("fn{i}");
             veth(fabric, &leg, &ns, "eth0")?;
             fabric.ip(&["link", "set", &leg, "master", "fab0"])?;
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", node_addr(i)),
-                "dev",
-                "eth0",
-            ])?;
+            add_addr(&ns, node_addr(i).into(), 24, "eth0")?;
+            add_addr(&ns, node_addr6(i).into(), 64, "eth0")?;
             // Complete checksums on what the node sends to other nodes'
             // XDP (replies of backends to SNATed flows): see the module doc.
             no_tx_checksum_offload(&ns, "eth0")?;
@@ -294,15 +402,10 @@ impl Cluster {
                 "address",
                 &format!("02:00:c6:12:{:02x}:01", i + 1),
             ])?;
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", pod_gateway(i)),
-                "dev",
-                "cni0",
-            ])?;
+            add_addr(&ns, pod_gateway(i).into(), 24, "cni0")?;
+            add_addr(&ns, pod_gateway6(i).into(), 64, "cni0")?;
             ns.ip(&["link", "set", "cni0", "up"])?;
-            for (key, value) in [
+            ns.sysctls(&[
                 ("net.ipv4.ip_forward", "1"),
                 ("net.ipv4.conf.all.send_redirects", "0"),
                 ("net.ipv4.conf.default.send_redirects", "0"),
@@ -312,9 +415,8 @@ impl Cluster {
                 ("net.ipv4.conf.default.rp_filter", "0"),
                 ("net.ipv4.conf.eth0.rp_filter", "0"),
                 ("net.ipv4.conf.cni0.rp_filter", "0"),
-            ] {
-                ns.sysctl(key, value)?;
-            }
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ])?;
             for j in (0..c.cfg.nodes).filter(|&j| j != i) {
                 ns.ip(&[
                     "route",
@@ -322,6 +424,16 @@ impl Cluster {
                     &format!("{}/24", pod_addr(j, 0)),
                     "via",
                     &node_addr(j).to_string(),
+                    "dev",
+                    "eth0",
+                ])?;
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{}/64", pod_addr6(j, 0)),
+                    "via",
+                    &node_addr6(j).to_string(),
                     "dev",
                     "eth0",
                 ])?;
@@ -350,7 +462,8 @@ impl Cluster {
     }
 
     /// An outside client namespace `role` named `name` whose `eth0` has
-    /// `addr` on the fabric (leg `leg` on `fab0`), default route via node 0.
+    /// `addr` and its [`twin6`] on the fabric (leg `leg` on `fab0`), default
+    /// routes of both families via node 0.
     fn new_outside(
         &self,
         name: &str,
@@ -359,11 +472,13 @@ impl Cluster {
         addr: Ipv4Addr,
     ) -> Result<(NetNs, Host)> {
         let fabric = self.fabric.as_ref().ok_or_else(|| anyhow!("no fabric"))?;
-        let ns = NetNs::new(&self.ns_name(role))?;
+        let addr6 = twin6(addr).ok_or_else(|| anyhow!("{addr} is not in 198.18.0.0/16"))?;
+        let ns = cluster_ns(&self.ns_name(role))?;
         veth(fabric, leg, &ns, "eth0")?;
         fabric.ip(&["link", "set", leg, "master", "fab0"])?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-        ns.ip(&["route", "add", "default", "via", &node_addr(0).to_string()])?;
+        add_addr(&ns, addr.into(), 24, "eth0")?;
+        add_addr(&ns, addr6.into(), 64, "eth0")?;
+        default_routes(&ns, node_addr(0), node_addr6(0))?;
         // Frames from outside reach the nodes' XDP with complete checksums,
         // as from a wire: see the module doc.
         no_tx_checksum_offload(&ns, "eth0")?;
@@ -371,6 +486,7 @@ impl Cluster {
             name: name.to_string(),
             node: None,
             addr,
+            addr6,
             netns: ns.name().to_string(),
             veth: None,
         };
@@ -414,14 +530,14 @@ impl Cluster {
         &self.dir
     }
 
-    /// The outside client (on the fabric, default route via node 0).
+    /// The outside client (on the fabric, default routes via node 0).
     pub fn outside(&self) -> Option<&Host> {
         self.outside.as_ref().map(|(_, h)| h)
     }
 
     /// Adds another outside client `name` with address `addr` on the
-    /// fabric (198.18.0.0/24; not a node's, not taken), default route via
-    /// node 0, like [`Cluster::outside`].
+    /// fabric (198.18.0.0/24; not a node's, not taken) and its [`twin6`],
+    /// default routes via node 0, like [`Cluster::outside`].
     pub fn add_outside(&mut self, name: &str, addr: Ipv4Addr) -> Result<Host> {
         let o = addr.octets();
         let on_fabric = addr != FABRIC_NET && o[..3] == FABRIC_NET.octets()[..3] && o[3] != 255;
@@ -452,9 +568,10 @@ impl Cluster {
     }
 
     /// Makes outside client `client` send traffic for `dst` (say a
-    /// load-balancer IP that no interface has) to node `node` over the
-    /// fabric, as a load balancer in front of the nodes would.
-    pub fn route_via_node(&self, client: &Host, dst: Ipv4Addr, node: usize) -> Result<()> {
+    /// load-balancer IP that no interface has; of either family) to node
+    /// `node` over the fabric, as a load balancer in front of the nodes
+    /// would.
+    pub fn route_via_node(&self, client: &Host, dst: impl Into<IpAddr>, node: usize) -> Result<()> {
         if node >= self.nodes.len() {
             bail!("no node {node}");
         }
@@ -464,12 +581,17 @@ impl Cluster {
             .chain(&self.more_outside)
             .find(|(_, h)| h.netns == client.netns)
             .ok_or_else(|| anyhow!("{} is not an outside client", client.name))?;
+        let (family, host_route, via) = match dst.into() {
+            IpAddr::V4(a) => ("-4", format!("{a}/32"), node_addr(node).to_string()),
+            IpAddr::V6(a) => ("-6", format!("{a}/128"), node_addr6(node).to_string()),
+        };
         ns.ip(&[
+            family,
             "route",
             "replace",
-            &format!("{dst}/32"),
+            &host_route,
             "via",
-            &node_addr(node).to_string(),
+            &via,
             "dev",
             "eth0",
         ])?;
@@ -481,8 +603,8 @@ impl Cluster {
         self.pods.iter().map(|(_, h)| h)
     }
 
-    /// Adds pod `name` with address `addr` (in node `node`'s range) behind
-    /// a new `vpN` veth on the node's `cni0`.
+    /// Adds pod `name` with address `addr` (in node `node`'s range) and its
+    /// [`twin6`] behind a new `vpN` veth on the node's `cni0`.
     pub fn add_pod(&mut self, node: usize, name: &str, addr: Ipv4Addr) -> Result<Host> {
         if node >= self.nodes.len() {
             bail!("no node {node}");
@@ -508,23 +630,20 @@ impl Cluster {
         let st = &mut self.nodes[node];
         let host_if = format!("vp{}", st.next_veth);
         st.next_veth += 1;
-        let ns = NetNs::new(&format!("{}{}-p-{name}", self.cfg.prefix, self.tag))?;
+        let addr6 = twin(addr);
+        let ns = cluster_ns(&format!("{}{}-p-{name}", self.cfg.prefix, self.tag))?;
         let node_ns = &self.nodes[node].ns;
         veth(node_ns, &host_if, &ns, "eth0")?;
         node_ns.ip(&["link", "set", &host_if, "master", "cni0"])?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.send_redirects"), "0")?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-        ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &pod_gateway(node).to_string(),
-        ])?;
+        add_addr(&ns, addr.into(), 24, "eth0")?;
+        add_addr(&ns, addr6.into(), 64, "eth0")?;
+        default_routes(&ns, pod_gateway(node), pod_gateway6(node))?;
         let host = Host {
             name: name.to_string(),
             node: Some(node),
             addr,
+            addr6,
             netns: ns.name().to_string(),
             veth: Some(host_if),
         };
@@ -547,5 +666,33 @@ mod tests {
         assert_eq!(node_of_pod_addr(Ipv4Addr::new(198, 18, 2, 10), 2), Some(1));
         assert_eq!(node_of_pod_addr(Ipv4Addr::new(198, 18, 3, 10), 2), None);
         assert_eq!(node_of_pod_addr(Ipv4Addr::new(198, 18, 0, 10), 2), None);
+    }
+
+    #[test]
+    fn ipv6_addresses_are_the_twins_of_the_ipv4_ones() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("address");
+        assert_eq!(node_addr6(0), v6("2001:db8::10"));
+        assert_eq!(node_addr6(1), v6("2001:db8::11"));
+        assert_eq!(pod_gateway6(0), v6("2001:db8:1::1"));
+        assert_eq!(pod_addr6(1, 10), v6("2001:db8:2::10"));
+        assert_eq!(pod_addr6(9, 254), v6("2001:db8:10::254"));
+        assert_eq!(twin6(OUTSIDE_ADDR), Some(OUTSIDE_ADDR6));
+        assert_eq!(twin6(FABRIC_NET), Some(FABRIC_NET6));
+        assert_eq!(
+            twin6(Ipv4Addr::new(198, 18, 0, 100)),
+            Some(v6("2001:db8::100"))
+        );
+        assert_eq!(twin6(Ipv4Addr::new(198, 19, 0, 10)), None);
+        assert_eq!(node_of_pod_addr(v6("2001:db8:2::10"), 2), Some(1));
+        assert_eq!(node_of_pod_addr(v6("2001:db8:2:1::10"), 2), None);
+        assert_eq!(node_of_pod_addr(v6("2001:db8:3::10"), 2), None);
+        assert_eq!(node_of_pod_addr(v6("2001:db8::10"), 2), None);
+        assert_eq!(node_of_pod_addr(SERVICE_NET6, MAX_NODES), None);
+        // Every node's pod range is a twin, the service range none.
+        for i in 0..MAX_NODES {
+            assert_eq!(twin6(pod_addr(i, 7)), Some(pod_addr6(i, 7)));
+            assert_eq!(node_of_pod_addr(pod_addr6(i, 7), MAX_NODES), Some(i));
+            assert_ne!(pod_addr6(i, 0).segments()[2], SERVICE_NET6.segments()[2]);
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! [`DigLoop`], [`Download`], [`Iperf3`]), and what they report.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -23,7 +23,9 @@ use crate::netns::unique_tag;
 
 impl Host {
     /// One HTTP GET with curl on a new connection; its `stderr` is curl's
-    /// verbose account (see [`CurlOutcome::connect_error`]).
+    /// verbose account (see [`CurlOutcome::connect_error`]). An IPv6
+    /// address goes in brackets (`http://[2001:db8:1::10]/`; curl's URL
+    /// globbing leaves IPv6 addresses alone): see [`url`].
     pub fn curl(&self, url: &str, max_time: Duration) -> Result<CurlOutcome> {
         let mut all = self.curl_many(url, 1, max_time)?;
         all.pop().ok_or_else(|| anyhow!("curl printed no result"))
@@ -67,56 +69,78 @@ impl Host {
     }
 
     /// `dig @server -p port name A` with one try; `tcp` asks over TCP.
+    /// `server` may be of either family.
     pub fn dig(
         &self,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         port: u16,
         name: &str,
         tcp: bool,
         timeout: Duration,
     ) -> Result<DigOutcome> {
-        self.dig_with(None, server, port, name, tcp, timeout)
+        let query: &[&str] = if tcp {
+            &[name, "A", "+tcp"]
+        } else {
+            &[name, "A"]
+        };
+        self.dig_with(None, server.into(), port, query, timeout)
     }
 
-    /// [`Host::dig`] over UDP from this host's `source_port` (`dig -b`):
-    /// queries repeated this way are one flow.
+    /// [`Host::dig`] for the IPv6 addresses of `name` (`AAAA`), over UDP.
+    pub fn dig_aaaa(
+        &self,
+        server: impl Into<IpAddr>,
+        port: u16,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<DigOutcome> {
+        self.dig_with(None, server.into(), port, &[name, "AAAA"], timeout)
+    }
+
+    /// [`Host::dig`] over UDP from this host's `source_port` (`dig -b`,
+    /// from its address of `server`'s family): queries repeated this way
+    /// are one flow.
     pub fn dig_from(
         &self,
         source_port: u16,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         port: u16,
         name: &str,
         timeout: Duration,
     ) -> Result<DigOutcome> {
-        self.dig_with(Some(source_port), server, port, name, false, timeout)
+        let server = server.into();
+        self.dig_with(Some(source_port), server, port, &[name, "A"], timeout)
     }
 
+    /// One try of `dig @server -p port QUERY...` (`QUERY`: the name, the
+    /// record type, options).
     fn dig_with(
         &self,
         source_port: Option<u16>,
-        server: Ipv4Addr,
+        server: IpAddr,
         port: u16,
-        name: &str,
-        tcp: bool,
+        query: &[&str],
         timeout: Duration,
     ) -> Result<DigOutcome> {
         let mut cmd = self.command("dig");
         if let Some(sport) = source_port {
-            cmd.arg("-b").arg(format!("{}#{sport}", self.addr));
+            cmd.arg("-b")
+                .arg(format!("{}#{sport}", self.addr_for(server)));
         }
         cmd.arg(format!("@{server}"))
-            .args(["-p", &port.to_string(), name, "A", "+tries=1"])
+            .args(["-p", &port.to_string()])
+            .args(query)
+            .arg("+tries=1")
             .arg(format!("+time={}", timeout.as_secs().max(1)));
-        if tcp {
-            cmd.arg("+tcp");
-        }
         let started = Instant::now();
         let out = output_within(&mut cmd, timeout * 3 + Duration::from_secs(5))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let answers = parse_dig_answers(&stdout);
+        let answers = parse_dig_answers(&stdout, "A");
+        let answers6 = parse_dig_answers(&stdout, "AAAA");
         Ok(DigOutcome {
             exit: out.status.code().unwrap_or(-1),
             answers,
+            answers6,
             stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             elapsed: started.elapsed(),
@@ -204,6 +228,8 @@ pub struct DigOutcome {
     pub exit: i32,
     /// The A records of the answer section.
     pub answers: Vec<Ipv4Addr>,
+    /// The AAAA records of the answer section.
+    pub answers6: Vec<std::net::Ipv6Addr>,
     /// Full output.
     pub stdout: String,
     /// Errors.
@@ -212,7 +238,8 @@ pub struct DigOutcome {
     pub elapsed: Duration,
 }
 
-fn parse_dig_answers(stdout: &str) -> Vec<Ipv4Addr> {
+/// The records of type `kind` (`A`, `AAAA`) in dig's answer section.
+fn parse_dig_answers<A: std::str::FromStr>(stdout: &str, kind: &str) -> Vec<A> {
     let mut in_answer = false;
     let mut out = Vec::new();
     for line in stdout.lines() {
@@ -226,7 +253,7 @@ fn parse_dig_answers(stdout: &str) -> Vec<Ipv4Addr> {
             }
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() >= 5
-                && f[3] == "A"
+                && f[3] == kind
                 && let Ok(a) = f[4].parse()
             {
                 out.push(a);
@@ -447,20 +474,20 @@ impl Iperf3 {
 }
 
 impl Cluster {
-    /// An iperf3 client in `pod` sending to `server:port` for `seconds` at
-    /// `bitrate` (iperf3's `-b`, e.g. `200M`; None: as fast as it can), in
-    /// the background.
+    /// An iperf3 client in `pod` sending to `server:port` (of either
+    /// family) for `seconds` at `bitrate` (iperf3's `-b`, e.g. `200M`; None:
+    /// as fast as it can), in the background.
     pub fn iperf3_client(
         &self,
         pod: &Host,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         port: u16,
         seconds: u32,
         bitrate: Option<&str>,
     ) -> Result<Iperf3> {
         let dir = self.pod_dir(pod, &format!("iperf3-client-{}", unique_tag()))?;
         let mut cmd = pod.command("iperf3");
-        cmd.args(["-c", &server.to_string(), "-p", &port.to_string()])
+        cmd.args(["-c", &server.into().to_string(), "-p", &port.to_string()])
             .args([
                 "-t",
                 &seconds.to_string(),
@@ -481,7 +508,8 @@ impl Cluster {
     }
 
     /// A background download of the first `bytes` of [`BIG_PATH`] from
-    /// `url_base` (say `http://VIP`, served by [`Cluster::nginx`]), sent by
+    /// `url_base` (say `http://VIP` or `http://[VIP6]`, see [`url`], served
+    /// by [`Cluster::nginx`]), sent by
     /// nginx at `rate` bytes per second, from `local_port` so conntrack can
     /// name its flow.
     pub fn download(
@@ -513,7 +541,8 @@ impl Cluster {
         })
     }
 
-    /// Starts `dig @server -p port name A` from `client`'s `source_port`
+    /// Starts `dig @server -p port name A` (`server` of either family) from
+    /// `client`'s `source_port`
     /// every `every` (or as soon as the previous query ended, when it took
     /// longer), one try of `timeout` each, until stopped: a UDP client that
     /// keeps one flow, as a resolver library with a fixed port does.
@@ -521,11 +550,12 @@ impl Cluster {
         &self,
         client: &Host,
         source_port: u16,
-        (server, port): (Ipv4Addr, u16),
+        (server, port): (impl Into<IpAddr>, u16),
         name: &str,
         every: Duration,
         timeout: Duration,
     ) -> DigLoop {
+        let server = server.into();
         let stop = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(Mutex::new(Vec::new()));
         let (client, name, flag, log) = (
@@ -542,6 +572,7 @@ impl Cluster {
                     .unwrap_or_else(|e| DigOutcome {
                         exit: -1,
                         answers: Vec::new(),
+                        answers6: Vec::new(),
                         stdout: String::new(),
                         stderr: format!("{e:#}"),
                         elapsed: started.elapsed(),
@@ -585,6 +616,12 @@ impl Cluster {
     }
 }
 
+/// `http://ADDR:PORT/` with an IPv6 address in brackets, the base of a
+/// URL for [`Host::curl`].
+pub fn url(addr: impl Into<IpAddr>, port: u16) -> String {
+    format!("http://{}/", std::net::SocketAddr::new(addr.into(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +642,23 @@ mod tests {
     fn dig_answers_are_read_from_the_answer_section() {
         let out =
             ";; ANSWER SECTION:\nwhoami.test.\t0\tIN\tA\t198.18.255.1\n\n;; Query time: 0 msec\n";
-        assert_eq!(parse_dig_answers(out), vec![Ipv4Addr::new(198, 18, 255, 1)]);
+        assert_eq!(
+            parse_dig_answers::<Ipv4Addr>(out, "A"),
+            vec![Ipv4Addr::new(198, 18, 255, 1)]
+        );
+        assert!(parse_dig_answers::<std::net::Ipv6Addr>(out, "AAAA").is_empty());
+        let out = ";; ANSWER SECTION:\nv6.test.\t0\tIN\tAAAA\t2001:db8:2::10\n";
+        assert_eq!(
+            parse_dig_answers::<std::net::Ipv6Addr>(out, "AAAA"),
+            vec![crate::cluster::topology::pod_addr6(1, 10)]
+        );
+        assert_eq!(
+            url(Ipv4Addr::new(198, 19, 0, 10), 80),
+            "http://198.19.0.10:80/"
+        );
+        assert_eq!(
+            url(crate::cluster::topology::pod_addr6(0, 10), 80),
+            "http://[2001:db8:1::10]:80/"
+        );
     }
 }

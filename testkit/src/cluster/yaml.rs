@@ -1,7 +1,11 @@
 //! The manifests the agents read: YAML of Services and EndpointSlices
 //! ([`service_yaml`], [`slice_yaml`]) and the cluster's manifests folder.
 
-use std::{fmt::Write as _, fs, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -30,6 +34,34 @@ impl Proto {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+        }
+    }
+}
+
+/// An IP family, as Services' `ipFamilies` and EndpointSlices'
+/// `addressType` name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `addr`.
+    pub fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// As Kubernetes spells it: `IPv4`, `IPv6`.
+    pub fn k8s(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
         }
     }
 }
@@ -78,8 +110,8 @@ impl Port {
 /// An endpoint of an EndpointSlice.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    /// Address.
-    pub addr: Ipv4Addr,
+    /// Address (its family is its slice's `addressType`).
+    pub addr: IpAddr,
     /// `nodeName` (None: left out).
     pub node: Option<String>,
     /// `conditions.ready` (None: not written).
@@ -92,10 +124,18 @@ impl Endpoint {
     /// A ready endpoint for `pod`, with its node's name.
     pub fn of(pod: &Host) -> Self {
         Self {
-            addr: pod.addr,
+            addr: pod.addr.into(),
             node: pod.node_name(),
             ready: Some(true),
             serving: None,
+        }
+    }
+
+    /// [`Endpoint::of`] with `pod`'s IPv6 address.
+    pub fn of6(pod: &Host) -> Self {
+        Self {
+            addr: pod.addr6.into(),
+            ..Self::of(pod)
         }
     }
 
@@ -108,9 +148,9 @@ impl Endpoint {
     }
 
     /// An endpoint with only an address (as hand-written slices often are).
-    pub fn bare(addr: Ipv4Addr) -> Self {
+    pub fn bare(addr: impl Into<IpAddr>) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             node: None,
             ready: None,
             serving: None,
@@ -128,10 +168,37 @@ pub fn service_yaml(
     ports: &[Port],
     selector: bool,
 ) -> String {
+    service_yaml_ips(namespace, name, &[vip.into()], ports, selector)
+}
+
+/// [`service_yaml`] with the cluster IPs `vips` (`clusterIPs`, the first
+/// also `clusterIP`): one address is a single-stack Service of its family
+/// (`ipFamilyPolicy: SingleStack` when IPv6), two of both families a
+/// dual-stack one (`ipFamilyPolicy: RequireDualStack`, `ipFamilies` in
+/// their order).
+pub fn service_yaml_ips(
+    namespace: &str,
+    name: &str,
+    vips: &[IpAddr],
+    ports: &[Port],
+    selector: bool,
+) -> String {
+    let first = vips.first().map(ToString::to_string).unwrap_or_default();
+    let all: Vec<String> = vips.iter().map(|v| format!("\"{v}\"")).collect();
     let mut s = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
-         spec:\n  type: ClusterIP\n  clusterIP: {vip}\n  clusterIPs: [\"{vip}\"]\n"
+         spec:\n  type: ClusterIP\n  clusterIP: {first}\n  clusterIPs: [{}]\n",
+        all.join(", ")
     );
+    let families: Vec<&str> = vips.iter().map(|v| IpFamily::of(v).k8s()).collect();
+    match vips {
+        [IpAddr::V4(_)] => {}
+        [_] => s.push_str("  ipFamilyPolicy: SingleStack\n"),
+        _ => s.push_str("  ipFamilyPolicy: RequireDualStack\n"),
+    }
+    if !matches!(vips, [IpAddr::V4(_)]) {
+        let _ = writeln!(s, "  ipFamilies: [{}]", families.join(", "));
+    }
     if selector {
         let _ = writeln!(s, "  selector: {{app: {name}}}");
     }
@@ -152,8 +219,22 @@ pub fn service_yaml(
     s
 }
 
-/// YAML of an EndpointSlice `slice` of `service` (ports carry the targets).
+/// YAML of an IPv4 EndpointSlice `slice` of `service` (ports carry the
+/// targets).
 pub fn slice_yaml(
+    namespace: &str,
+    slice: &str,
+    service: &str,
+    ports: &[Port],
+    endpoints: &[Endpoint],
+) -> String {
+    slice_yaml_of(IpFamily::V4, namespace, slice, service, ports, endpoints)
+}
+
+/// [`slice_yaml`] with `addressType` `family` (the endpoints should be of
+/// that family: a test may write a wrong one on purpose).
+pub fn slice_yaml_of(
+    family: IpFamily,
     namespace: &str,
     slice: &str,
     service: &str,
@@ -163,7 +244,8 @@ pub fn slice_yaml(
     let mut s = format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  \
          namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {service}}}\n\
-         addressType: IPv4\nports:\n"
+         addressType: {}\nports:\n",
+        family.k8s()
     );
     for p in ports {
         s.push_str("- {");
@@ -208,6 +290,41 @@ pub fn service_with_slice(
     )
 }
 
+/// A Service with a selector and the cluster IPs `vips` (one, or two of
+/// both families: see [`service_yaml_ips`]) plus one EndpointSlice per
+/// family of `vips`, `NAME-ipv4` and `NAME-ipv6`, each with the `endpoints`
+/// of its family.
+pub fn service_with_slices(
+    namespace: &str,
+    name: &str,
+    vips: &[IpAddr],
+    ports: &[Port],
+    endpoints: &[Endpoint],
+) -> String {
+    let mut s = service_yaml_ips(namespace, name, vips, ports, true);
+    for family in vips.iter().map(IpFamily::of) {
+        let mine: Vec<Endpoint> = endpoints
+            .iter()
+            .filter(|e| IpFamily::of(&e.addr) == family)
+            .cloned()
+            .collect();
+        let slice = format!("{name}-{}", family.k8s().to_lowercase());
+        s.push_str("---\n");
+        s.push_str(&slice_yaml_of(
+            family, namespace, &slice, name, ports, &mine,
+        ));
+    }
+    s
+}
+
+/// The endpoints of `pods` in both families ([`Endpoint::of`] and
+/// [`Endpoint::of6`] of each).
+pub fn dual_stack_endpoints(pods: &[&Host]) -> Vec<Endpoint> {
+    pods.iter()
+        .flat_map(|p| [Endpoint::of(p), Endpoint::of6(p)])
+        .collect()
+}
+
 impl Cluster {
     fn check_own_manifests(&self) -> Result<()> {
         if self.cfg.manifests.is_some() {
@@ -241,7 +358,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::cluster::topology::pod_addr;
+    use crate::cluster::topology::{pod_addr, pod_addr6};
 
     #[test]
     fn manifests_are_valid_objects() {
@@ -249,6 +366,7 @@ mod tests {
             name: "b1".into(),
             node: Some(0),
             addr: pod_addr(0, 10),
+            addr6: pod_addr6(0, 10),
             netns: String::new(),
             veth: None,
         };
@@ -287,5 +405,39 @@ mod tests {
         );
         assert_eq!(v["endpoints"].as_sequence().map(Vec::len), Some(0));
         assert!(v["ports"][0].get("name").is_none());
+
+        let vip6: IpAddr = "2001:db8:ff::10".parse().expect("address");
+        let dual = service_with_slices(
+            "demo",
+            "dual",
+            &[Ipv4Addr::new(198, 19, 0, 10).into(), vip6],
+            &[Port::tcp("http", 80, 80)],
+            &dual_stack_endpoints(&[&pod]),
+        );
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&dual)
+            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
+            .collect();
+        assert_eq!(
+            svcnat::sources::manifests::parse_manifests(&dual)
+                .expect("valid objects")
+                .len(),
+            3
+        );
+        assert_eq!(docs[0]["spec"]["ipFamilyPolicy"], "RequireDualStack");
+        assert_eq!(docs[0]["spec"]["clusterIP"], "198.19.0.10");
+        assert_eq!(docs[0]["spec"]["clusterIPs"][1], "2001:db8:ff::10");
+        assert_eq!(docs[0]["spec"]["ipFamilies"][1], "IPv6");
+        assert_eq!(
+            (&docs[1]["metadata"]["name"], &docs[1]["addressType"]),
+            (&"dual-ipv4".into(), &"IPv4".into())
+        );
+        assert_eq!(docs[1]["endpoints"][0]["addresses"][0], "198.18.1.10");
+        assert_eq!(docs[2]["addressType"], "IPv6");
+        assert_eq!(docs[2]["endpoints"][0]["addresses"][0], "2001:db8:1::10");
+        assert_eq!(docs[2]["endpoints"].as_sequence().map(Vec::len), Some(1));
+        let single6 = service_yaml_ips("demo", "six", &[vip6], &[], false);
+        let v: serde_yaml::Value = serde_yaml::from_str(&single6).expect("yaml");
+        assert_eq!(v["spec"]["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(v["spec"]["ipFamilies"][0], "IPv6");
     }
 }

@@ -1,0 +1,398 @@
+//! Dual-stack end to end on a cluster on one machine
+//! (`svcnat_testkit::cluster`): every node, pod and outside client has an
+//! IPv6 address beside its IPv4 one (2001:db8::/32, the twins of the IPv4
+//! plan), and every node runs the real `svcnat run`.
+//!
+//! The eBPF programs translate IPv4 only so far and pass IPv6 untouched,
+//! and the agent reports IPv6 service ports as not translated (issue 13).
+//! What runs today: IPv6 straight between pods, on one node and across
+//! nodes, and from the outside client to pods, through the attached
+//! programs; a dual-stack Service served on its IPv4 cluster IP from pods on
+//! both nodes while its IPv6 port is reported. The IPv6 service tests are
+//! here too, ignored until the datapath translates IPv6.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use svcnat_testkit::{
+    cluster::{
+        Cluster, ClusterConfig, Endpoint, Host, Port, Proto, dual_stack_endpoints, pod_addr,
+        service_with_slices, url,
+    },
+    skip::{Needs, skip_reason},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
+const NS: &str = "demo";
+/// The dual-stack web Service's cluster IPs.
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
+/// The IPv6 DNS Service's cluster IP.
+const DNS_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x53);
+/// How long agents may take to show a change (generous: tests run in parallel).
+const WAIT: Duration = Duration::from_secs(30);
+const CURL_TIME: Duration = Duration::from_secs(5);
+const DIG_TIME: Duration = Duration::from_secs(2);
+/// What the agent says of a port of a family the datapath does not translate.
+const NOT_TRANSLATED: &str = "IPv6 is not translated by the datapath yet";
+
+/// A cluster of `nodes` nodes, or None (after printing why) when this
+/// machine cannot run it.
+fn cluster(prefix: &str, nodes: usize, programs: &[&str]) -> Option<Cluster> {
+    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(Cluster::new(ClusterConfig::new(BIN, nodes).prefix(prefix)).expect("build the cluster"))
+}
+
+/// Starts every agent and waits until each has finished its first sync
+/// pass (its programs attached to the pods' veths and the nodes' `eth0`).
+fn start_agents_and_wait(c: &Cluster) {
+    c.start_agents().expect("start agents");
+    for n in 0..c.nodes() {
+        c.wait_agent_ready(n, WAIT).expect("agent ready");
+    }
+}
+
+/// The `addr:port` of each pod's address of `vip`'s family.
+fn backends(pods: &[&Host], vip: IpAddr, port: u16) -> Vec<SocketAddr> {
+    pods.iter()
+        .map(|p| SocketAddr::new(p.addr_for(vip), port))
+        .collect()
+}
+
+/// Polls `pod`'s nginx access log until a request whose line contains
+/// `marker` shows up (nginx logs after answering); the client address it
+/// logged, of either family.
+fn logged_client(c: &Cluster, pod: &Host, marker: &str) -> IpAddr {
+    let start = Instant::now();
+    loop {
+        let log = c.nginx_access_log_as::<IpAddr>(pod).expect("access log");
+        if let Some(e) = log.iter().find(|e| e.request.contains(marker)) {
+            return e.client;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no request {marker} in the access log of {}: {log:?}",
+            pod.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `n` requests of `url` from `client`, each on a new connection; every one
+/// must succeed. How many each backend answered.
+fn spread(client: &Host, url: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (i, o) in client
+        .curl_many(url, n, CURL_TIME)
+        .expect("curl")
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            o.ok(),
+            "request {i} of {url} from {} failed: {o:?}",
+            client.name
+        );
+        assert_eq!(o.num_connects, 1, "request {i} reused a connection");
+        *counts.entry(o.body.clone()).or_default() += 1;
+    }
+    counts
+}
+
+fn names(pods: &[&Host]) -> BTreeSet<String> {
+    pods.iter().map(|p| p.name.clone()).collect()
+}
+
+/// With the agents running, pods reach each other's IPv6 addresses on one
+/// node and across nodes (HTTP to nginx, DNS over UDP to dnsmasq), the
+/// outside client reaches pods on both nodes over IPv6, and every server
+/// sees the client's own IPv6 address: IPv6 passes svcnat's programs
+/// untouched. IPv4 between the same pods works alongside.
+#[test]
+fn ipv6_between_pods_on_one_node_and_across_nodes_and_from_outside() {
+    let Some(mut c) = cluster("d6p", 2, &["nginx", "curl", "dnsmasq", "dig"]) else {
+        return;
+    };
+    let s1 = c.add_pod(0, "s1", pod_addr(0, 10)).expect("pod");
+    let s2 = c.add_pod(1, "s2", pod_addr(1, 10)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    let who = |s: &Host| Ipv4Addr::new(198, 18, 255, s.addr.octets()[2]);
+    for s in [&s1, &s2] {
+        c.nginx(s).expect("nginx");
+        let records = [
+            ("whoami.test", IpAddr::V4(who(s))),
+            ("v6.test", s.addr6.into()),
+        ];
+        c.dnsmasq(s, &records).expect("dnsmasq");
+    }
+    start_agents_and_wait(&c);
+
+    let outside = c.outside().expect("outside client").clone();
+    for (client, server) in [
+        (&ca, &s1),
+        (&cb, &s2),
+        (&ca, &s2),
+        (&cb, &s1),
+        (&outside, &s1),
+        (&outside, &s2),
+    ] {
+        let marker = format!("from-{}", client.name);
+        let o = client
+            .curl(&format!("{}?{marker}", url(server.addr6, 80)), CURL_TIME)
+            .expect("curl");
+        assert!(
+            o.ok(),
+            "{} -> [{}]:80 failed: {o:?}",
+            client.name,
+            server.addr6
+        );
+        assert_eq!(o.body, server.name, "answered by {}", o.body);
+        assert_eq!(
+            logged_client(&c, server, &marker),
+            IpAddr::V6(client.addr6),
+            "{} sees {}'s own IPv6 address",
+            server.name,
+            client.name
+        );
+        let r = client
+            .dig(server.addr6, 53, "whoami.test", false, DIG_TIME)
+            .expect("dig");
+        assert_eq!(
+            (r.exit, r.answers.clone()),
+            (0, vec![who(server)]),
+            "{} asks {} over IPv6/UDP: {r:?}",
+            client.name,
+            server.name
+        );
+        let r = client
+            .dig_aaaa(server.addr6, 53, "v6.test", DIG_TIME)
+            .expect("dig AAAA");
+        assert_eq!(
+            (r.exit, r.answers6.clone()),
+            (0, vec![server.addr6]),
+            "{r:?}"
+        );
+        let o = client.curl(&url(server.addr, 80), CURL_TIME).expect("curl");
+        assert!(o.ok() && o.body == server.name, "over IPv4 too: {o:?}");
+    }
+}
+
+/// A dual-stack Service (RequireDualStack, cluster IPs of both families,
+/// one EndpointSlice per address type) with backends on both nodes: every
+/// node programs its IPv4 port, which pods on both nodes reach and which
+/// spreads over both backends, and reports its IPv6 port as not translated
+/// (and programs no IPv6 frontend). When the datapath translates IPv6 this
+/// test gives way to [`dual_stack_service_answers_on_both_families_at_once`].
+#[test]
+fn dual_stack_service_is_served_on_ipv4_and_its_ipv6_port_reported() {
+    let Some(mut c) = cluster("d6s", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let b1 = c.add_pod(0, "b1", pod_addr(0, 10)).expect("pod");
+    let b2 = c.add_pod(1, "b2", pod_addr(1, 10)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    for b in [&b1, &b2] {
+        c.nginx(b).expect("nginx");
+    }
+    let pods = [&b1, &b2];
+    c.write_manifest(
+        "dual.yaml",
+        &service_with_slices(
+            NS,
+            "dual",
+            &[VIP.into(), VIP6.into()],
+            &[Port::tcp("http", 80, 80)],
+            &dual_stack_endpoints(&pods),
+        ),
+    )
+    .expect("manifest");
+    c.start_agents().expect("start agents");
+    c.wait_backends_ip(
+        VIP.into(),
+        80,
+        Proto::Tcp,
+        Some(&backends(&pods, VIP.into(), 80)),
+        WAIT,
+    )
+    .expect("the IPv4 port programmed on every node");
+    let report = format!("service {NS}/dual port http: {NOT_TRANSLATED}");
+    for n in 0..c.nodes() {
+        let line = c
+            .wait_agent_log(n, &report, WAIT)
+            .expect("IPv6 port reported");
+        eprintln!("node {n}: {line}");
+        let frontends = c.frontends(n).expect("frontends");
+        assert!(
+            frontends.iter().all(|f| f.vip.is_ipv4()),
+            "no IPv6 frontend is programmed: {frontends:?}"
+        );
+    }
+
+    for client in [&ca, &cb] {
+        let counts = spread(client, &url(VIP, 80), 40);
+        eprintln!("{} -> {VIP}: {counts:?}", client.name);
+        assert_eq!(
+            counts.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&pods),
+            "both backends answer"
+        );
+    }
+}
+
+/// An IPv6 ClusterIP Service with TCP (nginx) and UDP (dnsmasq) backends
+/// on both nodes: pods on both nodes reach it over IPv6, both backends
+/// answer, and they see the clients' own IPv6 addresses.
+#[test]
+#[ignore = "needs IPv6 translation in the datapath (issue 13)"]
+fn ipv6_cluster_ip_tcp_and_udp_from_pods_on_both_nodes() {
+    let Some(mut c) = cluster("d6c", 2, &["nginx", "curl", "dnsmasq", "dig"]) else {
+        return;
+    };
+    let b1 = c.add_pod(0, "b1", pod_addr(0, 10)).expect("pod");
+    let b2 = c.add_pod(1, "b2", pod_addr(1, 10)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    let pods = [&b1, &b2];
+    let who = |b: &Host| IpAddr::V6(b.addr6);
+    for b in pods {
+        c.nginx(b).expect("nginx");
+        c.dnsmasq(b, &[("whoami.test", who(b))]).expect("dnsmasq");
+    }
+    let ports = [Port::tcp("http", 80, 80), Port::udp("dns", 53, 53)];
+    let six: Vec<Endpoint> = pods.iter().map(|b| Endpoint::of6(b)).collect();
+    c.write_manifest(
+        "web6.yaml",
+        &service_with_slices(NS, "web6", &[VIP6.into()], &ports[..1], &six),
+    )
+    .expect("manifest");
+    c.write_manifest(
+        "dns6.yaml",
+        &service_with_slices(NS, "dns6", &[DNS_VIP6.into()], &ports[1..], &six),
+    )
+    .expect("manifest");
+    c.start_agents().expect("start agents");
+    for (vip, port, proto) in [(VIP6, 80, Proto::Tcp), (DNS_VIP6, 53, Proto::Udp)] {
+        let want = backends(&pods, vip.into(), port);
+        c.wait_backends_ip(vip.into(), port, proto, Some(&want), WAIT)
+            .expect("programmed on every node");
+    }
+
+    for client in [&ca, &cb] {
+        let counts = spread(client, &url(VIP6, 80), 40);
+        eprintln!("{} -> [{VIP6}]:80: {counts:?}", client.name);
+        assert_eq!(
+            counts.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&pods)
+        );
+        let marker = format!("client-{}", client.name);
+        let o = client
+            .curl(&format!("{}?{marker}", url(VIP6, 80)), CURL_TIME)
+            .expect("curl");
+        assert!(o.ok(), "{o:?}");
+        let backend = pods.iter().find(|b| b.name == o.body).expect("a backend");
+        assert_eq!(
+            logged_client(&c, backend, &marker),
+            IpAddr::V6(client.addr6)
+        );
+
+        let mut seen = BTreeSet::new();
+        for _ in 0..16 {
+            let r = client
+                .dig_aaaa(DNS_VIP6, 53, "whoami.test", DIG_TIME)
+                .expect("dig");
+            assert_eq!((r.exit, r.answers6.len()), (0, 1), "{r:?}");
+            seen.insert(IpAddr::V6(r.answers6[0]));
+        }
+        assert_eq!(
+            seen,
+            pods.iter().map(|b| who(b)).collect(),
+            "both DNS backends answer {}",
+            client.name
+        );
+    }
+}
+
+/// A dual-stack Service reached on both of its cluster IPs at once from
+/// pods on both nodes: every request of either family succeeds, both
+/// backends answer each family, and each backend sees clients of both
+/// families.
+#[test]
+#[ignore = "needs IPv6 translation in the datapath (issue 13)"]
+fn dual_stack_service_answers_on_both_families_at_once() {
+    let Some(mut c) = cluster("d6b", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let b1 = c.add_pod(0, "b1", pod_addr(0, 10)).expect("pod");
+    let b2 = c.add_pod(1, "b2", pod_addr(1, 10)).expect("pod");
+    let ca = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
+    let cb = c.add_pod(1, "cb", pod_addr(1, 100)).expect("pod");
+    let pods = [&b1, &b2];
+    for b in pods {
+        c.nginx(b).expect("nginx");
+    }
+    let vips: [IpAddr; 2] = [VIP.into(), VIP6.into()];
+    c.write_manifest(
+        "dual.yaml",
+        &service_with_slices(
+            NS,
+            "dual",
+            &vips,
+            &[Port::tcp("http", 80, 80)],
+            &dual_stack_endpoints(&pods),
+        ),
+    )
+    .expect("manifest");
+    c.start_agents().expect("start agents");
+    for vip in vips {
+        c.wait_backends_ip(vip, 80, Proto::Tcp, Some(&backends(&pods, vip, 80)), WAIT)
+            .expect("both families programmed on every node");
+    }
+
+    let runs: Vec<((String, IpAddr), BTreeMap<String, usize>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = [&ca, &cb]
+            .into_iter()
+            .flat_map(|client| vips.map(|vip| (client, vip)))
+            .map(|(client, vip)| {
+                s.spawn(move || {
+                    (
+                        (client.name.clone(), vip),
+                        spread(client, &url(vip, 80), 40),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    for ((client, vip), counts) in &runs {
+        eprintln!("{client} -> {vip}: {counts:?}");
+        assert_eq!(
+            counts.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&pods),
+            "{client} -> {vip}: both backends answer"
+        );
+    }
+    for b in pods {
+        let log = c.nginx_access_log_as::<IpAddr>(b).expect("access log");
+        let clients: BTreeSet<IpAddr> = log.iter().map(|e| e.client).collect();
+        for client in [&ca, &cb] {
+            for addr in [IpAddr::V4(client.addr), IpAddr::V6(client.addr6)] {
+                assert!(
+                    clients.contains(&addr),
+                    "{} saw no request from {addr}: {clients:?}",
+                    b.name
+                );
+            }
+        }
+    }
+}
