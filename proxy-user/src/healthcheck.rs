@@ -480,9 +480,12 @@ mod tests {
             slice("web", "IPv6", &[("2001:db8::1:1", "node-a", true, false)]),
         ];
         // One local pod per family, two ports each; the IPv6 ones count
-        // once the datapath translates IPv6 (`plan::DATAPATH_FAMILIES`):
+        // once the datapath translates IPv6 at the node (`plan::DATAPATH`):
         // until then a load balancer must not send IPv6 clients here.
-        let expected = if crate::plan::DATAPATH_FAMILIES.contains(&crate::model::Family::V6) {
+        let expected = if crate::plan::DATAPATH
+            .node_side
+            .contains(&crate::model::Family::V6)
+        {
             4
         } else {
             2

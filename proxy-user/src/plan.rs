@@ -59,20 +59,52 @@ pub struct PlannedFrontend {
     pub label: String,
 }
 
-/// The IP families the datapath translates. The agent, its maps and the
-/// plan handle both families; the eBPF programs translate IPv4 only so far
-/// (issue 13: the IPv6 pipelines do not fit the BPF stack yet), so IPv6
-/// ports are reported and not programmed. Tests of the IPv6 programming
-/// path plan with [`plan_for`] and [`crate::sync::Syncer::with_families`].
-pub const DATAPATH_FAMILIES: &[Family] = &[Family::V4];
+/// What the datapath translates, by IP family: cluster IPs (the pod-facing
+/// TC programs) and the node-side frontends (node ports, external and
+/// load-balancer IPs: XDP on node interfaces). The agent, its maps and the
+/// plan handle both families everywhere; a frontend the datapath does not
+/// translate is reported and not programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translates {
+    /// Families of cluster IPs.
+    pub cluster_ips: &'static [Family],
+    /// Families of node ports, external IPs and load-balancer IPs.
+    pub node_side: &'static [Family],
+}
 
-/// Why the datapath cannot serve `port` when it translates `families`, if
-/// it cannot.
-pub fn unsupported_in(port: &ServicePort, families: &[Family]) -> Option<&'static str> {
+impl Translates {
+    /// Both families on every path: what the planner does once the
+    /// datapath translates everything (tests of the IPv6 programming path,
+    /// with [`plan_for`] and [`crate::sync::Syncer::with_datapath`]).
+    pub const ALL: Self = Self {
+        cluster_ips: &[Family::V4, Family::V6],
+        node_side: &[Family::V4, Family::V6],
+    };
+
+    /// Whether a frontend of `kind` in `family` is translated.
+    pub fn frontend(&self, family: Family, kind: FrontendKind) -> bool {
+        if kind == FrontendKind::ClusterIp {
+            self.cluster_ips.contains(&family)
+        } else {
+            self.node_side.contains(&family)
+        }
+    }
+}
+
+/// What the eBPF programs of this build translate (issue 13: IPv6 is on
+/// its way).
+pub const DATAPATH: Translates = Translates {
+    cluster_ips: &[Family::V4],
+    node_side: &[Family::V4],
+};
+
+/// Why the datapath cannot serve `port` when it translates `t`, if it
+/// cannot serve any of its frontends.
+pub fn unsupported_in(port: &ServicePort, t: &Translates) -> Option<&'static str> {
     if port.protocol == Protocol::Sctp {
         return Some("SCTP is not supported by the datapath yet");
     }
-    if !families.contains(&port.family) {
+    if !t.cluster_ips.contains(&port.family) && !t.node_side.contains(&port.family) {
         return Some("IPv6 is not translated by the datapath yet");
     }
     None
@@ -80,7 +112,7 @@ pub fn unsupported_in(port: &ServicePort, families: &[Family]) -> Option<&'stati
 
 /// Why the datapath cannot serve `port`, if it cannot.
 pub fn unsupported(port: &ServicePort) -> Option<&'static str> {
-    unsupported_in(port, DATAPATH_FAMILIES)
+    unsupported_in(port, &DATAPATH)
 }
 
 /// The node port `port` would have in its family if this node had a node
@@ -104,9 +136,12 @@ fn missing_node_port(m: &ServiceModel, port: &ServicePort) -> Option<u16> {
         .map(|f| f.port)
 }
 
-/// The ports of `m` the datapath serves.
+/// The ports of `m` whose node-side frontends the datapath serves (what a
+/// load balancer's health check counts).
 pub fn served(m: &ServiceModel) -> impl Iterator<Item = &ServicePort> {
-    m.ports.iter().filter(|p| unsupported(p).is_none())
+    m.ports
+        .iter()
+        .filter(|p| unsupported(p).is_none() && DATAPATH.node_side.contains(&p.family))
 }
 
 /// The frontends of a model, their backends and policies, and a problem
@@ -124,13 +159,13 @@ pub fn served(m: &ServiceModel) -> impl Iterator<Item = &ServicePort> {
 ///   (kube-proxy sends pod traffic to external addresses cluster-wide).
 /// - `loadBalancerSourceRanges` apply to load-balancer IPs.
 pub fn plan(m: &ServiceModel) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<String>) {
-    plan_for(m, DATAPATH_FAMILIES)
+    plan_for(m, &DATAPATH)
 }
 
-/// [`plan`] for a datapath that translates `families`.
+/// [`plan`] for a datapath that translates `t`.
 pub fn plan_for(
     m: &ServiceModel,
-    families: &[Family],
+    t: &Translates,
 ) -> (Vec<(FrontendKey, PlannedFrontend)>, Vec<String>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
@@ -143,7 +178,7 @@ pub fn plan_for(
             }
         };
         let first = port.frontends.first().map_or(0, |f| f.port);
-        if let Some(why) = unsupported_in(port, families) {
+        if let Some(why) = unsupported_in(port, t) {
             problems.push(format!("service {} port {}: {why}", m.name, named(first)));
             continue;
         }
@@ -167,7 +202,23 @@ pub fn plan_for(
             })
             .collect();
         let local: Vec<PlannedBackend> = backends.iter().filter(|b| b.local).copied().collect();
-        for fe in &port.frontends {
+        if port
+            .frontends
+            .iter()
+            .any(|f| !t.frontend(port.family, f.kind))
+        {
+            let family = port.family.as_str();
+            problems.push(format!(
+                "service {} port {}: {family} node ports, external and load-balancer IPs are not translated by the datapath yet (its cluster IP is)",
+                m.name,
+                named(first)
+            ));
+        }
+        for fe in port
+            .frontends
+            .iter()
+            .filter(|f| t.frontend(port.family, f.kind))
+        {
             let key = FrontendKey {
                 addr: fe.address,
                 port: fe.port,
@@ -218,7 +269,7 @@ mod tests {
     use super::*;
 
     /// What the planner does once the datapath translates IPv6.
-    const BOTH: &[Family] = &[Family::V4, Family::V6];
+    const BOTH: &Translates = &Translates::ALL;
     use crate::model::{NodeInfo, model_service};
 
     fn object<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
@@ -381,5 +432,43 @@ mod tests {
         assert_eq!(cluster.len(), 1, "the IPv6 cluster IP is still planned");
         assert_eq!(cluster[0].1.backends.len(), 1);
         assert_eq!(frontends.len(), 4);
+    }
+
+    #[test]
+    fn frontends_of_a_path_the_datapath_lacks_are_reported_and_the_rest_planned() {
+        let m = dual_stack_lb(&["198.18.0.1", "2001:db8::1"]);
+        let pods_only = Translates {
+            cluster_ips: &[Family::V4, Family::V6],
+            node_side: &[Family::V4],
+        };
+        let (frontends, problems) = plan_for(&m, &pods_only);
+        assert_eq!(
+            problems,
+            [
+                "service default/web port http: IPv6 node ports, external and load-balancer IPs are not translated by the datapath yet (its cluster IP is)"
+            ]
+        );
+        assert_eq!(of(&frontends, FrontendKind::ClusterIp, Family::V6).len(), 1);
+        assert!(of(&frontends, FrontendKind::NodePort, Family::V6).is_empty());
+        assert_eq!(of(&frontends, FrontendKind::NodePort, Family::V4).len(), 1);
+        assert_eq!(
+            of(&frontends, FrontendKind::LoadBalancer, Family::V4).len(),
+            1
+        );
+        // Nothing of IPv6 where the datapath translates no IPv6 at all.
+        let v4_only = Translates {
+            cluster_ips: &[Family::V4],
+            node_side: &[Family::V4],
+        };
+        let (frontends, problems) = plan_for(&m, &v4_only);
+        assert!(
+            frontends
+                .iter()
+                .all(|(k, _)| Family::of(&k.addr) == Family::V4)
+        );
+        assert_eq!(
+            problems,
+            ["service default/web port http: IPv6 is not translated by the datapath yet"]
+        );
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::{
     dataplane::{Dataplane, DataplaneError, Frontend, FrontendSpec, Upsert},
     healthcheck::{self, HealthChecks},
-    model::{self, Family, NodeInfo, ServiceModel, ServiceName},
+    model::{self, NodeInfo, ServiceModel, ServiceName},
     plan,
     sources::{Kind, Object, SourceEvent},
 };
@@ -105,17 +105,16 @@ pub struct Syncer {
     pub last_latencies: Vec<Duration>,
     /// How long the last pass took.
     pub last_pass_duration: Duration,
-    /// The IP families the datapath translates (see
-    /// [`plan::DATAPATH_FAMILIES`]).
-    families: Vec<Family>,
+    /// What the datapath translates (see [`plan::DATAPATH`]).
+    datapath: plan::Translates,
 }
 
 impl Syncer {
-    /// This syncer, planning for a datapath that translates `families`
-    /// (tests of the IPv6 programming path; the agent keeps the default,
-    /// [`plan::DATAPATH_FAMILIES`]).
-    pub fn with_families(mut self, families: &[Family]) -> Self {
-        self.families = families.to_vec();
+    /// This syncer, planning for a datapath that translates `t` (tests of
+    /// the IPv6 programming path; the agent keeps the default,
+    /// [`plan::DATAPATH`]).
+    pub fn with_datapath(mut self, t: plan::Translates) -> Self {
+        self.datapath = t;
         self
     }
 
@@ -139,7 +138,7 @@ impl Syncer {
             stats,
             last_latencies: Vec::new(),
             last_pass_duration: Duration::ZERO,
-            families: plan::DATAPATH_FAMILIES.to_vec(),
+            datapath: plan::DATAPATH,
         }
     }
 
@@ -450,7 +449,7 @@ impl Syncer {
         want: &mut BTreeMap<Frontend, FrontendSpec>,
         problems: &mut Vec<String>,
     ) {
-        let (planned, unsupported) = plan::plan_for(m, &self.families);
+        let (planned, unsupported) = plan::plan_for(m, &self.datapath);
         problems.extend(unsupported);
         for (key, p) in &planned {
             want.insert(Frontend::from(key), FrontendSpec::of_plan(p));

@@ -17,7 +17,8 @@ use proptest::prelude::*;
 use svcnat::{
     dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
     inspect,
-    model::{self, Family, NodeInfo, Protocol},
+    model::{self, NodeInfo, Protocol},
+    plan::Translates,
     sources::{Kind, Object, SourceEvent},
     sync::{SyncStats, Syncer},
 };
@@ -25,7 +26,7 @@ use svcnat_testkit::{skip::Needs, skip_unless};
 
 /// The syncer plans both families here: what it programs once the
 /// datapath translates IPv6 (the maps and the agent already handle it).
-const BOTH: &[Family] = &[Family::V4, Family::V6];
+const BOTH: Translates = Translates::ALL;
 
 const SERVICES: u8 = 4;
 const SLICES: u8 = 6;
@@ -209,7 +210,7 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
         name: "node-a".into(),
         addresses: vec![IpAddr::from([198, 18, 0, 1])],
     };
-    let mut syncer = Syncer::new(node.clone(), Arc::new(SyncStats::default())).with_families(BOTH);
+    let mut syncer = Syncer::new(node.clone(), Arc::new(SyncStats::default())).with_datapath(BOTH);
     let mut services: BTreeMap<u8, Service> = BTreeMap::new();
     let mut slices: BTreeMap<u8, EndpointSlice> = BTreeMap::new();
     // Start from a complete (empty) list, as the sources do.
@@ -339,7 +340,7 @@ fn a_service_too_big_for_the_maps_is_skipped_with_a_reason_and_the_rest_works() 
         name: "node-a".into(),
         addresses: vec![],
     };
-    let mut syncer = Syncer::new(node, Arc::new(SyncStats::default())).with_families(BOTH);
+    let mut syncer = Syncer::new(node, Arc::new(SyncStats::default())).with_datapath(BOTH);
     syncer.handle(SourceEvent::Resync {
         kind: Kind::Service,
         objects: vec![
