@@ -19,6 +19,7 @@ mod parse;
 mod stats;
 mod tc;
 mod v4;
+mod v6;
 mod verdict;
 mod xdp;
 
@@ -39,7 +40,8 @@ use crate::{
 pub fn svcnat_pod_ingress(ctx: TcContext) -> i32 {
     match family(&ctx) {
         Ok(Family::V4) => v4::pod::ingress(ctx),
-        Ok(Family::V6) | Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
+        Ok(Family::V6) => v6::pod::ingress(ctx),
+        Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
     }
 }
 
@@ -72,7 +74,8 @@ pub fn svcnat_node_egress(ctx: TcContext) -> i32 {
 fn egress(ctx: TcContext) -> i32 {
     match family(&ctx) {
         Ok(Family::V4) => v4::pod::egress(ctx),
-        Ok(Family::V6) | Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
+        Ok(Family::V6) => v6::pod::egress(ctx),
+        Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
     }
 }
 

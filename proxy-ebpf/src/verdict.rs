@@ -17,6 +17,32 @@ pub(crate) type Verdict = (i32, Reason);
 /// An XDP action and the reason it is counted under.
 pub(crate) type XdpVerdict = (u32, Reason);
 
+/// A pipeline's result as one integer, so that a step compiled as a BPF
+/// subprogram of its own (a stack frame apart) can return it in a register:
+/// the action in the low 32 bits, the reason above, and bit 63 set for an
+/// early stop (`Err`).
+#[inline(always)]
+pub(crate) fn pack(r: Result<Verdict, Reason>) -> u64 {
+    match r {
+        Ok((action, reason)) => u64::from(action as u32) | (u64::from(reason as u32) << 32),
+        Err(reason) => (1 << 63) | (u64::from(reason as u32) << 32),
+    }
+}
+
+/// The result [`pack`] packed.
+#[inline(always)]
+pub(crate) fn unpack(v: u64) -> Result<Verdict, Reason> {
+    let index = ((v >> 32) & 0x7fff_ffff) as u32;
+    // SAFETY: `v` came from `pack`, which stored a `Reason` (a `repr(u32)`
+    // enum) there.
+    let reason = unsafe { core::mem::transmute::<u32, Reason>(index) };
+    if v >> 63 != 0 {
+        Err(reason)
+    } else {
+        Ok((v as u32 as i32, reason))
+    }
+}
+
 /// `TCX_NEXT` (`TC_ACT_UNSPEC` for classic tc filters): on to the next
 /// program or filter on the hook, and past the last one as `TC_ACT_OK`.
 /// svcnat returns it for every packet it passes (untouched or rewritten), so

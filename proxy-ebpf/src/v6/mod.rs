@@ -1,0 +1,62 @@
+//! IPv6: the concrete types, maps and header offsets the family-neutral
+//! pipelines are compiled with for this family (see `v4/mod.rs` for how),
+//! its header and extension headers (`ip.rs`), its rejects (`reject.rs`)
+//! and its ICMPv6 errors (`icmp.rs`). IPv6 has no header checksum; the L4
+//! checksums cover both addresses through the pseudo-header.
+
+mod icmp;
+pub(crate) mod ip;
+mod reject;
+
+pub(crate) use proxy_common::{
+    Affinity6Key as AffinityKey, Backend6 as Backend, Ct6Key as CtKey, Ct6Value as CtValue,
+    Frag6Key as FragKey, Frag6Value as FragValue, HAIRPIN6_ADDR_DEFAULT as HAIRPIN_DEFAULT,
+    NODE6_HAIRPIN_KEY as HAIRPIN_KEY, Snat6Value as SnatValue, SrcRange6 as SrcRange,
+    Svc6Key as SvcKey,
+};
+
+pub(crate) use self::{
+    icmp::icmp_error,
+    ip::{IP6_DADDR_OFF as DADDR_OFF, IP6_SADDR_OFF as SADDR_OFF, Ip6 as Ip, l3},
+    reject::reject,
+};
+pub(crate) use crate::maps::{
+    AFFINITY6 as AFFINITY, BACKEND6 as BACKEND, CT6 as CT, FRAG6 as FRAG, NODE6 as NODE,
+    SNAT6 as SNAT, SRCRANGE6 as SRCRANGE, SVC6 as SVC,
+};
+
+/// An IPv6 address, network order.
+pub(crate) type Addr = [u8; 16];
+
+/// No header checksum.
+pub(crate) const L3_CSUM: Option<usize> = None;
+
+/// LPM prefix length of a whole client address after the service id.
+pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 128;
+
+/// The key of `ip`'s datagram in the fragment map (RFC 8200: source,
+/// destination and the fragment header's identification).
+#[inline(always)]
+pub(crate) fn frag_key(ip: &Ip, dir: u8) -> FragKey {
+    FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.frag_id,
+        proto: ip.proto,
+        dir,
+        pad: 0,
+    }
+}
+
+#[path = "../pipeline/ct.rs"]
+pub(crate) mod ct;
+#[path = "../pipeline/frag.rs"]
+pub(crate) mod frag;
+#[path = "../pipeline/lb.rs"]
+pub(crate) mod lb;
+#[path = "../pipeline/nat.rs"]
+pub(crate) mod nat;
+#[path = "../pipeline/pod.rs"]
+pub(crate) mod pod;
+#[path = "../pipeline/snat.rs"]
+pub(crate) mod snat;
