@@ -110,7 +110,9 @@ fn path_mods(code: &str) -> BTreeSet<String> {
             continue;
         }
         if let Some(decl) = lines.next() {
-            let decl = decl.trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+            let decl = decl
+                .trim_start_matches("pub(crate) ")
+                .trim_start_matches("pub ");
             if let Some(name) = decl.strip_prefix("mod ") {
                 out.insert(name.trim_end_matches(';').trim().to_string());
             }

@@ -85,9 +85,9 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     let key = service_key(ip.saddr, ip.daddr, &l4);
     if let Some(f) = ct_lookup_service(&key, &l4, now) {
         record(&ip, f.addr, f.peer.0);
-        nat_rewrite(ctx, End::Dst, ip.daddr, f.addr, &l4, f.port)?;
+        nat_rewrite(ctx, End::Dst, &ip.daddr, &f.addr, &l4, f.port)?;
         if f.peer != (ip.saddr, l4.sport) {
-            nat_rewrite(ctx, End::Src, ip.saddr, f.peer.0, &l4, f.peer.1)?;
+            nat_rewrite(ctx, End::Src, &ip.saddr, &f.peer.0, &l4, f.peer.1)?;
         }
         return Ok(xdp_pass(if f.rst_ignored {
             Reason::RstOutOfWindow
@@ -119,18 +119,18 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
         let (sport, remapped) = open_from_client(&flow)?;
         record(&ip, backend.addr, ip.saddr);
-        nat_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
+        nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
         if !remapped {
             return Ok(xdp_pass(Reason::DnatNew));
         }
-        nat_rewrite(ctx, End::Src, ip.saddr, ip.saddr, &l4, sport)?;
+        nat_rewrite(ctx, End::Src, &ip.saddr, &ip.saddr, &l4, sport)?;
         return Ok(xdp_pass(Reason::DnatNewPortRemapped));
     }
     let node = node_addr(ctx, &ip, &svc)?;
     let nport = snat_open(&flow, &node, NODE_PORTS)?;
     record(&ip, backend.addr, node);
-    nat_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
-    nat_rewrite(ctx, End::Src, ip.saddr, node, &l4, nport)?;
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &node, &l4, nport)?;
     Ok(xdp_pass(Reason::SnatNew))
 }
 
@@ -170,8 +170,8 @@ fn rev_snat(ctx: &XdpContext, ip: &Ip, l4: &L4, r: &ReplyNat) -> Result<XdpVerdi
         frag_record(ip, CT_DIR_REPLY, r.client);
         frag_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
     }
-    nat_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
-    nat_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &r.client, l4, r.cport)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &r.vip, l4, r.vport)?;
     Ok(xdp_pass(if r.rst_ignored {
         Reason::RstOutOfWindow
     } else {

@@ -8,8 +8,8 @@ use proxy_common::{
 };
 
 use super::{
-    Addr, HAIRPIN_DEFAULT, HAIRPIN_KEY, Ip, NODE,
-    ct::{NewFlow, ct_lookup_reply, ct_lookup_service, now, reply_key, service_key},
+    Addr, CtKey, HAIRPIN_DEFAULT, HAIRPIN_KEY, Ip, NODE, apart,
+    ct::{AddrPort, NewFlow, ct_lookup_reply, ct_lookup_service, now, reply_key, service_key},
     frag::{frag_record, frag_translate},
     icmp_error, l3,
     lb::{lb_is_vip, lb_lookup, lb_lookup_internal, lb_select, lb_source_allowed},
@@ -20,7 +20,7 @@ use super::{
 use crate::{
     bounce::bounce,
     parse::{self, L4, Transport},
-    verdict::{Verdict, finish, pass},
+    verdict::{Verdict, finish, pack, pass, unpack},
 };
 
 /// TC ingress of this family: [`try_ingress`], counted. A function of its
@@ -57,10 +57,7 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         if lb_is_vip(ip.daddr) {
             return reject(ctx, &ip, &l4, Reason::RejectUnknownPort);
         }
-        if let Some(v) = hairpin_reply(ctx, &ip, &l4)? {
-            return Ok(v);
-        }
-        return Ok(pass(Reason::PassNotService));
+        return unpack(apart(&mut || pack(hairpin_reply(ctx, &ip, &l4))));
     };
     // Pods reaching a load-balancer IP are held to its source ranges too,
     // as kube-proxy's firewall chain does for any source.
@@ -81,59 +78,98 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     let now = now();
     let key = service_key(ip.saddr, ip.daddr, &l4);
-    let (addr, port, src, reason) = match ct_lookup_service(&key, &l4, now) {
+    let mut d = Dnat {
+        addr: ip.daddr,
+        port: l4.dport,
+        src: (ip.saddr, l4.sport),
+    };
+    let reason = match ct_lookup_service(&key, &l4, now) {
         Some(f) => {
-            let reason = if f.rst_ignored {
+            d.addr = f.addr;
+            d.port = f.port;
+            d.src = f.peer;
+            if f.rst_ignored {
                 Reason::RstOutOfWindow
             } else {
                 Reason::DnatEstablished
-            };
-            (f.addr, f.port, f.peer, reason)
+            }
         }
         None => {
             if svc.count == 0 {
                 return no_backend(ctx, &ip, &l4, &svc);
             }
-            let (backend_id, backend) = lb_select(&svc, ip.saddr, now)?;
-            let (addr, port) = (backend.addr, backend.port);
-            let flow = NewFlow {
-                key: &key,
-                svc: &svc,
-                backend_id,
-                backend: &backend,
-                l4: &l4,
-                now,
-            };
-            if addr == ip.saddr {
-                // The pod reaches itself: it would drop a packet from its
-                // own address, so the flow comes from the hairpin address.
-                let h = hairpin_addr();
-                let sport = snat_open(&flow, &h, NODE_PORTS)?;
-                (addr, port, (h, sport), Reason::DnatNewHairpin)
-            } else {
-                let (sport, remapped) = open_from_client(&flow)?;
-                let reason = if remapped {
-                    Reason::DnatNewPortRemapped
-                } else {
-                    Reason::DnatNew
-                };
-                (addr, port, (ip.saddr, sport), reason)
-            }
+            let opened = apart(&mut || pack(new_flow(&key, &svc, &l4, now, &mut d)));
+            unpack(opened)?.1
         }
     };
+    unpack(apart(&mut || pack(dnat(ctx, &ip, &l4, &d, reason))))
+}
+
+/// Rewrites a client's packet to where it goes (`d`), counted under
+/// `reason`. Run [`apart`] (see [`new_flow`]).
+#[inline(always)]
+fn dnat(ctx: &TcContext, ip: &Ip, l4: &L4, d: &Dnat, reason: Reason) -> Result<Verdict, Reason> {
     if ip.is_first_fragment() {
-        frag_record(&ip, CT_DIR_SERVICE, addr);
+        frag_record(ip, CT_DIR_SERVICE, d.addr);
     }
-    nat_rewrite(ctx, End::Dst, ip.daddr, addr, &l4, port)?;
-    if src != (ip.saddr, l4.sport) {
-        nat_rewrite(ctx, End::Src, ip.saddr, src.0, &l4, src.1)?;
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &d.addr, l4, d.port)?;
+    if d.src.0 != ip.saddr || d.src.1 != l4.sport {
+        nat_rewrite(ctx, End::Src, &ip.saddr, &d.src.0, l4, d.src.1)?;
     }
-    if addr == ip.saddr {
+    if d.addr == ip.saddr {
         // Straight back to the pod: no trip through the node's routing,
         // whose reverse-path filter would not know the hairpin address.
         return bounce(ctx, reason);
     }
     Ok(pass(reason))
+}
+
+/// Where a client's packet goes: the backend, and the source the backend
+/// sees (the client's own unless source-NATed).
+struct Dnat {
+    addr: Addr,
+    port: u16,
+    src: AddrPort,
+}
+
+/// Opens a new flow from a client (`key`) to a backend of `svc` chosen
+/// for it and writes where the packet goes to `d`; the verdict's reason is
+/// how the flow was opened. Run [`apart`]: with IPv6 its frame (the
+/// conntrack entries it builds) does not fit beside the pipeline's.
+#[inline(always)]
+fn new_flow(
+    key: &CtKey,
+    svc: &SvcValue,
+    l4: &L4,
+    now: u64,
+    d: &mut Dnat,
+) -> Result<Verdict, Reason> {
+    let (backend_id, backend) = lb_select(svc, key.saddr, now)?;
+    let flow = NewFlow {
+        key,
+        svc,
+        backend_id,
+        backend: &backend,
+        l4,
+        now,
+    };
+    d.addr = backend.addr;
+    d.port = backend.port;
+    if backend.addr == key.saddr {
+        // The pod reaches itself: it would drop a packet from its own
+        // address, so the flow comes from the hairpin address.
+        let h = hairpin_addr();
+        let sport = snat_open(&flow, &h, NODE_PORTS)?;
+        d.src = (h, sport);
+        return Ok(pass(Reason::DnatNewHairpin));
+    }
+    let (sport, remapped) = open_from_client(&flow)?;
+    d.src = (key.saddr, sport);
+    Ok(pass(if remapped {
+        Reason::DnatNewPortRemapped
+    } else {
+        Reason::DnatNew
+    }))
 }
 
 /// A new flow to a service without a usable endpoint: rejected, as
@@ -159,27 +195,29 @@ fn hairpin_addr() -> Addr {
 
 /// A pod's reply to a hairpin flow (to the hairpin address and a port of
 /// the SNAT range): rewritten to come from the frontend and go to the
-/// pod's own socket, and sent straight back to the pod.
+/// pod's own socket, and sent straight back to the pod; anything else
+/// passed as not a service. Run [`apart`] (see [`new_flow`]).
 #[inline(always)]
-fn hairpin_reply(ctx: &TcContext, ip: &Ip, l4: &L4) -> Result<Option<Verdict>, Reason> {
+fn hairpin_reply(ctx: &TcContext, ip: &Ip, l4: &L4) -> Result<Verdict, Reason> {
+    let not_hairpin = Ok(pass(Reason::PassNotService));
     if l4.dport < SNAT_PORT_MIN {
-        return Ok(None);
+        return not_hairpin;
     }
     let key = reply_key(ip.saddr, ip.daddr, l4);
     let Some(client) = snat_lookup_rev(&key) else {
-        return Ok(None);
+        return not_hairpin;
     };
     if client.addr != ip.saddr {
         // A reply to another pod whose port was remapped: its own veth
         // translates it on the way in.
-        return Ok(None);
+        return not_hairpin;
     }
     let Some(r) = ct_lookup_reply(&key, l4, now()) else {
-        return Ok(None);
+        return not_hairpin;
     };
-    nat_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
-    nat_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
-    bounce(ctx, Reason::RevnatHairpin).map(Some)
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &r.client, l4, r.cport)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &r.vip, l4, r.vport)?;
+    bounce(ctx, Reason::RevnatHairpin)
 }
 
 /// A packet to a pod: reverse NAT when it is a reply of a translated flow,
@@ -204,9 +242,9 @@ pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     }
     if (r.client, r.cport) != (ip.daddr, l4.dport) {
         // The client's port (or address) was remapped for this flow.
-        nat_rewrite(ctx, End::Dst, ip.daddr, r.client, &l4, r.cport)?;
+        nat_rewrite(ctx, End::Dst, &ip.daddr, &r.client, &l4, r.cport)?;
     }
-    nat_rewrite(ctx, End::Src, ip.saddr, r.vip, &l4, r.vport)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &r.vip, &l4, r.vport)?;
     Ok(pass(if r.rst_ignored {
         Reason::RstOutOfWindow
     } else {

@@ -85,10 +85,22 @@ fn translate(ctx: &TcContext, ip: &Ip6) -> Result<Verdict, Reason> {
     let csums: &[usize] = if udp_sum { &both } else { &both[..1] };
     if e.flags & CT_F_SNAT != 0 {
         // The client's source port was remapped: quote the one it sent.
-        replace2(ctx, in_l4_off, ports.sport, e.peer_port.to_be_bytes(), csums)?;
+        replace2(
+            ctx,
+            in_l4_off,
+            ports.sport,
+            e.peer_port.to_be_bytes(),
+            csums,
+        )?;
     }
     replace_addr(ctx, in_ip_off + 24, inner.daddr, e.nat_addr, csums)?;
-    replace2(ctx, in_l4_off + 2, ports.dport, e.nat_port.to_be_bytes(), csums)?;
+    replace2(
+        ctx,
+        in_l4_off + 2,
+        ports.dport,
+        e.nat_port.to_be_bytes(),
+        csums,
+    )?;
     if udp_sum {
         // The inner UDP checksum just changed, and the ICMPv6 checksum covers it.
         let new_udp: [u8; 2] = ctx.load(in_udp_csum).map_err(|_| Reason::DropRewrite)?;

@@ -34,6 +34,18 @@ pub(crate) const L3_CSUM: Option<usize> = None;
 /// LPM prefix length of a whole client address after the service id.
 pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 128;
 
+/// Runs `f`, a step of a pipeline, in a BPF subprogram of its own (one per
+/// call site: `f`'s type is its closure): its stack frame is apart from
+/// the caller's, so that steps that do not nest (the new flow path, the
+/// rewrites) do not add up in one frame over the 512-byte BPF stack. IPv6's
+/// 16-byte addresses and 40-byte keys need that; IPv4 inlines the same
+/// steps (`v4::apart`). The result comes back in a register (see
+/// [`crate::verdict::pack`]).
+#[inline(never)]
+pub(crate) fn apart<F: FnMut() -> u64>(f: &mut F) -> u64 {
+    f()
+}
+
 /// The key of `ip`'s datagram in the fragment map (RFC 8200: source,
 /// destination and the fragment header's identification).
 #[inline(always)]

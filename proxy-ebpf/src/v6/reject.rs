@@ -83,7 +83,12 @@ fn reply_hdrs(ip: &Ip6, len: usize, next: u8) -> (Pseudo, Ipv6Hdr) {
 /// Replaces the packet with a reject for it and returns the verdict that
 /// sends the reject back to the sender, counted under `reason`.
 #[inline(always)]
-pub(crate) fn reject(ctx: &TcContext, ip: &Ip6, l4: &L4, reason: Reason) -> Result<Verdict, Reason> {
+pub(crate) fn reject(
+    ctx: &TcContext,
+    ip: &Ip6,
+    l4: &L4,
+    reason: Reason,
+) -> Result<Verdict, Reason> {
     unpack(reject_apart(ctx, ip, l4, reason))
 }
 
