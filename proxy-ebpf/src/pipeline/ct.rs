@@ -351,40 +351,47 @@ pub(crate) fn ct_create(
         seq_next = l4.seq().wrapping_add(l4.seg_len());
         flags |= CT_F_SEQ;
     }
-    let rkey = CtKey {
-        saddr: backend.addr,
-        daddr: src.0,
-        sport: backend.port,
-        dport: src.1,
-        proto: key.proto,
-        dir: CT_DIR_REPLY,
-        pad: 0,
-    };
+    // With IPv6 both in the scratch slots (see the family's `temp!`).
+    let rkey = temp!(
+        ct_rkey,
+        CtKey {
+            saddr: backend.addr,
+            daddr: src.0,
+            sport: backend.port,
+            dport: src.1,
+            proto: key.proto,
+            dir: CT_DIR_REPLY,
+            pad: 0,
+        }
+    );
     // The reply entry first (the backend's side has sent nothing yet),
-    // then the same value turned into the service entry: one value on the
-    // stack, not two.
-    let mut v = CtValue {
-        nat_addr: key.daddr,
-        nat_port: key.dport,
-        flags: flags & !CT_F_SEQ,
-        pad: 0,
-        backend_id,
-        svc_id: svc.svc_id,
-        created_ns: now,
-        expires_ns: now + lifetime_ns(l4.is_tcp(), flags),
-        seq_next: 0,
-        peer_addr: key.saddr,
-        peer_port: key.sport,
-        pad2: 0,
-        pad3: 0,
-    };
-    if CT.insert(rkey, &v, u64::from(BPF_NOEXIST)).is_ok() {
+    // then the same value turned into the service entry: one value, not
+    // two.
+    let v = temp!(
+        ct_value,
+        CtValue {
+            nat_addr: key.daddr,
+            nat_port: key.dport,
+            flags: flags & !CT_F_SEQ,
+            pad: 0,
+            backend_id,
+            svc_id: svc.svc_id,
+            created_ns: now,
+            expires_ns: now + lifetime_ns(l4.is_tcp(), flags),
+            seq_next: 0,
+            peer_addr: key.saddr,
+            peer_port: key.sport,
+            pad2: 0,
+            pad3: 0,
+        }
+    );
+    if CT.insert(&*rkey, &*v, u64::from(BPF_NOEXIST)).is_ok() {
         count_created();
     } else {
-        if !reply_reusable(&rkey, key, now, accept_time_wait) {
+        if !reply_reusable(rkey, key, now, accept_time_wait) {
             return Ok(false);
         }
-        CT.insert(rkey, &v, u64::from(BPF_ANY))
+        CT.insert(&*rkey, &*v, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropCtCreate)?;
     }
     v.nat_addr = backend.addr;
@@ -393,10 +400,10 @@ pub(crate) fn ct_create(
     v.seq_next = seq_next;
     v.peer_addr = src.0;
     v.peer_port = src.1;
-    if CT.insert(key, &v, u64::from(BPF_NOEXIST)).is_ok() {
+    if CT.insert(key, &*v, u64::from(BPF_NOEXIST)).is_ok() {
         count_created();
     } else {
-        CT.insert(key, &v, u64::from(BPF_ANY))
+        CT.insert(key, &*v, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropCtCreate)?;
     }
     Ok(true)

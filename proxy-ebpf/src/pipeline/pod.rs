@@ -40,10 +40,13 @@ pub(crate) fn egress(ctx: TcContext) -> i32 {
 /// A packet from a pod: DNAT when it is addressed to a service.
 #[inline(always)]
 pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    let ip = l3(ctx)?;
-    let l4 = match parse::transport(ctx, &ip)? {
+    // The header, the L4 fields, the conntrack key and where the packet
+    // goes are the family's temporaries (with IPv6 in its scratch space,
+    // see `temp!`), so that the steps run apart fit beside this frame.
+    let ip: &Ip = temp!(ip, l3(ctx)?);
+    let l4 = match parse::transport(ctx, ip)? {
         Transport::Ports(l4) => l4,
-        Transport::LaterFragment => return frag_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst),
+        Transport::LaterFragment => return frag_translate(ctx, ip, CT_DIR_SERVICE, End::Dst),
         Transport::Other => {
             let reason = if lb_is_vip(ip.daddr) {
                 Reason::PassOtherProtocol
@@ -53,11 +56,12 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
             return Ok(pass(reason));
         }
     };
+    let l4: &L4 = temp!(l4, l4);
     let Some(mut svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
         if lb_is_vip(ip.daddr) {
-            return reject(ctx, &ip, &l4, Reason::RejectUnknownPort);
+            return reject(ctx, ip, l4, Reason::RejectUnknownPort);
         }
-        return unpack(apart(&mut || pack(hairpin_reply(ctx, &ip, &l4))));
+        return unpack(apart(&mut || pack(hairpin_reply(ctx, ip, l4))));
     };
     // Pods reaching a load-balancer IP are held to its source ranges too,
     // as kube-proxy's firewall chain does for any source.
@@ -74,16 +78,19 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     // is established keeps its backend even when the service has no usable
     // endpoint any more (kube-proxy rejects only new connections).
     if svc.count == 0 && l4.is_syn_only() {
-        return no_backend(ctx, &ip, &l4, &svc);
+        return no_backend(ctx, ip, l4, &svc);
     }
     let now = now();
-    let key = service_key(ip.saddr, ip.daddr, &l4);
-    let mut d = Dnat {
-        addr: ip.daddr,
-        port: l4.dport,
-        src: (ip.saddr, l4.sport),
-    };
-    let reason = match ct_lookup_service(&key, &l4, now) {
+    let key: &CtKey = temp!(ct_key, service_key(ip.saddr, ip.daddr, l4));
+    let d = temp!(
+        dnat,
+        Dnat {
+            addr: ip.daddr,
+            port: l4.dport,
+            src: (ip.saddr, l4.sport),
+        }
+    );
+    let reason = match ct_lookup_service(key, l4, now) {
         Some(f) => {
             d.addr = f.addr;
             d.port = f.port;
@@ -96,13 +103,13 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         }
         None => {
             if svc.count == 0 {
-                return no_backend(ctx, &ip, &l4, &svc);
+                return no_backend(ctx, ip, l4, &svc);
             }
-            let opened = apart(&mut || pack(new_flow(&key, &svc, &l4, now, &mut d)));
+            let opened = apart(&mut || pack(new_flow(key, &svc, l4, now, d)));
             unpack(opened)?.1
         }
     };
-    unpack(apart(&mut || pack(dnat(ctx, &ip, &l4, &d, reason))))
+    unpack(apart(&mut || pack(dnat(ctx, ip, l4, d, reason))))
 }
 
 /// Rewrites a client's packet to where it goes (`d`), counted under
@@ -126,10 +133,10 @@ fn dnat(ctx: &TcContext, ip: &Ip, l4: &L4, d: &Dnat, reason: Reason) -> Result<V
 
 /// Where a client's packet goes: the backend, and the source the backend
 /// sees (the client's own unless source-NATed).
-struct Dnat {
-    addr: Addr,
-    port: u16,
-    src: AddrPort,
+pub(crate) struct Dnat {
+    pub(crate) addr: Addr,
+    pub(crate) port: u16,
+    pub(crate) src: AddrPort,
 }
 
 /// Opens a new flow from a client (`key`) to a backend of `svc` chosen

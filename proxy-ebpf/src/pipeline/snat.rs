@@ -111,36 +111,48 @@ fn stamp(now: u64) -> u16 {
 /// entries cannot be made; one it took over is written again once its
 /// conntrack entries are ours.
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values by reference: by value LLVM copies them (IPv6: out of the scratch slots onto the stack)"
+)]
 pub(crate) fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u16, Reason> {
     let NewFlow {
         key, backend, now, ..
     } = *f;
     let addr = *addr;
     let range = u32::from(ports.1 - ports.0) + 1;
-    let back = SnatValue {
-        addr: key.saddr,
-        port: key.sport,
-        stamp: stamp(now),
-    };
+    // With IPv6 both in the scratch slots (see the family's `temp!`).
+    let back = temp!(
+        snat_back,
+        SnatValue {
+            addr: key.saddr,
+            port: key.sport,
+            stamp: stamp(now),
+        }
+    );
+    let rkey = temp!(
+        snat_rkey,
+        rev_key(backend.addr, backend.port, addr, 0, key.proto)
+    );
     let mut i = 0;
     while i < TRIES {
         let last_resort = i >= TRIES / 2;
         i += 1;
         // SAFETY: helper without arguments.
         let port = ports.0 + (unsafe { bpf_get_prandom_u32() } % range) as u16;
-        let rkey = rev_key(backend.addr, backend.port, addr, port, key.proto);
-        let created = SNAT.insert(rkey, back, u64::from(BPF_NOEXIST)).is_ok();
+        rkey.dport = port;
+        let created = SNAT.insert(&*rkey, &*back, u64::from(BPF_NOEXIST)).is_ok();
         if !created {
-            // SAFETY: copied at once.
-            let Some(old) = (unsafe { SNAT.get(rkey).copied() }) else {
+            // SAFETY: pointer from a successful lookup, read at once.
+            let Some(old_stamp) = SNAT.get_ptr(&*rkey).map(|o| unsafe { (*o).stamp }) else {
                 continue;
             };
-            let free = match ct_tuple(&rkey, now, last_resort) {
+            let free = match ct_tuple(rkey, now, last_resort) {
                 Tuple::Held => false,
                 Tuple::Over => true,
-                Tuple::Unused => back.stamp.wrapping_sub(old.stamp) >= SNAT_CLAIM_S,
+                Tuple::Unused => back.stamp.wrapping_sub(old_stamp) >= SNAT_CLAIM_S,
             };
-            if !free || SNAT.insert(rkey, back, u64::from(BPF_ANY)).is_err() {
+            if !free || SNAT.insert(&*rkey, &*back, u64::from(BPF_ANY)).is_err() {
                 continue;
             }
         }
@@ -150,13 +162,13 @@ pub(crate) fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u
             // first): try another port.
             Ok(false) => {
                 if created {
-                    let _ = SNAT.remove(rkey);
+                    let _ = SNAT.remove(&*rkey);
                 }
                 continue;
             }
             Err(e) => {
                 if created {
-                    let _ = SNAT.remove(rkey);
+                    let _ = SNAT.remove(&*rkey);
                 }
                 return Err(e);
             }
@@ -164,7 +176,7 @@ pub(crate) fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u
         if !created {
             // The tuple's conntrack entries are ours now; another CPU that
             // took the same leftover may have written its client meanwhile.
-            let _ = SNAT.insert(rkey, back, u64::from(BPF_ANY));
+            let _ = SNAT.insert(&*rkey, &*back, u64::from(BPF_ANY));
         }
         return Ok(port);
     }

@@ -12,6 +12,17 @@
 //! prints.) IPv4 is the only family compiled in so far; IPv6 (`v6/`) is
 //! issue 13's next step.
 
+/// `temp!(slot, value)`: `&mut` to a temporary holding `value`. IPv4's
+/// frames fit the BPF stack, so here a local of the caller's frame (no map
+/// lookup on the hot paths); IPv6 puts it in slot `slot` of its per-CPU
+/// scratch map (`v6::temp!`). Defined before the pipeline modules, which
+/// see it by textual scope.
+macro_rules! temp {
+    ($slot:ident, $init:expr) => {
+        &mut { $init }
+    };
+}
+
 mod icmp;
 pub(crate) mod ip;
 mod reject;

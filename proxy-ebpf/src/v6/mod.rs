@@ -4,6 +4,26 @@
 //! and its ICMPv6 errors (`icmp.rs`). IPv6 has no header checksum; the L4
 //! checksums cover both addresses through the pseudo-header.
 
+/// `temp!(slot, value)`: `&mut` to slot `slot` of this CPU's scratch
+/// space ([`Scratch`]), set to `value`: the temporaries that do not fit
+/// the 512-byte BPF stack beside the rest of the pipeline (IPv4 keeps them
+/// on the stack, `v4::temp!`). Each slot belongs to one function, which
+/// sets it before use; a slot's reference must not outlive the step that
+/// took it. Fails with `DropRewrite` if the map has no entry (it always
+/// has: an array). Defined before the pipeline modules, which see it by
+/// textual scope.
+macro_rules! temp {
+    ($slot:ident, $init:expr) => {{
+        let s = $crate::v6::scratch()?;
+        // SAFETY: a per-CPU map value, which only this program run uses
+        // (BPF programs do not nest on one CPU in TC); the reference is to
+        // one slot, which no other live reference covers (see above).
+        let r = unsafe { &mut (*s).$slot };
+        *r = $init;
+        r
+    }};
+}
+
 mod icmp;
 pub(crate) mod ip;
 mod reject;
@@ -24,6 +44,38 @@ pub(crate) use crate::maps::{
     AFFINITY6 as AFFINITY, BACKEND6 as BACKEND, CT6 as CT, FRAG6 as FRAG, NODE6 as NODE,
     SNAT6 as SNAT, SRCRANGE6 as SRCRANGE, SVC6 as SVC,
 };
+
+/// The slots of the per-CPU scratch space (`SVCNAT_SCRATCH6`, see
+/// [`temp!`]), laid over its words.
+#[repr(C)]
+pub(crate) struct Scratch {
+    /// `ct_create`'s reply key and value.
+    pub(crate) ct_rkey: CtKey,
+    pub(crate) ct_value: CtValue,
+    /// `snat_open`'s reverse key and value.
+    pub(crate) snat_rkey: CtKey,
+    pub(crate) snat_back: SnatValue,
+    /// The pod ingress pipeline's header, L4 fields, conntrack key and
+    /// rewrite.
+    pub(crate) ip: Ip,
+    pub(crate) l4: crate::parse::L4,
+    pub(crate) ct_key: CtKey,
+    pub(crate) dnat: pod::Dnat,
+}
+
+const _: () = assert!(
+    core::mem::size_of::<Scratch>() <= core::mem::size_of::<proxy_common::Scratch6>()
+        && core::mem::align_of::<Scratch>() <= core::mem::align_of::<proxy_common::Scratch6>()
+);
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub(crate) fn scratch() -> Result<*mut Scratch, proxy_common::Reason> {
+    crate::maps::SCRATCH6
+        .get_ptr_mut(0)
+        .map(|p| p.cast::<Scratch>())
+        .ok_or(proxy_common::Reason::DropRewrite)
+}
 
 /// An IPv6 address, network order.
 pub(crate) type Addr = [u8; 16];
