@@ -573,7 +573,7 @@ pub struct SrcRange6 {
 }
 
 /// Words of [`Scratch6`].
-pub const SCRATCH6_WORDS: usize = 64;
+pub const SCRATCH6_WORDS: usize = 128;
 
 /// The value of `SVCNAT_SCRATCH6`: per-CPU scratch space of the IPv6
 /// pipelines, which keep the temporaries that do not fit their 512-byte
@@ -841,7 +841,7 @@ mod tests {
         assert_eq!(size_of::<NodeAddr6>(), 16);
         assert_eq!(size_of::<Affinity6Key>(), 20);
         assert_eq!(size_of::<SrcRange6>(), 20);
-        assert_eq!(size_of::<Scratch6>(), 512);
+        assert_eq!(size_of::<Scratch6>(), 1024);
     }
 
     #[test]

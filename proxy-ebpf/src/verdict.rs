@@ -43,6 +43,31 @@ pub(crate) fn unpack(v: u64) -> Result<Verdict, Reason> {
     }
 }
 
+/// The action of a verdict that hands a packet over to another step of
+/// its pipeline (no TC or XDP action has this bit): the step's number in
+/// the low byte.
+const HAND_OVER: i32 = 1 << 24;
+
+/// A step's result that hands the packet over to step `next` of its
+/// pipeline, which counts it under `reason` if it ends there as it may.
+/// (A pipeline whose steps run as BPF subprograms of their own, see
+/// `v6::apart`, branches on it rather than calling the next step from
+/// inside: frames of steps that nest add up.)
+#[inline(always)]
+pub(crate) const fn hand_over(next: u8, reason: Reason) -> Verdict {
+    (HAND_OVER | next as i32, reason)
+}
+
+/// The step `v` hands the packet over to, if it does (see [`hand_over`]).
+#[inline(always)]
+pub(crate) const fn handed_over(v: Verdict) -> Option<u8> {
+    if v.0 & HAND_OVER != 0 && v.0 > 0 {
+        Some(v.0 as u8)
+    } else {
+        None
+    }
+}
+
 /// `TCX_NEXT` (`TC_ACT_UNSPEC` for classic tc filters): on to the next
 /// program or filter on the hook, and past the last one as `TC_ACT_OK`.
 /// svcnat returns it for every packet it passes (untouched or rewritten), so

@@ -247,8 +247,15 @@ pub(crate) fn ct_lookup_service(key: &CtKey, l4: &L4, now: u64) -> Option<Servic
 /// `accept_time_wait` (a last resort when free tuples are scarce) a closed
 /// flow's tuple is taken at once, as netfilter reuses TIME_WAIT tuples.
 #[inline(always)]
-fn flow_over(rkey: &CtKey, e: &CtValue, now: u64, accept_time_wait: bool) -> bool {
-    let Some(s) = CT.get_ptr(service_key_of(rkey, e)) else {
+fn flow_over(rkey: &CtKey, e: &CtValue, now: u64, accept_time_wait: bool) -> Result<bool, Reason> {
+    let skey = temp!(ct_over_skey, service_key_of(rkey, e));
+    Ok(flow_over_at(skey, now, accept_time_wait))
+}
+
+/// [`flow_over`] of the flow whose service-direction key is `skey`.
+#[inline(always)]
+fn flow_over_at(skey: &CtKey, now: u64, accept_time_wait: bool) -> bool {
+    let Some(s) = CT.get_ptr(skey) else {
         return true;
     };
     // SAFETY: pointer from a successful lookup; the two fields are read at
@@ -274,13 +281,13 @@ pub(crate) enum Tuple {
 
 /// Who holds the reply tuple `rkey`.
 #[inline(always)]
-pub(crate) fn ct_tuple(rkey: &CtKey, now: u64, accept_time_wait: bool) -> Tuple {
-    match CT.get_ptr(rkey) {
+pub(crate) fn ct_tuple(rkey: &CtKey, now: u64, accept_time_wait: bool) -> Result<Tuple, Reason> {
+    Ok(match CT.get_ptr(rkey) {
         None => Tuple::Unused,
         // SAFETY: pointer from a successful lookup, read at once.
-        Some(e) if flow_over(rkey, unsafe { &*e }, now, accept_time_wait) => Tuple::Over,
+        Some(e) if flow_over(rkey, unsafe { &*e }, now, accept_time_wait)? => Tuple::Over,
         Some(_) => Tuple::Held,
-    }
+    })
 }
 
 /// Whether the reply entry at a new flow's reply key may be replaced: it
@@ -290,9 +297,14 @@ pub(crate) fn ct_tuple(rkey: &CtKey, now: u64, accept_time_wait: bool) -> Tuple 
 /// same backend through another frontend, and the backend could not tell
 /// the two connections apart.
 #[inline(always)]
-fn reply_reusable(rkey: &CtKey, key: &CtKey, now: u64, accept_time_wait: bool) -> bool {
+fn reply_reusable(
+    rkey: &CtKey,
+    key: &CtKey,
+    now: u64,
+    accept_time_wait: bool,
+) -> Result<bool, Reason> {
     let Some(e) = CT.get_ptr(rkey) else {
-        return true;
+        return Ok(true);
     };
     // SAFETY: pointer from a successful lookup, read at once.
     let e = unsafe { &*e };
@@ -301,7 +313,7 @@ fn reply_reusable(rkey: &CtKey, key: &CtKey, now: u64, accept_time_wait: bool) -
         && e.nat_addr == key.daddr
         && e.nat_port == key.dport
     {
-        return true;
+        return Ok(true);
     }
     flow_over(rkey, e, now, accept_time_wait)
 }
@@ -388,7 +400,7 @@ pub(crate) fn ct_create(
     if CT.insert(&*rkey, &*v, u64::from(BPF_NOEXIST)).is_ok() {
         count_created();
     } else {
-        if !reply_reusable(rkey, key, now, accept_time_wait) {
+        if !reply_reusable(rkey, key, now, accept_time_wait)? {
             return Ok(false);
         }
         CT.insert(&*rkey, &*v, u64::from(BPF_ANY))

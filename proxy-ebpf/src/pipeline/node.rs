@@ -30,7 +30,7 @@ use super::{
     l3,
     lb::{lb_lookup, lb_select, lb_source_allowed},
     nat::{End, nat_rewrite, nat_rewrite_addr},
-    snat::{NODE_PORTS, open_from_client, rev_key, snat_open},
+    snat::{open_flow, rev_key},
 };
 use crate::{
     packet::Packet,
@@ -117,7 +117,7 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         now,
     };
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
-        let (sport, remapped) = open_from_client(&flow)?;
+        let ((_, sport), remapped) = open_flow(&flow, None)?;
         record(&ip, backend.addr, ip.saddr);
         nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
         if !remapped {
@@ -127,7 +127,7 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         return Ok(xdp_pass(Reason::DnatNewPortRemapped));
     }
     let node = node_addr(ctx, &ip, &svc)?;
-    let nport = snat_open(&flow, &node, NODE_PORTS)?;
+    let ((_, nport), _) = open_flow(&flow, Some(&node))?;
     record(&ip, backend.addr, node);
     nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
     nat_rewrite(ctx, End::Src, &ip.saddr, &node, &l4, nport)?;

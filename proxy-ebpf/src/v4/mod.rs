@@ -12,7 +12,8 @@
 //! prints.) IPv4 is the only family compiled in so far; IPv6 (`v6/`) is
 //! issue 13's next step.
 
-/// `temp!(slot, value)`: `&mut` to a temporary holding `value`. IPv4's
+/// `temp!(slot, value)`: `&mut` to a temporary holding `value`
+/// (`temp!(slot)`: any value, to be written before it is read). IPv4's
 /// frames fit the BPF stack, so here a local of the caller's frame (no map
 /// lookup on the hot paths); IPv6 puts it in slot `slot` of its per-CPU
 /// scratch map (`v6::temp!`). Defined before the pipeline modules, which
@@ -20,6 +21,12 @@
 macro_rules! temp {
     ($slot:ident, $init:expr) => {
         &mut { $init }
+    };
+    // Without a value: zeroed (all of the temporaries are plain data), a
+    // store LLVM drops where the value is written before it is read.
+    ($slot:ident) => {
+        // SAFETY: every type kept in a temporary is plain data.
+        &mut { unsafe { core::mem::zeroed() } }
     };
 }
 

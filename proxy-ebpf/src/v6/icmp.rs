@@ -13,6 +13,7 @@ use aya_ebpf::programs::TcContext;
 use proxy_common::{CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP, Reason};
 
 use super::{
+    CtValue,
     ct::{ct_get, reply_key},
     ip::{IP6_SADDR_OFF, IPV6_HLEN, Ip6, Ipv6Hdr},
     nat::{replace_addr, replace2},
@@ -81,8 +82,40 @@ fn translate(ctx: &TcContext, ip: &Ip6) -> Result<Verdict, Reason> {
     let in_udp_csum = in_l4_off + 6;
     // The inner UDP checksum is in the quoted 8 bytes (the TCP one is not).
     let udp_sum = inner.next == IPPROTO_UDP && ports.check != [0, 0];
-    let both = [icmp_csum, in_udp_csum];
-    let csums: &[usize] = if udp_sum { &both } else { &both[..1] };
+    // Slices of constant length: the verifier follows no loop over a
+    // slice whose length it does not know.
+    let offs = (in_ip_off, in_l4_off);
+    if udp_sum {
+        quote_back(ctx, offs, &inner, &ports, &e, &[icmp_csum, in_udp_csum])?;
+    } else {
+        quote_back(ctx, offs, &inner, &ports, &e, &[icmp_csum])?;
+    }
+    if udp_sum {
+        // The inner UDP checksum just changed, and the ICMPv6 checksum covers it.
+        let new_udp: [u8; 2] = ctx.load(in_udp_csum).map_err(|_| Reason::DropRewrite)?;
+        crate::packet::Packet::csum_replace2(ctx, icmp_csum, ports.check, new_udp)?;
+    }
+    if ip.saddr == inner.daddr {
+        // The backend itself sent the error: it comes from the frontend
+        // (the pseudo-header of the ICMPv6 checksum covers the source).
+        replace_addr(ctx, IP6_SADDR_OFF, ip.saddr, e.nat_addr, &[icmp_csum])?;
+    }
+    Ok(pass(Reason::RevnatIcmpError))
+}
+
+/// Rewrites the quote (its IPv6 header `inner` and ports `ports`, at
+/// `offs`) back to what the client sent (`e`: the flow's reply entry), and
+/// the checksums at `csums`, which cover it.
+#[inline(always)]
+fn quote_back(
+    ctx: &TcContext,
+    offs: (usize, usize),
+    inner: &Ipv6Hdr,
+    ports: &UdpHdr,
+    e: &CtValue,
+    csums: &[usize],
+) -> Result<(), Reason> {
+    let (in_ip_off, in_l4_off) = offs;
     if e.flags & CT_F_SNAT != 0 {
         // The client's source port was remapped: quote the one it sent.
         replace2(
@@ -100,16 +133,5 @@ fn translate(ctx: &TcContext, ip: &Ip6) -> Result<Verdict, Reason> {
         ports.dport,
         e.nat_port.to_be_bytes(),
         csums,
-    )?;
-    if udp_sum {
-        // The inner UDP checksum just changed, and the ICMPv6 checksum covers it.
-        let new_udp: [u8; 2] = ctx.load(in_udp_csum).map_err(|_| Reason::DropRewrite)?;
-        crate::packet::Packet::csum_replace2(ctx, icmp_csum, ports.check, new_udp)?;
-    }
-    if ip.saddr == inner.daddr {
-        // The backend itself sent the error: it comes from the frontend
-        // (the pseudo-header of the ICMPv6 checksum covers the source).
-        replace_addr(ctx, IP6_SADDR_OFF, ip.saddr, e.nat_addr, &[icmp_csum])?;
-    }
-    Ok(pass(Reason::RevnatIcmpError))
+    )
 }

@@ -5,7 +5,7 @@
 //! checksums cover both addresses through the pseudo-header.
 
 /// `temp!(slot, value)`: `&mut` to slot `slot` of this CPU's scratch
-/// space ([`Scratch`]), set to `value`: the temporaries that do not fit
+/// space ([`Scratch`]), set to `value` (`temp!(slot)`: as it is): the temporaries that do not fit
 /// the 512-byte BPF stack beside the rest of the pipeline (IPv4 keeps them
 /// on the stack, `v4::temp!`). Each slot belongs to one function, which
 /// sets it before use; a slot's reference must not outlive the step that
@@ -21,6 +21,13 @@ macro_rules! temp {
         let r = unsafe { &mut (*s).$slot };
         *r = $init;
         r
+    }};
+    // Without a value: as the slot holds it (plain data, to be written
+    // before it is read).
+    ($slot:ident) => {{
+        let s = $crate::v6::scratch()?;
+        // SAFETY: as above.
+        unsafe { &mut (*s).$slot }
     }};
 }
 
@@ -52,15 +59,15 @@ pub(crate) struct Scratch {
     /// `ct_create`'s reply key and value.
     pub(crate) ct_rkey: CtKey,
     pub(crate) ct_value: CtValue,
+    /// `flow_over`'s service-direction key.
+    pub(crate) ct_over_skey: CtKey,
     /// `snat_open`'s reverse key and value.
     pub(crate) snat_rkey: CtKey,
     pub(crate) snat_back: SnatValue,
-    /// The pod ingress pipeline's header, L4 fields, conntrack key and
-    /// rewrite.
-    pub(crate) ip: Ip,
-    pub(crate) l4: crate::parse::L4,
-    pub(crate) ct_key: CtKey,
-    pub(crate) dnat: pod::Dnat,
+    /// What the steps of the pod ingress pipeline hand on.
+    pub(crate) ingress: pod::Ingress,
+    /// What the steps of the pod egress pipeline hand on.
+    pub(crate) egress: pod::Egress,
 }
 
 const _: () = assert!(
