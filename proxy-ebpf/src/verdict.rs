@@ -97,7 +97,8 @@ pub(crate) const fn action_for(reason: Reason) -> i32 {
         | Reason::PassIpOptions
         | Reason::PassFragmentUntracked
         | Reason::PassOtherProtocol
-        | Reason::PassNoBackend => TCX_NEXT,
+        | Reason::PassNoBackend
+        | Reason::PassIpv6Extension => TCX_NEXT,
         _ => TC_ACT_SHOT,
     }
 }

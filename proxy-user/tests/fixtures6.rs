@@ -17,8 +17,10 @@
 //!   service or as a reply is dropped, counted `DropTruncated` (a malformed
 //!   packet), neither translated nor passed on.
 //! - At most [`EXT_WALK_MAX`] extension headers are walked; one more, or
-//!   one the datapath does not know, is passed untouched
-//!   (`PassIpv6Extension`).
+//!   one of the IANA registry's that is not walked (authentication,
+//!   mobility, HIP, shim6, the experimental 253 and 254), is passed
+//!   untouched (`PassIpv6Extension`). Any other next header is an
+//!   upper-layer protocol (`PassOtherProtocol` to a VIP, as SCTP is).
 //! - The ICMPv6 port unreachable of a reject quotes the offending IPv6
 //!   header and the first 8 bytes of its UDP header (14+40+8+40+8 bytes),
 //!   hop limit 64, traffic class and flow label 0, as the IPv4 reject does.

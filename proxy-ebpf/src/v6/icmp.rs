@@ -6,8 +6,8 @@
 //!
 //! The ICMPv6 checksum covers a pseudo-header of the outer addresses and
 //! the whole message, so every rewrite of the quote and of the outer
-//! source is folded into it; the quoted UDP checksum (within the 8 quoted
-//! bytes) covers the inner addresses and is fixed too.
+//! source is folded into it; the quoted UDP or TCP checksum (where the
+//! quote holds it) covers the inner addresses and ports and is fixed too.
 
 use aya_ebpf::programs::TcContext;
 use proxy_common::{CT_F_SNAT, IPPROTO_TCP, IPPROTO_UDP, Reason};
@@ -79,21 +79,27 @@ fn translate(ctx: &TcContext, ip: &Ip6) -> Result<Verdict, Reason> {
         return not_ours;
     };
     let icmp_csum = off + 2;
-    let in_udp_csum = in_l4_off + 6;
-    // The inner UDP checksum is in the quoted 8 bytes (the TCP one is not).
-    let udp_sum = inner.next == IPPROTO_UDP && ports.check != [0, 0];
+    // The quoted L4 checksum, where the quote holds one: UDP's (in the
+    // first 8 bytes; 0: none), TCP's when the quote reaches it (an ICMPv6
+    // error quotes as much of the packet as fits the minimum MTU). It
+    // covers the inner addresses and ports, and is fixed with them.
+    let in_sum = if inner.next == IPPROTO_UDP {
+        (ports.check != [0, 0]).then_some((in_l4_off + 6, ports.check))
+    } else {
+        ctx.load::<[u8; 2]>(in_l4_off + 16)
+            .ok()
+            .map(|c| (in_l4_off + 16, c))
+    };
     // Slices of constant length: the verifier follows no loop over a
     // slice whose length it does not know.
     let offs = (in_ip_off, in_l4_off);
-    if udp_sum {
-        quote_back(ctx, offs, &inner, &ports, &e, &[icmp_csum, in_udp_csum])?;
+    if let Some((in_csum, old)) = in_sum {
+        quote_back(ctx, offs, &inner, &ports, &e, &[icmp_csum, in_csum])?;
+        // The inner checksum just changed, and the ICMPv6 checksum covers it.
+        let new: [u8; 2] = ctx.load(in_csum).map_err(|_| Reason::DropRewrite)?;
+        crate::packet::Packet::csum_replace2(ctx, icmp_csum, old, new)?;
     } else {
         quote_back(ctx, offs, &inner, &ports, &e, &[icmp_csum])?;
-    }
-    if udp_sum {
-        // The inner UDP checksum just changed, and the ICMPv6 checksum covers it.
-        let new_udp: [u8; 2] = ctx.load(in_udp_csum).map_err(|_| Reason::DropRewrite)?;
-        crate::packet::Packet::csum_replace2(ctx, icmp_csum, ports.check, new_udp)?;
     }
     if ip.saddr == inner.daddr {
         // The backend itself sent the error: it comes from the frontend

@@ -6,8 +6,9 @@
 //! the fixed header and TCP/UDP are walked, at most [`MAX_EXT`] of them
 //! (a bounded loop the verifier can follow): hop-by-hop options, routing,
 //! destination options and fragment. Anything else that chains further (an
-//! authentication header, whose integrity a rewrite would break, or more
-//! headers than are walked) is passed untouched and counted
+//! authentication header, whose integrity a rewrite would break, the other
+//! extension headers of the IANA registry, or more headers than are
+//! walked) is passed untouched and counted
 //! (`PassIpv6Extension`); an upper-layer protocol other than TCP and UDP
 //! (ICMPv6, ESP, no next header, ...) ends the walk as "other".
 
@@ -29,6 +30,14 @@ const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
+/// Extension headers of the IANA registry that are not walked (besides
+/// the authentication header): mobility, host identity protocol, shim6,
+/// and the two for experiments (RFC 3692).
+const NEXTHDR_MOBILITY: u8 = 135;
+const NEXTHDR_HIP: u8 = 139;
+const NEXTHDR_SHIM6: u8 = 140;
+const NEXTHDR_EXP1: u8 = 253;
+const NEXTHDR_EXP2: u8 = 254;
 
 /// Extension headers walked before giving up.
 pub(crate) const MAX_EXT: usize = 4;
@@ -99,6 +108,7 @@ impl Ip6 {
 }
 
 impl L3 for Ip6 {
+    const UDP_CHECKSUM_REQUIRED: bool = true;
     #[inline(always)]
     fn proto(&self) -> u8 {
         self.proto
@@ -162,7 +172,15 @@ pub(crate) fn l3<P: Packet>(pkt: &P) -> Result<Ip6, Reason> {
     }
     if matches!(
         next,
-        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH
+        NEXTHDR_HOP
+            | NEXTHDR_ROUTING
+            | NEXTHDR_DEST
+            | NEXTHDR_AUTH
+            | NEXTHDR_MOBILITY
+            | NEXTHDR_HIP
+            | NEXTHDR_SHIM6
+            | NEXTHDR_EXP1
+            | NEXTHDR_EXP2
     ) || (next == NEXTHDR_FRAGMENT && frag != FRAG_LATER)
     {
         return Err(Reason::PassIpv6Extension);
