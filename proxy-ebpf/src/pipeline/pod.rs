@@ -23,7 +23,7 @@ use super::{
 use crate::{
     bounce::bounce,
     parse::{self, L4, Transport},
-    verdict::{Verdict, finish, hand_over, handed_over, pack, pass, unpack},
+    verdict::{Verdict, finish, hand_over, handed_over, pass},
 };
 
 /// TC ingress of this family: [`try_ingress`], counted. A function of its
@@ -75,7 +75,7 @@ const TO_DNAT: u8 = 5;
 #[inline(always)]
 pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     let t: &mut Ingress = temp!(ingress);
-    let found = unpack(apart(&mut || pack(classify(ctx, t))))?;
+    let found = apart(|| classify(ctx, t))?;
     let Some(next) = handed_over(found) else {
         return Ok(found);
     };
@@ -83,14 +83,14 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     match next {
         TO_REJECT => reject(ctx, &t.ip, &t.l4, reason),
         TO_NO_BACKEND => no_backend(ctx, &t.ip, &t.l4, &t.svc),
-        TO_HAIRPIN => unpack(apart(&mut || pack(hairpin_reply(ctx, &t.ip, &t.l4)))),
+        TO_HAIRPIN => apart(|| hairpin_reply(ctx, &t.ip, &t.l4)),
         _ => {
             let reason = if next == TO_NEW_FLOW {
-                unpack(apart(&mut || pack(new_flow(t))))?.1
+                apart(|| new_flow(t))?.1
             } else {
                 reason
             };
-            unpack(apart(&mut || pack(dnat(ctx, t, reason))))
+            apart(|| dnat(ctx, t, reason))
         }
     }
 }
@@ -305,11 +305,11 @@ const TO_REVNAT: u8 = 2;
 #[inline(always)]
 pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     let t: &mut Egress = temp!(egress);
-    let found = unpack(apart(&mut || pack(classify_reply(ctx, t))))?;
+    let found = apart(|| classify_reply(ctx, t))?;
     match handed_over(found) {
         None => Ok(found),
         Some(TO_ICMP) => icmp_error(ctx, &t.ip),
-        Some(_) => unpack(apart(&mut || pack(revnat(ctx, t)))),
+        Some(_) => apart(|| revnat(ctx, t)),
     }
 }
 

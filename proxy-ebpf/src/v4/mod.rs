@@ -34,6 +34,9 @@ mod icmp;
 pub(crate) mod ip;
 mod reject;
 
+use proxy_common::Reason;
+
+use crate::verdict::Verdict;
 pub(crate) use proxy_common::{
     AffinityKey, Backend4 as Backend, Ct4Key as CtKey, CtValue, Frag4Key as FragKey,
     Frag4Value as FragValue, HAIRPIN_ADDR_DEFAULT as HAIRPIN_DEFAULT,
@@ -62,9 +65,9 @@ pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 32;
 
 /// Runs `f`, a step of a pipeline that IPv6 runs in a stack frame of its
 /// own (see `v6::apart`): IPv4's frames fit as one, so inlined here (no
-/// call per packet).
+/// call, nothing packed, per packet).
 #[inline(always)]
-pub(crate) fn apart<F: FnMut() -> u64>(f: &mut F) -> u64 {
+pub(crate) fn apart<F: FnMut() -> Result<Verdict, Reason>>(mut f: F) -> Result<Verdict, Reason> {
     f()
 }
 

@@ -35,6 +35,9 @@ mod icmp;
 pub(crate) mod ip;
 mod reject;
 
+use proxy_common::Reason;
+
+use crate::verdict::{Verdict, pack, unpack};
 pub(crate) use proxy_common::{
     Affinity6Key as AffinityKey, Backend6 as Backend, Ct6Key as CtKey, Ct6Value as CtValue,
     Frag6Key as FragKey, Frag6Value as FragValue, HAIRPIN6_ADDR_DEFAULT as HAIRPIN_DEFAULT,
@@ -77,11 +80,11 @@ const _: () = assert!(
 
 /// This CPU's scratch space.
 #[inline(always)]
-pub(crate) fn scratch() -> Result<*mut Scratch, proxy_common::Reason> {
+pub(crate) fn scratch() -> Result<*mut Scratch, Reason> {
     crate::maps::SCRATCH6
         .get_ptr_mut(0)
         .map(|p| p.cast::<Scratch>())
-        .ok_or(proxy_common::Reason::DropRewrite)
+        .ok_or(Reason::DropRewrite)
 }
 
 /// An IPv6 address, network order.
@@ -100,8 +103,14 @@ pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 128;
 /// 16-byte addresses and 40-byte keys need that; IPv4 inlines the same
 /// steps (`v4::apart`). The result comes back in a register (see
 /// [`crate::verdict::pack`]).
+#[inline(always)]
+pub(crate) fn apart<F: FnMut() -> Result<Verdict, Reason>>(mut f: F) -> Result<Verdict, Reason> {
+    unpack(subprogram(&mut || pack(f())))
+}
+
+/// `f` in a BPF subprogram of its own (see [`apart`]).
 #[inline(never)]
-pub(crate) fn apart<F: FnMut() -> u64>(f: &mut F) -> u64 {
+fn subprogram<F: FnMut() -> u64>(f: &mut F) -> u64 {
     f()
 }
 
