@@ -6,8 +6,9 @@
 //! (see `verdict.rs`). Every packet is counted exactly once. Each entry
 //! point dispatches on the frame's IP family (`parse::family`) to the
 //! pipeline of its family, one source compiled for each family
-//! (`pipeline/`, see `v4/mod.rs`). IPv6 frames are passed untouched
-//! (`PassNotIp`) until the IPv6 family is compiled in.
+//! (`pipeline/`, see `v4/mod.rs`). The pod TC programs have both
+//! families; the node XDP program only IPv4 so far (IPv6 frames pass
+//! there untouched, `PassNotIp`).
 #![no_std]
 #![no_main]
 

@@ -9,8 +9,10 @@
 //! have the same field names, so one struct literal builds either. (A trait
 //! with associated types would need an accessor per field for a dozen map
 //! types; generic map types would mangle the BTF names `bpftool map dump`
-//! prints.) IPv4 is the only family compiled in so far; IPv6 (`v6/`) is
-//! issue 13's next step.
+//! prints.) What must differ in how the steps run is a family hook too:
+//! `apart` (a step in a subprogram of its own, or inlined) and `temp!` (a
+//! temporary on the stack, or in a per-CPU scratch map): IPv4's frames fit
+//! the 512-byte BPF stack, IPv6's do not (`v6/mod.rs`).
 
 /// `temp!(slot, value)`: `&mut` to a temporary holding `value`
 /// (`temp!(slot)`: any value, to be written before it is read). IPv4's
