@@ -5,9 +5,9 @@
 //! checksums cover both addresses through the pseudo-header.
 
 /// `temp!(slot, value)`: `&mut` to slot `slot` of this CPU's scratch
-/// space ([`Scratch`]), set to `value` (`temp!(slot)`: as it is): the temporaries that do not fit
-/// the 512-byte BPF stack beside the rest of the pipeline (IPv4 keeps them
-/// on the stack, `v4::temp!`). Each slot belongs to one function, which
+/// space ([`Scratch`]), set to `value` (`temp!(slot)`: as it is): the
+/// temporaries that do not fit the 512-byte BPF stack beside the rest of
+/// the pipeline (IPv4 keeps them on the stack, `v4::temp!`). Each slot belongs to one function, which
 /// sets it before use; a slot's reference must not outlive the step that
 /// took it. Fails with `DropRewrite` if the map has no entry (it always
 /// has: an array). Defined before the pipeline modules, which see it by
