@@ -572,6 +572,22 @@ pub struct SrcRange6 {
     pub addr: [u8; 16],
 }
 
+/// Words of [`Scratch6`].
+pub const SCRATCH6_WORDS: usize = 128;
+
+/// The value of `SVCNAT_SCRATCH6`: per-CPU scratch space of the IPv6
+/// pipelines, which keep the temporaries that do not fit their 512-byte
+/// BPF stack there (conntrack and SNAT keys and values, the parsed
+/// headers). Only the datapath gives it a layout (its own types, laid
+/// over these words); nothing in it outlives one program run, and the
+/// agent never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scratch6 {
+    /// The space.
+    pub words: [u64; SCRATCH6_WORDS],
+}
+
 /// The `SVCNAT_NODE6` key that holds the IPv6 hairpin address.
 pub const NODE6_HAIRPIN_KEY: u32 = 0;
 /// The IPv6 source a pod sees when it reaches itself through a service,
@@ -788,6 +804,7 @@ mod pod {
     unsafe impl aya::Pod for super::NodeAddr6 {}
     unsafe impl aya::Pod for super::Affinity6Key {}
     unsafe impl aya::Pod for super::SrcRange6 {}
+    unsafe impl aya::Pod for super::Scratch6 {}
 }
 
 #[cfg(test)]
@@ -824,6 +841,7 @@ mod tests {
         assert_eq!(size_of::<NodeAddr6>(), 16);
         assert_eq!(size_of::<Affinity6Key>(), 20);
         assert_eq!(size_of::<SrcRange6>(), 20);
+        assert_eq!(size_of::<Scratch6>(), 1024);
     }
 
     #[test]

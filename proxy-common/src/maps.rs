@@ -117,6 +117,11 @@ macro_rules! svcnat_maps {
             /// [`SrcRange6`](crate::SrcRange6) -> `u32`.
             SRCRANGE6 = "SVCNAT_SRCRANGE6", LpmTrie,
                 $crate::SrcRange6 => u32, $crate::MapSize::SourceRanges, 4, 4;
+            /// Per-CPU scratch space of the IPv6 pipelines (one entry,
+            /// [`Scratch6`](crate::Scratch6)): what their stack frames
+            /// cannot hold. Not a sizing knob's: fixed.
+            SCRATCH6 = "SVCNAT_SCRATCH6", PerCpuArray,
+                u32 => $crate::Scratch6, $crate::MapSize::Fixed(1), 4, 4;
         }
     };
 }

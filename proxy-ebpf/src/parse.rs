@@ -180,6 +180,9 @@ pub(crate) fn family<P: Packet>(pkt: &P) -> Result<Family, Reason> {
 /// What the family-neutral steps need of a parsed IP header (IPv4's, or
 /// IPv6's with its extension headers walked).
 pub(crate) trait L3 {
+    /// UDP datagrams must carry a checksum: one with checksum 0 is invalid
+    /// (IPv6, RFC 8200 section 8.1; IPv4 allows 0 for "none").
+    const UDP_CHECKSUM_REQUIRED: bool;
     /// The protocol of the payload (after any IPv6 extension headers).
     fn proto(&self) -> u8;
     /// Offset of the L4 header.
@@ -202,7 +205,8 @@ pub(crate) enum Transport {
 
 /// The rest of the prologue, after the family's `l3`: fragments, then the
 /// TCP or UDP header. A truncated TCP or UDP header ends the pipeline with
-/// a drop.
+/// a drop, and so is a UDP header without the checksum the family
+/// requires.
 ///
 /// (Kept apart from `l3`: returning the IP header and this in one value
 /// costs every packet some twenty instructions of copies.)
@@ -221,6 +225,11 @@ pub(crate) fn transport<P: Packet, I: L3>(pkt: &P, ip: &I) -> Result<Transport, 
         Ok(Transport::Ports(tcp.l4(ip, off)))
     } else if proto == IPPROTO_UDP {
         let udp: UdpHdr = pkt.read(off).map_err(|()| Reason::DropTruncated)?;
+        if I::UDP_CHECKSUM_REQUIRED && udp.check == [0, 0] {
+            // Malformed, as a TCP header shorter than 20 bytes is: dropped
+            // (the receiver's stack would drop it too).
+            return Err(Reason::DropTruncated);
+        }
         Ok(Transport::Ports(udp.l4(off)))
     } else {
         Ok(Transport::Other)

@@ -17,6 +17,57 @@ pub(crate) type Verdict = (i32, Reason);
 /// An XDP action and the reason it is counted under.
 pub(crate) type XdpVerdict = (u32, Reason);
 
+/// A pipeline's result as one integer, so that a step compiled as a BPF
+/// subprogram of its own (a stack frame apart) can return it in a register:
+/// the action in the low 32 bits, the reason above, and bit 63 set for an
+/// early stop (`Err`).
+#[inline(always)]
+pub(crate) fn pack(r: Result<Verdict, Reason>) -> u64 {
+    match r {
+        Ok((action, reason)) => u64::from(action as u32) | (u64::from(reason as u32) << 32),
+        Err(reason) => (1 << 63) | (u64::from(reason as u32) << 32),
+    }
+}
+
+/// The result [`pack`] packed.
+#[inline(always)]
+pub(crate) fn unpack(v: u64) -> Result<Verdict, Reason> {
+    let index = ((v >> 32) & 0x7fff_ffff) as u32;
+    // SAFETY: `v` came from `pack`, which stored a `Reason` (a `repr(u32)`
+    // enum) there.
+    let reason = unsafe { core::mem::transmute::<u32, Reason>(index) };
+    if v >> 63 != 0 {
+        Err(reason)
+    } else {
+        Ok((v as u32 as i32, reason))
+    }
+}
+
+/// The action of a verdict that hands a packet over to another step of
+/// its pipeline (no TC or XDP action has this bit): the step's number in
+/// the low byte.
+const HAND_OVER: i32 = 1 << 24;
+
+/// A step's result that hands the packet over to step `next` of its
+/// pipeline, which counts it under `reason` if it ends there as it may.
+/// (A pipeline whose steps run as BPF subprograms of their own, see
+/// `v6::apart`, branches on it rather than calling the next step from
+/// inside: frames of steps that nest add up.)
+#[inline(always)]
+pub(crate) const fn hand_over(next: u8, reason: Reason) -> Verdict {
+    (HAND_OVER | next as i32, reason)
+}
+
+/// The step `v` hands the packet over to, if it does (see [`hand_over`]).
+#[inline(always)]
+pub(crate) const fn handed_over(v: Verdict) -> Option<u8> {
+    if v.0 & HAND_OVER != 0 && v.0 > 0 {
+        Some(v.0 as u8)
+    } else {
+        None
+    }
+}
+
 /// `TCX_NEXT` (`TC_ACT_UNSPEC` for classic tc filters): on to the next
 /// program or filter on the hook, and past the last one as `TC_ACT_OK`.
 /// svcnat returns it for every packet it passes (untouched or rewritten), so
@@ -46,7 +97,8 @@ pub(crate) const fn action_for(reason: Reason) -> i32 {
         | Reason::PassIpOptions
         | Reason::PassFragmentUntracked
         | Reason::PassOtherProtocol
-        | Reason::PassNoBackend => TCX_NEXT,
+        | Reason::PassNoBackend
+        | Reason::PassIpv6Extension => TCX_NEXT,
         _ => TC_ACT_SHOT,
     }
 }

@@ -91,10 +91,11 @@ impl Translates {
     }
 }
 
-/// What the eBPF programs of this build translate (issue 13: IPv6 is on
-/// its way).
+/// What the eBPF programs of this build translate: both families at the
+/// pod-facing TC programs, IPv4 only at XDP on node interfaces (issue 13:
+/// the IPv6 node pipeline is next).
 pub const DATAPATH: Translates = Translates {
-    cluster_ips: &[Family::V4],
+    cluster_ips: &[Family::V4, Family::V6],
     node_side: &[Family::V4],
 };
 

@@ -235,6 +235,21 @@ impl Case {
 /// each on a fresh datapath seeded with `world` and then its own seed,
 /// printing `ok` or `FAIL` per case; panics naming the failed ones.
 pub fn run_table(table: &[Case], world: impl Fn(&mut TestDatapath) -> Result<(), String>) {
+    run_table_with(
+        table,
+        || TestDatapath::load().map_err(|e| format!("load: {e}")),
+        world,
+    );
+}
+
+/// [`run_table`], each case on a datapath that `load` gives (for example
+/// one whose maps are pinned, for a test to open maps that
+/// [`TestDatapath`] does not hand out).
+pub fn run_table_with(
+    table: &[Case],
+    load: impl Fn() -> Result<TestDatapath, String>,
+    world: impl Fn(&mut TestDatapath) -> Result<(), String>,
+) {
     let filter = std::env::var("SVCNAT_FIXTURE").ok();
     let mut failures = Vec::new();
     let mut ran = 0;
@@ -246,7 +261,7 @@ pub fn run_table(table: &[Case], world: impl Fn(&mut TestDatapath) -> Result<(),
             continue;
         }
         ran += 1;
-        match run_case(c, &world) {
+        match run_case_with(c, &load, &world) {
             Ok(()) => eprintln!("ok   {}", c.name),
             Err(e) => {
                 eprintln!("FAIL {}\n  {e}", c.name);
@@ -267,7 +282,20 @@ pub fn run_case(
     c: &Case,
     world: impl Fn(&mut TestDatapath) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut dp = TestDatapath::load().map_err(|e| format!("load: {e}"))?;
+    run_case_with(
+        c,
+        || TestDatapath::load().map_err(|e| format!("load: {e}")),
+        world,
+    )
+}
+
+/// [`run_case`] on the datapath `load` gives.
+pub fn run_case_with(
+    c: &Case,
+    load: impl Fn() -> Result<TestDatapath, String>,
+    world: impl Fn(&mut TestDatapath) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut dp = load()?;
     world(&mut dp)?;
     (c.seed)(&mut dp).map_err(|e| format!("seed: {e}"))?;
     let mut prev = Vec::new();

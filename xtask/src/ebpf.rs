@@ -17,7 +17,22 @@ const PACKAGE: &str = "proxy-ebpf";
 /// so `bpftool map dump` shows the fields of `#[btf_map]` keys and values.
 /// With `--target` given, cargo applies these to the eBPF crates only, not to
 /// build scripts and proc macros built for the host.
-const RUSTFLAGS: &[&str] = &["-C", "debuginfo=2", "-C", "link-arg=--btf"];
+///
+/// `--disable-expand-memcpy-in-order`: without it bpf-linker has LLVM's BPF
+/// backend expand every struct copy itself, and that expansion aborts
+/// (`unsupported memcpy alignment`, a SIGILL in the "Post-RA pseudo
+/// instruction expansion" pass) on a copy between two 16-aligned stack
+/// slots, which IPv6's 16-byte addresses produce (fixed upstream in LLVM
+/// PR 199541, not in the nightly's LLVM 22). LLVM's generic expansion into
+/// loads and stores is used instead.
+const RUSTFLAGS: &[&str] = &[
+    "-C",
+    "debuginfo=2",
+    "-C",
+    "link-arg=--btf",
+    "-C",
+    "link-arg=--disable-expand-memcpy-in-order",
+];
 
 /// Without optimisation the programs do not pass the verifier, so a debug
 /// build keeps debug info but is optimised and free of runtime checks.

@@ -247,8 +247,15 @@ pub(crate) fn ct_lookup_service(key: &CtKey, l4: &L4, now: u64) -> Option<Servic
 /// `accept_time_wait` (a last resort when free tuples are scarce) a closed
 /// flow's tuple is taken at once, as netfilter reuses TIME_WAIT tuples.
 #[inline(always)]
-fn flow_over(rkey: &CtKey, e: &CtValue, now: u64, accept_time_wait: bool) -> bool {
-    let Some(s) = CT.get_ptr(service_key_of(rkey, e)) else {
+fn flow_over(rkey: &CtKey, e: &CtValue, now: u64, accept_time_wait: bool) -> Result<bool, Reason> {
+    let skey = temp!(ct_over_skey, service_key_of(rkey, e));
+    Ok(flow_over_at(skey, now, accept_time_wait))
+}
+
+/// [`flow_over`] of the flow whose service-direction key is `skey`.
+#[inline(always)]
+fn flow_over_at(skey: &CtKey, now: u64, accept_time_wait: bool) -> bool {
+    let Some(s) = CT.get_ptr(skey) else {
         return true;
     };
     // SAFETY: pointer from a successful lookup; the two fields are read at
@@ -274,13 +281,13 @@ pub(crate) enum Tuple {
 
 /// Who holds the reply tuple `rkey`.
 #[inline(always)]
-pub(crate) fn ct_tuple(rkey: &CtKey, now: u64, accept_time_wait: bool) -> Tuple {
-    match CT.get_ptr(rkey) {
+pub(crate) fn ct_tuple(rkey: &CtKey, now: u64, accept_time_wait: bool) -> Result<Tuple, Reason> {
+    Ok(match CT.get_ptr(rkey) {
         None => Tuple::Unused,
         // SAFETY: pointer from a successful lookup, read at once.
-        Some(e) if flow_over(rkey, unsafe { &*e }, now, accept_time_wait) => Tuple::Over,
+        Some(e) if flow_over(rkey, unsafe { &*e }, now, accept_time_wait)? => Tuple::Over,
         Some(_) => Tuple::Held,
-    }
+    })
 }
 
 /// Whether the reply entry at a new flow's reply key may be replaced: it
@@ -290,9 +297,14 @@ pub(crate) fn ct_tuple(rkey: &CtKey, now: u64, accept_time_wait: bool) -> Tuple 
 /// same backend through another frontend, and the backend could not tell
 /// the two connections apart.
 #[inline(always)]
-fn reply_reusable(rkey: &CtKey, key: &CtKey, now: u64, accept_time_wait: bool) -> bool {
+fn reply_reusable(
+    rkey: &CtKey,
+    key: &CtKey,
+    now: u64,
+    accept_time_wait: bool,
+) -> Result<bool, Reason> {
     let Some(e) = CT.get_ptr(rkey) else {
-        return true;
+        return Ok(true);
     };
     // SAFETY: pointer from a successful lookup, read at once.
     let e = unsafe { &*e };
@@ -301,7 +313,7 @@ fn reply_reusable(rkey: &CtKey, key: &CtKey, now: u64, accept_time_wait: bool) -
         && e.nat_addr == key.daddr
         && e.nat_port == key.dport
     {
-        return true;
+        return Ok(true);
     }
     flow_over(rkey, e, now, accept_time_wait)
 }
@@ -327,6 +339,10 @@ pub(crate) struct NewFlow<'a> {
 /// be written the packet is dropped, since a flow without its reply entry
 /// would reach the client with the backend's address.
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the value by reference: by value LLVM copies it (72 bytes of stack with IPv6)"
+)]
 pub(crate) fn ct_create(
     f: &NewFlow,
     extra_flags: u8,
@@ -347,40 +363,47 @@ pub(crate) fn ct_create(
         seq_next = l4.seq().wrapping_add(l4.seg_len());
         flags |= CT_F_SEQ;
     }
-    let rkey = CtKey {
-        saddr: backend.addr,
-        daddr: src.0,
-        sport: backend.port,
-        dport: src.1,
-        proto: key.proto,
-        dir: CT_DIR_REPLY,
-        pad: 0,
-    };
+    // With IPv6 both in the scratch slots (see the family's `temp!`).
+    let rkey = temp!(
+        ct_rkey,
+        CtKey {
+            saddr: backend.addr,
+            daddr: src.0,
+            sport: backend.port,
+            dport: src.1,
+            proto: key.proto,
+            dir: CT_DIR_REPLY,
+            pad: 0,
+        }
+    );
     // The reply entry first (the backend's side has sent nothing yet),
-    // then the same value turned into the service entry: one value on the
-    // stack, not two.
-    let mut v = CtValue {
-        nat_addr: key.daddr,
-        nat_port: key.dport,
-        flags: flags & !CT_F_SEQ,
-        pad: 0,
-        backend_id,
-        svc_id: svc.svc_id,
-        created_ns: now,
-        expires_ns: now + lifetime_ns(l4.is_tcp(), flags),
-        seq_next: 0,
-        peer_addr: key.saddr,
-        peer_port: key.sport,
-        pad2: 0,
-        pad3: 0,
-    };
-    if CT.insert(rkey, v, u64::from(BPF_NOEXIST)).is_ok() {
+    // then the same value turned into the service entry: one value, not
+    // two.
+    let v = temp!(
+        ct_value,
+        CtValue {
+            nat_addr: key.daddr,
+            nat_port: key.dport,
+            flags: flags & !CT_F_SEQ,
+            pad: 0,
+            backend_id,
+            svc_id: svc.svc_id,
+            created_ns: now,
+            expires_ns: now + lifetime_ns(l4.is_tcp(), flags),
+            seq_next: 0,
+            peer_addr: key.saddr,
+            peer_port: key.sport,
+            pad2: 0,
+            pad3: 0,
+        }
+    );
+    if CT.insert(&*rkey, &*v, u64::from(BPF_NOEXIST)).is_ok() {
         count_created();
     } else {
-        if !reply_reusable(&rkey, key, now, accept_time_wait) {
+        if !reply_reusable(rkey, key, now, accept_time_wait)? {
             return Ok(false);
         }
-        CT.insert(rkey, v, u64::from(BPF_ANY))
+        CT.insert(&*rkey, &*v, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropCtCreate)?;
     }
     v.nat_addr = backend.addr;
@@ -389,11 +412,10 @@ pub(crate) fn ct_create(
     v.seq_next = seq_next;
     v.peer_addr = src.0;
     v.peer_port = src.1;
-    let fwd = v;
-    if CT.insert(key, fwd, u64::from(BPF_NOEXIST)).is_ok() {
+    if CT.insert(key, &*v, u64::from(BPF_NOEXIST)).is_ok() {
         count_created();
     } else {
-        CT.insert(key, fwd, u64::from(BPF_ANY))
+        CT.insert(key, &*v, u64::from(BPF_ANY))
             .map_err(|_| Reason::DropCtCreate)?;
     }
     Ok(true)

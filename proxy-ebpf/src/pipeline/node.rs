@@ -30,12 +30,23 @@ use super::{
     l3,
     lb::{lb_lookup, lb_select, lb_source_allowed},
     nat::{End, nat_rewrite, nat_rewrite_addr},
-    snat::{NODE_PORTS, open_from_client, rev_key, snat_open},
+    snat::{open_flow, rev_key},
 };
 use crate::{
+    packet::Packet,
     parse::{self, L4, Transport},
-    verdict::{XdpVerdict, xdp_pass},
+    verdict::{XdpVerdict, finish_xdp, xdp_pass},
 };
+
+/// XDP of this family: [`try_xdp`], counted. Inlined into the entry point
+/// (no call per packet): IPv4 is the only family with a node pipeline so
+/// far. (A second family's subprogram would add its frames to the entry
+/// point's, which then holds this pipeline's; see `pod::ingress`.)
+#[inline(always)]
+pub(crate) fn xdp(ctx: XdpContext) -> u32 {
+    let len = ctx.len();
+    finish_xdp(len, try_xdp(&ctx))
+}
 
 /// A packet arriving on a node interface.
 #[inline(always)]
@@ -76,9 +87,9 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     let key = service_key(ip.saddr, ip.daddr, &l4);
     if let Some(f) = ct_lookup_service(&key, &l4, now) {
         record(&ip, f.addr, f.peer.0);
-        nat_rewrite(ctx, End::Dst, ip.daddr, f.addr, &l4, f.port)?;
+        nat_rewrite(ctx, End::Dst, &ip.daddr, &f.addr, &l4, f.port)?;
         if f.peer != (ip.saddr, l4.sport) {
-            nat_rewrite(ctx, End::Src, ip.saddr, f.peer.0, &l4, f.peer.1)?;
+            nat_rewrite(ctx, End::Src, &ip.saddr, &f.peer.0, &l4, f.peer.1)?;
         }
         return Ok(xdp_pass(if f.rst_ignored {
             Reason::RstOutOfWindow
@@ -108,20 +119,20 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         now,
     };
     if backend.flags & BACKEND_FLAG_LOCAL != 0 {
-        let (sport, remapped) = open_from_client(&flow)?;
+        let ((_, sport), remapped) = open_flow(&flow, None)?;
         record(&ip, backend.addr, ip.saddr);
-        nat_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
+        nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
         if !remapped {
             return Ok(xdp_pass(Reason::DnatNew));
         }
-        nat_rewrite(ctx, End::Src, ip.saddr, ip.saddr, &l4, sport)?;
+        nat_rewrite(ctx, End::Src, &ip.saddr, &ip.saddr, &l4, sport)?;
         return Ok(xdp_pass(Reason::DnatNewPortRemapped));
     }
     let node = node_addr(ctx, &ip, &svc)?;
-    let nport = snat_open(&flow, &node, NODE_PORTS)?;
+    let ((_, nport), _) = open_flow(&flow, Some(&node))?;
     record(&ip, backend.addr, node);
-    nat_rewrite(ctx, End::Dst, ip.daddr, backend.addr, &l4, backend.port)?;
-    nat_rewrite(ctx, End::Src, ip.saddr, node, &l4, nport)?;
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &node, &l4, nport)?;
     Ok(xdp_pass(Reason::SnatNew))
 }
 
@@ -161,8 +172,8 @@ fn rev_snat(ctx: &XdpContext, ip: &Ip, l4: &L4, r: &ReplyNat) -> Result<XdpVerdi
         frag_record(ip, CT_DIR_REPLY, r.client);
         frag_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
     }
-    nat_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
-    nat_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &r.client, l4, r.cport)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &r.vip, l4, r.vport)?;
     Ok(xdp_pass(if r.rst_ignored {
         Reason::RstOutOfWindow
     } else {

@@ -8,28 +8,103 @@ use proxy_common::{
 };
 
 use super::{
-    Addr, HAIRPIN_DEFAULT, HAIRPIN_KEY, Ip, NODE,
-    ct::{NewFlow, ct_lookup_reply, ct_lookup_service, now, reply_key, service_key},
+    Addr, CtKey, HAIRPIN_DEFAULT, HAIRPIN_KEY, Ip, NODE, apart,
+    ct::{
+        AddrPort, NewFlow, ReplyNat, ct_lookup_reply, ct_lookup_service, now, reply_key,
+        service_key,
+    },
     frag::{frag_record, frag_translate},
     icmp_error, l3,
     lb::{lb_is_vip, lb_lookup, lb_lookup_internal, lb_select, lb_source_allowed},
     nat::{End, nat_rewrite},
     reject,
-    snat::{NODE_PORTS, open_from_client, snat_lookup_rev, snat_open},
+    snat::{open_flow, snat_lookup_rev},
 };
 use crate::{
     bounce::bounce,
     parse::{self, L4, Transport},
-    verdict::{Verdict, pass},
+    verdict::{Verdict, finish, hand_over, handed_over, pass},
 };
 
+/// TC ingress of this family: [`try_ingress`], counted. A function of its
+/// own (not inlined into the entry point), so that each family's pipeline
+/// has its own stack frame: the verifier adds up the frames along a call
+/// chain, and IPv6's steps on top of an entry point holding IPv4's frame
+/// would not fit in 512 bytes. IPv4 pays a call per packet for it (about
+/// 10 ns a packet in `packet_cost`; a tail call to the IPv6 pipeline, or
+/// one program per family, would spare it).
+#[inline(never)]
+pub(crate) fn ingress(ctx: TcContext) -> i32 {
+    finish(ctx.len(), try_ingress(&ctx))
+}
+
+/// TC egress of this family: [`try_egress`], counted (see [`ingress`]).
+#[inline(never)]
+pub(crate) fn egress(ctx: TcContext) -> i32 {
+    finish(ctx.len(), try_egress(&ctx))
+}
+
+/// What the steps of the ingress pipeline hand on to each other: the
+/// packet's header and L4 fields, its service, its conntrack key, where
+/// it goes, and the time. One of the family's temporaries (`temp!`: with
+/// IPv6 in its scratch space, so that the steps, each a frame of its own
+/// there, do not copy it).
+pub(crate) struct Ingress {
+    ip: Ip,
+    l4: L4,
+    svc: SvcValue,
+    key: CtKey,
+    d: Dnat,
+    now: u64,
+}
+
+/// Where [`classify`] hands a packet over to.
+const TO_REJECT: u8 = 1;
+const TO_NO_BACKEND: u8 = 2;
+const TO_HAIRPIN: u8 = 3;
+const TO_NEW_FLOW: u8 = 4;
+const TO_DNAT: u8 = 5;
+
 /// A packet from a pod: DNAT when it is addressed to a service.
+///
+/// In steps run [`apart`] that do not nest: [`classify`] finds what the
+/// packet is, then one of the rejects, [`hairpin_reply`], or
+/// [`new_flow`] and [`dnat`] finishes it. (IPv6 needs the steps' frames
+/// apart: together they do not fit the 512-byte BPF stack. IPv4 inlines
+/// them all.)
 #[inline(always)]
 pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    let ip = l3(ctx)?;
-    let l4 = match parse::transport(ctx, &ip)? {
+    let t: &mut Ingress = temp!(ingress);
+    let found = apart(|| classify(ctx, t))?;
+    let Some(next) = handed_over(found) else {
+        return Ok(found);
+    };
+    let reason = found.1;
+    match next {
+        TO_REJECT => reject(ctx, &t.ip, &t.l4, reason),
+        TO_NO_BACKEND => no_backend(ctx, &t.ip, &t.l4, &t.svc),
+        TO_HAIRPIN => apart(|| hairpin_reply(ctx, &t.ip, &t.l4)),
+        _ => {
+            let reason = if next == TO_NEW_FLOW {
+                apart(|| new_flow(t))?.1
+            } else {
+                reason
+            };
+            apart(|| dnat(ctx, t, reason))
+        }
+    }
+}
+
+/// The first step of [`try_ingress`]: parses the packet into `t`, looks
+/// its service and its flow up, and ends it or hands it over to the step
+/// that does (see [`hand_over`]; to [`dnat`] under the reason given).
+#[inline(always)]
+fn classify(ctx: &TcContext, t: &mut Ingress) -> Result<Verdict, Reason> {
+    t.ip = l3(ctx)?;
+    let ip = &t.ip;
+    t.l4 = match parse::transport(ctx, ip)? {
         Transport::Ports(l4) => l4,
-        Transport::LaterFragment => return frag_translate(ctx, &ip, CT_DIR_SERVICE, End::Dst),
+        Transport::LaterFragment => return frag_translate(ctx, ip, CT_DIR_SERVICE, End::Dst),
         Transport::Other => {
             let reason = if lb_is_vip(ip.daddr) {
                 Reason::PassOtherProtocol
@@ -39,87 +114,127 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
             return Ok(pass(reason));
         }
     };
-    let Some(mut svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
+    let l4 = &t.l4;
+    let Some(svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
         if lb_is_vip(ip.daddr) {
-            return reject(ctx, &ip, &l4, Reason::RejectUnknownPort);
+            return Ok(hand_over(TO_REJECT, Reason::RejectUnknownPort));
         }
-        if let Some(v) = hairpin_reply(ctx, &ip, &l4)? {
-            return Ok(v);
-        }
-        return Ok(pass(Reason::PassNotService));
+        return Ok(hand_over(TO_HAIRPIN, Reason::PassNotService));
     };
+    t.svc = svc;
     // Pods reaching a load-balancer IP are held to its source ranges too,
     // as kube-proxy's firewall chain does for any source.
-    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb_source_allowed(svc.svc_id, ip.saddr) {
+    if t.svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !lb_source_allowed(t.svc.svc_id, ip.saddr) {
         return Err(Reason::DropSourceRange);
     }
-    if svc.flags & SVC_FLAG_TWO_SCOPES != 0 {
+    if t.svc.flags & SVC_FLAG_TWO_SCOPES != 0 {
         // Pods of this node see the internal-scope backends (for example all
         // of them where outside clients see only local ones).
-        svc = lb_lookup_internal(ip.daddr, l4.dport, l4.proto)?;
+        t.svc = lb_lookup_internal(ip.daddr, l4.dport, l4.proto)?;
     }
     // A SYN to a service without a usable endpoint opens a connection:
     // refused at once. Anything else looks for its flow first: a flow that
     // is established keeps its backend even when the service has no usable
     // endpoint any more (kube-proxy rejects only new connections).
-    if svc.count == 0 && l4.is_syn_only() {
-        return no_backend(ctx, &ip, &l4, &svc);
+    if t.svc.count == 0 && l4.is_syn_only() {
+        return Ok(hand_over(TO_NO_BACKEND, Reason::RejectNoBackend));
     }
-    let now = now();
-    let key = service_key(ip.saddr, ip.daddr, &l4);
-    let (addr, port, src, reason) = match ct_lookup_service(&key, &l4, now) {
-        Some(f) => {
-            let reason = if f.rst_ignored {
-                Reason::RstOutOfWindow
-            } else {
-                Reason::DnatEstablished
-            };
-            (f.addr, f.port, f.peer, reason)
+    t.now = now();
+    t.key = service_key(ip.saddr, ip.daddr, l4);
+    let Some(f) = ct_lookup_service(&t.key, l4, t.now) else {
+        if t.svc.count == 0 {
+            return Ok(hand_over(TO_NO_BACKEND, Reason::RejectNoBackend));
         }
-        None => {
-            if svc.count == 0 {
-                return no_backend(ctx, &ip, &l4, &svc);
-            }
-            let (backend_id, backend) = lb_select(&svc, ip.saddr, now)?;
-            let (addr, port) = (backend.addr, backend.port);
-            let flow = NewFlow {
-                key: &key,
-                svc: &svc,
-                backend_id,
-                backend: &backend,
-                l4: &l4,
-                now,
-            };
-            if addr == ip.saddr {
-                // The pod reaches itself: it would drop a packet from its
-                // own address, so the flow comes from the hairpin address.
-                let h = hairpin_addr();
-                let sport = snat_open(&flow, &h, NODE_PORTS)?;
-                (addr, port, (h, sport), Reason::DnatNewHairpin)
-            } else {
-                let (sport, remapped) = open_from_client(&flow)?;
-                let reason = if remapped {
-                    Reason::DnatNewPortRemapped
-                } else {
-                    Reason::DnatNew
-                };
-                (addr, port, (ip.saddr, sport), reason)
-            }
-        }
+        return Ok(hand_over(TO_NEW_FLOW, Reason::DnatNew));
     };
+    t.d = Dnat {
+        addr: f.addr,
+        port: f.port,
+        src: f.peer,
+    };
+    Ok(hand_over(
+        TO_DNAT,
+        if f.rst_ignored {
+            Reason::RstOutOfWindow
+        } else {
+            Reason::DnatEstablished
+        },
+    ))
+}
+
+/// Rewrites a client's packet to where it goes (`d`), counted under
+/// `reason`. Run [`apart`] (see [`new_flow`]).
+#[inline(always)]
+fn dnat(ctx: &TcContext, t: &Ingress, reason: Reason) -> Result<Verdict, Reason> {
+    let Ingress { ip, l4, d, .. } = t;
     if ip.is_first_fragment() {
-        frag_record(&ip, CT_DIR_SERVICE, addr);
+        frag_record(ip, CT_DIR_SERVICE, d.addr);
     }
-    nat_rewrite(ctx, End::Dst, ip.daddr, addr, &l4, port)?;
-    if src != (ip.saddr, l4.sport) {
-        nat_rewrite(ctx, End::Src, ip.saddr, src.0, &l4, src.1)?;
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &d.addr, l4, d.port)?;
+    if d.src.0 != ip.saddr || d.src.1 != l4.sport {
+        nat_rewrite(ctx, End::Src, &ip.saddr, &d.src.0, l4, d.src.1)?;
     }
-    if addr == ip.saddr {
+    if d.addr == ip.saddr {
         // Straight back to the pod: no trip through the node's routing,
         // whose reverse-path filter would not know the hairpin address.
         return bounce(ctx, reason);
     }
     Ok(pass(reason))
+}
+
+/// Where a client's packet goes: the backend, and the source the backend
+/// sees (the client's own unless source-NATed).
+pub(crate) struct Dnat {
+    pub(crate) addr: Addr,
+    pub(crate) port: u16,
+    pub(crate) src: AddrPort,
+}
+
+/// Opens a new flow from a client (`key`) to a backend of `svc` chosen
+/// for it and writes where the packet goes to `d`; the verdict's reason is
+/// how the flow was opened. Run [`apart`]: with IPv6 its frame (the
+/// conntrack entries it builds) does not fit beside the pipeline's.
+#[inline(always)]
+fn new_flow(t: &mut Ingress) -> Result<Verdict, Reason> {
+    let Ingress {
+        l4,
+        svc,
+        key,
+        d,
+        now,
+        ..
+    } = t;
+    let (key, svc, l4, now) = (&*key, &*svc, &*l4, *now);
+    let (backend_id, backend) = lb_select(svc, key.saddr, now)?;
+    let flow = NewFlow {
+        key,
+        svc,
+        backend_id,
+        backend: &backend,
+        l4,
+        now,
+    };
+    d.addr = backend.addr;
+    d.port = backend.port;
+    // The pod reaching itself would drop a packet from its own address:
+    // that flow comes from the hairpin address.
+    let hairpin = backend.addr == key.saddr;
+    let h;
+    let via = if hairpin {
+        h = hairpin_addr();
+        Some(&h)
+    } else {
+        None
+    };
+    let (src, moved) = open_flow(&flow, via)?;
+    d.src = src;
+    Ok(pass(if hairpin {
+        Reason::DnatNewHairpin
+    } else if moved {
+        Reason::DnatNewPortRemapped
+    } else {
+        Reason::DnatNew
+    }))
 }
 
 /// A new flow to a service without a usable endpoint: rejected, as
@@ -145,54 +260,96 @@ fn hairpin_addr() -> Addr {
 
 /// A pod's reply to a hairpin flow (to the hairpin address and a port of
 /// the SNAT range): rewritten to come from the frontend and go to the
-/// pod's own socket, and sent straight back to the pod.
+/// pod's own socket, and sent straight back to the pod; anything else
+/// passed as not a service. Run [`apart`] (see [`new_flow`]).
 #[inline(always)]
-fn hairpin_reply(ctx: &TcContext, ip: &Ip, l4: &L4) -> Result<Option<Verdict>, Reason> {
+fn hairpin_reply(ctx: &TcContext, ip: &Ip, l4: &L4) -> Result<Verdict, Reason> {
+    let not_hairpin = Ok(pass(Reason::PassNotService));
     if l4.dport < SNAT_PORT_MIN {
-        return Ok(None);
+        return not_hairpin;
     }
     let key = reply_key(ip.saddr, ip.daddr, l4);
     let Some(client) = snat_lookup_rev(&key) else {
-        return Ok(None);
+        return not_hairpin;
     };
     if client.addr != ip.saddr {
         // A reply to another pod whose port was remapped: its own veth
         // translates it on the way in.
-        return Ok(None);
+        return not_hairpin;
     }
     let Some(r) = ct_lookup_reply(&key, l4, now()) else {
-        return Ok(None);
+        return not_hairpin;
     };
-    nat_rewrite(ctx, End::Dst, ip.daddr, r.client, l4, r.cport)?;
-    nat_rewrite(ctx, End::Src, ip.saddr, r.vip, l4, r.vport)?;
-    bounce(ctx, Reason::RevnatHairpin).map(Some)
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &r.client, l4, r.cport)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &r.vip, l4, r.vport)?;
+    bounce(ctx, Reason::RevnatHairpin)
 }
 
+/// What the steps of the egress pipeline hand on to each other (as
+/// [`Ingress`]): the packet's header and L4 fields, and what its reply
+/// entry says.
+pub(crate) struct Egress {
+    ip: Ip,
+    l4: L4,
+    key: CtKey,
+    r: ReplyNat,
+}
+
+/// Where [`classify_reply`] hands a packet over to.
+const TO_ICMP: u8 = 1;
+const TO_REVNAT: u8 = 2;
+
 /// A packet to a pod: reverse NAT when it is a reply of a translated flow,
-/// or an ICMP error about one (the family's `icmp_error`).
+/// or an ICMP error about one (the family's `icmp_error`). In steps that
+/// do not nest, as [`try_ingress`].
 #[inline(always)]
 pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
-    let ip = l3(ctx)?;
-    let l4 = match parse::transport(ctx, &ip)? {
+    let t: &mut Egress = temp!(egress);
+    let found = apart(|| classify_reply(ctx, t))?;
+    match handed_over(found) {
+        None => Ok(found),
+        Some(TO_ICMP) => icmp_error(ctx, &t.ip),
+        Some(_) => apart(|| revnat(ctx, t)),
+    }
+}
+
+/// The first step of [`try_egress`]: parses the packet into `t` and looks
+/// its reply entry up.
+#[inline(always)]
+fn classify_reply(ctx: &TcContext, t: &mut Egress) -> Result<Verdict, Reason> {
+    t.ip = l3(ctx)?;
+    let ip = &t.ip;
+    t.l4 = match parse::transport(ctx, ip)? {
         Transport::Ports(l4) => l4,
         Transport::LaterFragment => {
-            return frag_translate(ctx, &ip, FRAG_DIR_REVNAT_SRC, End::Src);
+            return frag_translate(ctx, ip, FRAG_DIR_REVNAT_SRC, End::Src);
         }
-        Transport::Other if ip.is_icmp() => return icmp_error(ctx, &ip),
+        Transport::Other if ip.is_icmp() => {
+            return Ok(hand_over(TO_ICMP, Reason::RevnatIcmpError));
+        }
         Transport::Other => return Ok(pass(Reason::PassNotService)),
     };
-    let key = reply_key(ip.saddr, ip.daddr, &l4);
-    let Some(r) = ct_lookup_reply(&key, &l4, now()) else {
+    t.key = reply_key(ip.saddr, ip.daddr, &t.l4);
+    let Some(r) = ct_lookup_reply(&t.key, &t.l4, now()) else {
         return Ok(pass(Reason::PassNotService));
     };
+    t.r = r;
+    Ok(hand_over(TO_REVNAT, Reason::RevnatReply))
+}
+
+/// Rewrites a reply (`t`) back to come from the frontend and go to the
+/// client's own address and port. Run [`apart`] (see [`try_ingress`]).
+#[inline(always)]
+fn revnat(ctx: &TcContext, t: &Egress) -> Result<Verdict, Reason> {
+    let Egress { ip, l4, r, .. } = t;
     if ip.is_first_fragment() {
-        frag_record(&ip, FRAG_DIR_REVNAT_SRC, r.vip);
+        frag_record(ip, FRAG_DIR_REVNAT_SRC, r.vip);
     }
     if (r.client, r.cport) != (ip.daddr, l4.dport) {
         // The client's port (or address) was remapped for this flow.
-        nat_rewrite(ctx, End::Dst, ip.daddr, r.client, &l4, r.cport)?;
+        nat_rewrite(ctx, End::Dst, &ip.daddr, &r.client, l4, r.cport)?;
     }
-    nat_rewrite(ctx, End::Src, ip.saddr, r.vip, &l4, r.vport)?;
+    nat_rewrite(ctx, End::Src, &ip.saddr, &r.vip, l4, r.vport)?;
     Ok(pass(if r.rst_ignored {
         Reason::RstOutOfWindow
     } else {

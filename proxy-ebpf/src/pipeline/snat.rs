@@ -35,29 +35,37 @@ use proxy_common::{
 
 use super::{
     Addr, CtKey, SNAT, SnatValue,
-    ct::{NS, NewFlow, Tuple, ct_create, ct_tuple},
+    ct::{AddrPort, NS, NewFlow, Tuple, ct_create, ct_tuple},
 };
 
 /// Ports for a source address this node owns (node-port SNAT, hairpin):
 /// outside the node's ephemeral ports and the NodePort range.
-pub(crate) const NODE_PORTS: (u16, u16) = (SNAT_PORT_MIN, SNAT_PORT_MAX);
+const NODE_PORTS: (u16, u16) = (SNAT_PORT_MIN, SNAT_PORT_MAX);
 /// Ports for a client's own address whose port clashed: 1024-65535, as
 /// netfilter remaps (the clash check sees the client's translated flows).
 const CLIENT_PORTS: (u16, u16) = (REMAP_PORT_MIN, REMAP_PORT_MAX);
 
-/// Opens a new flow (`key`: client -> frontend) to `backend` from the
-/// client's own address and port; when another flow already owns that
-/// tuple at the backend (the same client port reached it through another
-/// frontend), from the client's address and a remapped port. Returns the
-/// source port and whether it was remapped.
+/// Opens a new flow (`f`): from `via` and a port of [`NODE_PORTS`] when
+/// given (node-port SNAT, hairpin); else from the client's own address and
+/// port, or, when another flow already owns that tuple at the backend (the
+/// same client port reached it through another frontend), from the
+/// client's address and a remapped port. Returns the source the backend
+/// sees and whether it is not the client's own. (One call site of
+/// [`snat_open`], which is large.)
 #[inline(always)]
-pub(crate) fn open_from_client(f: &NewFlow) -> Result<(u16, bool), Reason> {
-    let own = (f.key.saddr, f.key.sport);
-    if ct_create(f, 0, &own, false)? {
-        return Ok((f.key.sport, false));
-    }
-    let port = snat_open(f, &f.key.saddr, CLIENT_PORTS)?;
-    Ok((port, true))
+pub(crate) fn open_flow(f: &NewFlow, via: Option<&Addr>) -> Result<(AddrPort, bool), Reason> {
+    let (from, ports) = match via {
+        Some(a) => (*a, NODE_PORTS),
+        None => {
+            let own = (f.key.saddr, f.key.sport);
+            if ct_create(f, 0, &own, false)? {
+                return Ok((own, false));
+            }
+            (f.key.saddr, CLIENT_PORTS)
+        }
+    };
+    let port = snat_open(f, &from, ports)?;
+    Ok(((from, port), true))
 }
 
 /// Random ports tried before giving up on a new flow. The first half only
@@ -111,36 +119,48 @@ fn stamp(now: u64) -> u16 {
 /// entries cannot be made; one it took over is written again once its
 /// conntrack entries are ours.
 #[inline(always)]
-pub(crate) fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u16, Reason> {
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values by reference: by value LLVM copies them (IPv6: out of the scratch slots onto the stack)"
+)]
+fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u16, Reason> {
     let NewFlow {
         key, backend, now, ..
     } = *f;
     let addr = *addr;
     let range = u32::from(ports.1 - ports.0) + 1;
-    let back = SnatValue {
-        addr: key.saddr,
-        port: key.sport,
-        stamp: stamp(now),
-    };
+    // With IPv6 both in the scratch slots (see the family's `temp!`).
+    let back = temp!(
+        snat_back,
+        SnatValue {
+            addr: key.saddr,
+            port: key.sport,
+            stamp: stamp(now),
+        }
+    );
+    let rkey = temp!(
+        snat_rkey,
+        rev_key(backend.addr, backend.port, addr, 0, key.proto)
+    );
     let mut i = 0;
     while i < TRIES {
         let last_resort = i >= TRIES / 2;
         i += 1;
         // SAFETY: helper without arguments.
         let port = ports.0 + (unsafe { bpf_get_prandom_u32() } % range) as u16;
-        let rkey = rev_key(backend.addr, backend.port, addr, port, key.proto);
-        let created = SNAT.insert(rkey, back, u64::from(BPF_NOEXIST)).is_ok();
+        rkey.dport = port;
+        let created = SNAT.insert(&*rkey, &*back, u64::from(BPF_NOEXIST)).is_ok();
         if !created {
-            // SAFETY: copied at once.
-            let Some(old) = (unsafe { SNAT.get(rkey).copied() }) else {
+            // SAFETY: pointer from a successful lookup, read at once.
+            let Some(old_stamp) = SNAT.get_ptr(&*rkey).map(|o| unsafe { (*o).stamp }) else {
                 continue;
             };
-            let free = match ct_tuple(&rkey, now, last_resort) {
+            let free = match ct_tuple(rkey, now, last_resort)? {
                 Tuple::Held => false,
                 Tuple::Over => true,
-                Tuple::Unused => back.stamp.wrapping_sub(old.stamp) >= SNAT_CLAIM_S,
+                Tuple::Unused => back.stamp.wrapping_sub(old_stamp) >= SNAT_CLAIM_S,
             };
-            if !free || SNAT.insert(rkey, back, u64::from(BPF_ANY)).is_err() {
+            if !free || SNAT.insert(&*rkey, &*back, u64::from(BPF_ANY)).is_err() {
                 continue;
             }
         }
@@ -150,13 +170,13 @@ pub(crate) fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u
             // first): try another port.
             Ok(false) => {
                 if created {
-                    let _ = SNAT.remove(rkey);
+                    let _ = SNAT.remove(&*rkey);
                 }
                 continue;
             }
             Err(e) => {
                 if created {
-                    let _ = SNAT.remove(rkey);
+                    let _ = SNAT.remove(&*rkey);
                 }
                 return Err(e);
             }
@@ -164,7 +184,7 @@ pub(crate) fn snat_open(f: &NewFlow, addr: &Addr, ports: (u16, u16)) -> Result<u
         if !created {
             // The tuple's conntrack entries are ours now; another CPU that
             // took the same leftover may have written its client meanwhile.
-            let _ = SNAT.insert(rkey, back, u64::from(BPF_ANY));
+            let _ = SNAT.insert(&*rkey, &*back, u64::from(BPF_ANY));
         }
         return Ok(port);
     }

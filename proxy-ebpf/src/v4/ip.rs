@@ -54,6 +54,7 @@ impl Ipv4Hdr {
 }
 
 impl L3 for Ipv4Hdr {
+    const UDP_CHECKSUM_REQUIRED: bool = false;
     #[inline(always)]
     fn proto(&self) -> u8 {
         self.proto

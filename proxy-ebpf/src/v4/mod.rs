@@ -9,13 +9,36 @@
 //! have the same field names, so one struct literal builds either. (A trait
 //! with associated types would need an accessor per field for a dozen map
 //! types; generic map types would mangle the BTF names `bpftool map dump`
-//! prints.) IPv4 is the only family compiled in so far; IPv6 (`v6/`) is
-//! issue 13's next step.
+//! prints.) What must differ in how the steps run is a family hook too:
+//! `apart` (a step in a subprogram of its own, or inlined) and `temp!` (a
+//! temporary on the stack, or in a per-CPU scratch map): IPv4's frames fit
+//! the 512-byte BPF stack, IPv6's do not (`v6/mod.rs`).
+
+/// `temp!(slot, value)`: `&mut` to a temporary holding `value`
+/// (`temp!(slot)`: any value, to be written before it is read). IPv4's
+/// frames fit the BPF stack, so here a local of the caller's frame (no map
+/// lookup on the hot paths); IPv6 puts it in slot `slot` of its per-CPU
+/// scratch map (`v6::temp!`). Defined before the pipeline modules, which
+/// see it by textual scope.
+macro_rules! temp {
+    ($slot:ident, $init:expr) => {
+        &mut { $init }
+    };
+    // Without a value: zeroed (all of the temporaries are plain data), a
+    // store LLVM drops where the value is written before it is read.
+    ($slot:ident) => {
+        // SAFETY: every type kept in a temporary is plain data.
+        &mut { unsafe { core::mem::zeroed() } }
+    };
+}
 
 mod icmp;
 pub(crate) mod ip;
 mod reject;
 
+use proxy_common::Reason;
+
+use crate::verdict::Verdict;
 pub(crate) use proxy_common::{
     AffinityKey, Backend4 as Backend, Ct4Key as CtKey, CtValue, Frag4Key as FragKey,
     Frag4Value as FragValue, HAIRPIN_ADDR_DEFAULT as HAIRPIN_DEFAULT,
@@ -28,13 +51,6 @@ pub(crate) use self::{
     ip::{IP_CSUM_OFF, IP_DADDR_OFF as DADDR_OFF, IP_SADDR_OFF as SADDR_OFF, Ipv4Hdr as Ip, l3},
     reject::reject,
 };
-use aya_ebpf::programs::{TcContext, XdpContext};
-
-use crate::{
-    packet::Packet,
-    verdict::{finish, finish_xdp},
-};
-
 pub(crate) use crate::maps::{
     AFFINITY4 as AFFINITY, BACKEND4 as BACKEND, CT4 as CT, FRAG4 as FRAG, NODE4 as NODE,
     SNAT4 as SNAT, SRCRANGE4 as SRCRANGE, SVC4 as SVC,
@@ -49,6 +65,14 @@ pub(crate) const L3_CSUM: Option<usize> = Some(IP_CSUM_OFF);
 /// LPM prefix length of a whole client address after the service id.
 pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 32;
 
+/// Runs `f`, a step of a pipeline that IPv6 runs in a stack frame of its
+/// own (see `v6::apart`): IPv4's frames fit as one, so inlined here (no
+/// call, nothing packed, per packet).
+#[inline(always)]
+pub(crate) fn apart<F: FnMut() -> Result<Verdict, Reason>>(mut f: F) -> Result<Verdict, Reason> {
+    f()
+}
+
 /// The key of `ip`'s datagram in the fragment map (RFC 791: source,
 /// destination, protocol, identification).
 #[inline(always)]
@@ -60,26 +84,6 @@ pub(crate) fn frag_key(ip: &Ip, dir: u8) -> FragKey {
         proto: ip.proto,
         dir,
     }
-}
-
-/// TC ingress of IPv4 packets: [`pod::try_ingress`], counted. Inlined into
-/// the entry point: IPv4 pays no call (a family whose pipeline needs a
-/// stack frame of its own makes this a subprogram instead).
-#[inline(always)]
-pub(crate) fn ingress(ctx: &TcContext) -> i32 {
-    finish(ctx.len(), pod::try_ingress(ctx))
-}
-
-/// TC egress of IPv4 packets: [`pod::try_egress`], counted.
-#[inline(always)]
-pub(crate) fn egress(ctx: &TcContext) -> i32 {
-    finish(ctx.len(), pod::try_egress(ctx))
-}
-
-/// XDP of IPv4 packets: [`node::try_xdp`], counted.
-#[inline(always)]
-pub(crate) fn xdp(ctx: &XdpContext) -> u32 {
-    finish_xdp(ctx.len(), node::try_xdp(ctx))
 }
 
 #[path = "../pipeline/ct.rs"]
