@@ -122,6 +122,18 @@ macro_rules! svcnat_maps {
             /// cannot hold. Not a sizing knob's: fixed.
             SCRATCH6 = "SVCNAT_SCRATCH6", PerCpuArray,
                 u32 => $crate::Scratch6, $crate::MapSize::Fixed(1), 4, 4;
+            /// The TC programs IPv6 packets go on to by a tail call, slot
+            /// (`u32`) -> program ([`TAIL_CALLS`](crate::TAIL_CALLS)). Pinned
+            /// like the rest, so that the attached programs keep reaching
+            /// them while no agent runs (the kernel empties a program array
+            /// that no file and no pin holds); a new agent puts its own
+            /// programs in the slots before it attaches the rest.
+            TAIL_TC = "SVCNAT_TAIL_TC", ProgArray,
+                u32 => u32, $crate::MapSize::Fixed(2), 4, 4;
+            /// As `SVCNAT_TAIL_TC`, for the XDP program (a program array
+            /// holds programs of one type).
+            TAIL_XDP = "SVCNAT_TAIL_XDP", ProgArray,
+                u32 => u32, $crate::MapSize::Fixed(1), 4, 4;
         }
     };
 }
@@ -138,6 +150,9 @@ pub enum MapKind {
     PerCpuArray,
     /// `BPF_MAP_TYPE_LPM_TRIE`.
     LpmTrie,
+    /// `BPF_MAP_TYPE_PROG_ARRAY`: programs to tail-call, filled by the
+    /// loader (no entries to migrate or inspect).
+    ProgArray,
 }
 
 /// What sizes a map: one of the agent's sizing knobs (`--*-entries` flags),

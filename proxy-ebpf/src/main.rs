@@ -6,9 +6,11 @@
 //! (see `verdict.rs`). Every packet is counted exactly once. Each entry
 //! point dispatches on the frame's IP family (`parse::family`) to the
 //! pipeline of its family, one source compiled for each family
-//! (`pipeline/`, see `v4/mod.rs`). The pod TC programs have both
-//! families; the node XDP program only IPv4 so far (IPv6 frames pass
-//! there untouched, `PassNotIp`).
+//! (`pipeline/`, see `v4/mod.rs`): IPv4's is inlined into the attached
+//! program, IPv6's is a program of its own that the attached one
+//! tail-calls (`proxy_common::TAIL_CALLS`, filled by the loader), so that
+//! each has the 512-byte BPF stack to itself and IPv4 pays nothing for
+//! IPv6.
 #![no_std]
 #![no_main]
 
@@ -22,8 +24,7 @@ mod tc;
 mod v4;
 #[allow(
     clippy::duplicate_mod,
-    dead_code,
-    reason = "the pipelines are compiled once per family (see v4/mod.rs); IPv6 has no node pipeline yet"
+    reason = "the pipelines are compiled once per family (see v4/mod.rs)"
 )]
 mod v6;
 mod verdict;
@@ -33,7 +34,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use proxy_common::Reason;
+use proxy_common::{Reason, TAIL_EGRESS6, TAIL_NODE_XDP6, TAIL_POD_INGRESS6};
 
 use crate::{
     packet::Packet,
@@ -46,9 +47,15 @@ use crate::{
 pub fn svcnat_pod_ingress(ctx: TcContext) -> i32 {
     match family(&ctx) {
         Ok(Family::V4) => v4::pod::ingress(ctx),
-        Ok(Family::V6) => v6::pod::ingress(ctx),
+        Ok(Family::V6) => tail_tc(&ctx, TAIL_POD_INGRESS6),
         Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
     }
+}
+
+/// [`svcnat_pod_ingress`] for IPv6: tail-called by it, never attached.
+#[classifier]
+pub fn svcnat_pod_ingress6(ctx: TcContext) -> i32 {
+    v6::pod::ingress(ctx)
 }
 
 /// TC egress on pod-facing interfaces: replies of translated flows.
@@ -63,8 +70,19 @@ pub fn svcnat_pod_egress(ctx: TcContext) -> i32 {
 pub fn svcnat_node_xdp(ctx: XdpContext) -> u32 {
     match family(&ctx) {
         Ok(Family::V4) => v4::node::xdp(ctx),
-        Ok(Family::V6) | Err(_) => finish_xdp(ctx.len(), Err(Reason::PassNotIp)),
+        Ok(Family::V6) => {
+            // SAFETY: a tail call; it returns only when it failed.
+            unsafe { maps::TAIL_XDP.tail_call(&ctx, TAIL_NODE_XDP6) };
+            finish_xdp(ctx.len(), Err(Reason::PassNoProgram))
+        }
+        Err(_) => finish_xdp(ctx.len(), Err(Reason::PassNotIp)),
     }
+}
+
+/// [`svcnat_node_xdp`] for IPv6: tail-called by it, never attached.
+#[xdp]
+pub fn svcnat_node_xdp6(ctx: XdpContext) -> u32 {
+    v6::node::xdp(ctx)
 }
 
 /// TC egress on node interfaces: replies of local backends to outside
@@ -80,9 +98,25 @@ pub fn svcnat_node_egress(ctx: TcContext) -> i32 {
 fn egress(ctx: TcContext) -> i32 {
     match family(&ctx) {
         Ok(Family::V4) => v4::pod::egress(ctx),
-        Ok(Family::V6) => v6::pod::egress(ctx),
+        Ok(Family::V6) => tail_tc(&ctx, TAIL_EGRESS6),
         Err(_) => finish(ctx.len(), Err(Reason::PassNotIp)),
     }
+}
+
+/// The reverse NAT of both egress programs for IPv6: tail-called by them,
+/// never attached.
+#[classifier]
+pub fn svcnat_egress6(ctx: TcContext) -> i32 {
+    v6::pod::egress(ctx)
+}
+
+/// Goes on to the TC program in slot `index` of `SVCNAT_TAIL_TC`; passes
+/// the packet untouched (counted) if the slot is empty.
+#[inline(always)]
+fn tail_tc(ctx: &TcContext, index: u32) -> i32 {
+    // SAFETY: a tail call; it returns only when it failed.
+    unsafe { maps::TAIL_TC.tail_call(ctx, index) };
+    finish(ctx.len(), Err(Reason::PassNoProgram))
 }
 
 #[cfg(not(test))]

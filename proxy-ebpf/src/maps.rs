@@ -4,7 +4,7 @@
 //! `bpftool map dump` prints their fields by name.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 
@@ -15,6 +15,7 @@ macro_rules! map_type {
     (LruHash, $k:ty, $v:ty, $n:expr) => { LruHashMap<$k, $v, $n> };
     (PerCpuArray, $k:ty, $v:ty, $n:expr) => { PerCpuArray<$v, $n> };
     (LpmTrie, $k:ty, $v:ty, $n:expr) => { LpmTrie<$k, $v, $n> };
+    (ProgArray, $k:ty, $v:ty, $n:expr) => { ProgramArray<$n> };
 }
 
 macro_rules! statics {

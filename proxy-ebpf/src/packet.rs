@@ -8,6 +8,11 @@
 
 use proxy_common::Reason;
 
+/// The furthest a header field may lie from the start of the frame:
+/// more than the parsers reach (Ethernet, IPv6 with the extension headers
+/// they walk, L4 header), less than the verifier's bound on packet offsets.
+pub(crate) const MAX_OFF: usize = 0x3fff;
+
 /// One end of a TCP/UDP flow in a packet, as a rewrite sees it: where its
 /// address and port are, and the checksums that cover them.
 #[derive(Clone, Copy)]
@@ -41,8 +46,14 @@ pub(crate) trait Packet {
     /// accessible data. The bound is checked on the pointer itself, so that
     /// the verifier accepts the access for an `off` it only knows a range of
     /// (IPv6 extension headers).
+    /// `off` is bounded first ([`MAX_OFF`]): the verifier refuses pointer
+    /// arithmetic with an offset it knows no bound of, as one read back
+    /// from a map (IPv6 keeps its parsed header in its scratch map).
     #[inline(always)]
     fn at<T>(&self, off: usize) -> Result<*mut T, ()> {
+        if off > MAX_OFF {
+            return Err(());
+        }
         let (start, end) = self.bounds();
         let p = start + off;
         if p + core::mem::size_of::<T>() > end {

@@ -11,27 +11,57 @@ use proxy_common::Reason;
 
 use crate::stats;
 
-/// A TC action and the reason it is counted under.
-pub(crate) type Verdict = (i32, Reason);
+/// A TC or XDP action: what [`pack`] and [`hand_over`] need of it.
+pub(crate) trait Action: Copy {
+    /// The action as 32 bits.
+    fn bits(self) -> u32;
+    /// The action [`Action::bits`] gave.
+    fn of_bits(bits: u32) -> Self;
+}
+
+impl Action for i32 {
+    #[inline(always)]
+    fn bits(self) -> u32 {
+        self as u32
+    }
+    #[inline(always)]
+    fn of_bits(bits: u32) -> Self {
+        bits as i32
+    }
+}
+
+impl Action for u32 {
+    #[inline(always)]
+    fn bits(self) -> u32 {
+        self
+    }
+    #[inline(always)]
+    fn of_bits(bits: u32) -> Self {
+        bits
+    }
+}
+
+/// An action (TC by default) and the reason it is counted under.
+pub(crate) type Verdict<A = i32> = (A, Reason);
 
 /// An XDP action and the reason it is counted under.
-pub(crate) type XdpVerdict = (u32, Reason);
+pub(crate) type XdpVerdict = Verdict<u32>;
 
 /// A pipeline's result as one integer, so that a step compiled as a BPF
 /// subprogram of its own (a stack frame apart) can return it in a register:
 /// the action in the low 32 bits, the reason above, and bit 63 set for an
 /// early stop (`Err`).
 #[inline(always)]
-pub(crate) fn pack(r: Result<Verdict, Reason>) -> u64 {
+pub(crate) fn pack<A: Action>(r: Result<Verdict<A>, Reason>) -> u64 {
     match r {
-        Ok((action, reason)) => u64::from(action as u32) | (u64::from(reason as u32) << 32),
+        Ok((action, reason)) => u64::from(action.bits()) | (u64::from(reason as u32) << 32),
         Err(reason) => (1 << 63) | (u64::from(reason as u32) << 32),
     }
 }
 
 /// The result [`pack`] packed.
 #[inline(always)]
-pub(crate) fn unpack(v: u64) -> Result<Verdict, Reason> {
+pub(crate) fn unpack<A: Action>(v: u64) -> Result<Verdict<A>, Reason> {
     let index = ((v >> 32) & 0x7fff_ffff) as u32;
     // SAFETY: `v` came from `pack`, which stored a `Reason` (a `repr(u32)`
     // enum) there.
@@ -39,14 +69,14 @@ pub(crate) fn unpack(v: u64) -> Result<Verdict, Reason> {
     if v >> 63 != 0 {
         Err(reason)
     } else {
-        Ok((v as u32 as i32, reason))
+        Ok((A::of_bits(v as u32), reason))
     }
 }
 
 /// The action of a verdict that hands a packet over to another step of
 /// its pipeline (no TC or XDP action has this bit): the step's number in
 /// the low byte.
-const HAND_OVER: i32 = 1 << 24;
+const HAND_OVER: u32 = 1 << 24;
 
 /// A step's result that hands the packet over to step `next` of its
 /// pipeline, which counts it under `reason` if it ends there as it may.
@@ -54,15 +84,17 @@ const HAND_OVER: i32 = 1 << 24;
 /// `v6::apart`, branches on it rather than calling the next step from
 /// inside: frames of steps that nest add up.)
 #[inline(always)]
-pub(crate) const fn hand_over(next: u8, reason: Reason) -> Verdict {
-    (HAND_OVER | next as i32, reason)
+pub(crate) fn hand_over<A: Action>(next: u8, reason: Reason) -> Verdict<A> {
+    (A::of_bits(HAND_OVER | u32::from(next)), reason)
 }
 
 /// The step `v` hands the packet over to, if it does (see [`hand_over`]).
+/// (`TCX_NEXT`, -1, has every bit set: a hand-over has bit 31 clear.)
 #[inline(always)]
-pub(crate) const fn handed_over(v: Verdict) -> Option<u8> {
-    if v.0 & HAND_OVER != 0 && v.0 > 0 {
-        Some(v.0 as u8)
+pub(crate) fn handed_over<A: Action>(v: Verdict<A>) -> Option<u8> {
+    let bits = v.0.bits();
+    if bits & HAND_OVER != 0 && bits >> 31 == 0 {
+        Some(bits as u8)
     } else {
         None
     }
@@ -98,7 +130,8 @@ pub(crate) const fn action_for(reason: Reason) -> i32 {
         | Reason::PassFragmentUntracked
         | Reason::PassOtherProtocol
         | Reason::PassNoBackend
-        | Reason::PassIpv6Extension => TCX_NEXT,
+        | Reason::PassIpv6Extension
+        | Reason::PassNoProgram => TCX_NEXT,
         _ => TC_ACT_SHOT,
     }
 }

@@ -117,6 +117,10 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
+    /// The programs IPv6 reaches by a tail call could not be loaded or
+    /// put in their slots.
+    #[error(transparent)]
+    TailCalls(#[from] svcnat::dataplane::DataplaneError),
     /// A map is not in the object.
     #[error("map {0} is not in the eBPF object")]
     MissingMap(&'static str),
@@ -309,6 +313,10 @@ impl<C: aya::Pod> TestDatapath<C> {
                 .map_err(|source| LoadError::Program { name, source })?
                 .try_clone()?
         };
+        // Objects of layouts before 4 tail-call nothing.
+        if ebpf.map(proxy_common::map_names::TAIL_TC).is_some() {
+            svcnat::dataplane::load_tail_calls(&mut ebpf)?;
+        }
         Ok(TestDatapath {
             svc4: take(&mut ebpf, map_names::SVC4, HashMap::try_from)?,
             slots: take(&mut ebpf, map_names::SLOTS, HashMap::try_from)?,

@@ -4,11 +4,19 @@
 
 use proxy_common::Reason;
 
-use super::{Addr, DADDR_OFF, L3_CSUM, SADDR_OFF};
+use super::{Addr, DADDR_OFF, L3_CSUM, SADDR_OFF, ct::AddrPort};
 use crate::{
     packet::{EndAt, Packet, first4},
     parse::L4,
 };
+
+/// Where a client's packet goes: the backend, and the source the backend
+/// sees (the client's own unless source-NATed).
+pub(crate) struct Dnat {
+    pub(crate) addr: Addr,
+    pub(crate) port: u16,
+    pub(crate) src: AddrPort,
+}
 
 /// Which end of the packet is rewritten.
 #[derive(Clone, Copy)]

@@ -24,50 +24,99 @@ use proxy_common::{
 };
 
 use super::{
-    Addr, Ip, NODE,
+    Addr, CtKey, Ip, NODE, apart,
     ct::{NewFlow, ReplyNat, ct_lookup_reply, ct_lookup_service, now, service_key},
     frag::{frag_lookup, frag_record},
     l3,
     lb::{lb_lookup, lb_select, lb_source_allowed},
-    nat::{End, nat_rewrite, nat_rewrite_addr},
+    nat::{Dnat, End, nat_rewrite, nat_rewrite_addr},
     snat::{open_flow, rev_key},
 };
 use crate::{
     packet::Packet,
     parse::{self, L4, Transport},
-    verdict::{XdpVerdict, finish_xdp, xdp_pass},
+    verdict::{XdpVerdict, finish_xdp, hand_over, handed_over, xdp_pass},
 };
 
-/// XDP of this family: [`try_xdp`], counted. Inlined into the entry point
-/// (no call per packet): IPv4 is the only family with a node pipeline so
-/// far. (A second family's subprogram would add its frames to the entry
-/// point's, which then holds this pipeline's; see `pod::ingress`.)
+/// XDP of this family: [`try_xdp`], counted. Inlined into the program of
+/// its family (IPv4: the attached program; IPv6: the one it tail-calls,
+/// `svcnat_node_xdp6`; see `pod::ingress`).
 #[inline(always)]
 pub(crate) fn xdp(ctx: XdpContext) -> u32 {
     let len = ctx.len();
     finish_xdp(len, try_xdp(&ctx))
 }
 
-/// A packet arriving on a node interface.
+/// What the steps of the pipeline hand on to each other (as
+/// `pod::Ingress`): the packet's header and L4 fields, its service, its
+/// conntrack key, where it goes, the reply entry of an SNATed flow, and
+/// the time.
+pub(crate) struct Node {
+    ip: Ip,
+    l4: L4,
+    svc: SvcValue,
+    key: CtKey,
+    d: Dnat,
+    r: ReplyNat,
+    now: u64,
+}
+
+/// Where [`classify`] hands a packet over to.
+const TO_REVSNAT: u8 = 1;
+const TO_NEW_FLOW: u8 = 2;
+const TO_DNAT: u8 = 3;
+
+/// A packet arriving on a node interface. In steps run [`apart`] that do
+/// not nest, as the pod pipeline: [`classify`] finds what the packet is,
+/// then [`rev_snat`] finishes a reply, or [`new_flow`] (for a new flow)
+/// and [`dnat`] a client's packet.
 #[inline(always)]
 pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
-    let ip = l3(ctx)?;
-    let l4 = match parse::transport(ctx, &ip)? {
+    let t: &mut Node = temp!(node);
+    let found = apart(|| classify(ctx, t))?;
+    let Some(next) = handed_over(found) else {
+        return Ok(found);
+    };
+    match next {
+        TO_REVSNAT => apart(|| rev_snat(ctx, t)),
+        _ => {
+            let reason = if next == TO_NEW_FLOW {
+                apart(|| new_flow(ctx, t))?.1
+            } else {
+                found.1
+            };
+            apart(|| dnat(ctx, t, reason))
+        }
+    }
+}
+
+/// The first step of [`try_xdp`]: parses the packet into `t`, looks up
+/// whether it is a reply of an SNATed flow, its frontend and its flow,
+/// and ends it or hands it over.
+#[inline(always)]
+fn classify(ctx: &XdpContext, t: &mut Node) -> Result<XdpVerdict, Reason> {
+    t.ip = l3(ctx)?;
+    let ip = &t.ip;
+    t.l4 = match parse::transport(ctx, ip)? {
         Transport::Ports(l4) => l4,
-        Transport::LaterFragment => return later_fragment(ctx, &ip),
+        Transport::LaterFragment => return later_fragment(ctx, ip),
         Transport::Other => return Ok(xdp_pass(Reason::PassNotService)),
     };
+    let l4 = &t.l4;
     if l4.dport >= SNAT_PORT_MIN {
-        let rkey = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
-        if let Some(r) = ct_lookup_reply(&rkey, &l4, now())
+        t.key = rev_key(ip.saddr, l4.sport, ip.daddr, l4.dport, l4.proto);
+        if let Some(r) = ct_lookup_reply(&t.key, l4, now())
             && r.snat
         {
-            return rev_snat(ctx, &ip, &l4, &r);
+            t.r = r;
+            return Ok(hand_over(TO_REVSNAT, Reason::RevsnatReply));
         }
     }
     let Some(svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
         return Ok(xdp_pass(Reason::PassNotService));
     };
+    t.svc = svc;
+    let svc = &t.svc;
     if svc.flags & SVC_FLAG_EXTERNAL == 0 {
         // A cluster IP reached from outside: not ours to translate.
         return Ok(xdp_pass(Reason::PassNotService));
@@ -81,23 +130,24 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     // usable endpoint any more. Without a usable entry the flow opens anew
     // below (UDP survives; the backend resets TCP).
     if svc.count == 0 && l4.is_syn_only() {
-        return no_backend(&svc);
+        return no_backend(svc);
     }
-    let now = now();
-    let key = service_key(ip.saddr, ip.daddr, &l4);
-    if let Some(f) = ct_lookup_service(&key, &l4, now) {
-        record(&ip, f.addr, f.peer.0);
-        nat_rewrite(ctx, End::Dst, &ip.daddr, &f.addr, &l4, f.port)?;
-        if f.peer != (ip.saddr, l4.sport) {
-            nat_rewrite(ctx, End::Src, &ip.saddr, &f.peer.0, &l4, f.peer.1)?;
-        }
-        return Ok(xdp_pass(if f.rst_ignored {
+    t.now = now();
+    t.key = service_key(ip.saddr, ip.daddr, l4);
+    if let Some(f) = ct_lookup_service(&t.key, l4, t.now) {
+        let reason = if f.rst_ignored {
             Reason::RstOutOfWindow
         } else if f.peer.0 == ip.saddr {
             Reason::DnatEstablished
         } else {
             Reason::SnatEstablished
-        }));
+        };
+        t.d = Dnat {
+            addr: f.addr,
+            port: f.port,
+            src: f.peer,
+        };
+        return Ok(hand_over(TO_DNAT, reason));
     }
     if l4.is_tcp() && !l4.is_syn_only() {
         // Only a SYN opens a TCP flow from outside: a segment of no known
@@ -107,33 +157,69 @@ pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
         return Err(Reason::DropTcpNoFlow);
     }
     if svc.count == 0 {
-        return no_backend(&svc);
+        return no_backend(svc);
     }
-    let (backend_id, backend) = lb_select(&svc, ip.saddr, now)?;
+    Ok(hand_over(TO_NEW_FLOW, Reason::DnatNew))
+}
+
+/// Opens a new flow from an outside client (`t.key`) to a backend of
+/// `t.svc` chosen for it, and writes where the packet goes to `t.d`: to a
+/// local backend from the client itself (its port remapped on a clash),
+/// to a remote one from this node (SNAT). The verdict's reason is how the
+/// flow was opened. Run [`apart`].
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, t: &mut Node) -> Result<XdpVerdict, Reason> {
+    let Node {
+        ip,
+        l4,
+        svc,
+        key,
+        d,
+        now,
+        ..
+    } = t;
+    let (ip, key, svc, l4, now) = (&*ip, &*key, &*svc, &*l4, *now);
+    let (backend_id, backend) = lb_select(svc, ip.saddr, now)?;
     let flow = NewFlow {
-        key: &key,
-        svc: &svc,
+        key,
+        svc,
         backend_id,
         backend: &backend,
-        l4: &l4,
+        l4,
         now,
     };
-    if backend.flags & BACKEND_FLAG_LOCAL != 0 {
-        let ((_, sport), remapped) = open_flow(&flow, None)?;
-        record(&ip, backend.addr, ip.saddr);
-        nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
-        if !remapped {
-            return Ok(xdp_pass(Reason::DnatNew));
-        }
-        nat_rewrite(ctx, End::Src, &ip.saddr, &ip.saddr, &l4, sport)?;
-        return Ok(xdp_pass(Reason::DnatNewPortRemapped));
+    let local = backend.flags & BACKEND_FLAG_LOCAL != 0;
+    let node;
+    let via = if local {
+        None
+    } else {
+        node = node_addr(ctx, ip, svc)?;
+        Some(&node)
+    };
+    let (src, moved) = open_flow(&flow, via)?;
+    d.addr = backend.addr;
+    d.port = backend.port;
+    d.src = src;
+    Ok(xdp_pass(if !local {
+        Reason::SnatNew
+    } else if moved {
+        Reason::DnatNewPortRemapped
+    } else {
+        Reason::DnatNew
+    }))
+}
+
+/// Rewrites a client's packet to where it goes (`t.d`), counted under
+/// `reason`. Run [`apart`].
+#[inline(always)]
+fn dnat(ctx: &XdpContext, t: &Node, reason: Reason) -> Result<XdpVerdict, Reason> {
+    let Node { ip, l4, d, .. } = t;
+    record(ip, &d.addr, &d.src.0);
+    nat_rewrite(ctx, End::Dst, &ip.daddr, &d.addr, l4, d.port)?;
+    if d.src.0 != ip.saddr || d.src.1 != l4.sport {
+        nat_rewrite(ctx, End::Src, &ip.saddr, &d.src.0, l4, d.src.1)?;
     }
-    let node = node_addr(ctx, &ip, &svc)?;
-    let ((_, nport), _) = open_flow(&flow, Some(&node))?;
-    record(&ip, backend.addr, node);
-    nat_rewrite(ctx, End::Dst, &ip.daddr, &backend.addr, &l4, backend.port)?;
-    nat_rewrite(ctx, End::Src, &ip.saddr, &node, &l4, nport)?;
-    Ok(xdp_pass(Reason::SnatNew))
+    Ok(xdp_pass(reason))
 }
 
 /// A new flow to a frontend without a usable endpoint: with a traffic
@@ -163,11 +249,12 @@ fn node_addr(ctx: &XdpContext, ip: &Ip, svc: &SvcValue) -> Result<Addr, Reason> 
     }
 }
 
-/// A backend's reply to an SNATed flow (`r`: what its conntrack entry
+/// A backend's reply to an SNATed flow (`t.r`: what its conntrack entry
 /// says): destination back to the client's address and port, source back
-/// to the frontend.
+/// to the frontend. Run [`apart`].
 #[inline(always)]
-fn rev_snat(ctx: &XdpContext, ip: &Ip, l4: &L4, r: &ReplyNat) -> Result<XdpVerdict, Reason> {
+fn rev_snat(ctx: &XdpContext, t: &Node) -> Result<XdpVerdict, Reason> {
+    let Node { ip, l4, r, .. } = t;
     if ip.is_first_fragment() {
         frag_record(ip, CT_DIR_REPLY, r.client);
         frag_record(ip, FRAG_DIR_REVSNAT_SRC, r.vip);
@@ -185,13 +272,13 @@ fn rev_snat(ctx: &XdpContext, ip: &Ip, l4: &L4, r: &ReplyNat) -> Result<XdpVerdi
 /// fragments go (`dst`), and where they come from when that changed
 /// (`src`, SNAT).
 #[inline(always)]
-fn record(ip: &Ip, dst: Addr, src: Addr) {
+fn record(ip: &Ip, dst: &Addr, src: &Addr) {
     if !ip.is_first_fragment() {
         return;
     }
-    frag_record(ip, CT_DIR_SERVICE, dst);
-    if src != ip.saddr {
-        frag_record(ip, FRAG_DIR_SNAT_SRC, src);
+    frag_record(ip, CT_DIR_SERVICE, *dst);
+    if *src != ip.saddr {
+        frag_record(ip, FRAG_DIR_SNAT_SRC, *src);
     }
 }
 

@@ -9,14 +9,11 @@ use proxy_common::{
 
 use super::{
     Addr, CtKey, HAIRPIN_DEFAULT, HAIRPIN_KEY, Ip, NODE, apart,
-    ct::{
-        AddrPort, NewFlow, ReplyNat, ct_lookup_reply, ct_lookup_service, now, reply_key,
-        service_key,
-    },
+    ct::{NewFlow, ReplyNat, ct_lookup_reply, ct_lookup_service, now, reply_key, service_key},
     frag::{frag_record, frag_translate},
     icmp_error, l3,
     lb::{lb_is_vip, lb_lookup, lb_lookup_internal, lb_select, lb_source_allowed},
-    nat::{End, nat_rewrite},
+    nat::{Dnat, End, nat_rewrite},
     reject,
     snat::{open_flow, snat_lookup_rev},
 };
@@ -26,20 +23,18 @@ use crate::{
     verdict::{Verdict, finish, hand_over, handed_over, pass},
 };
 
-/// TC ingress of this family: [`try_ingress`], counted. A function of its
-/// own (not inlined into the entry point), so that each family's pipeline
-/// has its own stack frame: the verifier adds up the frames along a call
-/// chain, and IPv6's steps on top of an entry point holding IPv4's frame
-/// would not fit in 512 bytes. IPv4 pays a call per packet for it (about
-/// 10 ns a packet in `packet_cost`; a tail call to the IPv6 pipeline, or
-/// one program per family, would spare it).
-#[inline(never)]
+/// TC ingress of this family: [`try_ingress`], counted. Inlined into
+/// the program of its family (IPv4: the attached program; IPv6: the one
+/// the attached program tail-calls, `svcnat_pod_ingress6`), so that each
+/// family's pipeline has a program and a 512-byte stack of its own and
+/// IPv4 pays no call for IPv6.
+#[inline(always)]
 pub(crate) fn ingress(ctx: TcContext) -> i32 {
     finish(ctx.len(), try_ingress(&ctx))
 }
 
 /// TC egress of this family: [`try_egress`], counted (see [`ingress`]).
-#[inline(never)]
+#[inline(always)]
 pub(crate) fn egress(ctx: TcContext) -> i32 {
     finish(ctx.len(), try_egress(&ctx))
 }
@@ -180,14 +175,6 @@ fn dnat(ctx: &TcContext, t: &Ingress, reason: Reason) -> Result<Verdict, Reason>
         return bounce(ctx, reason);
     }
     Ok(pass(reason))
-}
-
-/// Where a client's packet goes: the backend, and the source the backend
-/// sees (the client's own unless source-NATed).
-pub(crate) struct Dnat {
-    pub(crate) addr: Addr,
-    pub(crate) port: u16,
-    pub(crate) src: AddrPort,
 }
 
 /// Opens a new flow from a client (`key`) to a backend of `svc` chosen

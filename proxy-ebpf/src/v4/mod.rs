@@ -38,7 +38,7 @@ mod reject;
 
 use proxy_common::Reason;
 
-use crate::verdict::Verdict;
+use crate::verdict::{Action, Verdict};
 pub(crate) use proxy_common::{
     AffinityKey, Backend4 as Backend, Ct4Key as CtKey, CtValue, Frag4Key as FragKey,
     Frag4Value as FragValue, HAIRPIN_ADDR_DEFAULT as HAIRPIN_DEFAULT,
@@ -69,7 +69,9 @@ pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 32;
 /// own (see `v6::apart`): IPv4's frames fit as one, so inlined here (no
 /// call, nothing packed, per packet).
 #[inline(always)]
-pub(crate) fn apart<F: FnMut() -> Result<Verdict, Reason>>(mut f: F) -> Result<Verdict, Reason> {
+pub(crate) fn apart<A: Action, F: FnMut() -> Result<Verdict<A>, Reason>>(
+    mut f: F,
+) -> Result<Verdict<A>, Reason> {
     f()
 }
 

@@ -37,7 +37,7 @@ mod reject;
 
 use proxy_common::Reason;
 
-use crate::verdict::{Verdict, pack, unpack};
+use crate::verdict::{Action, Verdict, pack, unpack};
 pub(crate) use proxy_common::{
     Affinity6Key as AffinityKey, Backend6 as Backend, Ct6Key as CtKey, Ct6Value as CtValue,
     Frag6Key as FragKey, Frag6Value as FragValue, HAIRPIN6_ADDR_DEFAULT as HAIRPIN_DEFAULT,
@@ -71,6 +71,8 @@ pub(crate) struct Scratch {
     pub(crate) ingress: pod::Ingress,
     /// What the steps of the pod egress pipeline hand on.
     pub(crate) egress: pod::Egress,
+    /// What the steps of the node pipeline hand on.
+    pub(crate) node: node::Node,
 }
 
 const _: () = assert!(
@@ -104,7 +106,9 @@ pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 128;
 /// steps (`v4::apart`). The result comes back in a register (see
 /// [`crate::verdict::pack`]).
 #[inline(always)]
-pub(crate) fn apart<F: FnMut() -> Result<Verdict, Reason>>(mut f: F) -> Result<Verdict, Reason> {
+pub(crate) fn apart<A: Action, F: FnMut() -> Result<Verdict<A>, Reason>>(
+    mut f: F,
+) -> Result<Verdict<A>, Reason> {
     unpack(subprogram(&mut || pack(f())))
 }
 
@@ -136,6 +140,8 @@ pub(crate) mod frag;
 pub(crate) mod lb;
 #[path = "../pipeline/nat.rs"]
 pub(crate) mod nat;
+#[path = "../pipeline/node.rs"]
+pub(crate) mod node;
 #[path = "../pipeline/pod.rs"]
 pub(crate) mod pod;
 #[path = "../pipeline/snat.rs"]

@@ -12,10 +12,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, SchedClassifier, Xdp},
+    maps::ProgramArray,
+    programs::{ProgramError, ProgramFd, SchedClassifier, Xdp},
 };
 use proxy_common::{
-    LAYOUT_VERSION, MAPS, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey, program_names,
+    LAYOUT_VERSION, MAPS, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey, TAIL_CALLS,
+    program_names,
 };
 
 use super::error::{DataplaneError, Result, io_err, map_err};
@@ -74,6 +76,10 @@ impl Dataplane {
                 name: program_names::XDP_NODE.into(),
                 source,
             })?;
+        // Before any program is attached: the slots of an adopted program
+        // array hold the programs of the agent before us, which its attached
+        // programs keep reaching until ours replace them.
+        load_tail_calls(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
         let capacity = MapSizes::pinned(&dir)?;
         let mut dp = Self {
@@ -122,6 +128,36 @@ impl Dataplane {
         self.pending_migration = None;
         Ok(Some(report))
     }
+}
+
+/// Loads the programs the attached ones reach by a tail call
+/// ([`TAIL_CALLS`]: IPv6's pipelines) and puts each in its slot of its
+/// program array. The agent's loader and the test kit's both call this.
+pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    for t in &TAIL_CALLS {
+        let err = |source| DataplaneError::Program {
+            name: t.program.into(),
+            source,
+        };
+        let fd: ProgramFd = if t.xdp {
+            let p = program_mut::<Xdp>(ebpf, t.program)?;
+            p.load().map_err(err)?;
+            p.fd().map_err(err)?.try_clone()
+        } else {
+            let p = program_mut::<SchedClassifier>(ebpf, t.program)?;
+            p.load().map_err(err)?;
+            p.fd().map_err(err)?.try_clone()
+        }
+        .map_err(|e| err(ProgramError::IOError(e)))?;
+        let map = ebpf.map_mut(t.map).ok_or(DataplaneError::Map {
+            map: t.map,
+            source: aya::maps::MapError::InvalidName { name: t.map.into() },
+        })?;
+        ProgramArray::try_from(map)
+            .and_then(|mut a| a.set(t.index, &fd, 0))
+            .map_err(map_err(t.map))?;
+    }
+    Ok(())
 }
 
 /// The loaded program `name` as its concrete type.

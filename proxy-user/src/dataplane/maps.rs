@@ -38,6 +38,7 @@ macro_rules! map_type {
     (LruHash, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
     (PerCpuArray, $k:ty, $v:ty) => { PerCpuArray<MapData, $v> };
     (LpmTrie, $k:ty, $v:ty) => { LpmTrie<MapData, $k, $v> };
+    (ProgArray, $k:ty, $v:ty) => { aya::maps::ProgramArray<MapData> };
 }
 
 macro_rules! typed_maps {

@@ -33,7 +33,7 @@ pub use error::DataplaneError;
 pub(crate) use error::map_err;
 pub use flows::ClearedFlows;
 pub use handle::{DEFAULT_BPFFS, Dataplane, DataplaneConfig, MapSizes};
-pub use loader::cleanup;
+pub use loader::{cleanup, load_tail_calls};
 pub use maps::{
     BackendEntry, CtEntry, CtFamily, Maps, RangeId, SvcEntry, kind_of, open_pinned, range_of,
     read_stats, stat_slot,
