@@ -469,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_endpoints_count_only_once_the_datapath_translates_ipv6() {
+    fn ipv6_endpoints_count_as_the_ipv4_ones_do() {
         let mut svc = service("web", "LoadBalancer", "Local", Some(32000));
         if let Some(spec) = svc.spec.as_mut() {
             spec.cluster_ips = Some(vec!["198.19.0.10".into(), "2001:db8::10".into()]);
@@ -479,21 +479,9 @@ mod tests {
             slice("web", "IPv4", &[("198.18.1.1", "node-a", true, false)]),
             slice("web", "IPv6", &[("2001:db8::1:1", "node-a", true, false)]),
         ];
-        // One local pod per family, two ports each; the IPv6 ones count
-        // once the datapath translates IPv6 at the node (`plan::DATAPATH`):
-        // until then a load balancer must not send IPv6 clients here.
-        let expected = if crate::plan::DATAPATH
-            .node_side
-            .contains(&crate::model::Family::V6)
-        {
-            4
-        } else {
-            2
-        };
-        assert_eq!(
-            need(&svc, &slices).map(|n| n.local_endpoints),
-            Some(expected)
-        );
+        // One local pod per family, two ports each: the datapath serves
+        // IPv6 at the node as it does IPv4, so all four count.
+        assert_eq!(need(&svc, &slices).map(|n| n.local_endpoints), Some(4));
     }
 
     #[test]

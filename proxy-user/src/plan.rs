@@ -73,9 +73,10 @@ pub struct Translates {
 }
 
 impl Translates {
-    /// Both families on every path: what the planner does once the
-    /// datapath translates everything (tests of the IPv6 programming path,
-    /// with [`plan_for`] and [`crate::sync::Syncer::with_datapath`]).
+    /// Both families on every path (what this build's datapath does, see
+    /// [`DATAPATH`]; a narrower one is for tests of how the agent reports
+    /// what a datapath lacks, with [`plan_for`] and
+    /// [`crate::sync::Syncer::with_datapath`]).
     pub const ALL: Self = Self {
         cluster_ips: &[Family::V4, Family::V6],
         node_side: &[Family::V4, Family::V6],
@@ -91,13 +92,9 @@ impl Translates {
     }
 }
 
-/// What the eBPF programs of this build translate: both families at the
-/// pod-facing TC programs, IPv4 only at XDP on node interfaces (issue 13:
-/// the IPv6 node pipeline is next).
-pub const DATAPATH: Translates = Translates {
-    cluster_ips: &[Family::V4, Family::V6],
-    node_side: &[Family::V4],
-};
+/// What the eBPF programs of this build translate: both families on
+/// every path.
+pub const DATAPATH: Translates = Translates::ALL;
 
 /// Why the datapath cannot serve `port` when it translates `t`, if it
 /// cannot serve any of its frontends.
@@ -413,8 +410,8 @@ mod tests {
         assert_eq!(p.internal_backends.as_ref().map(Vec::len), Some(1));
         assert!(of(&frontends, FrontendKind::LoadBalancer, Family::V6).is_empty());
         assert_eq!(frontends.len(), 5);
-        // What the datapath serves today: the IPv4 port only.
-        assert_eq!(served(&m).count(), 1);
+        // Both families' ports are served (health check counts).
+        assert_eq!(served(&m).count(), 2);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! IPv6 straight between pods, on one node and across nodes, and from the
 //! outside client to pods, through the attached programs; IPv6 cluster IPs
 //! over TCP and UDP from pods on both nodes; a dual-stack Service answering
-//! on both families at once. (IPv6 node ports, external and load-balancer
-//! IPs are not translated yet: issue 13.)
+//! on both families at once; IPv6 node ports from outside, with both
+//! traffic policies.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,8 +17,8 @@ use std::{
 
 use svcnat_testkit::{
     cluster::{
-        Cluster, ClusterConfig, Endpoint, Host, Port, Proto, dual_stack_endpoints, pod_addr,
-        service_with_slices, url,
+        Cluster, ClusterConfig, Endpoint, Host, Port, Proto, dual_stack_endpoints, node_addr,
+        node_addr6, pod_addr, service_with_slices, url,
     },
     skip::{Needs, skip_reason},
 };
@@ -34,6 +34,8 @@ const DNS_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x53);
 const WAIT: Duration = Duration::from_secs(30);
 const CURL_TIME: Duration = Duration::from_secs(5);
 const DIG_TIME: Duration = Duration::from_secs(2);
+/// Time for a request that must fail (dropped traffic times out).
+const FAIL_TIME: Duration = Duration::from_secs(1);
 
 /// A cluster of `nodes` nodes, or None (after printing why) when this
 /// machine cannot run it.
@@ -326,4 +328,123 @@ fn dual_stack_service_answers_on_both_families_at_once() {
             }
         }
     }
+}
+
+/// A dual-stack Service of `type: NodePort` (port 80 on `node_port`),
+/// with `externalTrafficPolicy: Local` when `local`, and its slices of both
+/// families.
+fn node_port_service(
+    name: &str,
+    vips: &[IpAddr],
+    node_port: u16,
+    local: bool,
+    pods: &[&Host],
+) -> String {
+    let text = service_with_slices(
+        NS,
+        name,
+        vips,
+        &[Port::tcp("http", 80, 80)],
+        &dual_stack_endpoints(pods),
+    );
+    let policy = if local {
+        "\n  externalTrafficPolicy: Local"
+    } else {
+        ""
+    };
+    let text = text
+        .replacen("type: ClusterIP", &format!("type: NodePort{policy}"), 1)
+        .replacen(
+            "targetPort: 80}",
+            &format!("targetPort: 80, nodePort: {node_port}}}"),
+            1,
+        );
+    assert!(text.contains("nodePort"), "{text}");
+    text
+}
+
+/// Polls `url` from `client` until a request succeeds (the agents program
+/// node ports after their cluster IPs).
+fn wait_answered(client: &Host, url: &str) {
+    let start = Instant::now();
+    loop {
+        let o = client.curl(url, CURL_TIME).expect("curl");
+        if o.ok() {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "{url} never answered: {o:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// IPv6 node ports from outside the cluster, as kube-proxy serves them
+/// (e2e "should be able to create a functioning NodePort service" over
+/// IPv6): through each node's IPv6 address both backends answer, the one
+/// on the other node through SNAT to the node's address; IPv4 on the same
+/// node port works alongside. With `externalTrafficPolicy: Local` the
+/// backend sees the outside client's own IPv6 address, and the node
+/// without a local endpoint does not forward.
+#[test]
+fn ipv6_node_ports_from_outside_with_cluster_and_local_policies() {
+    let Some(mut c) = cluster("d6n", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let a1 = c.add_pod(0, "a1", pod_addr(0, 10)).expect("pod");
+    let b1 = c.add_pod(1, "b1", pod_addr(1, 10)).expect("pod");
+    for b in [&a1, &b1] {
+        c.nginx(b).expect("nginx");
+    }
+    let both = [&a1, &b1];
+    let vips: [IpAddr; 2] = [VIP.into(), VIP6.into()];
+    let local_vips: [IpAddr; 2] = [
+        Ipv4Addr::new(198, 19, 0, 11).into(),
+        Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x11).into(),
+    ];
+    c.write_manifest(
+        "np.yaml",
+        &node_port_service("np", &vips, 30081, false, &both),
+    )
+    .expect("manifest");
+    c.write_manifest(
+        "local.yaml",
+        &node_port_service("local", &local_vips, 30082, true, &[&b1]),
+    )
+    .expect("manifest");
+    start_agents_and_wait(&c);
+    let outside = c.outside().expect("outside client").clone();
+
+    for node in 0..2 {
+        let url6 = format!("http://[{}]:30081/", node_addr6(node));
+        wait_answered(&outside, &url6);
+        let counts = spread(&outside, &url6, 30);
+        eprintln!("outside -> {url6}: {counts:?}");
+        assert_eq!(
+            counts.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&both),
+            "through node {node} over IPv6 both backends answer"
+        );
+        let url4 = format!("http://{}:30081/", node_addr(node));
+        let o = outside.curl(&url4, CURL_TIME).expect("curl");
+        assert!(o.ok(), "the same node port over IPv4: {o:?}");
+    }
+
+    let url6 = format!("http://[{}]:30082/", node_addr6(1));
+    wait_answered(&outside, &url6);
+    let marker = "local-v6";
+    let o = outside
+        .curl(&format!("{url6}?{marker}"), CURL_TIME)
+        .expect("curl");
+    assert!(o.ok() && o.body == b1.name, "{o:?}");
+    assert_eq!(
+        logged_client(&c, &b1, marker),
+        IpAddr::V6(outside.addr6),
+        "Local policy: the backend sees the client's own IPv6 address"
+    );
+    let o = outside
+        .curl(&format!("http://[{}]:30082/", node_addr6(0)), FAIL_TIME)
+        .expect("curl");
+    assert!(
+        !o.ok(),
+        "node 0 has no local endpoint and must not forward: {o:?}"
+    );
 }
