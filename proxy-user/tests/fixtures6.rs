@@ -40,7 +40,10 @@ use proxy_common::{
 use svcnat_testkit::{
     datapath::{Flow6, TCX_NEXT, TcProgram, TestDatapath, monotonic_ns},
     fixture::{Case, Expect, Step, Window, case, hex, run_table},
-    fixture6::{P6, ct_count, ct_get, dnat, ends, frag_entry, frag_key, seed_frag, snat},
+    fixture6::{
+        P6, ct_count, ct_get, dnat, ends, forcing_zero_sum, frag_entry, frag_key, seed_frag, snat,
+        udp_checksum_is,
+    },
     packet::{
         ExtHeader, ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_PORT_UNREACH, ICMP6_TIME_EXCEEDED,
         IPPROTO_EXPERIMENT1, NA_OVERRIDE, NA_SOLICITED, PacketBuilder, TCP_ACK, TCP_FIN, TCP_PSH,
@@ -189,36 +192,6 @@ fn expected_port_unreachable(p: &P6) -> Vec<u8> {
         .hop_limit(64)
         .payload(quoted)
         .build()
-}
-
-/// `p` (UDP, even payload) with two payload bytes appended so that the UDP
-/// checksum of `translate(p)` computes to zero, which must be sent as
-/// 0xffff.
-fn forcing_zero_sum(p: P6, translate: impl Fn(&P6) -> P6) -> P6 {
-    let mut payload = p.payload.clone();
-    assert!(
-        payload.len().is_multiple_of(2),
-        "the two bytes must be a word"
-    );
-    payload.extend_from_slice(&[0, 0]);
-    let trial = translate(&p.clone().payload(&payload)).build();
-    let c = parse(&trial)
-        .and_then(|f| Ok(f.ip6()?.udp()?.checksum))
-        .expect("a UDP/IPv6 datagram");
-    let n = payload.len();
-    payload[n - 2..].copy_from_slice(&c.to_be_bytes());
-    p.payload(&payload)
-}
-
-/// The output's UDP checksum is `want`.
-fn udp_checksum_is(want: u16) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
-    move |_, _, out| {
-        let c = parse(out)?.ip6()?.udp()?.checksum;
-        if c != want {
-            return Err(format!("UDP checksum {c:#06x}, want {want:#06x}"));
-        }
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -107,3 +107,33 @@ pub fn seed_frag(key: Frag6Key, to: Ipv6Addr) -> impl Fn(&mut TestDatapath) -> R
             .map_err(|e| format!("seed fragment entry {key:?}: {e}"))
     }
 }
+
+/// `p` (UDP, even payload) with two payload bytes appended so that the UDP
+/// checksum of `translate(p)` computes to zero, which must be sent as
+/// 0xffff.
+pub fn forcing_zero_sum(p: P6, translate: impl Fn(&P6) -> P6) -> P6 {
+    let mut payload = p.payload.clone();
+    assert!(
+        payload.len().is_multiple_of(2),
+        "the two bytes must be a word"
+    );
+    payload.extend_from_slice(&[0, 0]);
+    let trial = translate(&p.clone().payload(&payload)).build();
+    let c = parse(&trial)
+        .and_then(|f| Ok(f.ip6()?.udp()?.checksum))
+        .expect("a UDP/IPv6 datagram");
+    let n = payload.len();
+    payload[n - 2..].copy_from_slice(&c.to_be_bytes());
+    p.payload(&payload)
+}
+
+/// Checks that the output's UDP checksum is `want`.
+pub fn udp_checksum_is(want: u16) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
+    move |_, _, out| {
+        let c = parse(out)?.ip6()?.udp()?.checksum;
+        if c != want {
+            return Err(format!("UDP checksum {c:#06x}, want {want:#06x}"));
+        }
+        Ok(())
+    }
+}
