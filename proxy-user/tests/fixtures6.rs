@@ -6,11 +6,9 @@
 //! Every expected output is built by the packet builder from what the
 //! packet must look like after translation, never taken from the program.
 //!
-//! Until `TestDatapath` hands out the IPv6 maps, each case loads the
-//! datapath with its maps pinned in a private folder, opens the `*6` maps
-//! from their pins (then unlinks the pins: the open maps live on) and keeps
-//! them in a thread-local [`Maps6`] for the seeds and map checks. The
-//! shared maps (slots, stats) are the `TestDatapath`'s.
+//! Seeds and map checks use the datapath's IPv6 maps
+//! ([`TestDatapath::v6`]) and the helpers the IPv6 tables share
+//! (`svcnat_testkit::fixture6`).
 //!
 //! What these fixtures assume of the datapath where IPv4 gives no answer:
 //! - A UDP datagram with checksum 0 (invalid over IPv6, RFC 8200 8.1) to a
@@ -27,39 +25,33 @@
 //! - A TCP RST reject is the IPv4 one in an IPv6 header (hop limit 64,
 //!   traffic class and flow label 0).
 //!
-//! Needs root, the bpffs and the eBPF object (`cargo xtask build-ebpf
+//! Needs root and the eBPF object (`cargo xtask build-ebpf
 //! --release`); without them the tests print why and pass.
 //! `SVCNAT_FIXTURE=substring` runs only the cases whose description
 //! contains it.
 
-use std::{
-    cell::RefCell,
-    net::{Ipv6Addr, SocketAddrV6},
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::{Ipv6Addr, SocketAddrV6};
 
-use aya::maps::{HashMap, Map, MapData};
 use proxy_common::{
-    Backend6, CT_DIR_REPLY, CT_DIR_SERVICE, CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SEQ,
-    CT_TCP_SYN_LIFETIME_S, CT_UDP_UNREPLIED_LIFETIME_S, Ct6Key, Ct6Value, FRAG_DIR_REVNAT_SRC,
-    Frag6Key, Frag6Value, HAIRPIN6_ADDR_DEFAULT, IPPROTO_TCP, IPPROTO_UDP, NODE6_HAIRPIN_KEY,
-    NodeAddr6, Reason, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN, SlotKey, SlotValue, Svc6Key,
-    SvcValue, map_names,
+    CT_DIR_SERVICE, CT_F_REPLIED, CT_F_SEEN_NON_SYN, CT_F_SEQ, CT_TCP_SYN_LIFETIME_S,
+    CT_UDP_UNREPLIED_LIFETIME_S, FRAG_DIR_REVNAT_SRC, HAIRPIN6_ADDR_DEFAULT, IPPROTO_TCP,
+    IPPROTO_UDP, NODE6_HAIRPIN_KEY, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, SlotKey, SlotValue,
 };
 use svcnat_testkit::{
-    datapath::{TCX_NEXT, TcProgram, TestDatapath, monotonic_ns, test_map_sizes},
-    fixture::{Case, Expect, Step, Window, case, hex, run_table_with},
+    datapath::{Flow6, TCX_NEXT, TcProgram, TestDatapath, monotonic_ns},
+    fixture::{Case, Expect, Step, Window, case, hex, run_table},
+    fixture6::{
+        P6, ct_count, ct_get, dnat, ends, forcing_zero_sum, frag_entry, frag_key, seed_frag, snat,
+        udp_checksum_is,
+    },
     packet::{
         ExtHeader, ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_PORT_UNREACH, ICMP6_TIME_EXCEEDED,
-        IPPROTO_EXPERIMENT1, Ipv6Fields, NA_OVERRIDE, NA_SOLICITED, PacketBuilder, TCP_ACK,
-        TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, ethernet_frame, fragment6, parse,
+        IPPROTO_EXPERIMENT1, NA_OVERRIDE, NA_SOLICITED, PacketBuilder, TCP_ACK, TCP_FIN, TCP_PSH,
+        TCP_RST, TCP_SYN, ethernet_frame, fragment6, parse,
     },
     skip::Needs,
     skip_unless,
 };
-
-type P6 = PacketBuilder<Ipv6Fields>;
 
 // ---------------------------------------------------------------------------
 // The world every case starts from
@@ -114,195 +106,13 @@ const B4_ID: u32 = 14;
 const POD_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
 const GW_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x02];
 
-// ---------------------------------------------------------------------------
-// The IPv6 maps (until TestDatapath has them)
-// ---------------------------------------------------------------------------
-
-/// The IPv6 maps of the datapath the current case runs on.
-struct Maps6 {
-    svc6: HashMap<MapData, Svc6Key, SvcValue>,
-    backend6: HashMap<MapData, u32, Backend6>,
-    ct6: HashMap<MapData, Ct6Key, Ct6Value>,
-    frag6: HashMap<MapData, Frag6Key, Frag6Value>,
-    node6: HashMap<MapData, u32, NodeAddr6>,
-}
-
-thread_local! {
-    static MAPS6: RefCell<Option<Maps6>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` on the current case's IPv6 maps.
-fn with6<T>(f: impl FnOnce(&mut Maps6) -> Result<T, String>) -> Result<T, String> {
-    MAPS6.with(|m| match m.borrow_mut().as_mut() {
-        Some(maps) => f(maps),
-        None => Err("no IPv6 maps loaded".into()),
-    })
-}
-
-/// Loads the datapath with its maps pinned in a private folder and opens
-/// the IPv6 maps from their pins into [`MAPS6`]; the folder is removed at
-/// once (open maps outlive their pins).
-fn load6() -> Result<TestDatapath, String> {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = PathBuf::from(format!(
-        "/sys/fs/bpf/svcnat-fixtures6-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("pin folder {}: {e}", dir.display()))?;
-    let loaded = (|| -> Result<TestDatapath, String> {
-        let dp = TestDatapath::load_object(svcnat::EBPF_OBJECT, &test_map_sizes(), Some(&dir))
-            .map_err(|e| format!("load: {e}"))?;
-        let open = |name: &str| {
-            MapData::from_pin(dir.join(name)).map_err(|e| format!("open pinned {name}: {e}"))
-        };
-        let hash = |name: &str| open(name).map(Map::HashMap);
-        let lru = |name: &str| open(name).map(Map::LruHashMap);
-        let e = |name: &'static str| move |err| format!("map {name}: {err}");
-        let maps = Maps6 {
-            svc6: HashMap::try_from(hash(map_names::SVC6)?).map_err(e(map_names::SVC6))?,
-            backend6: HashMap::try_from(hash(map_names::BACKEND6)?)
-                .map_err(e(map_names::BACKEND6))?,
-            ct6: HashMap::try_from(lru(map_names::CT6)?).map_err(e(map_names::CT6))?,
-            frag6: HashMap::try_from(lru(map_names::FRAG6)?).map_err(e(map_names::FRAG6))?,
-            node6: HashMap::try_from(hash(map_names::NODE6)?).map_err(e(map_names::NODE6))?,
-        };
-        MAPS6.with(|m| *m.borrow_mut() = Some(maps));
-        Ok(dp)
-    })();
-    let removed = std::fs::remove_dir_all(&dir);
-    let dp = loaded?;
-    removed.map_err(|e| format!("remove pin folder {}: {e}", dir.display()))?;
-    Ok(dp)
-}
-
-/// Writes a service frontend `vip` (`proto`, scope external) with id
-/// `svc_id` and backends `(id, address)` in slots 1..=n, and its VIP
-/// marker, in the datapath's safe order (backends, slots, frontend).
-fn add_service(
-    dp: &mut TestDatapath,
-    vip: SocketAddrV6,
-    proto: u8,
-    svc_id: u32,
-    backends: &[(u32, SocketAddrV6)],
-) -> Result<(), String> {
-    with6(|m| {
-        for (slot, (id, addr)) in backends.iter().enumerate() {
-            m.backend6
-                .insert(
-                    id,
-                    Backend6 {
-                        addr: addr.ip().octets(),
-                        port: addr.port(),
-                        proto,
-                        flags: 0,
-                    },
-                    0,
-                )
-                .map_err(|e| format!("backend {id}: {e}"))?;
-            let slot = u32::try_from(slot + 1).expect("few backends");
-            dp.slots
-                .insert(SlotKey { svc_id, slot }, SlotValue { backend_id: *id }, 0)
-                .map_err(|e| format!("slot {slot}: {e}"))?;
-        }
-        m.svc6
-            .insert(
-                Svc6Key {
-                    vip: vip.ip().octets(),
-                    port: vip.port(),
-                    proto,
-                    scope: SCOPE_EXTERNAL,
-                },
-                SvcValue {
-                    svc_id,
-                    count: u16::try_from(backends.len()).expect("few backends"),
-                    flags: 0,
-                    affinity_timeout: 0,
-                    pad: 0,
-                },
-                0,
-            )
-            .map_err(|e| format!("frontend {vip}: {e}"))?;
-        m.svc6
-            .insert(
-                Svc6Key::vip_marker(vip.ip().octets()),
-                SvcValue::VIP_MARKER,
-                0,
-            )
-            .map_err(|e| format!("VIP marker {vip}: {e}"))
-    })
-}
-
 /// Services WEB (TCP, B1), DNS (UDP, B2), EMPTY_TCP and EMPTY_UDP (no backends).
 fn seed_world(dp: &mut TestDatapath) -> Result<(), String> {
-    add_service(dp, WEB, IPPROTO_TCP, WEB_ID, &[(B1_ID, B1)])?;
-    add_service(dp, DNS, IPPROTO_UDP, DNS_ID, &[(B2_ID, B2)])?;
-    add_service(dp, EMPTY_TCP, IPPROTO_TCP, 3, &[])?;
-    add_service(dp, EMPTY_UDP, IPPROTO_UDP, 4, &[])
-}
-
-/// A translated IPv6 flow (the twin of `datapath::Flow`).
-#[derive(Clone, Copy, Debug)]
-struct Flow6 {
-    client: SocketAddrV6,
-    vip: SocketAddrV6,
-    backend: SocketAddrV6,
-    proto: u8,
-    backend_id: u32,
-    svc_id: u32,
-    /// `CT_F_*` of the service entry (the reply entry gets only `CT_F_REPLIED`).
-    flags: u8,
-    created_ns: u64,
-    expires_ns: u64,
-}
-
-impl Flow6 {
-    fn service_key(&self) -> Ct6Key {
-        Ct6Key {
-            saddr: self.client.ip().octets(),
-            daddr: self.vip.ip().octets(),
-            sport: self.client.port(),
-            dport: self.vip.port(),
-            proto: self.proto,
-            dir: CT_DIR_SERVICE,
-            pad: 0,
-        }
-    }
-
-    fn reply_key(&self) -> Ct6Key {
-        Ct6Key {
-            saddr: self.backend.ip().octets(),
-            daddr: self.client.ip().octets(),
-            sport: self.backend.port(),
-            dport: self.client.port(),
-            proto: self.proto,
-            dir: CT_DIR_REPLY,
-            pad: 0,
-        }
-    }
-
-    /// Both conntrack entries: NAT to the backend, and back to the VIP.
-    fn entries(&self) -> [(Ct6Key, Ct6Value); 2] {
-        let value = |nat: SocketAddrV6, flags| Ct6Value {
-            nat_addr: nat.ip().octets(),
-            nat_port: nat.port(),
-            flags,
-            pad: 0,
-            backend_id: self.backend_id,
-            svc_id: self.svc_id,
-            pad3: 0,
-            created_ns: self.created_ns,
-            expires_ns: self.expires_ns,
-            seq_next: 0,
-            peer_addr: self.client.ip().octets(),
-            peer_port: self.client.port(),
-            pad2: 0,
-        };
-        [
-            (self.service_key(), value(self.backend, self.flags)),
-            (self.reply_key(), value(self.vip, self.flags & CT_F_REPLIED)),
-        ]
-    }
+    dp.add_service6(WEB, IPPROTO_TCP, WEB_ID, &[(B1_ID, B1)])?;
+    dp.add_service6(DNS, IPPROTO_UDP, DNS_ID, &[(B2_ID, B2)])?;
+    dp.add_service6(EMPTY_TCP, IPPROTO_TCP, 3, &[])?;
+    dp.add_service6(EMPTY_UDP, IPPROTO_UDP, 4, &[])?;
+    Ok(())
 }
 
 /// A live flow: created a second ago, expires in an hour.
@@ -335,22 +145,6 @@ fn udp_flow() -> Flow6 {
     live_flow(CLIENT_UDP, DNS, B2, IPPROTO_UDP)
 }
 
-fn add_flow(f: &Flow6) -> Result<(), String> {
-    with6(|m| {
-        for (k, v) in f.entries() {
-            m.ct6
-                .insert(k, v, 0)
-                .map_err(|e| format!("seed flow {f:?}: {e}"))?;
-        }
-        Ok(())
-    })
-}
-
-/// A case seeding `flows` (both entries each).
-fn flows(c: Case, flows: Vec<Flow6>) -> Case {
-    c.seed(move |_| flows.iter().try_for_each(add_flow))
-}
-
 // ---------------------------------------------------------------------------
 // Packets
 // ---------------------------------------------------------------------------
@@ -372,22 +166,6 @@ fn udp(src: SocketAddrV6, dst: SocketAddrV6) -> P6 {
         .hop_limit(61)
         .flow_label(0xa_bcde)
         .payload(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00")
-}
-
-/// `p` with its destination rewritten to `to`, everything else (MACs, hop
-/// limit, traffic class, flow label, extension headers, payload) unchanged;
-/// checksums recomputed.
-fn dnat(p: &P6, to: SocketAddrV6) -> P6 {
-    let (sport, _) = p.l4_ports();
-    p.clone().addrs(p.ip.src, *to.ip()).ports(sport, to.port())
-}
-
-/// `p` with its source rewritten to `from`.
-fn snat(p: &P6, from: SocketAddrV6) -> P6 {
-    let (_, dport) = p.l4_ports();
-    p.clone()
-        .addrs(*from.ip(), p.ip.dst)
-        .ports(from.port(), dport)
 }
 
 /// The TCP reset the datapath answers `p` with (the IPv4 reject's rules:
@@ -416,36 +194,6 @@ fn expected_port_unreachable(p: &P6) -> Vec<u8> {
         .build()
 }
 
-/// `p` (UDP, even payload) with two payload bytes appended so that the UDP
-/// checksum of `translate(p)` computes to zero, which must be sent as
-/// 0xffff.
-fn forcing_zero_sum(p: P6, translate: impl Fn(&P6) -> P6) -> P6 {
-    let mut payload = p.payload.clone();
-    assert!(
-        payload.len().is_multiple_of(2),
-        "the two bytes must be a word"
-    );
-    payload.extend_from_slice(&[0, 0]);
-    let trial = translate(&p.clone().payload(&payload)).build();
-    let c = parse(&trial)
-        .and_then(|f| Ok(f.ip6()?.udp()?.checksum))
-        .expect("a UDP/IPv6 datagram");
-    let n = payload.len();
-    payload[n - 2..].copy_from_slice(&c.to_be_bytes());
-    p.payload(&payload)
-}
-
-/// The output's UDP checksum is `want`.
-fn udp_checksum_is(want: u16) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
-    move |_, _, out| {
-        let c = parse(out)?.ip6()?.udp()?.checksum;
-        if c != want {
-            return Err(format!("UDP checksum {c:#06x}, want {want:#06x}"));
-        }
-        Ok(())
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The table's shape (the runner is svcnat_testkit::fixture)
 // ---------------------------------------------------------------------------
@@ -464,14 +212,6 @@ fn egress(input: Vec<u8>) -> Step {
 // Map effect checks
 // ---------------------------------------------------------------------------
 
-fn ct_get(key: &Ct6Key) -> Result<Ct6Value, String> {
-    with6(|m| {
-        m.ct6
-            .get(key, 0)
-            .map_err(|e| format!("conntrack entry {key:?} missing: {e}"))
-    })
-}
-
 /// What a newly created flow must look like.
 #[derive(Clone, Copy)]
 struct NewFlow {
@@ -485,7 +225,7 @@ struct NewFlow {
     flags: u8,
 }
 
-fn check_new_flow(w: Window, n: NewFlow) -> Result<(), String> {
+fn check_new_flow(dp: &TestDatapath, w: Window, n: NewFlow) -> Result<(), String> {
     let flow = Flow6 {
         client: n.client,
         vip: n.vip,
@@ -497,7 +237,7 @@ fn check_new_flow(w: Window, n: NewFlow) -> Result<(), String> {
         created_ns: 0,
         expires_ns: 0,
     };
-    let s = ct_get(&flow.service_key())?;
+    let s = ct_get(dp, &flow.service_key())?;
     let want = (
         n.backend.ip().octets(),
         n.backend.port(),
@@ -530,7 +270,7 @@ fn check_new_flow(w: Window, n: NewFlow) -> Result<(), String> {
             s.peer_addr, s.peer_port
         ));
     }
-    let r = ct_get(&flow.reply_key())?;
+    let r = ct_get(dp, &flow.reply_key())?;
     let want = (n.vip.ip().octets(), n.vip.port(), n.backend_id, n.svc_id);
     let got = (r.nat_addr, r.nat_port, r.backend_id, r.svc_id);
     if got != want {
@@ -545,7 +285,7 @@ fn check_new_flow(w: Window, n: NewFlow) -> Result<(), String> {
 }
 
 fn new_flow(n: NewFlow) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
-    move |_, w, _| check_new_flow(w, n)
+    move |dp, w, _| check_new_flow(dp, w, n)
 }
 
 /// A new TCP flow: its entry knows the client's sequence number (`CT_F_SEQ`).
@@ -581,8 +321,8 @@ fn ct_flags(
     set: u8,
     clear: u8,
 ) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
-    move |_, _, _| {
-        let v = ct_get(&flow.service_key())?;
+    move |dp, _, _| {
+        let v = ct_get(dp, &flow.service_key())?;
         if v.flags & set != set || v.flags & clear != 0 {
             return Err(format!(
                 "service entry flags {:#04x}: want {set:#04x} set and {clear:#04x} clear",
@@ -591,58 +331,6 @@ fn ct_flags(
         }
         Ok(())
     }
-}
-
-/// The IPv6 conntrack map holds exactly `n` entries.
-fn ct_count(n: usize) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
-    move |_, _, _| {
-        let got = with6(|m| Ok(m.ct6.keys().count()))?;
-        if got != n {
-            return Err(format!("IPv6 conntrack holds {got} entries, want {n}"));
-        }
-        Ok(())
-    }
-}
-
-fn frag_key(saddr: Ipv6Addr, daddr: Ipv6Addr, id: u32, proto: u8, dir: u8) -> Frag6Key {
-    Frag6Key {
-        saddr: saddr.octets(),
-        daddr: daddr.octets(),
-        id,
-        proto,
-        dir,
-        pad: 0,
-    }
-}
-
-fn frag_entry(
-    key: Frag6Key,
-    want: Option<Ipv6Addr>,
-) -> impl Fn(&TestDatapath, Window, &[u8]) -> Result<(), String> {
-    move |_, _, _| {
-        let got = with6(|m| Ok(m.frag6.get(&key, 0).ok().map(|v| Ipv6Addr::from(v.addr))))?;
-        if got != want {
-            return Err(format!("fragment entry {key:?} = {got:?}, want {want:?}"));
-        }
-        Ok(())
-    }
-}
-
-fn seed_frag(key: Frag6Key, to: Ipv6Addr) -> impl Fn(&mut TestDatapath) -> Result<(), String> {
-    move |_| {
-        with6(|m| {
-            m.frag6
-                .insert(key, Frag6Value { addr: to.octets() }, 0)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-/// The output's source and destination (TCP or UDP).
-fn ends(out: &[u8]) -> Result<(SocketAddrV6, SocketAddrV6), String> {
-    let p = parse(out)?;
-    let ip = p.ip6()?;
-    Ok((ip.source()?, ip.destination()?))
 }
 
 // ---------------------------------------------------------------------------
@@ -705,16 +393,15 @@ fn passed_cases() -> Vec<Case> {
             )
             .untouched(Reason::PassNotService),
         ),
-        flows(
-            case("egress: reply of no known flow passes untouched"),
-            vec![tcp_flow()],
-        )
-        .step(egress(tcp(B3, CLIENT, TCP_SYN | TCP_ACK).build()).untouched(Reason::PassNotService)),
-        flows(
-            case("egress: a client's own tuple is not a reply"),
-            vec![tcp_flow()],
-        )
-        .step(egress(tcp(CLIENT, WEB, TCP_ACK).build()).untouched(Reason::PassNotService)),
+        case("egress: reply of no known flow passes untouched")
+            .flows6(vec![tcp_flow()])
+            .step(
+                egress(tcp(B3, CLIENT, TCP_SYN | TCP_ACK).build())
+                    .untouched(Reason::PassNotService),
+            ),
+        case("egress: a client's own tuple is not a reply")
+            .flows6(vec![tcp_flow()])
+            .step(egress(tcp(CLIENT, WEB, TCP_ACK).build()).untouched(Reason::PassNotService)),
     ]
 }
 
@@ -745,14 +432,12 @@ fn malformed_cases() -> Vec<Case> {
             ingress(tcp(CLIENT, WEB, TCP_SYN).hop_by_hop(&[0; 12]).build()[..14 + 40 + 8].to_vec())
                 .dropped(Reason::DropTruncated),
         ),
-        flows(
-            case("egress: UDP reply with a truncated header is dropped"),
-            vec![udp_flow()],
-        )
-        .step(
-            egress(udp(B2, CLIENT_UDP).build()[..14 + 40 + 4].to_vec())
-                .dropped(Reason::DropTruncated),
-        ),
+        case("egress: UDP reply with a truncated header is dropped")
+            .flows6(vec![udp_flow()])
+            .step(
+                egress(udp(B2, CLIENT_UDP).build()[..14 + 40 + 4].to_vec())
+                    .dropped(Reason::DropTruncated),
+            ),
         case("a frame of ethertype IPv6 holding IPv4 bytes is dropped").step(
             ingress(ethernet_frame(GW_MAC, POD_MAC, 0x86dd, &[0x45; 60]))
                 .dropped(Reason::DropTruncated),
@@ -788,16 +473,14 @@ fn flow_cases() -> Vec<Case> {
         let ack = tcp(CLIENT, WEB, TCP_ACK).payload(b"hello");
         let flow = tcp_flow();
         t.push(
-            flows(
-                case("TCP ACK of an established flow: DNAT, marks SEEN_NON_SYN"),
-                vec![flow],
-            )
-            .step(
-                ingress(ack.build())
-                    .passed(dnat(&ack, B1).build(), Reason::DnatEstablished)
-                    .effect(ct_flags(flow, CT_F_SEEN_NON_SYN, 0))
-                    .effect(ct_count(2)),
-            ),
+            case("TCP ACK of an established flow: DNAT, marks SEEN_NON_SYN")
+                .flows6(vec![flow])
+                .step(
+                    ingress(ack.build())
+                        .passed(dnat(&ack, B1).build(), Reason::DnatEstablished)
+                        .effect(ct_flags(flow, CT_F_SEEN_NON_SYN, 0))
+                        .effect(ct_count(2)),
+                ),
         );
     }
     {
@@ -810,8 +493,8 @@ fn flow_cases() -> Vec<Case> {
         t.push(
             case("established flow keeps its backend after the backend set changes")
                 .seed(move |dp| {
-                    add_service(dp, WEB, IPPROTO_TCP, WEB_ID, &[(B3_ID, B3)])?;
-                    add_flow(&flow)
+                    dp.add_service6(WEB, IPPROTO_TCP, WEB_ID, &[(B3_ID, B3)])?;
+                    Ok(dp.add_flow6(&flow)?)
                 })
                 .step(ingress(ack.build()).passed(dnat(&ack, B4).build(), Reason::DnatEstablished)),
         );
@@ -829,7 +512,8 @@ fn flow_cases() -> Vec<Case> {
     {
         let q = udp(CLIENT_UDP, DNS).payload(b"second query");
         t.push(
-            flows(case("UDP of an established flow: DNAT"), vec![udp_flow()])
+            case("UDP of an established flow: DNAT")
+                .flows6(vec![udp_flow()])
                 .step(ingress(q.build()).passed(dnat(&q, B2).build(), Reason::DnatEstablished)),
         );
     }
@@ -838,7 +522,7 @@ fn flow_cases() -> Vec<Case> {
         let backends = [(B1_ID, B1), (B3_ID, B3), (B4_ID, B4)];
         t.push(
             case("TCP SYN to a service with three backends: DNAT to one of them")
-                .seed(move |dp| add_service(dp, WEB, IPPROTO_TCP, WEB_ID, &backends))
+                .seed(move |dp| Ok(dp.add_service6(WEB, IPPROTO_TCP, WEB_ID, &backends)?))
                 .step(
                     ingress(syn.build())
                         .expect(
@@ -857,14 +541,14 @@ fn flow_cases() -> Vec<Case> {
                             })),
                             Reason::DnatNew,
                         )
-                        .effect(move |_, w, out| {
+                        .effect(move |dp, w, out| {
                             let (_, to) = ends(out)?;
                             let (id, addr) = backends
                                 .iter()
                                 .copied()
                                 .find(|(_, a)| *a == to)
                                 .ok_or("not a backend")?;
-                            check_new_flow(w, new_tcp_flow(addr, id, 0))
+                            check_new_flow(dp, w, new_tcp_flow(addr, id, 0))
                         }),
                 ),
         );
@@ -874,21 +558,19 @@ fn flow_cases() -> Vec<Case> {
     {
         let synack = tcp(B1, CLIENT, TCP_SYN | TCP_ACK).macs(GW_MAC, POD_MAC);
         t.push(
-            flows(
-                case("egress: TCP SYN-ACK from the backend is reverse-NATed to the VIP"),
-                vec![tcp_flow()],
-            )
-            .step(egress(synack.build()).passed(snat(&synack, WEB).build(), Reason::RevnatReply)),
+            case("egress: TCP SYN-ACK from the backend is reverse-NATed to the VIP")
+                .flows6(vec![tcp_flow()])
+                .step(
+                    egress(synack.build()).passed(snat(&synack, WEB).build(), Reason::RevnatReply),
+                ),
         );
     }
     {
         let ans = udp(B2, CLIENT_UDP).payload(b"answer: 2001:db8::1");
         t.push(
-            flows(
-                case("egress: UDP reply is reverse-NATed to the VIP"),
-                vec![udp_flow()],
-            )
-            .step(egress(ans.build()).passed(snat(&ans, DNS).build(), Reason::RevnatReply)),
+            case("egress: UDP reply is reverse-NATed to the VIP")
+                .flows6(vec![udp_flow()])
+                .step(egress(ans.build()).passed(snat(&ans, DNS).build(), Reason::RevnatReply)),
         );
     }
 
@@ -901,13 +583,12 @@ fn flow_cases() -> Vec<Case> {
         ),
     );
     t.push(
-        flows(
-            case("egress: UDP reply with checksum 0 is invalid over IPv6: dropped"),
-            vec![udp_flow()],
-        )
-        .step(
-            egress(udp(B2, CLIENT_UDP).udp_zero_checksum().build()).dropped(Reason::DropTruncated),
-        ),
+        case("egress: UDP reply with checksum 0 is invalid over IPv6: dropped")
+            .flows6(vec![udp_flow()])
+            .step(
+                egress(udp(B2, CLIENT_UDP).udp_zero_checksum().build())
+                    .dropped(Reason::DropTruncated),
+            ),
     );
     {
         let q = forcing_zero_sum(udp(CLIENT_UDP, DNS), |p| dnat(p, B2));
@@ -922,15 +603,13 @@ fn flow_cases() -> Vec<Case> {
     {
         let ans = forcing_zero_sum(udp(B2, CLIENT_UDP), |p| snat(p, DNS));
         t.push(
-            flows(
-                case("egress: UDP reply whose reverse-NATed checksum sums to zero carries 0xffff"),
-                vec![udp_flow()],
-            )
-            .step(
-                egress(ans.build())
-                    .passed(snat(&ans, DNS).build(), Reason::RevnatReply)
-                    .effect(udp_checksum_is(0xffff)),
-            ),
+            case("egress: UDP reply whose reverse-NATed checksum sums to zero carries 0xffff")
+                .flows6(vec![udp_flow()])
+                .step(
+                    egress(ans.build())
+                        .passed(snat(&ans, DNS).build(), Reason::RevnatReply)
+                        .effect(udp_checksum_is(0xffff)),
+                ),
         );
     }
     t
@@ -1140,11 +819,11 @@ fn extension_cases() -> Vec<Case> {
             .macs(GW_MAC, POD_MAC)
             .destination_options(&[0x1e, 1, 0]);
         t.push(
-            flows(
-                case("egress: a reply after destination options is reverse-NATed"),
-                vec![tcp_flow()],
-            )
-            .step(egress(synack.build()).passed(snat(&synack, WEB).build(), Reason::RevnatReply)),
+            case("egress: a reply after destination options is reverse-NATed")
+                .flows6(vec![tcp_flow()])
+                .step(
+                    egress(synack.build()).passed(snat(&synack, WEB).build(), Reason::RevnatReply),
+                ),
         );
     }
     {
@@ -1221,12 +900,10 @@ fn fragment_cases() -> Vec<Case> {
         let frags = fragment6(&full.build(), 128, 0x99);
         let want = fragment6(&dnat(&full, B1).build(), 128, 0x99);
         t.push(
-            flows(
-                case("TCP fragments of an established flow: first DNATed, second follows"),
-                vec![tcp_flow()],
-            )
-            .step(ingress(frags[0].clone()).passed(want[0].clone(), Reason::DnatEstablished))
-            .step(ingress(frags[1].clone()).passed(want[1].clone(), Reason::NatFragment)),
+            case("TCP fragments of an established flow: first DNATed, second follows")
+                .flows6(vec![tcp_flow()])
+                .step(ingress(frags[0].clone()).passed(want[0].clone(), Reason::DnatEstablished))
+                .step(ingress(frags[1].clone()).passed(want[1].clone(), Reason::NatFragment)),
         );
     }
     {
@@ -1280,27 +957,23 @@ fn fragment_cases() -> Vec<Case> {
             FRAG_DIR_REVNAT_SRC,
         );
         t.push(
-            flows(
-                case("egress: reply fragments: first reverse-NATed and tracked, second follows"),
-                vec![udp_flow()],
-            )
-            .step(
-                egress(frags[0].clone())
-                    .passed(want[0].clone(), Reason::RevnatReply)
-                    .effect(frag_entry(key, Some(VIP))),
-            )
-            .step(egress(frags[1].clone()).passed(want[1].clone(), Reason::NatFragment)),
+            case("egress: reply fragments: first reverse-NATed and tracked, second follows")
+                .flows6(vec![udp_flow()])
+                .step(
+                    egress(frags[0].clone())
+                        .passed(want[0].clone(), Reason::RevnatReply)
+                        .effect(frag_entry(key, Some(VIP))),
+                )
+                .step(egress(frags[1].clone()).passed(want[1].clone(), Reason::NatFragment)),
         );
     }
     {
         let full = udp(B2, CLIENT_UDP).payload(&[0x78; 200]);
         let frags = fragment6(&full.build(), 128, 0x5252);
         t.push(
-            flows(
-                case("egress: untracked later reply fragment passes untouched"),
-                vec![udp_flow()],
-            )
-            .step(egress(frags[1].clone()).untouched(Reason::PassFragmentUntracked)),
+            case("egress: untracked later reply fragment passes untouched")
+                .flows6(vec![udp_flow()])
+                .step(egress(frags[1].clone()).untouched(Reason::PassFragmentUntracked)),
         );
     }
     t
@@ -1320,11 +993,9 @@ fn icmp_error_cases() -> Vec<Case> {
         let want = PacketBuilder::packet_too_big(ROUTER, CLIENT_IP, 1280, &dnat(&inner, WEB))
             .macs(GW_MAC, POD_MAC);
         t.push(
-            flows(
-                case("egress: Packet Too Big from a router about a TCP flow: inner reverse-NATed"),
-                vec![tcp_flow()],
-            )
-            .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
+            case("egress: Packet Too Big from a router about a TCP flow: inner reverse-NATed")
+                .flows6(vec![tcp_flow()])
+                .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
         );
     }
     {
@@ -1334,11 +1005,9 @@ fn icmp_error_cases() -> Vec<Case> {
         let want = PacketBuilder::packet_too_big(VIP, CLIENT_IP, 1400, &dnat(&inner, WEB))
             .macs(GW_MAC, POD_MAC);
         t.push(
-            flows(
-                case("egress: Packet Too Big from the backend: outer and inner reverse-NATed"),
-                vec![tcp_flow()],
-            )
-            .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
+            case("egress: Packet Too Big from the backend: outer and inner reverse-NATed")
+                .flows6(vec![tcp_flow()])
+                .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
         );
     }
     {
@@ -1360,11 +1029,9 @@ fn icmp_error_cases() -> Vec<Case> {
         )
         .macs(GW_MAC, POD_MAC);
         t.push(
-            flows(
-                case("egress: ICMPv6 port unreachable from the backend: outer and inner reverse-NATed"),
-                vec![udp_flow()],
-            )
-            .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
+            case("egress: ICMPv6 port unreachable from the backend: outer and inner reverse-NATed")
+                .flows6(vec![udp_flow()])
+                .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
         );
     }
     {
@@ -1380,11 +1047,9 @@ fn icmp_error_cases() -> Vec<Case> {
         )
         .macs(GW_MAC, POD_MAC);
         t.push(
-            flows(
-                case("egress: ICMPv6 time exceeded about a UDP flow: inner reverse-NATed"),
-                vec![udp_flow()],
-            )
-            .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
+            case("egress: ICMPv6 time exceeded about a UDP flow: inner reverse-NATed")
+                .flows6(vec![udp_flow()])
+                .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
         );
     }
     {
@@ -1392,11 +1057,9 @@ fn icmp_error_cases() -> Vec<Case> {
         let err =
             PacketBuilder::packet_too_big(ROUTER, CLIENT_IP, 1280, &inner).macs(GW_MAC, POD_MAC);
         t.push(
-            flows(
-                case("egress: ICMPv6 error about no known flow passes untouched"),
-                vec![tcp_flow()],
-            )
-            .step(egress(err.build()).untouched(Reason::PassNotService)),
+            case("egress: ICMPv6 error about no known flow passes untouched")
+                .flows6(vec![tcp_flow()])
+                .step(egress(err.build()).untouched(Reason::PassNotService)),
         );
     }
     t
@@ -1417,8 +1080,8 @@ fn conntrack_cases() -> Vec<Case> {
         t.push(
             case("NAT clash: the second frontend's flow gets a remapped client port")
                 .seed(move |dp| {
-                    add_service(dp, WEB2, IPPROTO_TCP, 5, &[(B1_ID, B1)])?;
-                    add_flow(&flow)
+                    dp.add_service6(WEB2, IPPROTO_TCP, 5, &[(B1_ID, B1)])?;
+                    Ok(dp.add_flow6(&flow)?)
                 })
                 .step(
                     ingress(syn.build())
@@ -1442,8 +1105,8 @@ fn conntrack_cases() -> Vec<Case> {
                             })),
                             Reason::DnatNewPortRemapped,
                         )
-                        .effect(move |_, _, _| {
-                            let r = ct_get(&flow.reply_key())?;
+                        .effect(move |dp, _, _| {
+                            let r = ct_get(dp, &flow.reply_key())?;
                             if (r.nat_addr, r.nat_port) != (VIP.octets(), WEB.port()) {
                                 return Err(format!("the first flow's reply entry now says {r:?}"));
                             }
@@ -1462,8 +1125,8 @@ fn conntrack_cases() -> Vec<Case> {
         t.push(
             case("no endpoints: an established flow keeps its backend, a new one is refused")
                 .seed(move |dp| {
-                    add_flow(&flow)?;
-                    add_service(dp, WEB, IPPROTO_TCP, WEB_ID, &[])
+                    dp.add_flow6(&flow)?;
+                    Ok(dp.add_service6(WEB, IPPROTO_TCP, WEB_ID, &[])?)
                 })
                 .step(ingress(ack.build()).passed(dnat(&ack, B1).build(), Reason::DnatEstablished))
                 .step(ingress(syn.build()).answered(
@@ -1510,22 +1173,13 @@ fn hairpin_cases() -> Vec<Case> {
     let syn = tcp(SELF, HP, TCP_SYN);
     let ack = tcp(SELF, HP, TCP_ACK);
     let service =
-        |dp: &mut TestDatapath| add_service(dp, HP, IPPROTO_TCP, 7, &[(77, SELF_BACKEND)]);
+        |dp: &mut TestDatapath| Ok(dp.add_service6(HP, IPPROTO_TCP, 7, &[(77, SELF_BACKEND)])?);
     vec![
         case("hairpin: a pod reaching itself through a service comes from the hairpin address")
             .seed(move |dp| {
                 service(dp)?;
-                with6(|m| {
-                    m.node6
-                        .insert(
-                            NODE6_HAIRPIN_KEY,
-                            NodeAddr6 {
-                                addr: HAIRPIN.octets(),
-                            },
-                            0,
-                        )
-                        .map_err(|e| format!("hairpin address: {e}"))
-                })
+                dp.set_node_address6(NODE6_HAIRPIN_KEY, HAIRPIN)
+                    .map_err(|e| format!("hairpin address: {e}"))
             })
             .step(ingress(syn.build()).bounced(
                 Reason::DnatNewHairpin,
@@ -1569,10 +1223,10 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn tc_fixtures_ipv6() {
-    skip_unless!(Needs::pinned());
+    skip_unless!(Needs::prog_run());
     let table = cases();
     assert!(table.len() >= 50, "the table has {} cases", table.len());
-    run_table_with(&table, load6, seed_world);
+    run_table(&table, seed_world);
 }
 
 /// The expected outputs are what they claim: every one the table compares

@@ -26,7 +26,7 @@ use proxy_common::{
 };
 use svcnat::dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup, migrate::CtValueV2};
 use svcnat_testkit::{
-    datapath::{TEST_RUN_IFINDEX, TcProgram, TestDatapath, test_map_sizes},
+    datapath::{Map6Error, TEST_RUN_IFINDEX, TcProgram, TestDatapath, test_map_sizes},
     netns::unique_tag,
     packet::{PacketBuilder, TCP_ACK, TCP_SYN, parse},
     skip::Needs,
@@ -311,6 +311,10 @@ fn flows_of_layout_3_survive_the_upgrade() {
     skip_unless!(Needs::prog_run());
     let dir = PinDir::new();
     let old = old_datapath::<CtValue>(&dir.0, 3);
+    assert!(
+        matches!(old.v6(), Err(Map6Error::NoIpv6Maps)),
+        "a layout-3 object loads, without IPv6 maps"
+    );
     let snat_port = old_flows(&old);
     let added: Vec<&str> = proxy_common::MAPS
         .iter()

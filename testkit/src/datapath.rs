@@ -3,10 +3,14 @@
 //! programs ready for [`crate::prog_run::test_run`], and helpers to seed the
 //! maps and read the stats. A test that loads it needs
 //! [`crate::skip::Needs::prog_run`].
+//!
+//! The IPv4 maps are fields of [`TestDatapath`]; the IPv6 ones ([`Maps6`],
+//! layout 4 on) are behind [`TestDatapath::v6`], since objects of earlier
+//! layouts (which upgrade tests load) have none.
 
 use std::{
     io,
-    net::SocketAddrV4,
+    net::{Ipv6Addr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsFd, BorrowedFd},
 };
 
@@ -19,9 +23,10 @@ use aya::{
     programs::{ProgramError, ProgramFd, SchedClassifier, Xdp},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend4, CT_F_SNAT, Ct4Key, CtValue, Frag4Key, Frag4Value,
-    NodeAddr4, Reason, RevNat4, SlotKey, SlotValue, Snat4Value, SrcRange4, StatValue, Svc4Key,
-    SvcValue, map_names, program_names,
+    Affinity6Key, AffinityKey, AffinityValue, Backend4, Backend6, CT_F_SNAT, Ct4Key, Ct6Key,
+    Ct6Value, CtValue, Frag4Key, Frag4Value, Frag6Key, Frag6Value, NodeAddr4, NodeAddr6, Reason,
+    RevNat4, SlotKey, SlotValue, Snat4Value, Snat6Value, SrcRange4, SrcRange6, StatValue, Svc4Key,
+    Svc6Key, SvcValue, map_names, program_names,
 };
 
 use svcnat::dataplane::MapSizes;
@@ -170,6 +175,70 @@ pub struct TestDatapath<C: aya::Pod = CtValue> {
     pub affinity4: HashMap<MapData, AffinityKey, AffinityValue>,
     /// Source ranges.
     pub srcrange4: LpmTrie<MapData, SrcRange4, u32>,
+    /// The IPv6 maps, when the object has them (see [`Self::v6`]).
+    maps6: Option<Maps6>,
+}
+
+/// The IPv6 maps of a loaded object (layout 4 on), as the `*4` fields of
+/// [`TestDatapath`] for IPv4. Service ids, slots and stats are shared with
+/// IPv4 and stay in [`TestDatapath`].
+pub struct Maps6 {
+    /// Service frontends and VIP markers.
+    pub svc6: HashMap<MapData, Svc6Key, SvcValue>,
+    /// Backends (one id space with IPv4's).
+    pub backend6: HashMap<MapData, u32, Backend6>,
+    /// Conntrack (LRU).
+    pub ct6: HashMap<MapData, Ct6Key, Ct6Value>,
+    /// Fragment trains (LRU).
+    pub frag6: HashMap<MapData, Frag6Key, Frag6Value>,
+    /// SNAT of node-port, hairpin and remapped flows (LRU).
+    pub snat6: HashMap<MapData, Ct6Key, Snat6Value>,
+    /// Node interface addresses; key `NODE6_HAIRPIN_KEY` holds the hairpin
+    /// address.
+    pub node6: HashMap<MapData, u32, NodeAddr6>,
+    /// Session affinity (LRU).
+    pub affinity6: HashMap<MapData, Affinity6Key, AffinityValue>,
+    /// Source ranges.
+    pub srcrange6: LpmTrie<MapData, SrcRange6, u32>,
+}
+
+impl Maps6 {
+    /// The IPv6 maps taken out of `ebpf`; `None` when it has none (an
+    /// object of a layout before 4), an error when it has only some.
+    fn take(ebpf: &mut Ebpf) -> Result<Option<Self>, LoadError> {
+        if ebpf.map(map_names::SVC6).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Maps6 {
+            svc6: take(ebpf, map_names::SVC6, HashMap::try_from)?,
+            backend6: take(ebpf, map_names::BACKEND6, HashMap::try_from)?,
+            ct6: take(ebpf, map_names::CT6, HashMap::try_from)?,
+            frag6: take(ebpf, map_names::FRAG6, HashMap::try_from)?,
+            snat6: take(ebpf, map_names::SNAT6, HashMap::try_from)?,
+            node6: take(ebpf, map_names::NODE6, HashMap::try_from)?,
+            affinity6: take(ebpf, map_names::AFFINITY6, HashMap::try_from)?,
+            srcrange6: take(ebpf, map_names::SRCRANGE6, LpmTrie::try_from)?,
+        }))
+    }
+}
+
+/// Why an IPv6 map of a [`TestDatapath`] could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum Map6Error {
+    /// The loaded object has no IPv6 maps: it is of a layout before 4.
+    #[error("the loaded eBPF object has no IPv6 maps (an object of a layout before 4)")]
+    NoIpv6Maps,
+    /// The map operation failed.
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
+/// So that `?` works on [`TestDatapath::v6`] and the IPv6 seed helpers in
+/// fixture seeds and checks, which return `Result<_, String>`.
+impl From<Map6Error> for String {
+    fn from(e: Map6Error) -> String {
+        e.to_string()
+    }
 }
 
 pub use svcnat::inspect::monotonic_ns;
@@ -269,7 +338,24 @@ impl TestDatapath {
         clear(&mut self.ct4)?;
         clear(&mut self.snat4)?;
         clear(&mut self.affinity4)?;
-        clear(&mut self.frag4)
+        clear(&mut self.frag4)?;
+        if let Some(m) = self.maps6.as_mut() {
+            clear(&mut m.ct6)?;
+            clear(&mut m.snat6)?;
+            clear(&mut m.affinity6)?;
+            clear(&mut m.frag6)?;
+        }
+        Ok(())
+    }
+
+    /// Writes both conntrack entries of a translated IPv6 flow (see
+    /// [`ct6_pair`]).
+    pub fn add_flow6(&mut self, flow: &Flow6) -> Result<(), Map6Error> {
+        let m = self.v6_mut()?;
+        for (k, v) in ct6_pair(flow) {
+            m.ct6.insert(k, v, 0)?;
+        }
+        Ok(())
     }
 }
 
@@ -329,12 +415,24 @@ impl<C: aya::Pod> TestDatapath<C> {
             node4: take(&mut ebpf, map_names::NODE4, HashMap::try_from)?,
             affinity4: take(&mut ebpf, map_names::AFFINITY4, HashMap::try_from)?,
             srcrange4: take(&mut ebpf, map_names::SRCRANGE4, LpmTrie::try_from)?,
+            maps6: Maps6::take(&mut ebpf)?,
             _ebpf: ebpf,
             ingress,
             egress,
             node_xdp,
             node_egress,
         })
+    }
+
+    /// The IPv6 maps; [`Map6Error::NoIpv6Maps`] for an object of a layout
+    /// before 4, which has none.
+    pub fn v6(&self) -> Result<&Maps6, Map6Error> {
+        self.maps6.as_ref().ok_or(Map6Error::NoIpv6Maps)
+    }
+
+    /// [`Self::v6`], to write them.
+    pub fn v6_mut(&mut self) -> Result<&mut Maps6, Map6Error> {
+        self.maps6.as_mut().ok_or(Map6Error::NoIpv6Maps)
     }
 
     /// The fd of a loaded program.
@@ -498,6 +596,124 @@ impl<C: aya::Pod> TestDatapath<C> {
             0,
         )
     }
+
+    /// [`Self::add_service`] for IPv6: frontend `vip` (`proto`, scope
+    /// external, no flags) with id `svc_id` and the `(backend id, address)`
+    /// backends in slots 1..=n, and its VIP marker entry.
+    pub fn add_service6(
+        &mut self,
+        vip: SocketAddrV6,
+        proto: u8,
+        svc_id: u32,
+        backends: &[(u32, SocketAddrV6)],
+    ) -> Result<(), Map6Error> {
+        let backends: Vec<(u32, SocketAddrV6, u8)> =
+            backends.iter().map(|(id, addr)| (*id, *addr, 0)).collect();
+        self.add_frontend6(
+            vip,
+            proto,
+            proxy_common::SCOPE_EXTERNAL,
+            svc_id,
+            0,
+            0,
+            &backends,
+        )?;
+        self.add_vip_marker6(vip)
+    }
+
+    /// [`Self::add_frontend`] for IPv6: a frontend entry of `scope` with
+    /// `flags` and session affinity `affinity_timeout`, and its backends
+    /// `(id, address, BACKEND_FLAG_*)` in slots 1..=n, in the datapath's
+    /// safe order (backends, slots, then the frontend). IPv6 has no reverse
+    /// NAT map; no VIP marker (see [`Self::add_vip_marker6`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a seed helper mirroring the map fields"
+    )]
+    pub fn add_frontend6(
+        &mut self,
+        vip: SocketAddrV6,
+        proto: u8,
+        scope: u8,
+        svc_id: u32,
+        flags: u16,
+        affinity_timeout: u32,
+        backends: &[(u32, SocketAddrV6, u8)],
+    ) -> Result<(), Map6Error> {
+        for (slot, (id, addr, bflags)) in backends.iter().enumerate() {
+            self.v6_mut()?.backend6.insert(
+                id,
+                Backend6 {
+                    addr: addr.ip().octets(),
+                    port: addr.port(),
+                    proto,
+                    flags: *bflags,
+                },
+                0,
+            )?;
+            let slot = u32::try_from(slot + 1).expect("few backends");
+            self.slots
+                .insert(SlotKey { svc_id, slot }, SlotValue { backend_id: *id }, 0)?;
+        }
+        self.v6_mut()?.svc6.insert(
+            Svc6Key {
+                vip: vip.ip().octets(),
+                port: vip.port(),
+                proto,
+                scope,
+            },
+            SvcValue {
+                svc_id,
+                count: u16::try_from(backends.len()).expect("few backends"),
+                flags,
+                affinity_timeout,
+                pad: 0,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Writes the marker entry that makes `vip`'s address a known IPv6 VIP.
+    pub fn add_vip_marker6(&mut self, vip: SocketAddrV6) -> Result<(), Map6Error> {
+        self.v6_mut()?.svc6.insert(
+            Svc6Key::vip_marker(vip.ip().octets()),
+            SvcValue::VIP_MARKER,
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Records `addr` as the IPv6 address of interface `ifindex` (key
+    /// `NODE6_HAIRPIN_KEY`: the hairpin address).
+    pub fn set_node_address6(&mut self, ifindex: u32, addr: Ipv6Addr) -> Result<(), Map6Error> {
+        self.v6_mut()?.node6.insert(
+            ifindex,
+            NodeAddr6 {
+                addr: addr.octets(),
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Admits IPv6 clients in `net/len` to service `svc_id`.
+    pub fn add_source_range6(
+        &mut self,
+        svc_id: u32,
+        net: Ipv6Addr,
+        len: u8,
+    ) -> Result<(), Map6Error> {
+        let key = Key::new(
+            32 + u32::from(len),
+            SrcRange6 {
+                svc_id: svc_id.to_be_bytes(),
+                addr: net.octets(),
+            },
+        );
+        self.v6_mut()?.srcrange6.insert(&key, 1, 0)?;
+        Ok(())
+    }
 }
 
 /// A translated flow, to seed or to look up its conntrack entries.
@@ -597,4 +813,94 @@ fn snat4_value(addr: SocketAddrV4) -> Snat4Value {
         port: addr.port(),
         stamp: 0,
     }
+}
+
+/// A translated IPv6 flow, to seed or to look up its conntrack entries (as
+/// [`Flow`] for IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow6 {
+    /// The client's address and port.
+    pub client: SocketAddrV6,
+    /// The service frontend the client sent to.
+    pub vip: SocketAddrV6,
+    /// The backend the flow is pinned to.
+    pub backend: SocketAddrV6,
+    /// IP protocol.
+    pub proto: u8,
+    /// Backend id.
+    pub backend_id: u32,
+    /// Service id.
+    pub svc_id: u32,
+    /// `CT_F_*` flags of the service-direction entry (the reply entry gets
+    /// only `CT_F_REPLIED` of them). No sequence numbers are known.
+    pub flags: u8,
+    /// Creation time (`CLOCK_MONOTONIC` ns).
+    pub created_ns: u64,
+    /// Expiry time (`CLOCK_MONOTONIC` ns; 1 makes an expired entry).
+    pub expires_ns: u64,
+}
+
+impl Flow6 {
+    /// The key of the service-direction entry (client -> VIP).
+    pub fn service_key(&self) -> Ct6Key {
+        Ct6Key {
+            saddr: self.client.ip().octets(),
+            daddr: self.vip.ip().octets(),
+            sport: self.client.port(),
+            dport: self.vip.port(),
+            proto: self.proto,
+            dir: proxy_common::CT_DIR_SERVICE,
+            pad: 0,
+        }
+    }
+
+    /// The key of the reply-direction entry when the backend sees the
+    /// flow come from `via` (source NAT): backend -> `via`.
+    pub fn snat_reply_key(&self, via: SocketAddrV6) -> Ct6Key {
+        Ct6Key {
+            daddr: via.ip().octets(),
+            dport: via.port(),
+            ..self.reply_key()
+        }
+    }
+
+    /// The key of the reply-direction entry (backend -> client).
+    pub fn reply_key(&self) -> Ct6Key {
+        Ct6Key {
+            saddr: self.backend.ip().octets(),
+            daddr: self.client.ip().octets(),
+            sport: self.backend.port(),
+            dport: self.client.port(),
+            proto: self.proto,
+            dir: proxy_common::CT_DIR_REPLY,
+            pad: 0,
+        }
+    }
+}
+
+/// The two conntrack entries of `flow` (as [`ct4_pair`]): the service entry
+/// (NAT to the backend) and the reply entry (NAT back to the VIP).
+pub fn ct6_pair(flow: &Flow6) -> [(Ct6Key, Ct6Value); 2] {
+    let value = |nat: SocketAddrV6, flags| Ct6Value {
+        nat_addr: nat.ip().octets(),
+        nat_port: nat.port(),
+        flags,
+        pad: 0,
+        backend_id: flow.backend_id,
+        svc_id: flow.svc_id,
+        pad3: 0,
+        created_ns: flow.created_ns,
+        expires_ns: flow.expires_ns,
+        seq_next: 0,
+        peer_addr: flow.client.ip().octets(),
+        peer_port: flow.client.port(),
+        pad2: 0,
+    };
+    [
+        (flow.service_key(), value(flow.backend, flow.flags)),
+        (
+            flow.reply_key(),
+            value(flow.vip, flow.flags & proxy_common::CT_F_REPLIED),
+        ),
+    ]
 }

@@ -3,8 +3,9 @@
 //! verdict, expected output, expected stats reason, map effects}}, run
 //! through `BPF_PROG_TEST_RUN` on a fresh [`TestDatapath`] per case.
 //!
-//! The tables live in the test files (`tests/fixtures.rs` for the pod
-//! programs, `tests/fixtures_node.rs` for the node programs); this module
+//! The tables live in the test files (`tests/fixtures.rs` and
+//! `tests/fixtures6.rs` for the pod programs, `tests/fixtures_node.rs` and
+//! `tests/fixtures_node6.rs` for the node programs); this module
 //! only gives their shape ([`Case`], [`Step`], [`Expect`]) and runs them
 //! ([`run_table`]). A step's input and output check may depend on the
 //! previous step's output (say a SNAT port the datapath chose at random).
@@ -19,8 +20,8 @@ use proxy_common::{Reason, StatValue};
 
 use crate::{
     datapath::{
-        Flow, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, TcProgram, TestDatapath, XDP_DROP, XDP_PASS,
-        XDP_TX, monotonic_ns,
+        Flow, Flow6, TC_ACT_REDIRECT, TC_ACT_SHOT, TCX_NEXT, TcProgram, TestDatapath, XDP_DROP,
+        XDP_PASS, XDP_TX, monotonic_ns,
     },
     packet::{checksums_ok, parse},
 };
@@ -224,6 +225,17 @@ impl Case {
         })
     }
 
+    /// Seeds both conntrack entries of each of the IPv6 `flows`.
+    pub fn flows6(self, flows: Vec<Flow6>) -> Self {
+        self.seed(move |dp| {
+            for f in &flows {
+                dp.add_flow6(f)
+                    .map_err(|e| format!("seed flow {f:?}: {e}"))?;
+            }
+            Ok(())
+        })
+    }
+
     /// Adds a step.
     pub fn step(mut self, s: Step) -> Self {
         self.steps.push(s);
@@ -243,8 +255,7 @@ pub fn run_table(table: &[Case], world: impl Fn(&mut TestDatapath) -> Result<(),
 }
 
 /// [`run_table`], each case on a datapath that `load` gives (for example
-/// one whose maps are pinned, for a test to open maps that
-/// [`TestDatapath`] does not hand out).
+/// one with other map sizes, or whose maps are pinned).
 pub fn run_table_with(
     table: &[Case],
     load: impl Fn() -> Result<TestDatapath, String>,

@@ -9,7 +9,8 @@
 //! - [`prog_run`]: `BPF_PROG_TEST_RUN` over `bpf(2)`.
 //! - [`datapath`]: the embedded datapath loaded with private maps, for
 //!   packet tests.
-//! - [`fixture`]: the runner of packet fixture tables.
+//! - [`fixture`]: the runner of packet fixture tables; [`fixture6`]: what
+//!   the IPv6 tables share.
 //! - [`netns`]: network namespaces and veths.
 //! - [`cluster`]: a multi-node cluster on one machine, made of namespaces,
 //!   running the real `svcnat run`.
@@ -17,6 +18,7 @@
 pub mod cluster;
 pub mod datapath;
 pub mod fixture;
+pub mod fixture6;
 pub mod netns;
 pub mod packet;
 pub mod prog_run;
