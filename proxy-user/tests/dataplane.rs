@@ -414,6 +414,68 @@ fn capacity_is_checked_before_anything_is_written() {
         .expect("exactly fits");
 }
 
+/// Each family has its own service and backend maps, each of the knob's
+/// size: a full IPv4 backend map leaves the IPv6 one its whole size, and
+/// the other way round; what each family uses is read back from the pins by
+/// a restarted agent, and freeing room in one family frees none in the
+/// other.
+#[test]
+fn each_family_has_maps_of_the_full_size() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new("full-families");
+    let sizes = MapSizes {
+        backends: 4,
+        services: 4,
+        ..small()
+    };
+    let (v4, v6) = (
+        [be(1), be(2), be(3), be(4)],
+        [be6(1), be6(2), be6(3), be6(4)],
+    );
+    let mut dp = Dataplane::open(&dir.config(sizes)).expect("open");
+    dp.upsert_service(fe(10, 80), &v4, &opts(0))
+        .expect("IPv4 fills its backend map");
+    dp.upsert_service(fe6(10, 80), &v6, &opts(0))
+        .expect("IPv6 has a backend map of its own");
+    for port in [81, 82] {
+        dp.upsert_service(fe(10, port), &v4, &opts(0))
+            .expect("shares the IPv4 backends");
+        dp.upsert_service(fe6(10, port), &v6, &opts(0))
+            .expect("shares the IPv6 backends");
+    }
+    drop(dp);
+    let mut dp = Dataplane::open(&dir.config(sizes)).expect("reopen on the pins");
+    let full = |dp: &mut Dataplane, fe: Frontend, b: BackendSpec, map: &str| {
+        let err = dp
+            .upsert_service(fe, &[b], &opts(0))
+            .expect_err("the family's map is full");
+        assert!(
+            matches!(&err, DataplaneError::MapFull { map: m, .. } if *m == map),
+            "{fe:?}: {err}"
+        );
+    };
+    // Three frontends and a VIP marker: each service map is full.
+    full(&mut dp, fe(11, 80), be(1), map_names::SVC4);
+    full(&mut dp, fe6(11, 80), be6(1), map_names::SVC6);
+    // A new backend on an existing frontend: each backend map is full.
+    full(&mut dp, fe(10, 80), be(5), map_names::BACKEND4);
+    full(&mut dp, fe6(10, 80), be6(5), map_names::BACKEND6);
+    // Room made in IPv4 is IPv4's only.
+    for port in [81, 82] {
+        dp.delete_service(&fe(10, port)).expect("delete");
+    }
+    dp.upsert_service(fe(10, 80), &[be(1), be(2), be(3)], &opts(0))
+        .expect("fewer backends");
+    dp.upsert_service(fe(10, 80), &[be(1), be(2), be(3), be(5)], &opts(0))
+        .expect("a freed IPv4 backend entry");
+    dp.upsert_service(fe(11, 80), &[be(1)], &opts(0))
+        .expect("a freed IPv4 service entry");
+    full(&mut dp, fe6(10, 80), be6(5), map_names::BACKEND6);
+    full(&mut dp, fe6(11, 80), be6(1), map_names::SVC6);
+    assert_eq!(count_entries(&dir, map_names::BACKEND4), 4);
+    assert_eq!(count_entries(&dir, map_names::BACKEND6), 4);
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")
 }

@@ -338,17 +338,18 @@ impl Dataplane {
                     port: b.port,
                     proto: b.proto,
                 };
-                let e = self.table.backends.entry(key).or_insert(BackendSlot {
-                    id: *id,
-                    flags: b.flags,
-                    refs: 0,
-                });
-                e.refs += 1;
-                self.table.backend_keys.insert(*id, key);
+                self.table.reference_backend(
+                    key,
+                    BackendSlot {
+                        id: *id,
+                        flags: b.flags,
+                        refs: 0,
+                    },
+                );
             }
             self.table.slot_count += ids.len();
             if e.scope == SCOPE_EXTERNAL && has_marker(v.flags) {
-                *self.table.vips.entry(fe.addr).or_default() += 1;
+                self.table.add_marker(fe.addr);
             }
             let label = self
                 .maps
@@ -358,7 +359,8 @@ impl Dataplane {
                 .unwrap_or_default();
             let mut r = ranges.remove(&v.svc_id).unwrap_or_default();
             r.sort();
-            self.table.scope_mut(e.scope).insert(
+            self.table.insert_mirror(
+                e.scope,
                 fe,
                 ServiceMirror {
                     svc_id: v.svc_id,

@@ -239,8 +239,27 @@ pub(super) fn slot_layout(old: &[u32], want: &[u32]) -> (Vec<u32>, Vec<SlotMove>
     (slots.into_iter().flatten().collect(), moves)
 }
 
+/// How full one family's maps are: each family has its own service and
+/// backend map, each of the size of its knob (`MapSizes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct FamilyUse {
+    /// Entries of the family's backend map.
+    pub(super) backends: usize,
+    /// Entries of the family's service map: frontends of both scopes and
+    /// VIP markers.
+    pub(super) services: usize,
+}
+
+/// The index of `addr`'s family in [`Table::family`].
+pub(super) fn family_index(addr: IpAddr) -> usize {
+    usize::from(addr.is_ipv6())
+}
+
 /// The mirror: every frontend of both scopes, the backends they name and
 /// their reference counts, the VIPs with a marker, and the ids in use.
+///
+/// The collections are changed through the methods below, which keep
+/// [`Table::family`] counting what each family's maps hold.
 #[derive(Default)]
 pub(super) struct Table {
     pub(super) services: BTreeMap<Frontend, ServiceMirror>,
@@ -249,6 +268,8 @@ pub(super) struct Table {
     pub(super) backends: StdHashMap<BackendKey, BackendSlot>,
     pub(super) backend_keys: StdHashMap<u32, BackendKey>,
     pub(super) vips: StdHashMap<IpAddr, u32>,
+    /// Use of each family's maps, IPv4 first ([`family_index`]).
+    pub(super) family: [FamilyUse; 2],
     pub(super) slot_count: usize,
     pub(super) svc_ids: Ids,
     pub(super) backend_ids: Ids,
@@ -258,6 +279,84 @@ pub(super) struct Table {
 }
 
 impl Table {
+    /// Records `fe`'s entry of `scope`; the one it replaces, if any.
+    pub(super) fn insert_mirror(
+        &mut self,
+        scope: u8,
+        fe: Frontend,
+        mirror: ServiceMirror,
+    ) -> Option<ServiceMirror> {
+        let f = family_index(fe.addr);
+        let old = self.scope_mut(scope).insert(fe, mirror);
+        if old.is_none() {
+            self.family[f].services += 1;
+        }
+        old
+    }
+
+    /// Forgets `fe`'s entry of `scope`.
+    pub(super) fn remove_mirror(&mut self, scope: u8, fe: &Frontend) -> Option<ServiceMirror> {
+        let old = self.scope_mut(scope).remove(fe);
+        if old.is_some() {
+            self.family[family_index(fe.addr)].services -= 1;
+        }
+        old
+    }
+
+    /// One frontend more with a marker on `vip` (the first one writes it).
+    pub(super) fn add_marker(&mut self, vip: IpAddr) {
+        let n = self.vips.entry(vip).or_default();
+        if *n == 0 {
+            self.family[family_index(vip)].services += 1;
+        }
+        *n += 1;
+    }
+
+    /// One frontend fewer with a marker on `vip`; whether it was the last
+    /// (the marker is to go).
+    pub(super) fn remove_marker(&mut self, vip: IpAddr) -> bool {
+        let remaining = self.vips.get(&vip).copied().unwrap_or(1).saturating_sub(1);
+        if remaining == 0 {
+            if self.vips.remove(&vip).is_some() {
+                self.family[family_index(vip)].services -= 1;
+            }
+            true
+        } else {
+            self.vips.insert(vip, remaining);
+            false
+        }
+    }
+
+    /// Records backend `key` under `slot.id`, or takes one more reference
+    /// to it when it is there; its slot.
+    pub(super) fn reference_backend(
+        &mut self,
+        key: BackendKey,
+        slot: BackendSlot,
+    ) -> &mut BackendSlot {
+        let f = family_index(key.addr);
+        let id = slot.id;
+        let mut added = false;
+        let e = self.backends.entry(key).or_insert_with(|| {
+            added = true;
+            slot
+        });
+        e.refs += 1;
+        if added {
+            self.family[f].backends += 1;
+            self.backend_keys.insert(id, key);
+        }
+        e
+    }
+
+    /// Forgets backend `key` (no slot names it any more).
+    pub(super) fn remove_backend(&mut self, key: &BackendKey) {
+        if let Some(slot) = self.backends.remove(key) {
+            self.backend_keys.remove(&slot.id);
+            self.family[family_index(key.addr)].backends -= 1;
+        }
+    }
+
     pub(super) fn scope(&self, scope: u8) -> &BTreeMap<Frontend, ServiceMirror> {
         if scope == SCOPE_INTERNAL {
             &self.internal
@@ -266,7 +365,7 @@ impl Table {
         }
     }
 
-    pub(super) fn scope_mut(&mut self, scope: u8) -> &mut BTreeMap<Frontend, ServiceMirror> {
+    fn scope_mut(&mut self, scope: u8) -> &mut BTreeMap<Frontend, ServiceMirror> {
         if scope == SCOPE_INTERNAL {
             &mut self.internal
         } else {

@@ -20,7 +20,7 @@ use super::maps::{
 };
 use super::table::{
     BackendKey, BackendSlot, BackendSpec, Frontend, FrontendSpec, ServiceMirror, ServiceOpts,
-    SlotMove, Upsert, has_marker, same_set, slot_layout,
+    SlotMove, Upsert, family_index, has_marker, same_set, slot_layout,
 };
 
 impl Dataplane {
@@ -281,22 +281,18 @@ impl Dataplane {
                         self.release_backends(&taken)?;
                         return Err(e);
                     }
-                    self.table.backends.insert(
-                        key,
-                        BackendSlot {
-                            id,
-                            flags: b.flags,
-                            refs: 0,
-                        },
-                    );
-                    self.table.backend_keys.insert(id, key);
                     id
                 }
             };
             // Count the reference now so a failure below releases it.
-            if let Some(slot) = self.table.backends.get_mut(&key) {
-                slot.refs += 1;
-            }
+            self.table.reference_backend(
+                key,
+                BackendSlot {
+                    id,
+                    flags: b.flags,
+                    refs: 0,
+                },
+            );
             taken.push(id);
             ids.push(id);
         }
@@ -357,12 +353,12 @@ impl Dataplane {
             return Err(e);
         }
         self.table.slot_count = self.table.slot_count + ids.len() - old_ids.len();
-        self.table.scope_mut(scope).insert(fe, mirror);
+        self.table.insert_mirror(scope, fe, mirror);
         self.table.note_udp_change(&fe, svc_id, &old_ids, &ids);
         if scope == SCOPE_EXTERNAL {
             let had = old_flags.is_some_and(has_marker);
             if has_marker(flags) && !had {
-                *self.table.vips.entry(fe.addr).or_default() += 1;
+                self.table.add_marker(fe.addr);
                 let (k, v) = vip_marker(fe.addr);
                 self.maps.svc_insert(k, v)?;
             } else if had && !has_marker(flags) {
@@ -473,11 +469,10 @@ impl Dataplane {
             .count();
         let old_slots = cur.map_or(0, |s| s.backend_ids.len());
         let slots_after = self.table.slot_count - old_slots + want.len();
-        // Counted over both families: each family's map has the size of the
-        // knob, so a total within it fits either map (conservative on a
-        // dual-stack node, never over a map's size).
-        let free_backends =
-            (self.capacity.backends as usize).saturating_sub(self.table.backends.len());
+        // Each family has its own backend and service map, of the size of
+        // the knob; the slot map is shared.
+        let used = self.table.family[family_index(fe.addr)];
+        let free_backends = (self.capacity.backends as usize).saturating_sub(used.backends);
         if new_backends > free_backends {
             return Err(DataplaneError::MapFull {
                 map: backend_map_name(fe.addr),
@@ -495,10 +490,8 @@ impl Dataplane {
             });
         }
         if cur.is_none() {
-            let entries =
-                self.table.services.len() + self.table.internal.len() + self.table.vips.len();
             let needed = 1 + usize::from(!self.table.vips.contains_key(&fe.addr));
-            let free = (self.capacity.services as usize).saturating_sub(entries);
+            let free = (self.capacity.services as usize).saturating_sub(used.services);
             if needed > free {
                 return Err(DataplaneError::MapFull {
                     map: svc_map_name(fe.addr),
@@ -524,7 +517,7 @@ impl Dataplane {
     /// Removes one scope of `fe`; the UDP flows of its backends other than
     /// `kept` become stale.
     pub(super) fn delete_scoped(&mut self, fe: &Frontend, scope: u8, kept: &[u32]) -> Result<bool> {
-        let Some(s) = self.table.scope_mut(scope).remove(fe) else {
+        let Some(s) = self.table.remove_mirror(scope, fe) else {
             return Ok(false);
         };
         self.table
@@ -560,18 +553,8 @@ impl Dataplane {
 
     /// One frontend fewer on `vip`; its marker goes with the last one.
     pub(super) fn drop_marker(&mut self, vip: IpAddr) -> Result<()> {
-        let remaining = self
-            .table
-            .vips
-            .get(&vip)
-            .copied()
-            .unwrap_or(1)
-            .saturating_sub(1);
-        if remaining == 0 {
-            self.table.vips.remove(&vip);
+        if self.table.remove_marker(vip) {
             self.maps.svc_remove(&SvcKey::marker(vip))?;
-        } else {
-            self.table.vips.insert(vip, remaining);
         }
         Ok(())
     }
@@ -587,8 +570,7 @@ impl Dataplane {
             };
             slot.refs = slot.refs.saturating_sub(1);
             if slot.refs == 0 {
-                self.table.backends.remove(&key);
-                self.table.backend_keys.remove(id);
+                self.table.remove_backend(&key);
                 self.maps.backend_remove(*id, key.addr)?;
                 self.table.backend_ids.give(*id);
             }
