@@ -66,9 +66,58 @@ pub struct AgentConfig {
     /// Address the `healthCheckNodePort`s of services are served on
     /// (`None`: not served).
     pub healthcheck_bind: Option<IpAddr>,
-    /// Source address of hairpin flows (a pod reaching itself through a
+    /// Source addresses of hairpin flows (a pod reaching itself through a
     /// service).
-    pub hairpin_address: std::net::Ipv4Addr,
+    pub hairpin: Hairpin,
+}
+
+/// The source address a pod sees when it reaches itself through a service
+/// (hairpin), one per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hairpin {
+    /// For IPv4 flows.
+    pub v4: std::net::Ipv4Addr,
+    /// For IPv6 flows.
+    pub v6: std::net::Ipv6Addr,
+}
+
+impl Hairpin {
+    /// The defaults, replaced by the addresses of `--hairpin-address`
+    /// (at most one per family).
+    pub fn from_flags(given: &[IpAddr]) -> Result<Self, String> {
+        let mut h = Self::default();
+        let (mut seen4, mut seen6) = (None, None);
+        for &addr in given {
+            let seen = match addr {
+                IpAddr::V4(a) => {
+                    h.v4 = a;
+                    &mut seen4
+                }
+                IpAddr::V6(a) => {
+                    h.v6 = a;
+                    &mut seen6
+                }
+            };
+            if let Some(first) = seen.replace(addr) {
+                return Err(format!(
+                    "--hairpin-address: {first} and {addr} are of one family: give at most one \
+                     IPv4 and one IPv6 address"
+                ));
+            }
+        }
+        Ok(h)
+    }
+}
+
+impl Default for Hairpin {
+    /// The datapath's own defaults ([`proxy_common::HAIRPIN_ADDR_DEFAULT`],
+    /// [`proxy_common::HAIRPIN6_ADDR_DEFAULT`]).
+    fn default() -> Self {
+        Self {
+            v4: proxy_common::HAIRPIN_ADDR_DEFAULT.into(),
+            v6: proxy_common::HAIRPIN6_ADDR_DEFAULT.into(),
+        }
+    }
 }
 
 /// Errors that stop the agent.
@@ -147,7 +196,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         sizes: cfg.sizes,
     })?;
     tracing::info!(frontends = dp.services().len(), "adopted pinned state");
-    dp.set_hairpin_address(cfg.hairpin_address)?;
+    dp.set_hairpin_address(cfg.hairpin.v4)?;
+    dp.set_hairpin_address(cfg.hairpin.v6)?;
     report_attach(dp.attach_matching(&cfg.pod_interfaces)?);
     report_attach(dp.attach_node_matching(&cfg.node_interfaces)?);
     // Our programs now run in every pinned link we manage: a migration from
@@ -322,5 +372,34 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hairpin;
+
+    fn ips(texts: &[&str]) -> Vec<std::net::IpAddr> {
+        texts
+            .iter()
+            .map(|t| t.parse().expect("an address"))
+            .collect()
+    }
+
+    #[test]
+    fn hairpin_addresses_are_set_per_family() {
+        let d = Hairpin::default();
+        assert_eq!(Hairpin::from_flags(&[]), Ok(d));
+        assert_eq!(d.v4.to_string(), "169.254.42.1");
+        assert_eq!(d.v6.to_string(), "fe80::a9fe:2a01");
+        let h = Hairpin::from_flags(&ips(&["2001:db8::1"])).expect("one IPv6");
+        assert_eq!((h.v4, h.v6.to_string().as_str()), (d.v4, "2001:db8::1"));
+        let h = Hairpin::from_flags(&ips(&["198.18.0.9", "fe80::9"])).expect("one each");
+        assert_eq!(
+            (h.v4.to_string(), h.v6.to_string()),
+            ("198.18.0.9".to_string(), "fe80::9".to_string())
+        );
+        let e = Hairpin::from_flags(&ips(&["198.18.0.9", "198.18.0.8"])).expect_err("two IPv4");
+        assert!(e.contains("198.18.0.9 and 198.18.0.8"), "{e}");
     }
 }

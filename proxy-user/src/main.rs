@@ -1,11 +1,11 @@
 //! The `svcnat` command: `run`, `inspect`, `cleanup`.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use proxy_common::default_sizes;
 use svcnat::{
-    agent::{self, AgentConfig, SourceConfig},
+    agent::{self, AgentConfig, Hairpin, SourceConfig},
     dataplane::{self, DEFAULT_BPFFS, MapSizes},
     health, healthcheck, inspect, metrics,
     sources::kube::{ApiServerOverride, KubeConfigSource},
@@ -126,11 +126,13 @@ struct RunArgs {
     #[arg(long, default_value_t = healthcheck::DEFAULT_BIND_ADDRESS.to_string())]
     healthcheck_bind_address: String,
     /// Source address a pod sees when it reaches itself through a service
-    /// (hairpin; kube-proxy masquerades these). An address nothing uses:
-    /// the pod answers it through its default route and svcnat turns the
+    /// (hairpin; kube-proxy masquerades these), one per family: repeat the
+    /// flag to set both; a family not given keeps its default (169.254.42.1
+    /// and fe80::a9fe:2a01). An address nothing uses: the pod answers it
+    /// through its default route (IPv6: on its link) and svcnat turns the
     /// answer back at the pod's veth.
-    #[arg(long, default_value_t = std::net::Ipv4Addr::from(proxy_common::HAIRPIN_ADDR_DEFAULT))]
-    hairpin_address: std::net::Ipv4Addr,
+    #[arg(long = "hairpin-address", value_name = "ADDR")]
+    hairpin_addresses: Vec<IpAddr>,
 }
 
 /// Map sizes: at least one entry.
@@ -286,7 +288,7 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         },
         metrics_addr: optional_addr("metrics-addr", &args.metrics_addr)?,
         healthz_addr: optional_addr("healthz-addr", &args.healthz_addr)?,
-        hairpin_address: args.hairpin_address,
+        hairpin: Hairpin::from_flags(&args.hairpin_addresses)?,
         healthcheck_bind: optional_ip("healthcheck-bind-address", &args.healthcheck_bind_address)?,
     })
 }
