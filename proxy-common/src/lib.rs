@@ -582,10 +582,14 @@ pub struct Scratch6 {
 /// The `SVCNAT_NODE6` key that holds the IPv6 hairpin address.
 pub const NODE6_HAIRPIN_KEY: u32 = 0;
 /// The IPv6 source a pod sees when it reaches itself through a service,
-/// unless the agent sets another: a link-local address (fe80::a9fe:2a01,
-/// the IPv4 default's bits), which never leaves the pod's veth.
+/// unless the agent sets another: 100::a9fe:2a01 (the IPv4 default's bits
+/// in the discard-only prefix 100::/64 of RFC 6666). The pod must answer it
+/// through its default route, so that the answer reaches its veth, where
+/// the datapath turns it back: a link-local address would not do, as the
+/// pod resolves those on its own link (neighbour discovery nobody
+/// answers). Should an answer escape, routers discard it.
 pub const HAIRPIN6_ADDR_DEFAULT: [u8; 16] = [
-    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01,
+    0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01,
 ];
 
 /// IP protocol number of ICMPv6.

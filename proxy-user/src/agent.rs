@@ -391,7 +391,7 @@ mod tests {
         let d = Hairpin::default();
         assert_eq!(Hairpin::from_flags(&[]), Ok(d));
         assert_eq!(d.v4.to_string(), "169.254.42.1");
-        assert_eq!(d.v6.to_string(), "fe80::a9fe:2a01");
+        assert_eq!(d.v6.to_string(), "100::a9fe:2a01");
         let h = Hairpin::from_flags(&ips(&["2001:db8::1"])).expect("one IPv6");
         assert_eq!((h.v4, h.v6.to_string().as_str()), (d.v4, "2001:db8::1"));
         let h = Hairpin::from_flags(&ips(&["198.18.0.9", "fe80::9"])).expect("one each");

@@ -128,9 +128,9 @@ struct RunArgs {
     /// Source address a pod sees when it reaches itself through a service
     /// (hairpin; kube-proxy masquerades these), one per family: repeat the
     /// flag to set both; a family not given keeps its default (169.254.42.1
-    /// and fe80::a9fe:2a01). An address nothing uses: the pod answers it
-    /// through its default route (IPv6: on its link) and svcnat turns the
-    /// answer back at the pod's veth.
+    /// and 100::a9fe:2a01). An address nothing uses and that the pod
+    /// reaches through its default route (so not link-local): svcnat turns
+    /// the answer back at the pod's veth.
     #[arg(long = "hairpin-address", value_name = "ADDR")]
     hairpin_addresses: Vec<IpAddr>,
 }

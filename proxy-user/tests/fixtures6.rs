@@ -1196,7 +1196,7 @@ fn hairpin_cases() -> Vec<Case> {
                 Reason::DnatEstablished,
                 back_to_sender(hairpin_from(HAIRPIN), SELF_BACKEND),
             )),
-        case("hairpin: without an address set, the default link-local one is used")
+        case("hairpin: without an address set, the default one (100::a9fe:2a01) is used")
             .seed(service)
             .step(ingress(syn.build()).bounced(
                 Reason::DnatNewHairpin,

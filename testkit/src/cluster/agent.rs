@@ -17,7 +17,9 @@ use serde::Deserialize;
 
 use super::{
     process::{Proc, output_within},
-    topology::{AgentState, Cluster, HAIRPIN_ADDR, Host, POD_GLOB, POLL, lock, node_name},
+    topology::{
+        AgentState, Cluster, HAIRPIN_ADDR, HAIRPIN_ADDR6, Host, POD_GLOB, POLL, lock, node_name,
+    },
     yaml::Proto,
 };
 
@@ -88,6 +90,7 @@ impl Cluster {
             .arg(&self.manifests)
             .args(["--pod-interfaces", POD_GLOB, "--node-interfaces", "eth0"])
             .args(["--hairpin-address", &HAIRPIN_ADDR.to_string()])
+            .args(["--hairpin-address", &HAIRPIN_ADDR6.to_string()])
             .arg("--bpffs")
             .arg(&a.bpffs)
             .args(&self.cfg.agent_args)

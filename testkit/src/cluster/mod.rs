@@ -39,7 +39,8 @@
 //! duplicate address detection (`nodad`, and `accept_dad=0` for link-local
 //! ones), so they are usable at once; every namespace ignores ICMPv6
 //! redirects (IPv6 has no `send_redirects` to turn off on the nodes). The
-//! hairpin address stays IPv4-only (`--hairpin-address` takes one).
+//! agents get a hairpin address of each family ([`HAIRPIN_ADDR`],
+//! [`HAIRPIN_ADDR6`]).
 //!
 //! Each node runs the real `svcnat run` (`nsenter --net`, so that it sees the
 //! host's bpffs) with its own pin folder, all reading one manifests folder
@@ -82,9 +83,9 @@ pub use agent::{CtEntry, Frontend, tail};
 pub use process::{Finished, Proc, output_within};
 pub use servers::{AccessLogEntry, BIG_FILE_BYTES, BIG_PATH};
 pub use topology::{
-    Cluster, ClusterConfig, FABRIC_NET, FABRIC_NET6, HAIRPIN_ADDR, Host, MAX_NODES, OUTSIDE_ADDR,
-    OUTSIDE_ADDR6, POD_GLOB, SERVICE_NET6, node_addr, node_addr6, node_name, node_of_pod_addr,
-    pod_addr, pod_addr6, pod_gateway, pod_gateway6, twin6,
+    Cluster, ClusterConfig, FABRIC_NET, FABRIC_NET6, HAIRPIN_ADDR, HAIRPIN_ADDR6, Host, MAX_NODES,
+    OUTSIDE_ADDR, OUTSIDE_ADDR6, POD_GLOB, SERVICE_NET6, node_addr, node_addr6, node_name,
+    node_of_pod_addr, pod_addr, pod_addr6, pod_gateway, pod_gateway6, twin6, twin6_of_plan,
 };
 pub use traffic::{
     ClientLoop, CurlOutcome, DigLoop, DigOutcome, Download, DownloadOutcome, Iperf3, Iperf3Outcome,

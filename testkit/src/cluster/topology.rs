@@ -23,8 +23,10 @@ use crate::netns::{self, NetNs, unique_tag, veth};
 /// The glob of the pods' host-side veths (`--pod-interfaces`).
 pub const POD_GLOB: &str = "vp*";
 /// The source address a pod sees when it reaches itself through a service
-/// (`--hairpin-address`; the agent's default is link-local).
+/// (`--hairpin-address`; the agent's default is outside the test ranges).
 pub const HAIRPIN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 254);
+/// [`HAIRPIN_ADDR`] for IPv6 (its [`twin6`], 2001:db8:255::254).
+pub const HAIRPIN_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x255, 0, 0, 0, 0, 0x254);
 /// The outside client's address on the fabric.
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 /// The outside client's IPv6 address on the fabric (the [`twin6`] of
@@ -71,6 +73,25 @@ pub fn node_addr6(i: usize) -> Ipv6Addr {
 pub fn twin6(addr: Ipv4Addr) -> Option<Ipv6Addr> {
     let o = addr.octets();
     (o[0] == 198 && o[1] == 18).then(|| twin(addr))
+}
+
+/// The IPv6 address that stands for an IPv4 address of the plan in tests
+/// that run once per family: [`twin6`] in 198.18.0.0/16 (nodes, pods, the
+/// outside clients, load-balancer IPs), and for a cluster IP 198.19.Y.Z,
+/// the address Z (same digits) of [`SERVICE_NET6`] (198.19.0.10 is
+/// 2001:db8:ff::10). None outside 198.18.0.0/15, and for 198.19.Y.Z with Y
+/// other than 0 (the IPv6 service range is one /64).
+pub fn twin6_of_plan(addr: Ipv4Addr) -> Option<Ipv6Addr> {
+    let o = addr.octets();
+    match (o[0], o[1], o[2]) {
+        (198, 18, _) => twin6(addr),
+        (198, 19, 0) => {
+            let t = twin(addr).segments();
+            let s = SERVICE_NET6.segments();
+            Some(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, t[7]))
+        }
+        _ => None,
+    }
 }
 
 /// [`twin6`] for an address known to be in 198.18.0.0/16.
@@ -688,6 +709,14 @@ mod tests {
         assert_eq!(node_of_pod_addr(v6("2001:db8:3::10"), 2), None);
         assert_eq!(node_of_pod_addr(v6("2001:db8::10"), 2), None);
         assert_eq!(node_of_pod_addr(SERVICE_NET6, MAX_NODES), None);
+        assert_eq!(
+            twin6_of_plan(Ipv4Addr::new(198, 19, 0, 10)),
+            Some(v6("2001:db8:ff::10"))
+        );
+        assert_eq!(twin6_of_plan(pod_addr(1, 10)), Some(pod_addr6(1, 10)));
+        assert_eq!(twin6_of_plan(Ipv4Addr::new(198, 19, 1, 10)), None);
+        assert_eq!(twin6_of_plan(Ipv4Addr::new(10, 0, 0, 1)), None);
+        assert_eq!(twin6(HAIRPIN_ADDR), Some(HAIRPIN_ADDR6));
         // Every node's pod range is a twin, the service range none.
         for i in 0..MAX_NODES {
             assert_eq!(twin6(pod_addr(i, 7)), Some(pod_addr6(i, 7)));
