@@ -7,7 +7,9 @@
 //! outside client to pods, through the attached programs; IPv6 cluster IPs
 //! over TCP and UDP from pods on both nodes; a dual-stack Service answering
 //! on both families at once; IPv6 node ports from outside, with both
-//! traffic policies.
+//! traffic policies; load-balancer IPs of both families routed to a node.
+//! The tests of change (endpoint churn, no endpoints, agent restarts) run
+//! for each family in `e2e_cluster.rs`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +20,7 @@ use std::{
 use svcnat_testkit::{
     cluster::{
         Cluster, ClusterConfig, Endpoint, Host, Port, Proto, dual_stack_endpoints, node_addr,
-        node_addr6, pod_addr, service_with_slices, url,
+        node_addr6, pod_addr, service_with_slices, twin6, url,
     },
     skip::{Needs, skip_reason},
 };
@@ -332,11 +334,12 @@ fn dual_stack_service_answers_on_both_families_at_once() {
 
 /// A dual-stack Service of `type: NodePort` (port 80 on `node_port`),
 /// with `externalTrafficPolicy: Local` when `local`, and its slices of both
-/// families.
+/// families. With `lb_ips`, `type: LoadBalancer` with those ingress IPs in
+/// its status.
 fn node_port_service(
     name: &str,
     vips: &[IpAddr],
-    node_port: u16,
+    (node_port, lb_ips): (u16, &[IpAddr]),
     local: bool,
     pods: &[&Host],
 ) -> String {
@@ -352,14 +355,30 @@ fn node_port_service(
     } else {
         ""
     };
-    let text = text
-        .replacen("type: ClusterIP", &format!("type: NodePort{policy}"), 1)
+    let kind = if lb_ips.is_empty() {
+        "NodePort"
+    } else {
+        "LoadBalancer"
+    };
+    let mut text = text
+        .replacen("type: ClusterIP", &format!("type: {kind}{policy}"), 1)
         .replacen(
             "targetPort: 80}",
             &format!("targetPort: 80, nodePort: {node_port}}}"),
             1,
         );
     assert!(text.contains("nodePort"), "{text}");
+    if !lb_ips.is_empty() {
+        let ingress: String = lb_ips
+            .iter()
+            .map(|ip| format!("    - ip: {ip}\n"))
+            .collect();
+        let at = text.find("---\n").expect("the Service, then its slices");
+        text.insert_str(
+            at,
+            &format!("status:\n  loadBalancer:\n    ingress:\n{ingress}"),
+        );
+    }
     text
 }
 
@@ -402,12 +421,12 @@ fn ipv6_node_ports_from_outside_with_cluster_and_local_policies() {
     ];
     c.write_manifest(
         "np.yaml",
-        &node_port_service("np", &vips, 30081, false, &both),
+        &node_port_service("np", &vips, (30081, &[]), false, &both),
     )
     .expect("manifest");
     c.write_manifest(
         "local.yaml",
-        &node_port_service("local", &local_vips, 30082, true, &[&b1]),
+        &node_port_service("local", &local_vips, (30082, &[]), true, &[&b1]),
     )
     .expect("manifest");
     start_agents_and_wait(&c);
@@ -447,4 +466,84 @@ fn ipv6_node_ports_from_outside_with_cluster_and_local_policies() {
         !o.ok(),
         "node 0 has no local endpoint and must not forward: {o:?}"
     );
+}
+
+/// Dual-stack LoadBalancer ingress IPs that no interface has (one per
+/// family, on the fabric), routed by the outside client to node-b, work
+/// like a node port on both families at once (e2e "should be able to
+/// create a functioning LoadBalancer service" over IPv6): backends on both
+/// nodes answer; node-b's own backend sees the client's IPv6 address, and
+/// node-a's backend is reached through node-b, SNATed to node-b's IPv6
+/// address.
+#[test]
+fn dual_stack_load_balancer_ips_routed_to_a_node_work_like_a_node_port() {
+    let Some(mut c) = cluster("d6l", 2, &["nginx", "curl"]) else {
+        return;
+    };
+    let a1 = c.add_pod(0, "a1", pod_addr(0, 10)).expect("pod");
+    let b1 = c.add_pod(1, "b1", pod_addr(1, 10)).expect("pod");
+    for b in [&a1, &b1] {
+        c.nginx(b).expect("nginx");
+    }
+    let both = [&a1, &b1];
+    let lb4 = Ipv4Addr::new(198, 18, 0, 100);
+    let lb_ips: [IpAddr; 2] = [lb4.into(), twin6(lb4).expect("a fabric address").into()];
+    let outside = c.outside().expect("outside client").clone();
+    for ip in lb_ips {
+        c.route_via_node(&outside, ip, 1).expect("route");
+    }
+    let vips: [IpAddr; 2] = [
+        Ipv4Addr::new(198, 19, 0, 60).into(),
+        Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x60).into(),
+    ];
+    c.write_manifest(
+        "lb.yaml",
+        &node_port_service("lb", &vips, (30130, &lb_ips), false, &both),
+    )
+    .expect("manifest");
+    start_agents_and_wait(&c);
+    for ip in lb_ips {
+        let want: BTreeSet<String> = backends(&both, ip, 80)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        c.wait_frontends(&format!("{ip}:80 on every node"), WAIT, |_, fs| {
+            fs.iter()
+                .any(|f| f.vip == ip && f.port == 80 && f.backend_set() == want)
+        })
+        .expect("the LB IP programmed");
+    }
+
+    for ip in lb_ips {
+        let family = if ip.is_ipv4() { "v4" } else { "v6" };
+        let u = format!("{}?via=lb-{family}", url(ip, 80));
+        wait_answered(&outside, &u);
+        let counts = spread(&outside, &u, 30);
+        eprintln!("outside -> {u}: {counts:?}");
+        assert_eq!(
+            counts.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&both),
+            "backends on both nodes answer through {ip}"
+        );
+        let marker = format!("via=lb-{family}");
+        assert_eq!(
+            logged_client(&c, &b1, &marker),
+            outside.addr_for(ip),
+            "node-b's own backend sees the client's address"
+        );
+        let node_b = match ip {
+            IpAddr::V4(_) => IpAddr::V4(node_addr(1)),
+            IpAddr::V6(_) => IpAddr::V6(node_addr6(1)),
+        };
+        let log = c.nginx_access_log_as::<IpAddr>(&a1).expect("access log");
+        let seen: Vec<IpAddr> = log
+            .iter()
+            .filter(|e| e.request.contains(&marker))
+            .map(|e| e.client)
+            .collect();
+        assert!(
+            !seen.is_empty() && seen.iter().all(|a| *a == node_b),
+            "node-a's backend is reached through node-b ({node_b}): {seen:?}"
+        );
+    }
 }

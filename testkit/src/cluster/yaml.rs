@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::topology::{Cluster, Host};
+use super::topology::{Cluster, Host, twin6_of_plan};
 
 /// Protocols of service ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,37 @@ impl IpFamily {
         match addr {
             IpAddr::V4(_) => Self::V4,
             IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// Both, IPv4 first.
+    pub const BOTH: [Self; 2] = [Self::V4, Self::V6];
+
+    /// The address of this family that stands for the IPv4 address `v4` of
+    /// the plan: `v4` itself, or its [`twin6_of_plan`]. Panics for an
+    /// address without a twin (a test's mistake).
+    pub fn plan(self, v4: Ipv4Addr) -> IpAddr {
+        match self {
+            Self::V4 => v4.into(),
+            Self::V6 => twin6_of_plan(v4)
+                .unwrap_or_else(|| panic!("{v4} has no IPv6 twin in the plan"))
+                .into(),
+        }
+    }
+
+    /// `host`'s address of this family.
+    pub fn of_host(self, host: &Host) -> IpAddr {
+        match self {
+            Self::V4 => host.addr.into(),
+            Self::V6 => host.addr6.into(),
+        }
+    }
+
+    /// `ipv4` or `ipv6`, for names (of tests' namespaces, files, markers).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
         }
     }
 
@@ -133,8 +164,13 @@ impl Endpoint {
 
     /// [`Endpoint::of`] with `pod`'s IPv6 address.
     pub fn of6(pod: &Host) -> Self {
+        Self::of_family(pod, IpFamily::V6)
+    }
+
+    /// [`Endpoint::of`] with `pod`'s address of `family`.
+    pub fn of_family(pod: &Host, family: IpFamily) -> Self {
         Self {
-            addr: pod.addr6.into(),
+            addr: family.of_host(pod),
             ..Self::of(pod)
         }
     }
