@@ -2,15 +2,16 @@
 //! made of network namespaces, with the real `svcnat run` on each node
 //! reading `deploy/examples/`, and real nginx, dnsmasq, curl and dig in pods.
 //!
-//! It sends requests through the `web` ClusterIP from a pod, prints which
-//! backend answered how often, asks the `dns` and `external` Services, shows
-//! `svcnat inspect services`, and tears everything down, also on Ctrl-C or
-//! failure. Needs root. Everything stays inside namespaces it creates, on
-//! 198.18.0.0/15.
+//! It sends requests through the dual-stack `web` Service from a pod, to its
+//! IPv4 and to its IPv6 cluster IP, prints which backend answered how often
+//! on each family, asks the `dns` and `external` Services, shows `svcnat
+//! inspect services`, and tears everything down, also on Ctrl-C or failure.
+//! Needs root. Everything stays inside namespaces it creates, on
+//! 198.18.0.0/15 and 2001:db8::/32.
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -20,7 +21,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use svcnat_testkit::{
-    cluster::{Cluster, ClusterConfig, Host, Proto, node_addr, node_name, pod_addr, pod_gateway},
+    cluster::{
+        Cluster, ClusterConfig, CurlOutcome, Host, Proto, node_addr, node_addr6, node_name,
+        pod_addr, pod_gateway, pod_gateway6, url,
+    },
     skip::{Needs, skip_reason},
 };
 
@@ -28,7 +32,8 @@ use svcnat_testkit::{
 #[derive(Parser)]
 #[command(name = "demo")]
 struct Args {
-    /// Requests to send through the `web` Service (each a new connection).
+    /// Requests to send through each of the `web` Service's cluster IPs
+    /// (each a new connection).
     #[arg(long, default_value_t = 90)]
     requests: usize,
     /// The folder of manifests every agent reads.
@@ -41,6 +46,7 @@ struct Args {
 
 /// The Services of `deploy/examples/` (web.yaml, dns.yaml, external.yaml).
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const WEB_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 53);
 const EXTERNAL_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 80);
 const DNS_NAME: &str = "web.demo.svc.cluster.local";
@@ -160,10 +166,12 @@ fn run(args: &Args) -> Result<()> {
     cluster.set_interrupt(&INTERRUPTED);
     for i in 0..cluster.nodes() {
         println!(
-            "  {}: eth0 {} on the fabric, cni0 {}/24 for its pods (ns {})",
+            "  {}: eth0 {} and {} on the fabric, cni0 {}/24 and {}/64 for its pods (ns {})",
             node_name(i),
             node_addr(i),
+            node_addr6(i),
             pod_gateway(i),
+            pod_gateway6(i),
             cluster.node_ns(i).name()
         );
     }
@@ -188,8 +196,9 @@ fn run(args: &Args) -> Result<()> {
             Server::Dnsmasq => "dnsmasq :53, knows web.demo.svc.cluster.local",
         };
         println!(
-            "  {name:<9} {:<12} on {}  {what}",
+            "  {name:<9} {:<12} {:<15} on {}  {what}",
             pod.addr.to_string(),
+            pod.addr6.to_string(),
             node_name(node)
         );
         if name.starts_with("web") {
@@ -199,8 +208,9 @@ fn run(args: &Args) -> Result<()> {
     let (name, node, host) = CLIENT;
     let client = cluster.add_pod(node, name, pod_addr(node, host))?;
     println!(
-        "  {name:<9} {:<12} on {}  curl, dig",
+        "  {name:<9} {:<12} {:<15} on {}  curl, dig",
         client.addr.to_string(),
+        client.addr6.to_string(),
         node_name(node)
     );
     println!("  ({:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
@@ -221,47 +231,58 @@ fn run(args: &Args) -> Result<()> {
             cluster.bpffs(i).display()
         );
     }
-    let web_backends: Vec<SocketAddrV4> =
-        web.iter().map(|p| SocketAddrV4::new(p.addr, 80)).collect();
-    cluster
-        .wait_backends(
-            WEB_VIP,
-            80,
-            Proto::Tcp,
-            Some(&web_backends),
-            Duration::from_secs(30),
-        )
-        .context(
-            "the web Service of deploy/examples/web.yaml should have the three web pods \
-             as backends (did the example change?)",
-        )?;
-    println!(
-        "  every node programmed {WEB_VIP}:80 -> {} backends after {:.0} ms",
-        web_backends.len(),
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    let vips: [IpAddr; 2] = [WEB_VIP.into(), WEB_VIP6.into()];
+    for vip in vips {
+        let web_backends: Vec<SocketAddr> = web
+            .iter()
+            .map(|p| SocketAddr::new(p.addr_for(vip), 80))
+            .collect();
+        cluster
+            .wait_backends_ip(
+                vip,
+                80,
+                Proto::Tcp,
+                Some(&web_backends),
+                Duration::from_secs(30),
+            )
+            .context(
+                "the web Service of deploy/examples/web.yaml should have the three web pods \
+                 as backends on both families (did the example change?)",
+            )?;
+        println!(
+            "  every node programmed {} -> {} backends after {:.0} ms",
+            SocketAddr::new(vip, 80),
+            web_backends.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
 
     step(
         4,
         &format!(
-            "{} requests from {} ({}) to http://{WEB_VIP}/, a new connection each",
-            args.requests, client.name, client.addr
+            "{} requests from {} to each of {} and {}, a new connection each",
+            args.requests,
+            client.name,
+            url(WEB_VIP, 80),
+            url(WEB_VIP6, 80)
         ),
     );
-    check_interrupt()?;
-    let t = Instant::now();
-    let outcomes = client.curl_many(
-        &format!("http://{WEB_VIP}/"),
-        args.requests.max(1),
-        Duration::from_secs(5),
-    )?;
-    let elapsed = t.elapsed();
-    print_table(&web, &outcomes);
-    println!(
-        "  ({} requests in {:.0} ms)",
-        outcomes.len(),
-        elapsed.as_secs_f64() * 1e3
-    );
+    let mut outcomes = Vec::new();
+    for vip in vips {
+        check_interrupt()?;
+        let t = Instant::now();
+        let got = client.curl_many(&url(vip, 80), args.requests.max(1), Duration::from_secs(5))?;
+        outcomes.push(got);
+        println!(
+            "  {} requests from {} to {} in {:.0} ms",
+            args.requests.max(1),
+            client.addr_for(vip),
+            url(vip, 80),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    print_table(&web, &outcomes[0], &outcomes[1]);
+    let outcomes: Vec<CurlOutcome> = outcomes.into_iter().flatten().collect();
 
     step(5, "the other example Services");
     check_interrupt()?;
@@ -321,7 +342,8 @@ fn show(answers: &[Ipv4Addr], exit: i32) -> String {
     }
 }
 
-fn print_table(web: &[Host], outcomes: &[svcnat_testkit::cluster::CurlOutcome]) {
+/// How often each answer (a backend's name, or a failure) came back.
+fn count(outcomes: &[CurlOutcome]) -> BTreeMap<String, usize> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for o in outcomes {
         let key = if o.ok() {
@@ -331,22 +353,33 @@ fn print_table(web: &[Host], outcomes: &[svcnat_testkit::cluster::CurlOutcome]) 
         };
         *counts.entry(key).or_default() += 1;
     }
+    counts
+}
+
+/// Answers per backend over each family.
+fn print_table(web: &[Host], over4: &[CurlOutcome], over6: &[CurlOutcome]) {
+    let (mut c4, mut c6) = (count(over4), count(over6));
     println!(
-        "  {:<10} {:<14} {:<8} {:>7}",
-        "backend", "address", "node", "answers"
+        "  {:<8} {:<8} {:>6} {:>6}",
+        "backend", "node", "IPv4", "IPv6"
     );
     for pod in web {
-        let n = counts.remove(&pod.name).unwrap_or(0);
+        let (n4, n6) = (
+            c4.remove(&pod.name).unwrap_or(0),
+            c6.remove(&pod.name).unwrap_or(0),
+        );
         println!(
-            "  {:<10} {:<14} {:<8} {:>7}  {}",
+            "  {:<8} {:<8} {:>6} {:>6}  {}",
             pod.name,
-            pod.addr.to_string(),
             pod.node_name().unwrap_or_default(),
-            n,
-            "#".repeat(n.div_ceil(2))
+            n4,
+            n6,
+            "#".repeat((n4 + n6).div_ceil(4))
         );
     }
-    for (other, n) in counts {
-        println!("  {other:<34} {n:>7}");
+    for (family, rest) in [("IPv4", c4), ("IPv6", c6)] {
+        for (other, n) in rest {
+            println!("  {family} {other:<30} {n:>6}");
+        }
     }
 }

@@ -168,6 +168,17 @@ fn the_examples_model_as_documented() {
                 backend("198.18.2.10", 80, Some("node-b")),
             ],
         ),
+        (
+            "web",
+            "http",
+            Protocol::Tcp,
+            vec![vip("2001:db8:ff::10", 80, Protocol::Tcp)],
+            vec![
+                backend("2001:db8:1::10", 80, Some("node-a")),
+                backend("2001:db8:1::11", 80, Some("node-a")),
+                backend("2001:db8:2::10", 80, Some("node-b")),
+            ],
+        ),
     ];
     let got: Vec<_> = models
         .values()
@@ -177,7 +188,12 @@ fn the_examples_model_as_documented() {
             model.ports.iter()
         })
         .map(|p| {
-            assert_eq!(p.family, Family::V4);
+            let family = if p.frontends.iter().all(|f| f.address.is_ipv4()) {
+                Family::V4
+            } else {
+                Family::V6
+            };
+            assert_eq!(p.family, family, "{p:?}");
             (
                 p.service.name.as_str(),
                 p.port_name.as_str(),
