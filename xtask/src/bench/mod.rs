@@ -5,7 +5,7 @@
 //! work; this module runs them, keeps their output, and writes the report:
 //!
 //! 1. `packet_cost`: per-packet cost of the TC programs and of the XDP
-//!    node-port paths (BPF_PROG_TEST_RUN);
+//!    node-port paths, IPv4 and IPv6 side by side (BPF_PROG_TEST_RUN);
 //! 2. `sync_scale`: the agent's full sync time, per-change latency, RSS, and
 //!    the kernel's memlock of every map;
 //! 3. `bench_e2e`: real TCP through namespaces: svcnat, iptables-mode and
