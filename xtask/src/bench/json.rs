@@ -98,13 +98,17 @@ struct Machine<'a> {
 #[derive(Serialize)]
 struct PacketCostJson<'a> {
     repeat: u32,
-    rows: Vec<PacketRow>,
+    rows: Vec<PacketRow<'a>>,
     xdp_node_port: Vec<XdpRow<'a>>,
+    /// Every path measured in both families: IPv4 and IPv6 figures and
+    /// IPv6 / IPv4.
+    ipv6_vs_ipv4: Vec<TwinJson<'a>>,
 }
 
 #[derive(Serialize)]
-struct PacketRow {
-    services: Num,
+struct PacketRow<'a> {
+    services: u32,
+    family: &'a str,
     new_flow_ns: Num,
     established_ns: Num,
     reply_ns: Num,
@@ -115,6 +119,7 @@ struct PacketRow {
 #[derive(Serialize)]
 struct XdpRow<'a> {
     path: &'a str,
+    family: &'a str,
     measured: &'a str,
     ns: Vec<XdpCell>,
 }
@@ -123,6 +128,17 @@ struct XdpRow<'a> {
 struct XdpCell {
     services: u32,
     ns: Option<Num>,
+}
+
+#[derive(Serialize)]
+struct TwinJson<'a> {
+    program: &'static str,
+    path: &'a str,
+    measured: &'a str,
+    services: u32,
+    ipv4_ns: Option<Num>,
+    ipv6_ns: Option<Num>,
+    ipv6_over_ipv4: Option<Num>,
 }
 
 #[derive(Serialize)]
@@ -177,31 +193,47 @@ impl<'a> PacketCostJson<'a> {
                 .rows
                 .iter()
                 .map(|r| PacketRow {
-                    services: Num(r[0]),
-                    new_flow_ns: Num(r[1]),
-                    established_ns: Num(r[2]),
-                    reply_ns: Num(r[3]),
-                    not_a_service_single_run_ns: Num(r[4]),
-                    not_a_service_ns: Num(r[5]),
+                    services: r.services,
+                    family: &r.family,
+                    new_flow_ns: Num(r.ns[0]),
+                    established_ns: Num(r.ns[1]),
+                    reply_ns: Num(r.ns[2]),
+                    not_a_service_single_run_ns: Num(r.ns[3]),
+                    not_a_service_ns: Num(r.ns[4]),
                 })
                 .collect(),
             xdp_node_port: p
                 .xdp
                 .rows
                 .iter()
-                .map(|(path, measured, ns)| XdpRow {
-                    path,
-                    measured,
+                .map(|r| XdpRow {
+                    path: &r.path,
+                    family: &r.family,
+                    measured: &r.measured,
                     ns: p
                         .xdp
                         .sizes
                         .iter()
-                        .zip(ns)
+                        .zip(&r.ns)
                         .map(|(&services, &v)| XdpCell {
                             services,
                             ns: opt(v),
                         })
                         .collect(),
+                })
+                .collect(),
+            ipv6_vs_ipv4: p
+                .twins()
+                .into_iter()
+                .map(|t| TwinJson {
+                    program: t.program,
+                    path: t.path,
+                    measured: t.measured,
+                    services: t.services,
+                    ipv4_ns: opt(t.ipv4),
+                    ipv6_ns: opt(t.ipv6),
+                    // To 3 decimals (the figures are whole ns).
+                    ipv6_over_ipv4: opt(t.ratio().map(|r| (r * 1000.0).round() / 1000.0)),
                 })
                 .collect(),
         }

@@ -5,7 +5,7 @@
 //! work; this module runs them, keeps their output, and writes the report:
 //!
 //! 1. `packet_cost`: per-packet cost of the TC programs and of the XDP
-//!    node-port paths (BPF_PROG_TEST_RUN);
+//!    node-port paths, IPv4 and IPv6 side by side (BPF_PROG_TEST_RUN);
 //! 2. `sync_scale`: the agent's full sync time, per-change latency, RSS, and
 //!    the kernel's memlock of every map;
 //! 3. `bench_e2e`: real TCP through namespaces: svcnat, iptables-mode and
@@ -135,7 +135,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xdp_table_lands_in_the_report_and_the_json() {
+    fn packet_cost_twins_land_in_the_report_and_the_json() {
         let plan = Plan::new(true);
         let facts = Facts {
             date: String::new(),
@@ -162,24 +162,41 @@ mod tests {
             elapsed: 1.0,
         };
         let md = report.markdown();
-        let tc = md.find("| services | new flow").expect("TC table");
+        let tc = md.find("| services | family | new flow").expect("TC table");
         let xdp = md.find("### XDP node-port paths").expect("XDP section");
-        assert!(tc < xdp && xdp < md.find("## 2.").expect("section 2"));
+        let twins = md.find("### IPv6 against IPv4").expect("twins");
+        assert!(tc < xdp && xdp < twins && twins < md.find("## 2.").expect("section 2"));
         assert!(
-            md.contains("| reply of a remote backend (reverse SNAT+DNAT) | single | 170 | 160 |")
+            md.contains("| 1 | IPv6/IPv4 | **1.30** | 0.92 | **1.26** | **1.59** | **1.25** |")
         );
+        assert!(md.contains(
+            "| reply of a remote backend (reverse SNAT+DNAT) | IPv6 | single | 341 | 331 |"
+        ));
+        assert!(md.contains(
+            "| reply of a remote backend (reverse SNAT+DNAT) | IPv6/IPv4 | single | **1.31** | **1.65** |"
+        ));
+        assert!(md.contains(
+            "- TC new flow (single): 1: 1022 → 1332 (×1.30); 1,000: 1202 → 1332 (×1.11)"
+        ));
         // Whitespace left out (indentation is the renderer's business).
         let json: String = report.json().expect("JSON").split_whitespace().collect();
-        let want: String = "\"xdp_node_port\": [ { \"path\": \"not a service (pass)\", \
-             \"measured\": \"repeat\", \"ns\": [ { \"services\": 1, \"ns\": 52 }, \
-             { \"services\": 1000, \"ns\": 53 } ] }"
-            .split_whitespace()
-            .collect();
-        assert!(json.contains(&want), "{json}");
+        for want in [
+            "\"xdp_node_port\": [ { \"path\": \"not a service (pass)\", \"family\": \"IPv4\", \
+             \"measured\": \"repeat\", \"ns\": [ { \"services\": 1, \"ns\": 71 }, \
+             { \"services\": 1000, \"ns\": 89 } ] }",
+            "\"ipv6_vs_ipv4\": [ { \"program\": \"TC\", \"path\": \"new flow\", \
+             \"measured\": \"single\", \"services\": 1, \"ipv4_ns\": 1022, \"ipv6_ns\": 1332, \
+             \"ipv6_over_ipv4\": 1.303 }",
+        ] {
+            let want: String = want.split_whitespace().collect();
+            assert!(json.contains(&want), "{json}");
+        }
     }
 
     /// The run of the committed report (bench/ at 22c2534), its example
-    /// outputs rebuilt from its report.json into `testdata/*.out`; the
+    /// outputs rebuilt from its report.json into `testdata/*.out`, but for
+    /// `packet_cost.out`: the per-cell median of the `packet_cost` runs
+    /// with IPv6 that section 1 of the committed report now shows. The
     /// report and JSON rendered from them are kept in `testdata/` too.
 
     #[test]

@@ -60,26 +60,89 @@ fn md_cells(line: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Output of `packet_cost`: the TC table (one row per number of services)
-/// and the XDP table (one row per path).
+/// The family of rows without a "family" column (outputs from before
+/// IPv6 was measured).
+const DEFAULT_FAMILY: &str = "IPv4";
+
+/// The families whose rows are compared, the first being the reference.
+pub(super) const TWIN_FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
+
+/// Output of `packet_cost`: the TC table (one row per number of services
+/// and family) and the XDP table (one row per path and family).
 pub(super) struct PacketCost {
-    pub(super) table: String,
-    /// services, new flow, established, reply, not a service (single runs),
-    /// not a service (repeated) (ns).
-    pub(super) rows: Vec<[f64; 6]>,
+    /// The TC table's path columns, after "services" and "family".
+    pub(super) paths: Vec<String>,
+    pub(super) rows: Vec<TcRow>,
     pub(super) xdp: XdpCost,
 }
 
+/// One row of the TC table.
+#[derive(Debug, PartialEq)]
+pub(super) struct TcRow {
+    pub(super) services: u32,
+    pub(super) family: String,
+    /// New flow, established, reply, not a service (single runs), not a
+    /// service (repeated) (ns).
+    pub(super) ns: [f64; 5],
+}
+
 /// The XDP node-port table of `packet_cost`: its first header cell starts
-/// with "XDP", the other header cells after "measured" are numbers of
-/// services.
+/// with "XDP", the header cells after "measured" are numbers of services.
 #[derive(Default)]
 pub(super) struct XdpCost {
-    pub(super) table: String,
     pub(super) sizes: Vec<u32>,
-    /// Path, how it is measured ("repeat" or "single"), ns per size (in
-    /// `sizes` order; `None` where the cell is not a number).
-    pub(super) rows: Vec<(String, String, Vec<Option<f64>>)>,
+    pub(super) rows: Vec<XdpRow>,
+}
+
+/// One row of the XDP table.
+#[derive(Debug, PartialEq)]
+pub(super) struct XdpRow {
+    pub(super) path: String,
+    pub(super) family: String,
+    /// How it is measured ("repeat" or "single").
+    pub(super) measured: String,
+    /// ns per size (in [`XdpCost::sizes`] order; `None` where the cell is
+    /// not a number).
+    pub(super) ns: Vec<Option<f64>>,
+}
+
+/// One path at one number of services in both families of
+/// [`TWIN_FAMILIES`].
+#[derive(Debug, PartialEq)]
+pub(super) struct Twin<'a> {
+    /// "TC" or "XDP".
+    pub(super) program: &'static str,
+    pub(super) path: &'a str,
+    pub(super) measured: &'a str,
+    pub(super) services: u32,
+    pub(super) ipv4: Option<f64>,
+    pub(super) ipv6: Option<f64>,
+}
+
+impl Twin<'_> {
+    /// IPv6 / IPv4.
+    pub(super) fn ratio(&self) -> Option<f64> {
+        match (self.ipv6, self.ipv4) {
+            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+            _ => None,
+        }
+    }
+}
+
+/// The index of the header cell `name`.
+fn column(header: &[&str], name: &str) -> Option<usize> {
+    header.iter().position(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// Whether `cells` is a Markdown table's alignment line.
+fn is_rule(cells: &[&str]) -> bool {
+    cells
+        .iter()
+        .all(|x| x.chars().all(|ch| ch == '-' || ch == ':'))
+}
+
+fn number(cell: &str) -> Option<f64> {
+    cell.replace(',', "").parse().ok()
 }
 
 impl PacketCost {
@@ -95,55 +158,144 @@ impl PacketCost {
             }
         }
         let table = tc.unwrap_or_default();
+        let header = table.first().map(|l| md_cells(l)).unwrap_or_default();
+        let family = column(&header, "family");
+        let paths = header
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(i, _)| Some(*i) != family)
+            .map(|(_, c)| (*c).to_string())
+            .collect();
         let rows = table
             .iter()
+            .skip(1)
             .filter_map(|l| {
-                let cells: Vec<f64> = md_cells(l)
-                    .into_iter()
-                    .filter_map(|c| c.parse().ok())
+                let cells = md_cells(l);
+                let services = number(cells.first()?)? as u32;
+                let ns: Vec<f64> = cells
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .filter(|(i, _)| Some(*i) != family)
+                    .filter_map(|(_, c)| number(c))
                     .collect();
-                <[f64; 6]>::try_from(cells).ok()
+                Some(TcRow {
+                    services,
+                    family: family
+                        .and_then(|i| cells.get(i))
+                        .map_or(DEFAULT_FAMILY, |c| c)
+                        .to_string(),
+                    ns: ns.try_into().ok()?,
+                })
             })
             .collect();
-        Self {
-            table: table.join("\n"),
-            rows,
-            xdp,
+        Self { paths, rows, xdp }
+    }
+
+    /// The TC rows of `family`, in their order.
+    pub(super) fn tc_rows<'a>(&'a self, family: &'a str) -> impl Iterator<Item = &'a TcRow> {
+        self.rows.iter().filter(move |r| r.family == family)
+    }
+
+    /// The numbers of services of the TC table, in order, once each.
+    pub(super) fn sizes(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = Vec::new();
+        for r in &self.rows {
+            if !v.contains(&r.services) {
+                v.push(r.services);
+            }
         }
+        v
+    }
+
+    /// Every path measured in both families of [`TWIN_FAMILIES`], IPv4
+    /// figure beside IPv6 figure: the TC paths by number of services, then
+    /// the XDP paths by number of services.
+    pub(super) fn twins(&self) -> Vec<Twin<'_>> {
+        let [v4, v6] = TWIN_FAMILIES;
+        let mut out = Vec::new();
+        let tc = |n: u32, family: &str| {
+            self.rows
+                .iter()
+                .find(|r| r.services == n && r.family == family)
+        };
+        for (j, column) in self.paths.iter().enumerate() {
+            let (path, measured) = split_column(column);
+            for n in self.sizes() {
+                let (a, b) = (tc(n, v4), tc(n, v6));
+                if a.is_none() || b.is_none() {
+                    continue;
+                }
+                out.push(Twin {
+                    program: "TC",
+                    path,
+                    measured,
+                    services: n,
+                    ipv4: a.and_then(|r| r.ns.get(j).copied()),
+                    ipv6: b.and_then(|r| r.ns.get(j).copied()),
+                });
+            }
+        }
+        for a in self.xdp.rows.iter().filter(|r| r.family == v4) {
+            let Some(b) = self
+                .xdp
+                .rows
+                .iter()
+                .find(|r| r.family == v6 && r.path == a.path && r.measured == a.measured)
+            else {
+                continue;
+            };
+            for (i, &n) in self.xdp.sizes.iter().enumerate() {
+                out.push(Twin {
+                    program: "XDP",
+                    path: &a.path,
+                    measured: &a.measured,
+                    services: n,
+                    ipv4: a.ns.get(i).copied().flatten(),
+                    ipv6: b.ns.get(i).copied().flatten(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A TC column ("new flow ns (single)") as path ("new flow") and how it
+/// is measured ("single").
+fn split_column(column: &str) -> (&str, &str) {
+    match column.split_once(" ns (") {
+        Some((path, how)) => (path, how.trim_end_matches(')')),
+        None => (column, ""),
     }
 }
 
 impl XdpCost {
     fn parse(table: &[&str]) -> Self {
         let header = table.first().map(|l| md_cells(l)).unwrap_or_default();
+        let measured = column(&header, "measured").unwrap_or(1);
+        let family = column(&header, "family");
         let sizes = header
             .iter()
-            .skip(2)
-            .filter_map(|c| c.replace(',', "").parse().ok())
+            .skip(measured + 1)
+            .filter_map(|c| number(c).map(|v| v as u32))
             .collect();
         let rows = table
             .iter()
             .skip(1)
             .map(|l| md_cells(l))
-            .filter(|c| {
-                c.len() > 2 && !c.iter().all(|x| x.chars().all(|ch| ch == '-' || ch == ':'))
-            })
-            .map(|c| {
-                (
-                    c[0].to_string(),
-                    c[1].to_string(),
-                    c[2..]
-                        .iter()
-                        .map(|v| v.replace(',', "").parse::<f64>().ok())
-                        .collect(),
-                )
+            .filter(|c| c.len() > measured && !is_rule(c))
+            .map(|c| XdpRow {
+                path: c[0].to_string(),
+                family: family
+                    .and_then(|i| c.get(i))
+                    .map_or(DEFAULT_FAMILY, |f| f)
+                    .to_string(),
+                measured: c[measured].to_string(),
+                ns: c[measured + 1..].iter().map(|v| number(v)).collect(),
             })
             .collect();
-        Self {
-            table: table.join("\n"),
-            sizes,
-            rows,
-        }
+        Self { sizes, rows }
     }
 }
 
@@ -273,7 +425,7 @@ impl E2e {
 mod tests {
     use super::*;
 
-    /// Output of `packet_cost 100000 1 1000`, as captured.
+    /// Output of `packet_cost 100000 1 1000`, as captured (on a busy machine).
     const PACKET_COST_SAMPLE: &str = include_str!("testdata/packet_cost_quick.out");
 
     #[test]
@@ -297,47 +449,84 @@ mod tests {
     }
 
     #[test]
-    fn packet_cost_table_rows_parse() {
+    fn packet_cost_rows_without_a_family_column_are_ipv4() {
         let p = PacketCost::parse(
             "| services | new flow ns (single) | established ns (single) | reply ns (single) | not a service ns (single) | not a service ns (repeat) |\n\
              |---:|---:|---:|---:|---:|---:|\n| 1 | 792 | 340 | 301 | 130 | 84 |\n",
         );
-        assert_eq!(p.rows, [[1.0, 792.0, 340.0, 301.0, 130.0, 84.0]]);
-        assert_eq!(p.table.lines().count(), 3);
+        assert_eq!(
+            p.rows,
+            [TcRow {
+                services: 1,
+                family: "IPv4".into(),
+                ns: [792.0, 340.0, 301.0, 130.0, 84.0]
+            }]
+        );
+        assert_eq!(p.paths.len(), 5);
         assert!(p.xdp.rows.is_empty());
+        // Nothing to compare IPv6 with.
+        assert!(p.twins().is_empty());
     }
 
     #[test]
     fn packet_cost_tc_and_xdp_tables_parse_apart() {
         let p = PacketCost::parse(PACKET_COST_SAMPLE);
+        assert_eq!(p.paths[0], "new flow ns (single)");
+        assert_eq!(p.paths.len(), 5);
+        assert_eq!(p.sizes(), [1, 1000]);
+        assert_eq!(p.rows.len(), 4);
         assert_eq!(
-            p.rows,
-            [
-                [1.0, 792.0, 351.0, 301.0, 130.0, 82.0],
-                [1000.0, 792.0, 350.0, 311.0, 130.0, 83.0]
-            ]
+            p.rows[1],
+            TcRow {
+                services: 1,
+                family: "IPv6".into(),
+                ns: [1332.0, 541.0, 491.0, 271.0, 142.0]
+            }
         );
-        assert_eq!(p.table.lines().count(), 4);
-        assert!(!p.table.contains("XDP"));
+        assert_eq!(p.tc_rows("IPv4").count(), 2);
         assert_eq!(p.xdp.sizes, [1, 1000]);
-        assert_eq!(p.xdp.table.lines().count(), 11);
-        assert!(p.xdp.table.starts_with("| XDP path"));
-        assert_eq!(p.xdp.rows.len(), 9);
+        assert_eq!(p.xdp.rows.len(), 18);
         assert_eq!(
-            p.xdp.rows[0],
-            (
-                "not a service (pass)".to_string(),
-                "repeat".to_string(),
-                vec![Some(52.0), Some(53.0)]
-            )
+            p.xdp.rows[1],
+            XdpRow {
+                path: "not a service (pass)".into(),
+                family: "IPv6".into(),
+                measured: "repeat".into(),
+                ns: vec![Some(107.0), Some(106.0)]
+            }
         );
-        let (path, measured, ns) = &p.xdp.rows[7];
+        let r = &p.xdp.rows[14];
         assert_eq!(
-            path,
+            r.path,
             "node port, remote backend, new flow (SNAT port allocation)"
         );
-        assert_eq!(measured, "single");
-        assert_eq!(ns, &[Some(1222.0), Some(1152.0)]);
+        assert_eq!((r.family.as_str(), r.measured.as_str()), ("IPv4", "single"));
+        assert_eq!(r.ns, [Some(1342.0), Some(1342.0)]);
+    }
+
+    #[test]
+    fn twins_pair_every_path_by_family() {
+        let p = PacketCost::parse(PACKET_COST_SAMPLE);
+        let twins = p.twins();
+        // 5 TC paths and 9 XDP paths, at 2 sizes each.
+        assert_eq!(twins.len(), (5 + 9) * 2);
+        assert_eq!(
+            twins[1],
+            Twin {
+                program: "TC",
+                path: "new flow",
+                measured: "single",
+                services: 1000,
+                ipv4: Some(1202.0),
+                ipv6: Some(1332.0),
+            }
+        );
+        let deny = twins
+            .iter()
+            .find(|t| t.program == "XDP" && t.path == "source range deny (drop)")
+            .expect("the XDP source range twin");
+        assert_eq!((deny.services, deny.measured), (1, "repeat"));
+        assert_eq!(deny.ratio(), Some(127.0 / 115.0));
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! The Markdown report (`bench/REPORT.md`): the machine, sections 1
-//! (per-packet cost) and 2 (control plane), where svcnat is behind, the
-//! commands run; section 3 (end to end) is in [`e2e`]. Also the number
-//! formats of its tables.
+//! The Markdown report (`bench/REPORT.md`): the machine, section 2
+//! (control plane), where svcnat is behind, the commands run; section 1
+//! (per-packet cost) is in [`packet`], section 3 (end to end) in [`e2e`].
+//! Also the number formats of its tables.
 
 mod e2e;
+mod packet;
 
 use std::fmt::Write as _;
 
@@ -154,60 +155,6 @@ impl Report<'_> {
         }
         let _ = writeln!(s, "```");
         s
-    }
-
-    fn md_packet(&self, s: &mut String) {
-        let _ = writeln!(s, "## 1. Per-packet cost of the datapath\n");
-        let _ = writeln!(
-            s,
-            "The real TC programs run on crafted packets through `BPF_PROG_TEST_RUN`, with \
-             N services of 5 backends each in the maps; kernel-measured ns per packet, \
-             program only (no stack around it). A repeated test run executes the program \
-             on the same buffer, so a path that rewrites the packet would run only once: \
-             new flow, established and reply are the median of 20,000 single runs on \
-             fresh copies (a new flow: one SYN per distinct source port). A single run \
-             includes the kernel's timing overhead; the two \"not a service\" columns \
-             (single runs, and {} repeated runs, median of 5) show its size.\n",
-            self.plan.packet_repeat
-        );
-        let _ = writeln!(s, "{}\n", self.packet.table);
-        if let (Some(first), Some(last)) = (self.packet.rows.first(), self.packet.rows.last())
-            && self.packet.rows.len() > 1
-        {
-            let _ = writeln!(
-                s,
-                "From {} to {} services: new flow ×{:.2}, established ×{:.2}, reply ×{:.2}, \
-                 not a service ×{:.2}.\n",
-                fmt_count(Some(first[0])),
-                fmt_count(Some(last[0])),
-                last[1] / first[1],
-                last[2] / first[2],
-                last[3] / first[3],
-                last[5] / first[5]
-            );
-        }
-        let xdp = &self.packet.xdp;
-        if xdp.rows.is_empty() {
-            return;
-        }
-        let _ = writeln!(s, "### XDP node-port paths\n");
-        let _ = writeln!(
-            s,
-            "The XDP program of node interfaces (`svcnat_node_xdp`) run the same way, in the \
-             same maps (the N services above and their flows) plus a few frontends on a node \
-             address: a node port with one local backend, one with 64 remote backends, a \
-             load-balancer IP with a source range, and an externalTrafficPolicy Local node \
-             port without a local backend. Paths that leave the packet alone (pass, drops) \
-             are measured with {} repeated runs, median of 5; paths that rewrite it are the \
-             median of 20,000 single runs on fresh copies (a new flow: one SYN per distinct \
-             client port), to be read against \"not a service\" measured the same way. Every \
-             figure's runs were checked in the stats to have taken the path named. SNAT ports \
-             are allocated per backend from a range of 4,536 ports: the remote node port has \
-             64 backends so that 20,000 new flows leave each range mostly free. Rewritten \
-             packets go on to the kernel stack (`XDP_PASS`), whose cost is not included.\n",
-            self.plan.packet_repeat
-        );
-        let _ = writeln!(s, "{}\n", xdp.table);
     }
 
     fn md_sync(&self, s: &mut String) {
