@@ -8,7 +8,7 @@
 //! cargo run --release -p proxy-user --example bench_e2e -- \
 //!     [--sizes 1,1000,10000] [--columns svcnat,iptables,nftables,direct] \
 //!     [--duration 3] [--warmup 0.5] [--threads 4] [--iperf-seconds 3] \
-//!     [--rounds 1] [--changes 5] [--shared-backends]
+//!     [--rounds 1] [--changes 5] [--shared-backends] [--family ipv4|ipv6]
 //! ```
 //!
 //! Topology, one per column, all alive at once for a size so that the
@@ -51,14 +51,19 @@
 //! `iptables-restore --noflush` of the chains kube-proxy's partial sync
 //! rewrites; nft: one `nft -f` transaction) and timed.
 //!
-//! All addresses are in 198.18.0.0/15; nothing is configured in the root
-//! namespace. Namespaces and pins are removed on exit, panic and Ctrl-C;
+//! `--family ipv6` runs the same on IPv6 (pods 2001:db8::10-15/64 behind
+//! gateway 2001:db8::1, ClusterIPs in 2001:db8:ff::/64, the rules of
+//! kube-proxy's IPv6 proxier: `ip6tables-restore`, table `ip6 kube-proxy`);
+//! every line then carries `family=ipv6`.
+//!
+//! All addresses are in 198.18.0.0/15 and 2001:db8::/32; nothing is
+//! configured in the root namespace. Namespaces and pins are removed on exit, panic and Ctrl-C;
 //! leftovers of a killed run (names carry the pid) are removed by the next.
 
 use std::{
     fmt::Write as _,
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -78,15 +83,11 @@ use svcnat_testkit::{
     skip::{Needs, skip_reason},
 };
 
-const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
-const CLUSTER_CIDR: &str = "198.18.0.0/16";
 const BACKENDS: u8 = 5;
 const SERVICE_PORT: u16 = 80;
 const SHARED_TARGET_PORT: u16 = 8080;
 const FIRST_TARGET_PORT: u16 = 10_000;
 const IPERF_PORT: u16 = 5201;
-const BULK_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
 /// Server threads per backend pod, each with its own epoll set.
 const SERVER_THREADS: usize = 2;
 const NS_PREFIX: &str = "snbe-";
@@ -102,13 +103,129 @@ fn interrupted() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
-fn backend_addr(k: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, 11 + k)
+/// The address family of a run, and its address plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
 }
 
-/// ClusterIP of service `i` (i < 50,000): 198.19.(i/250).(i%250+1).
-fn vip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8)
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "ipv4" | "4" => Self::V4,
+            "ipv6" | "6" => Self::V6,
+            other => bail!("unknown family {other:?} (ipv4 or ipv6)"),
+        })
+    }
+
+    /// Host `h` of the pods' subnet: 198.18.0.h or 2001:db8::h (h in hex).
+    fn pod_net(self, h: u8) -> IpAddr {
+        match self {
+            Self::V4 => Ipv4Addr::new(198, 18, 0, h).into(),
+            Self::V6 => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(h)).into(),
+        }
+    }
+
+    /// The node's address on the bridge, the pods' gateway.
+    fn gateway(self) -> IpAddr {
+        self.pod_net(1)
+    }
+
+    fn client(self) -> IpAddr {
+        self.pod_net(0x10)
+    }
+
+    fn backend(self, k: u8) -> IpAddr {
+        self.pod_net(0x11 + k)
+    }
+
+    /// Prefix length of the pods' subnet.
+    fn subnet_len(self) -> u8 {
+        match self {
+            Self::V4 => 24,
+            Self::V6 => 64,
+        }
+    }
+
+    /// Prefix length of one address.
+    fn host_len(self) -> u8 {
+        match self {
+            Self::V4 => 32,
+            Self::V6 => 128,
+        }
+    }
+
+    /// kube-proxy's `--cluster-cidr` of the family.
+    fn cluster_cidr(self) -> &'static str {
+        match self {
+            Self::V4 => "198.18.0.0/16",
+            Self::V6 => "2001:db8::/48",
+        }
+    }
+
+    /// ClusterIP of service `i` (i < 50,000): 198.19.(i/250).(i%250+1), or
+    /// 2001:db8:ff::(i+1).
+    fn vip(self, i: u32) -> IpAddr {
+        match self {
+            Self::V4 => Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8).into(),
+            Self::V6 => Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, i as u16 + 1).into(),
+        }
+    }
+
+    /// The bulk service's ClusterIP.
+    fn bulk_vip(self) -> IpAddr {
+        match self {
+            Self::V4 => Ipv4Addr::new(198, 19, 255, 254).into(),
+            Self::V6 => Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 1, 0).into(),
+        }
+    }
+
+    /// The `c`-th replacement endpoint of the change timings (an address
+    /// outside the pods' subnet: it is only programmed, never reached).
+    fn replacement(self, c: u32) -> IpAddr {
+        match self {
+            Self::V4 => Ipv4Addr::new(198, 18, 1, (c % 250 + 1) as u8).into(),
+            Self::V6 => Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, (c % 250 + 1) as u16).into(),
+        }
+    }
+
+    /// `iptables-restore` or `ip6tables-restore`.
+    fn restore(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables-restore",
+            Self::V6 => "ip6tables-restore",
+        }
+    }
+
+    /// nft's name of the family's addresses in rules (`ip`, `ip6`), which
+    /// is also the family of kube-proxy's table.
+    fn nft(self) -> &'static str {
+        match self {
+            Self::V4 => "ip",
+            Self::V6 => "ip6",
+        }
+    }
+
+    /// nft's type of the family's addresses in sets and maps.
+    fn nft_addr_type(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4_addr",
+            Self::V6 => "ipv6_addr",
+        }
+    }
+}
+
+/// `addr:port`, `[addr]:port` for IPv6, as DNAT targets are written.
+fn ep_text((addr, port): (IpAddr, u16)) -> String {
+    SocketAddr::new(addr, port).to_string()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +267,7 @@ struct Args {
     rounds: u32,
     changes: u32,
     shared_backends: bool,
+    family: Family,
 }
 
 fn parse_args() -> Result<Args> {
@@ -168,6 +286,7 @@ fn parse_args() -> Result<Args> {
         rounds: 1,
         changes: 5,
         shared_backends: false,
+        family: Family::V4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -193,11 +312,12 @@ fn parse_args() -> Result<Args> {
             "--rounds" => a.rounds = value()?.parse().context("--rounds")?,
             "--changes" => a.changes = value()?.parse().context("--changes")?,
             "--shared-backends" => a.shared_backends = true,
+            "--family" => a.family = Family::parse(&value()?)?,
             "-h" | "--help" => {
                 println!(
                     "bench_e2e [--sizes 1,1000,10000] [--columns svcnat,iptables,nftables,direct] \
                      [--duration S] [--warmup S] [--threads N] [--iperf-seconds S] [--rounds R] \
-                     [--changes K] [--shared-backends]"
+                     [--changes K] [--shared-backends] [--family ipv4|ipv6]"
                 );
                 std::process::exit(0);
             }
@@ -244,7 +364,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let args = parse_args()?;
-    let tools = ["iperf3", "iptables-restore", "nft", "ss"];
+    let tools = ["iperf3", args.family.restore(), "nft", "ss"];
     if let Some(why) = skip_reason(&Needs::netns().programs(&tools)) {
         bail!("cannot run: {why}");
     }
@@ -255,14 +375,16 @@ fn real_main() -> Result<()> {
     let _work_guard = RemoveDir(work.clone());
     println!(
         "e2e_settings duration_s={} warmup_s={} threads={} iperf_s={} rounds={} changes={} \
-         server_threads_per_pod={SERVER_THREADS} backends={BACKENDS} shared_backends={}",
+         server_threads_per_pod={SERVER_THREADS} backends={BACKENDS} shared_backends={} \
+         family={}",
         args.duration,
         args.warmup,
         args.threads,
         args.iperf_seconds,
         args.rounds,
         args.changes,
-        u8::from(args.shared_backends)
+        u8::from(args.shared_backends),
+        args.family.name()
     );
     for &n in &args.sizes {
         run_size(n, &args, &work).with_context(|| format!("{n} services"))?;
@@ -278,30 +400,31 @@ fn emit(line: &str) {
 /// One size: a topology per column, rules loaded, then the rounds with the
 /// columns interleaved, then the change timings.
 fn run_size(n: u32, args: &Args, work: &Path) -> Result<()> {
-    let svcs = services(n, args.shared_backends);
+    let fam = args.family;
+    let svcs = services(fam, n, args.shared_backends);
     let mut setups: Vec<(Column, Topology, Option<f64>, Option<usize>)> = Vec::new();
     for &column in &args.columns {
         if interrupted() {
             bail!("interrupted");
         }
         eprintln!("bench_e2e: {} with {n} services: setting up", column.name());
-        let mut topo = build_topology(column, &svcs)?;
+        let mut topo = build_topology(fam, column, &svcs)?;
         let (load_s, rules) = match column {
             Column::Svcnat => (Some(setup_svcnat(&mut topo, &svcs)?), None),
             Column::Iptables => {
-                let (text, rules) = iptables_rules(&svcs);
+                let (text, rules) = iptables_rules(fam, &svcs);
                 let secs = load_rules(
                     &topo.node,
                     work,
                     "iptables.rules",
                     &text,
-                    "iptables-restore",
+                    fam.restore(),
                     &["-w", "5"],
                 )?;
                 (Some(secs), Some(rules))
             }
             Column::Nftables => {
-                let (text, rules) = nft_rules(&svcs);
+                let (text, rules) = nft_rules(fam, &svcs);
                 let secs = load_rules(&topo.node, work, "rules.nft", &text, "nft", &["-f"])?;
                 (Some(secs), Some(rules))
             }
@@ -330,15 +453,15 @@ fn run_size(n: u32, args: &Args, work: &Path) -> Result<()> {
             )?;
             if args.iperf_seconds > 0 {
                 let to = if *column == Column::Direct {
-                    backend_addr(0)
+                    fam.backend(0)
                 } else {
-                    BULK_VIP
+                    fam.bulk_vip()
                 };
                 let (gbit, retr) = iperf(topo, to, args.iperf_seconds)?;
                 r.iperf_gbit = Some(gbit);
                 r.iperf_retransmits = Some(retr);
             }
-            emit(&r.line(*column, n, round));
+            emit(&r.line(fam, *column, n, round));
         }
     }
     for (column, topo, load_s, rules) in &mut setups {
@@ -350,12 +473,13 @@ fn run_size(n: u32, args: &Args, work: &Path) -> Result<()> {
             stats.retain(|(_, v)| *v > 0);
             eprintln!("  svcnat datapath counters: {stats:?}");
         }
-        let change_ms = time_changes(*column, topo, &svcs, args.changes, work)?;
+        let change_ms = time_changes(fam, *column, topo, &svcs, args.changes, work)?;
         let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
         let mut sorted = change_ms.clone();
         sorted.sort_by(f64::total_cmp);
         emit(&format!(
-            "e2e_load column={} services={n} load_s={} rules={} change_count={} change_ms_p50={} change_ms_max={}",
+            "e2e_load family={} column={} services={n} load_s={} rules={} change_count={} change_ms_p50={} change_ms_max={}",
+            fam.name(),
             column.name(),
             opt(*load_s),
             rules.map_or("-".into(), |r| r.to_string()),
@@ -434,19 +558,19 @@ fn sweep_stale() {
 struct Svc {
     /// `namespace/name:port`.
     name: String,
-    vip: Ipv4Addr,
+    vip: IpAddr,
     port: u16,
-    endpoints: Vec<(Ipv4Addr, u16)>,
+    endpoints: Vec<(IpAddr, u16)>,
 }
 
 /// The bulk service first, then N services.
-fn services(n: u32, shared: bool) -> Vec<Svc> {
+fn services(fam: Family, n: u32, shared: bool) -> Vec<Svc> {
     let mut v = Vec::with_capacity(n as usize + 1);
     v.push(Svc {
         name: "bench/bulk:iperf".into(),
-        vip: BULK_VIP,
+        vip: fam.bulk_vip(),
         port: IPERF_PORT,
-        endpoints: vec![(backend_addr(0), IPERF_PORT)],
+        endpoints: vec![(fam.backend(0), IPERF_PORT)],
     });
     for i in 0..n {
         let port = if shared {
@@ -456,9 +580,9 @@ fn services(n: u32, shared: bool) -> Vec<Svc> {
         };
         v.push(Svc {
             name: format!("bench/s{i}:http"),
-            vip: vip(i),
+            vip: fam.vip(i),
             port: SERVICE_PORT,
-            endpoints: (0..BACKENDS).map(|k| (backend_addr(k), port)).collect(),
+            endpoints: (0..BACKENDS).map(|k| (fam.backend(k), port)).collect(),
         });
     }
     v
@@ -478,12 +602,12 @@ fn targets(column: Column, svcs: &[Svc]) -> Vec<SocketAddr> {
         svcs[1..]
             .iter()
             .flat_map(|s| s.endpoints.iter())
-            .map(|(a, p)| SocketAddr::V4(SocketAddrV4::new(*a, *p)))
+            .map(|(a, p)| SocketAddr::new(*a, *p))
             .collect()
     } else {
         svcs[1..]
             .iter()
-            .map(|s| SocketAddr::V4(SocketAddrV4::new(s.vip, s.port)))
+            .map(|s| SocketAddr::new(s.vip, s.port))
             .collect()
     }
 }
@@ -585,7 +709,8 @@ fn serve_main(spec: &str) -> Result<()> {
     let listeners: Vec<TcpListener> = ports
         .iter()
         .map(|p| -> Result<TcpListener> {
-            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, *p))
+            // [::] takes connections of both families.
+            let l = TcpListener::bind((Ipv6Addr::UNSPECIFIED, *p))
                 .with_context(|| format!("bind :{p}"))?;
             l.set_nonblocking(true)?;
             Ok(l)
@@ -685,34 +810,74 @@ fn exec_in(ns: &NetNs, program: &str) -> Command {
 
 static RUN: AtomicU32 = AtomicU32::new(0);
 
-fn build_topology(column: Column, svcs: &[Svc]) -> Result<Topology> {
+/// Sysctls of every IPv6 namespace, set before it gets an interface:
+/// addresses usable at once (no duplicate address detection), no ICMPv6
+/// redirects taken (the node forwards back out of the bridge).
+const IPV6_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.all.accept_redirects", "0"),
+    ("net.ipv6.conf.default.accept_redirects", "0"),
+];
+
+/// `ip addr add CIDR dev DEV` (IPv6: `nodad`, usable at once).
+fn addr_add<'a>(fam: Family, cidr: &'a str, dev: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["addr", "add", cidr, "dev", dev];
+    if fam == Family::V6 {
+        v.push("nodad");
+    }
+    v
+}
+
+/// A namespace of the run, ready for `fam`.
+fn namespace(fam: Family, name: &str) -> Result<NetNs> {
+    let ns = NetNs::new(name)?;
+    if fam == Family::V6 {
+        ns.sysctls(IPV6_SYSCTLS)?;
+    }
+    Ok(ns)
+}
+
+fn build_topology(fam: Family, column: Column, svcs: &[Svc]) -> Result<Topology> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let tag = format!("{NS_PREFIX}{}-{run}", std::process::id());
-    let bridge_nf = matches!(column, Column::Iptables | Column::Nftables);
-    let node = NetNs::new(&format!("{tag}-node"))?;
+    let bridge_nf = if matches!(column, Column::Iptables | Column::Nftables) {
+        "1"
+    } else {
+        "0"
+    };
+    let (gw, len) = (fam.gateway(), fam.subnet_len());
+    let node = namespace(fam, &format!("{tag}-node"))?;
     node.ip(&["link", "add", "br0", "type", "bridge"])?;
-    node.ip(&["addr", "add", &format!("{GW}/24"), "dev", "br0"])?;
+    let cidr = format!("{gw}/{len}");
+    node.ip(&addr_add(fam, &cidr, "br0"))?;
     node.ip(&["link", "set", "br0", "up"])?;
-    node.sysctl("net.ipv4.ip_forward", "1")?;
-    node.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
-    node.sysctl("net.ipv4.conf.br0.send_redirects", "0")?;
-    node.sysctl(
-        "net.bridge.bridge-nf-call-iptables",
-        if bridge_nf { "1" } else { "0" },
-    )?;
-    let pod = |name: &str, addr: Ipv4Addr| -> Result<NetNs> {
-        let ns = NetNs::new(&format!("{tag}-{name}"))?;
+    match fam {
+        Family::V4 => {
+            node.sysctl("net.ipv4.ip_forward", "1")?;
+            node.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+            node.sysctl("net.ipv4.conf.br0.send_redirects", "0")?;
+            node.sysctl("net.bridge.bridge-nf-call-iptables", bridge_nf)?;
+        }
+        Family::V6 => {
+            node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            node.sysctl("net.bridge.bridge-nf-call-ip6tables", bridge_nf)?;
+        }
+    }
+    let pod = |name: &str, addr: IpAddr| -> Result<NetNs> {
+        let ns = namespace(fam, &format!("{tag}-{name}"))?;
         let host = format!("vh{name}");
         veth(&node, &host, &ns, "eth0")?;
         node.ip(&["link", "set", &host, "master", "br0"])?;
-        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-        ns.ip(&["route", "add", "default", "via", &GW.to_string()])?;
+        ns.ip(&addr_add(fam, &format!("{addr}/{len}"), "eth0"))?;
+        ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
         Ok(ns)
     };
-    let client = pod("c", CLIENT)?;
+    let client = pod("c", fam.client())?;
+    // One range for both families.
     client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
     let backends = (0..BACKENDS)
-        .map(|k| pod(&format!("b{k}"), backend_addr(k)))
+        .map(|k| pod(&format!("b{k}"), fam.backend(k)))
         .collect::<Result<Vec<_>>>()?;
     let mut topo = Topology {
         servers: Vec::new(),
@@ -753,7 +918,7 @@ fn ipt_svc_chain(svc: &Svc) -> String {
     format!("KUBE-SVC-{}", hash16(&format!("{}tcp", svc.name)))
 }
 
-fn ipt_sep_chain(svc: &Svc, ep: (Ipv4Addr, u16)) -> String {
+fn ipt_sep_chain(svc: &Svc, ep: (IpAddr, u16)) -> String {
     format!(
         "KUBE-SEP-{}",
         hash16(&format!("{}tcp{}:{}", svc.name, ep.0, ep.1))
@@ -761,11 +926,12 @@ fn ipt_sep_chain(svc: &Svc, ep: (Ipv4Addr, u16)) -> String {
 }
 
 /// The service's rule in KUBE-SERVICES.
-fn ipt_portal(svc: &Svc) -> String {
+fn ipt_portal(fam: Family, svc: &Svc) -> String {
     format!(
-        "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/32 --dport {} -j {}",
+        "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/{} --dport {} -j {}",
         svc.name,
         svc.vip,
+        fam.host_len(),
         svc.port,
         ipt_svc_chain(svc)
     )
@@ -773,11 +939,15 @@ fn ipt_portal(svc: &Svc) -> String {
 
 /// KUBE-SVC-* rules: the masquerade mark for traffic from outside the
 /// cluster CIDR, then one `statistic` jump per endpoint (1/n, 1/(n-1), ...).
-fn ipt_svc_rules(svc: &Svc) -> Vec<String> {
+fn ipt_svc_rules(fam: Family, svc: &Svc) -> Vec<String> {
     let chain = ipt_svc_chain(svc);
     let mut rules = vec![format!(
-        "-A {chain} -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/32 --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
-        svc.name, svc.vip, svc.port
+        "-A {chain} -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {}/{} --dport {} ! -s {} -j KUBE-MARK-MASQ",
+        svc.name,
+        svc.vip,
+        fam.host_len(),
+        svc.port,
+        fam.cluster_cidr()
     )];
     let n = svc.endpoints.len();
     for (k, ep) in svc.endpoints.iter().enumerate() {
@@ -791,10 +961,9 @@ fn ipt_svc_rules(svc: &Svc) -> Vec<String> {
             String::new()
         };
         rules.push(format!(
-            "-A {chain} -m comment --comment \"{} -> {}:{}\"{stat} -j {}",
+            "-A {chain} -m comment --comment \"{} -> {}\"{stat} -j {}",
             svc.name,
-            ep.0,
-            ep.1,
+            ep_text(*ep),
             ipt_sep_chain(svc, *ep)
         ));
     }
@@ -802,16 +971,19 @@ fn ipt_svc_rules(svc: &Svc) -> Vec<String> {
 }
 
 /// KUBE-SEP-* rules: hairpin mark, then the DNAT.
-fn ipt_sep_rules(svc: &Svc, ep: (Ipv4Addr, u16)) -> Vec<String> {
+fn ipt_sep_rules(fam: Family, svc: &Svc, ep: (IpAddr, u16)) -> Vec<String> {
     let chain = ipt_sep_chain(svc, ep);
     vec![
         format!(
-            "-A {chain} -m comment --comment {} -s {}/32 -j KUBE-MARK-MASQ",
-            svc.name, ep.0
+            "-A {chain} -m comment --comment {} -s {}/{} -j KUBE-MARK-MASQ",
+            svc.name,
+            ep.0,
+            fam.host_len()
         ),
         format!(
-            "-A {chain} -m comment --comment {} -m tcp -p tcp -j DNAT --to-destination {}:{}",
-            svc.name, ep.0, ep.1
+            "-A {chain} -m comment --comment {} -m tcp -p tcp -j DNAT --to-destination {}",
+            svc.name,
+            ep_text(ep)
         ),
     ]
 }
@@ -844,22 +1016,22 @@ const IPT_NODEPORTS_LAST: &str = "-A KUBE-SERVICES -m comment --comment \"kubern
 /// chain per service port with `statistic` jumps, one KUBE-SEP chain per
 /// endpoint with the hairpin mark and the DNAT, the nodeports rule last.
 /// Returns the `iptables-restore` input and its number of rules.
-fn iptables_rules(svcs: &[Svc]) -> (String, usize) {
+fn iptables_rules(fam: Family, svcs: &[Svc]) -> (String, usize) {
     let mut chains = String::new();
     let mut portals = String::new();
     let mut body = String::new();
     let mut count = 0;
     for svc in svcs {
         let _ = writeln!(chains, ":{} - [0:0]", ipt_svc_chain(svc));
-        let _ = writeln!(portals, "{}", ipt_portal(svc));
+        let _ = writeln!(portals, "{}", ipt_portal(fam, svc));
         count += 1;
-        for r in ipt_svc_rules(svc) {
+        for r in ipt_svc_rules(fam, svc) {
             let _ = writeln!(body, "{r}");
             count += 1;
         }
         for ep in &svc.endpoints {
             let _ = writeln!(chains, ":{} - [0:0]", ipt_sep_chain(svc, *ep));
-            for r in ipt_sep_rules(svc, *ep) {
+            for r in ipt_sep_rules(fam, svc, *ep) {
                 let _ = writeln!(body, "{r}");
                 count += 1;
             }
@@ -885,7 +1057,7 @@ fn iptables_rules(svcs: &[Svc]) -> (String, usize) {
 /// full (KUBE-SERVICES holds every service), the changed KUBE-SVC chain, the
 /// new KUBE-SEP chain, and `-X` of the old one; `--noflush` keeps the rest.
 /// (The portal rules do not depend on endpoints: `svcs` may be the old set.)
-fn iptables_change(svcs: &[Svc], changed: &Svc, old: (Ipv4Addr, u16)) -> String {
+fn iptables_change(fam: Family, svcs: &[Svc], changed: &Svc, old: (IpAddr, u16)) -> String {
     let new = changed.endpoints[0];
     let mut s = format!("{IPT_FILTER}*nat\n{IPT_NAT_CHAINS}");
     let _ = writeln!(s, ":{} - [0:0]", ipt_svc_chain(changed));
@@ -893,13 +1065,13 @@ fn iptables_change(svcs: &[Svc], changed: &Svc, old: (Ipv4Addr, u16)) -> String 
     let _ = writeln!(s, ":{} - [0:0]", ipt_sep_chain(changed, old));
     s.push_str(IPT_NAT_FIXED);
     for svc in svcs {
-        let _ = writeln!(s, "{}", ipt_portal(svc));
+        let _ = writeln!(s, "{}", ipt_portal(fam, svc));
     }
     s.push_str(IPT_NODEPORTS_LAST);
-    for r in ipt_svc_rules(changed) {
+    for r in ipt_svc_rules(fam, changed) {
         let _ = writeln!(s, "{r}");
     }
-    for r in ipt_sep_rules(changed, new) {
+    for r in ipt_sep_rules(fam, changed, new) {
         let _ = writeln!(s, "{r}");
     }
     let _ = writeln!(s, "-X {}", ipt_sep_chain(changed, old));
@@ -907,44 +1079,51 @@ fn iptables_change(svcs: &[Svc], changed: &Svc, old: (Ipv4Addr, u16)) -> String 
     s
 }
 
-const NFT_TABLE: &str = "ip kube-proxy";
+/// kube-proxy's table of the family: `ip kube-proxy`, `ip6 kube-proxy`.
+fn nft_table(fam: Family) -> String {
+    format!("{} kube-proxy", fam.nft())
+}
 
 fn nft_svc_chain(svc: &Svc) -> String {
     let name = svc.name.replace(':', "/tcp/");
     format!("service-{}-{name}", &hash16(&name)[..8])
 }
 
-fn nft_ep_chain(svc: &Svc, ep: (Ipv4Addr, u16)) -> String {
-    let name = format!("{}__{}/{}", svc.name.replace(':', "/tcp/"), ep.0, ep.1);
+fn nft_ep_chain(svc: &Svc, ep: (IpAddr, u16)) -> String {
+    // A chain name has no colons: IPv6 addresses are written with dots.
+    let addr = ep.0.to_string().replace(':', ".");
+    let name = format!("{}__{addr}/{}", svc.name.replace(':', "/tcp/"), ep.1);
     format!("endpoint-{}-{name}", &hash16(&name)[..8])
 }
 
 /// `add chain` + rules of one endpoint chain.
-fn nft_ep(s: &mut String, svc: &Svc, ep: (Ipv4Addr, u16)) {
-    let t = NFT_TABLE;
+fn nft_ep(fam: Family, s: &mut String, svc: &Svc, ep: (IpAddr, u16)) {
+    let (t, l3) = (nft_table(fam), fam.nft());
     let chain = nft_ep_chain(svc, ep);
     let _ = writeln!(s, "add chain {t} {chain}");
     let _ = writeln!(
         s,
-        "add rule {t} {chain} ip saddr {} jump mark-for-masquerade",
+        "add rule {t} {chain} {l3} saddr {} jump mark-for-masquerade",
         ep.0
     );
     let _ = writeln!(
         s,
-        "add rule {t} {chain} meta l4proto tcp dnat to {}:{}",
-        ep.0, ep.1
+        "add rule {t} {chain} meta l4proto tcp dnat to {}",
+        ep_text(ep)
     );
 }
 
 /// The two rules of a service chain (masquerade mark, then the random
 /// choice of an endpoint chain).
-fn nft_svc_rules(s: &mut String, svc: &Svc) {
-    let t = NFT_TABLE;
+fn nft_svc_rules(fam: Family, s: &mut String, svc: &Svc) {
+    let (t, l3) = (nft_table(fam), fam.nft());
     let chain = nft_svc_chain(svc);
     let _ = writeln!(
         s,
-        "add rule {t} {chain} ip daddr {} tcp dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
-        svc.vip, svc.port
+        "add rule {t} {chain} {l3} daddr {} tcp dport {} {l3} saddr != {} jump mark-for-masquerade",
+        svc.vip,
+        svc.port,
+        fam.cluster_cidr()
     );
     let vmap: Vec<String> = svc
         .endpoints
@@ -966,8 +1145,8 @@ fn nft_svc_rules(s: &mut String, svc: &Svc) {
 /// n vmap`, one chain per endpoint with the hairpin mark and the `dnat`, the
 /// masquerading chains and the forward checks (`cluster-ips`,
 /// `no-endpoint-services`). Returns the `nft -f` input and its rule count.
-fn nft_rules(svcs: &[Svc]) -> (String, usize) {
-    let t = NFT_TABLE;
+fn nft_rules(fam: Family, svcs: &[Svc]) -> (String, usize) {
+    let (t, l3, addr) = (nft_table(fam), fam.nft(), fam.nft_addr_type());
     let mut s = format!(
         "add table {t} {{ comment \"rules for kube-proxy\" ; }}
 add chain {t} mark-for-masquerade
@@ -988,23 +1167,23 @@ add chain {t} nat-output {{ type nat hook output priority -100 ; }}
 add rule {t} nat-output jump services
 add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; }}
 add rule {t} nat-postrouting jump masquerading
-add set {t} cluster-ips {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}
-add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}
-add map {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}
-add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips
-add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
-add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"
+add set {t} cluster-ips {{ type {addr} ; comment \"Active ClusterIPs\" ; }}
+add map {t} service-ips {{ type {addr} . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}
+add map {t} no-endpoint-services {{ type {addr} . inet_proto . inet_service : verdict ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}
+add rule {t} services {l3} daddr . meta l4proto . th dport vmap @service-ips
+add rule {t} service-endpoints-check {l3} daddr . meta l4proto . th dport vmap @no-endpoint-services
+add rule {t} cluster-ips-check {l3} daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"
 "
     );
     let mut count = 13;
     for svc in svcs {
         for ep in &svc.endpoints {
-            nft_ep(&mut s, svc, *ep);
+            nft_ep(fam, &mut s, svc, *ep);
             count += 2;
         }
         let chain = nft_svc_chain(svc);
         let _ = writeln!(s, "add chain {t} {chain}");
-        nft_svc_rules(&mut s, svc);
+        nft_svc_rules(fam, &mut s, svc);
         count += 2;
         let _ = writeln!(s, "add element {t} cluster-ips {{ {} }}", svc.vip);
         let _ = writeln!(
@@ -1019,12 +1198,12 @@ add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment \"Reject tra
 /// One `nft -f` transaction for one endpoint change of `svc`, as
 /// kube-proxy's nftables mode writes it: the new endpoint chain, the service
 /// chain flushed and rewritten, the old endpoint chain deleted.
-fn nft_change(changed: &Svc, old: (Ipv4Addr, u16)) -> String {
-    let t = NFT_TABLE;
+fn nft_change(fam: Family, changed: &Svc, old: (IpAddr, u16)) -> String {
+    let t = nft_table(fam);
     let mut s = String::new();
-    nft_ep(&mut s, changed, changed.endpoints[0]);
+    nft_ep(fam, &mut s, changed, changed.endpoints[0]);
     let _ = writeln!(s, "flush chain {t} {}", nft_svc_chain(changed));
-    nft_svc_rules(&mut s, changed);
+    nft_svc_rules(fam, &mut s, changed);
     let _ = writeln!(s, "delete chain {t} {}", nft_ep_chain(changed, old));
     s
 }
@@ -1123,6 +1302,7 @@ fn setup_svcnat(topo: &mut Topology, svcs: &[Svc]) -> Result<f64> {
 /// Replaces the first endpoint of the middle service `count` times with a
 /// fresh address and times each change as the column applies it (ms).
 fn time_changes(
+    fam: Family,
     column: Column,
     topo: &mut Topology,
     svcs: &[Svc],
@@ -1142,7 +1322,7 @@ fn time_changes(
     let mut out = Vec::new();
     for c in 0..count {
         let old = changed.endpoints[0];
-        changed.endpoints[0] = (Ipv4Addr::new(198, 18, 1, (c % 250 + 1) as u8), old.1);
+        changed.endpoints[0] = (fam.replacement(c), old.1);
         let ms = match column {
             Column::Svcnat => {
                 let dp = topo
@@ -1154,18 +1334,18 @@ fn time_changes(
                 t.elapsed().as_secs_f64() * 1e3
             }
             Column::Iptables => {
-                let text = iptables_change(svcs, &changed, old);
+                let text = iptables_change(fam, svcs, &changed, old);
                 load_rules(
                     &topo.node,
                     work,
                     "change.rules",
                     &text,
-                    "iptables-restore",
+                    fam.restore(),
                     &["-w", "5", "--noflush"],
                 )? * 1e3
             }
             Column::Nftables => {
-                let text = nft_change(&changed, old);
+                let text = nft_change(fam, &changed, old);
                 load_rules(&topo.node, work, "change.nft", &text, "nft", &["-f"])? * 1e3
             }
             Column::Direct => unreachable!("returned above"),
@@ -1196,12 +1376,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl RunResult {
-    fn line(&self, column: Column, n: u32, round: u32) -> String {
+    fn line(&self, fam: Family, column: Column, n: u32, round: u32) -> String {
         let slow = self.connect_us.iter().filter(|&&c| c > 5_000.0).count();
         format!(
-            "e2e column={} services={n} round={round} conns={} errors={} conn_per_s={:.0} \
+            "e2e family={} column={} services={n} round={round} conns={} errors={} conn_per_s={:.0} \
              connect_p50_us={:.1} connect_p99_us={:.1} request_p50_us={:.1} request_p99_us={:.1} \
              connect_over_5ms={slow} iperf_gbit_s={} iperf_retransmits={}",
+            fam.name(),
             column.name(),
             self.conns,
             self.errors,
@@ -1337,7 +1518,7 @@ fn connection_load(
 
 /// iperf3 server in the first backend pod, client in the client pod to
 /// `target`: received Gbit/s and the sender's retransmits.
-fn iperf(topo: &Topology, target: Ipv4Addr, seconds: u32) -> Result<(f64, u64)> {
+fn iperf(topo: &Topology, target: IpAddr, seconds: u32) -> Result<(f64, u64)> {
     let server = exec_in(&topo.backends[0], "iperf3")
         .args(["-s", "-p", &IPERF_PORT.to_string()])
         .stdin(Stdio::null())
