@@ -1235,7 +1235,7 @@ fn specs(svc: &Svc) -> Vec<BackendSpec> {
     svc.endpoints
         .iter()
         .map(|(addr, port)| BackendSpec {
-            addr: (*addr).into(),
+            addr: *addr,
             port: *port,
             flags: 0,
         })
@@ -1244,7 +1244,7 @@ fn specs(svc: &Svc) -> Vec<BackendSpec> {
 
 fn frontend(svc: &Svc) -> Frontend {
     Frontend {
-        addr: svc.vip.into(),
+        addr: svc.vip,
         port: svc.port,
         proto: 6,
     }
