@@ -5,11 +5,13 @@
 //! pinned to the removed one for as long as the client keeps sending.
 //! Established TCP flows outlive their service's last endpoint (only new
 //! ones are refused), and fragmented UDP replies are translated fragment by
-//! fragment so that the client reassembles them.
+//! fragment so that the client reassembles them. Each test runs once per
+//! family, on a single-stack IPv4 and an IPv6 Service (IPv6 twins of the
+//! IPv4 addresses: [`IpFamily::plan`]).
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,8 +22,8 @@ use std::{
 
 use svcnat_testkit::{
     cluster::{
-        Cluster, ClusterConfig, Endpoint, Frontend, Host, Port, Proto, Query, node_addr, pod_addr,
-        service_with_slice, service_yaml, slice_yaml,
+        Cluster, ClusterConfig, Endpoint, Frontend, Host, IpFamily, Port, Proto, Query, node_addr,
+        pod_addr, service_with_slices, service_yaml_ips, slice_yaml_of, url,
     },
     skip::{Needs, skip_reason},
 };
@@ -52,20 +54,37 @@ fn cluster(prefix: &str) -> Option<Cluster> {
     cluster_with(prefix, &["dnsmasq", "dig"])
 }
 
-/// The EndpointSlice of service `dns` with `backend` as its one endpoint.
-fn slice(backend: &Host) -> String {
-    slice_yaml(
-        NS,
-        "dns-1",
-        "dns",
-        &[Port::udp("dns", 53, 53)],
-        &[svcnat_testkit::cluster::Endpoint::of(backend)],
+/// A cluster prefix of `tag` and the family (`uc4`, `uc6`).
+fn prefix(tag: &str, family: IpFamily) -> String {
+    format!("{tag}{}", &family.tag()[3..])
+}
+
+/// Service `dns` of `family` (cluster IP the twin of [`DNS_VIP`], UDP 53,
+/// on `node_port` too when given) and its EndpointSlice with `backend`'s
+/// address of the family as its one endpoint.
+fn dns(family: IpFamily, node_port: Option<u16>, backend: &Host) -> String {
+    let mut port = Port::udp("dns", 53, 53);
+    port.node_port = node_port;
+    let ports = [port];
+    format!(
+        "{}---\n{}",
+        service_yaml_ips(NS, "dns", &[family.plan(DNS_VIP)], &ports, true),
+        slice_yaml_of(
+            family,
+            NS,
+            "dns-1",
+            "dns",
+            &ports,
+            &[Endpoint::of_family(backend, family)],
+        )
     )
 }
 
-/// Whether node `node`'s frontends show `frontend`/UDP with exactly `backend`.
-fn shows(fs: &[Frontend], frontend: (Ipv4Addr, u16), backend: &Host) -> bool {
-    let want: BTreeSet<String> = [format!("{}:53", backend.addr)].into();
+/// Whether node `node`'s frontends show `frontend`/UDP with exactly
+/// `backend` (its address of the frontend's family).
+fn shows(fs: &[Frontend], frontend: (IpAddr, u16), backend: &Host) -> bool {
+    let want: BTreeSet<String> =
+        [SocketAddr::new(backend.addr_for(frontend.0), 53).to_string()].into();
     fs.iter().any(|f| {
         f.vip == frontend.0
             && f.port == frontend.1
@@ -82,7 +101,7 @@ fn shows(fs: &[Frontend], frontend: (Ipv4Addr, u16), backend: &Host) -> bool {
 fn endpoint_replaced_under_a_udp_flow(
     c: &Cluster,
     client: &Host,
-    frontend: (Ipv4Addr, u16),
+    frontend: (IpAddr, u16),
     node: usize,
     manifest: impl Fn(&Host) -> String,
     old: &Host,
@@ -138,11 +157,10 @@ fn endpoint_replaced_under_a_udp_flow(
     let start = queries.first().map_or(updated, |q| q.started);
     let end = queries.last().map_or(deadline, |q| q.started) + Duration::from_millis(1);
     eprintln!(
-        "{} -> {}:{} (queries, old answers, new answers): before the map update {:?}, \
+        "{} -> {} (queries, old answers, new answers): before the map update {:?}, \
          in the second after it {:?}, later {:?}",
         client.name,
-        frontend.0,
-        frontend.1,
+        SocketAddr::from(frontend),
         summary(start, updated),
         summary(updated, deadline),
         summary(deadline, end),
@@ -165,53 +183,57 @@ fn endpoint_replaced_under_a_udp_flow(
 
 /// ClusterIP from a pod: the old endpoint is on the client's node, the new
 /// one on the other node.
-#[test]
-fn a_udp_flow_to_a_cluster_ip_moves_when_its_endpoint_is_replaced() {
-    let Some(mut c) = cluster("uc") else {
+fn a_udp_flow_to_a_cluster_ip_moves_when_its_endpoint_is_replaced(family: IpFamily) {
+    let Some(mut c) = cluster(&prefix("uc", family)) else {
         return;
     };
     let old = c.add_pod(0, "d-old", pod_addr(0, 20)).expect("pod");
     let new = c.add_pod(1, "d-new", pod_addr(1, 20)).expect("pod");
     let client = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
-    let manifest = |b: &Host| {
-        format!(
-            "{}---\n{}",
-            service_yaml(NS, "dns", DNS_VIP, &[Port::udp("dns", 53, 53)], true),
-            slice(b)
-        )
-    };
-    endpoint_replaced_under_a_udp_flow(&c, &client, (DNS_VIP, 53), 0, manifest, &old, &new);
+    let frontend = (family.plan(DNS_VIP), 53);
+    let manifest = |b: &Host| dns(family, None, b);
+    endpoint_replaced_under_a_udp_flow(&c, &client, frontend, 0, manifest, &old, &new);
+}
+
+#[test]
+fn a_udp_flow_to_a_cluster_ip_moves_when_its_endpoint_is_replaced_ipv4() {
+    a_udp_flow_to_a_cluster_ip_moves_when_its_endpoint_is_replaced(IpFamily::V4);
+}
+
+#[test]
+fn a_udp_flow_to_a_cluster_ip_moves_when_its_endpoint_is_replaced_ipv6() {
+    a_udp_flow_to_a_cluster_ip_moves_when_its_endpoint_is_replaced(IpFamily::V6);
 }
 
 /// NodePort from the outside client through node-a, with both endpoints on
 /// node-b: the flow is DNATed and SNATed at node-a's XDP.
-#[test]
-fn a_snated_udp_flow_to_a_node_port_moves_when_its_endpoint_is_replaced() {
-    let Some(mut c) = cluster("un") else {
+fn a_snated_udp_flow_to_a_node_port_moves_when_its_endpoint_is_replaced(family: IpFamily) {
+    let Some(mut c) = cluster(&prefix("un", family)) else {
         return;
     };
     let old = c.add_pod(1, "d-old", pod_addr(1, 20)).expect("pod");
     let new = c.add_pod(1, "d-new", pod_addr(1, 21)).expect("pod");
-    let manifest = |b: &Host| {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  namespace: {NS}\n\
-             spec:\n  type: NodePort\n  clusterIP: {DNS_VIP}\n  clusterIPs: [\"{DNS_VIP}\"]\n  \
-             selector: {{app: dns}}\n  ports:\n  \
-             - {{name: dns, protocol: UDP, port: 53, targetPort: 53, nodePort: {NODE_PORT}}}\n\
-             ---\n{}",
-            slice(b)
-        )
-    };
+    let manifest = |b: &Host| dns(family, Some(NODE_PORT), b);
     let client = c.outside().expect("outside client").clone();
     endpoint_replaced_under_a_udp_flow(
         &c,
         &client,
-        (node_addr(0), NODE_PORT),
+        (family.plan(node_addr(0)), NODE_PORT),
         0,
         manifest,
         &old,
         &new,
     );
+}
+
+#[test]
+fn a_snated_udp_flow_to_a_node_port_moves_when_its_endpoint_is_replaced_ipv4() {
+    a_snated_udp_flow_to_a_node_port_moves_when_its_endpoint_is_replaced(IpFamily::V4);
+}
+
+#[test]
+fn a_snated_udp_flow_to_a_node_port_moves_when_its_endpoint_is_replaced_ipv6() {
+    a_snated_udp_flow_to_a_node_port_moves_when_its_endpoint_is_replaced(IpFamily::V6);
 }
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 80);
@@ -231,28 +253,29 @@ const SLOW_PORT: u16 = 41080;
 /// the last byte. (Looking up the service before conntrack, svcnat used to
 /// reset the established flow too: curl failed with "Connection reset by
 /// peer" after 8 of the 10 KiB.)
-#[test]
-fn an_established_flow_survives_its_service_dropping_to_zero_endpoints() {
-    let Some(mut c) = cluster_with("ez", &["nginx", "curl"]) else {
+fn an_established_flow_survives_its_service_dropping_to_zero_endpoints(family: IpFamily) {
+    let Some(mut c) = cluster_with(&prefix("ez", family), &["nginx", "curl"]) else {
         return;
     };
     let backend = c.add_pod(1, "web", pod_addr(1, 30)).expect("pod");
     let client = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
     c.nginx(&backend).expect("nginx");
+    let vip = family.plan(WEB_VIP);
     let ports = [Port::tcp("http", 80, 80)];
-    let manifest = |e: Endpoint| service_with_slice(NS, "web", WEB_VIP, &ports, &[e]);
-    c.write_manifest("web.yaml", &manifest(Endpoint::of(&backend)))
+    let manifest = |e: Endpoint| service_with_slices(NS, "web", &[vip], &ports, &[e]);
+    let endpoint = Endpoint::of_family(&backend, family);
+    c.write_manifest("web.yaml", &manifest(endpoint.clone()))
         .expect("manifest");
     c.start_agents().expect("start agents");
-    let to = SocketAddrV4::new(backend.addr, 80);
-    c.wait_backends(WEB_VIP, 80, Proto::Tcp, Some(&[to]), WAIT)
+    let to = SocketAddr::new(family.of_host(&backend), 80);
+    c.wait_backends_ip(vip, 80, Proto::Tcp, Some(&[to]), WAIT)
         .expect("first sync");
 
-    let base = format!("http://{WEB_VIP}");
+    let base = format!("http://{}", SocketAddr::new(vip, 80));
     let mut download = c
         .download(&client, &base, SLOW_BYTES, SLOW_RATE, SLOW_PORT)
         .expect("download");
-    let flow = SocketAddrV4::new(client.addr, SLOW_PORT);
+    let flow = SocketAddr::new(family.of_host(&client), SLOW_PORT);
     let t = Instant::now();
     while c.flow_backend(0, flow).expect("conntrack").is_none() {
         assert!(t.elapsed() < WAIT, "the download's flow never showed");
@@ -262,9 +285,9 @@ fn an_established_flow_survives_its_service_dropping_to_zero_endpoints() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(download.running(), "the download ended before the change");
 
-    c.write_manifest("web.yaml", &manifest(Endpoint::of(&backend).not_ready()))
+    c.write_manifest("web.yaml", &manifest(endpoint.not_ready()))
         .expect("manifest");
-    c.wait_backends(WEB_VIP, 80, Proto::Tcp, Some(&[]), WAIT)
+    c.wait_backends_ip(vip, 80, Proto::Tcp, Some(&[]), WAIT)
         .expect("no backend on every node");
     assert!(
         download.running(),
@@ -273,7 +296,7 @@ fn an_established_flow_survives_its_service_dropping_to_zero_endpoints() {
     );
 
     let limit = Duration::from_secs(10);
-    let o = client.curl(&format!("{base}/"), limit).expect("curl");
+    let o = client.curl(&url(vip, 80), limit).expect("curl");
     eprintln!(
         "no ready endpoint -> new connection: curl exit {} after {:?}: {:?}",
         o.exit,
@@ -294,6 +317,16 @@ fn an_established_flow_survives_its_service_dropping_to_zero_endpoints() {
         "the established download must complete: {}",
         d.stderr
     );
+}
+
+#[test]
+fn an_established_flow_survives_its_service_dropping_to_zero_endpoints_ipv4() {
+    an_established_flow_survives_its_service_dropping_to_zero_endpoints(IpFamily::V4);
+}
+
+#[test]
+fn an_established_flow_survives_its_service_dropping_to_zero_endpoints_ipv6() {
+    an_established_flow_survives_its_service_dropping_to_zero_endpoints(IpFamily::V6);
 }
 
 const UDP_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 90);
@@ -342,7 +375,8 @@ impl UdpServer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = pod.spawn(move || -> std::io::Result<()> {
-            let s = UdpSocket::bind(("0.0.0.0", port))?;
+            // [::] takes datagrams of both families.
+            let s = UdpSocket::bind(("::", port))?;
             s.set_read_timeout(Some(Duration::from_millis(100)))?;
             let body = reply();
             let mut buf = [0u8; 2048];
@@ -371,63 +405,88 @@ impl Drop for UdpServer {
     }
 }
 
-/// IP datagrams reassembled in `host`'s namespace so far (`ReasmOKs`).
-fn reassembled(host: &Host) -> u64 {
+/// Datagrams of `family` reassembled in `host`'s namespace so far
+/// (`ReasmOKs` of /proc/net/snmp, `Ip6ReasmOKs` of /proc/net/snmp6).
+fn reassembled(host: &Host, family: IpFamily) -> u64 {
+    let file = match family {
+        IpFamily::V4 => "/proc/net/snmp",
+        IpFamily::V6 => "/proc/net/snmp6",
+    };
     let out = host
         .command("cat")
-        .arg("/proc/net/snmp")
+        .arg(file)
         .output()
-        .expect("read /proc/net/snmp");
+        .unwrap_or_else(|e| panic!("read {file}: {e}"));
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
-    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
-        panic!("no Ip lines in /proc/net/snmp: {text}");
+    let found = match family {
+        IpFamily::V4 => {
+            let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+            let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+                panic!("no Ip lines in {file}: {text}");
+            };
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == "ReasmOKs")
+                .map(|(_, v)| v.to_string())
+        }
+        IpFamily::V6 => text.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("Ip6ReasmOKs")).then(|| w.next().unwrap_or_default().to_string())
+        }),
     };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "ReasmOKs")
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("ReasmOKs in /proc/net/snmp")
+    found
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no reassembly count in {file}: {text}"))
 }
 
 /// `client` sends a small request to the ClusterIP whose only backend is
 /// `backend` (a UDP server answering with [`REPLY_BYTES`] bytes); the
 /// client must get the whole reply, reassembled from its fragments, from
 /// the ClusterIP's address and port.
-fn a_large_udp_reply_reassembles_at_the_client(c: &Cluster, client: &Host, backend: &Host) {
+fn a_large_udp_reply_reassembles_at_the_client(
+    c: &Cluster,
+    family: IpFamily,
+    client: &Host,
+    backend: &Host,
+) {
     let _server = UdpServer::start(c, backend, UDP_TARGET);
+    let vip = family.plan(UDP_VIP);
     c.write_manifest(
         "udp.yaml",
-        &service_with_slice(
+        &service_with_slices(
             NS,
             "big",
-            UDP_VIP,
+            &[vip],
             &[Port::udp("big", UDP_PORT, UDP_TARGET)],
-            &[Endpoint::of(backend)],
+            &[Endpoint::of_family(backend, family)],
         ),
     )
     .expect("manifest");
     c.start_agents().expect("start agents");
-    c.wait_backends(
-        UDP_VIP,
+    c.wait_backends_ip(
+        vip,
         UDP_PORT,
         Proto::Udp,
-        Some(&[SocketAddrV4::new(backend.addr, UDP_TARGET)]),
+        Some(&[SocketAddr::new(family.of_host(backend), UDP_TARGET)]),
         WAIT,
     )
     .expect("first sync");
 
-    let before = reassembled(client);
+    let before = reassembled(client, family);
+    let any = match family {
+        IpFamily::V4 => "0.0.0.0",
+        IpFamily::V6 => "::",
+    };
     let got = client
-        .spawn(|| -> std::io::Result<Vec<(Vec<u8>, SocketAddr)>> {
-            let s = UdpSocket::bind(("0.0.0.0", 0))?;
+        .spawn(move || -> std::io::Result<Vec<(Vec<u8>, SocketAddr)>> {
+            let s = UdpSocket::bind((any, 0))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             let mut got = Vec::new();
             let mut buf = vec![0u8; 65536];
             // A few tries, for a first datagram lost to neighbour discovery.
             for _ in 0..3 {
-                s.send_to(b"big?", (UDP_VIP, UDP_PORT))?;
+                s.send_to(b"big?", (vip, UDP_PORT))?;
                 if let Some((n, from)) = recv_within(&s, &mut buf)? {
                     got.push((buf[..n].to_vec(), from));
                     break;
@@ -439,12 +498,12 @@ fn a_large_udp_reply_reassembles_at_the_client(c: &Cluster, client: &Host, backe
         .expect("the client thread")
         .expect("enter the client's namespace")
         .expect("the client's socket");
-    let after = reassembled(client);
+    let after = reassembled(client, family);
     eprintln!(
-        "{} -> {UDP_VIP}:{UDP_PORT} (backend {} on {}): replies {:?}; datagrams reassembled \
-         at the client: {}",
+        "{} -> {} (backend {} on {}): replies {:?}; datagrams reassembled at the client: {}",
         client.name,
-        backend.addr,
+        SocketAddr::new(vip, UDP_PORT),
+        family.of_host(backend),
         backend.node_name().unwrap_or_default(),
         got.iter().map(|(b, f)| (b.len(), *f)).collect::<Vec<_>>(),
         after - before
@@ -461,11 +520,7 @@ fn a_large_udp_reply_reassembles_at_the_client(c: &Cluster, client: &Host, backe
             show("stats")
         );
     };
-    assert_eq!(
-        *from,
-        SocketAddr::from((UDP_VIP, UDP_PORT)),
-        "the reply's source"
-    );
+    assert_eq!(*from, SocketAddr::new(vip, UDP_PORT), "the reply's source");
     assert_eq!(body.len(), REPLY_BYTES, "the reply's size");
     assert!(*body == reply(), "the reply's bytes differ");
     assert!(
@@ -478,23 +533,43 @@ fn a_large_udp_reply_reassembles_at_the_client(c: &Cluster, client: &Host, backe
 /// fragments to the client's node, whose TC egress translates every
 /// fragment (later ones carry no ports). (Before the fix the client got
 /// nothing: its reassembly never completed.)
-#[test]
-fn a_large_udp_reply_from_a_remote_backend_reassembles_at_the_client() {
-    let Some(mut c) = cluster_with("ef", &[]) else {
+/// (IPv6: the backend's stack fragments with a fragment header; routers
+/// never do.)
+fn a_large_udp_reply_from_a_remote_backend_reassembles_at_the_client(family: IpFamily) {
+    let Some(mut c) = cluster_with(&prefix("ef", family), &[]) else {
         return;
     };
     let backend = c.add_pod(1, "big", pod_addr(1, 40)).expect("pod");
     let client = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
-    a_large_udp_reply_reassembles_at_the_client(&c, &client, &backend);
+    a_large_udp_reply_reassembles_at_the_client(&c, family, &client, &backend);
+}
+
+#[test]
+fn a_large_udp_reply_from_a_remote_backend_reassembles_at_the_client_ipv4() {
+    a_large_udp_reply_from_a_remote_backend_reassembles_at_the_client(IpFamily::V4);
+}
+
+#[test]
+fn a_large_udp_reply_from_a_remote_backend_reassembles_at_the_client_ipv6() {
+    a_large_udp_reply_from_a_remote_backend_reassembles_at_the_client(IpFamily::V6);
 }
 
 /// The control: the backend is on the client's node.
-#[test]
-fn a_large_udp_reply_from_a_local_backend_reassembles_at_the_client() {
-    let Some(mut c) = cluster_with("eg", &[]) else {
+fn a_large_udp_reply_from_a_local_backend_reassembles_at_the_client(family: IpFamily) {
+    let Some(mut c) = cluster_with(&prefix("eg", family), &[]) else {
         return;
     };
     let backend = c.add_pod(0, "big", pod_addr(0, 40)).expect("pod");
     let client = c.add_pod(0, "ca", pod_addr(0, 100)).expect("pod");
-    a_large_udp_reply_reassembles_at_the_client(&c, &client, &backend);
+    a_large_udp_reply_reassembles_at_the_client(&c, family, &client, &backend);
+}
+
+#[test]
+fn a_large_udp_reply_from_a_local_backend_reassembles_at_the_client_ipv4() {
+    a_large_udp_reply_from_a_local_backend_reassembles_at_the_client(IpFamily::V4);
+}
+
+#[test]
+fn a_large_udp_reply_from_a_local_backend_reassembles_at_the_client_ipv6() {
+    a_large_udp_reply_from_a_local_backend_reassembles_at_the_client(IpFamily::V6);
 }

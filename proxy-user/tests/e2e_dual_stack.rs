@@ -347,7 +347,7 @@ fn node_port_service(
         NS,
         name,
         vips,
-        &[Port::tcp("http", 80, 80)],
+        &[Port::tcp("http", 80, 80).node_port(node_port)],
         &dual_stack_endpoints(pods),
     );
     let policy = if local {
@@ -360,14 +360,7 @@ fn node_port_service(
     } else {
         "LoadBalancer"
     };
-    let mut text = text
-        .replacen("type: ClusterIP", &format!("type: {kind}{policy}"), 1)
-        .replacen(
-            "targetPort: 80}",
-            &format!("targetPort: 80, nodePort: {node_port}}}"),
-            1,
-        );
-    assert!(text.contains("nodePort"), "{text}");
+    let mut text = text.replacen("type: NodePort", &format!("type: {kind}{policy}"), 1);
     if !lb_ips.is_empty() {
         let ingress: String = lb_ips
             .iter()

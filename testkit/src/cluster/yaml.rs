@@ -108,6 +108,8 @@ pub struct Port {
     pub port: u16,
     /// The backends' port.
     pub target: u16,
+    /// Its `nodePort`: a Service with one is of `type: NodePort`.
+    pub node_port: Option<u16>,
 }
 
 impl Port {
@@ -118,6 +120,7 @@ impl Port {
             proto: Proto::Tcp,
             port,
             target,
+            node_port: None,
         }
     }
 
@@ -128,12 +131,19 @@ impl Port {
             proto: Proto::Udp,
             port,
             target,
+            node_port: None,
         }
     }
 
     /// Without a name.
     pub fn unnamed(mut self) -> Self {
         self.name = None;
+        self
+    }
+
+    /// With `nodePort` `node_port`.
+    pub fn node_port(mut self, node_port: u16) -> Self {
+        self.node_port = Some(node_port);
         self
     }
 }
@@ -211,7 +221,7 @@ pub fn service_yaml(
 /// also `clusterIP`): one address is a single-stack Service of its family
 /// (`ipFamilyPolicy: SingleStack` when IPv6), two of both families a
 /// dual-stack one (`ipFamilyPolicy: RequireDualStack`, `ipFamilies` in
-/// their order).
+/// their order). `type: NodePort` when a port has a node port.
 pub fn service_yaml_ips(
     namespace: &str,
     name: &str,
@@ -221,9 +231,14 @@ pub fn service_yaml_ips(
 ) -> String {
     let first = vips.first().map(ToString::to_string).unwrap_or_default();
     let all: Vec<String> = vips.iter().map(|v| format!("\"{v}\"")).collect();
+    let kind = if ports.iter().any(|p| p.node_port.is_some()) {
+        "NodePort"
+    } else {
+        "ClusterIP"
+    };
     let mut s = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
-         spec:\n  type: ClusterIP\n  clusterIP: {first}\n  clusterIPs: [{}]\n",
+         spec:\n  type: {kind}\n  clusterIP: {first}\n  clusterIPs: [{}]\n",
         all.join(", ")
     );
     let families: Vec<&str> = vips.iter().map(|v| IpFamily::of(v).k8s()).collect();
@@ -244,13 +259,17 @@ pub fn service_yaml_ips(
         if let Some(n) = &p.name {
             let _ = write!(s, "name: {n}, ");
         }
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "protocol: {}, port: {}, targetPort: {}}}",
+            "protocol: {}, port: {}, targetPort: {}",
             p.proto.k8s(),
             p.port,
             p.target
         );
+        if let Some(n) = p.node_port {
+            let _ = write!(s, ", nodePort: {n}");
+        }
+        s.push_str("}\n");
     }
     s
 }
@@ -475,5 +494,24 @@ mod tests {
         let v: serde_yaml::Value = serde_yaml::from_str(&single6).expect("yaml");
         assert_eq!(v["spec"]["ipFamilyPolicy"], "SingleStack");
         assert_eq!(v["spec"]["ipFamilies"][0], "IPv6");
+        assert_eq!(v["spec"]["type"], "ClusterIP");
+
+        let np = service_yaml_ips(
+            "demo",
+            "np",
+            &[vip6],
+            &[Port::udp("dns", 53, 53).node_port(30053)],
+            true,
+        );
+        assert_eq!(
+            svcnat::sources::manifests::parse_manifests(&np)
+                .expect("a valid Service")
+                .len(),
+            1
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&np).expect("yaml");
+        assert_eq!(v["spec"]["type"], "NodePort");
+        assert_eq!(v["spec"]["ports"][0]["nodePort"], 30053);
+        assert_eq!(v["spec"]["ports"][0]["targetPort"], 53);
     }
 }
