@@ -82,6 +82,7 @@ struct Json<'a> {
     packet_cost: PacketCostJson<'a>,
     sync_scale: Vec<SyncJson<'a>>,
     e2e: E2eJson<'a>,
+    e2e_ipv6: E2eJson<'a>,
     e2e_shared_endpoints: E2eJson<'a>,
 }
 
@@ -326,6 +327,7 @@ impl Report<'_> {
             packet_cost: PacketCostJson::new(self.plan.packet_repeat, self.packet),
             sync_scale: self.sync.iter().map(SyncJson::new).collect(),
             e2e: E2eJson::new(self.e2e),
+            e2e_ipv6: E2eJson::new(self.e2e6),
             e2e_shared_endpoints: E2eJson::new(self.shared),
         })
     }

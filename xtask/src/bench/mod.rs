@@ -101,6 +101,7 @@ pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Resul
     // 3. End to end.
     let e2e_text = log.capture(&exe("bench_e2e"), &plan.e2e_args)?;
     let e2e = E2e::parse(&e2e_text);
+    let e2e6 = E2e::parse(&log.capture(&exe("bench_e2e"), &plan.e2e6_args)?);
     let shared_text = log.capture(&exe("bench_e2e"), &plan.shared_args)?;
     let shared = E2e::parse(&shared_text);
 
@@ -113,6 +114,7 @@ pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Resul
         packet: &packet,
         sync: &sync,
         e2e: &e2e,
+        e2e6: &e2e6,
         shared: &shared,
         elapsed,
     };
@@ -158,6 +160,7 @@ mod tests {
             packet: &packet,
             sync: &[],
             e2e: &e2e,
+            e2e6: &e2e,
             shared: &e2e,
             elapsed: 1.0,
         };
@@ -191,6 +194,84 @@ mod tests {
             let want: String = want.split_whitespace().collect();
             assert!(json.contains(&want), "{json}");
         }
+    }
+
+    /// The IPv6 run of `bench_e2e` gets the figure tables of its own, a
+    /// table of svcnat on IPv6 against svcnat on IPv4, its failures, and
+    /// its lines in "where svcnat is behind", named as IPv6.
+    #[test]
+    fn the_ipv6_run_has_its_tables_and_its_lines_where_svcnat_is_behind() {
+        let plan = Plan::new(true);
+        let facts = Facts {
+            date: String::new(),
+            commit: String::new(),
+            nproc: 2,
+            mem_gib: 1.0,
+            cpu: String::new(),
+            kernel: String::new(),
+            tools: Vec::new(),
+            load_start: String::new(),
+            load_end: String::new(),
+        };
+        let log = Log::new(Path::new("/r"));
+        let packet = PacketCost::parse("");
+        let e2e = E2e::parse(
+            "e2e family=ipv4 column=svcnat services=1 round=0 conns=10 conn_per_s=1000 errors=0\n\
+             e2e family=ipv4 column=nftables services=1 round=0 conns=10 conn_per_s=1000 errors=0\n\
+             e2e family=ipv4 column=direct services=1 round=0 conns=10 conn_per_s=2000 errors=0\n",
+        );
+        let e2e6 = E2e::parse(
+            "e2e family=ipv6 column=svcnat services=1 round=0 conns=8 conn_per_s=800 errors=3\n\
+             e2e family=ipv6 column=nftables services=1 round=0 conns=10 conn_per_s=1000 errors=0\n\
+             e2e family=ipv6 column=direct services=1 round=0 conns=10 conn_per_s=1000 errors=0\n",
+        );
+        let none = E2e::parse("");
+        let report = Report {
+            plan: &plan,
+            facts: &facts,
+            log: &log,
+            packet: &packet,
+            sync: &[],
+            e2e: &e2e,
+            e2e6: &e2e6,
+            shared: &none,
+            elapsed: 1.0,
+        };
+        let md = report.markdown();
+        let v6 = md.find("### IPv6\n").expect("the IPv6 part");
+        let rest = &md[v6..];
+        assert!(
+            rest.contains("#### New TCP connections per second (one request each) (conn/s)"),
+            "{rest}"
+        );
+        assert!(
+            rest.contains("| 1 | 800 | 1,000 | 1,000 | 0.80 | 0.80 |"),
+            "{rest}"
+        );
+        assert!(
+            rest.contains("#### svcnat against the direct path, per family"),
+            "{rest}"
+        );
+        // conn/s of svcnat over direct: 0.50 on IPv4, 0.80 on IPv6.
+        assert!(rest.contains("| 1 | 0.50 | 0.80 |"), "{rest}");
+        assert!(rest.contains("| 1 | svcnat | 8 | 3 |"), "{rest}");
+        let behind = md.find("## Where svcnat is behind").expect("observations");
+        assert!(
+            md[behind..].contains(
+                "- 1 services, IPv6, New TCP connections per second: svcnat 800 conn/s vs \
+                 nftables 1,000 conn/s (×0.80)"
+            ),
+            "{}",
+            &md[behind..]
+        );
+        assert_eq!(
+            md[behind..].matches("New TCP connections").count(),
+            1,
+            "IPv4 is level with nftables: {}",
+            &md[behind..]
+        );
+        let json: String = report.json().expect("JSON").split_whitespace().collect();
+        assert!(json.contains("\"e2e_ipv6\":{"), "{json}");
     }
 
     /// The run of the committed report (bench/ at 22c2534), its example
@@ -229,6 +310,7 @@ mod tests {
             log.record(&format!("{exe}sync_scale {n} 200"));
         }
         log.record(&format!("{exe}bench_e2e {}", plan.e2e_args.join(" ")));
+        log.record(&format!("{exe}bench_e2e {}", plan.e2e6_args.join(" ")));
         log.record(&format!("{exe}bench_e2e {}", plan.shared_args.join(" ")));
         let packet = PacketCost::parse(include_str!("testdata/packet_cost.out"));
         let sync = [
@@ -237,6 +319,7 @@ mod tests {
             SyncScale::parse(100_000, include_str!("testdata/sync_scale_100000.out")),
         ];
         let e2e = E2e::parse(include_str!("testdata/bench_e2e.out"));
+        let e2e6 = E2e::parse(include_str!("testdata/bench_e2e6.out"));
         let shared = E2e::parse(include_str!("testdata/bench_e2e_shared.out"));
         let report = Report {
             plan: &plan,
@@ -245,18 +328,34 @@ mod tests {
             packet: &packet,
             sync: &sync,
             e2e: &e2e,
+            e2e6: &e2e6,
             shared: &shared,
             elapsed: 670.529151195,
         };
-        same_lines(&report.markdown(), include_str!("testdata/REPORT.md"));
+        same_lines(
+            &report.markdown(),
+            include_str!("testdata/REPORT.md"),
+            "REPORT.md",
+        );
         same_lines(
             &report.json().expect("JSON"),
             include_str!("testdata/report.json"),
+            "report.json",
         );
     }
 
     /// `got == want`, else a panic naming the first line that differs.
-    fn same_lines(got: &str, want: &str) {
+    /// `got` is `want` line for line. With `SVCNAT_BLESS` set, writes `got`
+    /// to `testdata/FILE` instead (after a change of the renderer: review
+    /// the diff).
+    fn same_lines(got: &str, want: &str, file: &str) {
+        if std::env::var_os("SVCNAT_BLESS").is_some() {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/bench/testdata")
+                .join(file);
+            fs::write(&path, got).expect("bless");
+            return;
+        }
         for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
             assert_eq!(g, w, "line {} differs", i + 1);
         }

@@ -87,6 +87,8 @@ pub(super) struct Report<'a> {
     pub(super) packet: &'a PacketCost,
     pub(super) sync: &'a [SyncScale],
     pub(super) e2e: &'a E2e,
+    /// [`Report::e2e`] on IPv6.
+    pub(super) e2e6: &'a E2e,
     pub(super) shared: &'a E2e,
     pub(super) elapsed: f64,
 }
@@ -230,9 +232,9 @@ impl Report<'_> {
 
     /// Where svcnat is behind iptables or nftables by more than 5%, found
     /// from the figures (no interpretation).
-    fn md_observations(&self, s: &mut String) {
-        let e = self.e2e;
-        let mut lines = Vec::new();
+    /// Lines of "where svcnat is behind" from one `bench_e2e` run
+    /// (`family`: how the lines name the run's family, after the size).
+    fn behind(&self, e: &E2e, family: &str, lines: &mut Vec<String>) {
         for n in e.sizes() {
             for (key, title, unit, higher_better) in E2E_FIGURES {
                 let ours = e.median("svcnat", n, key);
@@ -243,7 +245,7 @@ impl Report<'_> {
                     let behind = if higher_better { r < 0.95 } else { r > 1.05 };
                     if behind {
                         lines.push(format!(
-                            "- {} services, {}: svcnat {} {unit} vs {other} {} {unit} (×{r:.2})",
+                            "- {} services{family}, {}: svcnat {} {unit} vs {other} {} {unit} (×{r:.2})",
                             fmt_count(Some(f64::from(n))),
                             short_title(title),
                             fmt_num(ours),
@@ -262,12 +264,19 @@ impl Report<'_> {
                         && r > 1.05
                     {
                         lines.push(format!(
-                            "- {} services, {label}: svcnat ×{r:.2} of {other}",
+                            "- {} services{family}, {label}: svcnat ×{r:.2} of {other}",
                             fmt_count(Some(f64::from(n)))
                         ));
                     }
                 }
             }
+        }
+    }
+
+    fn md_observations(&self, s: &mut String) {
+        let mut lines = Vec::new();
+        for (e, family) in [(self.e2e, ""), (self.e2e6, ", IPv6")] {
+            self.behind(e, family, &mut lines);
         }
         let sh = self.shared;
         for n in sh.sizes() {

@@ -20,11 +20,21 @@ pub(super) struct Plan {
     pub(super) sync_sizes: Vec<u32>,
     pub(super) sync_changes: u32,
     pub(super) e2e_args: Vec<String>,
+    /// [`Plan::e2e_args`] on IPv6.
+    pub(super) e2e6_args: Vec<String>,
     pub(super) shared_args: Vec<String>,
 }
 
 impl Plan {
     pub(super) fn new(quick: bool) -> Self {
+        let mut plan = Self::ipv4(quick);
+        plan.e2e6_args = plan.e2e_args.clone();
+        plan.e2e6_args
+            .extend(["--family", "ipv6"].map(String::from));
+        plan
+    }
+
+    fn ipv4(quick: bool) -> Self {
         let strings = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
         if quick {
             Self {
@@ -49,6 +59,7 @@ impl Plan {
                     "--changes",
                     "3",
                 ]),
+                e2e6_args: Vec::new(),
                 shared_args: strings(&[
                     "--shared-backends",
                     "--sizes",
@@ -92,6 +103,7 @@ impl Plan {
                     "--changes",
                     "5",
                 ]),
+                e2e6_args: Vec::new(),
                 shared_args: strings(&[
                     "--shared-backends",
                     "--sizes",

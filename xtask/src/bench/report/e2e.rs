@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::{E2E_FIGURES, Report, fmt_count, fmt_num, fmt_ratio, ratio, short_title};
-use crate::bench::parse::SyncScale;
+use crate::bench::parse::{E2e, SyncScale};
 
 impl Report<'_> {
     pub(super) fn md_e2e(&self, s: &mut String) {
@@ -55,65 +55,64 @@ impl Report<'_> {
         );
         let sizes = e.sizes();
         let cols = e.columns();
-        for (key, title, unit, _) in E2E_FIGURES {
-            let _ = writeln!(s, "### {title} ({unit})\n");
-            let mut head = String::from("| services |");
-            let mut rule = String::from("|---:|");
-            for c in &cols {
-                let _ = write!(head, " {c} |");
-                rule.push_str("---:|");
-            }
-            for c in ["iptables", "nftables", "direct"] {
-                if cols.contains(&c) && cols.contains(&"svcnat") {
-                    let _ = write!(head, " svcnat / {c} |");
-                    rule.push_str("---:|");
-                }
-            }
-            let _ = writeln!(s, "{head}\n{rule}");
-            for &n in &sizes {
-                let mut row = format!("| {} |", fmt_count(Some(f64::from(n))));
-                for c in &cols {
-                    let _ = write!(row, " {} |", fmt_num(e.median(c, n, key)));
-                }
-                for c in ["iptables", "nftables", "direct"] {
-                    if cols.contains(&c) && cols.contains(&"svcnat") {
-                        let _ = write!(
-                            row,
-                            " {} |",
-                            fmt_ratio(ratio(e.median("svcnat", n, key), e.median(c, n, key)))
-                        );
-                    }
-                }
-                let _ = writeln!(s, "{row}");
-            }
-            s.push('\n');
-        }
-        let _ = writeln!(
-            s,
-            "### Failed requests and slow connects (sum over rounds)\n"
-        );
-        let _ = writeln!(
-            s,
-            "| services | column | requests | failed | connects over 5 ms | iperf3 retransmits |"
-        );
-        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
-        for &n in &sizes {
-            for c in &cols {
-                let _ = writeln!(
-                    s,
-                    "| {} | {c} | {} | {} | {} | {} |",
-                    fmt_count(Some(f64::from(n))),
-                    fmt_count(e.sum(c, n, "conns")),
-                    fmt_count(e.sum(c, n, "errors")),
-                    fmt_count(e.sum(c, n, "connect_over_5ms")),
-                    fmt_count(e.sum(c, n, "iperf_retransmits")),
-                );
-            }
-        }
-        s.push('\n');
+        md_figures(s, e, "###");
+        md_failures(s, e, "###");
+        self.md_ipv6(s);
         self.md_load(s, &sizes);
         self.md_scaling(s, &sizes, &cols);
         self.md_shared(s);
+    }
+
+    /// The same tables for the IPv6 run, and svcnat on IPv6 against svcnat
+    /// on IPv4.
+    fn md_ipv6(&self, s: &mut String) {
+        let e = self.e2e6;
+        if e.runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### IPv6\n");
+        let _ = writeln!(
+            s,
+            "The same measurement on IPv6 (`bench_e2e ... --family ipv6`, a run of its own \
+             after the IPv4 one): the pods in 2001:db8::/64, the ClusterIPs in \
+             2001:db8:ff::/64; iptables is kube-proxy's IPv6 proxier loaded with \
+             `ip6tables-restore` (`bridge-nf-call-ip6tables=1`), nftables the table \
+             `ip6 kube-proxy`.\n"
+        );
+        md_figures(s, e, "####");
+        let _ = writeln!(s, "#### svcnat against the direct path, per family\n");
+        let _ = writeln!(
+            s,
+            "svcnat / direct of each family's run (the two runs are minutes apart, so each \
+             family is judged against its own direct path rather than the other run's \
+             figures).\n"
+        );
+        let figures = ["conn_per_s", "connect_p99_us", "iperf_gbit_s"];
+        let mut head = String::from("| services |");
+        let mut rule = String::from("|---:|");
+        for (key, title, unit, _) in E2E_FIGURES {
+            if figures.contains(&key) {
+                for family in ["IPv4", "IPv6"] {
+                    let _ = write!(head, " {} ({unit}), {family} |", short_title(title));
+                    rule.push_str("---:|");
+                }
+            }
+        }
+        let _ = writeln!(s, "{head}\n{rule}");
+        for n in e.sizes() {
+            let mut row = format!("| {} |", fmt_count(Some(f64::from(n))));
+            for (key, ..) in E2E_FIGURES {
+                if figures.contains(&key) {
+                    for run in [self.e2e, e] {
+                        let r = ratio(run.median("svcnat", n, key), run.median("direct", n, key));
+                        let _ = write!(row, " {} |", fmt_ratio(r));
+                    }
+                }
+            }
+            let _ = writeln!(s, "{row}");
+        }
+        s.push('\n');
+        md_failures(s, e, "####");
     }
 
     fn md_load(&self, s: &mut String, sizes: &[u32]) {
@@ -290,4 +289,73 @@ impl Report<'_> {
         }
         s.push('\n');
     }
+}
+
+/// One table per figure of [`E2E_FIGURES`]: median over rounds per column
+/// and size, and svcnat's ratio to each other column; headings of `level`.
+fn md_figures(s: &mut String, e: &E2e, level: &str) {
+    let sizes = e.sizes();
+    let cols = e.columns();
+    for (key, title, unit, _) in E2E_FIGURES {
+        let _ = writeln!(s, "{level} {title} ({unit})\n");
+        let mut head = String::from("| services |");
+        let mut rule = String::from("|---:|");
+        for c in &cols {
+            let _ = write!(head, " {c} |");
+            rule.push_str("---:|");
+        }
+        for c in ["iptables", "nftables", "direct"] {
+            if cols.contains(&c) && cols.contains(&"svcnat") {
+                let _ = write!(head, " svcnat / {c} |");
+                rule.push_str("---:|");
+            }
+        }
+        let _ = writeln!(s, "{head}\n{rule}");
+        for &n in &sizes {
+            let mut row = format!("| {} |", fmt_count(Some(f64::from(n))));
+            for c in &cols {
+                let _ = write!(row, " {} |", fmt_num(e.median(c, n, key)));
+            }
+            for c in ["iptables", "nftables", "direct"] {
+                if cols.contains(&c) && cols.contains(&"svcnat") {
+                    let _ = write!(
+                        row,
+                        " {} |",
+                        fmt_ratio(ratio(e.median("svcnat", n, key), e.median(c, n, key)))
+                    );
+                }
+            }
+            let _ = writeln!(s, "{row}");
+        }
+        s.push('\n');
+    }
+}
+
+/// Failed requests, slow connects and retransmits per column and size.
+fn md_failures(s: &mut String, e: &E2e, level: &str) {
+    let sizes = e.sizes();
+    let cols = e.columns();
+    let _ = writeln!(
+        s,
+        "{level} Failed requests and slow connects (sum over rounds)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| services | column | requests | failed | connects over 5 ms | iperf3 retransmits |"
+    );
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|");
+    for &n in &sizes {
+        for c in &cols {
+            let _ = writeln!(
+                s,
+                "| {} | {c} | {} | {} | {} | {} |",
+                fmt_count(Some(f64::from(n))),
+                fmt_count(e.sum(c, n, "conns")),
+                fmt_count(e.sum(c, n, "errors")),
+                fmt_count(e.sum(c, n, "connect_over_5ms")),
+                fmt_count(e.sum(c, n, "iperf_retransmits")),
+            );
+        }
+    }
+    s.push('\n');
 }
