@@ -142,6 +142,17 @@ pub fn check_reject<F: Family>(
             "{name} reply is neither a TCP RST nor a port unreachable (protocol {rproto})"
         ));
     }
+    if rproto == icmp {
+        // The quote is the packet as it came, from its IP header on.
+        let quote = out.get(rl4 + 8..).unwrap_or_default();
+        let sent = p.frame.get(ETH_HLEN..).unwrap_or_default();
+        if quote.is_empty() || !sent.starts_with(quote) {
+            return Err(format!(
+                "{name} reply quotes {} bytes that are not the packet's first ones",
+                quote.len()
+            ));
+        }
+    }
     let ((rs, rd), (is, id)) = (F::addrs(out)?, F::addrs(&p.frame)?);
     if rd != is || rs != id {
         return Err(format!(

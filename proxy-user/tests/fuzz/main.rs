@@ -15,27 +15,30 @@
 //! extension headers (hop-by-hop, routing, destination options, atomic
 //! and real fragment headers, one the datapath does not walk), and NDP.
 //!
-//! The world is written once, in terms of [`Host`]s and ports; a
-//! [`Family`] gives each host its address, builds and reads the headers
-//! that differ (the IP header, fragments, ICMP numbers, what NAT may
-//! rewrite) and reads its maps as family-free rows. The generator
-//! ([`Side`]), the per-packet checks ([`Run::run_one`], [`check_output`],
-//! [`check_rewrite`]) and the map checks ([`check_state`]) are one code
-//! for both. The two families' packets alternate, on one loaded datapath
-//! holding both worlds (their service and backend ids apart).
+//! The world is written once, in terms of [`Host`]s and ports
+//! (`world.rs`); a [`Family`] (`family.rs`: [`V4`], [`V6`]) gives each
+//! host its address, builds and reads the headers that differ (the IP
+//! header, fragments, ICMP numbers, what NAT may rewrite) and reads its
+//! maps as family-free rows. The generator ([`Side`], `generate.rs`), the
+//! per-packet checks ([`Run::run_one`] here, [`check_output`] and
+//! [`check_rewrite`] in `check.rs`) and the map checks ([`check_state`])
+//! are one code for both. The two families' packets alternate, on one
+//! loaded datapath holding both worlds (their service and backend ids
+//! apart).
 //!
 //! After every packet: exactly one stats reason was counted, for the input's
 //! length; the verdict is one the program may return; a packet counted under
 //! a `pass_*` reason is unchanged; a `reject_*` one is a well-formed reply to
-//! the sender (a TCP RST or a port unreachable: ICMP 3/3, ICMPv6 1/4); any
-//! other changed packet keeps its length and structure, changes only
-//! addresses, ports, checksums, MACs and the TTL (hop limit), and keeps the
-//! residue of every checksum (see [`checksum_residues`]: a valid checksum
-//! stays valid, a wrong one stays wrong by as much, UDP without checksum
-//! stays without; over IPv6 every layer 4 checksum, ICMPv6's included,
-//! covers the pseudo-header, and a rewritten UDP datagram never carries a
-//! checksum of 0). New flows go to a backend of the frontend addressed;
-//! reverse-translated replies come from a frontend.
+//! the sender (a TCP RST or a port unreachable, ICMP 3/3 or ICMPv6 1/4,
+//! quoting the packet as it came); any other changed packet keeps its
+//! length and structure, changes only addresses, ports, checksums, MACs
+//! and the TTL (hop limit), and keeps the residue of every checksum (see
+//! [`checksum_residues`]: a valid checksum stays valid, a wrong one stays
+//! wrong by as much, UDP without checksum stays without; over IPv6 every
+//! layer 4 checksum, ICMPv6's included, covers the pseudo-header, and a
+//! rewritten UDP datagram never carries a checksum of 0). New flows go to
+//! a backend of the frontend addressed; reverse-translated replies come
+//! from a frontend.
 //!
 //! Every [`CHECK_EVERY`] packets and at the end of each round the maps of
 //! both families are checked: the service, slot, backend, reverse NAT, node
