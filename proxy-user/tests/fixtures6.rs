@@ -46,8 +46,8 @@ use svcnat_testkit::{
     },
     packet::{
         ExtHeader, ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_PORT_UNREACH, ICMP6_TIME_EXCEEDED,
-        IPPROTO_EXPERIMENT1, NA_OVERRIDE, NA_SOLICITED, PacketBuilder, TCP_ACK, TCP_FIN, TCP_PSH,
-        TCP_RST, TCP_SYN, ethernet_frame, fragment6, parse,
+        IPPROTO_EXPERIMENT1, IPV6_HLEN, NA_OVERRIDE, NA_SOLICITED, PacketBuilder, TCP_ACK, TCP_FIN,
+        TCP_PSH, TCP_RST, TCP_SYN, ethernet_frame, fragment6, parse,
     },
     skip::Needs,
     skip_unless,
@@ -1050,6 +1050,28 @@ fn icmp_error_cases() -> Vec<Case> {
             case("egress: ICMPv6 time exceeded about a UDP flow: inner reverse-NATed")
                 .flows6(vec![udp_flow()])
                 .step(egress(err.build()).passed(want.build(), Reason::RevnatIcmpError)),
+        );
+    }
+    {
+        // A router quoting the header and 8 bytes (as IPv4 routers do), in
+        // a frame with bytes after the IPv6 payload (Ethernet padding):
+        // they are no part of the message, even where the quoted TCP
+        // checksum would be, and stay as they are.
+        let inner = tcp(CLIENT, B1, TCP_ACK);
+        let error = |p: &P6| {
+            let mut f = PacketBuilder::icmp(ROUTER, CLIENT_IP, ICMP6_DEST_UNREACH, 3)
+                .macs(GW_MAC, POD_MAC)
+                .payload(&p.ipv6_bytes()[..IPV6_HLEN + 8])
+                .build();
+            f.extend_from_slice(&[0x5a; 24]);
+            f
+        };
+        t.push(
+            case(
+                "egress: ICMPv6 error quoting 8 bytes of TCP in a padded frame: padding untouched",
+            )
+            .flows6(vec![tcp_flow()])
+            .step(egress(error(&inner)).passed(error(&dnat(&inner, WEB)), Reason::RevnatIcmpError)),
         );
     }
     {

@@ -357,6 +357,42 @@ impl TestDatapath {
         }
         Ok(())
     }
+
+    /// [`Self::add_snat_flow`] for IPv6: the conntrack entries of
+    /// [`ct6_pair`] flagged [`CT_F_SNAT`] (the service entry naming `via`),
+    /// the reply entry keyed backend -> `via`, and the reverse SNAT entry
+    /// under that key, giving the client.
+    pub fn add_snat_flow6(&mut self, flow: &Flow6, via: SocketAddrV6) -> Result<(), Map6Error> {
+        let [(skey, sval), (_, rval)] = ct6_pair(flow);
+        let rkey = flow.snat_reply_key(via);
+        let m = self.v6_mut()?;
+        m.ct6.insert(
+            skey,
+            Ct6Value {
+                flags: sval.flags | CT_F_SNAT,
+                peer_addr: via.ip().octets(),
+                peer_port: via.port(),
+                ..sval
+            },
+            0,
+        )?;
+        m.ct6.insert(
+            rkey,
+            Ct6Value {
+                flags: rval.flags | CT_F_SNAT,
+                ..rval
+            },
+            0,
+        )?;
+        // Stamp 0: a seeded entry is no flow being created right now.
+        let back = Snat6Value {
+            addr: flow.client.ip().octets(),
+            port: flow.client.port(),
+            stamp: 0,
+        };
+        m.snat6.insert(rkey, back, 0)?;
+        Ok(())
+    }
 }
 
 impl<C: aya::Pod> TestDatapath<C> {

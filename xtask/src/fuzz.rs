@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: the packet fuzz of the datapath
-//! (`proxy-user/tests/fuzz.rs`) with many packets, against a freshly built
+//! (`proxy-user/tests/fuzz/`) with many packets, against a freshly built
 //! eBPF object.
 
 use std::path::Path;

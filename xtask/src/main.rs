@@ -57,7 +57,7 @@ enum Task {
         out: Option<std::path::PathBuf>,
     },
     /// Run setup, build-ebpf --release, then the packet fuzz of the
-    /// datapath (`proxy-user/tests/fuzz.rs`) with many packets. Needs root.
+    /// datapath (`proxy-user/tests/fuzz/`) with many packets. Needs root.
     Fuzz {
         /// Packets to send through the programs.
         #[arg(long, default_value_t = fuzz::DEFAULT_PACKETS)]

@@ -64,6 +64,13 @@ fn translate(ctx: &TcContext, ip: &Ip6) -> Result<Verdict, Reason> {
     }
     let in_ip_off = off + 8;
     let in_l4_off = in_ip_off + IPV6_HLEN;
+    // The quote ends with the message (the IPv6 payload length), not with
+    // the frame, which may go on (Ethernet padding): bytes after it are no
+    // part of the quote, and the ICMPv6 checksum does not cover them.
+    let quoted = usize::from(ip.l4_len).saturating_sub(8);
+    if quoted < IPV6_HLEN + 8 {
+        return not_ours;
+    }
     let Ok(inner) = ctx.load::<Ipv6Hdr>(in_ip_off) else {
         return not_ours;
     };
@@ -84,10 +91,12 @@ fn translate(ctx: &TcContext, ip: &Ip6) -> Result<Verdict, Reason> {
     // covers the inner addresses and ports, and is fixed with them.
     let in_sum = if inner.next == IPPROTO_UDP {
         (ports.check != [0, 0]).then_some((in_l4_off + 6, ports.check))
-    } else {
+    } else if quoted >= IPV6_HLEN + 18 {
         ctx.load::<[u8; 2]>(in_l4_off + 16)
             .ok()
             .map(|c| (in_l4_off + 16, c))
+    } else {
+        None
     };
     // Slices of constant length: the verifier follows no loop over a
     // slice whose length it does not know.

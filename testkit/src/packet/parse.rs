@@ -274,13 +274,18 @@ pub fn parse_ipv4(ip: &[u8]) -> Result<ParsedIpv4, String> {
 /// upper-layer protocol and its offset. Walks every header of RFC 7045's
 /// list but ESP (whose length is not in the clear), up to a fragment header
 /// of a later fragment (after which comes data); errors when one is cut
-/// short by the end of `ip` or of the payload length.
-pub(super) struct ExtChain {
-    pub(super) headers: Vec<(usize, u8, usize)>,
-    pub(super) proto: u8,
-    pub(super) l4_off: usize,
+/// short by the end of `ip` or of the payload length (see [`ext_chain`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtChain {
+    /// Each extension header: (offset, protocol number, length).
+    pub headers: Vec<(usize, u8, usize)>,
+    /// The upper-layer protocol (the last next header).
+    pub proto: u8,
+    /// The offset of the upper-layer header (of the data, in a later
+    /// fragment).
+    pub l4_off: usize,
     /// Where the payload ends: 40 + the payload length, or the end of the bytes.
-    pub(super) end: usize,
+    pub end: usize,
 }
 
 /// Whether the next header value `nh` announces an extension header the
@@ -297,7 +302,8 @@ fn ext_len(nh: u8, h: &[u8]) -> Option<usize> {
     }
 }
 
-pub(super) fn ext_chain(ip: &[u8]) -> Result<ExtChain, String> {
+/// The [`ExtChain`] of the IPv6 packet `ip` (no Ethernet header).
+pub fn ext_chain(ip: &[u8]) -> Result<ExtChain, String> {
     if ip.len() < IPV6_HLEN {
         return Err(format!("IPv6 header truncated: {} bytes", ip.len()));
     }
