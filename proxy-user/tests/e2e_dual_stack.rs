@@ -375,6 +375,16 @@ fn node_port_service(
     text
 }
 
+/// Pods `a1` on node-a and `b1` on node-b, each serving nginx.
+fn nginx_on_each_node(c: &mut Cluster) -> (Host, Host) {
+    let a1 = c.add_pod(0, "a1", pod_addr(0, 10)).expect("pod");
+    let b1 = c.add_pod(1, "b1", pod_addr(1, 10)).expect("pod");
+    for b in [&a1, &b1] {
+        c.nginx(b).expect("nginx");
+    }
+    (a1, b1)
+}
+
 /// Polls `url` from `client` until a request succeeds (the agents program
 /// node ports after their cluster IPs).
 fn wait_answered(client: &Host, url: &str) {
@@ -401,11 +411,7 @@ fn ipv6_node_ports_from_outside_with_cluster_and_local_policies() {
     let Some(mut c) = cluster("d6n", 2, &["nginx", "curl"]) else {
         return;
     };
-    let a1 = c.add_pod(0, "a1", pod_addr(0, 10)).expect("pod");
-    let b1 = c.add_pod(1, "b1", pod_addr(1, 10)).expect("pod");
-    for b in [&a1, &b1] {
-        c.nginx(b).expect("nginx");
-    }
+    let (a1, b1) = nginx_on_each_node(&mut c);
     let both = [&a1, &b1];
     let vips: [IpAddr; 2] = [VIP.into(), VIP6.into()];
     let local_vips: [IpAddr; 2] = [
@@ -473,11 +479,7 @@ fn dual_stack_load_balancer_ips_routed_to_a_node_work_like_a_node_port() {
     let Some(mut c) = cluster("d6l", 2, &["nginx", "curl"]) else {
         return;
     };
-    let a1 = c.add_pod(0, "a1", pod_addr(0, 10)).expect("pod");
-    let b1 = c.add_pod(1, "b1", pod_addr(1, 10)).expect("pod");
-    for b in [&a1, &b1] {
-        c.nginx(b).expect("nginx");
-    }
+    let (a1, b1) = nginx_on_each_node(&mut c);
     let both = [&a1, &b1];
     let lb4 = Ipv4Addr::new(198, 18, 0, 100);
     let lb_ips: [IpAddr; 2] = [lb4.into(), twin6(lb4).expect("a fabric address").into()];

@@ -136,10 +136,9 @@ pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Resul
 mod tests {
     use super::*;
 
-    #[test]
-    fn packet_cost_twins_land_in_the_report_and_the_json() {
-        let plan = Plan::new(true);
-        let facts = Facts {
+    /// Facts of no machine, for tests of what the report makes of outputs.
+    fn blank_facts() -> Facts {
+        Facts {
             date: String::new(),
             commit: String::new(),
             nproc: 2,
@@ -149,7 +148,13 @@ mod tests {
             tools: Vec::new(),
             load_start: String::new(),
             load_end: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn packet_cost_twins_land_in_the_report_and_the_json() {
+        let plan = Plan::new(true);
+        let facts = blank_facts();
         let log = Log::new(Path::new("/r"));
         let packet = PacketCost::parse(include_str!("testdata/packet_cost_quick.out"));
         let e2e = E2e::parse("");
@@ -202,17 +207,7 @@ mod tests {
     #[test]
     fn the_ipv6_run_has_its_tables_and_its_lines_where_svcnat_is_behind() {
         let plan = Plan::new(true);
-        let facts = Facts {
-            date: String::new(),
-            commit: String::new(),
-            nproc: 2,
-            mem_gib: 1.0,
-            cpu: String::new(),
-            kernel: String::new(),
-            tools: Vec::new(),
-            load_start: String::new(),
-            load_end: String::new(),
-        };
+        let facts = blank_facts();
         let log = Log::new(Path::new("/r"));
         let packet = PacketCost::parse("");
         let e2e = E2e::parse(
