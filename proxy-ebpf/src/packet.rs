@@ -63,7 +63,12 @@ pub(crate) trait Packet {
     }
 
     /// Copies a `T` at `off` out of the packet; `Err` when the packet ends
-    /// before it.
+    /// before it. Headers are byte arrays (alignment 1), read as such; a
+    /// `T` of words (IPv6's addresses, see `v6::ip`) is loaded a word at
+    /// a time, at an offset that may not be a multiple of 4: BPF allows
+    /// that on the packet (the verifier checks the alignment of packet
+    /// accesses only under strict alignment, which svcnat does not ask
+    /// for; the JIT of x86-64 and arm64 load it as it is).
     fn read<T: Copy>(&self, off: usize) -> Result<T, ()>;
 
     /// Writes `v` at `off`.

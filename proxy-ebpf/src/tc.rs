@@ -60,8 +60,9 @@ impl Packet for TcContext {
     fn read<T: Copy>(&self, off: usize) -> Result<T, ()> {
         match self.at::<T>(off) {
             // SAFETY: `at` checked that the read stays inside the linear
-            // packet data (and proved it to the verifier).
-            Ok(p) => Ok(unsafe { core::ptr::read_unaligned(p) }),
+            // packet data (and proved it to the verifier); see
+            // `Packet::read` on alignment.
+            Ok(p) => Ok(unsafe { core::ptr::read(p) }),
             Err(()) => self.load::<T>(off).map_err(|_| ()),
         }
     }

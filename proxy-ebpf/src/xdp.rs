@@ -40,9 +40,8 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Result<T, ()> {
         let p = self.at::<T>(off)?;
-        // SAFETY: bounds-checked by `at`; headers are byte arrays, so any
-        // alignment does.
-        Ok(unsafe { core::ptr::read_unaligned(p) })
+        // SAFETY: bounds-checked by `at`; see `Packet::read` on alignment.
+        Ok(unsafe { core::ptr::read(p) })
     }
 
     #[inline(always)]

@@ -62,32 +62,25 @@ pub(crate) struct Node {
 }
 
 /// Where [`classify`] hands a packet over to.
-const TO_REVSNAT: u8 = 1;
-const TO_NEW_FLOW: u8 = 2;
-const TO_DNAT: u8 = 3;
+const TO_NEW_FLOW: u8 = 1;
+const TO_DNAT: u8 = 2;
 
 /// A packet arriving on a node interface. In steps run [`apart`] that do
-/// not nest, as the pod pipeline: [`classify`] finds what the packet is,
-/// then [`rev_snat`] finishes a reply, or [`new_flow`] (for a new flow)
-/// and [`dnat`] a client's packet.
+/// not nest, as the pod pipeline: [`classify`] finds what the packet is
+/// and finishes a reply itself ([`rev_snat`] inlined), else [`new_flow`]
+/// (for a new flow) and [`dnat`] finish a client's packet. (With IPv6,
+/// [`dnat`] inlined into [`classify`] too makes a frame over the 512-byte
+/// stack: it stays a step of its own.)
 #[inline(always)]
 pub(crate) fn try_xdp(ctx: &XdpContext) -> Result<XdpVerdict, Reason> {
     let t: &mut Node = temp!(node);
     let found = apart(|| classify(ctx, t))?;
-    let Some(next) = handed_over(found) else {
-        return Ok(found);
+    let reason = match handed_over(found) {
+        None => return Ok(found),
+        Some(TO_NEW_FLOW) => apart(|| new_flow(ctx, t))?.1,
+        Some(_) => found.1,
     };
-    match next {
-        TO_REVSNAT => apart(|| rev_snat(ctx, t)),
-        _ => {
-            let reason = if next == TO_NEW_FLOW {
-                apart(|| new_flow(ctx, t))?.1
-            } else {
-                found.1
-            };
-            apart(|| dnat(ctx, t, reason))
-        }
-    }
+    apart(|| dnat(ctx, t, reason))
 }
 
 /// The first step of [`try_xdp`]: parses the packet into `t`, looks up
@@ -109,7 +102,7 @@ fn classify(ctx: &XdpContext, t: &mut Node) -> Result<XdpVerdict, Reason> {
             && r.snat
         {
             t.r = r;
-            return Ok(hand_over(TO_REVSNAT, Reason::RevsnatReply));
+            return rev_snat(ctx, t);
         }
     }
     let Some(svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
@@ -251,7 +244,7 @@ fn node_addr(ctx: &XdpContext, ip: &Ip, svc: &SvcValue) -> Result<Addr, Reason> 
 
 /// A backend's reply to an SNATed flow (`t.r`: what its conntrack entry
 /// says): destination back to the client's address and port, source back
-/// to the frontend. Run [`apart`].
+/// to the frontend. Inlined into [`classify`].
 #[inline(always)]
 fn rev_snat(ctx: &XdpContext, t: &Node) -> Result<XdpVerdict, Reason> {
     let Node { ip, l4, r, .. } = t;

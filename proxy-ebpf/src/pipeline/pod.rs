@@ -58,15 +58,15 @@ const TO_REJECT: u8 = 1;
 const TO_NO_BACKEND: u8 = 2;
 const TO_HAIRPIN: u8 = 3;
 const TO_NEW_FLOW: u8 = 4;
-const TO_DNAT: u8 = 5;
 
 /// A packet from a pod: DNAT when it is addressed to a service.
 ///
 /// In steps run [`apart`] that do not nest: [`classify`] finds what the
-/// packet is, then one of the rejects, [`hairpin_reply`], or
-/// [`new_flow`] and [`dnat`] finishes it. (IPv6 needs the steps' frames
-/// apart: together they do not fit the 512-byte BPF stack. IPv4 inlines
-/// them all.)
+/// packet is and finishes the packet of an established flow itself (with
+/// [`dnat`] inlined: the hot path is one step), else one of the rejects,
+/// [`hairpin_reply`], or [`new_flow`] and [`dnat`] finishes it. (IPv6
+/// needs the steps' frames apart: together they do not fit the 512-byte
+/// BPF stack. IPv4 inlines them all.)
 #[inline(always)]
 pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     let t: &mut Ingress = temp!(ingress);
@@ -80,19 +80,16 @@ pub(crate) fn try_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         TO_NO_BACKEND => no_backend(ctx, &t.ip, &t.l4, &t.svc),
         TO_HAIRPIN => apart(|| hairpin_reply(ctx, &t.ip, &t.l4)),
         _ => {
-            let reason = if next == TO_NEW_FLOW {
-                apart(|| new_flow(t))?.1
-            } else {
-                reason
-            };
+            let reason = apart(|| new_flow(t))?.1;
             apart(|| dnat(ctx, t, reason))
         }
     }
 }
 
 /// The first step of [`try_ingress`]: parses the packet into `t`, looks
-/// its service and its flow up, and ends it or hands it over to the step
-/// that does (see [`hand_over`]; to [`dnat`] under the reason given).
+/// its service and its flow up, and ends it (an established flow's packet
+/// by [`dnat`]) or hands it over to the step that does (see
+/// [`hand_over`]).
 #[inline(always)]
 fn classify(ctx: &TcContext, t: &mut Ingress) -> Result<Verdict, Reason> {
     t.ip = l3(ctx)?;
@@ -113,6 +110,10 @@ fn classify(ctx: &TcContext, t: &mut Ingress) -> Result<Verdict, Reason> {
     let Some(svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
         if lb_is_vip(ip.daddr) {
             return Ok(hand_over(TO_REJECT, Reason::RejectUnknownPort));
+        }
+        if l4.dport < SNAT_PORT_MIN {
+            // Not to a port hairpin flows come from: not a reply of one.
+            return Ok(pass(Reason::PassNotService));
         }
         return Ok(hand_over(TO_HAIRPIN, Reason::PassNotService));
     };
@@ -147,18 +148,22 @@ fn classify(ctx: &TcContext, t: &mut Ingress) -> Result<Verdict, Reason> {
         port: f.port,
         src: f.peer,
     };
-    Ok(hand_over(
-        TO_DNAT,
+    // An established flow ends here, in this step (with IPv6 one frame
+    // and no second step to call on the hot path).
+    dnat(
+        ctx,
+        t,
         if f.rst_ignored {
             Reason::RstOutOfWindow
         } else {
             Reason::DnatEstablished
         },
-    ))
+    )
 }
 
 /// Rewrites a client's packet to where it goes (`d`), counted under
-/// `reason`. Run [`apart`] (see [`new_flow`]).
+/// `reason`. Inlined into [`classify`] for established flows, run
+/// [`apart`] after [`new_flow`] for new ones.
 #[inline(always)]
 fn dnat(ctx: &TcContext, t: &Ingress, reason: Reason) -> Result<Verdict, Reason> {
     let Ingress { ip, l4, d, .. } = t;
@@ -248,13 +253,11 @@ fn hairpin_addr() -> Addr {
 /// A pod's reply to a hairpin flow (to the hairpin address and a port of
 /// the SNAT range): rewritten to come from the frontend and go to the
 /// pod's own socket, and sent straight back to the pod; anything else
-/// passed as not a service. Run [`apart`] (see [`new_flow`]).
+/// passed as not a service. Run [`apart`] (see [`new_flow`]), for packets
+/// to a port of the SNAT range only ([`classify`] passes the others).
 #[inline(always)]
 fn hairpin_reply(ctx: &TcContext, ip: &Ip, l4: &L4) -> Result<Verdict, Reason> {
     let not_hairpin = Ok(pass(Reason::PassNotService));
-    if l4.dport < SNAT_PORT_MIN {
-        return not_hairpin;
-    }
     let key = reply_key(ip.saddr, ip.daddr, l4);
     let Some(client) = snat_lookup_rev(&key) else {
         return not_hairpin;
@@ -284,24 +287,24 @@ pub(crate) struct Egress {
 
 /// Where [`classify_reply`] hands a packet over to.
 const TO_ICMP: u8 = 1;
-const TO_REVNAT: u8 = 2;
 
 /// A packet to a pod: reverse NAT when it is a reply of a translated flow,
 /// or an ICMP error about one (the family's `icmp_error`). In steps that
-/// do not nest, as [`try_ingress`].
+/// do not nest, as [`try_ingress`]: [`classify_reply`] finishes a reply
+/// itself ([`revnat`] inlined), the ICMP errors are a step of their own.
 #[inline(always)]
 pub(crate) fn try_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     let t: &mut Egress = temp!(egress);
     let found = apart(|| classify_reply(ctx, t))?;
     match handed_over(found) {
         None => Ok(found),
-        Some(TO_ICMP) => icmp_error(ctx, &t.ip),
-        Some(_) => apart(|| revnat(ctx, t)),
+        Some(_) => icmp_error(ctx, &t.ip),
     }
 }
 
-/// The first step of [`try_egress`]: parses the packet into `t` and looks
-/// its reply entry up.
+/// The first step of [`try_egress`]: parses the packet into `t`, looks
+/// its reply entry up and rewrites a reply ([`revnat`]), or hands an ICMP
+/// error over.
 #[inline(always)]
 fn classify_reply(ctx: &TcContext, t: &mut Egress) -> Result<Verdict, Reason> {
     t.ip = l3(ctx)?;
@@ -321,11 +324,11 @@ fn classify_reply(ctx: &TcContext, t: &mut Egress) -> Result<Verdict, Reason> {
         return Ok(pass(Reason::PassNotService));
     };
     t.r = r;
-    Ok(hand_over(TO_REVNAT, Reason::RevnatReply))
+    revnat(ctx, t)
 }
 
 /// Rewrites a reply (`t`) back to come from the frontend and go to the
-/// client's own address and port. Run [`apart`] (see [`try_ingress`]).
+/// client's own address and port. Inlined into [`classify_reply`].
 #[inline(always)]
 fn revnat(ctx: &TcContext, t: &Egress) -> Result<Verdict, Reason> {
     let Egress { ip, l4, r, .. } = t;

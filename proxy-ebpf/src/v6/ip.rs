@@ -12,7 +12,7 @@
 //! (`PassIpv6Extension`); an upper-layer protocol other than TCP and UDP
 //! (ICMPv6, ESP, no next header, ...) ends the walk as "other".
 
-use proxy_common::{IPPROTO_ICMPV6, Reason};
+use proxy_common::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason};
 
 use crate::{
     packet::Packet,
@@ -58,6 +58,30 @@ pub(crate) struct Ipv6Hdr {
     pub hop_limit: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+}
+
+/// [`Ipv6Hdr`] as [`l3`] reads it: the addresses as 32-bit words. LLVM
+/// loads a byte array a byte at a time (its alignment is 1) and puts each
+/// address together again with shifts, some 60 instructions an address;
+/// words load four bytes at a time (see [`Packet::read`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Words {
+    ver_tc_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next: u8,
+    hop_limit: u8,
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<Ipv6Words>() == IPV6_HLEN);
+
+/// An address read as words, as bytes in network order (the same bytes).
+#[inline(always)]
+fn addr_of(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: both are 16 bytes of plain integers; any bits are valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
 }
 
 /// The start of any extension header: the next header and the length.
@@ -132,9 +156,22 @@ impl L3 for Ip6 {
 /// walked (see the module doc). A header the packet ends inside is a drop.
 #[inline(always)]
 pub(crate) fn l3<P: Packet>(pkt: &P) -> Result<Ip6, Reason> {
-    let h: Ipv6Hdr = pkt.read(L3_OFF).map_err(|()| Reason::DropTruncated)?;
+    let h: Ipv6Words = pkt.read(L3_OFF).map_err(|()| Reason::DropTruncated)?;
     if h.ver_tc_flow[0] >> 4 != 6 {
         return Err(Reason::DropTruncated);
+    }
+    let (saddr, daddr) = (addr_of(h.saddr), addr_of(h.daddr));
+    if matches!(h.next, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
+        // The usual packet: no extension header to walk.
+        return Ok(Ip6 {
+            saddr,
+            daddr,
+            proto: h.next,
+            l4_off: L4_OFF_MIN,
+            l4_len: u16::from_be_bytes(h.payload_len),
+            frag: FRAG_NONE,
+            frag_id: 0,
+        });
     }
     let mut next = h.next;
     let mut off = L4_OFF_MIN;
@@ -187,8 +224,8 @@ pub(crate) fn l3<P: Packet>(pkt: &P) -> Result<Ip6, Reason> {
     }
     let ext = (off - L4_OFF_MIN) as u16;
     Ok(Ip6 {
-        saddr: h.saddr,
-        daddr: h.daddr,
+        saddr,
+        daddr,
         proto: next,
         l4_off: off,
         l4_len: u16::from_be_bytes(h.payload_len).saturating_sub(ext),
