@@ -65,10 +65,14 @@ pub(crate) trait Packet {
     /// Copies a `T` at `off` out of the packet; `Err` when the packet ends
     /// before it. Headers are byte arrays (alignment 1), read as such; a
     /// `T` of words (IPv6's addresses, see `v6::ip`) is loaded a word at
-    /// a time, at an offset that may not be a multiple of 4: BPF allows
-    /// that on the packet (the verifier checks the alignment of packet
-    /// accesses only under strict alignment, which svcnat does not ask
-    /// for; the JIT of x86-64 and arm64 load it as it is).
+    /// a time, at an offset that may not be a multiple of 4 (an IPv6
+    /// header after Ethernet is 2-aligned). Rust's `ptr::read` asks for
+    /// `T`'s alignment, which such a pointer does not have; we rely on the
+    /// target instead, as BPF programs in C do (Cilium reads addresses as
+    /// `__u32` words the same way): the verifier checks the alignment of
+    /// packet accesses only under strict alignment, which svcnat does not
+    /// ask for, and the x86-64 and arm64 JITs load it as it is. The word
+    /// loads save some 130 instructions per IPv6 packet against byte loads.
     fn read<T: Copy>(&self, off: usize) -> Result<T, ()>;
 
     /// Writes `v` at `off`.
