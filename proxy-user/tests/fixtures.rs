@@ -1134,6 +1134,31 @@ fn cases() -> Vec<Case> {
         );
     }
     {
+        // A quote of the header and only the ports (shorter than RFC 792's
+        // 8 bytes), in a frame with bytes after the IPv4 packet (a
+        // trailer): the quoted UDP checksum is not in the message, and the
+        // bytes where it would be are no part of it (the ICMP checksum
+        // does not cover them): ports and addresses are translated, the
+        // trailer stays as it is.
+        let inner = udp(CLIENT_UDP, B2).payload(b"query bytes");
+        let error = |p: &PacketBuilder| {
+            let mut f = PacketBuilder::icmp(ROUTER, *CLIENT.ip(), ICMP_TIME_EXCEEDED, 0)
+                .macs(GW_MAC, POD_MAC)
+                .payload(&p.ipv4_bytes()[..20 + 4])
+                .build();
+            f.extend_from_slice(&[0x5a; 24]);
+            f
+        };
+        t.push(
+            case("egress: ICMP error quoting only the ports, in a frame with a trailer: trailer untouched")
+                .flows(vec![udp_flow()])
+                .step(
+                    egress(error(&inner))
+                        .passed(error(&dnat(&inner, DNS)), Reason::RevnatIcmpError),
+                ),
+        );
+    }
+    {
         let inner = tcp(CLIENT, B3, TCP_ACK).dont_fragment(true);
         let err = PacketBuilder::icmp_frag_needed(ROUTER, *CLIENT.ip(), 1280, &inner)
             .macs(GW_MAC, POD_MAC);

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     packet::Packet,
-    parse::{L4, UdpHdr},
+    parse::{L3, L4, UdpHdr},
     verdict::{Verdict, pass},
 };
 
@@ -44,6 +44,14 @@ pub(crate) fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reaso
     }
     let in_ip_off = L4_OFF + 8;
     let in_l4_off = in_ip_off + IPV4_HLEN;
+    // The quote ends with the message (the IPv4 total length), not with
+    // the frame, which may go on (a trailer): bytes after it are no part of
+    // the quote, and the ICMP checksum does not cover them. It must hold
+    // the ports at least.
+    let quote_len = usize::from(ip.l4_len()).saturating_sub(8);
+    if quote_len < IPV4_HLEN + 4 {
+        return not_ours;
+    }
     let Ok(inner) = ctx.load::<Ipv4Hdr>(in_ip_off) else {
         return not_ours;
     };
@@ -63,7 +71,7 @@ pub(crate) fn icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<Verdict, Reaso
     let in_ip_csum = in_ip_off + 10;
     let in_udp_csum = in_l4_off + 6;
     // The inner UDP checksum is in the quoted 8 bytes (the TCP one is not).
-    let udp_sum = inner.proto == IPPROTO_UDP && ports.check != [0, 0];
+    let udp_sum = inner.proto == IPPROTO_UDP && quote_len >= IPV4_HLEN + 8 && ports.check != [0, 0];
     if e.flags & CT_F_SNAT != 0 {
         // The client's source port was remapped: quote the one it sent.
         let new = e.peer_port.to_be_bytes();
