@@ -136,9 +136,12 @@ pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Resul
 mod tests {
     use super::*;
 
-    /// Facts of no machine, for tests of what the report makes of outputs.
-    fn blank_facts() -> Facts {
-        Facts {
+    /// The Markdown and the JSON a quick run on no machine in particular
+    /// makes of these outputs (no control-plane runs, no shared-endpoint
+    /// run).
+    fn render(packet: &PacketCost, e2e: &E2e, e2e6: &E2e) -> (String, String) {
+        let plan = Plan::new(true);
+        let facts = Facts {
             date: String::new(),
             commit: String::new(),
             nproc: 2,
@@ -148,28 +151,28 @@ mod tests {
             tools: Vec::new(),
             load_start: String::new(),
             load_end: String::new(),
-        }
-    }
-
-    #[test]
-    fn packet_cost_twins_land_in_the_report_and_the_json() {
-        let plan = Plan::new(true);
-        let facts = blank_facts();
+        };
         let log = Log::new(Path::new("/r"));
-        let packet = PacketCost::parse(include_str!("testdata/packet_cost_quick.out"));
-        let e2e = E2e::parse("");
+        let none = E2e::parse("");
         let report = Report {
             plan: &plan,
             facts: &facts,
             log: &log,
-            packet: &packet,
+            packet,
             sync: &[],
-            e2e: &e2e,
-            e2e6: &e2e,
-            shared: &e2e,
+            e2e,
+            e2e6,
+            shared: &none,
             elapsed: 1.0,
         };
-        let md = report.markdown();
+        (report.markdown(), report.json().expect("JSON"))
+    }
+
+    #[test]
+    fn packet_cost_twins_land_in_the_report_and_the_json() {
+        let packet = PacketCost::parse(include_str!("testdata/packet_cost_quick.out"));
+        let e2e = E2e::parse("");
+        let (md, json) = render(&packet, &e2e, &e2e);
         let tc = md.find("| services | family | new flow").expect("TC table");
         let xdp = md.find("### XDP node-port paths").expect("XDP section");
         let twins = md.find("### IPv6 against IPv4").expect("twins");
@@ -187,7 +190,7 @@ mod tests {
             "- TC new flow (single): 1: 1022 → 1332 (×1.30); 1,000: 1202 → 1332 (×1.11)"
         ));
         // Whitespace left out (indentation is the renderer's business).
-        let json: String = report.json().expect("JSON").split_whitespace().collect();
+        let json: String = json.split_whitespace().collect();
         for want in [
             "\"xdp_node_port\": [ { \"path\": \"not a service (pass)\", \"family\": \"IPv4\", \
              \"measured\": \"repeat\", \"ns\": [ { \"services\": 1, \"ns\": 71 }, \
@@ -206,9 +209,6 @@ mod tests {
     /// its lines in "where svcnat is behind", named as IPv6.
     #[test]
     fn the_ipv6_run_has_its_tables_and_its_lines_where_svcnat_is_behind() {
-        let plan = Plan::new(true);
-        let facts = blank_facts();
-        let log = Log::new(Path::new("/r"));
         let packet = PacketCost::parse("");
         let e2e = E2e::parse(
             "e2e family=ipv4 column=svcnat services=1 round=0 conns=10 conn_per_s=1000 errors=0\n\
@@ -220,19 +220,7 @@ mod tests {
              e2e family=ipv6 column=nftables services=1 round=0 conns=10 conn_per_s=1000 errors=0\n\
              e2e family=ipv6 column=direct services=1 round=0 conns=10 conn_per_s=1000 errors=0\n",
         );
-        let none = E2e::parse("");
-        let report = Report {
-            plan: &plan,
-            facts: &facts,
-            log: &log,
-            packet: &packet,
-            sync: &[],
-            e2e: &e2e,
-            e2e6: &e2e6,
-            shared: &none,
-            elapsed: 1.0,
-        };
-        let md = report.markdown();
+        let (md, json) = render(&packet, &e2e, &e2e6);
         let v6 = md.find("### IPv6\n").expect("the IPv6 part");
         let rest = &md[v6..];
         assert!(
@@ -265,7 +253,7 @@ mod tests {
             "IPv4 is level with nftables: {}",
             &md[behind..]
         );
-        let json: String = report.json().expect("JSON").split_whitespace().collect();
+        let json: String = json.split_whitespace().collect();
         assert!(json.contains("\"e2e_ipv6\":{"), "{json}");
     }
 
