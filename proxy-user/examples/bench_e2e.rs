@@ -79,7 +79,7 @@ use svcnat::dataplane::{
     BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
 };
 use svcnat_testkit::{
-    netns::{NetNs, run_ok, veth},
+    netns::{IPV6_SYSCTLS, NetNs, run_ok, veth},
     skip::{Needs, skip_reason},
 };
 
@@ -809,16 +809,6 @@ fn exec_in(ns: &NetNs, program: &str) -> Command {
 }
 
 static RUN: AtomicU32 = AtomicU32::new(0);
-
-/// Sysctls of every IPv6 namespace, set before it gets an interface:
-/// addresses usable at once (no duplicate address detection), no ICMPv6
-/// redirects taken (the node forwards back out of the bridge).
-const IPV6_SYSCTLS: &[(&str, &str)] = &[
-    ("net.ipv6.conf.all.accept_dad", "0"),
-    ("net.ipv6.conf.default.accept_dad", "0"),
-    ("net.ipv6.conf.all.accept_redirects", "0"),
-    ("net.ipv6.conf.default.accept_redirects", "0"),
-];
 
 /// `ip addr add CIDR dev DEV` (IPv6: `nodad`, usable at once).
 fn addr_add<'a>(fam: Family, cidr: &'a str, dev: &'a str) -> Vec<&'a str> {

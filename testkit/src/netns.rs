@@ -16,6 +16,19 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+/// Sysctls for a namespace that is to carry IPv6, set before it gets any
+/// interface: IPv6 addresses (also the link-local ones of new interfaces)
+/// are usable at once, without duplicate address detection; and hosts
+/// ignore ICMPv6 redirects (IPv6 has no `send_redirects`: a node forwarding
+/// out of the interface a packet came in on tells the sender of a shorter
+/// path, which would take the node out of the path a test set up).
+pub const IPV6_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.all.accept_redirects", "0"),
+    ("net.ipv6.conf.default.accept_redirects", "0"),
+];
+
 /// A named network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct NetNs {

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::process::Proc;
-use crate::netns::{self, NetNs, unique_tag, veth};
+use crate::netns::{self, IPV6_SYSCTLS, NetNs, unique_tag, veth};
 
 /// The glob of the pods' host-side veths (`--pod-interfaces`).
 pub const POD_GLOB: &str = "vp*";
@@ -294,19 +294,6 @@ impl Host {
         }
     }
 }
-
-/// Sysctls of every namespace of the cluster, set before it gets any
-/// interface: IPv6 addresses (also the link-local ones of new interfaces)
-/// are usable at once, without duplicate address detection; and hosts
-/// ignore ICMPv6 redirects (IPv6 has no `send_redirects`: a node forwarding
-/// out of the interface a packet came in on tells the sender of a shorter
-/// path, which would take the node out of the path a test set up).
-const IPV6_SYSCTLS: &[(&str, &str)] = &[
-    ("net.ipv6.conf.all.accept_dad", "0"),
-    ("net.ipv6.conf.default.accept_dad", "0"),
-    ("net.ipv6.conf.all.accept_redirects", "0"),
-    ("net.ipv6.conf.default.accept_redirects", "0"),
-];
 
 /// A new namespace of the cluster named `name` ([`IPV6_SYSCTLS`] set).
 fn cluster_ns(name: &str) -> Result<NetNs> {
