@@ -11,8 +11,10 @@
 //! [`Reason`]; both sides read them from here.
 #![no_std]
 
+mod label;
 mod maps;
 mod programs;
+pub use label::{SVC_LABEL_LEN, SvcLabel};
 pub use maps::{MAPS, MapDef, MapKind, MapSize, default_sizes, map_names};
 pub use programs::{
     TAIL_CALLS, TAIL_EGRESS6, TAIL_NODE_XDP6, TAIL_POD_INGRESS6, TailCall, program_names,
@@ -595,41 +597,6 @@ pub const HAIRPIN6_ADDR_DEFAULT: [u8; 16] = [
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// Length of a service label.
-pub const SVC_LABEL_LEN: usize = 96;
-
-/// The name of a service frontend (`namespace/name:port`), NUL-padded, so
-/// that `svcnat inspect` can name services from the pinned maps alone.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SvcLabel {
-    /// UTF-8, NUL-padded; cut at a character boundary when too long.
-    pub name: [u8; SVC_LABEL_LEN],
-}
-
-impl SvcLabel {
-    /// A label holding as much of `s` as fits.
-    pub fn new(s: &str) -> Self {
-        let mut name = [0u8; SVC_LABEL_LEN];
-        let mut end = s.len().min(SVC_LABEL_LEN);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        name[..end].copy_from_slice(&s.as_bytes()[..end]);
-        Self { name }
-    }
-
-    /// The label's text.
-    pub fn as_str(&self) -> &str {
-        let end = self
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(SVC_LABEL_LEN);
-        core::str::from_utf8(&self.name[..end]).unwrap_or("")
-    }
-}
-
 /// Per-CPU counter of one reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -841,16 +808,6 @@ mod tests {
         assert_eq!(size_of::<Affinity6Key>(), 20);
         assert_eq!(size_of::<SrcRange6>(), 20);
         assert_eq!(size_of::<Scratch6>(), 1024);
-    }
-
-    #[test]
-    fn labels_round_trip_and_cut_at_char_boundaries() {
-        assert_eq!(SvcLabel::new("demo/web:http").as_str(), "demo/web:http");
-        let long = "é".repeat(SVC_LABEL_LEN);
-        let cut = SvcLabel::new(&long);
-        assert!(cut.as_str().len() <= SVC_LABEL_LEN);
-        assert!(cut.as_str().chars().all(|c| c == 'é'));
-        assert_eq!(cut.as_str().len() % 2, 0);
     }
 
     #[test]
