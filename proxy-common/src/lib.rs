@@ -17,7 +17,8 @@ mod programs;
 pub use label::{SVC_LABEL_LEN, SvcLabel};
 pub use maps::{MAPS, MapDef, MapKind, MapSize, default_sizes, map_names};
 pub use programs::{
-    TAIL_CALLS, TAIL_EGRESS6, TAIL_NODE_XDP6, TAIL_POD_INGRESS6, TailCall, program_names,
+    SOCK_HOOKS, SOCK_LINK_PREFIX, SockHook, TAIL_CALLS, TAIL_EGRESS6, TAIL_NODE_XDP6,
+    TAIL_POD_INGRESS6, TailCall, program_names,
 };
 
 /// First port of the SNAT range. Ports allocated for node-port flows to
@@ -597,6 +598,83 @@ pub const HAIRPIN6_ADDR_DEFAULT: [u8; 16] = [
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+/// Key of a socket-level translation (`SVCNAT_SOCK4`): a socket, by its
+/// cookie, and the backend the socket hooks sent it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sock4Key {
+    /// The socket's cookie (`SO_COOKIE`).
+    pub cookie: u64,
+    /// Backend address, network order.
+    pub addr: [u8; 4],
+    /// Backend port, host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub pad: u8,
+}
+
+/// Value of a socket-level translation: the service address the socket
+/// was given to, which `recvmsg` and `getpeername` report instead of the
+/// backend's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sock4Value {
+    /// Service address, network order.
+    pub vip: [u8; 4],
+    /// Service port, host order.
+    pub port: u16,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// Key of an IPv6 socket-level translation (as [`Sock4Key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sock6Key {
+    /// The socket's cookie (`SO_COOKIE`).
+    pub cookie: u64,
+    /// Backend address, network order.
+    pub addr: [u8; 16],
+    /// Backend port, host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub pad: [u8; 5],
+}
+
+/// Value of an IPv6 socket-level translation (as [`Sock4Value`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sock6Value {
+    /// Service address, network order.
+    pub vip: [u8; 16],
+    /// Service port, host order.
+    pub port: u16,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// The one entry of `SVCNAT_SOCK_CFG` (key [`SOCK_CFG_KEY`]): what the
+/// socket hooks act on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockConfig {
+    /// Cookie of the network namespace whose sockets are translated (the
+    /// agent's own: `SO_NETNS_COOKIE`). Sockets of every other namespace
+    /// are left alone.
+    pub netns_cookie: u64,
+    /// Reserved (zero).
+    pub flags: u32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+
+/// The key of the one entry of `SVCNAT_SOCK_CFG`.
+pub const SOCK_CFG_KEY: u32 = 0;
+
 /// Per-CPU counter of one reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -710,6 +788,25 @@ reasons! {
     /// program array slot is empty: a loader that did not fill it):
     /// passed untouched.
     PassNoProgram = 30, "pass_no_program";
+    /// Socket hooks: a `connect()` of a node process to a service,
+    /// translated to a backend (no per-packet NAT follows).
+    SockConnect = 31, "sock_connect";
+    /// Socket hooks: a datagram of an unconnected UDP socket of the node
+    /// sent to a service, addressed to a backend.
+    SockSendmsg = 32, "sock_sendmsg";
+    /// Socket hooks: `recvmsg` or `getpeername` of a translated socket
+    /// reports the service's address instead of its backend's.
+    SockRestored = 33, "sock_restored";
+    /// Socket hooks: a service port without endpoints: the call fails with
+    /// `ECONNREFUSED` (what kube-proxy's reject gives a client).
+    SockRejectNoBackend = 34, "sock_reject_no_backend";
+    /// Socket hooks: a known VIP, a port no service defines: the call
+    /// fails with `ECONNREFUSED`.
+    SockRejectUnknownPort = 35, "sock_reject_unknown_port";
+    /// Socket hooks: a traffic policy `Local` and no endpoint on this node:
+    /// the call fails with `EHOSTUNREACH` (kube-proxy drops the packets;
+    /// a socket is told at once).
+    SockNoLocalBackend = 36, "sock_no_local_backend";
 }
 
 /// Not a reason: the slot of the stats map that counts conntrack entries
@@ -737,6 +834,9 @@ pub const STATS_SLOTS: u32 = 64;
 /// - 4: IPv6: the `*6` maps (frontends, backends, conntrack, fragments,
 ///   SNAT, node addresses, affinity, source ranges). The IPv4 maps keep
 ///   their layout-3 form; service ids, slots, labels and stats are shared.
+///   Also the socket maps (`SVCNAT_SOCK4`, `SVCNAT_SOCK6`,
+///   `SVCNAT_SOCK_CFG`), added before layout 4 was released: a folder of
+///   layout 4 without them gets them created empty.
 pub const LAYOUT_VERSION: u32 = 4;
 
 #[cfg(feature = "user")]
@@ -771,6 +871,11 @@ mod pod {
     unsafe impl aya::Pod for super::Affinity6Key {}
     unsafe impl aya::Pod for super::SrcRange6 {}
     unsafe impl aya::Pod for super::Scratch6 {}
+    unsafe impl aya::Pod for super::Sock4Key {}
+    unsafe impl aya::Pod for super::Sock4Value {}
+    unsafe impl aya::Pod for super::Sock6Key {}
+    unsafe impl aya::Pod for super::Sock6Value {}
+    unsafe impl aya::Pod for super::SockConfig {}
 }
 
 #[cfg(test)]
@@ -808,6 +913,11 @@ mod tests {
         assert_eq!(size_of::<Affinity6Key>(), 20);
         assert_eq!(size_of::<SrcRange6>(), 20);
         assert_eq!(size_of::<Scratch6>(), 1024);
+        assert_eq!(size_of::<Sock4Key>(), 16);
+        assert_eq!(size_of::<Sock4Value>(), 8);
+        assert_eq!(size_of::<Sock6Key>(), 32);
+        assert_eq!(size_of::<Sock6Value>(), 20);
+        assert_eq!(size_of::<SockConfig>(), 16);
     }
 
     #[test]

@@ -122,6 +122,24 @@ macro_rules! svcnat_maps {
             /// cannot hold. Not a sizing knob's: fixed.
             SCRATCH6 = "SVCNAT_SCRATCH6", PerCpuArray,
                 u32 => $crate::Scratch6, $crate::MapSize::Fixed(1), 4, 4;
+            /// Socket-level translations of the node's own sockets (LRU):
+            /// one entry per socket and backend the cgroup hooks sent it to,
+            /// giving the service address that `recvmsg` and `getpeername`
+            /// report back: [`Sock4Key`](crate::Sock4Key) ->
+            /// [`Sock4Value`](crate::Sock4Value). Sized like conntrack (a
+            /// translated socket is a flow).
+            SOCK4 = "SVCNAT_SOCK4", LruHash,
+                $crate::Sock4Key => $crate::Sock4Value, $crate::MapSize::Conntrack, 4, 4;
+            /// As `SVCNAT_SOCK4`, for IPv6 sockets:
+            /// [`Sock6Key`](crate::Sock6Key) -> [`Sock6Value`](crate::Sock6Value).
+            SOCK6 = "SVCNAT_SOCK6", LruHash,
+                $crate::Sock6Key => $crate::Sock6Value, $crate::MapSize::Conntrack, 4, 4;
+            /// What the socket hooks act on, key 0 ->
+            /// [`SockConfig`](crate::SockConfig): the network namespace
+            /// whose sockets they translate. Without the entry they
+            /// translate nothing. Written by the agent; fixed size.
+            SOCK_CFG = "SVCNAT_SOCK_CFG", Hash,
+                u32 => $crate::SockConfig, $crate::MapSize::Fixed(1), 4, 4;
             /// The TC programs IPv6 packets go on to by a tail call, slot
             /// (`u32`) -> program ([`TAIL_CALLS`](crate::TAIL_CALLS)). Pinned
             /// like the rest, so that the attached programs keep reaching

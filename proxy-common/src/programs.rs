@@ -23,7 +23,79 @@ pub mod program_names {
     pub const TC_EGRESS6: &str = "svcnat_egress6";
     /// [`XDP_NODE`] for IPv6, reached by a tail call from it.
     pub const XDP_NODE6: &str = "svcnat_node_xdp6";
+    /// cgroup `connect4`: TCP and connected UDP sockets of the node to an
+    /// IPv4 service, given a backend.
+    pub const SOCK_CONNECT4: &str = "svcnat_sock_connect4";
+    /// cgroup `connect6`: as [`SOCK_CONNECT4`] for IPv6.
+    pub const SOCK_CONNECT6: &str = "svcnat_sock_connect6";
+    /// cgroup `sendmsg4`: datagrams of unconnected UDP sockets to an IPv4
+    /// service, addressed to a backend.
+    pub const SOCK_SENDMSG4: &str = "svcnat_sock_sendmsg4";
+    /// cgroup `sendmsg6`: as [`SOCK_SENDMSG4`] for IPv6.
+    pub const SOCK_SENDMSG6: &str = "svcnat_sock_sendmsg6";
+    /// cgroup `recvmsg4`: datagrams from a backend of a translated socket
+    /// report the service's address.
+    pub const SOCK_RECVMSG4: &str = "svcnat_sock_recvmsg4";
+    /// cgroup `recvmsg6`: as [`SOCK_RECVMSG4`] for IPv6.
+    pub const SOCK_RECVMSG6: &str = "svcnat_sock_recvmsg6";
+    /// cgroup `getpeername4`: a translated socket's peer is the service.
+    pub const SOCK_GETPEERNAME4: &str = "svcnat_sock_peer4";
+    /// cgroup `getpeername6`: as [`SOCK_GETPEERNAME4`] for IPv6.
+    pub const SOCK_GETPEERNAME6: &str = "svcnat_sock_peer6";
 }
+
+/// A cgroup socket hook of the object: its program and the hook (the
+/// attach type in its section name, `cgroup/<hook>`). The agent attaches
+/// each at the cgroup root with a link pinned as `cgroup-<hook>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockHook {
+    /// The program's name in the object.
+    pub program: &'static str,
+    /// The hook: `connect4`, `sendmsg6`, ...
+    pub hook: &'static str,
+}
+
+/// Every socket hook, in the order the agent attaches them (the ones that
+/// give the service address back first, so that no socket is translated
+/// before its answers can be).
+pub const SOCK_HOOKS: [SockHook; 8] = [
+    SockHook {
+        program: program_names::SOCK_RECVMSG4,
+        hook: "recvmsg4",
+    },
+    SockHook {
+        program: program_names::SOCK_RECVMSG6,
+        hook: "recvmsg6",
+    },
+    SockHook {
+        program: program_names::SOCK_GETPEERNAME4,
+        hook: "getpeername4",
+    },
+    SockHook {
+        program: program_names::SOCK_GETPEERNAME6,
+        hook: "getpeername6",
+    },
+    SockHook {
+        program: program_names::SOCK_CONNECT4,
+        hook: "connect4",
+    },
+    SockHook {
+        program: program_names::SOCK_CONNECT6,
+        hook: "connect6",
+    },
+    SockHook {
+        program: program_names::SOCK_SENDMSG4,
+        hook: "sendmsg4",
+    },
+    SockHook {
+        program: program_names::SOCK_SENDMSG6,
+        hook: "sendmsg6",
+    },
+];
+
+/// Prefix of the pins of socket hook links under `links/` (interface
+/// links are pinned as `<ifindex>-<ifname>-<kind>`, which never starts so).
+pub const SOCK_LINK_PREFIX: &str = "cgroup-";
 
 /// A program that is never attached: the programs attached on interfaces
 /// reach it by a tail call through slot `index` of the program array

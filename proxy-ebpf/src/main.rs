@@ -31,8 +31,8 @@ mod verdict;
 mod xdp;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use proxy_common::{Reason, TAIL_EGRESS6, TAIL_NODE_XDP6, TAIL_POD_INGRESS6};
 
@@ -117,6 +117,55 @@ fn tail_tc(ctx: &TcContext, index: u32) -> i32 {
     // SAFETY: a tail call; it returns only when it failed.
     unsafe { maps::TAIL_TC.tail_call(ctx, index) };
     finish(ctx.len(), Err(Reason::PassNoProgram))
+}
+
+/// cgroup `connect4`: the node's sockets to IPv4 services get a backend
+/// (`pipeline/sock.rs`).
+#[cgroup_sock_addr(connect4)]
+pub fn svcnat_sock_connect4(ctx: SockAddrContext) -> i32 {
+    v4::sock::translate(&ctx, false)
+}
+
+/// cgroup `connect6`: as [`svcnat_sock_connect4`] for IPv6.
+#[cgroup_sock_addr(connect6)]
+pub fn svcnat_sock_connect6(ctx: SockAddrContext) -> i32 {
+    v6::sock::translate(&ctx, false)
+}
+
+/// cgroup `sendmsg4`: unconnected UDP datagrams to IPv4 services.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn svcnat_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    v4::sock::translate(&ctx, true)
+}
+
+/// cgroup `sendmsg6`: as [`svcnat_sock_sendmsg4`] for IPv6.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn svcnat_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    v6::sock::translate(&ctx, true)
+}
+
+/// cgroup `recvmsg4`: datagrams of a backend report its service.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn svcnat_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    v4::sock::restore(&ctx)
+}
+
+/// cgroup `recvmsg6`: as [`svcnat_sock_recvmsg4`] for IPv6.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn svcnat_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    v6::sock::restore(&ctx)
+}
+
+/// cgroup `getpeername4`: a translated socket's peer is its service.
+#[cgroup_sock_addr(getpeername4)]
+pub fn svcnat_sock_peer4(ctx: SockAddrContext) -> i32 {
+    v4::sock::restore(&ctx)
+}
+
+/// cgroup `getpeername6`: as [`svcnat_sock_peer4`] for IPv6.
+#[cgroup_sock_addr(getpeername6)]
+pub fn svcnat_sock_peer6(ctx: SockAddrContext) -> i32 {
+    v6::sock::restore(&ctx)
 }
 
 #[cfg(not(test))]

@@ -69,7 +69,28 @@ pub struct AgentConfig {
     /// Source addresses of hairpin flows (a pod reaching itself through a
     /// service).
     pub hairpin: Hairpin,
+    /// Socket-level load balancing for the node's own processes.
+    pub socket_lb: SocketLb,
+    /// Where the socket hooks attach: a cgroup v2 mount, or a folder whose
+    /// `unified` folder is one.
+    pub cgroup_root: PathBuf,
 }
+
+/// `--socket-lb`: which sockets the cgroup socket hooks translate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketLb {
+    /// Sockets of the node's own network namespace (host processes and
+    /// hostNetwork pods); pods keep the TC path. Cilium's
+    /// `socketLB.hostNamespaceOnly`.
+    #[default]
+    Host,
+    /// None: the hooks are detached (node processes reach no Service, as
+    /// before).
+    Off,
+}
+
+/// The default of `--cgroup-root`.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The source address a pod sees when it reaches itself through a service
 /// (hairpin), one per family.
@@ -200,6 +221,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     dp.set_hairpin_address(cfg.hairpin.v6)?;
     report_attach(dp.attach_matching(&cfg.pod_interfaces)?);
     report_attach(dp.attach_node_matching(&cfg.node_interfaces)?);
+    match cfg.socket_lb {
+        SocketLb::Host => {
+            let root = crate::dataplane::cgroup2_root(&cfg.cgroup_root)
+                .map_err(|e| AgentError::Other(format!("--cgroup-root: {e}")))?;
+            report_attach(dp.attach_sockets(&root)?);
+        }
+        SocketLb::Off => {
+            for hook in dp.detach_sockets()? {
+                tracing::info!(hook = %hook, "socket hook detached (--socket-lb=off)");
+            }
+        }
+    }
     // Our programs now run in every pinned link we manage: a migration from
     // an older layout can finish.
     if let Some(r) = dp.finish_migration()? {

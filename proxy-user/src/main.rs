@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use proxy_common::default_sizes;
 use svcnat::{
-    agent::{self, AgentConfig, Hairpin, SourceConfig},
+    agent::{self, AgentConfig, DEFAULT_CGROUP_ROOT, Hairpin, SocketLb, SourceConfig},
     dataplane::{self, DEFAULT_BPFFS, MapSizes},
     health, healthcheck, inspect, metrics,
     sources::kube::{ApiServerOverride, KubeConfigSource},
@@ -133,6 +133,15 @@ struct RunArgs {
     /// the answer back at the pod's veth.
     #[arg(long = "hairpin-address", value_name = "ADDR")]
     hairpin_addresses: Vec<IpAddr>,
+    /// Socket-level load balancing (cgroup socket hooks) for processes in
+    /// the node's own network namespace: `host` translates their
+    /// connect/sendmsg to Services, `off` detaches the hooks.
+    #[arg(long, value_enum, default_value_t = SocketLb::Host)]
+    socket_lb: SocketLb,
+    /// cgroup v2 folder the socket hooks attach at (its `unified` folder
+    /// where cgroup v2 is mounted there, as in systemd's hybrid layout).
+    #[arg(long, default_value = DEFAULT_CGROUP_ROOT)]
+    cgroup_root: PathBuf,
 }
 
 /// Map sizes: at least one entry.
@@ -290,5 +299,7 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         healthz_addr: optional_addr("healthz-addr", &args.healthz_addr)?,
         hairpin: Hairpin::from_flags(&args.hairpin_addresses)?,
         healthcheck_bind: optional_ip("healthcheck-bind-address", &args.healthcheck_bind_address)?,
+        socket_lb: args.socket_lb,
+        cgroup_root: args.cgroup_root,
     })
 }

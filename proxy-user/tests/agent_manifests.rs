@@ -594,10 +594,28 @@ fn cleanup_removes_every_pin_and_link_and_nothing_else() {
     });
     // Two TCX links (ingress, egress) pinned per pod veth. (bpftool 7.1 does
     // not list TCX links, so detachment is checked by behaviour below.)
-    let pinned = std::fs::read_dir(bpffs.join("links"))
+    let pins: Vec<String> = std::fs::read_dir(bpffs.join("links"))
         .expect("links folder")
-        .count();
-    assert_eq!(pinned, 6, "two links for each of the three pod veths");
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let (hooks, veths): (Vec<&String>, Vec<&String>) =
+        pins.iter().partition(|p| p.starts_with("cgroup-"));
+    assert_eq!(veths.len(), 6, "two links for each of the three pod veths");
+    // And one cgroup link per socket hook, whose ids must be gone after
+    // the cleanup.
+    assert_eq!(hooks.len(), proxy_common::SOCK_HOOKS.len(), "{hooks:?}");
+    let hook_links: Vec<u32> = hooks
+        .iter()
+        .map(|p| {
+            let pinned = aya::programs::links::PinnedLink::from_pin(bpffs.join("links").join(p))
+                .expect("pinned cgroup link");
+            aya::programs::links::FdLink::from(pinned)
+                .info()
+                .expect("link info")
+                .id()
+        })
+        .collect();
     // A pin of someone else's in the same bpffs must survive.
     let other = PathBuf::from(format!("{}-other", bpffs.display()));
     std::fs::create_dir_all(&other).expect("other pin folder");
@@ -631,5 +649,14 @@ fn cleanup_removes_every_pin_and_link_and_nothing_else() {
     wait_for("the programs to detach", Duration::from_secs(10), || {
         client.run(request).expect("client").is_err()
     });
+    wait_for(
+        "the socket hooks' links to go",
+        Duration::from_secs(10),
+        || {
+            !aya::programs::loaded_links()
+                .flatten()
+                .any(|l| hook_links.contains(&l.id()))
+        },
+    );
     stop.store(true, Ordering::Relaxed);
 }

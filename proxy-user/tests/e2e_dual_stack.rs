@@ -19,8 +19,8 @@ use std::{
 
 use svcnat_testkit::{
     cluster::{
-        Cluster, ClusterConfig, Endpoint, Host, Port, Proto, dual_stack_endpoints, node_addr,
-        node_addr6, pod_addr, service_with_slices, twin6, url,
+        Cluster, ClusterConfig, Endpoint, Exposed, Host, Port, Proto, dual_stack_endpoints,
+        exposed_service, node_addr, node_addr6, pod_addr, service_with_slices, twin6, url,
     },
     skip::{Needs, skip_reason},
 };
@@ -343,36 +343,13 @@ fn node_port_service(
     local: bool,
     pods: &[&Host],
 ) -> String {
-    let text = service_with_slices(
-        NS,
-        name,
-        vips,
-        &[Port::tcp("http", 80, 80).node_port(node_port)],
-        &dual_stack_endpoints(pods),
-    );
-    let policy = if local {
-        "\n  externalTrafficPolicy: Local"
-    } else {
-        ""
+    let ex = Exposed {
+        node_port,
+        lb_ips,
+        local,
+        ..Exposed::default()
     };
-    let kind = if lb_ips.is_empty() {
-        "NodePort"
-    } else {
-        "LoadBalancer"
-    };
-    let mut text = text.replacen("type: NodePort", &format!("type: {kind}{policy}"), 1);
-    if !lb_ips.is_empty() {
-        let ingress: String = lb_ips
-            .iter()
-            .map(|ip| format!("    - ip: {ip}\n"))
-            .collect();
-        let at = text.find("---\n").expect("the Service, then its slices");
-        text.insert_str(
-            at,
-            &format!("status:\n  loadBalancer:\n    ingress:\n{ingress}"),
-        );
-    }
-    text
+    exposed_service(NS, name, vips, &ex, &dual_stack_endpoints(pods))
 }
 
 /// Pods `a1` on node-a and `b1` on node-b, each serving nginx.

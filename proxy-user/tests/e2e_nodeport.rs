@@ -216,17 +216,6 @@ fn keys(counts: &BTreeMap<String, usize>) -> BTreeSet<String> {
     counts.keys().cloned().collect()
 }
 
-/// Packets node `node`'s datapath counted under `reason`
-/// (`svcnat inspect stats --json`).
-fn stat(c: &Cluster, node: usize, reason: &str) -> u64 {
-    let text = c.inspect(node, "stats", true).expect("inspect stats");
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("stats JSON");
-    rows.iter()
-        .filter(|r| r["reason"] == reason)
-        .filter_map(|r| r["packets"].as_u64())
-        .sum()
-}
-
 /// Polls `pod`'s nginx access log until a request whose line contains
 /// `marker` shows up (nginx logs after answering); the client address it
 /// logged.
@@ -342,7 +331,7 @@ fn external_traffic_policy_local_keeps_the_client_address_and_stays_on_the_node(
         "every request through node-b keeps the client address: {log:?}"
     );
 
-    let drops = stat(&c, 0, "drop_no_local_backend");
+    let drops = c.stat(0, "drop_no_local_backend").expect("stats");
     for k in 0..3 {
         let marker = format!("via=node-a-{k}");
         let url = format!("http://{}:{port}/?{marker}", node_addr(0));
@@ -359,7 +348,7 @@ fn external_traffic_policy_local_keeps_the_client_address_and_stays_on_the_node(
             "node-a forwarded to node-b's backend: {log:?}"
         );
     }
-    let dropped = stat(&c, 0, "drop_no_local_backend") - drops;
+    let dropped = c.stat(0, "drop_no_local_backend").expect("stats") - drops;
     assert!(
         dropped >= 3,
         "node-a's datapath dropped {dropped} packets as drop_no_local_backend for 3 requests"
@@ -470,7 +459,7 @@ fn load_balancer_source_ranges_admit_only_the_listed_client() {
 
     let np_url = format!("http://{}:{port}/", node_addr(0));
     spread(&second, &np_url, 5);
-    let drops = stat(&c, 0, "drop_source_range");
+    let drops = c.stat(0, "drop_source_range").expect("stats");
     for k in 0..3 {
         let marker = format!("blocked-{k}");
         let o = second
@@ -494,7 +483,7 @@ fn load_balancer_source_ranges_admit_only_the_listed_client() {
             );
         }
     }
-    let dropped = stat(&c, 0, "drop_source_range") - drops;
+    let dropped = c.stat(0, "drop_source_range").expect("stats") - drops;
     assert!(
         dropped >= 3,
         "node-a's datapath dropped {dropped} packets as drop_source_range for 3 requests"

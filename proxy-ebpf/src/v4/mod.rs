@@ -36,14 +36,15 @@ mod icmp;
 pub(crate) mod ip;
 mod reject;
 
+use aya_ebpf::programs::SockAddrContext;
 use proxy_common::Reason;
 
 use crate::verdict::{Action, Verdict};
 pub(crate) use proxy_common::{
     AffinityKey, Backend4 as Backend, Ct4Key as CtKey, CtValue, Frag4Key as FragKey,
     Frag4Value as FragValue, HAIRPIN_ADDR_DEFAULT as HAIRPIN_DEFAULT,
-    NODE4_HAIRPIN_KEY as HAIRPIN_KEY, Snat4Value as SnatValue, SrcRange4 as SrcRange,
-    Svc4Key as SvcKey,
+    NODE4_HAIRPIN_KEY as HAIRPIN_KEY, Snat4Value as SnatValue, Sock4Key as SockKey,
+    Sock4Value as SockValue, SrcRange4 as SrcRange, Svc4Key as SvcKey,
 };
 
 pub(crate) use self::{
@@ -53,7 +54,7 @@ pub(crate) use self::{
 };
 pub(crate) use crate::maps::{
     AFFINITY4 as AFFINITY, BACKEND4 as BACKEND, CT4 as CT, FRAG4 as FRAG, NODE4 as NODE,
-    SNAT4 as SNAT, SRCRANGE4 as SRCRANGE, SVC4 as SVC,
+    SNAT4 as SNAT, SOCK4 as SOCK, SRCRANGE4 as SRCRANGE, SVC4 as SVC,
 };
 
 /// An IPv4 address, network order.
@@ -88,6 +89,37 @@ pub(crate) fn frag_key(ip: &Ip, dir: u8) -> FragKey {
     }
 }
 
+/// The address a socket hook was given (`user_ip4`, `user_port`).
+#[inline(always)]
+pub(crate) fn sock_addr(ctx: &SockAddrContext) -> (Addr, u16) {
+    // SAFETY: fields of the context the kernel gave, read as whole words.
+    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+    (ip.to_ne_bytes(), u16::from_be(port as u16))
+}
+
+/// Sets the address a socket hook hands back to the kernel.
+#[inline(always)]
+pub(crate) fn set_sock_addr(ctx: &SockAddrContext, addr: Addr, port: u16) {
+    // SAFETY: writable fields of the context, written as whole words (the
+    // verifier refuses narrower stores).
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(addr);
+        (*ctx.sock_addr).user_port = u32::from(port.to_be());
+    }
+}
+
+/// The socket map key of a socket and a backend.
+#[inline(always)]
+pub(crate) fn sock_key(cookie: u64, addr: Addr, port: u16, proto: u8) -> SockKey {
+    SockKey {
+        cookie,
+        addr,
+        port,
+        proto,
+        pad: 0,
+    }
+}
+
 #[path = "../pipeline/ct.rs"]
 pub(crate) mod ct;
 #[path = "../pipeline/frag.rs"]
@@ -102,3 +134,5 @@ pub(crate) mod node;
 pub(crate) mod pod;
 #[path = "../pipeline/snat.rs"]
 pub(crate) mod snat;
+#[path = "../pipeline/sock.rs"]
+pub(crate) mod sock;

@@ -35,14 +35,15 @@ mod icmp;
 pub(crate) mod ip;
 mod reject;
 
+use aya_ebpf::programs::SockAddrContext;
 use proxy_common::Reason;
 
 use crate::verdict::{Action, Verdict, pack, unpack};
 pub(crate) use proxy_common::{
     Affinity6Key as AffinityKey, Backend6 as Backend, Ct6Key as CtKey, Ct6Value as CtValue,
     Frag6Key as FragKey, Frag6Value as FragValue, HAIRPIN6_ADDR_DEFAULT as HAIRPIN_DEFAULT,
-    NODE6_HAIRPIN_KEY as HAIRPIN_KEY, Snat6Value as SnatValue, SrcRange6 as SrcRange,
-    Svc6Key as SvcKey,
+    NODE6_HAIRPIN_KEY as HAIRPIN_KEY, Snat6Value as SnatValue, Sock6Key as SockKey,
+    Sock6Value as SockValue, SrcRange6 as SrcRange, Svc6Key as SvcKey,
 };
 
 pub(crate) use self::{
@@ -52,7 +53,7 @@ pub(crate) use self::{
 };
 pub(crate) use crate::maps::{
     AFFINITY6 as AFFINITY, BACKEND6 as BACKEND, CT6 as CT, FRAG6 as FRAG, NODE6 as NODE,
-    SNAT6 as SNAT, SRCRANGE6 as SRCRANGE, SVC6 as SVC,
+    SNAT6 as SNAT, SOCK6 as SOCK, SRCRANGE6 as SRCRANGE, SVC6 as SVC,
 };
 
 /// The slots of the per-CPU scratch space (`SVCNAT_SCRATCH6`, see
@@ -132,6 +133,53 @@ pub(crate) fn frag_key(ip: &Ip, dir: u8) -> FragKey {
     }
 }
 
+/// The address a socket hook was given (`user_ip6`, `user_port`).
+#[inline(always)]
+pub(crate) fn sock_addr(ctx: &SockAddrContext) -> (Addr, u16) {
+    let mut addr = [0u8; 16];
+    // SAFETY: fields of the context the kernel gave, read as whole words
+    // (the verifier refuses narrower loads of `user_ip6`).
+    let (words, port) = unsafe { ((*ctx.sock_addr).user_ip6, (*ctx.sock_addr).user_port) };
+    for (i, w) in words.iter().enumerate() {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    (addr, u16::from_be(port as u16))
+}
+
+/// Sets the address a socket hook hands back to the kernel.
+#[inline(always)]
+pub(crate) fn set_sock_addr(ctx: &SockAddrContext, addr: Addr, port: u16) {
+    let mut words = [0u32; 4];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = u32::from_ne_bytes([
+            addr[i * 4],
+            addr[i * 4 + 1],
+            addr[i * 4 + 2],
+            addr[i * 4 + 3],
+        ]);
+    }
+    // SAFETY: writable fields of the context, written as whole words (the
+    // verifier refuses narrower stores).
+    unsafe {
+        for (i, w) in words.iter().enumerate() {
+            (*ctx.sock_addr).user_ip6[i] = *w;
+        }
+        (*ctx.sock_addr).user_port = u32::from(port.to_be());
+    }
+}
+
+/// The socket map key of a socket and a backend.
+#[inline(always)]
+pub(crate) fn sock_key(cookie: u64, addr: Addr, port: u16, proto: u8) -> SockKey {
+    SockKey {
+        cookie,
+        addr,
+        port,
+        proto,
+        pad: [0; 5],
+    }
+}
+
 #[path = "../pipeline/ct.rs"]
 pub(crate) mod ct;
 #[path = "../pipeline/frag.rs"]
@@ -146,3 +194,5 @@ pub(crate) mod node;
 pub(crate) mod pod;
 #[path = "../pipeline/snat.rs"]
 pub(crate) mod snat;
+#[path = "../pipeline/sock.rs"]
+pub(crate) mod sock;

@@ -67,6 +67,10 @@ impl Dataplane {
         if let Ok(rd) = fs::read_dir(&links) {
             for entry in rd.flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with(proxy_common::SOCK_LINK_PREFIX) {
+                    // A socket hook's link (`sockets.rs`), not an interface's.
+                    continue;
+                }
                 if !live.iter().any(|p| file.starts_with(p.as_str())) {
                     let _ = fs::remove_file(entry.path());
                     report.removed.push(file);

@@ -13,11 +13,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
-    programs::{ProgramError, ProgramFd, SchedClassifier, Xdp},
+    programs::{CgroupSockAddr, ProgramError, ProgramFd, SchedClassifier, Xdp},
 };
 use proxy_common::{
-    LAYOUT_VERSION, MAPS, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_VIP, SlotKey, TAIL_CALLS,
-    program_names,
+    LAYOUT_VERSION, MAPS, SCOPE_EXTERNAL, SCOPE_INTERNAL, SOCK_HOOKS, SVC_FLAG_VIP, SlotKey,
+    TAIL_CALLS, program_names,
 };
 
 use super::error::{DataplaneError, Result, io_err, map_err};
@@ -76,6 +76,14 @@ impl Dataplane {
                 name: program_names::XDP_NODE.into(),
                 source,
             })?;
+        for hook in &SOCK_HOOKS {
+            program_mut::<CgroupSockAddr>(&mut ebpf, hook.program)?
+                .load()
+                .map_err(|source| DataplaneError::Program {
+                    name: hook.program.into(),
+                    source,
+                })?;
+        }
         // Before any program is attached: the slots of an adopted program
         // array hold the programs of the agent before us, which its attached
         // programs keep reaching until ours replace them.

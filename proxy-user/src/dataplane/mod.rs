@@ -4,7 +4,8 @@
 //!
 //! Everything lives under one bpffs folder (`--bpffs`, default
 //! `/sys/fs/bpf/svcnat`): maps as `<dir>/<MAP NAME>`, TCX links as
-//! `<dir>/links/<ifindex>-<ifname>-<ingress|egress>`, and a folder
+//! `<dir>/links/<ifindex>-<ifname>-<ingress|egress>`, the cgroup socket
+//! hooks' links as `<dir>/links/cgroup-<hook>`, and a folder
 //! `layout-v<N>` naming the [`LAYOUT_VERSION`] of the maps. Pins outlive the agent, so the programs keep running
 //! while it is stopped, and a new agent adopts the maps (their contents are
 //! read back into the mirror) and swaps its programs into the existing links
@@ -25,6 +26,7 @@ mod handle;
 mod loader;
 mod maps;
 pub mod migrate;
+mod sockets;
 mod table;
 mod update;
 
@@ -38,6 +40,7 @@ pub use maps::{
     BackendEntry, CtEntry, CtFamily, Maps, RangeId, SvcEntry, kind_of, open_pinned, range_of,
     read_stats, stat_slot,
 };
+pub use sockets::{attached_sockets, cgroup2_root, netns_cookie};
 pub use table::{
     BackendSpec, Frontend, FrontendSpec, ServiceOpts, ServiceState, Upsert, proto_name,
 };

@@ -76,6 +76,19 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// What node `node`'s datapath counted under `reason` (packets; socket
+    /// calls for the socket hooks' reasons), from `svcnat inspect stats
+    /// --json`.
+    pub fn stat(&self, node: usize, reason: &str) -> Result<u64> {
+        let text = self.inspect(node, "stats", true)?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+        Ok(rows
+            .iter()
+            .filter(|r| r["reason"] == reason)
+            .filter_map(|r| r["packets"].as_u64())
+            .sum())
+    }
+
     /// Starts `svcnat run` on `node` (an error if it runs already).
     pub fn start_agent(&self, node: usize) -> Result<()> {
         let mut a = self.agent(node)?;

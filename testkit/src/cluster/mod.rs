@@ -92,8 +92,9 @@ pub use traffic::{
     Query, Request, url,
 };
 pub use yaml::{
-    Endpoint, IpFamily, Port, Proto, dual_stack_endpoints, service_with_slice, service_with_slices,
-    service_yaml, service_yaml_ips, slice_yaml, slice_yaml_of,
+    Endpoint, Exposed, IpFamily, Port, Proto, dual_stack_endpoints, exposed_service,
+    service_with_slice, service_with_slices, service_yaml, service_yaml_ips, slice_yaml,
+    slice_yaml_of,
 };
 
 pub use crate::skip::find_program;

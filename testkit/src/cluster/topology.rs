@@ -528,6 +528,21 @@ impl Cluster {
         &self.nodes[i].ns
     }
 
+    /// Node `i` itself as a host: its own network namespace, where the
+    /// node's processes (kubelet, hostNetwork pods) run, with its fabric
+    /// addresses. Clients run there reach Services through the socket
+    /// hooks.
+    pub fn node_host(&self, i: usize) -> Host {
+        Host {
+            name: node_name(i),
+            node: Some(i),
+            addr: node_addr(i),
+            addr6: node_addr6(i),
+            netns: self.nodes[i].ns.name().to_string(),
+            veth: None,
+        }
+    }
+
     /// The folder every agent reads.
     pub fn manifests_dir(&self) -> &Path {
         &self.manifests

@@ -178,11 +178,18 @@ impl CurlOutcome {
     }
 
     /// Why the connection failed, as the system said it ("Connection
-    /// refused", "No route to host"), from a single request's verbose output.
+    /// refused", "No route to host"), from a single request's verbose output:
+    /// a connection the peer refused (`* connect to ADDR port P failed:
+    /// WHY`), or a `connect()` the system failed at once (`* Immediate
+    /// connect fail for ADDR: WHY`, as for a Service without endpoints
+    /// reached from a node, whose socket hooks refuse the call).
     pub fn connect_error(&self) -> Option<&str> {
         self.stderr.lines().find_map(|l| {
-            let l = l.strip_prefix("* connect to ")?;
-            Some(l.split_once(" failed: ")?.1.trim())
+            if let Some(l) = l.strip_prefix("* connect to ") {
+                return Some(l.split_once(" failed: ")?.1.trim());
+            }
+            let l = l.strip_prefix("* Immediate connect fail for ")?;
+            Some(l.split_once(": ")?.1.trim())
         })
     }
 }
@@ -636,6 +643,23 @@ mod tests {
         assert_eq!(o[1].body, "b2");
         assert_eq!((o[2].exit, o[2].http_code, o[2].ok()), (7, 0, false));
         assert_eq!(o[2].body, "");
+    }
+
+    #[test]
+    fn connect_errors_are_read_from_curls_verbose_lines() {
+        let refused = |stderr: &str| CurlOutcome {
+            stderr: stderr.into(),
+            ..CurlOutcome::default()
+        };
+        let peer = refused(
+            "*   Trying 198.19.0.10:80...\n* connect to 198.19.0.10 port 80 failed: Connection refused\n",
+        );
+        assert_eq!(peer.connect_error(), Some("Connection refused"));
+        let local = refused(
+            "* Immediate connect fail for 198.19.0.10: Connection refused\n* Failed to connect\n",
+        );
+        assert_eq!(local.connect_error(), Some("Connection refused"));
+        assert_eq!(refused("* Connected to x\n").connect_error(), None);
     }
 
     #[test]

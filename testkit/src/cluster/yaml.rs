@@ -274,6 +274,71 @@ pub fn service_yaml_ips(
     s
 }
 
+/// How [`exposed_service`] exposes a Service beyond its cluster IPs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exposed<'a> {
+    /// The node port of its one port (TCP 80 to the pods' 80).
+    pub node_port: u16,
+    /// `type: LoadBalancer` with these ingress IPs in its status (else
+    /// `type: NodePort`).
+    pub lb_ips: &'a [IpAddr],
+    /// `externalIPs`.
+    pub external_ips: &'a [IpAddr],
+    /// `externalTrafficPolicy: Local`.
+    pub local: bool,
+}
+
+/// A Service `name` with the cluster IPs `vips` and one TCP port 80 (to
+/// the pods' 80, named `http`) exposed as `ex` says, and its slices of
+/// `endpoints` (one per family).
+pub fn exposed_service(
+    namespace: &str,
+    name: &str,
+    vips: &[IpAddr],
+    ex: &Exposed<'_>,
+    endpoints: &[Endpoint],
+) -> String {
+    let text = service_with_slices(
+        namespace,
+        name,
+        vips,
+        &[Port::tcp("http", 80, 80).node_port(ex.node_port)],
+        endpoints,
+    );
+    let mut extra = String::new();
+    if ex.local {
+        extra.push_str("\n  externalTrafficPolicy: Local");
+    }
+    if !ex.external_ips.is_empty() {
+        let ips: Vec<String> = ex
+            .external_ips
+            .iter()
+            .map(|ip| format!("\"{ip}\""))
+            .collect();
+        let _ = write!(extra, "\n  externalIPs: [{}]", ips.join(", "));
+    }
+    let kind = if ex.lb_ips.is_empty() {
+        "NodePort"
+    } else {
+        "LoadBalancer"
+    };
+    let mut text = text.replacen("type: NodePort", &format!("type: {kind}{extra}"), 1);
+    if !ex.lb_ips.is_empty() {
+        let ingress: String = ex
+            .lb_ips
+            .iter()
+            .map(|ip| format!("    - ip: {ip}\n"))
+            .collect();
+        if let Some(at) = text.find("---\n") {
+            text.insert_str(
+                at,
+                &format!("status:\n  loadBalancer:\n    ingress:\n{ingress}"),
+            );
+        }
+    }
+    text
+}
+
 /// YAML of an IPv4 EndpointSlice `slice` of `service` (ports carry the
 /// targets).
 pub fn slice_yaml(
