@@ -346,9 +346,14 @@ fn the_daemonset_runs_a_privileged_host_network_agent_on_every_node() {
             .unwrap_or_else(|| panic!("no hostPath volume for {host}"))
     };
     assert_eq!(mounts.get(volume_of("/sys/fs/bpf")), Some(&"/sys/fs/bpf"));
+    let cgroup = mounts
+        .get(volume_of("/sys/fs/cgroup"))
+        .expect("cgroup2 not mounted");
+    // The socket hooks attach where the host's cgroup root is mounted.
+    let args = c.args.iter().flatten().collect::<Vec<_>>();
     assert!(
-        mounts.contains_key(volume_of("/sys/fs/cgroup")),
-        "cgroup2 not mounted"
+        args.iter().any(|a| **a == format!("--cgroup-root={cgroup}")),
+        "--cgroup-root={cgroup} not among {args:?}"
     );
 }
 

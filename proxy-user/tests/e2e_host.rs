@@ -446,3 +446,192 @@ fn bind_to_lo(s: &UdpSocket) {
     };
     assert_eq!(r, 0, "SO_BINDTODEVICE: {}", std::io::Error::last_os_error());
 }
+
+/// A host-side connection loop through a cluster IP while node-a's agent
+/// is SIGKILLed and SIGTERMed and started again, twice each: every request
+/// answered (the pinned socket hooks keep translating while no agent runs,
+/// and a new agent's links replace the old ones without a gap).
+#[test]
+fn host_connections_survive_agent_restarts() {
+    let Some(mut c) = cluster("hk", &["nginx", "curl"]) else {
+        return;
+    };
+    let (a1, b1) = nginx_on_each_node(&mut c);
+    let eps = [Endpoint::of(&a1), Endpoint::of(&b1)];
+    c.write_manifest(
+        "web.yaml",
+        &service_with_slices(NS, "web", &[VIP.into()], &[Port::tcp("http", 80, 80)], &eps),
+    )
+    .expect("manifest");
+    c.start_agents().expect("agents");
+    let want = [
+        SocketAddr::new(a1.addr.into(), 80),
+        SocketAddr::new(b1.addr.into(), 80),
+    ];
+    c.wait_backends_ip(VIP.into(), 80, Proto::Tcp, Some(&want), WAIT)
+        .expect("programmed");
+    c.wait_agent_ready(0, WAIT).expect("ready");
+    let host = c.node_host(0);
+    let url = url(VIP, 80);
+    wait_answered(&host, &url);
+    let lp = c.client_loop(&host, &url, CURL_TIME);
+    lp.wait_more(3, WAIT).expect("loop runs");
+    for i in 0..4 {
+        if i % 2 == 0 {
+            c.kill_agent(0).expect("SIGKILL");
+        } else {
+            let st = c.terminate_agent(0).expect("SIGTERM");
+            assert!(st.success(), "exit on SIGTERM: {st}");
+        }
+        lp.wait_more(2, WAIT).expect("served while no agent runs");
+        c.start_agent(0).expect("start");
+        c.wait_agent_ready(0, WAIT).expect("ready again");
+        lp.wait_more(3, WAIT).expect("served by the new agent");
+    }
+    let requests = lp.stop();
+    let failed: Vec<_> = requests.iter().filter(|r| !r.outcome.ok()).collect();
+    eprintln!(
+        "{} requests across 4 restarts, {} failed",
+        requests.len(),
+        failed.len()
+    );
+    assert!(requests.len() >= 20, "too few requests: {}", requests.len());
+    assert!(failed.is_empty(), "failed across restarts: {failed:?}");
+    let hooks: Vec<String> = std::fs::read_dir(c.bpffs(0).join("links"))
+        .expect("links")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cgroup-"))
+        .collect();
+    assert_eq!(hooks.len(), 8, "one pinned link per socket hook: {hooks:?}");
+}
+
+/// What a resolver with one connected UDP socket got at one moment.
+#[derive(Debug)]
+struct Asked {
+    at: Instant,
+    answer: Option<Ipv4Addr>,
+    error: Option<String>,
+}
+
+/// A resolver in node-a's namespace that sends from one connected UDP
+/// socket to a DNS cluster IP for 10 s (a query each 50 ms) follows the
+/// replacement of the Service's one backend within a second: its socket,
+/// translated to the removed backend at `connect()`, is closed under it
+/// (ECONNABORTED), and the socket it connects anew reaches the new backend.
+#[test]
+fn a_connected_udp_socket_of_a_node_follows_the_replacement_of_its_backend() {
+    let Some(mut c) = cluster("hu", &["dnsmasq"]) else {
+        return;
+    };
+    let d1 = c.add_pod(0, "d1", pod_addr(0, 20)).expect("pod");
+    let d2 = c.add_pod(1, "d2", pod_addr(1, 20)).expect("pod");
+    let (who1, who2) = (
+        Ipv4Addr::new(198, 18, 255, 1),
+        Ipv4Addr::new(198, 18, 255, 2),
+    );
+    c.dnsmasq(&d1, &[("whoami.test", who1)]).expect("dnsmasq");
+    c.dnsmasq(&d2, &[("whoami.test", who2)]).expect("dnsmasq");
+    let dns = Ipv4Addr::new(198, 19, 0, 53);
+    let manifest = |pod: &Host| {
+        service_with_slices(
+            NS,
+            "dns",
+            &[dns.into()],
+            &[Port::udp("dns", 53, 53)],
+            &[Endpoint::of(pod)],
+        )
+    };
+    c.write_manifest("dns.yaml", &manifest(&d1))
+        .expect("manifest");
+    c.start_agents().expect("agents");
+    let programmed = |pod: &Host| {
+        let want = [SocketAddr::new(pod.addr.into(), 53)];
+        c.wait_backends_ip(dns.into(), 53, Proto::Udp, Some(&want), WAIT)
+            .expect("programmed");
+    };
+    programmed(&d1);
+    let host = c.node_host(0);
+    let resolver = host.spawn(move || {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        let mut sock: Option<UdpSocket> = None;
+        let mut id = 0u16;
+        while start.elapsed() < Duration::from_secs(10) {
+            id = id.wrapping_add(1);
+            let s = match &sock {
+                Some(s) => s,
+                None => {
+                    let s = UdpSocket::bind("0.0.0.0:0")?;
+                    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+                    s.connect(SocketAddr::new(dns.into(), 53))?;
+                    sock.insert(s)
+                }
+            };
+            let mut buf = [0u8; 512];
+            let r = s
+                .send(&dns_query(id, "whoami.test"))
+                .and_then(|_| s.recv(&mut buf));
+            let at = Instant::now();
+            match r {
+                Ok(n) => out.push(Asked {
+                    at,
+                    answer: answer_a(&buf[..n]),
+                    error: None,
+                }),
+                Err(e) => {
+                    let timeout = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                    if !timeout {
+                        // What a resolver does with a socket that failed:
+                        // a new one.
+                        sock = None;
+                    }
+                    out.push(Asked {
+                        at,
+                        answer: None,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok::<_, std::io::Error>(out)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    c.write_manifest("dns.yaml", &manifest(&d2))
+        .expect("manifest");
+    programmed(&d2);
+    let changed = Instant::now();
+    let asked = resolver
+        .join()
+        .expect("thread")
+        .expect("enter the node")
+        .expect("resolver");
+    let before: Vec<_> = asked.iter().filter(|a| a.at < changed).collect();
+    assert!(
+        before.iter().filter(|a| a.answer == Some(who1)).count() >= 10,
+        "the old backend answered before the change: {before:?}"
+    );
+    let late: Vec<&Asked> = asked
+        .iter()
+        .filter(|a| a.at > changed + Duration::from_secs(1))
+        .collect();
+    assert!(late.len() >= 20, "the resolver kept asking: {}", late.len());
+    let wrong: Vec<_> = late.iter().filter(|a| a.answer != Some(who2)).collect();
+    eprintln!(
+        "{} queries, {} after the change + 1 s; errors around the change: {:?}",
+        asked.len(),
+        late.len(),
+        asked
+            .iter()
+            .filter_map(|a| a.error.as_deref())
+            .collect::<BTreeSet<_>>()
+    );
+    assert!(
+        wrong.is_empty(),
+        "a second after the change every answer is the new backend's: {wrong:?}"
+    );
+}
