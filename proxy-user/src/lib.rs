@@ -19,8 +19,9 @@
 //! loop, [`health`] the agent's health, served by [`metrics`] (`/metrics`,
 //! `/healthz`, `/readyz`) and [`healthcheck`] (health-check node ports);
 //! [`inspect`] reads the pinned maps for `svcnat inspect`; [`host`] lists
-//! the node's interfaces and addresses. The README's
-//! "Layout" section maps the repository.
+//! the node's interfaces and addresses; [`sockdiag`] lists and destroys
+//! host UDP sockets (sock_diag). The README's "Layout" section maps the
+//! repository.
 
 pub mod agent;
 pub mod dataplane;
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod rbac;
+pub mod sockdiag;
 pub mod sources;
 pub mod sync;
 
