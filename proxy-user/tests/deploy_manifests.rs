@@ -352,7 +352,8 @@ fn the_daemonset_runs_a_privileged_host_network_agent_on_every_node() {
     // The socket hooks attach where the host's cgroup root is mounted.
     let args = c.args.iter().flatten().collect::<Vec<_>>();
     assert!(
-        args.iter().any(|a| **a == format!("--cgroup-root={cgroup}")),
+        args.iter()
+            .any(|a| **a == format!("--cgroup-root={cgroup}")),
         "--cgroup-root={cgroup} not among {args:?}"
     );
 }
