@@ -127,6 +127,85 @@ pub struct StatRow {
     pub bytes: u64,
 }
 
+/// One pinned link: a program attached to an interface or a socket hook
+/// attached at the cgroup root.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LinkRow {
+    /// The pin's name under `links/`.
+    pub pin: String,
+    /// `interface` (TC or XDP on a pod or node interface) or `socket-hook`.
+    pub kind: &'static str,
+    /// Where it is attached: `<ifname> <ingress|egress|xdp|node-egress>`, or
+    /// the cgroup hook (`connect4`, ...).
+    pub attach: String,
+    /// The kernel's link id (0: unreadable).
+    pub link_id: u32,
+    /// The program it runs: its id and name (empty: unreadable).
+    pub program_id: u32,
+    /// The program's name (the kernel keeps 15 bytes of it).
+    pub program: String,
+    /// For socket hooks: the cookie of the network namespace whose sockets
+    /// they translate (`SVCNAT_SOCK_CFG`; none: they translate nothing).
+    pub netns_cookie: Option<u64>,
+}
+
+/// The links pinned under `dir/links`, with the program each runs.
+pub fn links(dir: &Path) -> Result<Vec<LinkRow>> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let folder = dir.join("links");
+    let rd = std::fs::read_dir(&folder).map_err(|source| DataplaneError::Io {
+        path: folder.clone(),
+        source,
+    })?;
+    let programs: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect();
+    let cookie = Maps::pinned(dir)
+        .ok()
+        .and_then(|m| m.SOCK_CFG.get(&proxy_common::SOCK_CFG_KEY, 0).ok())
+        .map(|c| c.netns_cookie);
+    let mut rows = Vec::new();
+    for e in rd.flatten() {
+        let pin = e.file_name().to_string_lossy().into_owned();
+        let info = PinnedLink::from_pin(e.path())
+            .ok()
+            .and_then(|p| FdLink::from(p).info().ok());
+        let (link_id, program_id) = info.map_or((0, 0), |i| (i.id(), i.program_id()));
+        let (kind, attach, netns_cookie) = match pin.strip_prefix(proxy_common::SOCK_LINK_PREFIX) {
+            Some(hook) => ("socket-hook", hook.to_string(), cookie),
+            None => {
+                let attach = interface_attach(&pin);
+                ("interface", attach, None)
+            }
+        };
+        rows.push(LinkRow {
+            program: programs.get(&program_id).cloned().unwrap_or_default(),
+            pin,
+            kind,
+            attach,
+            link_id,
+            program_id,
+            netns_cookie,
+        });
+    }
+    rows.sort_by(|a, b| (a.kind, &a.pin).cmp(&(b.kind, &b.pin)));
+    Ok(rows)
+}
+
+/// `<ifname> <kind>` of an interface link's pin `<ifindex>-<ifname>-<kind>`
+/// (interface names may hold '-').
+fn interface_attach(pin: &str) -> String {
+    let rest = pin.split_once('-').map_or(pin, |(_, r)| r);
+    ["node-egress", "ingress", "egress", "xdp"]
+        .iter()
+        .find_map(|k| {
+            let name = rest.strip_suffix(k)?.strip_suffix('-')?;
+            Some(format!("{name} {k}"))
+        })
+        .unwrap_or_else(|| rest.to_string())
+}
+
 fn labels(maps: &Maps) -> Result<BTreeMap<u32, String>> {
     let mut out = BTreeMap::new();
     for e in maps.LABELS.iter() {
@@ -420,6 +499,8 @@ pub enum What {
     Conntrack,
     /// Datapath counters by reason.
     Stats,
+    /// Pinned links: programs on interfaces and socket hooks.
+    Links,
 }
 
 /// A row of one of the `inspect` tables.
@@ -534,6 +615,21 @@ impl Row for StatRow {
     }
 }
 
+impl Row for LinkRow {
+    const HEADERS: &'static [&'static str] =
+        &["PIN", "KIND", "ATTACH", "LINK", "PROGRAM", "NETNS COOKIE"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.pin.clone(),
+            self.kind.to_string(),
+            self.attach.clone(),
+            self.link_id.to_string(),
+            format!("{} {}", self.program_id, self.program),
+            self.netns_cookie.map_or("-".into(), |c| c.to_string()),
+        ]
+    }
+}
+
 /// Rows as pretty JSON or as an aligned table.
 fn show<R: Row>(rows: &[R], json: bool) -> String {
     if json {
@@ -551,6 +647,7 @@ pub fn render(dir: &Path, what: What, json: bool) -> Result<String> {
         What::Backends => show(&backends(dir)?, json),
         What::Conntrack => show(&conntrack(dir)?, json),
         What::Stats => show(&stats(dir)?, json),
+        What::Links => show(&links(dir)?, json),
     })
 }
 
@@ -560,6 +657,15 @@ mod tests {
     use proxy_common::{
         SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES,
     };
+
+    #[test]
+    fn interface_pins_name_the_interface_and_the_hook() {
+        assert_eq!(interface_attach("7-vp0-ingress"), "vp0 ingress");
+        assert_eq!(interface_attach("7-vp0-egress"), "vp0 egress");
+        assert_eq!(interface_attach("2-eth0-node-egress"), "eth0 node-egress");
+        assert_eq!(interface_attach("12-my-veth-xdp"), "my-veth xdp");
+        assert_eq!(interface_attach("3-odd"), "odd");
+    }
 
     #[test]
     fn frontend_kinds_follow_the_entry_flags() {

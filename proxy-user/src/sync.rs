@@ -298,12 +298,14 @@ impl Syncer {
         match dp.clear_stale_udp_flows() {
             Ok(c) => {
                 report.udp_flows_cleared = c.flows;
-                if c.ct_entries > 0 {
+                if c.ct_entries > 0 || c.socket_entries > 0 {
                     tracing::info!(
                         flows = c.flows,
                         conntrack_entries = c.ct_entries,
                         snat_entries = c.snat_entries,
-                        "cleared the UDP conntrack entries of removed backends"
+                        socket_entries = c.socket_entries,
+                        sockets_closed = c.sockets_closed,
+                        "cleared the UDP conntrack entries (and node sockets) of removed backends"
                     );
                 }
             }

@@ -17,8 +17,8 @@ use proxy_common::{
     CT_DIR_SERVICE, CT_F_SNAT, Ct4Key, Ct6Key, Ct6Value, CtValue, IPPROTO_TCP, IPPROTO_UDP,
     RevNat4, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER,
     SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
-    SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, Snat6Value, SrcRange4, Svc4Key, Svc6Key,
-    SvcValue, map_names, program_names,
+    SVC_FLAG_VIP, SlotKey, SlotValue, Snat4Value, Snat6Value, Sock6Key, Sock6Value, SrcRange4,
+    Svc4Key, Svc6Key, SvcValue, map_names, program_names,
 };
 use svcnat::{
     dataplane::{
@@ -1110,6 +1110,18 @@ fn stale_udp_flows_of_ipv6_backends_are_cleared_from_the_ipv6_conntrack() {
                 0,
             )
             .expect("SNAT entry");
+        // The node's own sockets (the socket hooks): one UDP socket
+        // translated to the removed backend, one to the kept one, one TCP
+        // socket to the removed one. No such sockets exist: only the map
+        // entries are at stake here (e2e_host closes real ones).
+        for (cookie, b, proto) in [
+            (7, b1, IPPROTO_UDP),
+            (8, b2, IPPROTO_UDP),
+            (9, b1, IPPROTO_TCP),
+        ] {
+            let (k, val) = sock6_entry(cookie, to(b), proto, vip);
+            maps.SOCK6.insert(k, val, 0).expect("socket entry");
+        }
     }
     assert_eq!(
         svcnat::metrics::count_conntrack(&dir.0, 1_000).expect("count"),
@@ -1132,10 +1144,18 @@ fn stale_udp_flows_of_ipv6_backends_are_cleared_from_the_ipv6_conntrack() {
         ClearedFlows {
             flows: 2,
             ct_entries: 4,
-            snat_entries: 1
+            snat_entries: 1,
+            socket_entries: 1,
+            sockets_closed: 0,
         }
     );
     let maps = Maps::pinned(&dir.0).expect("pinned maps");
+    let socks: BTreeSet<u64> = maps.SOCK6.keys().map(|k| k.expect("key").cookie).collect();
+    assert_eq!(
+        socks,
+        BTreeSet::from([8, 9]),
+        "the UDP socket's translation to the removed backend goes, the others stay"
+    );
     let left: BTreeSet<Ct6Key> = maps.CT6.keys().map(|k| k.expect("key")).collect();
     let want: BTreeSet<Ct6Key> = kept.iter().chain(&tcp).map(|(k, _)| *k).collect();
     assert_eq!(left, want, "exactly the UDP flows of the removed backend");
@@ -1747,7 +1767,9 @@ fn stale_udp_flows_of_removed_backends_are_cleared_and_nothing_else() {
         ClearedFlows {
             flows: 4,
             ct_entries: 8,
-            snat_entries: 1
+            snat_entries: 1,
+            socket_entries: 0,
+            sockets_closed: 0,
         }
     );
     // The next datagram of a cleared flow goes to a live backend.
@@ -1875,4 +1897,28 @@ fn session_affinity_survives_other_backends_coming_and_going() {
     got.sort_unstable();
     assert_eq!(got, vec![3, 5, 6, 8]);
     check(&dp, &affine, &[3, 5, 6, 8], &mut connect, "after adoption");
+}
+
+/// A socket map entry: the socket `cookie` translated from `vip` to
+/// `backend`.
+fn sock6_entry(
+    cookie: u64,
+    backend: SocketAddrV6,
+    proto: u8,
+    vip: SocketAddrV6,
+) -> (Sock6Key, Sock6Value) {
+    (
+        Sock6Key {
+            cookie,
+            addr: backend.ip().octets(),
+            port: backend.port(),
+            proto,
+            pad: [0; 5],
+        },
+        Sock6Value {
+            vip: vip.ip().octets(),
+            port: vip.port(),
+            pad: 0,
+        },
+    )
 }

@@ -474,6 +474,8 @@ fn host_connections_survive_agent_restarts() {
     let host = c.node_host(0);
     let url = url(VIP, 80);
     wait_answered(&host, &url);
+    let first = hook_programs(&c, 0);
+    assert_eq!(first.len(), 8, "one pinned link per socket hook: {first:?}");
     let lp = c.client_loop(&host, &url, CURL_TIME);
     lp.wait_more(3, WAIT).expect("loop runs");
     for i in 0..4 {
@@ -497,13 +499,38 @@ fn host_connections_survive_agent_restarts() {
     );
     assert!(requests.len() >= 20, "too few requests: {}", requests.len());
     assert!(failed.is_empty(), "failed across restarts: {failed:?}");
-    let hooks: Vec<String> = std::fs::read_dir(c.bpffs(0).join("links"))
-        .expect("links")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("cgroup-"))
-        .collect();
-    assert_eq!(hooks.len(), 8, "one pinned link per socket hook: {hooks:?}");
+    let after = hook_programs(&c, 0);
+    assert_eq!(after.len(), 8, "one pinned link per socket hook: {after:?}");
+    assert!(
+        after
+            .iter()
+            .all(|(_, p)| !first.iter().any(|(_, q)| q == p)),
+        "the last agent's programs run the hooks: {first:?} then {after:?}"
+    );
+}
+
+/// The socket hooks pinned on `node` (`svcnat inspect links`): hook and
+/// program id, each of a live link scoped to a network namespace.
+fn hook_programs(c: &Cluster, node: usize) -> Vec<(String, u64)> {
+    let text = c.inspect(node, "links", true).expect("inspect links");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("links JSON");
+    rows.iter()
+        .filter(|r| r["kind"] == "socket-hook")
+        .map(|r| {
+            assert!(r["link_id"].as_u64() > Some(0), "{r}");
+            assert!(r["netns_cookie"].as_u64() > Some(0), "{r}");
+            assert!(
+                r["program"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("svcnat_sock")),
+                "{r}"
+            );
+            (
+                r["attach"].as_str().unwrap_or_default().to_string(),
+                r["program_id"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// What a resolver with one connected UDP socket got at one moment.

@@ -5,16 +5,20 @@
 
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use proxy_common::{AffinityValue, CT_DIR_SERVICE, CT_F_SNAT, IPPROTO_UDP, map_names};
+use proxy_common::{
+    AffinityValue, CT_DIR_SERVICE, CT_F_SNAT, IPPROTO_UDP, Sock4Key, Sock4Value, Sock6Key,
+    Sock6Value, map_names,
+};
 
 use super::error::{Result, map_err};
 use super::handle::Dataplane;
 use super::maps::{BPF_EXIST, CtFamily, ignore_missing, prune, removed, walk};
 use super::table::{SlotMove, StaleFlow};
+use crate::model::Family;
 
 /// What one [`Dataplane::clear_stale_udp_flows`] sweep deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,6 +29,13 @@ pub struct ClearedFlows {
     pub ct_entries: usize,
     /// Source NAT entries deleted (one per SNATed flow).
     pub snat_entries: usize,
+    /// Socket-level translations of the node's own UDP sockets to such a
+    /// backend, deleted from the socket maps.
+    pub socket_entries: usize,
+    /// Connected UDP sockets of the node translated to such a backend,
+    /// closed under their owner (`SOCK_DESTROY`: its next call fails with
+    /// `ECONNABORTED` and it connects anew, reaching a live backend).
+    pub sockets_closed: usize,
 }
 
 /// The flow a conntrack entry of either family belongs to.
@@ -93,6 +104,14 @@ impl Dataplane {
     /// underneath (LRU, the datapath) are skipped, and an entry a new flow
     /// took over meanwhile is left alone. On error the stale backends stay
     /// noted for the next sweep.
+    ///
+    /// The same for the node's own sockets (the socket hooks): their
+    /// translations to such a backend leave the socket maps, and the
+    /// connected UDP sockets among them are closed under their owner, as
+    /// Cilium's socket load balancer does, so that a long-lived resolver
+    /// socket follows a replaced DNS pod: its next call fails with
+    /// `ECONNABORTED` and the socket it connects anew gets a live backend.
+    /// TCP sockets are left alone (as their flows are).
     pub fn clear_stale_udp_flows(&mut self) -> Result<ClearedFlows> {
         let mut out = ClearedFlows::default();
         if self.table.stale_udp.is_empty() {
@@ -124,6 +143,25 @@ impl Dataplane {
             )?;
         }
         self.ct_removed += out.ct_entries as u64;
+        let pairs: BTreeSet<StalePair> = self
+            .table
+            .stale_udp
+            .iter()
+            .map(|s| (s.frontend, s.backend))
+            .collect();
+        let m = &mut self.maps;
+        let mut doomed = walk_sockets((&m.SOCK4, map_names::SOCK4), limit, &pairs)?;
+        doomed.extend(walk_sockets((&m.SOCK6, map_names::SOCK6), limit, &pairs)?);
+        for (key, _) in &doomed {
+            let r = match key {
+                SockMapKey::V4(k) => removed(m.SOCK4.remove(k)).map_err(map_err(map_names::SOCK4)),
+                SockMapKey::V6(k) => removed(m.SOCK6.remove(k)).map_err(map_err(map_names::SOCK6)),
+            };
+            if r? {
+                out.socket_entries += 1;
+            }
+        }
+        out.sockets_closed = close_sockets(&doomed);
         self.table.stale_udp.clear();
         Ok(out)
     }
@@ -169,6 +207,121 @@ impl Dataplane {
             })
         }
     }
+}
+
+/// A key of either socket map.
+enum SockMapKey {
+    V4(Sock4Key),
+    V6(Sock6Key),
+}
+
+/// A frontend and one of the backends that left it.
+type StalePair = ((IpAddr, u16), (IpAddr, u16));
+
+/// A socket map entry of either family, read back.
+trait SockEntry: aya::Pod {
+    type Value: aya::Pod;
+    /// The key, which the doomed entries are deleted by.
+    fn wrap(self) -> SockMapKey;
+    /// (cookie, protocol, frontend, backend) of the entry.
+    fn decode(&self, v: &Self::Value) -> (u64, u8, (IpAddr, u16), (IpAddr, u16));
+}
+
+impl SockEntry for Sock4Key {
+    type Value = Sock4Value;
+    fn wrap(self) -> SockMapKey {
+        SockMapKey::V4(self)
+    }
+    fn decode(&self, v: &Sock4Value) -> (u64, u8, (IpAddr, u16), (IpAddr, u16)) {
+        let frontend = (IpAddr::from(v.vip), v.port);
+        (
+            self.cookie,
+            self.proto,
+            frontend,
+            (IpAddr::from(self.addr), self.port),
+        )
+    }
+}
+
+impl SockEntry for Sock6Key {
+    type Value = Sock6Value;
+    fn wrap(self) -> SockMapKey {
+        SockMapKey::V6(self)
+    }
+    fn decode(&self, v: &Sock6Value) -> (u64, u8, (IpAddr, u16), (IpAddr, u16)) {
+        let frontend = (IpAddr::from(v.vip), v.port);
+        (
+            self.cookie,
+            self.proto,
+            frontend,
+            (IpAddr::from(self.addr), self.port),
+        )
+    }
+}
+
+/// The UDP entries of one socket map whose socket was translated to a
+/// backend that left its frontend (`stale`), with the socket's cookie and
+/// the backend's address.
+fn walk_sockets<K: SockEntry>(
+    (map, name): (&HashMap<MapData, K, K::Value>, &'static str),
+    limit: usize,
+    stale: &BTreeSet<StalePair>,
+) -> Result<Vec<(SockMapKey, (u64, SocketAddr))>> {
+    Ok(walk(map, name, limit)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let (cookie, proto, frontend, backend) = k.decode(&v);
+            (proto == IPPROTO_UDP && stale.contains(&(frontend, backend)))
+                .then(|| (k.wrap(), (cookie, SocketAddr::new(backend.0, backend.1))))
+        })
+        .collect())
+}
+
+/// Closes the connected UDP sockets among `doomed` (cookie, backend) of
+/// the calling thread's network namespace whose peer is still that
+/// backend (an unconnected socket was translated per datagram and has no
+/// peer: it reaches a live backend at its next send). Failures are
+/// logged: the socket then keeps its backend, as before this sweep.
+fn close_sockets(doomed: &[(SockMapKey, (u64, SocketAddr))]) -> usize {
+    let mut closed = 0;
+    for family in [Family::V4, Family::V6] {
+        let want: StdHashMap<u64, SocketAddr> = doomed
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    (k, family),
+                    (SockMapKey::V4(_), Family::V4) | (SockMapKey::V6(_), Family::V6)
+                )
+            })
+            .map(|(_, c)| *c)
+            .collect();
+        if want.is_empty() {
+            continue;
+        }
+        let peers: Vec<SocketAddr> = want.values().copied().collect();
+        let sockets = match crate::sockdiag::udp_sockets(family, &peers) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("listing UDP sockets to close those of removed backends: {e}");
+                continue;
+            }
+        };
+        for s in sockets {
+            if want.get(&s.cookie) != Some(&s.peer) {
+                continue;
+            }
+            match crate::sockdiag::destroy_udp(&s) {
+                Ok(true) => closed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    local = %s.local,
+                    peer = %s.peer,
+                    "closing a UDP socket of a removed backend: {e}"
+                ),
+            }
+        }
+    }
+    closed
 }
 
 /// [`Dataplane::move_affinity`] on one family's affinity map: the entries
