@@ -18,6 +18,7 @@
 //! | `sync_repaired_entries_total` | counter | map entries drift repair rewrote or deleted |
 //! | `source_errors_total` | counter | errors a source reported (the last good state stayed) |
 //! | `conntrack_flows_cleared_total{proto}` | counter | flows whose conntrack entries a sync pass deleted because their backend left the service (`proto="udp"`: kube-proxy's cleanup of stale UDP endpoints) |
+//! | `udp_sockets_closed_total` | counter | connected UDP sockets of the node's own processes, translated by the socket hooks to a backend that left its service, that a sync pass closed (the owner reconnects to a live backend) |
 //! | `kube_watch_restarts_total`, `kube_watch_errors_total` | counter | relists and failed list/watch requests (with a Kubernetes source only) |
 //! | `frontends`, `backends`, `backend_slots` | gauge | what the maps hold |
 //! | `conntrack_entries` | gauge | entries of the conntrack maps (both families), counted at most every [`CONNTRACK_COUNT_EVERY`] |
@@ -377,6 +378,12 @@ impl Collector for Collector_ {
             )?;
             v.encode(family.encode_family(&[("proto", "udp")])?)?;
         }
+        counter(
+            &mut enc,
+            "udp_sockets_closed",
+            "Connected UDP sockets of the node closed because the backend the socket hooks gave them left its service",
+            get(&st.udp_sockets_closed),
+        )?;
         if let Some(k) = &s.kube {
             counter(
                 &mut enc,

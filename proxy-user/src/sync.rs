@@ -58,6 +58,9 @@ pub struct SyncStats {
     pub source_errors: AtomicU64,
     /// UDP flows of removed backends whose conntrack entries were cleared.
     pub udp_flows_cleared: AtomicU64,
+    /// Connected UDP sockets of the node closed because their backend left
+    /// (the socket hooks' stale-UDP sweep).
+    pub udp_sockets_closed: AtomicU64,
 }
 
 /// What one pass did.
@@ -73,6 +76,8 @@ pub struct PassReport {
     pub deleted: usize,
     /// UDP flows of removed backends cleared from conntrack.
     pub udp_flows_cleared: usize,
+    /// Connected UDP sockets of the node closed for the same reason.
+    pub udp_sockets_closed: usize,
     /// Problems, one line each (`namespace/name port: reason`). Health check
     /// port conflicts appear in the pass that finds them (or finds them
     /// changed).
@@ -298,6 +303,7 @@ impl Syncer {
         match dp.clear_stale_udp_flows() {
             Ok(c) => {
                 report.udp_flows_cleared = c.flows;
+                report.udp_sockets_closed = c.sockets_closed;
                 if c.ct_entries > 0 || c.socket_entries > 0 {
                     tracing::info!(
                         flows = c.flows,
@@ -326,6 +332,8 @@ impl Syncer {
             .fetch_add(report.deleted as u64, Ordering::Relaxed);
         s.udp_flows_cleared
             .fetch_add(report.udp_flows_cleared as u64, Ordering::Relaxed);
+        s.udp_sockets_closed
+            .fetch_add(report.udp_sockets_closed as u64, Ordering::Relaxed);
         report
     }
 

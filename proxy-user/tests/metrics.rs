@@ -373,6 +373,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
         stats.repaired.store(4, Ordering::Relaxed);
         stats.source_errors.store(7, Ordering::Relaxed);
         stats.udp_flows_cleared.store(8, Ordering::Relaxed);
+        stats.udp_sockets_closed.store(9, Ordering::Relaxed);
         let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
         health
             .last_pass_ms
@@ -426,6 +427,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             "svcnat_sync_repaired_entries_total",
             "svcnat_source_errors_total",
             "svcnat_conntrack_flows_cleared_total",
+            "svcnat_udp_sockets_closed_total",
             "svcnat_kube_watch_restarts_total",
             "svcnat_kube_watch_errors_total",
             "svcnat_conntrack_entries",
@@ -464,6 +466,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             m["svcnat_conntrack_flows_cleared_total"].samples[0].labels["proto"],
             "udp"
         );
+        assert_eq!(one("svcnat_udp_sockets_closed_total"), ("counter", 9.0));
         assert_eq!(one("svcnat_kube_watch_restarts_total"), ("counter", 1.0));
         assert_eq!(one("svcnat_kube_watch_errors_total"), ("counter", 6.0));
         assert_eq!(
