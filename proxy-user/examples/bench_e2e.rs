@@ -8,7 +8,8 @@
 //! cargo run --release -p proxy-user --example bench_e2e -- \
 //!     [--sizes 1,1000,10000] [--columns svcnat,iptables,nftables,direct] \
 //!     [--duration 3] [--warmup 0.5] [--threads 4] [--iperf-seconds 3] \
-//!     [--rounds 1] [--changes 5] [--shared-backends] [--family ipv4|ipv6]
+//!     [--rounds 1] [--changes 5] [--shared-backends] [--family ipv4|ipv6] \
+//!     [--from pod|node]
 //! ```
 //!
 //! Topology, one per column, all alive at once for a size so that the
@@ -56,6 +57,18 @@
 //! kube-proxy's IPv6 proxier: `ip6tables-restore`, table `ip6 kube-proxy`);
 //! every line then carries `family=ipv6`.
 //!
+//! `--from node` measures the node's own processes instead of a pod's (a
+//! kubelet probe, a hostNetwork pod, a node agent): the client threads and
+//! iperf3 run in the node namespace. svcnat then serves them with its
+//! socket hooks at the cgroup v2 root (`Dataplane::attach_sockets`, scoped
+//! to the node namespace: connect() itself gets the backend's address);
+//! kube-proxy's rules with their `OUTPUT` jump (iptables `-A OUTPUT -j
+//! KUBE-SERVICES`, the nftables `nat-output` chain), DNAT on the first
+//! packet; direct connects to the backends. The node gets a route for the
+//! ClusterIP range on the bridge, as a node has one (its default route)
+//! for kube-proxy's DNAT to happen after. Every line then carries
+//! `from=node`.
+//!
 //! All addresses are in 198.18.0.0/15 and 2001:db8::/32; nothing is
 //! configured in the root namespace. Namespaces and pins are removed on exit, panic and Ctrl-C;
 //! leftovers of a killed run (names carry the pid) are removed by the next.
@@ -75,8 +88,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use svcnat::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
+use svcnat::{
+    agent::DEFAULT_CGROUP_ROOT,
+    dataplane::{
+        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cgroup2_root,
+        cleanup,
+    },
 };
 use svcnat_testkit::{
     netns::{IPV6_SYSCTLS, NetNs, run_ok, veth},
@@ -180,6 +197,14 @@ impl Family {
         }
     }
 
+    /// The range of every ClusterIP of the run (the bulk one included).
+    fn service_cidr(self) -> &'static str {
+        match self {
+            Self::V4 => "198.19.0.0/16",
+            Self::V6 => "2001:db8:ff::/64",
+        }
+    }
+
     /// The bulk service's ClusterIP.
     fn bulk_vip(self) -> IpAddr {
         match self {
@@ -224,6 +249,30 @@ impl Family {
 }
 
 /// `addr:port`, `[addr]:port` for IPv6, as DNAT targets are written.
+/// Where the load comes from: a client pod, or the node's own processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Pod,
+    Node,
+}
+
+impl Origin {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Node => "node",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pod" => Self::Pod,
+            "node" => Self::Node,
+            other => bail!("unknown origin {other:?} (pod or node)"),
+        })
+    }
+}
+
 fn ep_text((addr, port): (IpAddr, u16)) -> String {
     SocketAddr::new(addr, port).to_string()
 }
@@ -268,6 +317,7 @@ struct Args {
     changes: u32,
     shared_backends: bool,
     family: Family,
+    from: Origin,
 }
 
 fn parse_args() -> Result<Args> {
@@ -287,6 +337,7 @@ fn parse_args() -> Result<Args> {
         changes: 5,
         shared_backends: false,
         family: Family::V4,
+        from: Origin::Pod,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -313,11 +364,12 @@ fn parse_args() -> Result<Args> {
             "--changes" => a.changes = value()?.parse().context("--changes")?,
             "--shared-backends" => a.shared_backends = true,
             "--family" => a.family = Family::parse(&value()?)?,
+            "--from" => a.from = Origin::parse(&value()?)?,
             "-h" | "--help" => {
                 println!(
                     "bench_e2e [--sizes 1,1000,10000] [--columns svcnat,iptables,nftables,direct] \
                      [--duration S] [--warmup S] [--threads N] [--iperf-seconds S] [--rounds R] \
-                     [--changes K] [--shared-backends] [--family ipv4|ipv6]"
+                     [--changes K] [--shared-backends] [--family ipv4|ipv6] [--from pod|node]"
                 );
                 std::process::exit(0);
             }
@@ -376,7 +428,7 @@ fn real_main() -> Result<()> {
     println!(
         "e2e_settings duration_s={} warmup_s={} threads={} iperf_s={} rounds={} changes={} \
          server_threads_per_pod={SERVER_THREADS} backends={BACKENDS} shared_backends={} \
-         family={}",
+         family={} from={}",
         args.duration,
         args.warmup,
         args.threads,
@@ -384,7 +436,8 @@ fn real_main() -> Result<()> {
         args.rounds,
         args.changes,
         u8::from(args.shared_backends),
-        args.family.name()
+        args.family.name(),
+        args.from.name()
     );
     for &n in &args.sizes {
         run_size(n, &args, &work).with_context(|| format!("{n} services"))?;
@@ -408,7 +461,7 @@ fn run_size(n: u32, args: &Args, work: &Path) -> Result<()> {
             bail!("interrupted");
         }
         eprintln!("bench_e2e: {} with {n} services: setting up", column.name());
-        let mut topo = build_topology(fam, column, &svcs)?;
+        let mut topo = build_topology(fam, column, &svcs, args.from)?;
         let (load_s, rules) = match column {
             Column::Svcnat => (Some(setup_svcnat(&mut topo, &svcs)?), None),
             Column::Iptables => {
@@ -445,7 +498,7 @@ fn run_size(n: u32, args: &Args, work: &Path) -> Result<()> {
             );
             let targets = Arc::new(targets(*column, &svcs));
             let mut r = connection_load(
-                &topo.client,
+                topo.origin(),
                 targets,
                 args.threads,
                 args.warmup,
@@ -461,7 +514,7 @@ fn run_size(n: u32, args: &Args, work: &Path) -> Result<()> {
                 r.iperf_gbit = Some(gbit);
                 r.iperf_retransmits = Some(retr);
             }
-            emit(&r.line(fam, *column, n, round));
+            emit(&r.line(fam, *column, n, round, args.from));
         }
     }
     for (column, topo, load_s, rules) in &mut setups {
@@ -790,6 +843,17 @@ struct Topology {
     client: NetNs,
     backends: Vec<NetNs>,
     node: NetNs,
+    from: Origin,
+}
+
+impl Topology {
+    /// The namespace the load comes from.
+    fn origin(&self) -> &NetNs {
+        match self.from {
+            Origin::Pod => &self.client,
+            Origin::Node => &self.node,
+        }
+    }
 }
 
 impl Drop for Topology {
@@ -828,7 +892,7 @@ fn namespace(fam: Family, name: &str) -> Result<NetNs> {
     Ok(ns)
 }
 
-fn build_topology(fam: Family, column: Column, svcs: &[Svc]) -> Result<Topology> {
+fn build_topology(fam: Family, column: Column, svcs: &[Svc], from: Origin) -> Result<Topology> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let tag = format!("{NS_PREFIX}{}-{run}", std::process::id());
     let bridge_nf = if matches!(column, Column::Iptables | Column::Nftables) {
@@ -863,6 +927,9 @@ fn build_topology(fam: Family, column: Column, svcs: &[Svc]) -> Result<Topology>
         ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
         Ok(ns)
     };
+    if from == Origin::Node {
+        node.ip(&["route", "add", fam.service_cidr(), "dev", "br0"])?;
+    }
     let client = pod("c", fam.client())?;
     // One range for both families.
     client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
@@ -876,6 +943,7 @@ fn build_topology(fam: Family, column: Column, svcs: &[Svc]) -> Result<Topology>
         client,
         backends,
         node,
+        from,
     };
     let ports = server_ports(svcs);
     for b in &topo.backends {
@@ -1258,6 +1326,7 @@ fn setup_svcnat(topo: &mut Topology, svcs: &[Svc]) -> Result<f64> {
     let n = svcs.len() as u32;
     let work: Vec<(Frontend, Vec<BackendSpec>)> =
         svcs.iter().map(|s| (frontend(s), specs(s))).collect();
+    let sockets = topo.from == Origin::Node;
     let (dp, secs) = topo.node.run(move || -> Result<(Dataplane, f64)> {
         let cfg = DataplaneConfig {
             bpffs,
@@ -1282,6 +1351,12 @@ fn setup_svcnat(topo: &mut Topology, svcs: &[Svc]) -> Result<f64> {
         let report = dp.attach_matching(&[pattern]).context("attach")?;
         if !report.failed.is_empty() || report.attached.len() != usize::from(BACKENDS) + 1 {
             bail!("attach: {report:?}");
+        }
+        if sockets {
+            // Scoped to this (the node's) namespace by its cookie.
+            let root = cgroup2_root(Path::new(DEFAULT_CGROUP_ROOT)).context("cgroup v2 root")?;
+            dp.attach_sockets(&root)
+                .context("attach the socket hooks")?;
         }
         Ok((dp, secs))
     })??;
@@ -1366,12 +1441,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl RunResult {
-    fn line(&self, fam: Family, column: Column, n: u32, round: u32) -> String {
+    fn line(&self, fam: Family, column: Column, n: u32, round: u32, from: Origin) -> String {
         let slow = self.connect_us.iter().filter(|&&c| c > 5_000.0).count();
         format!(
             "e2e family={} column={} services={n} round={round} conns={} errors={} conn_per_s={:.0} \
              connect_p50_us={:.1} connect_p99_us={:.1} request_p50_us={:.1} request_p99_us={:.1} \
-             connect_over_5ms={slow} iperf_gbit_s={} iperf_retransmits={}",
+             connect_over_5ms={slow} iperf_gbit_s={} iperf_retransmits={} from={}",
             fam.name(),
             column.name(),
             self.conns,
@@ -1383,6 +1458,7 @@ impl RunResult {
             percentile(&self.request_us, 0.99),
             self.iperf_gbit.map_or("-".into(), |v| format!("{v:.2}")),
             self.iperf_retransmits.map_or("-".into(), |r| r.to_string()),
+            from.name(),
         )
     }
 }
@@ -1418,7 +1494,7 @@ fn request(to: SocketAddr) -> std::io::Result<(f64, f64)> {
 fn probe(topo: &Topology, column: Column, svcs: &[Svc]) -> Result<()> {
     let all = targets(column, svcs);
     let probe = [all[0], all[all.len() - 1]];
-    let failed = topo.client.run(move || -> Vec<String> {
+    let failed = topo.origin().run(move || -> Vec<String> {
         probe
             .iter()
             .filter_map(|to| request(*to).err().map(|e| format!("{to}: {e}")))
@@ -1426,6 +1502,19 @@ fn probe(topo: &Topology, column: Column, svcs: &[Svc]) -> Result<()> {
     })?;
     if !failed.is_empty() {
         bail!("requests fail before measuring: {failed:?}");
+    }
+    if let (Some(dp), Origin::Node) = (&topo.dataplane, topo.from) {
+        // The node's connections must be translated at connect(), not by
+        // the TC programs on the way.
+        let connects = dp
+            .stats()
+            .context("stats")?
+            .into_iter()
+            .find(|(r, _)| r.name() == "sock_connect")
+            .map_or(0, |(_, v)| v.packets);
+        if connects < probe.len() as u64 {
+            bail!("the socket hooks translated {connects} of the probe's connections");
+        }
     }
     Ok(())
 }
@@ -1530,7 +1619,7 @@ fn iperf(topo: &Topology, target: IpAddr, seconds: u32) -> Result<(f64, u64)> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = exec_in(&topo.client, "iperf3")
+    let out = exec_in(topo.origin(), "iperf3")
         .args([
             "-c",
             &target.to_string(),

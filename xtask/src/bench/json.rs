@@ -84,6 +84,8 @@ struct Json<'a> {
     e2e: E2eJson<'a>,
     e2e_ipv6: E2eJson<'a>,
     e2e_shared_endpoints: E2eJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    e2e_from_node: Option<E2eJson<'a>>,
 }
 
 #[derive(Serialize)]
@@ -329,6 +331,7 @@ impl Report<'_> {
             e2e: E2eJson::new(self.e2e),
             e2e_ipv6: E2eJson::new(self.e2e6),
             e2e_shared_endpoints: E2eJson::new(self.shared),
+            e2e_from_node: (!self.host.runs.is_empty()).then(|| E2eJson::new(self.host)),
         })
     }
 }

@@ -9,7 +9,8 @@
 //! 2. `sync_scale`: the agent's full sync time, per-change latency, RSS, and
 //!    the kernel's memlock of every map;
 //! 3. `bench_e2e`: real TCP through namespaces: svcnat, iptables-mode and
-//!    nftables-mode rules, and no proxy, on the same topology.
+//!    nftables-mode rules, and no proxy, on the same topology; from a pod
+//!    on both families, then from the node's own namespace.
 //!
 //! `--quick` runs small sizes and short durations (CI: checks that the bench
 //! runs; nothing is asserted) and writes to `target/bench-quick/` unless
@@ -104,6 +105,7 @@ pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Resul
     let e2e6 = E2e::parse(&log.capture(&exe("bench_e2e"), &plan.e2e6_args)?);
     let shared_text = log.capture(&exe("bench_e2e"), &plan.shared_args)?;
     let shared = E2e::parse(&shared_text);
+    let host = E2e::parse(&log.capture(&exe("bench_e2e"), &plan.host_args)?);
 
     let facts = Facts::collect(root, load_start);
     let elapsed = started.elapsed().as_secs_f64();
@@ -116,6 +118,7 @@ pub fn run(root: &Path, object: &Path, quick: bool, out: Option<&Path>) -> Resul
         e2e: &e2e,
         e2e6: &e2e6,
         shared: &shared,
+        host: &host,
         elapsed,
     };
     fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
@@ -163,6 +166,7 @@ mod tests {
             e2e,
             e2e6,
             shared: &none,
+            host: &none,
             elapsed: 1.0,
         };
         (report.markdown(), report.json().expect("JSON"))
@@ -257,6 +261,69 @@ mod tests {
         assert!(json.contains("\"e2e_ipv6\":{"), "{json}");
     }
 
+    /// The run from the node's own namespace gets its tables, its lines in
+    /// "where svcnat is behind", named as from the node, and its JSON.
+    #[test]
+    fn the_run_from_the_node_has_its_tables_and_its_lines_where_svcnat_is_behind() {
+        let plan = Plan::new(true);
+        assert!(
+            plan.host_args
+                .ends_with(&["--from".to_string(), "node".to_string()]),
+            "{:?}",
+            plan.host_args
+        );
+        let facts = Facts {
+            date: String::new(),
+            commit: String::new(),
+            nproc: 2,
+            mem_gib: 1.0,
+            cpu: String::new(),
+            kernel: String::new(),
+            tools: Vec::new(),
+            load_start: String::new(),
+            load_end: String::new(),
+        };
+        let log = Log::new(Path::new("/r"));
+        let none = E2e::parse("");
+        let host = E2e::parse(
+            "e2e family=ipv4 column=svcnat services=1 round=0 conns=9 conn_per_s=900 errors=0 from=node\n\
+             e2e family=ipv4 column=iptables services=1 round=0 conns=10 conn_per_s=1000 errors=0 from=node\n\
+             e2e family=ipv4 column=direct services=1 round=0 conns=10 conn_per_s=1000 errors=0 from=node\n",
+        );
+        let report = Report {
+            plan: &plan,
+            facts: &facts,
+            log: &log,
+            packet: &PacketCost::parse(""),
+            sync: &[],
+            e2e: &none,
+            e2e6: &none,
+            shared: &none,
+            host: &host,
+            elapsed: 1.0,
+        };
+        let md = report.markdown();
+        let part = md
+            .find("### From the node's own processes\n")
+            .expect("the node's part");
+        assert!(
+            md[part..].contains("| 1 | 900 | 1,000 |"),
+            "{}",
+            &md[part..]
+        );
+        let behind = md.find("## Where svcnat is behind").expect("observations");
+        assert!(
+            md[behind..].contains(
+                "- 1 services, from the node, New TCP connections per second: svcnat 900 conn/s \
+                 vs iptables 1,000 conn/s (×0.90)"
+            ),
+            "{}",
+            &md[behind..]
+        );
+        let json: String = report.json().expect("JSON").split_whitespace().collect();
+        assert!(json.contains("\"e2e_from_node\":{"), "{json}");
+    }
+
     /// The run of the committed report (bench/ at 22c2534), its example
     /// outputs rebuilt from its report.json into `testdata/*.out`, but for
     /// `packet_cost.out`: the per-cell median of the `packet_cost` runs
@@ -313,6 +380,7 @@ mod tests {
             e2e: &e2e,
             e2e6: &e2e6,
             shared: &shared,
+            host: &E2e::parse(""),
             elapsed: 670.529151195,
         };
         same_lines(

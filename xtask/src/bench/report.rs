@@ -90,6 +90,8 @@ pub(super) struct Report<'a> {
     /// [`Report::e2e`] on IPv6.
     pub(super) e2e6: &'a E2e,
     pub(super) shared: &'a E2e,
+    /// [`Report::e2e`] from the node's own namespace.
+    pub(super) host: &'a E2e,
     pub(super) elapsed: f64,
 }
 
@@ -275,7 +277,11 @@ impl Report<'_> {
 
     fn md_observations(&self, s: &mut String) {
         let mut lines = Vec::new();
-        for (e, family) in [(self.e2e, ""), (self.e2e6, ", IPv6")] {
+        for (e, family) in [
+            (self.e2e, ""),
+            (self.e2e6, ", IPv6"),
+            (self.host, ", from the node"),
+        ] {
             self.behind(e, family, &mut lines);
         }
         let sh = self.shared;

@@ -23,6 +23,10 @@ pub(super) struct Plan {
     /// [`Plan::e2e_args`] on IPv6.
     pub(super) e2e6_args: Vec<String>,
     pub(super) shared_args: Vec<String>,
+    /// [`Plan::e2e_args`] from the node's own namespace (`--from node`:
+    /// svcnat's socket hooks against kube-proxy's `OUTPUT` rules), fewer
+    /// sizes.
+    pub(super) host_args: Vec<String>,
 }
 
 impl Plan {
@@ -31,6 +35,16 @@ impl Plan {
         plan.e2e6_args = plan.e2e_args.clone();
         plan.e2e6_args
             .extend(["--family", "ipv6"].map(String::from));
+        plan.host_args = plan.e2e_args.clone();
+        let sizes = plan
+            .host_args
+            .iter()
+            .position(|a| a == "--sizes")
+            .map(|i| i + 1);
+        if let Some(i) = sizes {
+            plan.host_args[i] = if quick { "1" } else { "1,1000" }.to_string();
+        }
+        plan.host_args.extend(["--from", "node"].map(String::from));
         plan
     }
 
@@ -60,6 +74,7 @@ impl Plan {
                     "3",
                 ]),
                 e2e6_args: Vec::new(),
+                host_args: Vec::new(),
                 shared_args: strings(&[
                     "--shared-backends",
                     "--sizes",
@@ -104,6 +119,7 @@ impl Plan {
                     "5",
                 ]),
                 e2e6_args: Vec::new(),
+                host_args: Vec::new(),
                 shared_args: strings(&[
                     "--shared-backends",
                     "--sizes",

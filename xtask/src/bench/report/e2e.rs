@@ -58,6 +58,7 @@ impl Report<'_> {
         md_figures(s, e, "###");
         md_failures(s, e, "###");
         self.md_ipv6(s);
+        self.md_host(s);
         self.md_load(s, &sizes);
         self.md_scaling(s, &sizes, &cols);
         self.md_shared(s);
@@ -112,6 +113,28 @@ impl Report<'_> {
             let _ = writeln!(s, "{row}");
         }
         s.push('\n');
+        md_failures(s, e, "####");
+    }
+
+    /// The same tables with the load in the node's own namespace.
+    fn md_host(&self, s: &mut String) {
+        let e = self.host;
+        if e.runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### From the node's own processes\n");
+        let _ = writeln!(
+            s,
+            "The same measurement with the client threads and iperf3 in the node namespace \
+             (`bench_e2e ... --from node`: a kubelet probe, a hostNetwork pod, a node agent), \
+             IPv4. svcnat serves them with its socket hooks at the cgroup v2 root (scoped to \
+             the node namespace): `connect()` gets the backend's address, and the packets are \
+             never rewritten. iptables and nftables DNAT the first packet in their `OUTPUT` \
+             hooks (`-A OUTPUT -j KUBE-SERVICES`, the `nat-output` chain), as kube-proxy does. \
+             The node has a route for the ClusterIP range on its bridge (a node's default \
+             route), which kube-proxy's DNAT needs and svcnat does not.\n"
+        );
+        md_figures(s, e, "####");
         md_failures(s, e, "####");
     }
 
