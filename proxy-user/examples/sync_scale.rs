@@ -99,6 +99,7 @@ fn main() {
         }
     };
     let node = NodeInfo {
+        zone: None,
         name: "node-a".into(),
         addresses: vec![IpAddr::from([198, 18, 0, 1])],
     };

@@ -208,6 +208,7 @@ pub fn nodeport_addresses(patterns: &[glob::Pattern], cidrs: &[(IpAddr, u8)]) ->
 /// when it returns: the datapath keeps working without the agent.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let node = NodeInfo {
+        zone: None,
         name: cfg.node_name.clone(),
         addresses: nodeport_addresses(&cfg.node_interfaces, &cfg.nodeport_cidrs),
     };
@@ -258,8 +259,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             let client = sources::kube::client(config, api_server).await?;
             let stats = Arc::new(sources::kube::KubeSourceStats::default());
             kube_stats = Some(Arc::clone(&stats));
+            let node_name = cfg.node_name.clone();
             tokio::spawn(async move {
-                if let Err(e) = sources::kube::run(client, tx, stats).await {
+                if let Err(e) = sources::kube::run(client, tx, stats, node_name).await {
                     tracing::error!("kube source stopped: {e}");
                 }
             })

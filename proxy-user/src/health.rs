@@ -10,8 +10,15 @@
 //!   when something changed, so [`watch_liveness`] takes the dataplane lock
 //!   (the one passes and drift repairs hold) every few seconds as a
 //!   heartbeat: a pass or repair stuck holding it stops the heartbeats. The
-//!   body is kube-proxy's: `{"lastUpdated": "...", "currentTime": "..."}`
-//!   (RFC 3339), `lastUpdated` being the last pass or heartbeat.
+//!   body is kube-proxy's: `{"lastUpdated": "...", "currentTime": "...",
+//!   "nodeEligible": true}` (RFC 3339), `lastUpdated` being the last pass
+//!   or heartbeat. It also fails while this node's Node is being deleted
+//!   or carries the cluster autoscaler's `ToBeDeletedByClusterAutoscaler`
+//!   taint (KEP-3836, as kube-proxy): load balancers that probe it drain
+//!   the node before it goes.
+//! - `/livez`: `/healthz` without the node's eligibility (kube-proxy's
+//!   `/livez`, for the kubelet's liveness probe, which must not restart a
+//!   healthy agent on a draining node).
 //! - `/readyz`: `200` once the first sync pass finished.
 
 use std::{
@@ -55,6 +62,9 @@ pub struct HealthStatus {
     pub healthy: bool,
     /// `/readyz` answers 200: the first sync pass finished.
     pub ready: bool,
+    /// This node is not being deleted or drained (`/healthz` needs it too,
+    /// `/livez` and the health check node ports do not).
+    pub node_eligible: bool,
     /// Last pass or heartbeat, Unix ms (0: none yet).
     pub last_updated_ms: u64,
     /// The instant of the status, Unix ms.
@@ -75,6 +85,8 @@ pub struct AgentHealth {
     heartbeat_ms: AtomicU64,
     stopped: Mutex<Option<String>>,
     timeout: Duration,
+    /// Load balancers may send to this node (see `/healthz`).
+    node_eligible: AtomicBool,
 }
 
 impl AgentHealth {
@@ -87,6 +99,24 @@ impl AgentHealth {
             heartbeat_ms: AtomicU64::new(0),
             stopped: Mutex::new(None),
             timeout,
+            node_eligible: AtomicBool::new(true),
+        }
+    }
+
+    /// Records whether load balancers may send to this node (the Node is
+    /// not being deleted or drained by the autoscaler).
+    pub fn set_node_eligible(&self, eligible: bool) {
+        let was = self.node_eligible.swap(eligible, Ordering::Relaxed);
+        if was != eligible {
+            if eligible {
+                tracing::info!(
+                    "this node is eligible for load balancer traffic again: /healthz passes"
+                );
+            } else {
+                tracing::warn!(
+                    "this node is being deleted or drained: /healthz fails (not /livez)"
+                );
+            }
         }
     }
 
@@ -154,6 +184,7 @@ impl AgentHealth {
         HealthStatus {
             healthy: reason.is_none(),
             ready,
+            node_eligible: self.node_eligible.load(Ordering::Relaxed),
             last_updated_ms: last,
             current_ms: now_ms,
             reason,
@@ -202,24 +233,39 @@ pub async fn watch_liveness<T: Send + 'static>(
 /// The health server's answer for `path`.
 pub fn health_response(health: &AgentHealth, path: &str) -> Response {
     let s = health.status();
+    let time = |ms: u64| serde_json::Value::from(rfc3339(ms));
     match path {
         "/healthz" => Response::new(
-            if s.healthy { 200 } else { 503 },
+            if s.healthy && s.node_eligible {
+                200
+            } else {
+                503
+            },
             "application/json",
             // kube-proxy's body, in its field order.
             format!(
+                "{{\"lastUpdated\": {},\"currentTime\": {}, \"nodeEligible\": {}}}",
+                time(s.last_updated_ms),
+                time(s.current_ms),
+                s.node_eligible
+            ),
+        ),
+        "/livez" => Response::new(
+            if s.healthy { 200 } else { 503 },
+            "application/json",
+            format!(
                 "{{\"lastUpdated\": {},\"currentTime\": {}}}",
-                serde_json::Value::from(rfc3339(s.last_updated_ms)),
-                serde_json::Value::from(rfc3339(s.current_ms)),
+                time(s.last_updated_ms),
+                time(s.current_ms),
             ),
         ),
         "/readyz" if s.ready => Response::text(200, "ok"),
         "/readyz" => Response::text(503, "the first sync pass has not finished"),
-        _ => Response::text(404, "not found; try /healthz or /readyz"),
+        _ => Response::text(404, "not found; try /healthz, /livez or /readyz"),
     }
 }
 
-/// Serves `/healthz` and `/readyz` (`GET` and `HEAD`) on `listener` until
+/// Serves `/healthz`, `/livez` and `/readyz` (`GET` and `HEAD`) on `listener` until
 /// aborted.
 pub async fn serve_health(listener: TcpListener, health: Arc<AgentHealth>) -> io::Result<()> {
     http::serve_get(listener, move |path| health_response(&health, path)).await

@@ -373,6 +373,7 @@ mod tests {
 
     fn node() -> NodeInfo {
         NodeInfo {
+            zone: None,
             name: "node-a".into(),
             addresses: vec!["198.18.0.2".parse().expect("address")],
         }

@@ -189,17 +189,26 @@ pub fn plan_for(
                 named(first)
             ));
         }
+        let planned = |b: &crate::model::Backend| PlannedBackend {
+            addr: b.address,
+            port: b.port,
+            local: b.is_local,
+            terminating: b.terminating,
+        };
+        // The Cluster and Local sets of the model (topology and fallbacks
+        // already applied).
         let backends: Vec<PlannedBackend> = port
             .backends
             .iter()
-            .map(|b| PlannedBackend {
-                addr: b.address,
-                port: b.port,
-                local: b.is_local,
-                terminating: b.terminating,
-            })
+            .filter(|b| b.for_cluster)
+            .map(planned)
             .collect();
-        let local: Vec<PlannedBackend> = backends.iter().filter(|b| b.local).copied().collect();
+        let local: Vec<PlannedBackend> = port
+            .backends
+            .iter()
+            .filter(|b| b.for_local)
+            .map(planned)
+            .collect();
         if port
             .frontends
             .iter()
@@ -322,6 +331,7 @@ mod tests {
             ]),
         );
         let node = NodeInfo {
+            zone: None,
             name: "node-1".into(),
             addresses: node_addresses
                 .iter()

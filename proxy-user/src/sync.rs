@@ -1,7 +1,9 @@
 //! Sync: keeps the maps equal to the model of what the sources say.
 //!
-//! The [`Syncer`] keeps every Service and EndpointSlice it was told about and
-//! the set of services whose inputs changed since the last pass ("dirty").
+//! The [`Syncer`] keeps every Service and EndpointSlice it was told about,
+//! this node's Node (its zone, whether it is being drained), and the set of
+//! services whose inputs changed since the last pass ("dirty"; a new zone
+//! makes them all dirty: topology hints are matched against it).
 //! A pass models only the dirty services and applies only the difference
 //! through the dataplane, so its cost follows the change, not the cluster.
 //! [`run`] feeds it from the sources' channel, coalescing bursts into one
@@ -19,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -87,6 +92,11 @@ pub struct PassReport {
 /// The object store, the dirty set, and what each service owns in the maps.
 pub struct Syncer {
     node: NodeInfo,
+    /// This node's Node object, when a source has one.
+    node_object: Option<Node>,
+    /// Load balancers may send to this node ([`model::node_eligible`]);
+    /// true until a Node says otherwise, as in kube-proxy.
+    node_eligible: bool,
     services: BTreeMap<ObjKey, Service>,
     slices: BTreeMap<ObjKey, EndpointSlice>,
     slices_of: BTreeMap<ServiceName, BTreeSet<ObjKey>>,
@@ -127,6 +137,8 @@ impl Syncer {
     pub fn new(node: NodeInfo, stats: Arc<SyncStats>) -> Self {
         Self {
             node,
+            node_object: None,
+            node_eligible: true,
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
             slices_of: BTreeMap::new(),
@@ -147,10 +159,57 @@ impl Syncer {
         }
     }
 
-    /// Whether both kinds have been listed completely at least once: before
-    /// that a pass would program a half-empty cluster.
+    /// Whether every kind has been listed completely at least once: before
+    /// that a pass would program a half-empty cluster (or, before the Node,
+    /// ignore the zone its topology hints name).
     pub fn ready(&self) -> bool {
-        self.resynced.contains(&Kind::Service) && self.resynced.contains(&Kind::EndpointSlice)
+        [Kind::Service, Kind::EndpointSlice, Kind::Node]
+            .iter()
+            .all(|k| self.resynced.contains(k))
+    }
+
+    /// Whether load balancers may send to this node: no Node object says it
+    /// is being deleted or carries the autoscaler's deletion taint
+    /// (`/healthz`, KEP-3836).
+    pub fn node_eligible(&self) -> bool {
+        self.node_eligible
+    }
+
+    /// This node as the model sees it (its zone from the Node object).
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Takes this node's Node (`None`: it is gone): its zone, and whether
+    /// it is eligible. A new zone makes every service dirty.
+    fn set_node(&mut self, node: Option<Node>, now: Instant) {
+        if self.node_object == node {
+            return;
+        }
+        self.node_eligible = node.as_ref().is_none_or(model::node_eligible);
+        if node.is_none() {
+            // A deleted Node: kube-proxy's SyncNode sees its deletion.
+            self.node_eligible = false;
+        }
+        let zone = node.as_ref().and_then(model::node_zone);
+        if zone != self.node.zone {
+            tracing::info!(node = %self.node.name, zone = ?zone, "this node's zone changed: topology hints are matched against it");
+            self.node.zone = zone;
+            let all: Vec<ServiceName> = self
+                .services
+                .keys()
+                .map(|(ns, n)| ServiceName::new(ns.clone(), n.clone()))
+                .collect();
+            for name in all {
+                self.mark(name, now);
+            }
+        }
+        self.node_object = node;
+    }
+
+    /// Whether `node` is this node's.
+    fn ours(&self, node: &Node) -> bool {
+        node.metadata.name.as_deref() == Some(self.node.name.as_str())
     }
 
     /// The health check ports and the service each answers for, as of the
@@ -189,6 +248,11 @@ impl Syncer {
                         Object::EndpointSlice(s) if kind == Kind::EndpointSlice => {
                             seen.insert(obj_key(&s.metadata));
                         }
+                        Object::Node(n) if kind == Kind::Node => {
+                            if self.ours(n) {
+                                seen.insert(obj_key(&n.metadata));
+                            }
+                        }
                         _ => continue,
                     }
                     self.apply(obj, now);
@@ -205,6 +269,13 @@ impl Syncer {
                         .keys()
                         .filter(|k| !seen.contains(*k))
                         .cloned()
+                        .collect(),
+                    Kind::Node => self
+                        .node_object
+                        .as_ref()
+                        .map(|n| obj_key(&n.metadata))
+                        .filter(|k| !seen.contains(k))
+                        .into_iter()
                         .collect(),
                 };
                 for k in gone {
@@ -244,6 +315,11 @@ impl Syncer {
                 }
                 self.slices.insert(key, *slice);
             }
+            Object::Node(node) => {
+                if self.ours(&node) {
+                    self.set_node(Some(*node), now);
+                }
+            }
         }
     }
 
@@ -272,6 +348,11 @@ impl Syncer {
             Kind::EndpointSlice => {
                 self.unlink_slice(&key, now);
                 self.slices.remove(&key);
+            }
+            Kind::Node => {
+                if key.1 == self.node.name && self.node_object.is_some() {
+                    self.set_node(None, now);
+                }
             }
         }
     }
@@ -515,6 +596,7 @@ pub async fn run(
                         Ok(None) | Err(_) => break,
                     }
                 }
+                health.set_node_eligible(syncer.node_eligible());
             }
             _ = repair.tick() => {
                 if syncer.first_pass_done {
@@ -555,4 +637,86 @@ pub async fn run(
 /// make the maps unusable, so a poisoned lock is taken over.
 pub fn lock(dp: &Mutex<Dataplane>) -> std::sync::MutexGuard<'_, Dataplane> {
     dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(yaml: &str) -> SourceEvent {
+        let n: Node = serde_yaml::from_str(yaml).expect("a Node");
+        SourceEvent::Apply(Object::Node(Box::new(n)))
+    }
+
+    fn syncer_with_a_service() -> Syncer {
+        let mut s = Syncer::new(
+            NodeInfo {
+                name: "node-a".into(),
+                ..NodeInfo::default()
+            },
+            Arc::new(SyncStats::default()),
+        );
+        let svc: Service = serde_yaml::from_str(
+            "metadata: {namespace: demo, name: web}\nspec: {clusterIP: 198.19.0.10, ports: [{port: 80}]}",
+        )
+        .expect("a Service");
+        for (kind, objects) in [
+            (Kind::Node, vec![]),
+            (Kind::Service, vec![Object::Service(Box::new(svc))]),
+            (Kind::EndpointSlice, vec![]),
+        ] {
+            s.handle(SourceEvent::Resync { kind, objects });
+        }
+        s.dirty.clear();
+        s
+    }
+
+    #[test]
+    fn this_nodes_zone_reaches_the_model_and_makes_every_service_dirty() {
+        let mut s = syncer_with_a_service();
+        assert!(s.ready());
+        // Another node's Node changes nothing.
+        s.handle(node(
+            "metadata: {name: node-b, labels: {topology.kubernetes.io/zone: z2}}",
+        ));
+        assert_eq!((s.node().zone.as_deref(), s.dirty.len()), (None, 0));
+        s.handle(node(
+            "metadata: {name: node-a, labels: {topology.kubernetes.io/zone: z1}}",
+        ));
+        assert_eq!(s.node().zone.as_deref(), Some("z1"));
+        assert_eq!(s.dirty.len(), 1, "the service is modelled again");
+        s.dirty.clear();
+        // Another label: the zone is the same, nothing to redo.
+        s.handle(node(
+            "metadata: {name: node-a, labels: {topology.kubernetes.io/zone: z1, x: y}}",
+        ));
+        assert_eq!(s.dirty.len(), 0);
+        assert!(s.node_eligible());
+    }
+
+    #[test]
+    fn a_node_being_drained_or_deleted_is_not_eligible() {
+        let mut s = syncer_with_a_service();
+        assert!(s.node_eligible(), "eligible before any Node, as kube-proxy");
+        s.handle(node(
+            "{metadata: {name: node-a}, spec: {taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]}}",
+        ));
+        assert!(!s.node_eligible());
+        s.handle(node("metadata: {name: node-a}"));
+        assert!(s.node_eligible());
+        s.handle(SourceEvent::Delete {
+            kind: Kind::Node,
+            namespace: String::new(),
+            name: "node-a".into(),
+        });
+        assert!(!s.node_eligible(), "a deleted Node");
+        // A resync without it after it came back: gone again.
+        s.handle(node("metadata: {name: node-a}"));
+        assert!(s.node_eligible());
+        s.handle(SourceEvent::Resync {
+            kind: Kind::Node,
+            objects: vec![],
+        });
+        assert!(!s.node_eligible());
+    }
 }

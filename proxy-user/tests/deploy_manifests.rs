@@ -305,16 +305,17 @@ fn the_daemonset_runs_a_privileged_host_network_agent_on_every_node() {
         );
     }
 
-    // Probes on the health port: liveness on /healthz, readiness on /readyz.
+    // Probes on the health port: liveness on /livez (not /healthz, which
+    // fails while the node drains), readiness on /readyz.
     let probe = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
         let g = p.and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
         assert_eq!(g.port, IntOrString::Int(10256));
         g.path.clone().unwrap_or_default()
     };
-    assert_eq!(probe(c.liveness_probe.as_ref()), "/healthz");
+    assert_eq!(probe(c.liveness_probe.as_ref()), "/livez");
     assert_eq!(probe(c.readiness_probe.as_ref()), "/readyz");
     if c.startup_probe.is_some() {
-        assert_eq!(probe(c.startup_probe.as_ref()), "/healthz");
+        assert_eq!(probe(c.startup_probe.as_ref()), "/livez");
     }
 
     // Resource requests.
@@ -429,9 +430,10 @@ async fn api_access_covers_every_request_of_the_kube_source() {
             server.client(),
             tx,
             Arc::clone(&stats),
+            "node-a".to_owned(),
         ));
         let mut resynced = BTreeSet::new();
-        while resynced.len() < 2 {
+        while resynced.len() < 3 {
             match rx.recv().await {
                 Some(SourceEvent::Resync { kind, .. }) => {
                     resynced.insert(kind);
@@ -442,6 +444,7 @@ async fn api_access_covers_every_request_of_the_kube_source() {
         }
         server.wait_watching(Kind::Service).await;
         server.wait_watching(Kind::EndpointSlice).await;
+        server.wait_watching(Kind::Node).await;
         let mut made = BTreeSet::new();
         for (kind, group, resource) in [
             (Kind::Service, "", "services"),

@@ -316,6 +316,7 @@ fn sync_passes_open_answer_hand_over_and_close_the_ports() {
         })
         .expect("open the dataplane");
         let node = NodeInfo {
+            zone: None,
             name: "node-a".into(),
             addresses: vec!["198.18.0.2".parse().expect("address")],
         };

@@ -111,6 +111,7 @@ async fn kube_source_changes_reach_the_maps() {
     })
     .expect("open");
     let node = NodeInfo {
+        zone: None,
         name: "node-a".into(),
         addresses: vec![IpAddr::from([198, 18, 0, 1])],
     };
@@ -118,7 +119,12 @@ async fn kube_source_changes_reach_the_maps() {
     let syncer = Syncer::new(node, stats.clone());
     let (tx, rx) = mpsc::channel::<SourceEvent>(256);
     let kube_stats = Arc::new(sources::kube::KubeSourceStats::default());
-    let source = tokio::spawn(sources::kube::run(server.client(), tx, kube_stats));
+    let source = tokio::spawn(sources::kube::run(
+        server.client(),
+        tx,
+        kube_stats,
+        "node-a".to_owned(),
+    ));
     let dp = Arc::new(Mutex::new(dp));
     let passes = Arc::new(Mutex::new(Vec::new()));
     let record = passes.clone();

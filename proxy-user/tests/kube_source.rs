@@ -14,7 +14,7 @@ use std::{
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Service, ServicePort, ServiceSpec},
+        core::v1::{Node, Pod, Service, ServicePort, ServiceSpec},
         discovery::v1::{Endpoint, EndpointSlice},
     },
     apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
@@ -31,6 +31,8 @@ use svcnat::sources::{
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
+/// The node the source watches the Node of.
+const NODE: &str = "node-a";
 /// Bound on every test, so that a failure cannot hang the suite.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -127,7 +129,12 @@ impl Source {
     fn start(server: &ApiServer) -> Self {
         let (tx, rx) = mpsc::channel(16);
         let stats = Arc::new(KubeSourceStats::default());
-        let task = tokio::spawn(run(server.client(), tx, Arc::clone(&stats)));
+        let task = tokio::spawn(run(
+            server.client(),
+            tx,
+            Arc::clone(&stats),
+            NODE.to_owned(),
+        ));
         Self { rx, stats, task }
     }
 
@@ -138,10 +145,11 @@ impl Source {
         }
     }
 
-    /// The next two events, which must be one Resync per kind (any order).
+    /// The next three events, which must be one Resync per kind (any
+    /// order).
     async fn resyncs(&mut self) -> BTreeMap<Kind, Vec<Object>> {
         let mut lists = BTreeMap::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             match self.recv().await {
                 SourceEvent::Resync { kind, objects } => {
                     assert!(
@@ -164,11 +172,12 @@ impl Source {
     }
 }
 
-/// Waits until both kinds have an open watch, so that what the test does next
-/// reaches the source through the watch (or expires it).
+/// Waits until every kind has an open watch, so that what the test does
+/// next reaches the source through the watch (or expires it).
 async fn wait_watching(server: &ApiServer) {
     server.wait_watching(Kind::Service).await;
     server.wait_watching(Kind::EndpointSlice).await;
+    server.wait_watching(Kind::Node).await;
 }
 
 #[tokio::test]
@@ -204,6 +213,48 @@ async fn initial_list_is_one_resync_per_kind_before_anything_else() {
         for kind in [Kind::Service, Kind::EndpointSlice] {
             assert_eq!(server.counters(kind).lists, 1, "{kind:?}");
         }
+        assert_eq!((source.restarts(), source.errors()), (0, 0));
+    })
+    .await;
+}
+
+fn node(name: &str, zone: &str) -> Node {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+    }))
+    .expect("a Node")
+}
+
+/// The source watches this node's Node only (`fieldSelector`
+/// `metadata.name=`, as kube-proxy's node informer): the list holds it
+/// alone, its changes arrive, other nodes' never do.
+#[tokio::test]
+async fn only_this_nodes_node_is_listed_and_watched() {
+    within(async {
+        let server = ApiServer::start().await;
+        server.apply(node(NODE, "zone-a"));
+        server.apply(node("node-b", "zone-b"));
+        let mut source = Source::start(&server);
+        let lists = source.resyncs().await;
+        assert_eq!(
+            lists[&Kind::Node],
+            vec![expected_one(&server, Kind::Node, "", NODE)]
+        );
+        wait_watching(&server).await;
+        server.apply(node("node-b", "zone-c"));
+        server.apply(node(NODE, "zone-d"));
+        let changed = expected_one(&server, Kind::Node, "", NODE);
+        assert_eq!(source.recv().await, SourceEvent::Apply(changed));
+        assert!(server.delete(Kind::Node, "", "node-b").is_some());
+        assert!(server.delete(Kind::Node, "", NODE).is_some());
+        assert_eq!(
+            source.recv().await,
+            SourceEvent::Delete {
+                kind: Kind::Node,
+                namespace: String::new(),
+                name: NODE.to_owned(),
+            }
+        );
         assert_eq!((source.restarts(), source.errors()), (0, 0));
     })
     .await;
@@ -326,11 +377,12 @@ async fn expired_watch_relists_with_the_current_objects() {
             lists[&Kind::EndpointSlice],
             expected(&server, Kind::EndpointSlice)
         );
-        for kind in [Kind::Service, Kind::EndpointSlice] {
+        assert_eq!(lists[&Kind::Node], expected(&server, Kind::Node));
+        for kind in [Kind::Service, Kind::EndpointSlice, Kind::Node] {
             assert_eq!(server.counters(kind).lists, 2, "{kind:?} relisted once");
         }
-        assert_eq!(source.restarts(), 2, "one relist per kind");
-        assert!(source.errors() >= 2, "the 410 of each kind is counted");
+        assert_eq!(source.restarts(), 3, "one relist per kind");
+        assert!(source.errors() >= 3, "the 410 of each kind is counted");
 
         // And the new watch delivers later changes.
         wait_watching(&server).await;

@@ -227,10 +227,7 @@ fn check_text(text: &str) -> Result<(), TestCaseError> {
 
 fn check_objects(objects: &[Object]) -> Result<(), TestCaseError> {
     for o in objects {
-        let meta = match o {
-            Object::Service(s) => &s.metadata,
-            Object::EndpointSlice(s) => &s.metadata,
-        };
+        let meta = o.meta();
         prop_assert!(
             meta.name.as_deref().is_some_and(|n| !n.is_empty()),
             "an object without a name: {meta:?}"

@@ -602,6 +602,8 @@ async fn families_without_a_source_are_absent_not_zero() {
 struct HealthzBody {
     last_updated: String,
     current_time: String,
+    /// In `/healthz` only (not `/livez`).
+    node_eligible: Option<bool>,
 }
 
 fn healthz_body(r: &HttpResponse) -> (k8s_openapi::jiff::Timestamp, k8s_openapi::jiff::Timestamp) {
@@ -642,12 +644,44 @@ async fn healthz_is_503_before_the_first_sync_and_200_after() {
         assert!(now >= last);
         let ready = get(addr, "/readyz").await;
         assert_eq!((ready.status, ready.body.as_str()), (200, "ok\n"));
-        assert_eq!(get(addr, "/livez").await.status, 404);
+        let live = get(addr, "/livez").await;
+        assert_eq!(live.status, 200, "{}", live.body);
+        healthz_body(&live);
 
         // A stopped task makes it fail, while it stays ready.
         health.task_stopped("source");
         assert_eq!(get(addr, "/healthz").await.status, 503);
         assert_eq!(get(addr, "/readyz").await.status, 200);
+        server.abort();
+    })
+    .await;
+}
+
+/// KEP-3836, kube-proxy's `SyncNode`: while the Node is being deleted or
+/// tainted by the autoscaler, `/healthz` fails with `nodeEligible: false`
+/// (load balancers drain the node) and `/livez` keeps passing (the kubelet
+/// must not restart the agent).
+#[tokio::test]
+async fn healthz_fails_while_the_node_is_drained_and_livez_does_not() {
+    within(async {
+        let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
+        health.last_pass_ms.store(unix_ms_now(), Ordering::Relaxed);
+        health.synced.store(true, Ordering::Relaxed);
+        let (addr, server) = start_health(Arc::clone(&health)).await;
+        let eligible = |r: &HttpResponse| {
+            serde_json::from_str::<HealthzBody>(&r.body)
+                .expect("a healthz body")
+                .node_eligible
+        };
+        let r = get(addr, "/healthz").await;
+        assert_eq!((r.status, eligible(&r)), (200, Some(true)), "{}", r.body);
+        health.set_node_eligible(false);
+        let r = get(addr, "/healthz").await;
+        assert_eq!((r.status, eligible(&r)), (503, Some(false)), "{}", r.body);
+        let live = get(addr, "/livez").await;
+        assert_eq!((live.status, eligible(&live)), (200, None), "{}", live.body);
+        health.set_node_eligible(true);
+        assert_eq!(get(addr, "/healthz").await.status, 200);
         server.abort();
     })
     .await;

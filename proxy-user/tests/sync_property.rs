@@ -207,6 +207,7 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
     })
     .expect("open");
     let node = NodeInfo {
+        zone: None,
         name: "node-a".into(),
         addresses: vec![IpAddr::from([198, 18, 0, 1])],
     };
@@ -337,6 +338,7 @@ fn a_service_too_big_for_the_maps_is_skipped_with_a_reason_and_the_rest_works() 
     })
     .expect("open");
     let node = NodeInfo {
+        zone: None,
         name: "node-a".into(),
         addresses: vec![],
     };

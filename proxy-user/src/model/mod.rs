@@ -13,7 +13,10 @@
 //!   load balancer then proxies itself). `spec.externalIPs` are frontends for
 //!   every type. ExternalName and headless services have no datapath
 //!   ([`NoDatapath`]). A service labelled
-//!   `service.kubernetes.io/service-proxy-name` belongs to another proxy.
+//!   `service.kubernetes.io/service-proxy-name` belongs to another proxy;
+//!   one labelled `service.kubernetes.io/headless` is not proxied either,
+//!   nor is a slice with that label (kube-proxy's informers select
+//!   neither label).
 //! - **Dual stack.** Every family among the cluster IPs, external IPs and
 //!   load-balancer IPs gets its own [`ServicePort`] with frontends and backends
 //!   of that family only. External and load-balancer IPs are frontends of
@@ -29,8 +32,19 @@
 //!   service port's name and protocol gives the backend port (this is how named
 //!   target ports resolve); a slice without such a port falls back to a numeric
 //!   `targetPort` (hand-written slices), else gives nothing for that port.
-//!   Ready endpoints are used; only when a port has none, the serving and
-//!   terminating ones are ([`Backend::terminating`]).
+//!   Each port's backends are the sets its policies use, as kube-proxy's
+//!   `CategorizeEndpoints` (pkg/proxy/topology.go) chooses them: the
+//!   Cluster set holds the ready endpoints the topology hints leave for
+//!   this node (`hints.forNodes` when every ready endpoint has one and one
+//!   names this node, else `hints.forZones` likewise for this node's zone,
+//!   else all), and the Local set (with a Local policy) this node's ready
+//!   endpoints; each set falls back on its own to the serving and
+//!   terminating endpoints when it has no ready one
+//!   ([`Backend::terminating`]). Hints are what the EndpointSlice
+//!   controller writes for `trafficDistribution` (`PreferSameNode`,
+//!   `PreferSameZone`, `PreferClose`) and the
+//!   `service.kubernetes.io/topology-mode: Auto` annotation; like
+//!   kube-proxy, the model reads the hints, not those fields.
 //! - **Bad input** never panics and never hides the rest of the cluster: what
 //!   cannot be programmed is left out and recorded as a [`Skip`] with a
 //!   [`SkipReason`] naming the bad value. See [`SkipReason`] for what each
@@ -44,6 +58,7 @@
 
 pub mod addr;
 mod endpoints;
+mod node;
 mod problems;
 mod service;
 #[cfg(test)]
@@ -59,15 +74,16 @@ use k8s_openapi::api::{
 
 pub use addr::{parse_cidr, parse_ip};
 pub use endpoints::{SERVICE_NAME_LABEL, slice_service};
+pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible, node_zone};
 pub use problems::{Skip, SkipReason};
-pub use service::SERVICE_PROXY_NAME_LABEL;
+pub use service::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 pub use types::{
     Backend, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_NAMESPACE, Family, Frontend, FrontendKind,
     MAX_AFFINITY_TIMEOUT_S, NoDatapath, NodeInfo, Protocol, ServiceName, ServicePort,
 };
 
 use self::{
-    endpoints::backends,
+    endpoints::{Uses, backends},
     problems::Ctx,
     service::{Taken, check_port, frontends, read_shared},
 };
@@ -172,13 +188,18 @@ fn model_ports(
             if frontends.is_empty() {
                 continue;
             }
+            let external = frontends.iter().any(|f| f.kind != FrontendKind::ClusterIp);
+            let uses = Uses {
+                cluster: !shared.internal_traffic_local || external,
+                local: shared.internal_traffic_local || (shared.external_traffic_local && external),
+            };
             out.push(ServicePort {
                 service: ctx.name.clone(),
                 port_name: checked.name.to_owned(),
                 protocol: checked.protocol,
                 family,
                 frontends,
-                backends: backends(slices, family, &checked, node, ctx),
+                backends: backends(slices, family, &checked, node, uses, ctx),
                 external_traffic_local: shared.external_traffic_local,
                 internal_traffic_local: shared.internal_traffic_local,
                 affinity_timeout_s: shared.affinity_timeout_s,

@@ -24,6 +24,10 @@ use super::{
 /// Label of a Service that another proxy implements (any value).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
+/// Label that hides a Service or an EndpointSlice from the proxy (any
+/// value), as kube-proxy's informers select `!service.kubernetes.io/headless`.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
 /// The service type, once ExternalName is set apart.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ServiceType {
@@ -64,6 +68,9 @@ pub(super) fn read_shared<'n>(
     let labels = svc.metadata.labels.as_ref();
     if let Some(proxy) = labels.and_then(|labels| labels.get(SERVICE_PROXY_NAME_LABEL)) {
         return Err(Some(NoDatapath::OtherProxy(proxy.clone())));
+    }
+    if labels.is_some_and(|labels| labels.contains_key(HEADLESS_LABEL)) {
+        return Err(Some(NoDatapath::HeadlessLabel));
     }
     let svc_type = match spec.type_.as_deref() {
         None | Some("ClusterIP") => ServiceType::ClusterIp,

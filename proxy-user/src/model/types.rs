@@ -49,14 +49,18 @@ impl fmt::Display for ServiceName {
     }
 }
 
-/// This node: its name (matched against endpoints' `nodeName`) and the
-/// addresses its NodePorts listen on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// This node: its name (matched against endpoints' `nodeName`), the
+/// addresses its NodePorts listen on, and its zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     /// The Kubernetes node name.
     pub name: String,
     /// Addresses where NodePort frontends are created (both families allowed).
     pub addresses: Vec<IpAddr>,
+    /// The Node object's `topology.kubernetes.io/zone` label (what zone
+    /// hints are matched against); `None` without a Node or without the
+    /// label.
+    pub zone: Option<String>,
 }
 
 /// A transport protocol of a service port.
@@ -188,8 +192,15 @@ pub struct Backend {
     /// The endpoint runs on this node (`nodeName` equals [`NodeInfo::name`]).
     pub is_local: bool,
     /// The endpoint is used as a fallback: it is serving and terminating, and
-    /// the service port has no ready endpoint.
+    /// the set it is in has no ready endpoint.
     pub terminating: bool,
+    /// In the set the Cluster traffic policy uses: the ready endpoints the
+    /// topology hints leave for this node, else the serving and terminating
+    /// ones.
+    pub for_cluster: bool,
+    /// In the set the Local traffic policy uses: this node's ready
+    /// endpoints, else its serving and terminating ones.
+    pub for_local: bool,
 }
 
 /// One service port in one IP family: what the datapath programs.
@@ -205,8 +216,11 @@ pub struct ServicePort {
     pub family: Family,
     /// Frontends, sorted and deduplicated.
     pub frontends: Vec<Frontend>,
-    /// Usable backends, sorted and deduplicated: the ready ones, or when there
-    /// is none, the serving and terminating ones. Empty means "reject".
+    /// Usable backends, sorted and deduplicated: the union of the Cluster
+    /// set ([`Backend::for_cluster`]: the ready ones the topology hints
+    /// leave for this node, or when there is none, the serving and
+    /// terminating ones) and, when a Local policy applies, the Local set
+    /// ([`Backend::for_local`]). Empty means "reject".
     pub backends: Vec<Backend>,
     /// `externalTrafficPolicy: Local`. Carried only: the datapath restricts
     /// node-port, external and load-balancer traffic to local backends.
@@ -234,4 +248,7 @@ pub enum NoDatapath {
     Headless,
     /// Labelled `service.kubernetes.io/service-proxy-name` (the value).
     OtherProxy(String),
+    /// Labelled `service.kubernetes.io/headless` (any value): kube-proxy's
+    /// informers never see it.
+    HeadlessLabel,
 }

@@ -1,5 +1,6 @@
 //! The Kubernetes source: list and watch Services and EndpointSlices in every
-//! namespace and turn the watch streams into [`SourceEvent`]s.
+//! namespace, and this node's Node (by a field selector on its name), and
+//! turn the watch streams into [`SourceEvent`]s.
 //!
 //! kube-runtime's [`watcher`] does the protocol work (paginated list, watch
 //! from the list's `resourceVersion`, bookmarks, relist after `410 Gone`,
@@ -17,7 +18,10 @@ use std::{
 };
 
 use futures::{StreamExt, pin_mut};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
@@ -186,7 +190,9 @@ fn override_url(
     Ok(format!("{scheme}://{host}:{}{path}", o.port))
 }
 
-/// Watches Services and EndpointSlices in all namespaces and sends
+/// Watches Services and EndpointSlices in all namespaces, and the Node named
+/// `node_name` (`fieldSelector=metadata.name=...`: its zone label, its
+/// deletion and taints; RBAC: `get`, `list`, `watch` on nodes), and sends
 /// [`SourceEvent`]s into `tx` until the receiver is dropped (then returns
 /// `Ok`).
 ///
@@ -204,22 +210,33 @@ pub async fn run(
     client: Client,
     tx: Sender<SourceEvent>,
     stats: Arc<KubeSourceStats>,
+    node_name: String,
 ) -> Result<(), KubeSourceError> {
     let services = watch_kind::<Service>(
         Api::all(client.clone()),
+        watcher_config(),
         Kind::Service,
         |s| Object::Service(Box::new(s)),
         tx.clone(),
         Arc::clone(&stats),
     );
     let slices = watch_kind::<EndpointSlice>(
-        Api::all(client),
+        Api::all(client.clone()),
+        watcher_config(),
         Kind::EndpointSlice,
         |s| Object::EndpointSlice(Box::new(s)),
+        tx.clone(),
+        Arc::clone(&stats),
+    );
+    let node = watch_kind::<Node>(
+        Api::all(client),
+        watcher_config().fields(&format!("metadata.name={node_name}")),
+        Kind::Node,
+        |n| Object::Node(Box::new(n)),
         tx,
         stats,
     );
-    tokio::try_join!(services, slices).map(|_| ())
+    tokio::try_join!(services, slices, node).map(|_| ())
 }
 
 /// The watcher configuration of a node agent.
@@ -242,6 +259,7 @@ fn watcher_config() -> watcher::Config {
 /// One kind's watch loop: see [`run`].
 async fn watch_kind<K>(
     api: Api<K>,
+    config: watcher::Config,
     kind: Kind,
     wrap: fn(K) -> Object,
     tx: Sender<SourceEvent>,
@@ -250,7 +268,7 @@ async fn watch_kind<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + 'static,
 {
-    let stream = watcher(api, watcher_config())
+    let stream = watcher(api, config)
         .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
         .default_backoff();
     pin_mut!(stream);

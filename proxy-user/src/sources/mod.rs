@@ -1,22 +1,61 @@
-//! Where Services and EndpointSlices come from.
+//! Where Services, EndpointSlices and this node's Node come from.
 //!
 //! Every source sends [`SourceEvent`]s into one channel; the sync task keeps the
 //! objects, coalesces bursts and recomputes only the services that changed.
 //! Both sources produce the same Kubernetes objects, so everything downstream is
 //! the same for a cluster and for a folder of manifests.
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 
 pub mod kube;
 pub mod manifests;
 
-/// A Service or an EndpointSlice, with managed fields already stripped.
+/// A Service, an EndpointSlice or a Node, with managed fields already
+/// stripped.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// `v1/Service`.
     Service(Box<Service>),
     /// `discovery.k8s.io/v1/EndpointSlice`.
     EndpointSlice(Box<EndpointSlice>),
+    /// `v1/Node` (cluster-scoped: no namespace). Sources may deliver other
+    /// nodes' too; only this node's is used.
+    Node(Box<Node>),
+}
+
+impl Object {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Service(_) => Kind::Service,
+            Self::EndpointSlice(_) => Kind::EndpointSlice,
+            Self::Node(_) => Kind::Node,
+        }
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Self::Service(s) => &s.metadata,
+            Self::EndpointSlice(s) => &s.metadata,
+            Self::Node(n) => &n.metadata,
+        }
+    }
+
+    /// Its metadata, to change.
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Self::Service(s) => &mut s.metadata,
+            Self::EndpointSlice(s) => &mut s.metadata,
+            Self::Node(n) => &mut n.metadata,
+        }
+    }
 }
 
 /// Which kind of object an event is about.
@@ -26,6 +65,8 @@ pub enum Kind {
     Service,
     /// `discovery.k8s.io/v1/EndpointSlice`.
     EndpointSlice,
+    /// `v1/Node`.
+    Node,
 }
 
 /// What a source tells the sync task.

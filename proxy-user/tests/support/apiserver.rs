@@ -1,5 +1,6 @@
 //! An in-process Kubernetes API server for tests: it serves list and watch of
-//! `v1/Service` and `discovery.k8s.io/v1/EndpointSlice` (all namespaces) over
+//! `v1/Service` and `discovery.k8s.io/v1/EndpointSlice` (all namespaces) and
+//! `v1/Node` (cluster-scoped, with the `metadata.name` field selector) over
 //! plain HTTP/1.1 on `127.0.0.1`, the way the real API server does, and lets a
 //! test change objects and inject the failures a watch client must survive.
 //!
@@ -24,6 +25,9 @@
 //!   current object first, and with `sendInitialEvents=true` a bookmark
 //!   annotated `k8s.io/initial-events-end`), `BOOKMARK` events only when
 //!   `allowWatchBookmarks=true`, closed cleanly after `timeoutSeconds`.
+//! - `GET /api/v1/nodes` likewise; `fieldSelector=metadata.name=NAME` (or
+//!   `==`) keeps that Node only, in lists and watches (any other field
+//!   selector, on any resource, is a 400).
 //! - `GET /version`; anything else is a 404 (405 for other methods) with a
 //!   `Status` body.
 //!
@@ -42,7 +46,10 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde_json::{Value, json};
@@ -104,6 +111,12 @@ impl ApiObject for EndpointSlice {
     }
 }
 
+impl ApiObject for Node {
+    fn into_object(self) -> Object {
+        Object::Node(Box::new(self))
+    }
+}
+
 impl ApiObject for Object {
     fn into_object(self) -> Object {
         self
@@ -112,26 +125,17 @@ impl ApiObject for Object {
 
 /// The kind of `obj`.
 pub fn kind_of(obj: &Object) -> Kind {
-    match obj {
-        Object::Service(_) => Kind::Service,
-        Object::EndpointSlice(_) => Kind::EndpointSlice,
-    }
+    obj.kind()
 }
 
 /// The metadata of `obj`.
 pub fn meta(obj: &Object) -> &ObjectMeta {
-    match obj {
-        Object::Service(s) => &s.metadata,
-        Object::EndpointSlice(s) => &s.metadata,
-    }
+    obj.meta()
 }
 
 /// The metadata of `obj`, mutable.
 pub fn meta_mut(obj: &mut Object) -> &mut ObjectMeta {
-    match obj {
-        Object::Service(s) => &mut s.metadata,
-        Object::EndpointSlice(s) => &mut s.metadata,
-    }
+    obj.meta_mut()
 }
 
 impl ApiServer {
@@ -186,7 +190,7 @@ impl ApiServer {
     /// Adds `obj`, or replaces the object of the same kind, namespace and
     /// name, and notifies watches (`ADDED` or `MODIFIED`). The server sets
     /// `metadata.resourceVersion` to a new value, `metadata.namespace` to
-    /// `default` when absent, and `metadata.uid` when absent (kept across
+    /// `default` when absent (none for a Node), and `metadata.uid` when absent (kept across
     /// replacements). Returns the new resourceVersion.
     ///
     /// Panics if `obj` has no `metadata.name` (a bug in the test).
@@ -200,10 +204,15 @@ impl ApiServer {
             let m = meta_mut(&mut obj);
             let name = m.name.clone().filter(|n| !n.is_empty());
             let name = name.expect("ApiServer::apply: the object needs metadata.name");
-            let namespace = m
-                .namespace
-                .get_or_insert_with(|| "default".to_owned())
-                .clone();
+            let namespace = if kind == Kind::Node {
+                // Cluster-scoped.
+                m.namespace = None;
+                String::new()
+            } else {
+                m.namespace
+                    .get_or_insert_with(|| "default".to_owned())
+                    .clone()
+            };
             m.resource_version = Some(rv.to_string());
             let key = (namespace, name);
             let old_uid = st.objects(kind).get(&key).and_then(|o| meta(o).uid.clone());
@@ -358,6 +367,7 @@ struct State {
     rv: u64,
     services: BTreeMap<Key, Object>,
     slices: BTreeMap<Key, Object>,
+    nodes: BTreeMap<Key, Object>,
     /// Changes after `compacted`, in resourceVersion order.
     history: Vec<Change>,
     /// Watches from before this resourceVersion are expired.
@@ -368,7 +378,7 @@ struct State {
     drop_gen: u64,
     bookmark_gen: u64,
     /// Indexed by [`index`].
-    counters: [Counters; 2],
+    counters: [Counters; 3],
 }
 
 impl State {
@@ -376,6 +386,7 @@ impl State {
         match kind {
             Kind::Service => &self.services,
             Kind::EndpointSlice => &self.slices,
+            Kind::Node => &self.nodes,
         }
     }
 
@@ -383,6 +394,7 @@ impl State {
         match kind {
             Kind::Service => &mut self.services,
             Kind::EndpointSlice => &mut self.slices,
+            Kind::Node => &mut self.nodes,
         }
     }
 }
@@ -400,6 +412,7 @@ fn index(kind: Kind) -> usize {
     match kind {
         Kind::Service => 0,
         Kind::EndpointSlice => 1,
+        Kind::Node => 2,
     }
 }
 
@@ -408,6 +421,7 @@ fn type_meta(kind: Kind) -> (&'static str, &'static str) {
     match kind {
         Kind::Service => ("v1", "Service"),
         Kind::EndpointSlice => ("discovery.k8s.io/v1", "EndpointSlice"),
+        Kind::Node => ("v1", "Node"),
     }
 }
 
@@ -416,6 +430,7 @@ fn route(path: &str) -> Option<Kind> {
     match path.trim_end_matches('/') {
         "/api/v1/services" => Some(Kind::Service),
         "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
+        "/api/v1/nodes" => Some(Kind::Node),
         _ => None,
     }
 }
@@ -425,6 +440,7 @@ fn object_json(obj: &Object) -> Value {
     match obj {
         Object::Service(s) => serde_json::to_value(&**s),
         Object::EndpointSlice(s) => serde_json::to_value(&**s),
+        Object::Node(n) => serde_json::to_value(&**n),
     }
     .expect("k8s-openapi objects serialize to JSON")
 }
@@ -670,7 +686,35 @@ async fn respond(conn: &mut Conn, code: u16, body: &Value) -> io::Result<()> {
 }
 
 /// A list response: `(HTTP status, body)`.
+/// The objects a request's `fieldSelector` keeps: every one without it,
+/// the one named with `metadata.name=NAME`; `Err` for any other selector.
+fn field_filter(req: &Request) -> Result<Option<String>, Value> {
+    match req.param("fieldSelector").filter(|f| !f.is_empty()) {
+        None => Ok(None),
+        Some(sel) => match sel
+            .strip_prefix("metadata.name==")
+            .or_else(|| sel.strip_prefix("metadata.name="))
+        {
+            Some(name) if !name.contains(',') => Ok(Some(name.to_owned())),
+            _ => Err(status(
+                400,
+                "BadRequest",
+                &format!("field selector {sel:?} not supported by the test server"),
+            )),
+        },
+    }
+}
+
+/// Whether `obj` passes the `metadata.name` filter of [`field_filter`].
+fn passes(name: Option<&String>, obj: &Object) -> bool {
+    name.is_none_or(|n| meta(obj).name.as_ref() == Some(n))
+}
+
 fn list(shared: &Shared, kind: Kind, req: &Request) -> (u16, Value) {
+    let named = match field_filter(req) {
+        Ok(n) => n,
+        Err(body) => return (400, body),
+    };
     let limit = req
         .param("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -702,12 +746,13 @@ fn list(shared: &Shared, kind: Kind, req: &Request) -> (u16, Value) {
     };
     let st = shared.lock();
     let objects = st.objects(kind);
-    let mut remaining: Box<dyn Iterator<Item = (&Key, &Object)>> = match after {
+    let remaining: Box<dyn Iterator<Item = (&Key, &Object)>> = match after {
         None => Box::new(objects.iter()),
         Some(key) => Box::new(objects.range((Bound::Excluded(key), Bound::Unbounded))),
     };
     let mut items = Vec::new();
     let mut last = None;
+    let mut remaining = remaining.filter(|(_, obj)| passes(named.as_ref(), obj));
     for (key, obj) in remaining.by_ref().take(limit.unwrap_or(usize::MAX)) {
         let mut item = object_json(obj);
         // The API server leaves the type out of list items.
@@ -778,6 +823,13 @@ async fn serve_watch(
 ) -> io::Result<bool> {
     let version = req.param("resourceVersion").unwrap_or("");
     let bookmarks = req.flag("allowWatchBookmarks");
+    let named = match field_filter(req) {
+        Ok(n) => n,
+        Err(body) => {
+            respond(conn, 400, &body).await?;
+            return Ok(true);
+        }
+    };
     let timeout = req
         .param("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok());
@@ -794,6 +846,7 @@ async fn serve_watch(
             let mut initial: Vec<String> = st
                 .objects(kind)
                 .values()
+                .filter(|o| passes(named.as_ref(), o))
                 .map(|o| event_line("ADDED", object_json(o)))
                 .collect();
             if req.flag("sendInitialEvents") && bookmarks {
@@ -857,7 +910,7 @@ async fn serve_watch(
                 let first = st.history.partition_point(|c| c.rv <= pos);
                 let mut lines: Vec<String> = st.history[first..]
                     .iter()
-                    .filter(|c| c.kind == kind)
+                    .filter(|c| c.kind == kind && passes(named.as_ref(), &c.object))
                     .map(|c| event_line(c.event, object_json(&c.object)))
                     .collect();
                 pos = pos.max(st.history.last().map_or(pos, |c| c.rv));

@@ -373,10 +373,32 @@ ports: [{name: http, port: 8080}]
 endpoints: [{addresses: [198.18.1.1], nodeName: ''}, {addresses: [198.18.1.2]}]",
     );
     let unnamed = NodeInfo {
+        zone: None,
         name: String::new(),
         addresses: vec![],
     };
     let got = model_service(&service(svc), &[&slice], &unnamed);
     assert!(got.ports[0].backends.iter().all(|b| !b.is_local));
     assert_eq!(got.ports[0].backends.len(), 2);
+}
+
+/// kube-proxy's EndpointSlice informer selects `!service.kubernetes.io/headless`:
+/// a slice with the label gives nothing, the service's other slices do.
+#[test]
+fn a_slice_labelled_headless_is_ignored() {
+    let svc = "
+metadata: {namespace: demo, name: web}
+spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 80}]}
+";
+    let hidden = "
+metadata:
+  namespace: demo
+  name: web-2
+  labels: {kubernetes.io/service-name: web, service.kubernetes.io/headless: ''}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [198.18.3.10], nodeName: node-c}]
+";
+    let got = model(svc, &[WEB_SLICE, hidden]);
+    assert_eq!(got.ports[0].backends, web_backends());
 }

@@ -6,6 +6,7 @@ mod addr;
 mod endpoints;
 mod problems;
 mod service;
+mod topology;
 
 use std::net::IpAddr;
 
@@ -17,6 +18,7 @@ const NODE: &str = "node-a";
 
 fn node() -> NodeInfo {
     NodeInfo {
+        zone: None,
         name: NODE.to_owned(),
         addresses: vec![ip("198.18.0.1"), ip("198.18.0.2"), ip("2001:db8::1")],
     }
@@ -62,6 +64,25 @@ fn be(address: &str, port: u16, node_name: Option<&str>) -> Backend {
         node_name: node_name.map(str::to_owned),
         is_local: node_name == Some(NODE),
         terminating: false,
+        for_cluster: true,
+        for_local: false,
+    }
+}
+
+/// `b` in the Local set too.
+fn and_local(b: Backend) -> Backend {
+    Backend {
+        for_local: true,
+        ..b
+    }
+}
+
+/// `b` in the Local set only.
+fn local_only(b: Backend) -> Backend {
+    Backend {
+        for_cluster: false,
+        for_local: true,
+        ..b
     }
 }
 

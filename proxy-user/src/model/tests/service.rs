@@ -155,6 +155,19 @@ spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 80}]}
             frontends: vec![],
             no_datapath: Some(NoDatapath::OtherProxy("other-proxy".to_owned())),
         },
+        TypeCase {
+            // kube-proxy's informers select `!service.kubernetes.io/headless`.
+            name: "the headless label hides a service with a cluster IP",
+            service: "
+metadata:
+  namespace: demo
+  name: web
+  labels: {service.kubernetes.io/headless: ''}
+spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 80}]}
+",
+            frontends: vec![],
+            no_datapath: Some(NoDatapath::HeadlessLabel),
+        },
     ];
     for case in cases {
         let got = model(case.service, &[WEB_SLICE]);
@@ -353,8 +366,24 @@ status: {loadBalancer: {ingress: [{ip: 198.18.100.1}]}}
         assert_eq!(p.source_ranges, case.ranges, "{}", case.name);
         assert_eq!(p.health_check_node_port, case.health_check, "{}", case.name);
         assert_eq!(skip_labels(&got), case.skips, "{}", case.name);
-        // Policies are carried, never applied here: every backend stays.
-        assert_eq!(p.backends, web_backends(), "{}", case.name);
+        // Policies are carried, never applied here: every backend stays in
+        // the Cluster set (pods reach external frontends cluster-wide), and
+        // a Local policy (internal, or external with an external frontend)
+        // adds this node's to the Local set.
+        let external = got.ports[0]
+            .frontends
+            .iter()
+            .any(|f| f.kind != FrontendKind::ClusterIp);
+        let mut want = web_backends();
+        if case.internal_local || (case.external_local && external) {
+            want[0] = and_local(want[0].clone());
+        }
+        if case.internal_local && !external {
+            // Only the Local set is used: kube-proxy's cluster endpoints
+            // are not computed.
+            want = vec![local_only(want[0].clone())];
+        }
+        assert_eq!(p.backends, want, "{}", case.name);
     }
 }
 

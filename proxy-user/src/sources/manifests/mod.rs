@@ -1,5 +1,5 @@
-//! The manifests source: Services and EndpointSlices read from YAML or JSON
-//! files, the embedded default that needs no cluster.
+//! The manifests source: Services, EndpointSlices and Nodes read from YAML
+//! or JSON files, the embedded default that needs no cluster.
 //!
 //! A text holds one object, several YAML documents (`---`), a stream of JSON
 //! objects, a `kind: List` as `kubectl get -o yaml` writes it, or a typed list

@@ -4,9 +4,9 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
 };
 use serde::de::{Deserialize, Deserializer};
 use serde_yaml::Value;
@@ -27,6 +27,7 @@ use crate::{
 enum Target {
     Service,
     EndpointSlice,
+    Node,
 }
 
 impl Target {
@@ -35,6 +36,7 @@ impl Target {
         match (api_version, kind) {
             ("v1", "Service") => Some(Self::Service),
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Self::EndpointSlice),
+            ("v1", "Node") => Some(Self::Node),
             _ => None,
         }
     }
@@ -43,6 +45,7 @@ impl Target {
         match self {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
+            Self::Node => "Node",
         }
     }
 }
@@ -72,7 +75,7 @@ struct ShapeError {
 /// Parses one YAML or JSON text: multi-document YAML (`---`), a stream of
 /// JSON objects, a single object, or a list (`kind: List` as `kubectl get -o
 /// yaml` writes it, `ServiceList` / `EndpointSliceList` as the API returns
-/// them, or a bare array) of Services and EndpointSlices.
+/// them, or a bare array) of Services, EndpointSlices and Nodes.
 ///
 /// JSON is recognised by a leading `{` or `[`. Other kinds are ignored. An
 /// object defined twice keeps the last definition (with a warning). Returns the
@@ -121,24 +124,10 @@ fn origin(path: Option<&Path>, parsed: &Parsed) -> String {
     }
 }
 
-pub(super) fn object_kind(object: &Object) -> Kind {
-    match object {
-        Object::Service(_) => Kind::Service,
-        Object::EndpointSlice(_) => Kind::EndpointSlice,
-    }
-}
-
-fn object_meta(object: &Object) -> &ObjectMeta {
-    match object {
-        Object::Service(svc) => &svc.metadata,
-        Object::EndpointSlice(slice) => &slice.metadata,
-    }
-}
-
 pub(super) fn object_key(object: &Object) -> (Kind, String, String) {
-    let meta = object_meta(object);
+    let meta = object.meta();
     (
-        object_kind(object),
+        object.kind(),
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )
@@ -199,6 +188,7 @@ fn parse_document(
             Target::EndpointSlice => {
                 convert::<EndpointSlice>(&value).map(|s| Object::EndpointSlice(Box::new(s)))
             }
+            Target::Node => convert::<Node>(&value).map(|n| Object::Node(Box::new(n))),
         };
         let mut object = converted.map_err(|(error, path)| {
             let message = error.to_string();
@@ -206,10 +196,8 @@ fn parse_document(
                 RawError::unlocated(format!("document {document}: {} {message}", target.name()))
             })
         })?;
-        let meta = match &mut object {
-            Object::Service(svc) => &mut svc.metadata,
-            Object::EndpointSlice(slice) => &mut slice.metadata,
-        };
+        let namespaced = target != Target::Node;
+        let meta = object.meta_mut();
         if meta.name.as_deref().unwrap_or_default().is_empty() {
             return Err(fail_at(
                 item,
@@ -217,7 +205,9 @@ fn parse_document(
             ));
         }
         meta.managed_fields = None;
-        if meta.namespace.as_deref().unwrap_or_default().is_empty() {
+        if !namespaced {
+            meta.namespace = None;
+        } else if meta.namespace.as_deref().unwrap_or_default().is_empty() {
             meta.namespace = Some(DEFAULT_NAMESPACE.to_owned());
         }
         out.push(Parsed {
@@ -286,7 +276,8 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
     Ok(out)
 }
 
-/// One object (or list item): kept when it is a Service or an EndpointSlice.
+/// One object (or list item): kept when it is a Service, an EndpointSlice or
+/// a Node.
 fn shape_item(
     value: Value,
     item: Option<usize>,

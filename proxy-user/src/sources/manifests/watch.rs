@@ -14,7 +14,6 @@ use tokio::sync::mpsc::Sender;
 use super::{
     error::ManifestError,
     load::{list_files, load_path},
-    parse::object_kind,
 };
 use crate::sources::{Kind, Object, SourceEvent};
 
@@ -233,16 +232,21 @@ async fn load_blocking(path: &Path) -> Result<Vec<Object>, String> {
     }
 }
 
-/// The two resyncs (Services, then EndpointSlices) of a full set of objects.
-fn resync_events(objects: &[Object]) -> [SourceEvent; 2] {
+/// The resyncs (Nodes, Services, then EndpointSlices) of a full set of
+/// objects.
+fn resync_events(objects: &[Object]) -> [SourceEvent; 3] {
     let of_kind = |kind: Kind| {
         objects
             .iter()
-            .filter(|object| object_kind(object) == kind)
+            .filter(|object| object.kind() == kind)
             .cloned()
             .collect()
     };
     [
+        SourceEvent::Resync {
+            kind: Kind::Node,
+            objects: of_kind(Kind::Node),
+        },
         SourceEvent::Resync {
             kind: Kind::Service,
             objects: of_kind(Kind::Service),

@@ -108,9 +108,11 @@ fn the_examples_model_as_documented() {
         match object {
             Object::Service(svc) => services.push(*svc),
             Object::EndpointSlice(slice) => slices.push(*slice),
+            Object::Node(node) => panic!("the examples hold no Node: {node:?}"),
         }
     }
     let node = NodeInfo {
+        zone: None,
         name: "node-a".to_owned(),
         addresses: vec![ip("198.18.0.1")],
     };
@@ -121,6 +123,8 @@ fn the_examples_model_as_documented() {
         node_name: node_name.map(str::to_owned),
         is_local: node_name == Some("node-a"),
         terminating: false,
+        for_cluster: true,
+        for_local: false,
     };
     let vip = |address: &str, port: u16, protocol: Protocol| Frontend {
         kind: FrontendKind::ClusterIp,

@@ -70,6 +70,6 @@ fn key(kind: Kind, namespace: &str, name: &str) -> (Kind, String, String) {
 fn service_of(object: &Object) -> &Service {
     match object {
         Object::Service(svc) => svc,
-        Object::EndpointSlice(_) => panic!("expected a Service, got {object:?}"),
+        _ => panic!("expected a Service, got {object:?}"),
     }
 }

@@ -147,3 +147,34 @@ spec: {clusterIP: 198.19.0.2, ports: [{port: 80}]}
         Some("198.19.0.2")
     );
 }
+
+#[test]
+fn nodes_are_kept_cluster_scoped_with_their_labels_and_taints() {
+    let objects = parse(
+        "
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  namespace: ignored
+  labels: {topology.kubernetes.io/zone: zone-a}
+spec:
+  taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]
+---
+apiVersion: v1
+kind: NodeList
+items:
+- metadata: {name: node-b, labels: {topology.kubernetes.io/zone: zone-b}}
+",
+    );
+    assert_eq!(
+        keys(&objects),
+        vec![key(Kind::Node, "", "node-a"), key(Kind::Node, "", "node-b")]
+    );
+    let crate::sources::Object::Node(a) = &objects[0] else {
+        panic!("not a Node: {:?}", objects[0]);
+    };
+    assert_eq!(a.metadata.namespace, None);
+    assert_eq!(crate::model::node_zone(a).as_deref(), Some("zone-a"));
+    assert!(!crate::model::node_eligible(a));
+}

@@ -20,9 +20,17 @@ async fn next_event(rx: &mut mpsc::Receiver<SourceEvent>) -> SourceEvent {
     }
 }
 
-/// The next two events, which must be the Service and EndpointSlice
-/// resyncs; returns the Services' first port numbers and the slices' names.
+/// The next three events, which must be the Node, Service and
+/// EndpointSlice resyncs; returns the Services' first port numbers and the
+/// slices' names.
 async fn next_resync(rx: &mut mpsc::Receiver<SourceEvent>) -> (Vec<i32>, Vec<String>) {
+    match next_event(rx).await {
+        SourceEvent::Resync {
+            kind: Kind::Node,
+            objects,
+        } => assert!(objects.is_empty(), "no Node in the files: {objects:?}"),
+        other => panic!("expected a Node resync, got {other:?}"),
+    }
     let services = match next_event(rx).await {
         SourceEvent::Resync {
             kind: Kind::Service,
