@@ -249,6 +249,23 @@ impl Cluster {
         }
     }
 
+    /// `GET path` (`/healthz`, `/livez`, `/readyz`) of node `node`'s agent,
+    /// from inside the node: the status code and the body.
+    pub fn agent_health(&self, node: usize, path: &str) -> Result<(u16, String)> {
+        let addr = self
+            .healthz_addr()?
+            .ok_or_else(|| anyhow!("the agents serve no health endpoints"))?;
+        let ns = &self
+            .nodes
+            .get(node)
+            .ok_or_else(|| anyhow!("no node {node}"))?
+            .ns;
+        let owned = path.to_string();
+        ns.run(move || http_get(addr, &owned, Duration::from_secs(2)))
+            .with_context(|| format!("enter {}", ns.name()))?
+            .with_context(|| format!("GET {path} of the agent of {}", node_name(node)))
+    }
+
     /// Polls node `node`'s agent log (all starts) until a line contains
     /// `needle` (say a problem the agent reports with a service: `skipped:
     /// service NS/NAME port P: WHY`); returns that line. Fails after

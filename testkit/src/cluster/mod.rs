@@ -92,7 +92,7 @@ pub use traffic::{
     Query, Request, url,
 };
 pub use yaml::{
-    Endpoint, Exposed, IpFamily, Port, Proto, dual_stack_endpoints, exposed_service,
+    Endpoint, Exposed, IpFamily, Port, Proto, dual_stack_endpoints, exposed_service, node_yaml,
     service_with_slice, service_with_slices, service_yaml, service_yaml_ips, slice_yaml,
     slice_yaml_of,
 };

@@ -159,6 +159,10 @@ pub struct Endpoint {
     pub ready: Option<bool>,
     /// `conditions.serving` (None: not written).
     pub serving: Option<bool>,
+    /// `hints.forZones` (empty: not written).
+    pub for_zones: Vec<String>,
+    /// `hints.forNodes` (empty: not written).
+    pub for_nodes: Vec<String>,
 }
 
 impl Endpoint {
@@ -169,7 +173,23 @@ impl Endpoint {
             node: pod.node_name(),
             ready: Some(true),
             serving: None,
+            for_zones: Vec::new(),
+            for_nodes: Vec::new(),
         }
+    }
+
+    /// With the topology hint `hints.forZones: [{name: ZONE}]` (what the
+    /// EndpointSlice controller writes for `PreferSameZone`).
+    pub fn for_zone(mut self, zone: &str) -> Self {
+        self.for_zones.push(zone.to_string());
+        self
+    }
+
+    /// With the topology hint `hints.forNodes: [{name: NODE}]` (what the
+    /// EndpointSlice controller writes for `PreferSameNode`).
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.for_nodes.push(node.to_string());
+        self
     }
 
     /// [`Endpoint::of`] with `pod`'s IPv6 address.
@@ -200,8 +220,27 @@ impl Endpoint {
             node: None,
             ready: None,
             serving: None,
+            for_zones: Vec::new(),
+            for_nodes: Vec::new(),
         }
     }
+}
+
+/// YAML of a Node named `name` with the label
+/// `topology.kubernetes.io/zone: ZONE` (when given) and `taints` (keys,
+/// effect `NoSchedule`).
+pub fn node_yaml(name: &str, zone: Option<&str>, taints: &[&str]) -> String {
+    let mut s = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n");
+    if let Some(z) = zone {
+        let _ = writeln!(s, "  labels: {{topology.kubernetes.io/zone: {z}}}");
+    }
+    if !taints.is_empty() {
+        s.push_str("spec:\n  taints:\n");
+        for t in taints {
+            let _ = writeln!(s, "  - {{key: {t}, effect: NoSchedule}}");
+        }
+    }
+    s
 }
 
 /// YAML of a ClusterIP Service. With `selector`, it selects `app: NAME`
@@ -390,6 +429,22 @@ pub fn slice_yaml_of(
         }
         if let Some(n) = &e.node {
             let _ = writeln!(s, "  nodeName: {n}");
+        }
+        let names = |v: &[String]| {
+            v.iter()
+                .map(|n| format!("{{name: {n}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut hints = Vec::new();
+        if !e.for_zones.is_empty() {
+            hints.push(format!("forZones: [{}]", names(&e.for_zones)));
+        }
+        if !e.for_nodes.is_empty() {
+            hints.push(format!("forNodes: [{}]", names(&e.for_nodes)));
+        }
+        if !hints.is_empty() {
+            let _ = writeln!(s, "  hints: {{{}}}", hints.join(", "));
         }
     }
     s
