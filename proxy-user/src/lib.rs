@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod rbac;
+pub mod selector;
 pub mod sockdiag;
 pub mod sources;
 pub mod sync;
