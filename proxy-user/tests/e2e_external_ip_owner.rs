@@ -10,6 +10,8 @@
 //!   as an external IP: refused and reported; the cluster IP keeps serving
 //!   the victim's backend.
 //! - `--external-ip-cidrs`: an external IP outside is refused and reported.
+//! - Other ports of an external IP are not rejected: a real host there
+//!   still answers.
 //!
 //! kube-proxy has no such rules (it programs what it is given; in nftables
 //! mode two services writing one `service-ips` element leave whichever was
@@ -260,5 +262,57 @@ fn the_older_service_owns_a_contested_external_ip_on_every_node_and_across_resta
     assert_eq!(
         answers(&outside, &format!("http://{EXT}/?after=delete"), 10),
         want_young
+    );
+}
+
+/// An external IP gets no "known VIP, unknown port" reject: a pod still
+/// reaches the address's other ports, here a real host (the outside
+/// client, with nginx on 80) whose address a Service claims on 8080.
+/// kube-proxy (nftables) rejects undefined ports of cluster IPs only (its
+/// `cluster-ips` set); external IPs are in `service-ips` alone.
+#[test]
+fn other_ports_of_an_external_ip_reach_the_real_host() {
+    if let Some(why) = skip_reason(&Needs::cluster(&["nginx", "curl"])) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut c = Cluster::new(ClusterConfig::new(BIN, 2).prefix("er")).expect("build the cluster");
+    let backend = c.add_pod(1, "web1", pod_addr(1, 10)).expect("pod");
+    c.nginx(&backend).expect("nginx");
+    let client = c.add_pod(0, "client", pod_addr(0, 20)).expect("client pod");
+    let outside = c.outside().expect("outside client").clone();
+    c.nginx(&outside).expect("nginx on the outside client");
+    c.route_via_node(&outside, client.addr, 0)
+        .expect("route back to the pod");
+    let host = outside.addr;
+    let svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: alt, namespace: demo}}\n\
+         spec:\n  clusterIP: 198.19.0.81\n  externalIPs: [\"{host}\"]\n  ports:\n  \
+         - {{name: http, protocol: TCP, port: 8080, targetPort: 80}}\n---\n{}",
+        slice_yaml(
+            "demo",
+            "alt-1",
+            "alt",
+            &[Port::tcp("http", 8080, 80)],
+            &[Endpoint::of(&backend)]
+        )
+    );
+    c.write_manifest("alt.yaml", &svc).expect("manifest");
+    c.start_agents().expect("start agents");
+    c.wait_frontends("the external IP on 8080", WAIT, |_, fs| {
+        fs.iter().any(|f| f.vip == host && f.port == 8080)
+    })
+    .expect("programmed");
+    let service: BTreeSet<String> = [backend.name.clone()].into();
+    assert_eq!(
+        answers(&client, &format!("http://{host}:8080/"), 5),
+        service,
+        "the Service's port"
+    );
+    let real: BTreeSet<String> = [outside.name.clone()].into();
+    assert_eq!(
+        answers(&client, &format!("http://{host}/"), 5),
+        real,
+        "another port of the external IP: the real host, not a reject"
     );
 }

@@ -503,6 +503,10 @@ spec:
         [name("a/young"), name("z/old")].into()
     );
     assert_eq!(owner(&claims), None, "refused for both");
+    assert_eq!(
+        claims.services_at(ip(E)),
+        [name("a/young"), name("kube-system/dns"), name("z/old")].into()
+    );
     let mut resolved = old.clone();
     claims.resolve(&mut resolved, &policy);
     assert_eq!(frontends_of(&resolved), [cip("198.19.0.2", 80)]);
