@@ -55,8 +55,8 @@ pub const IPPROTO_SCTP: u8 = 132;
 
 /// Key of a service frontend: a VIP, a port and a protocol.
 ///
-/// The agent also writes one entry per VIP with `port == 0` and `proto == 0`
-/// and [`SVC_FLAG_VIP`] set. The datapath uses it to tell "a known VIP on a port
+/// The agent also writes one entry per cluster IP with `port == 0` and
+/// `proto == 0` and [`SVC_FLAG_VIP`] set. The datapath uses it to tell "a known VIP on a port
 /// no service defines" (rejected, as kube-proxy does) from "not a VIP" (passed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,8 +130,9 @@ pub const SVC_FLAG_LOCAL_ONLY: u16 = 4;
 pub const SVC_FLAG_TWO_SCOPES: u16 = 8;
 /// `loadBalancerSourceRanges`: only clients in the service's ranges.
 pub const SVC_FLAG_SOURCE_RANGES: u16 = 16;
-/// The address is a node address (node port): no VIP marker, so other
-/// ports of the node stay reachable.
+/// The address is a node address (node port). Like every external
+/// frontend it has no VIP marker, so other ports of the node stay
+/// reachable.
 pub const SVC_FLAG_NODE_PORT: u16 = 32;
 /// The frontend is a load-balancer ingress IP (for inspection: the
 /// datapath treats it as any external frontend).

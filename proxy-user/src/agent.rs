@@ -15,7 +15,7 @@ use crate::{
     healthcheck::{self, HealthChecks, Responder},
     http,
     metrics::{self, Metrics},
-    model::NodeInfo,
+    model::{ExternalPolicy, NodeInfo},
     sources::{self, SourceEvent},
     sync::{self, LoopConfig, SyncStats, Syncer},
 };
@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// `--nodeport-addresses`: node ports on every node address inside
     /// these networks (empty: the node interfaces' addresses).
     pub nodeport_cidrs: Vec<(IpAddr, u8)>,
+    /// `--external-ip-cidrs`: when set, only external IPs inside these
+    /// networks are served (see [`crate::model::ExternalPolicy`]).
+    pub external_ip_cidrs: Option<Vec<(IpAddr, u8)>>,
     /// Pin folder.
     pub bpffs: PathBuf,
     /// Map sizes for maps created now.
@@ -272,7 +275,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let health = Arc::new(AgentHealth::new(AgentHealth::timeout_for(
         cfg.sync.repair_every,
     )));
-    let syncer = Syncer::new(node, stats.clone());
+    // External IPs and LB IPs never take a node address (the NodePort
+    // addresses) or a cluster IP; --external-ip-cidrs limits external IPs.
+    let policy = ExternalPolicy {
+        allowed_external_ips: cfg.external_ip_cidrs.clone(),
+        ..ExternalPolicy::for_node(node.addresses.iter().copied())
+    };
+    let syncer = Syncer::new(node, stats.clone()).with_external_policy(policy);
     let dp = Arc::new(Mutex::new(dp));
     let metrics = Arc::new(Metrics::new(stats, health.clone(), kube_stats));
     let mut servers = Vec::new();

@@ -88,6 +88,13 @@ struct RunArgs {
     /// addresses of the `--node-interfaces` (kube-proxy's `primary`).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
+    /// Cluster-wide policy on `spec.externalIPs`: only addresses inside
+    /// these CIDRs are served, others are refused and reported (what the
+    /// externalip-webhook's --allowed-external-ip-cidrs enforces at
+    /// admission). Given with no CIDR: every external IP is refused.
+    /// Default: any external IP that is no cluster IP or node address.
+    #[arg(long, num_args = 0.., value_delimiter = ',', value_name = "CIDR")]
+    external_ip_cidrs: Option<Vec<String>>,
     /// Pin folder on a bpffs.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
@@ -180,13 +187,12 @@ fn patterns(globs: &[String]) -> Result<Vec<glob::Pattern>, String> {
         .collect()
 }
 
-fn cidrs(texts: &[String]) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
+fn cidrs(flag: &str, texts: &[String]) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
     texts
         .iter()
         .map(|t| {
-            svcnat::model::addr::parse_cidr(t).ok_or_else(|| {
-                format!("--nodeport-addresses: {t:?} is not a CIDR (like 198.18.0.0/24)")
-            })
+            svcnat::model::addr::parse_cidr(t)
+                .ok_or_else(|| format!("--{flag}: {t:?} is not a CIDR (like 198.18.0.0/24)"))
         })
         .collect()
 }
@@ -280,7 +286,12 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         source,
         pod_interfaces: patterns(&args.pod_interfaces)?,
         node_interfaces: patterns(&args.node_interfaces)?,
-        nodeport_cidrs: cidrs(&args.nodeport_addresses)?,
+        nodeport_cidrs: cidrs("nodeport-addresses", &args.nodeport_addresses)?,
+        external_ip_cidrs: args
+            .external_ip_cidrs
+            .as_deref()
+            .map(|texts| cidrs("external-ip-cidrs", texts))
+            .transpose()?,
         bpffs: args.bpffs,
         sizes: MapSizes {
             conntrack: args.conntrack_size,

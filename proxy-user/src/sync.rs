@@ -11,6 +11,12 @@
 //!
 //! A pass also works out which service each `healthCheckNodePort` answers
 //! for ([`Syncer::health_checks`], see [`crate::healthcheck`]).
+//!
+//! A frontend several services claim belongs to the oldest, and external
+//! IPs and LB IPs never take a cluster IP or a node address
+//! ([`model::Claims`]): the same on every node and after every restart.
+//! When a service's claims change, the other claimants of what changed are
+//! synced in the same pass, so a frontend moves to its new owner at once.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,7 +36,7 @@ use tokio::sync::mpsc;
 use crate::{
     dataplane::{Dataplane, DataplaneError, Frontend, FrontendSpec, Upsert},
     healthcheck::{self, HealthChecks},
-    model::{self, NodeInfo, ServiceModel, ServiceName},
+    model::{self, Claims, ExternalPolicy, NodeInfo, Protocol, ServiceModel, ServiceName},
     plan,
     sources::{Kind, Object, SourceEvent},
 };
@@ -104,7 +110,12 @@ pub struct Syncer {
     /// When each dirty service first changed (for programming latency).
     dirty_since: BTreeMap<ServiceName, Instant>,
     owned: BTreeMap<ServiceName, BTreeSet<Frontend>>,
+    /// Which service's entry the maps hold for each frontend.
     owner: BTreeMap<Frontend, ServiceName>,
+    /// What every service claims (who should own each frontend).
+    claims: Claims,
+    /// The rules on external IPs and LB IPs.
+    policy: ExternalPolicy,
     /// Last problems reported per service, to log each once until it changes.
     reported: BTreeMap<ServiceName, Vec<String>>,
     resynced: BTreeSet<Kind>,
@@ -133,8 +144,17 @@ impl Syncer {
         self
     }
 
+    /// This syncer with another policy on external IPs and LB IPs (the
+    /// default refuses the node's NodePort addresses and allows any other
+    /// external IP).
+    pub fn with_external_policy(mut self, policy: ExternalPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// A syncer for this node.
     pub fn new(node: NodeInfo, stats: Arc<SyncStats>) -> Self {
+        let policy = ExternalPolicy::for_node(node.addresses.iter().copied());
         Self {
             node,
             node_object: None,
@@ -146,6 +166,8 @@ impl Syncer {
             dirty_since: BTreeMap::new(),
             owned: BTreeMap::new(),
             owner: BTreeMap::new(),
+            claims: Claims::new(),
+            policy,
             reported: BTreeMap::new(),
             resynced: BTreeSet::new(),
             first_pass_done: false,
@@ -365,8 +387,36 @@ impl Syncer {
         let mut report = PassReport::default();
         let dirty = std::mem::take(&mut self.dirty);
         let since = std::mem::take(&mut self.dirty_since);
+        // Model the changed services and record what they claim first: a
+        // changed claim can move a frontend to or from another service,
+        // which is synced in this pass too.
+        let mut models: BTreeMap<ServiceName, Option<ServiceModel>> = BTreeMap::new();
+        let mut others = BTreeSet::new();
         for name in &dirty {
-            self.sync_service(dp, name, &mut report);
+            let m = self.model_of(name);
+            others.extend(self.claims.set(name, m.as_ref()));
+            models.insert(name.clone(), m);
+        }
+        for name in others {
+            if let std::collections::btree_map::Entry::Vacant(e) = models.entry(name) {
+                let m = self.model_of(e.key());
+                e.insert(m);
+            }
+        }
+        let synced = models.len();
+        let mut handed_over = Vec::new();
+        for (name, m) in models {
+            self.sync_service(dp, &name, m, &mut handed_over, &mut report);
+        }
+        // Frontends let go of for another claimant that did not take them
+        // (it failed to program them): nobody's now.
+        for fe in handed_over {
+            if !self.owner.contains_key(&fe) {
+                match dp.delete_service(&fe) {
+                    Ok(_) => report.deleted += 1,
+                    Err(e) => report.skipped.push(format!("{fe}: delete failed: {e}")),
+                }
+            }
         }
         if !self.first_pass_done {
             for fe in dp.services().keys() {
@@ -376,6 +426,15 @@ impl Syncer {
                         Err(e) => report.skipped.push(format!("{fe}: delete failed: {e}")),
                     }
                 }
+            }
+            // Markers an older agent wrote for external IPs and LB IPs.
+            match dp.prune_markers() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    markers = n,
+                    "deleted the VIP markers of addresses that are no cluster IP"
+                ),
+                Err(e) => report.skipped.push(format!("pruning VIP markers: {e}")),
             }
             self.first_pass_done = true;
         }
@@ -404,7 +463,7 @@ impl Syncer {
         let done = Instant::now();
         self.last_latencies = since.values().map(|t| done.duration_since(*t)).collect();
         self.last_pass_duration = done.duration_since(started);
-        report.services = dirty.len();
+        report.services = synced;
         let s = &self.stats;
         s.passes.fetch_add(1, Ordering::Relaxed);
         s.upserts
@@ -418,18 +477,39 @@ impl Syncer {
         report
     }
 
-    fn sync_service(&mut self, dp: &mut Dataplane, name: &ServiceName, report: &mut PassReport) {
+    /// The model of one service on its own (before [`Claims::resolve`]);
+    /// `None` when the service is gone.
+    fn model_of(&self, name: &ServiceName) -> Option<ServiceModel> {
         let key = (name.namespace.clone(), name.name.clone());
+        let svc = self.services.get(&key)?;
+        let slices: Vec<&EndpointSlice> = self
+            .slices_of
+            .get(name)
+            .map(|keys| keys.iter().filter_map(|k| self.slices.get(k)).collect())
+            .unwrap_or_default();
+        Some(model::model_service(svc, &slices, &self.node))
+    }
+
+    /// Programs one service's model `m` (`None`: the service is gone):
+    /// the frontends the claims give it are written, the ones it had and no
+    /// longer has are deleted, unless another service took them over in
+    /// this pass (left alone) or is to (added to `handed_over`).
+    fn sync_service(
+        &mut self,
+        dp: &mut Dataplane,
+        name: &ServiceName,
+        m: Option<ServiceModel>,
+        handed_over: &mut Vec<Frontend>,
+        report: &mut PassReport,
+    ) {
         let mut problems = Vec::new();
         let mut want: BTreeMap<Frontend, FrontendSpec> = BTreeMap::new();
         let mut need = None;
-        if let Some(svc) = self.services.get(&key) {
-            let slices: Vec<&EndpointSlice> = self
-                .slices_of
-                .get(name)
-                .map(|keys| keys.iter().filter_map(|k| self.slices.get(k)).collect())
-                .unwrap_or_default();
-            let m = model::model_service(svc, &slices, &self.node);
+        if let Some(mut m) = m {
+            // Only what this service owns: an older claimant's frontends,
+            // and external IPs on cluster IPs or node addresses, are left
+            // out and reported.
+            self.claims.resolve(&mut m, &self.policy);
             problems.extend(m.skipped.iter().map(|s| s.to_string()));
             self.desired(&m, &mut want, &mut problems);
             need = healthcheck::need_of(&m);
@@ -438,16 +518,6 @@ impl Syncer {
             Some(n) => self.hc_needs.insert(name.clone(), n),
             None => self.hc_needs.remove(name),
         };
-        // Frontends another service already owns are not taken over.
-        want.retain(|fe, _| match self.owner.get(fe) {
-            Some(owner) if owner != name => {
-                problems.push(format!(
-                    "service {name}: frontend {fe} already belongs to service {owner}"
-                ));
-                false
-            }
-            _ => true,
-        });
         let had = self.owned.remove(name).unwrap_or_default();
         let mut now_owned = BTreeSet::new();
         for (fe, spec) in &want {
@@ -479,6 +549,18 @@ impl Syncer {
         }
         let gone: Vec<Frontend> = had.difference(&now_owned).copied().collect();
         for fe in &gone {
+            if self.owner.get(fe) != Some(name) {
+                // Another service took it over earlier in this pass: the
+                // entry is its own now.
+                continue;
+            }
+            if self.next_owner(fe).is_some_and(|o| o != name) {
+                // Its new owner writes it over later in this pass: no
+                // moment without an entry.
+                self.owner.remove(fe);
+                handed_over.push(*fe);
+                continue;
+            }
             match dp.delete_service(fe) {
                 Ok(_) => report.deleted += 1,
                 Err(e) => {
@@ -512,6 +594,17 @@ impl Syncer {
             self.reported.insert(name.clone(), problems.clone());
         }
         report.skipped.extend(problems);
+    }
+
+    /// The service the claims give `fe` to, if any.
+    fn next_owner(&self, fe: &Frontend) -> Option<&ServiceName> {
+        let protocol = match fe.proto {
+            proxy_common::IPPROTO_TCP => Protocol::Tcp,
+            proxy_common::IPPROTO_UDP => Protocol::Udp,
+            proxy_common::IPPROTO_SCTP => Protocol::Sctp,
+            _ => return None,
+        };
+        self.claims.owner(fe.addr, fe.port, protocol, &self.policy)
     }
 
     /// Assigns the health check ports from every service's need (a port

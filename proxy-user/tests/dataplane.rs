@@ -251,6 +251,63 @@ fn upsert_writes_frontend_slots_backends_marker_and_revnat() {
     );
 }
 
+/// Only cluster IPs get a VIP marker (their undefined ports are rejected),
+/// as kube-proxy's nftables `cluster-ips` set holds only cluster IPs: an
+/// external IP or LB IP may be a real host whose other ports must stay
+/// reachable. Markers an older agent wrote for them are pruned at once.
+#[test]
+fn only_cluster_ips_get_a_vip_marker_and_stale_external_markers_are_pruned() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new("markers");
+    let mut dp = Dataplane::open(&dir.config(small())).expect("open");
+    let (cluster_ip, external, lb) = (fe(10, 80), fe(11, 80), fe(12, 80));
+    dp.upsert_service(cluster_ip, &[be(1)], &opts(0))
+        .expect("cluster ip");
+    for (f, flags) in [
+        (external, SVC_FLAG_EXTERNAL),
+        (lb, SVC_FLAG_EXTERNAL | SVC_FLAG_LOAD_BALANCER),
+    ] {
+        let spec = FrontendSpec {
+            backends: vec![be(1)],
+            flags,
+            ..FrontendSpec::default()
+        };
+        dp.upsert_frontend(f, &spec).expect("external frontend");
+    }
+    let markers = |dir: &PinDir| -> BTreeSet<Ipv4Addr> {
+        let svc: HashMap<_, Svc4Key, SvcValue> =
+            HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("map")).expect("svc");
+        svc.iter()
+            .map(|e| e.expect("entry"))
+            .filter(|(k, v)| k.port == 0 && v.flags & SVC_FLAG_VIP != 0)
+            .map(|(k, _)| Ipv4Addr::from(k.vip))
+            .collect()
+    };
+    assert_eq!(markers(&dir), [v4(cluster_ip.addr)].into());
+    // An older agent marked the external IP too.
+    {
+        let mut svc: HashMap<_, Svc4Key, SvcValue> =
+            HashMap::try_from(open_pinned(&dir.0, map_names::SVC4).expect("map")).expect("svc");
+        svc.insert(
+            Svc4Key::vip_marker(v4(external.addr).octets()),
+            SvcValue::VIP_MARKER,
+            0,
+        )
+        .expect("old marker");
+    }
+    drop(dp);
+    let mut dp = Dataplane::open(&dir.config(small())).expect("adopt");
+    assert_eq!(dp.prune_markers().expect("prune"), 1);
+    assert_eq!(markers(&dir), [v4(cluster_ip.addr)].into());
+    assert_eq!(dp.prune_markers().expect("again"), 0);
+    assert_eq!(
+        dp.repair().expect("repair"),
+        0,
+        "the mirror equals the maps"
+    );
+    assert_eq!(dp.services().len(), 3);
+}
+
 #[test]
 fn shrinking_and_deleting_remove_slots_and_unreferenced_backends_only() {
     skip_unless!(Needs::pinned());
@@ -603,15 +660,11 @@ fn an_ipv6_frontend_is_written_to_the_ipv6_maps_exactly() {
     let svc6 = svc6_entries(&dir);
     assert_eq!(
         svc6.len(),
-        3,
-        "frontend, internal scope, VIP marker: {svc6:?}"
+        2,
+        "frontend and internal scope; no VIP marker on an LB IP: {svc6:?}"
     );
     let ext = svc6[&svc6_key(lb, SCOPE_EXTERNAL)];
     let int = svc6[&svc6_key(lb, SCOPE_INTERNAL)];
-    assert_eq!(
-        svc6[&Svc6Key::vip_marker(v6(lb.addr))],
-        SvcValue::VIP_MARKER
-    );
     assert_eq!(
         ext,
         SvcValue {
@@ -708,6 +761,14 @@ fn an_ipv6_frontend_is_written_to_the_ipv6_maps_exactly() {
     assert_eq!(
         dp.upsert_frontend(lb, &spec).expect("adopted"),
         Upsert::Unchanged
+    );
+    // An IPv6 cluster IP is marked, in the IPv6 map.
+    let cluster6 = fe6(0x11, 80);
+    dp.upsert_service(cluster6, &[be6(2)], &opts(0))
+        .expect("IPv6 cluster IP");
+    assert_eq!(
+        svc6_entries(&dir)[&Svc6Key::vip_marker(v6(cluster6.addr))],
+        SvcValue::VIP_MARKER
     );
 }
 

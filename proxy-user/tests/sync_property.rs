@@ -3,7 +3,9 @@
 //! BPF maps holding exactly what the model says. The maps are read back
 //! through `svcnat inspect`'s readers, not through the syncer's own state.
 //! Services are IPv4 or dual-stack, slices IPv4 or IPv6: both families are
-//! programmed, each from the slices of its family.
+//! programmed, each from the slices of its family. Some services claim one
+//! shared external IP, with ages unlike their names' order: the maps give
+//! each of its ports to the oldest claimant, whatever the history.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -37,6 +39,7 @@ enum Op {
         i: u8,
         ports: u8,
         dual: bool,
+        ext: bool,
     },
     DeleteService {
         i: u8,
@@ -56,8 +59,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..SERVICES, 1u8..4, any::<bool>())
-            .prop_map(|(i, ports, dual)| Op::ApplyService { i, ports, dual }),
+        3 => (0..SERVICES, 1u8..4, any::<bool>(), any::<bool>())
+            .prop_map(|(i, ports, dual, ext)| Op::ApplyService { i, ports, dual, ext }),
         1 => (0..SERVICES).prop_map(|i| Op::DeleteService { i }),
         4 => (0..SLICES, 0..SERVICES, any::<u8>(), any::<u8>())
             .prop_map(|(j, svc, endpoints, ready)| Op::ApplySlice { j, svc, endpoints, ready }),
@@ -68,8 +71,10 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Service `i` with the ports `ports` selects (bit 0: http, bit 1: dns),
-/// IPv4 or, with `dual`, dual-stack.
-fn service(i: u8, ports: u8, dual: bool) -> Service {
+/// IPv4 or, with `dual`, dual-stack; with `ext`, also on the shared
+/// external IP 198.18.50.1. Service `i` is created on day `(3i mod 4) + 1`,
+/// so age and name order differ.
+fn service(i: u8, ports: u8, dual: bool, ext: bool) -> Service {
     let mut p = Vec::new();
     if ports & 1 != 0 {
         p.push(
@@ -92,8 +97,10 @@ fn service(i: u8, ports: u8, dual: bool) -> Service {
     };
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("svc-{i}"), "namespace": "prop"},
+        "metadata": {"name": format!("svc-{i}"), "namespace": "prop",
+                     "creationTimestamp": format!("2025-01-0{}T00:00:00Z", (3 * i) % 4 + 1)},
         "spec": {"clusterIP": v4, "clusterIPs": ips, "ipFamilies": families,
+                 "externalIPs": if ext { vec!["198.18.50.1"] } else { vec![] },
                  "ipFamilyPolicy": if dual { "RequireDualStack" } else { "SingleStack" },
                  "ports": p}
     }))
@@ -178,6 +185,9 @@ fn actual(dir: &std::path::Path) -> Table {
 /// Cases whose final maps held an IPv6 frontend (the generator must reach
 /// them for the property to cover both families).
 static WITH_IPV6: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Cases that ended with two services or more claiming the shared
+/// external IP (the generator must reach them too).
+static CONTENDED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
     let dir = PathBuf::from(format!(
@@ -225,8 +235,13 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
     });
     for op in ops {
         match op {
-            Op::ApplyService { i, ports, dual } => {
-                let s = service(i, ports, dual);
+            Op::ApplyService {
+                i,
+                ports,
+                dual,
+                ext,
+            } => {
+                let s = service(i, ports, dual, ext);
                 services.insert(i, s.clone());
                 syncer.handle(SourceEvent::Apply(Object::Service(Box::new(s))));
             }
@@ -286,6 +301,18 @@ fn check(ops: Vec<Op>, case: u32) -> Result<(), TestCaseError> {
     if got.keys().any(|(vip, _, _)| vip.contains(':')) {
         WITH_IPV6.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    let claimants = services
+        .values()
+        .filter(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|spec| spec.external_ips.as_ref())
+                .is_some_and(|ips| !ips.is_empty())
+        })
+        .count();
+    if claimants >= 2 {
+        CONTENDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     // And nothing is left to repair: the mirror equals the maps.
     prop_assert_eq!(dp.repair().expect("repair"), 0);
     Ok(())
@@ -307,6 +334,10 @@ fn random_event_sequences_end_with_maps_equal_to_the_model() {
     assert!(
         WITH_IPV6.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "no case ended with an IPv6 frontend"
+    );
+    assert!(
+        CONTENDED.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no case ended with a contended external IP"
     );
 }
 
@@ -346,8 +377,8 @@ fn a_service_too_big_for_the_maps_is_skipped_with_a_reason_and_the_rest_works() 
     syncer.handle(SourceEvent::Resync {
         kind: Kind::Service,
         objects: vec![
-            Object::Service(Box::new(service(0, 1, false))),
-            Object::Service(Box::new(service(1, 1, false))),
+            Object::Service(Box::new(service(0, 1, false, false))),
+            Object::Service(Box::new(service(1, 1, false, false))),
         ],
     });
     syncer.handle(SourceEvent::Resync {

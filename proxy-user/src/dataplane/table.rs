@@ -9,7 +9,7 @@ use std::{
     net::IpAddr,
 };
 
-use proxy_common::{CT_DIR_REPLY, CT_DIR_SERVICE, IPPROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_NODE_PORT};
+use proxy_common::{CT_DIR_REPLY, CT_DIR_SERVICE, IPPROTO_UDP, SCOPE_INTERNAL, SVC_FLAG_EXTERNAL};
 
 /// A service frontend: address, port, IP protocol number. Family-neutral,
 /// as the whole table is: only the map codec (`maps.rs`) knows a family.
@@ -126,11 +126,14 @@ pub(super) struct ServiceMirror {
     pub(super) ranges: Vec<(IpAddr, u8)>,
 }
 
-/// Whether a frontend entry with `flags` gets a VIP marker: external-scope
-/// frontends on service addresses, not node addresses (other ports of the
-/// node must stay reachable).
+/// Whether a frontend entry with `flags` gets a VIP marker (other ports of
+/// its address are rejected): cluster IPs only, as kube-proxy's nftables
+/// `cluster-ips` set holds only cluster IPs (its `cluster-ips-check` chain
+/// rejects their undefined ports). Node addresses, external IPs and LB IPs
+/// get none: their other ports may be served by the host or by whatever
+/// else has that address.
 pub(super) fn has_marker(flags: u16) -> bool {
-    flags & SVC_FLAG_NODE_PORT == 0
+    flags & SVC_FLAG_EXTERNAL == 0
 }
 
 /// Id allocator: smallest freed id first, then the next unused one. Id 0 is

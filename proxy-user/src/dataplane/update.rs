@@ -24,6 +24,18 @@ use super::table::{
 };
 
 impl Dataplane {
+    /// Deletes the VIP markers of addresses that have none in the mirror:
+    /// markers an older agent wrote for external IPs and LB IPs (it marked
+    /// every non-node address; now only cluster IPs are marked), which would
+    /// otherwise reject the other ports of those addresses until the next
+    /// [`Self::repair`]. Returns how many it deleted.
+    pub fn prune_markers(&mut self) -> Result<usize> {
+        let vips = &self.table.vips;
+        self.maps.svc_prune(|addr, port, proto, _| {
+            !(port == 0 && proto == 0) || vips.contains_key(&addr)
+        })
+    }
+
     /// Makes the maps equal to the mirror: rewrites every frontend, slot,
     /// backend, source range and VIP marker the mirror holds and deletes what
     /// it does not. Repairs drift such as an entry deleted by hand. Returns

@@ -45,6 +45,12 @@
 //!   `PreferSameZone`, `PreferClose`) and the
 //!   `service.kubernetes.io/topology-mode: Auto` annotation; like
 //!   kube-proxy, the model reads the hints, not those fields.
+//! - **External frontends between services** ([`ownership`]): an external
+//!   IP or LB IP equal to any cluster IP or to an address of this node is
+//!   refused, `--external-ip-cidrs` limits external IPs, and a frontend
+//!   several services claim belongs to the oldest. [`model_service`] models
+//!   one service alone; [`Claims::resolve`] applies these rules, which need
+//!   the whole cluster ([`model_cluster`] does both).
 //! - **Bad input** never panics and never hides the rest of the cluster: what
 //!   cannot be programmed is left out and recorded as a [`Skip`] with a
 //!   [`SkipReason`] naming the bad value. See [`SkipReason`] for what each
@@ -59,13 +65,17 @@
 pub mod addr;
 mod endpoints;
 mod node;
+mod ownership;
 mod problems;
 mod service;
 #[cfg(test)]
 mod tests;
 mod types;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::{
     core::v1::{Service, ServiceSpec},
@@ -75,6 +85,7 @@ use k8s_openapi::api::{
 pub use addr::{parse_cidr, parse_ip};
 pub use endpoints::{SERVICE_NAME_LABEL, slice_service};
 pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible, node_zone};
+pub use ownership::{Claims, ExternalPolicy, Seniority};
 pub use problems::{Skip, SkipReason};
 pub use service::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 pub use types::{
@@ -103,15 +114,47 @@ pub struct ServiceModel {
     /// `type: LoadBalancer` (the only type whose `healthCheckNodePort` is
     /// served, as kube-proxy serves it).
     pub load_balancer: bool,
+    /// The service's age, which decides who owns a frontend several
+    /// services claim (see [`Claims`]).
+    pub seniority: Seniority,
+    /// Its cluster IPs, sorted, whether or not it has a datapath: no
+    /// external IP or LB IP may take one (see [`Claims`]).
+    pub cluster_ips: Vec<IpAddr>,
 }
 
 /// Models a whole cluster: joins slices to services by namespace and
-/// `kubernetes.io/service-name` label and runs [`model_service`] on each.
+/// `kubernetes.io/service-name` label, runs [`model_service`] on each and
+/// resolves the external frontends between them ([`Claims::resolve`]) with
+/// the policy that refuses this node's addresses and allows any external IP.
 ///
 /// Slices whose service is not in `services` are ignored (the caller keeps them
 /// until it appears). Returns one model per service name; when two services
 /// have the same name, the last one wins.
 pub fn model_cluster(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+) -> BTreeMap<ServiceName, ServiceModel> {
+    let policy = ExternalPolicy::for_node(node.addresses.iter().copied());
+    model_cluster_with(services, slices, node, &policy)
+}
+
+/// [`model_cluster`] under an explicit [`ExternalPolicy`].
+pub fn model_cluster_with(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+    policy: &ExternalPolicy,
+) -> BTreeMap<ServiceName, ServiceModel> {
+    let mut models = model_each(services, slices, node);
+    let claims = Claims::of(models.values());
+    for m in models.values_mut() {
+        claims.resolve(m, policy);
+    }
+    models
+}
+
+fn model_each(
     services: &[Service],
     slices: &[EndpointSlice],
     node: &NodeInfo,
@@ -137,7 +180,9 @@ pub fn model_cluster(
 /// `slices` are the EndpointSlices whose `kubernetes.io/service-name` label
 /// names this service in its namespace; the caller does the join (see
 /// [`slice_service`]). Never fails: what cannot be programmed is recorded in
-/// [`ServiceModel::skipped`] and the rest is returned.
+/// [`ServiceModel::skipped`] and the rest is returned. The rules between
+/// services (who owns an external frontend) are not applied here: see
+/// [`Claims::resolve`].
 pub fn model_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> ServiceModel {
     let mut ctx = Ctx {
         name: ServiceName::of(svc),
@@ -157,6 +202,8 @@ pub fn model_service(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) 
         skipped,
         no_datapath,
         load_balancer,
+        seniority: Seniority::of(svc),
+        cluster_ips: ownership::cluster_ips_of(svc),
     }
 }
 

@@ -1,7 +1,7 @@
 //! What was left out of the model and why ([`SkipReason`], [`Skip`]), and the
 //! record of it kept while a service is modelled.
 
-use std::fmt;
+use std::{fmt, net::IpAddr};
 
 use super::types::{DEFAULT_AFFINITY_TIMEOUT_S, Family, Protocol, ServiceName};
 
@@ -101,6 +101,45 @@ pub enum SkipReason {
     /// port.
     #[error("health check node port {0} is out of range 1..=65535")]
     HealthCheckNodePortOutOfRange(i32),
+    /// An external IP or load-balancer IP that is the cluster IP of a
+    /// service (this one or another): refused, so that it cannot take over
+    /// that service's traffic (CVE-2020-8554). That address, on every port.
+    #[error("{kind} {address} is the cluster IP of service {owner}: refused")]
+    ExternalIsClusterIp {
+        /// `external IP` or `load-balancer IP`.
+        kind: &'static str,
+        /// The address.
+        address: IpAddr,
+        /// The (oldest) service holding it as its cluster IP.
+        owner: ServiceName,
+    },
+    /// An external IP or load-balancer IP that is an address of this node:
+    /// refused, so that it cannot take over the node's own ports. That
+    /// address, on every port.
+    #[error("{kind} {address} is an address of this node: refused")]
+    ExternalIsNodeAddress {
+        /// `external IP` or `load-balancer IP`.
+        kind: &'static str,
+        /// The address.
+        address: IpAddr,
+    },
+    /// An external IP outside every network of `--external-ip-cidrs`. That
+    /// address, on every port.
+    #[error("external IP {0} is outside --external-ip-cidrs: refused")]
+    ExternalIpNotAllowed(IpAddr),
+    /// A frontend an older service claims too: the oldest claimant owns it
+    /// (creation time, then uid). That frontend.
+    #[error("frontend {address}:{port}/{protocol} belongs to the older service {owner}")]
+    FrontendOwned {
+        /// The frontend's address.
+        address: IpAddr,
+        /// Its port.
+        port: u16,
+        /// Its protocol.
+        protocol: Protocol,
+        /// The service that owns it.
+        owner: ServiceName,
+    },
     /// An EndpointSlice with an `addressType` other than IPv4, IPv6 or FQDN.
     /// That slice.
     #[error("EndpointSlice {slice}: unknown address type {address_type:?}")]
@@ -162,6 +201,10 @@ impl SkipReason {
             Self::InvalidAffinityTimeout(_) => "invalid_affinity_timeout",
             Self::InvalidPolicy { .. } => "invalid_policy",
             Self::HealthCheckNodePortOutOfRange(_) => "health_check_node_port_out_of_range",
+            Self::ExternalIsClusterIp { .. } => "external_is_cluster_ip",
+            Self::ExternalIsNodeAddress { .. } => "external_is_node_address",
+            Self::ExternalIpNotAllowed(_) => "external_ip_not_allowed",
+            Self::FrontendOwned { .. } => "frontend_owned",
             Self::UnknownAddressType { .. } => "unknown_address_type",
             Self::InvalidEndpointAddress { .. } => "invalid_endpoint_address",
             Self::EndpointFamilyMismatch { .. } => "endpoint_family_mismatch",

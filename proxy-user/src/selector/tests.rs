@@ -23,7 +23,10 @@ fn pods(yaml: &str) -> Vec<Pod> {
 /// the slices of `family`, with the slice's ports.
 type Row = (String, bool, bool, bool, Option<String>);
 
-fn rows(slices: &[EndpointSlice], family: &str) -> Vec<(Vec<(String, i32)>, Vec<Row>)> {
+/// One slice: its (port name, number) pairs and its endpoints.
+type SliceRows = (Vec<(String, i32)>, Vec<Row>);
+
+fn rows(slices: &[EndpointSlice], family: &str) -> Vec<SliceRows> {
     slices
         .iter()
         .filter(|s| s.address_type == family)
@@ -235,7 +238,7 @@ spec:
   status: {podIP: 198.18.1.12, conditions: [{type: Ready, status: 'True'}]}
 ",
     );
-    let got = derive(&[svc.clone()], &all, &[]);
+    let got = derive(std::slice::from_ref(&svc), &all, &[]);
     let none = None;
     let r = |a: &str| (a.to_owned(), true, true, false, none.clone());
     assert_eq!(

@@ -4,6 +4,7 @@
 
 mod addr;
 mod endpoints;
+mod ownership;
 mod problems;
 mod service;
 mod topology;

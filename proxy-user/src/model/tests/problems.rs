@@ -290,6 +290,22 @@ fn skip_labels_are_distinct_snake_case() {
             value: String::new(),
         },
         SkipReason::HealthCheckNodePortOutOfRange(0),
+        SkipReason::ExternalIsClusterIp {
+            kind: "external IP",
+            address: ip("198.19.0.10"),
+            owner: ServiceName::new("a", "b"),
+        },
+        SkipReason::ExternalIsNodeAddress {
+            kind: "external IP",
+            address: ip("198.18.0.1"),
+        },
+        SkipReason::ExternalIpNotAllowed(ip("198.18.0.1")),
+        SkipReason::FrontendOwned {
+            address: ip("198.18.0.1"),
+            port: 80,
+            protocol: Protocol::Tcp,
+            owner: ServiceName::new("a", "b"),
+        },
         SkipReason::UnknownAddressType {
             slice: String::new(),
             address_type: String::new(),
