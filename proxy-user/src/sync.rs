@@ -299,6 +299,7 @@ impl Syncer {
                         .filter(|k| !seen.contains(k))
                         .into_iter()
                         .collect(),
+                    Kind::Pod => Vec::new(),
                 };
                 for k in gone {
                     self.delete(kind, k, now);
@@ -342,6 +343,9 @@ impl Syncer {
                     self.set_node(Some(*node), now);
                 }
             }
+            // The manifests source turns Pods into slices; the API's
+            // slices come from the EndpointSlice controller.
+            Object::Pod(_) => {}
         }
     }
 
@@ -376,6 +380,7 @@ impl Syncer {
                     self.set_node(None, now);
                 }
             }
+            Kind::Pod => {}
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
 use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Pod, Service, ServicePort, ServiceSpec},
+        core::v1::{ConfigMap, Node, Service, ServicePort, ServiceSpec},
         discovery::v1::{Endpoint, EndpointSlice},
     },
     apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
@@ -555,7 +555,7 @@ async fn server_answers_version_and_404() {
             (version.major.as_str(), version.minor.as_str()),
             ("1", "33")
         );
-        match Api::<Pod>::all(client).list(&ListParams::default()).await {
+        match Api::<ConfigMap>::all(client).list(&ListParams::default()).await {
             Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
             other => panic!("expected 404, got {other:?}"),
         }

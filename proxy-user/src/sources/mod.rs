@@ -7,7 +7,7 @@
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service},
+        core::v1::{Node, Pod, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -27,6 +27,10 @@ pub enum Object {
     /// `v1/Node` (cluster-scoped: no namespace). Sources may deliver other
     /// nodes' too; only this node's is used.
     Node(Box<Node>),
+    /// `v1/Pod`: read by the manifests source, which turns the Pods that
+    /// Services select into EndpointSlices ([`crate::selector`]); never
+    /// sent on.
+    Pod(Box<Pod>),
 }
 
 impl Object {
@@ -36,6 +40,7 @@ impl Object {
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Node(_) => Kind::Node,
+            Self::Pod(_) => Kind::Pod,
         }
     }
 
@@ -45,6 +50,7 @@ impl Object {
             Self::Service(s) => &s.metadata,
             Self::EndpointSlice(s) => &s.metadata,
             Self::Node(n) => &n.metadata,
+            Self::Pod(p) => &p.metadata,
         }
     }
 
@@ -54,6 +60,7 @@ impl Object {
             Self::Service(s) => &mut s.metadata,
             Self::EndpointSlice(s) => &mut s.metadata,
             Self::Node(n) => &mut n.metadata,
+            Self::Pod(p) => &mut p.metadata,
         }
     }
 }
@@ -67,6 +74,8 @@ pub enum Kind {
     EndpointSlice,
     /// `v1/Node`.
     Node,
+    /// `v1/Pod`.
+    Pod,
 }
 
 /// What a source tells the sync task.

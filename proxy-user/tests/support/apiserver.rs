@@ -25,7 +25,7 @@
 //!   current object first, and with `sendInitialEvents=true` a bookmark
 //!   annotated `k8s.io/initial-events-end`), `BOOKMARK` events only when
 //!   `allowWatchBookmarks=true`, closed cleanly after `timeoutSeconds`.
-//! - `GET /api/v1/nodes` likewise; `fieldSelector=metadata.name=NAME` (or
+//! - `GET /api/v1/nodes` and `/api/v1/pods` likewise (nodes cluster-scoped); `fieldSelector=metadata.name=NAME` (or
 //!   `==`) keeps that Node only, in lists and watches (any other field
 //!   selector, on any resource, is a 400).
 //! - `GET /version`; anything else is a 404 (405 for other methods) with a
@@ -368,6 +368,7 @@ struct State {
     services: BTreeMap<Key, Object>,
     slices: BTreeMap<Key, Object>,
     nodes: BTreeMap<Key, Object>,
+    pods: BTreeMap<Key, Object>,
     /// Changes after `compacted`, in resourceVersion order.
     history: Vec<Change>,
     /// Watches from before this resourceVersion are expired.
@@ -378,7 +379,7 @@ struct State {
     drop_gen: u64,
     bookmark_gen: u64,
     /// Indexed by [`index`].
-    counters: [Counters; 3],
+    counters: [Counters; 4],
 }
 
 impl State {
@@ -387,6 +388,7 @@ impl State {
             Kind::Service => &self.services,
             Kind::EndpointSlice => &self.slices,
             Kind::Node => &self.nodes,
+            Kind::Pod => &self.pods,
         }
     }
 
@@ -395,6 +397,7 @@ impl State {
             Kind::Service => &mut self.services,
             Kind::EndpointSlice => &mut self.slices,
             Kind::Node => &mut self.nodes,
+            Kind::Pod => &mut self.pods,
         }
     }
 }
@@ -413,6 +416,7 @@ fn index(kind: Kind) -> usize {
         Kind::Service => 0,
         Kind::EndpointSlice => 1,
         Kind::Node => 2,
+        Kind::Pod => 3,
     }
 }
 
@@ -422,6 +426,7 @@ fn type_meta(kind: Kind) -> (&'static str, &'static str) {
         Kind::Service => ("v1", "Service"),
         Kind::EndpointSlice => ("discovery.k8s.io/v1", "EndpointSlice"),
         Kind::Node => ("v1", "Node"),
+        Kind::Pod => ("v1", "Pod"),
     }
 }
 
@@ -431,6 +436,7 @@ fn route(path: &str) -> Option<Kind> {
         "/api/v1/services" => Some(Kind::Service),
         "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
         "/api/v1/nodes" => Some(Kind::Node),
+        "/api/v1/pods" => Some(Kind::Pod),
         _ => None,
     }
 }
@@ -441,6 +447,7 @@ fn object_json(obj: &Object) -> Value {
         Object::Service(s) => serde_json::to_value(&**s),
         Object::EndpointSlice(s) => serde_json::to_value(&**s),
         Object::Node(n) => serde_json::to_value(&**n),
+        Object::Pod(p) => serde_json::to_value(&**p),
     }
     .expect("k8s-openapi objects serialize to JSON")
 }

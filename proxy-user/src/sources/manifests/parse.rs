@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
 use serde::de::{Deserialize, Deserializer};
@@ -28,6 +28,7 @@ enum Target {
     Service,
     EndpointSlice,
     Node,
+    Pod,
 }
 
 impl Target {
@@ -37,6 +38,7 @@ impl Target {
             ("v1", "Service") => Some(Self::Service),
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Self::EndpointSlice),
             ("v1", "Node") => Some(Self::Node),
+            ("v1", "Pod") => Some(Self::Pod),
             _ => None,
         }
     }
@@ -46,6 +48,7 @@ impl Target {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
             Self::Node => "Node",
+            Self::Pod => "Pod",
         }
     }
 }
@@ -189,6 +192,7 @@ fn parse_document(
                 convert::<EndpointSlice>(&value).map(|s| Object::EndpointSlice(Box::new(s)))
             }
             Target::Node => convert::<Node>(&value).map(|n| Object::Node(Box::new(n))),
+            Target::Pod => convert::<Pod>(&value).map(|p| Object::Pod(Box::new(p))),
         };
         let mut object = converted.map_err(|(error, path)| {
             let message = error.to_string();

@@ -233,8 +233,10 @@ async fn load_blocking(path: &Path) -> Result<Vec<Object>, String> {
 }
 
 /// The resyncs (Nodes, Services, then EndpointSlices) of a full set of
-/// objects.
+/// objects; the Pods that Services select become EndpointSlices
+/// ([`with_selected`]).
 fn resync_events(objects: &[Object]) -> [SourceEvent; 3] {
+    let objects = with_selected(objects);
     let of_kind = |kind: Kind| {
         objects
             .iter()
@@ -312,4 +314,47 @@ fn fingerprint(path: &Path) -> Fingerprint {
         });
     }
     Ok(stamps)
+}
+
+/// `objects` with their Pods replaced by the EndpointSlices the Services
+/// that select them get, as the EndpointSlice controller would write them
+/// ([`crate::selector::derive`]), next to the hand-written slices.
+pub(super) fn with_selected(objects: &[Object]) -> Vec<Object> {
+    let mut services = Vec::new();
+    let mut pods = Vec::new();
+    let mut nodes = Vec::new();
+    let mut out = Vec::with_capacity(objects.len());
+    for object in objects {
+        match object {
+            Object::Pod(p) => pods.push((**p).clone()),
+            Object::Service(s) => {
+                services.push((**s).clone());
+                out.push(object.clone());
+            }
+            Object::Node(n) => {
+                nodes.push((**n).clone());
+                out.push(object.clone());
+            }
+            Object::EndpointSlice(_) => out.push(object.clone()),
+        }
+    }
+    if pods.is_empty() {
+        return out;
+    }
+    let selection = crate::selector::derive(&services, &pods, &nodes);
+    for (service, selected) in &selection.services {
+        tracing::debug!(
+            %service,
+            pods = ?selected.pods.keys().collect::<Vec<_>>(),
+            left_out = selected.left_out.len(),
+            "pods selected"
+        );
+    }
+    out.extend(
+        selection
+            .slices
+            .into_iter()
+            .map(|s| Object::EndpointSlice(Box::new(s))),
+    );
+    out
 }

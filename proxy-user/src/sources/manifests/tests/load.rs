@@ -108,7 +108,7 @@ fn the_examples_model_as_documented() {
         match object {
             Object::Service(svc) => services.push(*svc),
             Object::EndpointSlice(slice) => slices.push(*slice),
-            Object::Node(node) => panic!("the examples hold no Node: {node:?}"),
+            Object::Node(_) | Object::Pod(_) => panic!("the examples hold no {object:?}"),
         }
     }
     let node = NodeInfo {

@@ -124,3 +124,76 @@ async fn run_fails_at_once_on_a_missing_path() {
         other => panic!("expected an I/O error, got {other:?}"),
     }
 }
+
+/// A folder of Pods and a Service with a selector, no EndpointSlice: the
+/// source sends the slice the EndpointSlice controller would write, and a
+/// relabelled Pod leaves it at the next read.
+#[tokio::test]
+async fn pods_selected_by_a_service_become_its_endpoint_slice() {
+    let dir = TempDir::new("selected");
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {namespace: demo, name: web}\n\
+                   spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}\n";
+    let pod = |name: &str, app: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{namespace: demo, name: {name}, labels: {{app: {app}}}}}\n\
+             spec: {{nodeName: node-a, containers: [{{name: c}}]}}\n\
+             status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
+        )
+    };
+    dir.write("web.yaml", service);
+    dir.write(
+        "pods.yaml",
+        &format!(
+            "{}---\n{}",
+            pod("a", "web", "198.18.1.10"),
+            pod("b", "web", "198.18.1.11")
+        ),
+    );
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = tokio::spawn(run(dir.0.clone(), tx));
+    let slice_addresses = |objects: &[crate::sources::Object]| -> Vec<String> {
+        objects
+            .iter()
+            .flat_map(|o| match o {
+                crate::sources::Object::EndpointSlice(s) => s
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| e.addresses.clone())
+                    .collect::<Vec<_>>(),
+                other => panic!("not a slice: {other:?}"),
+            })
+            .collect()
+    };
+    let mut next_slices = async || {
+        let mut slices = Vec::new();
+        for _ in 0..3 {
+            if let SourceEvent::Resync {
+                kind: Kind::EndpointSlice,
+                objects,
+            } = next_event(&mut rx).await
+            {
+                slices = objects;
+            }
+        }
+        slices
+    };
+    assert_eq!(
+        slice_addresses(&next_slices().await),
+        ["198.18.1.10", "198.18.1.11"]
+    );
+    dir.write(
+        "pods.yaml",
+        &format!(
+            "{}---\n{}",
+            pod("a", "web", "198.18.1.10"),
+            pod("b", "db", "198.18.1.11")
+        ),
+    );
+    assert_eq!(
+        slice_addresses(&next_slices().await),
+        ["198.18.1.10"],
+        "b relabelled away"
+    );
+    drop(rx);
+    let _ = tokio::time::timeout(WAIT, task).await;
+}
