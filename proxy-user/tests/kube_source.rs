@@ -555,7 +555,10 @@ async fn server_answers_version_and_404() {
             (version.major.as_str(), version.minor.as_str()),
             ("1", "33")
         );
-        match Api::<ConfigMap>::all(client).list(&ListParams::default()).await {
+        match Api::<ConfigMap>::all(client)
+            .list(&ListParams::default())
+            .await
+        {
             Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
             other => panic!("expected 404, got {other:?}"),
         }

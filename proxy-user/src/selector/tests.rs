@@ -394,3 +394,89 @@ fn the_derived_slice_equals_the_controllers_on_a_small_dump() {
         BTreeMap::from([("kubernetes-bootcamp".to_string(), 2)])
     );
 }
+
+mod property {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A Pod: namespace (0-1), app label (none, a, b), tier label (none,
+    /// x), has an IP, finished, ready.
+    type PodSpec = (u8, u8, u8, bool, bool, bool);
+    /// A Service: namespace, app selector (none, a, b), tier selector.
+    type SvcSpec = (u8, u8, u8);
+
+    fn labels(app: u8, tier: u8) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::new();
+        if app > 0 {
+            l.insert("app".to_string(), ["", "a", "b"][app as usize].to_string());
+        }
+        if tier > 0 {
+            l.insert("tier".to_string(), "x".to_string());
+        }
+        l
+    }
+
+    fn make_pod(i: usize, (ns, app, tier, ip, done, ready): PodSpec) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": format!("ns{ns}"), "name": format!("p{i}"), "labels": labels(app, tier)},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {
+                "phase": if done { "Succeeded" } else { "Running" },
+                "podIP": if ip { format!("198.18.1.{}", i + 1) } else { String::new() },
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            },
+        }))
+        .expect("a Pod")
+    }
+
+    fn make_svc(j: usize, (ns, app, tier): SvcSpec) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": format!("ns{ns}"), "name": format!("s{j}")},
+            "spec": {"clusterIP": format!("198.19.0.{}", j + 1), "selector": labels(app, tier),
+                     "ports": [{"name": "http", "port": 80}]},
+        }))
+        .expect("a Service")
+    }
+
+    proptest! {
+        /// The derived endpoints of every Service equal a brute-force
+        /// evaluation of the rules: same namespace, every selector pair in
+        /// the labels, an IP, not finished; ready as the Ready condition.
+        #[test]
+        fn derived_endpoints_equal_a_brute_force_evaluation(
+            pods in proptest::collection::vec(
+                (0..2u8, 0..3u8, 0..2u8, any::<bool>(), any::<bool>(), any::<bool>()), 0..12),
+            svcs in proptest::collection::vec((0..2u8, 0..3u8, 0..2u8), 1..5),
+        ) {
+            let pod_objs: Vec<Pod> = pods.iter().enumerate().map(|(i, p)| make_pod(i, *p)).collect();
+            let svc_objs: Vec<Service> = svcs.iter().enumerate().map(|(j, s)| make_svc(j, *s)).collect();
+            let got = derive(&svc_objs, &pod_objs, &[]);
+            for (j, &(sns, sapp, stier)) in svcs.iter().enumerate() {
+                let selector = labels(sapp, stier);
+                let want: BTreeSet<(String, bool)> = pods
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (ns, app, tier, ip, done, _))| {
+                        let l = labels(*app, *tier);
+                        *ns == sns && *ip && !*done && !selector.is_empty()
+                            && selector.iter().all(|(k, v)| l.get(k) == Some(v))
+                    })
+                    .map(|(i, p)| (format!("198.18.1.{}", i + 1), p.5))
+                    .collect();
+                let name = format!("s{j}");
+                let have: BTreeSet<(String, bool)> = got
+                    .slices
+                    .iter()
+                    .filter(|s| s.metadata.namespace.as_deref() == Some(&format!("ns{sns}"))
+                        && s.metadata.labels.as_ref().is_some_and(|l| l[SERVICE_NAME_LABEL] == name))
+                    .flat_map(|s| s.endpoints.iter())
+                    .map(|e| (e.addresses[0].clone(), e.conditions.as_ref().and_then(|c| c.ready) == Some(true)))
+                    .collect();
+                prop_assert_eq!(have, want, "service {}", name);
+            }
+        }
+    }
+}

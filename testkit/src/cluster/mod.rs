@@ -93,7 +93,7 @@ pub use traffic::{
 };
 pub use yaml::{
     Endpoint, Exposed, IpFamily, Port, Proto, dual_stack_endpoints, exposed_service, node_yaml,
-    service_with_slice, service_with_slices, service_yaml, service_yaml_ips, slice_yaml,
+    pod_yaml, service_with_slice, service_with_slices, service_yaml, service_yaml_ips, slice_yaml,
     slice_yaml_of,
 };
 

@@ -226,6 +226,25 @@ impl Endpoint {
     }
 }
 
+/// YAML of a running Pod for `pod` (its name, node and address, as the
+/// kubelet reports them) in `namespace` with `labels`, its `Ready`
+/// condition `ready`, and one container port `http` on 80.
+pub fn pod_yaml(namespace: &str, pod: &Host, labels: &[(&str, &str)], ready: bool) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let node = pod.node_name().unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {namespace}\n  \
+         labels: {{{}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: web\n    \
+         ports: [{{name: http, containerPort: 80}}]\nstatus:\n  phase: Running\n  \
+         podIP: {}\n  podIPs: [{{ip: {}}}]\n  conditions:\n  - {{type: Ready, status: \"{}\"}}\n",
+        pod.name,
+        labels.join(", "),
+        pod.addr,
+        pod.addr,
+        if ready { "True" } else { "False" }
+    )
+}
+
 /// YAML of a Node named `name` with the label
 /// `topology.kubernetes.io/zone: ZONE` (when given) and `taints` (keys,
 /// effect `NoSchedule`).
