@@ -48,6 +48,9 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// For `pods`: the manifests file or folder to read.
+        #[arg(long)]
+        manifests: Option<PathBuf>,
     },
     /// Remove every program link and map pin svcnat installed under the folder.
     Cleanup {
@@ -214,7 +217,32 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Inspect { what, bpffs, json } => match inspect::render(&bpffs, what, json) {
+        Command::Inspect {
+            what: inspect::What::Pods,
+            json,
+            manifests,
+            ..
+        } => {
+            let Some(path) = manifests else {
+                eprintln!(
+                    "svcnat inspect pods: give --manifests PATH (the folder svcnat run reads)"
+                );
+                return ExitCode::FAILURE;
+            };
+            match inspect::render_pods(&path, json) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("svcnat inspect pods: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Inspect {
+            what, bpffs, json, ..
+        } => match inspect::render(&bpffs, what, json) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
