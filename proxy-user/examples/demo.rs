@@ -8,6 +8,13 @@
 //! inspect services`, and tears everything down, also on Ctrl-C or failure.
 //! Needs root. Everything stays inside namespaces it creates, on
 //! 198.18.0.0/15 and 2001:db8::/32.
+//!
+//! `demo tutorial` (`cargo xtask demo tutorial`) walks the Kubernetes
+//! tutorial "Using a Service to expose your app" on the same kind of
+//! cluster, in svcnat's standalone mode with Pods and no EndpointSlice: the
+//! Service `kubectl expose` writes, reached at NodeIP:NodePort from outside,
+//! a label added to one pod and a Service selecting it, then the Services
+//! deleted while the pods keep answering.
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +30,7 @@ use clap::Parser;
 use svcnat_testkit::{
     cluster::{
         Cluster, ClusterConfig, CurlOutcome, Host, Proto, node_addr, node_addr6, node_name,
-        pod_addr, pod_gateway, pod_gateway6, url,
+        pod_addr, pod_gateway, pod_gateway6, pod_yaml, url,
     },
     skip::{Needs, skip_reason},
 };
@@ -32,6 +39,10 @@ use svcnat_testkit::{
 #[derive(Parser)]
 #[command(name = "demo")]
 struct Args {
+    /// `examples` (the default): the Services of `deploy/examples/`;
+    /// `tutorial`: the "expose your app" tutorial with Pods and selectors.
+    #[arg(value_enum, default_value = "examples")]
+    part: Part,
     /// Requests to send through each of the `web` Service's cluster IPs
     /// (each a new connection).
     #[arg(long, default_value_t = 90)]
@@ -42,6 +53,12 @@ struct Args {
     /// The `svcnat` binary (default: the one built next to this example).
     #[arg(long)]
     svcnat: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    Examples,
+    Tutorial,
 }
 
 /// The Services of `deploy/examples/` (web.yaml, dns.yaml, external.yaml).
@@ -99,7 +116,10 @@ fn main() -> ExitCode {
         }
     }
     let started = Instant::now();
-    let result = run(&args);
+    let result = match args.part {
+        Part::Examples => run(&args),
+        Part::Tutorial => tutorial(&args),
+    };
     match result {
         Ok(()) => {
             println!(
@@ -382,4 +402,211 @@ fn print_table(web: &[Host], over4: &[CurlOutcome], over6: &[CurlOutcome]) {
             println!("  {family} {other:<30} {n:>6}");
         }
     }
+}
+
+const BOOTCAMP_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 80);
+const BOOTCAMP_V1_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 81);
+const BOOTCAMP_NODE_PORT: u16 = 30080;
+const APP: (&str, &str) = ("app", "kubernetes-bootcamp");
+
+/// The Service `kubectl expose deployment/kubernetes-bootcamp
+/// --type=NodePort --port 8080 --target-port 80` writes (the pods' nginx
+/// listens on 80; the tutorial's image on 8080), with the cluster IP and
+/// node port the API server would have allocated.
+fn bootcamp_service(
+    name: &str,
+    vip: Ipv4Addr,
+    selector: &[(&str, &str)],
+    node_port: bool,
+) -> String {
+    let selector: Vec<String> = selector.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let (kind, np) = if node_port {
+        ("NodePort", format!("nodePort: {BOOTCAMP_NODE_PORT}, "))
+    } else {
+        ("ClusterIP", String::new())
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  labels: {{app: kubernetes-bootcamp}}\n  \
+         name: {name}\n  namespace: default\nspec:\n  clusterIP: {vip}\n  clusterIPs: [{vip}]\n  \
+         externalTrafficPolicy: Cluster\n  internalTrafficPolicy: Cluster\n  ipFamilies: [IPv4]\n  \
+         ipFamilyPolicy: SingleStack\n  ports:\n  - {{{np}port: 8080, protocol: TCP, targetPort: 80}}\n  \
+         selector: {{{}}}\n  sessionAffinity: None\n  type: {kind}\n",
+        selector.join(", ")
+    )
+}
+
+/// Answers by pod of `n` requests to `url` from `client`.
+fn tally(client: &Host, url: &str, n: usize) -> Result<BTreeMap<String, usize>> {
+    let outcomes = client.curl_many(url, n, Duration::from_secs(5))?;
+    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    if failed > 0 {
+        bail!("{failed} of {n} requests to {url} failed");
+    }
+    Ok(count(&outcomes))
+}
+
+fn tutorial(args: &Args) -> Result<()> {
+    if let Some(why) = skip_reason(&Needs::cluster(&["nginx", "curl"])) {
+        bail!("cannot run here: {why}");
+    }
+    let svcnat = svcnat_binary(args)?;
+    let step = |n: u32, text: &str| println!("\n[{n}/5] {text}");
+    step(
+        1,
+        "a two-node cluster; two pods labelled app=kubernetes-bootcamp, one per node",
+    );
+    let mut cluster = Cluster::new(ClusterConfig::new(svcnat.clone(), 2).prefix("tut"))?;
+    cluster.set_interrupt(&INTERRUPTED);
+    let pods = [
+        cluster.add_pod(0, "bootcamp-1", pod_addr(0, 10))?,
+        cluster.add_pod(1, "bootcamp-2", pod_addr(1, 10))?,
+    ];
+    for p in &pods {
+        cluster.nginx(p)?;
+    }
+    let client = cluster.add_pod(1, "client", pod_addr(1, 100))?;
+    let write_pods = |labels: [&[(&str, &str)]; 2]| -> Result<()> {
+        let text: Vec<String> = pods
+            .iter()
+            .zip(labels)
+            .map(|(p, l)| pod_yaml("default", p, l, true))
+            .collect();
+        cluster.write_manifest("pods.yaml", &text.join("---\n"))
+    };
+    write_pods([&[APP], &[APP]])?;
+    println!("  kubectl get pods -o wide (the Pod manifests written with their real IPs):");
+    println!(
+        "  {:<12} {:<6} {:<7} {:<13} {:<7} LABELS",
+        "NAME", "READY", "STATUS", "IP", "NODE"
+    );
+    for p in &pods {
+        println!(
+            "  {:<12} {:<6} {:<7} {:<13} {:<7} app=kubernetes-bootcamp",
+            p.name,
+            "1/1",
+            "Running",
+            p.addr.to_string(),
+            p.node_name().unwrap_or_default()
+        );
+    }
+    check_interrupt()?;
+
+    step(
+        2,
+        "kubectl expose deployment/kubernetes-bootcamp --type=NodePort --port 8080",
+    );
+    let service = bootcamp_service("kubernetes-bootcamp", BOOTCAMP_VIP, &[APP], true);
+    for line in service.lines() {
+        println!("  {line}");
+    }
+    cluster.write_manifest("service.yaml", &service)?;
+    cluster.start_agents()?;
+    let backends: Vec<SocketAddr> = pods
+        .iter()
+        .map(|p| SocketAddr::new(p.addr.into(), 80))
+        .collect();
+    cluster.wait_backends_ip(
+        BOOTCAMP_VIP.into(),
+        8080,
+        Proto::Tcp,
+        Some(&backends),
+        Duration::from_secs(30),
+    )?;
+    println!("  svcnat (no EndpointSlice in the folder) selected both pods:");
+    for line in svcnat::inspect::render_pods(cluster.manifests_dir(), false)?.lines() {
+        println!("    {line}");
+    }
+    check_interrupt()?;
+
+    step(
+        3,
+        "curl http://NodeIP:NodePort from outside the cluster, on both nodes",
+    );
+    let outside = cluster.outside().context("the outside client")?.clone();
+    let n = (args.requests / 3).max(10);
+    for node in 0..cluster.nodes() {
+        let u = url(node_addr(node), BOOTCAMP_NODE_PORT);
+        let t = tally(&outside, &u, n)?;
+        println!(
+            "  {u}: {}",
+            t.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    check_interrupt()?;
+
+    step(
+        4,
+        "kubectl label pods bootcamp-1 version=v1; a Service selecting version=v1",
+    );
+    write_pods([&[APP, ("version", "v1")], &[APP]])?;
+    let v1 = bootcamp_service(
+        "kubernetes-bootcamp-v1",
+        BOOTCAMP_V1_VIP,
+        &[APP, ("version", "v1")],
+        false,
+    );
+    cluster.write_manifest("service-v1.yaml", &v1)?;
+    let only = [SocketAddr::new(pods[0].addr.into(), 80)];
+    cluster.wait_backends_ip(
+        BOOTCAMP_V1_VIP.into(),
+        8080,
+        Proto::Tcp,
+        Some(&only),
+        Duration::from_secs(30),
+    )?;
+    let u = url(BOOTCAMP_V1_VIP, 8080);
+    let t = tally(&client, &u, n)?;
+    println!(
+        "  from {}: {u}: {}",
+        client.name,
+        t.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if t.keys().any(|k| k != &pods[0].name) {
+        bail!("the version=v1 Service answered from another pod: {t:?}");
+    }
+    check_interrupt()?;
+
+    step(
+        5,
+        "kubectl delete service -l app=kubernetes-bootcamp: the pods keep running",
+    );
+    cluster.remove_manifest("service.yaml")?;
+    cluster.remove_manifest("service-v1.yaml")?;
+    for vip in [BOOTCAMP_VIP, BOOTCAMP_V1_VIP] {
+        cluster.wait_backends_ip(vip.into(), 8080, Proto::Tcp, None, Duration::from_secs(30))?;
+    }
+    let gone = client.curl(&url(BOOTCAMP_VIP, 8080), Duration::from_secs(2))?;
+    println!(
+        "  curl {}: {}",
+        url(BOOTCAMP_VIP, 8080),
+        if gone.ok() {
+            "answered (unexpected)".to_string()
+        } else {
+            format!("no Service (curl exit {})", gone.exit)
+        }
+    );
+    for p in &pods {
+        let o = client.curl(&url(p.addr, 80), Duration::from_secs(5))?;
+        println!(
+            "  curl {} (the pod itself): {}",
+            url(p.addr, 80),
+            if o.ok() {
+                format!("answered by {}", o.body)
+            } else {
+                format!("failed (curl exit {})", o.exit)
+            }
+        );
+        if !o.ok() {
+            bail!("{} stopped answering", p.name);
+        }
+    }
+    println!("\ntearing down (agents, servers, pins, namespaces)...");
+    drop(cluster);
+    Ok(())
 }
