@@ -68,14 +68,12 @@ mod node;
 mod ownership;
 mod problems;
 mod service;
+mod service_model;
 #[cfg(test)]
 mod tests;
 mod types;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::{
     core::v1::{Service, ServiceSpec},
@@ -85,12 +83,13 @@ use k8s_openapi::api::{
 pub use addr::{parse_cidr, parse_ip};
 pub use endpoints::{SERVICE_NAME_LABEL, slice_service};
 pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible, node_zone};
-pub use ownership::{Claims, ExternalPolicy, Seniority};
+pub use ownership::{Claims, ExternalPolicy};
 pub use problems::{Skip, SkipReason};
 pub use service::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+pub use service_model::ServiceModel;
 pub use types::{
     Backend, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_NAMESPACE, Family, Frontend, FrontendKind,
-    MAX_AFFINITY_TIMEOUT_S, NoDatapath, NodeInfo, Protocol, ServiceName, ServicePort,
+    MAX_AFFINITY_TIMEOUT_S, NoDatapath, NodeInfo, Protocol, Seniority, ServiceName, ServicePort,
 };
 
 use self::{
@@ -98,29 +97,6 @@ use self::{
     problems::Ctx,
     service::{Taken, check_port, frontends, read_shared},
 };
-
-/// Everything the datapath must do for one Service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceModel {
-    /// The service.
-    pub name: ServiceName,
-    /// One entry per (service port, family), ports in spec order, IPv4 before
-    /// IPv6 within a port.
-    pub ports: Vec<ServicePort>,
-    /// What was left out, sorted and deduplicated.
-    pub skipped: Vec<Skip>,
-    /// Set when the service has no datapath by design (then `ports` is empty).
-    pub no_datapath: Option<NoDatapath>,
-    /// `type: LoadBalancer` (the only type whose `healthCheckNodePort` is
-    /// served, as kube-proxy serves it).
-    pub load_balancer: bool,
-    /// The service's age, which decides who owns a frontend several
-    /// services claim (see [`Claims`]).
-    pub seniority: Seniority,
-    /// Its cluster IPs, sorted, whether or not it has a datapath: no
-    /// external IP or LB IP may take one (see [`Claims`]).
-    pub cluster_ips: Vec<IpAddr>,
-}
 
 /// Models a whole cluster: joins slices to services by namespace and
 /// `kubernetes.io/service-name` label, runs [`model_service`] on each and

@@ -31,68 +31,18 @@
 //! [`model_cluster`](super::model_cluster).
 
 use std::{
-    cmp::Ordering,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use k8s_openapi::{api::core::v1::Service, jiff::Timestamp};
+use k8s_openapi::api::core::v1::Service;
 
 use super::{
-    ServiceModel,
     addr::{cidr_contains, parse_ip},
     problems::{Skip, SkipReason},
-    types::{FrontendKind, Protocol, ServiceName},
+    service_model::ServiceModel,
+    types::{FrontendKind, Protocol, Seniority, ServiceName},
 };
-
-/// How old a Service is: what decides which of two services claiming one
-/// frontend owns it. Orders oldest first: an earlier
-/// `metadata.creationTimestamp`, then (same second) the smaller
-/// `metadata.uid`, then namespace/name. A service without a timestamp (a
-/// hand-written manifest) comes after every service with one, and one
-/// without a uid after every one with one.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Seniority {
-    /// `metadata.creationTimestamp`.
-    pub created: Option<Timestamp>,
-    /// `metadata.uid` (empty when absent).
-    pub uid: String,
-    /// The service.
-    pub name: ServiceName,
-}
-
-impl Seniority {
-    /// The seniority of a Service object.
-    pub fn of(svc: &Service) -> Self {
-        Self {
-            created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            uid: svc.metadata.uid.clone().unwrap_or_default(),
-            name: ServiceName::of(svc),
-        }
-    }
-
-    fn key(&self) -> (bool, Option<Timestamp>, bool, &str, &ServiceName) {
-        (
-            self.created.is_none(),
-            self.created,
-            self.uid.is_empty(),
-            &self.uid,
-            &self.name,
-        )
-    }
-}
-
-impl Ord for Seniority {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
-impl PartialOrd for Seniority {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
 
 /// The cluster-wide rules on external frontends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -2,9 +2,9 @@
 //! frontends, backends, the service ports the datapath programs, and the
 //! defaults of an object that names no namespace or affinity timeout.
 
-use std::{fmt, net::IpAddr};
+use std::{cmp::Ordering, fmt, net::IpAddr};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::{api::core::v1::Service, jiff::Timestamp};
 
 /// Namespace of an object that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -251,4 +251,53 @@ pub enum NoDatapath {
     /// Labelled `service.kubernetes.io/headless` (any value): kube-proxy's
     /// informers never see it.
     HeadlessLabel,
+}
+
+/// How old a Service is: what decides which of two services claiming one
+/// frontend owns it. Orders oldest first: an earlier
+/// `metadata.creationTimestamp`, then (same second) the smaller
+/// `metadata.uid`, then namespace/name. A service without a timestamp (a
+/// hand-written manifest) comes after every service with one, and one
+/// without a uid after every one with one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Seniority {
+    /// `metadata.creationTimestamp`.
+    pub created: Option<Timestamp>,
+    /// `metadata.uid` (empty when absent).
+    pub uid: String,
+    /// The service.
+    pub name: ServiceName,
+}
+
+impl Seniority {
+    /// The seniority of a Service object.
+    pub fn of(svc: &Service) -> Self {
+        Self {
+            created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            uid: svc.metadata.uid.clone().unwrap_or_default(),
+            name: ServiceName::of(svc),
+        }
+    }
+
+    fn key(&self) -> (bool, Option<Timestamp>, bool, &str, &ServiceName) {
+        (
+            self.created.is_none(),
+            self.created,
+            self.uid.is_empty(),
+            &self.uid,
+            &self.name,
+        )
+    }
+}
+
+impl Ord for Seniority {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+impl PartialOrd for Seniority {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
