@@ -61,6 +61,7 @@ mod endpoints;
 mod node;
 mod problems;
 mod service;
+mod service_cidr;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -77,6 +78,7 @@ pub use endpoints::{SERVICE_NAME_LABEL, slice_service};
 pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible, node_zone};
 pub use problems::{Skip, SkipReason};
 pub use service::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+pub use service_cidr::{Cidr, ServiceCidrs, parse_service_cidr};
 pub use types::{
     Backend, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_NAMESPACE, Family, Frontend, FrontendKind,
     MAX_AFFINITY_TIMEOUT_S, NoDatapath, NodeInfo, Protocol, ServiceName, ServicePort,

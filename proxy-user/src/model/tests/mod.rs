@@ -6,6 +6,7 @@ mod addr;
 mod endpoints;
 mod problems;
 mod service;
+mod service_cidr;
 mod topology;
 
 use std::net::IpAddr;
