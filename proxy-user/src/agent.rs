@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// `--nodeport-addresses`: node ports on every node address inside
     /// these networks (empty: the node interfaces' addresses).
     pub nodeport_cidrs: Vec<(IpAddr, u8)>,
+    /// `--service-cidr`: the service CIDRs while no ServiceCIDR object
+    /// gives any (empty: none, nothing is dropped).
+    pub service_cidrs: Vec<crate::model::Cidr>,
     /// Pin folder.
     pub bpffs: PathBuf,
     /// Map sizes for maps created now.
@@ -272,7 +275,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let health = Arc::new(AgentHealth::new(AgentHealth::timeout_for(
         cfg.sync.repair_every,
     )));
-    let syncer = Syncer::new(node, stats.clone());
+    let syncer = Syncer::new(node, stats.clone()).with_service_cidrs(cfg.service_cidrs.clone());
     let dp = Arc::new(Mutex::new(dp));
     let metrics = Arc::new(Metrics::new(stats, health.clone(), kube_stats));
     let mut servers = Vec::new();

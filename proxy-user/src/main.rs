@@ -88,6 +88,20 @@ struct RunArgs {
     /// addresses of the `--node-interfaces` (kube-proxy's `primary`).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
+    /// The networks cluster IPs are allocated from (the API server's
+    /// `--service-cluster-ip-range`, also accepted under that name), used
+    /// while the cluster has no ServiceCIDR objects: pods' traffic to an
+    /// address inside one that no Service holds is dropped. Repeat or
+    /// separate with commas (one per family, like 198.19.0.0/16 and
+    /// 2001:db8:1::/112).
+    #[arg(
+        long,
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        alias = "service-cluster-ip-range"
+    )]
+    service_cidr: Vec<String>,
     /// Pin folder on a bpffs.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
@@ -191,6 +205,15 @@ fn cidrs(texts: &[String]) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
         .collect()
 }
 
+/// `--service-cidr`: every entry must be one (see
+/// [`svcnat::model::parse_service_cidr`]).
+fn service_cidrs(texts: &[String]) -> Result<Vec<svcnat::model::Cidr>, String> {
+    texts
+        .iter()
+        .map(|t| svcnat::model::parse_service_cidr(t).map_err(|e| format!("--service-cidr: {e}")))
+        .collect()
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -281,6 +304,7 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
         pod_interfaces: patterns(&args.pod_interfaces)?,
         node_interfaces: patterns(&args.node_interfaces)?,
         nodeport_cidrs: cidrs(&args.nodeport_addresses)?,
+        service_cidrs: service_cidrs(&args.service_cidr)?,
         bpffs: args.bpffs,
         sizes: MapSizes {
             conntrack: args.conntrack_size,

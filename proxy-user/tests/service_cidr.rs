@@ -6,7 +6,8 @@
 //! (`drop_unallocated_service_ip`), as kube-proxy's nftables mode drops
 //! "traffic to unallocated ClusterIPs"; an address outside passes as
 //! before; an unknown port of a live cluster IP is still rejected, and a
-//! live frontend still translated.
+//! live frontend still translated. Then the sync pass: the ServiceCIDR
+//! objects' CIDRs, else `--service-cidr`, else none.
 //!
 //! Needs root and the eBPF object; without them the tests print why and
 //! pass.
@@ -15,13 +16,20 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::PathBuf,
+    sync::Arc,
 };
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use proxy_common::{Reason, ServiceCidr4, program_names};
-use svcnat::dataplane::{
-    BackendSpec, Dataplane, DataplaneConfig, DataplaneError, Frontend, MapSizes, ServiceCidr,
-    ServiceOpts, cleanup, open_pinned, program_fd,
+use svcnat::{
+    dataplane::{
+        BackendSpec, Dataplane, DataplaneConfig, DataplaneError, Frontend, MapSizes, ServiceCidr,
+        ServiceOpts, cleanup, open_pinned, program_fd,
+    },
+    model::NodeInfo,
+    sources::{Kind, Object, SourceEvent},
+    sync::{SyncStats, Syncer},
 };
 use svcnat_testkit::{
     datapath::{TC_ACT_SHOT, TCX_NEXT},
@@ -343,6 +351,101 @@ fn service_cidrs_are_written_once_repaired_and_adopted() {
         Err(DataplaneError::MapFull { .. })
     ));
     assert_eq!(dp.service_cidrs().expect("read"), want);
+}
+
+fn service_cidr(name: &str, list: &[&str]) -> SourceEvent {
+    let c: ServiceCIDR = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"cidrs": list},
+    }))
+    .expect("a ServiceCIDR");
+    SourceEvent::Apply(Object::ServiceCidr(Box::new(c)))
+}
+
+fn resync(kind: Kind) -> SourceEvent {
+    SourceEvent::Resync {
+        kind,
+        objects: vec![],
+    }
+}
+
+#[test]
+fn a_pass_writes_the_objects_cidrs_else_the_configured_ones() {
+    skip_unless!(Needs::pinned());
+    let dir = PinDir::new();
+    let mut dp = dir.open();
+    let node = NodeInfo {
+        zone: None,
+        name: "node-a".into(),
+        addresses: vec![],
+    };
+    let stats = Arc::new(SyncStats::default());
+    let flag = vec![cidr(CIDR4)];
+    let mut syncer = Syncer::new(node, Arc::clone(&stats)).with_service_cidrs(flag.clone());
+    for kind in [Kind::Node, Kind::Service, Kind::EndpointSlice] {
+        syncer.handle(resync(kind));
+    }
+    assert!(!syncer.ready(), "the ServiceCIDRs are listed before a pass");
+    syncer.handle(resync(Kind::ServiceCidr));
+    assert!(syncer.ready() && syncer.has_work());
+    syncer.pass(&mut dp);
+    assert_eq!(
+        dp.service_cidrs().expect("read"),
+        cidrs(&[CIDR4]),
+        "the flag"
+    );
+    assert!(!syncer.has_work());
+
+    // ServiceCIDR objects replace the flag; a bad entry is left out and
+    // counted.
+    syncer.handle(service_cidr("kubernetes", &["198.18.128.0/20", CIDR6]));
+    syncer.handle(service_cidr("extra", &["198.18.200.1/24"]));
+    assert!(syncer.has_work());
+    syncer.pass(&mut dp);
+    assert_eq!(
+        dp.service_cidrs().expect("read"),
+        cidrs(&["198.18.128.0/20", CIDR6])
+    );
+    assert_eq!(stats.skipped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The same object again changes nothing.
+    syncer.handle(service_cidr("extra", &["198.18.200.1/24"]));
+    assert!(!syncer.has_work());
+
+    // Deleted: the flag again. A relist without an object drops it too.
+    syncer.handle(SourceEvent::Delete {
+        kind: Kind::ServiceCidr,
+        namespace: String::new(),
+        name: "kubernetes".into(),
+    });
+    syncer.pass(&mut dp);
+    assert_eq!(dp.service_cidrs().expect("read"), cidrs(&[CIDR4]));
+    syncer.handle(service_cidr("kubernetes", &[CIDR6]));
+    syncer.pass(&mut dp);
+    assert_eq!(dp.service_cidrs().expect("read"), cidrs(&[CIDR6]));
+    syncer.handle(resync(Kind::ServiceCidr));
+    syncer.pass(&mut dp);
+    assert_eq!(dp.service_cidrs().expect("read"), cidrs(&[CIDR4]));
+
+    // Neither objects nor a flag: none (and a restarted agent's first pass
+    // clears what an earlier one left).
+    let mut fresh = Syncer::new(
+        NodeInfo {
+            zone: None,
+            name: "node-a".into(),
+            addresses: vec![],
+        },
+        stats,
+    );
+    for kind in [
+        Kind::Node,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::ServiceCidr,
+    ] {
+        fresh.handle(resync(kind));
+    }
+    fresh.pass(&mut dp);
+    assert!(dp.service_cidrs().expect("read").is_empty());
 }
 
 /// A pin folder of layout 4 from before the service-CIDR tries (an agent

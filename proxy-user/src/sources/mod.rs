@@ -1,4 +1,5 @@
-//! Where Services, EndpointSlices and this node's Node come from.
+//! Where Services, EndpointSlices, this node's Node and the cluster's
+//! ServiceCIDRs come from.
 //!
 //! Every source sends [`SourceEvent`]s into one channel; the sync task keeps the
 //! objects, coalesces bursts and recomputes only the services that changed.
@@ -9,6 +10,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -16,8 +18,8 @@ use k8s_openapi::{
 pub mod kube;
 pub mod manifests;
 
-/// A Service, an EndpointSlice or a Node, with managed fields already
-/// stripped.
+/// A Service, an EndpointSlice, a Node or a ServiceCIDR, with managed
+/// fields already stripped.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// `v1/Service`.
@@ -27,6 +29,9 @@ pub enum Object {
     /// `v1/Node` (cluster-scoped: no namespace). Sources may deliver other
     /// nodes' too; only this node's is used.
     Node(Box<Node>),
+    /// `networking.k8s.io/v1/ServiceCIDR` (cluster-scoped): a network
+    /// cluster IPs are allocated from.
+    ServiceCidr(Box<ServiceCIDR>),
 }
 
 impl Object {
@@ -36,6 +41,7 @@ impl Object {
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Node(_) => Kind::Node,
+            Self::ServiceCidr(_) => Kind::ServiceCidr,
         }
     }
 
@@ -45,6 +51,7 @@ impl Object {
             Self::Service(s) => &s.metadata,
             Self::EndpointSlice(s) => &s.metadata,
             Self::Node(n) => &n.metadata,
+            Self::ServiceCidr(c) => &c.metadata,
         }
     }
 
@@ -54,6 +61,7 @@ impl Object {
             Self::Service(s) => &mut s.metadata,
             Self::EndpointSlice(s) => &mut s.metadata,
             Self::Node(n) => &mut n.metadata,
+            Self::ServiceCidr(c) => &mut c.metadata,
         }
     }
 }
@@ -67,6 +75,8 @@ pub enum Kind {
     EndpointSlice,
     /// `v1/Node`.
     Node,
+    /// `networking.k8s.io/v1/ServiceCIDR`.
+    ServiceCidr,
 }
 
 /// What a source tells the sync task.

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::Path};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use serde::de::{Deserialize, Deserializer};
 use serde_yaml::Value;
@@ -28,6 +29,7 @@ enum Target {
     Service,
     EndpointSlice,
     Node,
+    ServiceCidr,
 }
 
 impl Target {
@@ -37,6 +39,7 @@ impl Target {
             ("v1", "Service") => Some(Self::Service),
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Self::EndpointSlice),
             ("v1", "Node") => Some(Self::Node),
+            ("networking.k8s.io/v1", "ServiceCIDR") => Some(Self::ServiceCidr),
             _ => None,
         }
     }
@@ -46,6 +49,7 @@ impl Target {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
             Self::Node => "Node",
+            Self::ServiceCidr => "ServiceCIDR",
         }
     }
 }
@@ -75,7 +79,8 @@ struct ShapeError {
 /// Parses one YAML or JSON text: multi-document YAML (`---`), a stream of
 /// JSON objects, a single object, or a list (`kind: List` as `kubectl get -o
 /// yaml` writes it, `ServiceList` / `EndpointSliceList` as the API returns
-/// them, or a bare array) of Services, EndpointSlices and Nodes.
+/// them, or a bare array) of Services, EndpointSlices, Nodes and
+/// ServiceCIDRs.
 ///
 /// JSON is recognised by a leading `{` or `[`. Other kinds are ignored. An
 /// object defined twice keeps the last definition (with a warning). Returns the
@@ -189,6 +194,9 @@ fn parse_document(
                 convert::<EndpointSlice>(&value).map(|s| Object::EndpointSlice(Box::new(s)))
             }
             Target::Node => convert::<Node>(&value).map(|n| Object::Node(Box::new(n))),
+            Target::ServiceCidr => {
+                convert::<ServiceCIDR>(&value).map(|c| Object::ServiceCidr(Box::new(c)))
+            }
         };
         let mut object = converted.map_err(|(error, path)| {
             let message = error.to_string();
@@ -196,7 +204,7 @@ fn parse_document(
                 RawError::unlocated(format!("document {document}: {} {message}", target.name()))
             })
         })?;
-        let namespaced = target != Target::Node;
+        let namespaced = !matches!(target, Target::Node | Target::ServiceCidr);
         let meta = object.meta_mut();
         if meta.name.as_deref().unwrap_or_default().is_empty() {
             return Err(fail_at(
@@ -276,8 +284,8 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
     Ok(out)
 }
 
-/// One object (or list item): kept when it is a Service, an EndpointSlice or
-/// a Node.
+/// One object (or list item): kept when it is a Service, an EndpointSlice,
+/// a Node or a ServiceCIDR.
 fn shape_item(
     value: Value,
     item: Option<usize>,

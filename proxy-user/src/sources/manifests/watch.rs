@@ -232,9 +232,9 @@ async fn load_blocking(path: &Path) -> Result<Vec<Object>, String> {
     }
 }
 
-/// The resyncs (Nodes, Services, then EndpointSlices) of a full set of
-/// objects.
-fn resync_events(objects: &[Object]) -> [SourceEvent; 3] {
+/// The resyncs (Nodes, Services, EndpointSlices, then ServiceCIDRs) of a
+/// full set of objects.
+fn resync_events(objects: &[Object]) -> [SourceEvent; 4] {
     let of_kind = |kind: Kind| {
         objects
             .iter()
@@ -254,6 +254,10 @@ fn resync_events(objects: &[Object]) -> [SourceEvent; 3] {
         SourceEvent::Resync {
             kind: Kind::EndpointSlice,
             objects: of_kind(Kind::EndpointSlice),
+        },
+        SourceEvent::Resync {
+            kind: Kind::ServiceCidr,
+            objects: of_kind(Kind::ServiceCidr),
         },
     ]
 }

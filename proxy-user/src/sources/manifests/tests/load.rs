@@ -109,6 +109,7 @@ fn the_examples_model_as_documented() {
             Object::Service(svc) => services.push(*svc),
             Object::EndpointSlice(slice) => slices.push(*slice),
             Object::Node(node) => panic!("the examples hold no Node: {node:?}"),
+            Object::ServiceCidr(c) => panic!("the examples hold no ServiceCIDR: {c:?}"),
         }
     }
     let node = NodeInfo {
