@@ -144,7 +144,7 @@ pub struct Dataplane {
     pub(super) ct_removed: u64,
     /// The service CIDRs the tries should hold (see
     /// [`Dataplane::set_service_cidrs`]).
-    pub(super) service_cidrs: BTreeSet<super::cidrs::ServiceCidr>,
+    pub(super) service_cidrs: BTreeSet<(std::net::IpAddr, u8)>,
 }
 
 impl Dataplane {
