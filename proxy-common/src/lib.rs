@@ -403,6 +403,18 @@ pub struct SrcRange4 {
     pub addr: [u8; 4],
 }
 
+/// Data of a service-CIDR LPM key (`SVCNAT_SVCCIDR4`): a network of
+/// cluster IPs (a ServiceCIDR's `spec.cidrs`, or `--service-cidr`). The
+/// prefix length of a key is the network's. Pods' traffic to an address
+/// inside one that no frontend and no VIP marker holds is dropped
+/// ([`Reason::DropUnallocatedServiceIp`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceCidr4 {
+    /// Network or destination address, network order.
+    pub addr: [u8; 4],
+}
+
 /// Key of an IPv6 service frontend: as [`Svc4Key`], with an IPv6 VIP. The
 /// fields have the same names as [`Svc4Key`]'s, so that the datapath's
 /// family-neutral code builds either.
@@ -564,6 +576,14 @@ pub struct SrcRange6 {
     /// Service id, big-endian.
     pub svc_id: [u8; 4],
     /// Range or client address, network order.
+    pub addr: [u8; 16],
+}
+
+/// Data of an IPv6 service-CIDR LPM key (as [`ServiceCidr4`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceCidr6 {
+    /// Network or destination address, network order.
     pub addr: [u8; 16],
 }
 
@@ -808,6 +828,12 @@ reasons! {
     /// the call fails with `EHOSTUNREACH` (kube-proxy drops the packets;
     /// a socket is told at once).
     SockNoLocalBackend = 36, "sock_no_local_backend";
+    /// A pod's packet to an address inside a service CIDR that no Service
+    /// holds (no frontend, no VIP marker): dropped, as kube-proxy's
+    /// nftables mode drops "traffic to unallocated ClusterIPs" (a drop,
+    /// not a reject: a SYN to a Service created a moment ago is sent
+    /// again and reaches it once it is programmed).
+    DropUnallocatedServiceIp = 37, "drop_unallocated_service_ip";
 }
 
 /// Not a reason: the slot of the stats map that counts conntrack entries
@@ -819,6 +845,10 @@ pub const STAT_CT_CREATED: u32 = 63;
 
 /// Size of the stats map: room for reasons added later without a new layout.
 pub const STATS_SLOTS: u32 = 64;
+
+/// Entries of each service-CIDR trie: service CIDRs of one family (a
+/// ServiceCIDR object has at most one per family; a cluster has a few).
+pub const SERVICE_CIDRS_MAX: u32 = 256;
 
 /// Layout version of the pinned maps. Bump when a key, a value or the
 /// meaning of an entry changes, and teach the agent to migrate from the
@@ -836,7 +866,8 @@ pub const STATS_SLOTS: u32 = 64;
 ///   SNAT, node addresses, affinity, source ranges). The IPv4 maps keep
 ///   their layout-3 form; service ids, slots, labels and stats are shared.
 ///   Also the socket maps (`SVCNAT_SOCK4`, `SVCNAT_SOCK6`,
-///   `SVCNAT_SOCK_CFG`), added before layout 4 was released: a folder of
+///   `SVCNAT_SOCK_CFG`) and the service-CIDR tries (`SVCNAT_SVCCIDR4`,
+///   `SVCNAT_SVCCIDR6`), added before layout 4 was released: a folder of
 ///   layout 4 without them gets them created empty.
 pub const LAYOUT_VERSION: u32 = 4;
 
@@ -877,6 +908,8 @@ mod pod {
     unsafe impl aya::Pod for super::Sock6Key {}
     unsafe impl aya::Pod for super::Sock6Value {}
     unsafe impl aya::Pod for super::SockConfig {}
+    unsafe impl aya::Pod for super::ServiceCidr4 {}
+    unsafe impl aya::Pod for super::ServiceCidr6 {}
 }
 
 #[cfg(test)]
@@ -919,6 +952,8 @@ mod tests {
         assert_eq!(size_of::<Sock6Key>(), 32);
         assert_eq!(size_of::<Sock6Value>(), 20);
         assert_eq!(size_of::<SockConfig>(), 16);
+        assert_eq!(size_of::<ServiceCidr4>(), 4);
+        assert_eq!(size_of::<ServiceCidr6>(), 16);
     }
 
     #[test]

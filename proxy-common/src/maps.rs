@@ -140,6 +140,17 @@ macro_rules! svcnat_maps {
             /// translate nothing. Written by the agent; fixed size.
             SOCK_CFG = "SVCNAT_SOCK_CFG", Hash,
                 u32 => $crate::SockConfig, $crate::MapSize::Fixed(1), 4, 4;
+            /// Service CIDRs (ServiceCIDR objects' `spec.cidrs`, else
+            /// `--service-cidr`): LPM trie of
+            /// [`ServiceCidr4`](crate::ServiceCidr4) -> `u32` (1). Pods'
+            /// traffic to an address inside one that no frontend holds is
+            /// dropped. Written by the agent; fixed size.
+            SVCCIDR4 = "SVCNAT_SVCCIDR4", LpmTrie,
+                $crate::ServiceCidr4 => u32, $crate::MapSize::Fixed($crate::SERVICE_CIDRS_MAX), 4, 4;
+            /// As `SVCNAT_SVCCIDR4`, for IPv6:
+            /// [`ServiceCidr6`](crate::ServiceCidr6) -> `u32` (1).
+            SVCCIDR6 = "SVCNAT_SVCCIDR6", LpmTrie,
+                $crate::ServiceCidr6 => u32, $crate::MapSize::Fixed($crate::SERVICE_CIDRS_MAX), 4, 4;
             /// The TC programs IPv6 packets go on to by a tail call, slot
             /// (`u32`) -> program ([`TAIL_CALLS`](crate::TAIL_CALLS)). Pinned
             /// like the rest, so that the attached programs keep reaching

@@ -54,6 +54,9 @@ pub struct AgentConfig {
     /// `--external-ip-cidrs`: when set, only external IPs inside these
     /// networks are served (see [`crate::model::ExternalPolicy`]).
     pub external_ip_cidrs: Option<Vec<(IpAddr, u8)>>,
+    /// `--service-cidr`: the service CIDRs while no ServiceCIDR object
+    /// gives any (empty: none, nothing is dropped).
+    pub service_cidrs: Vec<crate::model::Cidr>,
     /// Pin folder.
     pub bpffs: PathBuf,
     /// Map sizes for maps created now.
@@ -281,7 +284,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         allowed_external_ips: cfg.external_ip_cidrs.clone(),
         ..ExternalPolicy::for_node(node.addresses.iter().copied())
     };
-    let syncer = Syncer::new(node, stats.clone()).with_external_policy(policy);
+    let syncer = Syncer::new(node, stats.clone())
+        .with_external_policy(policy)
+        .with_service_cidrs(cfg.service_cidrs.clone());
     let dp = Arc::new(Mutex::new(dp));
     let metrics = Arc::new(Metrics::new(stats, health.clone(), kube_stats));
     let mut servers = Vec::new();

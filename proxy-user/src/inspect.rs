@@ -677,7 +677,7 @@ pub fn pods(
             Object::Service(s) => services.push(*s),
             Object::Pod(p) => pods.push(*p),
             Object::Node(n) => nodes.push(*n),
-            Object::EndpointSlice(_) => {}
+            Object::EndpointSlice(_) | Object::ServiceCidr(_) => {}
         }
     }
     let selection = crate::selector::derive(&services, &pods, &nodes);

@@ -98,6 +98,20 @@ struct RunArgs {
     /// Default: any external IP that is no cluster IP or node address.
     #[arg(long, num_args = 0.., value_delimiter = ',', value_name = "CIDR")]
     external_ip_cidrs: Option<Vec<String>>,
+    /// The networks cluster IPs are allocated from (the API server's
+    /// `--service-cluster-ip-range`, also accepted under that name), used
+    /// while the cluster has no ServiceCIDR objects: pods' traffic to an
+    /// address inside one that no Service holds is dropped. Repeat or
+    /// separate with commas (one per family, like 198.19.0.0/16 and
+    /// 2001:db8:1::/112).
+    #[arg(
+        long,
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        alias = "service-cluster-ip-range"
+    )]
+    service_cidr: Vec<String>,
     /// Pin folder on a bpffs.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
@@ -197,6 +211,15 @@ fn cidrs(flag: &str, texts: &[String]) -> Result<Vec<(std::net::IpAddr, u8)>, St
             svcnat::model::addr::parse_cidr(t)
                 .ok_or_else(|| format!("--{flag}: {t:?} is not a CIDR (like 198.18.0.0/24)"))
         })
+        .collect()
+}
+
+/// `--service-cidr`: every entry must be one (see
+/// [`svcnat::model::parse_service_cidr`]).
+fn service_cidrs(texts: &[String]) -> Result<Vec<svcnat::model::Cidr>, String> {
+    texts
+        .iter()
+        .map(|t| svcnat::model::parse_service_cidr(t).map_err(|e| format!("--service-cidr: {e}")))
         .collect()
 }
 
@@ -320,6 +343,7 @@ fn build_config(args: RunArgs) -> Result<AgentConfig, String> {
             .as_deref()
             .map(|texts| cidrs("external-ip-cidrs", texts))
             .transpose()?,
+        service_cidrs: service_cidrs(&args.service_cidr)?,
         bpffs: args.bpffs,
         sizes: MapSizes {
             conntrack: args.conntrack_size,

@@ -10,6 +10,9 @@
 /// - Nodes: `get`, `list` and `watch`, as kube-proxy's `system:node-proxier`
 ///   role grants, for this node's addresses and topology labels (NodePort
 ///   addresses, topology-aware routing).
+/// - ServiceCIDRs (`networking.k8s.io`, cluster-scoped): `list` and
+///   `watch`, for the networks cluster IPs come from (traffic to an
+///   unallocated one is dropped), as kube-proxy's role grants since 1.33.
 ///
 /// Nothing is written: no events, no status, no leases.
 pub const API_ACCESS: &[(&str, &str, &str)] = &[
@@ -20,6 +23,8 @@ pub const API_ACCESS: &[(&str, &str, &str)] = &[
     ("", "nodes", "get"),
     ("", "nodes", "list"),
     ("", "nodes", "watch"),
+    ("networking.k8s.io", "servicecidrs", "list"),
+    ("networking.k8s.io", "servicecidrs", "watch"),
 ];
 
 /// Name of the ServiceAccount, ClusterRole and ClusterRoleBinding in

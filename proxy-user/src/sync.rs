@@ -10,7 +10,9 @@
 //! pass, and repairs drift periodically.
 //!
 //! A pass also works out which service each `healthCheckNodePort` answers
-//! for ([`Syncer::health_checks`], see [`crate::healthcheck`]).
+//! for ([`Syncer::health_checks`], see [`crate::healthcheck`]), and writes
+//! the service CIDRs when they changed ([`model::ServiceCidrs`]: the
+//! ServiceCIDR objects', else `--service-cidr`).
 //!
 //! A frontend several services claim belongs to the oldest, and external
 //! IPs and LB IPs never take a cluster IP or a node address
@@ -36,7 +38,10 @@ use tokio::sync::mpsc;
 use crate::{
     dataplane::{Dataplane, DataplaneError, Frontend, FrontendSpec, Upsert},
     healthcheck::{self, HealthChecks},
-    model::{self, Claims, ExternalPolicy, NodeInfo, Protocol, ServiceModel, ServiceName},
+    model::{
+        self, Cidr, Claims, ExternalPolicy, NodeInfo, Protocol, ServiceCidrs, ServiceModel,
+        ServiceName,
+    },
     plan,
     sources::{Kind, Object, SourceEvent},
 };
@@ -133,6 +138,10 @@ pub struct Syncer {
     pub last_pass_duration: Duration,
     /// What the datapath translates (see [`plan::DATAPATH`]).
     datapath: plan::Translates,
+    /// The service CIDRs (ServiceCIDR objects, `--service-cidr`), and
+    /// whether they changed since the last pass wrote them.
+    cidrs: ServiceCidrs,
+    cidrs_dirty: bool,
 }
 
 impl Syncer {
@@ -149,6 +158,14 @@ impl Syncer {
     /// external IP).
     pub fn with_external_policy(mut self, policy: ExternalPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// This syncer with `configured` (`--service-cidr`) as the service
+    /// CIDRs while no ServiceCIDR object gives any.
+    pub fn with_service_cidrs(mut self, configured: Vec<Cidr>) -> Self {
+        self.cidrs = ServiceCidrs::new(configured);
+        self.cidrs_dirty = true;
         self
     }
 
@@ -178,6 +195,8 @@ impl Syncer {
             last_latencies: Vec::new(),
             last_pass_duration: Duration::ZERO,
             datapath: plan::DATAPATH,
+            cidrs: ServiceCidrs::default(),
+            cidrs_dirty: true,
         }
     }
 
@@ -185,9 +204,14 @@ impl Syncer {
     /// that a pass would program a half-empty cluster (or, before the Node,
     /// ignore the zone its topology hints name).
     pub fn ready(&self) -> bool {
-        [Kind::Service, Kind::EndpointSlice, Kind::Node]
-            .iter()
-            .all(|k| self.resynced.contains(k))
+        [
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Node,
+            Kind::ServiceCidr,
+        ]
+        .iter()
+        .all(|k| self.resynced.contains(k))
     }
 
     /// Whether load balancers may send to this node: no Node object says it
@@ -242,7 +266,7 @@ impl Syncer {
 
     /// Whether a pass has work to do.
     pub fn has_work(&self) -> bool {
-        self.ready() && (!self.dirty.is_empty() || !self.first_pass_done)
+        self.ready() && (!self.dirty.is_empty() || !self.first_pass_done || self.cidrs_dirty)
     }
 
     fn mark(&mut self, name: ServiceName, at: Instant) {
@@ -275,6 +299,9 @@ impl Syncer {
                                 seen.insert(obj_key(&n.metadata));
                             }
                         }
+                        Object::ServiceCidr(c) if kind == Kind::ServiceCidr => {
+                            seen.insert(obj_key(&c.metadata));
+                        }
                         _ => continue,
                     }
                     self.apply(obj, now);
@@ -300,6 +327,13 @@ impl Syncer {
                         .into_iter()
                         .collect(),
                     Kind::Pod => Vec::new(),
+                    // Cluster-scoped: keyed by name only.
+                    Kind::ServiceCidr => self
+                        .cidrs
+                        .names()
+                        .filter(|n| !seen.iter().any(|(_, s)| s == n))
+                        .map(|n| (String::new(), n.to_owned()))
+                        .collect(),
                 };
                 for k in gone {
                     self.delete(kind, k, now);
@@ -346,6 +380,15 @@ impl Syncer {
             // The manifests source turns Pods into slices; the API's
             // slices come from the EndpointSlice controller.
             Object::Pod(_) => {}
+            Object::ServiceCidr(c) => {
+                if let Some(problems) = self.cidrs.apply(&c) {
+                    for p in problems {
+                        tracing::warn!("skipped: {p}");
+                        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.cidrs_dirty = true;
+                }
+            }
         }
     }
 
@@ -381,6 +424,35 @@ impl Syncer {
                 }
             }
             Kind::Pod => {}
+            Kind::ServiceCidr => {
+                if self.cidrs.delete(&key.1) {
+                    self.cidrs_dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Writes the service CIDRs when they changed, after the pass's
+    /// frontends (a new Service on an address the CIDRs cover is
+    /// programmed first). On failure they stay to write at the next pass.
+    fn sync_service_cidrs(&mut self, dp: &mut Dataplane, report: &mut PassReport) {
+        if !self.cidrs_dirty {
+            return;
+        }
+        let want = self.cidrs.effective();
+        match dp.set_service_cidrs(&want) {
+            Ok(changed) => {
+                if changed > 0 {
+                    let cidrs: Vec<String> = want.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+                    tracing::info!(
+                        from = self.cidrs.origin(),
+                        ?cidrs,
+                        "service CIDRs: traffic from pods to an address inside them that no Service holds is dropped"
+                    );
+                }
+                self.cidrs_dirty = false;
+            }
+            Err(e) => report.skipped.push(format!("service CIDRs: {e}")),
         }
     }
 
@@ -464,6 +536,7 @@ impl Syncer {
                 tracing::error!("clearing UDP conntrack entries of removed backends: {e}");
             }
         }
+        self.sync_service_cidrs(dp, &mut report);
         self.assign_health_checks(&mut report);
         let done = Instant::now();
         self.last_latencies = since.values().map(|t| done.duration_since(*t)).collect();
@@ -762,6 +835,7 @@ mod tests {
             (Kind::Node, vec![]),
             (Kind::Service, vec![Object::Service(Box::new(svc))]),
             (Kind::EndpointSlice, vec![]),
+            (Kind::ServiceCidr, vec![]),
         ] {
             s.handle(SourceEvent::Resync { kind, objects });
         }

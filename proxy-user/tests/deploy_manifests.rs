@@ -417,9 +417,9 @@ fn the_cluster_role_grants_exactly_what_the_agent_needs() {
 }
 
 /// The kube source against the test API server, which answers 404 to
-/// anything but list and watch of Services and EndpointSlices: it reaches
-/// both kinds' watches with no failed request, and each request it made is
-/// in [`API_ACCESS`].
+/// anything but list and watch of Services, EndpointSlices, Nodes and
+/// ServiceCIDRs: it reaches every kind's watch with no failed request, and
+/// each request it made is in [`API_ACCESS`].
 #[tokio::test]
 async fn api_access_covers_every_request_of_the_kube_source() {
     let test = async {
@@ -433,7 +433,7 @@ async fn api_access_covers_every_request_of_the_kube_source() {
             "node-a".to_owned(),
         ));
         let mut resynced = BTreeSet::new();
-        while resynced.len() < 3 {
+        while resynced.len() < 4 {
             match rx.recv().await {
                 Some(SourceEvent::Resync { kind, .. }) => {
                     resynced.insert(kind);
@@ -445,10 +445,13 @@ async fn api_access_covers_every_request_of_the_kube_source() {
         server.wait_watching(Kind::Service).await;
         server.wait_watching(Kind::EndpointSlice).await;
         server.wait_watching(Kind::Node).await;
+        server.wait_watching(Kind::ServiceCidr).await;
         let mut made = BTreeSet::new();
         for (kind, group, resource) in [
             (Kind::Service, "", "services"),
             (Kind::EndpointSlice, "discovery.k8s.io", "endpointslices"),
+            (Kind::Node, "", "nodes"),
+            (Kind::ServiceCidr, "networking.k8s.io", "servicecidrs"),
         ] {
             let c = server.counters(kind);
             if c.lists > 0 {
@@ -471,7 +474,7 @@ async fn api_access_covers_every_request_of_the_kube_source() {
     let made = tokio::time::timeout(Duration::from_secs(60), test)
         .await
         .expect("the kube source reached its watches within 60 s");
-    assert_eq!(made.len(), 4, "{made:?}");
+    assert_eq!(made.len(), 8, "{made:?}");
     let need = api_access();
     for m in &made {
         assert!(need.contains(m), "the kube source needs {m:?}");

@@ -16,6 +16,7 @@ use k8s_openapi::{
     api::{
         core::v1::{ConfigMap, Node, Service, ServicePort, ServiceSpec},
         discovery::v1::{Endpoint, EndpointSlice},
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
 };
@@ -145,11 +146,11 @@ impl Source {
         }
     }
 
-    /// The next three events, which must be one Resync per kind (any
+    /// The next four events, which must be one Resync per kind (any
     /// order).
     async fn resyncs(&mut self) -> BTreeMap<Kind, Vec<Object>> {
         let mut lists = BTreeMap::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             match self.recv().await {
                 SourceEvent::Resync { kind, objects } => {
                     assert!(
@@ -178,6 +179,7 @@ async fn wait_watching(server: &ApiServer) {
     server.wait_watching(Kind::Service).await;
     server.wait_watching(Kind::EndpointSlice).await;
     server.wait_watching(Kind::Node).await;
+    server.wait_watching(Kind::ServiceCidr).await;
 }
 
 #[tokio::test]
@@ -258,6 +260,79 @@ async fn only_this_nodes_node_is_listed_and_watched() {
         assert_eq!((source.restarts(), source.errors()), (0, 0));
     })
     .await;
+}
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCIDR {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"cidrs": cidrs},
+    }))
+    .expect("a ServiceCIDR")
+}
+
+/// ServiceCIDRs (cluster-scoped) are listed and watched like the rest.
+#[tokio::test]
+async fn service_cidrs_are_listed_and_watched() {
+    within(async {
+        let server = ApiServer::start().await;
+        server.apply(service_cidr("kubernetes", &["198.19.0.0/16"]));
+        let mut source = Source::start(&server);
+        let lists = source.resyncs().await;
+        assert_eq!(
+            lists[&Kind::ServiceCidr],
+            vec![expected_one(&server, Kind::ServiceCidr, "", "kubernetes")]
+        );
+        wait_watching(&server).await;
+        server.apply(service_cidr("extra", &["198.18.64.0/20"]));
+        let extra = expected_one(&server, Kind::ServiceCidr, "", "extra");
+        assert_eq!(source.recv().await, SourceEvent::Apply(extra));
+        assert!(server.delete(Kind::ServiceCidr, "", "kubernetes").is_some());
+        assert_eq!(
+            source.recv().await,
+            SourceEvent::Delete {
+                kind: Kind::ServiceCidr,
+                namespace: String::new(),
+                name: "kubernetes".to_owned(),
+            }
+        );
+        assert_eq!((source.restarts(), source.errors()), (0, 0));
+    })
+    .await;
+}
+
+/// An API server without ServiceCIDRs (404: before Kubernetes 1.33) or
+/// that refuses them (403: an older ClusterRole) does not hold the agent
+/// back: the first refusal counts as an empty list, and ServiceCIDRs served
+/// later still arrive (the watcher keeps retrying).
+#[tokio::test]
+async fn service_cidrs_not_served_give_an_empty_list_and_arrive_later() {
+    for code in [404, 403] {
+        within(async {
+            let server = ApiServer::start().await;
+            server.refuse(Kind::ServiceCidr, Some(code));
+            server.apply(service("default", "web", "10.96.0.10"));
+            let mut source = Source::start(&server);
+            let lists = source.resyncs().await;
+            assert_eq!(lists[&Kind::ServiceCidr], vec![], "{code}");
+            assert_eq!(lists[&Kind::Service].len(), 1, "{code}");
+            assert!(source.errors() >= 1, "{code}: the refusal is counted");
+            server.apply(service_cidr("kubernetes", &["198.19.0.0/16"]));
+            server.refuse(Kind::ServiceCidr, None);
+            // The retry (kube's backoff: under a second at first) lists it.
+            match source.recv().await {
+                SourceEvent::Resync {
+                    kind: Kind::ServiceCidr,
+                    objects,
+                } => assert_eq!(
+                    objects,
+                    vec![expected_one(&server, Kind::ServiceCidr, "", "kubernetes")],
+                    "{code}"
+                ),
+                other => panic!("{code}: expected the ServiceCIDR list, got {other:?}"),
+            }
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -378,11 +453,16 @@ async fn expired_watch_relists_with_the_current_objects() {
             expected(&server, Kind::EndpointSlice)
         );
         assert_eq!(lists[&Kind::Node], expected(&server, Kind::Node));
-        for kind in [Kind::Service, Kind::EndpointSlice, Kind::Node] {
+        for kind in [
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Node,
+            Kind::ServiceCidr,
+        ] {
             assert_eq!(server.counters(kind).lists, 2, "{kind:?} relisted once");
         }
-        assert_eq!(source.restarts(), 3, "one relist per kind");
-        assert!(source.errors() >= 3, "the 410 of each kind is counted");
+        assert_eq!(source.restarts(), 4, "one relist per kind");
+        assert!(source.errors() >= 4, "the 410 of each kind is counted");
 
         // And the new watch delivers later changes.
         wait_watching(&server).await;

@@ -7,7 +7,8 @@ use proxy_common::{
 };
 
 use super::{
-    AFFINITY, Addr, AffinityKey, BACKEND, Backend, SRC_PREFIX_FULL, SRCRANGE, SVC, SrcRange, SvcKey,
+    ADDR_PREFIX_FULL, AFFINITY, Addr, AffinityKey, BACKEND, Backend, SRC_PREFIX_FULL, SRCRANGE,
+    SVC, SVCCIDR, ServiceCidr, SrcRange, SvcKey,
 };
 use crate::maps::SLOTS;
 
@@ -54,6 +55,15 @@ pub(crate) fn lb_is_vip(addr: Addr) -> bool {
         Some(v) => v.flags & SVC_FLAG_VIP != 0,
         None => false,
     }
+}
+
+/// Whether `addr` is inside one of the service CIDRs (the networks cluster
+/// IPs are allocated from). Asked only of addresses no frontend and no VIP
+/// marker holds: an unallocated cluster IP.
+#[inline(always)]
+pub(crate) fn lb_in_service_cidr(addr: Addr) -> bool {
+    let key = Key::new(ADDR_PREFIX_FULL, ServiceCidr { addr });
+    SVCCIDR.get(&key).is_some()
 }
 
 /// Whether `client` is inside one of the source ranges of service `svc_id`.

@@ -12,7 +12,9 @@ use super::{
     ct::{NewFlow, ReplyNat, ct_lookup_reply, ct_lookup_service, now, reply_key, service_key},
     frag::{frag_record, frag_translate},
     icmp_error, l3,
-    lb::{lb_is_vip, lb_lookup, lb_lookup_internal, lb_select, lb_source_allowed},
+    lb::{
+        lb_in_service_cidr, lb_is_vip, lb_lookup, lb_lookup_internal, lb_select, lb_source_allowed,
+    },
     nat::{Dnat, End, nat_rewrite},
     reject,
     snat::{open_flow, snat_lookup_rev},
@@ -98,18 +100,27 @@ fn classify(ctx: &TcContext, t: &mut Ingress) -> Result<Verdict, Reason> {
         Transport::Ports(l4) => l4,
         Transport::LaterFragment => return frag_translate(ctx, ip, CT_DIR_SERVICE, End::Dst),
         Transport::Other => {
-            let reason = if lb_is_vip(ip.daddr) {
-                Reason::PassOtherProtocol
-            } else {
-                Reason::PassNotService
-            };
-            return Ok(pass(reason));
+            if lb_is_vip(ip.daddr) {
+                return Ok(pass(Reason::PassOtherProtocol));
+            }
+            if lb_in_service_cidr(ip.daddr) {
+                return Err(Reason::DropUnallocatedServiceIp);
+            }
+            return Ok(pass(Reason::PassNotService));
         }
     };
     let l4 = &t.l4;
     let Some(svc) = lb_lookup(ip.daddr, l4.dport, l4.proto) else {
         if lb_is_vip(ip.daddr) {
             return Ok(hand_over(TO_REJECT, Reason::RejectUnknownPort));
+        }
+        // An address of a service CIDR that no Service holds: dropped,
+        // as kube-proxy's nftables mode does, rather than sent to the
+        // default route. Not rejected: a client retries a dropped SYN,
+        // and reaches a Service created a moment ago once it is
+        // programmed.
+        if lb_in_service_cidr(ip.daddr) {
+            return Err(Reason::DropUnallocatedServiceIp);
         }
         if l4.dport < SNAT_PORT_MIN {
             // Not to a port hairpin flows come from: not a reply of one.

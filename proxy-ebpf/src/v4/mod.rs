@@ -43,8 +43,8 @@ use crate::verdict::{Action, Verdict};
 pub(crate) use proxy_common::{
     AffinityKey, Backend4 as Backend, Ct4Key as CtKey, CtValue, Frag4Key as FragKey,
     Frag4Value as FragValue, HAIRPIN_ADDR_DEFAULT as HAIRPIN_DEFAULT,
-    NODE4_HAIRPIN_KEY as HAIRPIN_KEY, Snat4Value as SnatValue, Sock4Key as SockKey,
-    Sock4Value as SockValue, SrcRange4 as SrcRange, Svc4Key as SvcKey,
+    NODE4_HAIRPIN_KEY as HAIRPIN_KEY, ServiceCidr4 as ServiceCidr, Snat4Value as SnatValue,
+    Sock4Key as SockKey, Sock4Value as SockValue, SrcRange4 as SrcRange, Svc4Key as SvcKey,
 };
 
 pub(crate) use self::{
@@ -54,7 +54,7 @@ pub(crate) use self::{
 };
 pub(crate) use crate::maps::{
     AFFINITY4 as AFFINITY, BACKEND4 as BACKEND, CT4 as CT, FRAG4 as FRAG, NODE4 as NODE,
-    SNAT4 as SNAT, SOCK4 as SOCK, SRCRANGE4 as SRCRANGE, SVC4 as SVC,
+    SNAT4 as SNAT, SOCK4 as SOCK, SRCRANGE4 as SRCRANGE, SVC4 as SVC, SVCCIDR4 as SVCCIDR,
 };
 
 /// An IPv4 address, network order.
@@ -65,6 +65,9 @@ pub(crate) const L3_CSUM: Option<usize> = Some(IP_CSUM_OFF);
 
 /// LPM prefix length of a whole client address after the service id.
 pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 32;
+
+/// LPM prefix length of a whole address (service-CIDR lookups).
+pub(crate) const ADDR_PREFIX_FULL: u32 = 32;
 
 /// Runs `f`, a step of a pipeline that IPv6 runs in a stack frame of its
 /// own (see `v6::apart`): IPv4's frames fit as one, so inlined here (no

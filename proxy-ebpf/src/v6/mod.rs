@@ -42,8 +42,8 @@ use crate::verdict::{Action, Verdict, pack, unpack};
 pub(crate) use proxy_common::{
     Affinity6Key as AffinityKey, Backend6 as Backend, Ct6Key as CtKey, Ct6Value as CtValue,
     Frag6Key as FragKey, Frag6Value as FragValue, HAIRPIN6_ADDR_DEFAULT as HAIRPIN_DEFAULT,
-    NODE6_HAIRPIN_KEY as HAIRPIN_KEY, Snat6Value as SnatValue, Sock6Key as SockKey,
-    Sock6Value as SockValue, SrcRange6 as SrcRange, Svc6Key as SvcKey,
+    NODE6_HAIRPIN_KEY as HAIRPIN_KEY, ServiceCidr6 as ServiceCidr, Snat6Value as SnatValue,
+    Sock6Key as SockKey, Sock6Value as SockValue, SrcRange6 as SrcRange, Svc6Key as SvcKey,
 };
 
 pub(crate) use self::{
@@ -53,7 +53,7 @@ pub(crate) use self::{
 };
 pub(crate) use crate::maps::{
     AFFINITY6 as AFFINITY, BACKEND6 as BACKEND, CT6 as CT, FRAG6 as FRAG, NODE6 as NODE,
-    SNAT6 as SNAT, SOCK6 as SOCK, SRCRANGE6 as SRCRANGE, SVC6 as SVC,
+    SNAT6 as SNAT, SOCK6 as SOCK, SRCRANGE6 as SRCRANGE, SVC6 as SVC, SVCCIDR6 as SVCCIDR,
 };
 
 /// The slots of the per-CPU scratch space (`SVCNAT_SCRATCH6`, see
@@ -98,6 +98,9 @@ pub(crate) const L3_CSUM: Option<usize> = None;
 
 /// LPM prefix length of a whole client address after the service id.
 pub(crate) const SRC_PREFIX_FULL: u32 = 32 + 128;
+
+/// LPM prefix length of a whole address (service-CIDR lookups).
+pub(crate) const ADDR_PREFIX_FULL: u32 = 128;
 
 /// Runs `f`, a step of a pipeline, in a BPF subprogram of its own (one per
 /// call site: `f`'s type is its closure): its stack frame is apart from

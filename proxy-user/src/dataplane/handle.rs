@@ -142,6 +142,9 @@ pub struct Dataplane {
     pub(super) pending_migration: Option<u32>,
     /// Conntrack entries deleted by this dataplane (for the eviction count).
     pub(super) ct_removed: u64,
+    /// The service CIDRs the tries should hold (see
+    /// [`Dataplane::set_service_cidrs`]).
+    pub(super) service_cidrs: BTreeSet<(std::net::IpAddr, u8)>,
 }
 
 impl Dataplane {

@@ -100,6 +100,7 @@ impl Dataplane {
             node_attached: BTreeSet::new(),
             pending_migration: None,
             ct_removed: 0,
+            service_cidrs: BTreeSet::new(),
         };
         dp.adopt()?;
         if let Some(from) = migrate_from {
@@ -389,6 +390,8 @@ impl Dataplane {
             .collect();
         self.table.svc_ids.rebuild(ids.into_iter());
         self.table.backend_ids.rebuild(by_id.keys().copied());
+        // Kept as they are until the agent sets its own.
+        self.service_cidrs = self.service_cidrs()?;
         Ok(())
     }
 }

@@ -22,7 +22,8 @@ use aya::{
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_FLAG_TERMINATING, Backend4, Backend6, Reason, RevNat4,
     SVC_FLAG_EXTERNAL, SVC_FLAG_LOAD_BALANCER, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_NODE_PORT,
-    SVC_FLAG_SOURCE_RANGES, SrcRange4, SrcRange6, StatValue, Svc4Key, Svc6Key, SvcValue, map_names,
+    SVC_FLAG_SOURCE_RANGES, ServiceCidr4, ServiceCidr6, SrcRange4, SrcRange6, StatValue, Svc4Key,
+    Svc6Key, SvcValue, map_names,
 };
 
 use super::error::{DataplaneError, Result, map_err};
@@ -456,6 +457,59 @@ impl Maps {
                 IpAddr::from(d.addr),
                 k.prefix_len(),
             ));
+        }
+        Ok(out)
+    }
+}
+
+impl Maps {
+    /// Writes service CIDR `(network, prefix length)` into the trie of its
+    /// family (the network's host bits must be clear: see
+    /// [`normalize_range`]).
+    pub(super) fn cidr_insert(&mut self, (addr, len): (IpAddr, u8)) -> Result<()> {
+        let len = u32::from(len);
+        match addr {
+            IpAddr::V4(a) => self
+                .SVCCIDR4
+                .insert(&Key::new(len, ServiceCidr4 { addr: a.octets() }), 1, 0)
+                .map_err(map_err(map_names::SVCCIDR4)),
+            IpAddr::V6(a) => self
+                .SVCCIDR6
+                .insert(&Key::new(len, ServiceCidr6 { addr: a.octets() }), 1, 0)
+                .map_err(map_err(map_names::SVCCIDR6)),
+        }
+    }
+
+    /// Deletes a service CIDR; an absent one is no error.
+    pub(super) fn cidr_remove(&mut self, (addr, len): (IpAddr, u8)) -> Result<()> {
+        let len = u32::from(len);
+        match addr {
+            IpAddr::V4(a) => ignore_missing(
+                self.SVCCIDR4
+                    .remove(&Key::new(len, ServiceCidr4 { addr: a.octets() })),
+            )
+            .map_err(map_err(map_names::SVCCIDR4)),
+            IpAddr::V6(a) => ignore_missing(
+                self.SVCCIDR6
+                    .remove(&Key::new(len, ServiceCidr6 { addr: a.octets() })),
+            )
+            .map_err(map_err(map_names::SVCCIDR6)),
+        }
+    }
+
+    /// Every service CIDR of both tries, as (network, prefix length). (The
+    /// kernel refuses a prefix longer than the key's address, so every
+    /// length fits.)
+    pub fn cidr_entries(&self) -> Result<Vec<(IpAddr, u8)>> {
+        let len = |l: u32| u8::try_from(l).unwrap_or(u8::MAX);
+        let mut out = Vec::new();
+        for k in self.SVCCIDR4.keys() {
+            let k = k.map_err(map_err(map_names::SVCCIDR4))?;
+            out.push((IpAddr::from(k.data().addr), len(k.prefix_len())));
+        }
+        for k in self.SVCCIDR6.keys() {
+            let k = k.map_err(map_err(map_names::SVCCIDR6))?;
+            out.push((IpAddr::from(k.data().addr), len(k.prefix_len())));
         }
         Ok(out)
     }

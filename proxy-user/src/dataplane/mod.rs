@@ -20,6 +20,7 @@
 //! the new slot while both slots name the backend.
 
 mod attach;
+mod cidrs;
 mod error;
 mod flows;
 mod handle;
@@ -31,6 +32,7 @@ mod table;
 mod update;
 
 pub use attach::{AttachReport, program_fd};
+pub use cidrs::ServiceCidr;
 pub use error::DataplaneError;
 pub(crate) use error::map_err;
 pub use flows::ClearedFlows;

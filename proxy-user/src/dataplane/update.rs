@@ -37,7 +37,7 @@ impl Dataplane {
     }
 
     /// Makes the maps equal to the mirror: rewrites every frontend, slot,
-    /// backend, source range and VIP marker the mirror holds and deletes what
+    /// backend, source range, VIP marker and service CIDR the mirror holds and deletes what
     /// it does not. Repairs drift such as an entry deleted by hand. Returns
     /// how many map entries it had to write or delete.
     pub fn repair(&mut self) -> Result<usize> {
@@ -146,6 +146,7 @@ impl Dataplane {
             self.maps.range_remove(id)?;
             fixed += 1;
         }
+        fixed += self.write_service_cidrs()?;
         Ok(fixed)
     }
 

@@ -68,6 +68,7 @@ mod node;
 mod ownership;
 mod problems;
 mod service;
+mod service_cidr;
 mod service_model;
 #[cfg(test)]
 mod tests;
@@ -86,6 +87,7 @@ pub use node::{TO_BE_DELETED_TAINT, ZONE_LABEL, node_eligible, node_zone};
 pub use ownership::{Claims, ExternalPolicy};
 pub use problems::{Skip, SkipReason};
 pub use service::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+pub use service_cidr::{Cidr, ServiceCidrs, parse_service_cidr};
 pub use service_model::ServiceModel;
 pub use types::{
     Backend, DEFAULT_AFFINITY_TIMEOUT_S, DEFAULT_NAMESPACE, Family, Frontend, FrontendKind,

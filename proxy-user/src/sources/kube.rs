@@ -1,6 +1,6 @@
 //! The Kubernetes source: list and watch Services and EndpointSlices in every
-//! namespace, and this node's Node (by a field selector on its name), and
-//! turn the watch streams into [`SourceEvent`]s.
+//! namespace, this node's Node (by a field selector on its name) and the
+//! cluster's ServiceCIDRs, and turn the watch streams into [`SourceEvent`]s.
 //!
 //! kube-runtime's [`watcher`] does the protocol work (paginated list, watch
 //! from the list's `resourceVersion`, bookmarks, relist after `410 Gone`,
@@ -21,6 +21,7 @@ use futures::{StreamExt, pin_mut};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -190,11 +191,18 @@ fn override_url(
     Ok(format!("{scheme}://{host}:{}{path}", o.port))
 }
 
-/// Watches Services and EndpointSlices in all namespaces, and the Node named
+/// Watches Services and EndpointSlices in all namespaces, the Node named
 /// `node_name` (`fieldSelector=metadata.name=...`: its zone label, its
-/// deletion and taints; RBAC: `get`, `list`, `watch` on nodes), and sends
-/// [`SourceEvent`]s into `tx` until the receiver is dropped (then returns
-/// `Ok`).
+/// deletion and taints; RBAC: `get`, `list`, `watch` on nodes) and the
+/// ServiceCIDRs (`networking.k8s.io/v1`, Kubernetes 1.33 and later), and
+/// sends [`SourceEvent`]s into `tx` until the receiver is dropped (then
+/// returns `Ok`).
+///
+/// An API server that does not serve ServiceCIDRs (404: before 1.33, or
+/// the API turned off) or does not let the agent list them (403: an older
+/// ClusterRole) does not hold the agent back: the first such answer counts
+/// as an empty list (logged once), and the watcher keeps retrying with its
+/// backoff, so ServiceCIDRs served later are picked up.
 ///
 /// For each kind, every completed list (the first one and every relist, for
 /// example after `410 Gone`) is sent as ONE [`SourceEvent::Resync`] holding
@@ -229,14 +237,22 @@ pub async fn run(
         Arc::clone(&stats),
     );
     let node = watch_kind::<Node>(
-        Api::all(client),
+        Api::all(client.clone()),
         watcher_config().fields(&format!("metadata.name={node_name}")),
         Kind::Node,
         |n| Object::Node(Box::new(n)),
+        tx.clone(),
+        Arc::clone(&stats),
+    );
+    let cidrs = watch_kind::<ServiceCIDR>(
+        Api::all(client),
+        watcher_config(),
+        Kind::ServiceCidr,
+        |c| Object::ServiceCidr(Box::new(c)),
         tx,
         stats,
     );
-    tokio::try_join!(services, slices, node).map(|_| ())
+    tokio::try_join!(services, slices, node, cidrs).map(|_| ())
 }
 
 /// The watcher configuration of a node agent.
@@ -275,6 +291,8 @@ where
     // Objects of the list in progress; `None` between lists.
     let mut listing: Option<Vec<Object>> = None;
     let mut lists_started = 0_u64;
+    // Lists completed (or, for an optional kind, given up as not served).
+    let mut lists_done = 0_u64;
     loop {
         let next = tokio::select! {
             // Stop as soon as nobody listens, even while backing off.
@@ -286,7 +304,21 @@ where
             Some(Err(e)) => {
                 stats.watch_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff");
-                continue;
+                if lists_done > 0 || kind != Kind::ServiceCidr || !not_served(&e) {
+                    continue;
+                }
+                // Optional: go on without them rather than wait forever.
+                tracing::warn!(
+                    ?kind,
+                    "the API server does not serve ServiceCIDRs to this agent (404: before \
+                     Kubernetes 1.33; 403: the ClusterRole lacks list/watch on servicecidrs): \
+                     going on without them (--service-cidr applies), retrying in the background"
+                );
+                lists_done += 1;
+                SourceEvent::Resync {
+                    kind,
+                    objects: Vec::new(),
+                }
             }
             Some(Ok(watcher::Event::Init)) => {
                 if lists_started > 0 {
@@ -302,6 +334,7 @@ where
                 continue;
             }
             Some(Ok(watcher::Event::InitDone)) => {
+                lists_done += 1;
                 let objects = listing.take().unwrap_or_default();
                 tracing::debug!(?kind, count = objects.len(), "list complete");
                 SourceEvent::Resync { kind, objects }
@@ -317,6 +350,15 @@ where
             return Ok(());
         }
     }
+}
+
+/// Whether a list failed because the API server does not serve the
+/// resource (404) or does not let the agent list it (403).
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404 || s.code == 403
+    )
 }
 
 #[cfg(test)]

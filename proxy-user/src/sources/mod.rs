@@ -1,4 +1,5 @@
-//! Where Services, EndpointSlices and this node's Node come from.
+//! Where Services, EndpointSlices, this node's Node and the cluster's
+//! ServiceCIDRs come from.
 //!
 //! Every source sends [`SourceEvent`]s into one channel; the sync task keeps the
 //! objects, coalesces bursts and recomputes only the services that changed.
@@ -9,6 +10,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Pod, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -16,8 +18,8 @@ use k8s_openapi::{
 pub mod kube;
 pub mod manifests;
 
-/// A Service, an EndpointSlice or a Node, with managed fields already
-/// stripped.
+/// A Service, an EndpointSlice, a Node or a ServiceCIDR, with managed
+/// fields already stripped.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// `v1/Service`.
@@ -31,6 +33,9 @@ pub enum Object {
     /// Services select into EndpointSlices ([`crate::selector`]); never
     /// sent on.
     Pod(Box<Pod>),
+    /// `networking.k8s.io/v1/ServiceCIDR` (cluster-scoped): a network
+    /// cluster IPs are allocated from.
+    ServiceCidr(Box<ServiceCIDR>),
 }
 
 impl Object {
@@ -41,6 +46,7 @@ impl Object {
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Node(_) => Kind::Node,
             Self::Pod(_) => Kind::Pod,
+            Self::ServiceCidr(_) => Kind::ServiceCidr,
         }
     }
 
@@ -51,6 +57,7 @@ impl Object {
             Self::EndpointSlice(s) => &s.metadata,
             Self::Node(n) => &n.metadata,
             Self::Pod(p) => &p.metadata,
+            Self::ServiceCidr(c) => &c.metadata,
         }
     }
 
@@ -61,6 +68,7 @@ impl Object {
             Self::EndpointSlice(s) => &mut s.metadata,
             Self::Node(n) => &mut n.metadata,
             Self::Pod(p) => &mut p.metadata,
+            Self::ServiceCidr(c) => &mut c.metadata,
         }
     }
 }
@@ -76,6 +84,8 @@ pub enum Kind {
     Node,
     /// `v1/Pod`.
     Pod,
+    /// `networking.k8s.io/v1/ServiceCIDR`.
+    ServiceCidr,
 }
 
 /// What a source tells the sync task.

@@ -28,6 +28,9 @@
 //! - `GET /api/v1/nodes` and `/api/v1/pods` likewise (nodes cluster-scoped); `fieldSelector=metadata.name=NAME` (or
 //!   `==`) keeps that Node only, in lists and watches (any other field
 //!   selector, on any resource, is a 400).
+//! - `GET /apis/networking.k8s.io/v1/servicecidrs` likewise (cluster-scoped),
+//!   unless [`ApiServer::refuse`] makes it answer an error code (404: an API
+//!   server before 1.33; 403: a ClusterRole without it).
 //! - `GET /version`; anything else is a 404 (405 for other methods) with a
 //!   `Status` body.
 //!
@@ -49,6 +52,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -114,6 +118,12 @@ impl ApiObject for EndpointSlice {
 impl ApiObject for Node {
     fn into_object(self) -> Object {
         Object::Node(Box::new(self))
+    }
+}
+
+impl ApiObject for ServiceCIDR {
+    fn into_object(self) -> Object {
+        Object::ServiceCidr(Box::new(self))
     }
 }
 
@@ -204,7 +214,7 @@ impl ApiServer {
             let m = meta_mut(&mut obj);
             let name = m.name.clone().filter(|n| !n.is_empty());
             let name = name.expect("ApiServer::apply: the object needs metadata.name");
-            let namespace = if kind == Kind::Node {
+            let namespace = if matches!(kind, Kind::Node | Kind::ServiceCidr) {
                 // Cluster-scoped.
                 m.namespace = None;
                 String::new()
@@ -307,6 +317,14 @@ impl ApiServer {
         self.shared.notify();
     }
 
+    /// Makes list and watch requests of `kind` answer `code` (404, 403, ...)
+    /// with a `Status` body from now on; `None` serves them again. Counted
+    /// like any request.
+    pub fn refuse(&self, kind: Kind, code: Option<u16>) {
+        self.shared.lock().refused[index(kind)] = code;
+        self.shared.notify();
+    }
+
     /// What the server counted so far for `kind`.
     pub fn counters(&self, kind: Kind) -> Counters {
         self.shared.lock().counters[index(kind)].clone()
@@ -369,6 +387,7 @@ struct State {
     slices: BTreeMap<Key, Object>,
     nodes: BTreeMap<Key, Object>,
     pods: BTreeMap<Key, Object>,
+    cidrs: BTreeMap<Key, Object>,
     /// Changes after `compacted`, in resourceVersion order.
     history: Vec<Change>,
     /// Watches from before this resourceVersion are expired.
@@ -379,7 +398,10 @@ struct State {
     drop_gen: u64,
     bookmark_gen: u64,
     /// Indexed by [`index`].
-    counters: [Counters; 4],
+    counters: [Counters; 5],
+    /// Error codes list and watch of a kind answer (see
+    /// [`ApiServer::refuse`]), indexed by [`index`].
+    refused: [Option<u16>; 5],
 }
 
 impl State {
@@ -389,6 +411,7 @@ impl State {
             Kind::EndpointSlice => &self.slices,
             Kind::Node => &self.nodes,
             Kind::Pod => &self.pods,
+            Kind::ServiceCidr => &self.cidrs,
         }
     }
 
@@ -398,6 +421,7 @@ impl State {
             Kind::EndpointSlice => &mut self.slices,
             Kind::Node => &mut self.nodes,
             Kind::Pod => &mut self.pods,
+            Kind::ServiceCidr => &mut self.cidrs,
         }
     }
 }
@@ -417,6 +441,7 @@ fn index(kind: Kind) -> usize {
         Kind::EndpointSlice => 1,
         Kind::Node => 2,
         Kind::Pod => 3,
+        Kind::ServiceCidr => 4,
     }
 }
 
@@ -427,6 +452,7 @@ fn type_meta(kind: Kind) -> (&'static str, &'static str) {
         Kind::EndpointSlice => ("discovery.k8s.io/v1", "EndpointSlice"),
         Kind::Node => ("v1", "Node"),
         Kind::Pod => ("v1", "Pod"),
+        Kind::ServiceCidr => ("networking.k8s.io/v1", "ServiceCIDR"),
     }
 }
 
@@ -437,6 +463,7 @@ fn route(path: &str) -> Option<Kind> {
         "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
         "/api/v1/nodes" => Some(Kind::Node),
         "/api/v1/pods" => Some(Kind::Pod),
+        "/apis/networking.k8s.io/v1/servicecidrs" => Some(Kind::ServiceCidr),
         _ => None,
     }
 }
@@ -448,6 +475,7 @@ fn object_json(obj: &Object) -> Value {
         Object::EndpointSlice(s) => serde_json::to_value(&**s),
         Object::Node(n) => serde_json::to_value(&**n),
         Object::Pod(p) => serde_json::to_value(&**p),
+        Object::ServiceCidr(c) => serde_json::to_value(&**c),
     }
     .expect("k8s-openapi objects serialize to JSON")
 }
@@ -662,6 +690,26 @@ async fn handle(conn: &mut Conn, shared: &Shared, req: &Request) -> io::Result<b
         respond(conn, 404, &status(404, "NotFound", &message)).await?;
         return Ok(true);
     };
+    let refused = shared.lock().refused[index(kind)];
+    if let Some(code) = refused {
+        {
+            let mut st = shared.lock();
+            let c = &mut st.counters[index(kind)];
+            if req.flag("watch") {
+                c.watches += 1;
+            } else {
+                c.lists += 1;
+            }
+        }
+        shared.notify();
+        let body = status(
+            code,
+            "Refused",
+            &format!("refused by the test: {}", req.path),
+        );
+        respond(conn, code, &body).await?;
+        return Ok(true);
+    }
     if req.flag("watch") {
         serve_watch(conn, shared, kind, req).await
     } else {
@@ -677,6 +725,7 @@ async fn respond(conn: &mut Conn, code: u16, body: &Value) -> io::Result<()> {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         410 => "Gone",

@@ -7,6 +7,7 @@ mod endpoints;
 mod ownership;
 mod problems;
 mod service;
+mod service_cidr;
 mod topology;
 
 use std::net::IpAddr;

@@ -1,10 +1,12 @@
-//! The manifests source: Services, EndpointSlices and Nodes read from YAML
-//! or JSON files, the embedded default that needs no cluster.
+//! The manifests source: Services, EndpointSlices, Nodes and ServiceCIDRs
+//! read from YAML or JSON files, the embedded default that needs no
+//! cluster.
 //!
 //! A text holds one object, several YAML documents (`---`), a stream of JSON
 //! objects, a `kind: List` as `kubectl get -o yaml` writes it, or a typed list
 //! (`ServiceList`, `EndpointSliceList`) as the API returns it. Only `v1`
-//! Services and `discovery.k8s.io/v1` EndpointSlices are kept; other kinds are
+//! Services and Nodes, `discovery.k8s.io/v1` EndpointSlices and
+//! `networking.k8s.io/v1` ServiceCIDRs are kept; other kinds are
 //! ignored (a Knative `Service` of another API group too). Every object gets
 //! its managed fields stripped and the namespace `default` when it names none.
 //!

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::Path};
 use k8s_openapi::api::{
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use serde::de::{Deserialize, Deserializer};
 use serde_yaml::Value;
@@ -29,6 +30,7 @@ enum Target {
     EndpointSlice,
     Node,
     Pod,
+    ServiceCidr,
 }
 
 impl Target {
@@ -39,6 +41,7 @@ impl Target {
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Self::EndpointSlice),
             ("v1", "Node") => Some(Self::Node),
             ("v1", "Pod") => Some(Self::Pod),
+            ("networking.k8s.io/v1", "ServiceCIDR") => Some(Self::ServiceCidr),
             _ => None,
         }
     }
@@ -49,6 +52,7 @@ impl Target {
             Self::EndpointSlice => "EndpointSlice",
             Self::Node => "Node",
             Self::Pod => "Pod",
+            Self::ServiceCidr => "ServiceCIDR",
         }
     }
 }
@@ -78,7 +82,8 @@ struct ShapeError {
 /// Parses one YAML or JSON text: multi-document YAML (`---`), a stream of
 /// JSON objects, a single object, or a list (`kind: List` as `kubectl get -o
 /// yaml` writes it, `ServiceList` / `EndpointSliceList` as the API returns
-/// them, or a bare array) of Services, EndpointSlices and Nodes.
+/// them, or a bare array) of Services, EndpointSlices, Nodes and
+/// ServiceCIDRs.
 ///
 /// JSON is recognised by a leading `{` or `[`. Other kinds are ignored. An
 /// object defined twice keeps the last definition (with a warning). Returns the
@@ -193,6 +198,9 @@ fn parse_document(
             }
             Target::Node => convert::<Node>(&value).map(|n| Object::Node(Box::new(n))),
             Target::Pod => convert::<Pod>(&value).map(|p| Object::Pod(Box::new(p))),
+            Target::ServiceCidr => {
+                convert::<ServiceCIDR>(&value).map(|c| Object::ServiceCidr(Box::new(c)))
+            }
         };
         let mut object = converted.map_err(|(error, path)| {
             let message = error.to_string();
@@ -200,7 +208,7 @@ fn parse_document(
                 RawError::unlocated(format!("document {document}: {} {message}", target.name()))
             })
         })?;
-        let namespaced = target != Target::Node;
+        let namespaced = !matches!(target, Target::Node | Target::ServiceCidr);
         let meta = object.meta_mut();
         if meta.name.as_deref().unwrap_or_default().is_empty() {
             return Err(fail_at(
@@ -280,8 +288,8 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
     Ok(out)
 }
 
-/// One object (or list item): kept when it is a Service, an EndpointSlice or
-/// a Node.
+/// One object (or list item): kept when it is a Service, an EndpointSlice,
+/// a Node or a ServiceCIDR.
 fn shape_item(
     value: Value,
     item: Option<usize>,

@@ -232,10 +232,10 @@ async fn load_blocking(path: &Path) -> Result<Vec<Object>, String> {
     }
 }
 
-/// The resyncs (Nodes, Services, then EndpointSlices) of a full set of
-/// objects; the Pods that Services select become EndpointSlices
-/// ([`with_selected`]).
-fn resync_events(objects: &[Object]) -> [SourceEvent; 3] {
+/// The resyncs (Nodes, Services, EndpointSlices, then ServiceCIDRs) of a
+/// full set of objects; the Pods that Services select become
+/// EndpointSlices ([`with_selected`]).
+fn resync_events(objects: &[Object]) -> [SourceEvent; 4] {
     let objects = with_selected(objects);
     let of_kind = |kind: Kind| {
         objects
@@ -256,6 +256,10 @@ fn resync_events(objects: &[Object]) -> [SourceEvent; 3] {
         SourceEvent::Resync {
             kind: Kind::EndpointSlice,
             objects: of_kind(Kind::EndpointSlice),
+        },
+        SourceEvent::Resync {
+            kind: Kind::ServiceCidr,
+            objects: of_kind(Kind::ServiceCidr),
         },
     ]
 }
@@ -335,7 +339,7 @@ pub(super) fn with_selected(objects: &[Object]) -> Vec<Object> {
                 nodes.push((**n).clone());
                 out.push(object.clone());
             }
-            Object::EndpointSlice(_) => out.push(object.clone()),
+            Object::EndpointSlice(_) | Object::ServiceCidr(_) => out.push(object.clone()),
         }
     }
     if pods.is_empty() {

@@ -108,7 +108,9 @@ fn the_examples_model_as_documented() {
         match object {
             Object::Service(svc) => services.push(*svc),
             Object::EndpointSlice(slice) => slices.push(*slice),
-            Object::Node(_) | Object::Pod(_) => panic!("the examples hold no {object:?}"),
+            Object::Node(_) | Object::Pod(_) | Object::ServiceCidr(_) => {
+                panic!("the examples hold no {object:?}")
+            }
         }
     }
     let node = NodeInfo {

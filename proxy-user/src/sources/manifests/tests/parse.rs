@@ -178,3 +178,35 @@ items:
     assert_eq!(crate::model::node_zone(a).as_deref(), Some("zone-a"));
     assert!(!crate::model::node_eligible(a));
 }
+
+#[test]
+fn service_cidrs_are_kept_cluster_scoped_with_their_cidrs() {
+    let objects = parse(
+        "
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes, namespace: ignored}
+spec: {cidrs: [198.19.0.0/16, '2001:db8:1::/112']}
+---
+apiVersion: networking.k8s.io/v1beta1
+kind: ServiceCIDR
+metadata: {name: beta-is-not-read}
+spec: {cidrs: [198.18.0.0/24]}
+",
+    );
+    assert_eq!(
+        keys(&objects),
+        vec![key(Kind::ServiceCidr, "", "kubernetes")]
+    );
+    let crate::sources::Object::ServiceCidr(c) = &objects[0] else {
+        panic!("not a ServiceCIDR: {:?}", objects[0]);
+    };
+    assert_eq!(c.metadata.namespace, None);
+    assert_eq!(
+        c.spec.as_ref().and_then(|s| s.cidrs.clone()),
+        Some(vec![
+            "198.19.0.0/16".to_owned(),
+            "2001:db8:1::/112".to_owned()
+        ])
+    );
+}

@@ -20,9 +20,9 @@ async fn next_event(rx: &mut mpsc::Receiver<SourceEvent>) -> SourceEvent {
     }
 }
 
-/// The next three events, which must be the Node, Service and
-/// EndpointSlice resyncs; returns the Services' first port numbers and the
-/// slices' names.
+/// The next four events, which must be the Node, Service, EndpointSlice
+/// and ServiceCIDR resyncs; returns the Services' first port numbers and
+/// the slices' names.
 async fn next_resync(rx: &mut mpsc::Receiver<SourceEvent>) -> (Vec<i32>, Vec<String>) {
     match next_event(rx).await {
         SourceEvent::Resync {
@@ -45,6 +45,16 @@ async fn next_resync(rx: &mut mpsc::Receiver<SourceEvent>) -> (Vec<i32>, Vec<Str
         } => objects,
         other => panic!("expected an EndpointSlice resync, got {other:?}"),
     };
+    match next_event(rx).await {
+        SourceEvent::Resync {
+            kind: Kind::ServiceCidr,
+            objects,
+        } => assert!(
+            objects.is_empty(),
+            "no ServiceCIDR in the files: {objects:?}"
+        ),
+        other => panic!("expected a ServiceCIDR resync, got {other:?}"),
+    }
     let ports = services
         .iter()
         .map(|object| {
@@ -166,7 +176,7 @@ async fn pods_selected_by_a_service_become_its_endpoint_slice() {
     };
     let mut next_slices = async || {
         let mut slices = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             if let SourceEvent::Resync {
                 kind: Kind::EndpointSlice,
                 objects,
