@@ -4,8 +4,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::maps::{
@@ -22,11 +20,12 @@ use proxy_common::{
 };
 use svcnat::{
     dataplane::{
-        BackendSpec, ClearedFlows, Dataplane, DataplaneConfig, DataplaneError, Frontend,
-        FrontendSpec, MapSizes, Maps, ServiceOpts, Upsert, cleanup, open_pinned, program_fd,
+        BackendSpec, ClearedFlows, Dataplane, DataplaneError, Frontend, FrontendSpec, MapSizes,
+        Maps, ServiceOpts, Upsert, open_pinned, program_fd,
     },
     inspect,
 };
+use svcnat_testkit::pins::PinDir;
 use svcnat_testkit::{
     datapath::{TCX_NEXT, XDP_PASS},
     netns::{NetNs, unique_tag},
@@ -35,34 +34,6 @@ use svcnat_testkit::{
     skip::Needs,
     skip_unless,
 };
-
-/// A pin folder that is removed when the test ends, also on panic.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/svcnat-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = cleanup(&dir);
-        Self(dir)
-    }
-    fn config(&self, sizes: MapSizes) -> DataplaneConfig {
-        DataplaneConfig {
-            bpffs: self.0.clone(),
-            sizes,
-        }
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = cleanup(&self.0);
-    }
-}
 
 fn small() -> MapSizes {
     MapSizes {

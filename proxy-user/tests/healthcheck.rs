@@ -8,7 +8,6 @@ use std::{
     future::Future,
     io,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -16,13 +15,14 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::json;
 use svcnat::{
-    dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
+    dataplane::{Dataplane, DataplaneConfig, MapSizes},
     health::AgentHealth,
     healthcheck::{self, HealthCheckService, HealthChecks, Responder},
     model::{NodeInfo, ServiceName},
     sources::{Kind, Object, SourceEvent},
     sync::{SyncStats, Syncer},
 };
+use svcnat_testkit::pins::PinDir;
 use svcnat_testkit::{
     netns::{NetNs, unique_tag},
     skip::Needs,
@@ -292,24 +292,11 @@ fn slice(svc: &str, eps: &[(&str, &str)]) -> Object {
     ))
 }
 
-/// A pin folder removed when the test ends, also on panic.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = cleanup(&self.0);
-    }
-}
-
 #[test]
 fn sync_passes_open_answer_hand_over_and_close_the_ports() {
     skip_unless!(Needs::netns());
     in_netns(|| async {
-        let dir = PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/svcnat-test-hc-{}",
-            unique_tag()
-        )));
-        let _ = cleanup(&dir.0);
+        let dir = PinDir::new("hc");
         let mut dp = Dataplane::open(&DataplaneConfig {
             bpffs: dir.0.clone(),
             sizes: MapSizes::default(),

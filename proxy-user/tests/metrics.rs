@@ -8,11 +8,7 @@ use std::{
     future::Future,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
-    path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -20,14 +16,14 @@ use aya::maps::{HashMap, MapData};
 use proxy_common::{Ct4Key, CtValue, Reason, StatValue, map_names};
 use svcnat::{
     dataplane::{
-        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, cleanup,
-        open_pinned,
+        BackendSpec, Dataplane, DataplaneConfig, Frontend, MapSizes, ServiceOpts, open_pinned,
     },
     health::{AgentHealth, rfc3339, serve_health, unix_ms_now, watch_liveness},
     metrics::{DatapathSample, Metrics, count_conntrack, sample_datapath, serve_metrics},
     sources::kube::KubeSourceStats,
     sync::SyncStats,
 };
+use svcnat_testkit::pins::PinDir;
 use svcnat_testkit::{
     datapath::{Flow, ct4_pair},
     skip::Needs,
@@ -772,27 +768,6 @@ async fn liveness_watch_beats_while_the_lock_is_free_and_notices_stopped_tasks()
 // ---------------------------------------------------------------------------
 // The sampler against the real maps (root and the eBPF object needed).
 
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/svcnat-test-metrics-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = cleanup(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = cleanup(&self.0);
-    }
-}
-
 fn backend(last: u8, port: u16) -> BackendSpec {
     BackendSpec {
         addr: Ipv4Addr::new(10, 1, 0, last).into(),
@@ -805,7 +780,7 @@ fn backend(last: u8, port: u16) -> BackendSpec {
 async fn the_sampler_reads_counts_capacities_and_conntrack_from_the_maps() {
     skip_unless!(Needs::pinned());
     within(async {
-        let pins = PinDir::new();
+        let pins = PinDir::new("metrics");
         let sizes = MapSizes {
             services: 64,
             slots: 64,

@@ -15,7 +15,6 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    path::PathBuf,
     sync::Arc,
 };
 
@@ -24,57 +23,35 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 use proxy_common::{Reason, ServiceCidr4, program_names};
 use svcnat::{
     dataplane::{
-        BackendSpec, Dataplane, DataplaneConfig, DataplaneError, Frontend, MapSizes, ServiceCidr,
-        ServiceOpts, cleanup, open_pinned, program_fd,
+        BackendSpec, Dataplane, DataplaneError, Frontend, MapSizes, ServiceCidr, ServiceOpts,
+        open_pinned, program_fd,
     },
     model::NodeInfo,
     sources::{Kind, Object, SourceEvent},
     sync::{SyncStats, Syncer},
 };
+use svcnat_testkit::pins::PinDir;
 use svcnat_testkit::{
     datapath::{TC_ACT_SHOT, TCX_NEXT},
-    netns::unique_tag,
     packet::{PacketBuilder, TCP_SYN, parse},
     prog_run::test_run,
     skip::Needs,
     skip_unless,
 };
 
-/// A pin folder removed when the test ends, also on panic.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new() -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/svcnat-cidr-{}", unique_tag()));
-        let _ = cleanup(&dir);
-        Self(dir)
-    }
-
-    fn open(&self) -> Dataplane {
-        Dataplane::open(&DataplaneConfig {
-            bpffs: self.0.clone(),
-            sizes: MapSizes {
-                services: 64,
-                slots: 64,
-                backends: 16,
-                revnat: 64,
-                conntrack: 1024,
-                fragments: 64,
-                snat: 64,
-                node_addresses: 16,
-                affinity: 64,
-                source_ranges: 64,
-            },
-        })
-        .expect("open the dataplane")
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = cleanup(&self.0);
-    }
-}
+/// Small maps: these tests hold a few frontends.
+const SIZES: MapSizes = MapSizes {
+    services: 64,
+    slots: 64,
+    backends: 16,
+    revnat: 64,
+    conntrack: 1024,
+    fragments: 64,
+    snat: 64,
+    node_addresses: 16,
+    affinity: 64,
+    source_ranges: 64,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("an address")
@@ -217,8 +194,8 @@ fn from_pod(dp: &Dataplane, frame: &[u8]) -> (u32, Reason, Option<SocketAddr>) {
 #[test]
 fn unallocated_addresses_of_a_service_cidr_are_dropped_and_counted_in_both_families() {
     skip_unless!(Needs::pinned());
-    let dir = PinDir::new();
-    let mut dp = dir.open();
+    let dir = PinDir::new("cidr");
+    let mut dp = dir.open(SIZES);
     with_live_frontends(&mut dp);
     let unallocated = [ip("198.19.0.99"), ip("2001:db8:1::99")];
     let outside = [ip("198.18.5.5"), ip("2001:db8:5::5")];
@@ -299,8 +276,8 @@ fn unallocated_addresses_of_a_service_cidr_are_dropped_and_counted_in_both_famil
 #[test]
 fn service_cidrs_are_written_once_repaired_and_adopted() {
     skip_unless!(Needs::pinned());
-    let dir = PinDir::new();
-    let mut dp = dir.open();
+    let dir = PinDir::new("cidr");
+    let mut dp = dir.open(SIZES);
     let want = cidrs(&[CIDR4, CIDR6, "198.18.128.0/20"]);
     assert_eq!(dp.set_service_cidrs(&want).expect("set"), 3);
     assert_eq!(dp.set_service_cidrs(&want).expect("again"), 0, "idempotent");
@@ -338,7 +315,7 @@ fn service_cidrs_are_written_once_repaired_and_adopted() {
 
     // A new agent adopts them (a restart changes nothing on the wire).
     drop(dp);
-    let mut dp = dir.open();
+    let mut dp = dir.open(SIZES);
     assert_eq!(dp.service_cidrs().expect("read"), want);
     assert_eq!(dp.repair().expect("repair"), 0);
 
@@ -372,8 +349,8 @@ fn resync(kind: Kind) -> SourceEvent {
 #[test]
 fn a_pass_writes_the_objects_cidrs_else_the_configured_ones() {
     skip_unless!(Needs::pinned());
-    let dir = PinDir::new();
-    let mut dp = dir.open();
+    let dir = PinDir::new("cidr");
+    let mut dp = dir.open(SIZES);
     let node = NodeInfo {
         zone: None,
         name: "node-a".into(),
@@ -454,15 +431,15 @@ fn a_pass_writes_the_objects_cidrs_else_the_configured_ones() {
 #[test]
 fn a_layout_4_folder_without_the_tries_gets_them_created_empty() {
     skip_unless!(Needs::pinned());
-    let dir = PinDir::new();
-    let mut dp = dir.open();
+    let dir = PinDir::new("cidr");
+    let mut dp = dir.open(SIZES);
     with_live_frontends(&mut dp);
     dp.set_service_cidrs(&cidrs(&[CIDR4, CIDR6])).expect("set");
     drop(dp);
     for name in ["SVCNAT_SVCCIDR4", "SVCNAT_SVCCIDR6"] {
         std::fs::remove_file(dir.0.join(name)).expect("unpin");
     }
-    let dp = dir.open();
+    let dp = dir.open(SIZES);
     assert!(dp.service_cidrs().expect("read").is_empty());
     assert_eq!(dp.services().len(), 2, "the frontends adopted");
     let (verdict, reason, _) = from_pod(&dp, &frame(ip("198.19.0.99"), Send::Syn(80)));

@@ -5,64 +5,42 @@
 //! and an external IP on a cluster IP is refused while the cluster IP
 //! keeps its own backends.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use svcnat::{
-    dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup},
+    dataplane::MapSizes,
     inspect,
     model::{ExternalPolicy, NodeInfo},
     sources::{Kind, Object, SourceEvent},
     sync::{PassReport, SyncStats, Syncer},
 };
+use svcnat_testkit::pins::PinDir;
 use svcnat_testkit::{skip::Needs, skip_unless};
 
 /// The shared external IP.
 const EXT: &str = "198.18.50.1";
 
-/// A pin folder removed when the test ends, also on panic.
-struct Pins(PathBuf);
-
-impl Pins {
-    fn new(tag: &str) -> Self {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/svcnat-own-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = cleanup(&dir);
-        Self(dir)
-    }
-
-    fn open(&self) -> Dataplane {
-        Dataplane::open(&DataplaneConfig {
-            bpffs: self.0.clone(),
-            sizes: MapSizes {
-                services: 64,
-                slots: 64,
-                backends: 64,
-                revnat: 64,
-                conntrack: 64,
-                fragments: 16,
-                ..MapSizes::default()
-            },
-        })
-        .expect("open the dataplane")
-    }
-
-    /// `vip:port/proto` -> backends, as `svcnat inspect` reads the maps.
-    fn frontends(&self) -> BTreeMap<String, Vec<String>> {
-        inspect::services(&self.0)
-            .expect("read the maps")
-            .into_iter()
-            .map(|r| (format!("{}:{}/{}", r.vip, r.port, r.protocol), r.backends))
-            .collect()
+/// Small maps: these tests hold a few frontends.
+fn sizes() -> MapSizes {
+    MapSizes {
+        services: 64,
+        slots: 64,
+        backends: 64,
+        revnat: 64,
+        conntrack: 64,
+        fragments: 16,
+        ..MapSizes::default()
     }
 }
 
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = cleanup(&self.0);
-    }
+/// `vip:port/proto` -> backends, as `svcnat inspect` reads the maps.
+fn frontends(pins: &PinDir) -> BTreeMap<String, Vec<String>> {
+    inspect::services(&pins.0)
+        .expect("read the maps")
+        .into_iter()
+        .map(|r| (format!("{}:{}/{}", r.vip, r.port, r.protocol), r.backends))
+        .collect()
 }
 
 fn node() -> NodeInfo {
@@ -149,7 +127,7 @@ fn said(report: &PassReport, needle: &str) -> bool {
 #[test]
 fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
     skip_unless!(Needs::pinned());
-    let pins = Pins::new("order");
+    let pins = PinDir::new("own-order");
     let young = || service("a", "young", "2025-02-01T00:00:00Z", "198.19.0.1", &[EXT]);
     let old = || service("z", "old", "2025-01-01T00:00:00Z", "198.19.0.2", &[EXT]);
     let young_slice = || slice("a", "young", "198.18.1.1");
@@ -160,13 +138,13 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
         vec!["198.18.2.2:8080".to_string()],
     );
     {
-        let mut dp = pins.open();
+        let mut dp = pins.open(sizes());
         let mut s = syncer();
         resync(&mut s, vec![young()], vec![young_slice()]);
         let r = s.pass(&mut dp);
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
         assert_eq!(
-            pins.frontends()[&ext],
+            frontends(&pins)[&ext],
             young_be,
             "alone, the younger owns it"
         );
@@ -175,7 +153,7 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
         apply(&mut s, sl(old_slice()));
         let r = s.pass(&mut dp);
         assert_eq!(
-            pins.frontends()[&ext],
+            frontends(&pins)[&ext],
             old_be,
             "the older takes it over: {:?}",
             r.skipped
@@ -191,7 +169,7 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
         // An endpoint change of the younger moves nothing.
         apply(&mut s, sl(slice("a", "young", "198.18.1.9")));
         s.pass(&mut dp);
-        assert_eq!(pins.frontends()[&ext], old_be);
+        assert_eq!(frontends(&pins)[&ext], old_be);
 
         // The owner lets go: the other claimant has it after this pass.
         apply(
@@ -206,13 +184,13 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
         );
         let r = s.pass(&mut dp);
         assert_eq!(
-            pins.frontends()[&ext],
+            frontends(&pins)[&ext],
             ["198.18.1.9:8080"],
             "handed to the younger in the same pass: {r:?}"
         );
         apply(&mut s, svc(old()));
         s.pass(&mut dp);
-        assert_eq!(pins.frontends()[&ext], old_be);
+        assert_eq!(frontends(&pins)[&ext], old_be);
         assert_eq!(
             dp.repair().expect("repair"),
             0,
@@ -221,7 +199,7 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
     }
     // A restart: the pins are adopted, the services listed alphabetically.
     for round in 0..2 {
-        let mut dp = pins.open();
+        let mut dp = pins.open(sizes());
         let mut s = syncer();
         resync(
             &mut s,
@@ -229,7 +207,7 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
             vec![slice("a", "young", "198.18.1.9"), old_slice()],
         );
         let r = s.pass(&mut dp);
-        assert_eq!(pins.frontends()[&ext], old_be, "restart {round}");
+        assert_eq!(frontends(&pins)[&ext], old_be, "restart {round}");
         assert!(
             said(&r, "belongs to the older service z/old"),
             "restart {round}: {:?}",
@@ -238,7 +216,7 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
         assert_eq!(r.deleted, 0, "restart {round}: nothing to delete: {r:?}");
     }
     // Deleting the owner hands the frontend over too.
-    let mut dp = pins.open();
+    let mut dp = pins.open(sizes());
     let mut s = syncer();
     resync(
         &mut s,
@@ -252,7 +230,7 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
         name: "old".into(),
     });
     s.pass(&mut dp);
-    let fs = pins.frontends();
+    let fs = frontends(&pins);
     assert_eq!(fs[&ext], ["198.18.1.9:8080"]);
     assert!(!fs.contains_key("198.19.0.2:80/tcp"), "{fs:?}");
 }
@@ -263,7 +241,7 @@ fn the_oldest_claimant_owns_an_external_ip_in_any_order_and_across_restarts() {
 #[test]
 fn an_external_ip_on_a_cluster_ip_is_refused_and_the_cluster_ip_keeps_its_backends() {
     skip_unless!(Needs::pinned());
-    let pins = Pins::new("dns");
+    let pins = PinDir::new("own-dns");
     let dns = || {
         service(
             "kube-system",
@@ -290,12 +268,12 @@ fn an_external_ip_on_a_cluster_ip_is_refused_and_the_cluster_ip_keeps_its_backen
     };
     let dns_fe = "198.19.0.10:53/udp";
     for round in 0..2 {
-        let mut dp = pins.open();
+        let mut dp = pins.open(sizes());
         let mut s = syncer();
         // The attacker first, in the list and in age.
         resync(&mut s, vec![evil(), dns()], slices());
         let r = s.pass(&mut dp);
-        let fs = pins.frontends();
+        let fs = frontends(&pins);
         assert_eq!(fs[dns_fe], ["198.18.1.53:5353"], "round {round}: {fs:?}");
         assert_eq!(fs["198.19.0.66:53/udp"], ["198.18.6.66:5353"]);
         assert!(
@@ -309,7 +287,7 @@ fn an_external_ip_on_a_cluster_ip_is_refused_and_the_cluster_ip_keeps_its_backen
     }
     // The same with the victim already programmed and the claim arriving
     // later.
-    let mut dp = pins.open();
+    let mut dp = pins.open(sizes());
     let mut s = syncer();
     resync(&mut s, vec![dns()], slices());
     s.pass(&mut dp);
@@ -319,7 +297,7 @@ fn an_external_ip_on_a_cluster_ip_is_refused_and_the_cluster_ip_keeps_its_backen
         said(&r, "is the cluster IP of service kube-system/kube-dns"),
         "{r:?}"
     );
-    assert_eq!(pins.frontends()[dns_fe], ["198.18.1.53:5353"]);
+    assert_eq!(frontends(&pins)[dns_fe], ["198.18.1.53:5353"]);
 }
 
 /// `--external-ip-cidrs`: an external IP outside the allowed networks is
@@ -327,8 +305,8 @@ fn an_external_ip_on_a_cluster_ip_is_refused_and_the_cluster_ip_keeps_its_backen
 #[test]
 fn external_ips_outside_the_allowed_cidrs_are_refused() {
     skip_unless!(Needs::pinned());
-    let pins = Pins::new("cidrs");
-    let mut dp = pins.open();
+    let pins = PinDir::new("own-cidrs");
+    let mut dp = pins.open(sizes());
     let policy = ExternalPolicy {
         allowed_external_ips: Some(vec![(IpAddr::from([198, 18, 50, 0]), 24)]),
         ..ExternalPolicy::for_node(node().addresses)
@@ -346,7 +324,7 @@ fn external_ips_outside_the_allowed_cidrs_are_refused() {
         vec![slice("demo", "web", "198.18.1.5")],
     );
     let r = s.pass(&mut dp);
-    let fs = pins.frontends();
+    let fs = frontends(&pins);
     assert!(fs.contains_key(&format!("{EXT}:80/tcp")), "{fs:?}");
     assert!(!fs.contains_key("198.18.60.1:80/tcp"), "{fs:?}");
     assert!(

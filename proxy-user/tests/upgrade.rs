@@ -17,17 +17,17 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, CtValue, IPPROTO_TCP, Reason, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
     SVC_FLAG_NODE_PORT,
 };
-use svcnat::dataplane::{Dataplane, DataplaneConfig, MapSizes, cleanup, migrate::CtValueV2};
+use svcnat::dataplane::{Dataplane, DataplaneConfig, MapSizes, migrate::CtValueV2};
+use svcnat_testkit::pins::PinDir;
 use svcnat_testkit::{
     datapath::{Map6Error, TEST_RUN_IFINDEX, TcProgram, TestDatapath, test_map_sizes},
-    netns::unique_tag,
     packet::{PacketBuilder, TCP_ACK, TCP_SYN, parse},
     skip::Needs,
     skip_unless,
@@ -51,23 +51,6 @@ const L1: SocketAddrV4 = sa(198, 18, 10, 11, 8080);
 
 const XDP_PASS: u32 = 2;
 const TCX_NEXT: u32 = u32::MAX;
-
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new() -> Self {
-        PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/svcnat-upgrade-{}",
-            unique_tag()
-        )))
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = cleanup(&self.0);
-    }
-}
 
 fn ends(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
     let p = parse(frame).expect("parse");
@@ -215,7 +198,7 @@ fn upgrade(dir: &Path) -> svcnat::dataplane::migrate::MigrationReport {
 #[test]
 fn flows_of_layout_1_survive_the_upgrade() {
     skip_unless!(Needs::prog_run());
-    let dir = PinDir::new();
+    let dir = PinDir::new("upgrade");
     let old = old_datapath::<CtValueV2>(&dir.0, 1);
     let snat_port = old_flows(&old);
     let report = upgrade(&dir.0);
@@ -231,7 +214,7 @@ fn flows_of_layout_1_survive_the_upgrade() {
 #[test]
 fn flows_of_layout_2_survive_the_upgrade() {
     skip_unless!(Needs::prog_run());
-    let dir = PinDir::new();
+    let dir = PinDir::new("upgrade");
     let old = old_datapath::<CtValueV2>(&dir.0, 2);
     let snat_port = old_flows(&old);
     // The old programs go on creating flows while the new agent starts: a
@@ -285,7 +268,7 @@ fn flows_of_layout_2_survive_the_upgrade() {
 fn without_the_migration_the_new_programs_refuse_the_old_maps() {
     skip_unless!(Needs::prog_run());
     for v in [1, 2] {
-        let dir = PinDir::new();
+        let dir = PinDir::new("upgrade");
         let old = old_datapath::<CtValueV2>(&dir.0, v);
         old_flows(&old);
         // Layout 3's conntrack values are larger: the current object cannot
@@ -309,7 +292,7 @@ fn without_the_migration_the_new_programs_refuse_the_old_maps() {
 #[test]
 fn flows_of_layout_3_survive_the_upgrade() {
     skip_unless!(Needs::prog_run());
-    let dir = PinDir::new();
+    let dir = PinDir::new("upgrade");
     let old = old_datapath::<CtValue>(&dir.0, 3);
     assert!(
         matches!(old.v6(), Err(Map6Error::NoIpv6Maps)),

@@ -21,5 +21,6 @@ pub mod fixture;
 pub mod fixture6;
 pub mod netns;
 pub mod packet;
+pub mod pins;
 pub mod prog_run;
 pub mod skip;
