@@ -15,12 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat_testkit::{
-    cluster::{
-        Cluster, ClusterConfig, Endpoint, Frontend, Host, IpFamily, Port, Proto, node_addr,
-        pod_addr, service_with_slices, service_yaml, slice_yaml, url,
-    },
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, Endpoint, Frontend, Host, IpFamily, Port, Proto, node_addr, pod_addr,
+    service_with_slices, service_yaml, slice_yaml, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -37,11 +34,7 @@ const IPERF_SECONDS: u32 = 15;
 /// A cluster of `nodes` nodes, or None (after printing why) when this
 /// machine cannot run it.
 fn cluster(prefix: &str, nodes: usize, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(Cluster::new(ClusterConfig::new(BIN, nodes).prefix(prefix)).expect("build the cluster"))
+    Cluster::for_test(ClusterConfig::new(BIN, nodes).prefix(prefix), programs)
 }
 
 /// `addr:port` of each pod's address of `family`.

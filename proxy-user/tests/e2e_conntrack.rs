@@ -20,12 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat_testkit::{
-    cluster::{
-        Cluster, ClusterConfig, Endpoint, Frontend, Host, IpFamily, Port, Proto, Query, node_addr,
-        pod_addr, service_with_slices, service_yaml_ips, slice_yaml_of, url,
-    },
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, Endpoint, Frontend, Host, IpFamily, Port, Proto, Query, node_addr,
+    pod_addr, service_with_slices, service_yaml_ips, slice_yaml_of, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -43,11 +40,7 @@ const WHO_NEW: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
 /// A cluster of two nodes, or None (after printing why) when this machine
 /// cannot run it (`programs` are the ones the test needs besides svcnat's).
 fn cluster_with(prefix: &str, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(Cluster::new(ClusterConfig::new(BIN, 2).prefix(prefix)).expect("build the cluster"))
+    Cluster::for_test(ClusterConfig::new(BIN, 2).prefix(prefix), programs)
 }
 
 fn cluster(prefix: &str) -> Option<Cluster> {

@@ -17,12 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat_testkit::{
-    cluster::{
-        Cluster, ClusterConfig, Endpoint, Exposed, Host, Port, Proto, dual_stack_endpoints,
-        exposed_service, node_addr, node_addr6, pod_addr, service_with_slices, twin6, url,
-    },
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, Endpoint, Exposed, Host, Port, Proto, dual_stack_endpoints,
+    exposed_service, node_addr, node_addr6, pod_addr, service_with_slices, twin6, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -42,11 +39,7 @@ const FAIL_TIME: Duration = Duration::from_secs(1);
 /// A cluster of `nodes` nodes, or None (after printing why) when this
 /// machine cannot run it.
 fn cluster(prefix: &str, nodes: usize, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(Cluster::new(ClusterConfig::new(BIN, nodes).prefix(prefix)).expect("build the cluster"))
+    Cluster::for_test(ClusterConfig::new(BIN, nodes).prefix(prefix), programs)
 }
 
 /// Starts every agent and waits until each has finished its first sync

@@ -18,13 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat_testkit::{
-    cluster::{
-        Cluster, ClusterConfig, Endpoint, Exposed, Host, IpFamily, Port, Proto,
-        dual_stack_endpoints, exposed_service, node_addr, node_addr6, pod_addr,
-        service_with_slices, twin6, url,
-    },
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, Endpoint, Exposed, Host, IpFamily, Port, Proto, dual_stack_endpoints,
+    exposed_service, node_addr, node_addr6, pod_addr, service_with_slices, twin6, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -34,11 +30,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const CURL_TIME: Duration = Duration::from_secs(5);
 
 fn cluster(prefix: &str, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(Cluster::new(ClusterConfig::new(BIN, 2).prefix(prefix)).expect("build the cluster"))
+    Cluster::for_test(ClusterConfig::new(BIN, 2).prefix(prefix), programs)
 }
 
 /// Pods `a1` on node-a and `b1` on node-b, each serving nginx.

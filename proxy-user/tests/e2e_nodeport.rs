@@ -11,12 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use svcnat_testkit::{
-    cluster::{
-        Cluster, ClusterConfig, CurlOutcome, Endpoint, Frontend, Host, OUTSIDE_ADDR, Port,
-        node_addr, node_name, pod_addr, slice_yaml,
-    },
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, CurlOutcome, Endpoint, Frontend, Host, OUTSIDE_ADDR, Port, node_addr,
+    node_name, pod_addr, slice_yaml,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -35,11 +32,7 @@ const OUTSIDE2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
 /// A two-node cluster, or None (after printing why) when this machine
 /// cannot run it.
 fn cluster(prefix: &str, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(Cluster::new(ClusterConfig::new(BIN, 2).prefix(prefix)).expect("build the cluster"))
+    Cluster::for_test(ClusterConfig::new(BIN, 2).prefix(prefix), programs)
 }
 
 /// Pods with nginx: `(node, host byte, name)`.

@@ -13,9 +13,8 @@ use std::{
     time::Duration,
 };
 
-use svcnat_testkit::{
-    cluster::{Cluster, ClusterConfig, Host, Proto, node_addr, pod_addr, pod_yaml, url},
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, Host, Proto, node_addr, pod_addr, pod_yaml, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -89,11 +88,11 @@ fn names(counts: &BTreeMap<String, usize>) -> BTreeSet<&str> {
 
 #[test]
 fn a_selector_service_follows_its_pods_through_relabel_unready_and_delete() {
-    if let Some(why) = skip_reason(&Needs::cluster(&["nginx", "curl"])) {
-        eprintln!("skipped: {why}");
+    let Some(mut c) =
+        Cluster::for_test(ClusterConfig::new(BIN, 2).prefix("sel"), &["nginx", "curl"])
+    else {
         return;
-    }
-    let mut c = Cluster::new(ClusterConfig::new(BIN, 2).prefix("sel")).expect("cluster");
+    };
     let a1 = c.add_pod(0, "a1", pod_addr(0, 10)).expect("pod");
     let b1 = c.add_pod(1, "b1", pod_addr(1, 10)).expect("pod");
     let a2 = c.add_pod(0, "a2", pod_addr(0, 11)).expect("pod");

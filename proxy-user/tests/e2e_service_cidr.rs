@@ -17,12 +17,9 @@ use std::{
     time::Duration,
 };
 
-use svcnat_testkit::{
-    cluster::{
-        Cluster, ClusterConfig, Endpoint, OUTSIDE_ADDR, Port, Proto, SERVICE_NET6, pod_addr,
-        service_with_slices, url,
-    },
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, Endpoint, OUTSIDE_ADDR, Port, Proto, SERVICE_NET6, pod_addr,
+    service_with_slices, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -48,11 +45,11 @@ fn service_cidr_yaml() -> String {
 
 #[test]
 fn traffic_to_an_unallocated_cluster_ip_is_dropped_until_a_service_holds_it() {
-    if let Some(why) = skip_reason(&Needs::cluster(&["nginx", "curl"])) {
-        eprintln!("skipped: {why}");
+    let Some(mut c) =
+        Cluster::for_test(ClusterConfig::new(BIN, 2).prefix("sc"), &["nginx", "curl"])
+    else {
         return;
-    }
-    let mut c = Cluster::new(ClusterConfig::new(BIN, 2).prefix("sc")).expect("build the cluster");
+    };
     let unallocated4: IpAddr = "198.19.0.99".parse().expect("address");
     let unallocated6 = unallocated6();
     let client = c.add_pod(0, "client", pod_addr(0, 100)).expect("pod");

@@ -20,12 +20,9 @@ use std::{
     time::Duration,
 };
 
-use svcnat_testkit::{
-    cluster::{
-        Cluster, ClusterConfig, Endpoint, Host, Port, Proto, node_name, node_yaml, pod_addr,
-        service_with_slice, url,
-    },
-    skip::{Needs, skip_reason},
+use svcnat_testkit::cluster::{
+    Cluster, ClusterConfig, Endpoint, Host, Port, Proto, node_name, node_yaml, pod_addr,
+    service_with_slice, url,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_svcnat");
@@ -35,11 +32,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const CURL_TIME: Duration = Duration::from_secs(5);
 
 fn cluster(prefix: &str, programs: &[&str]) -> Option<Cluster> {
-    if let Some(why) = skip_reason(&Needs::cluster(programs)) {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(Cluster::new(ClusterConfig::new(BIN, 2).prefix(prefix)).expect("build the cluster"))
+    Cluster::for_test(ClusterConfig::new(BIN, 2).prefix(prefix), programs)
 }
 
 /// The Nodes: node-a in `zones[0]`, node-b in `zones[1]`; `taints` on

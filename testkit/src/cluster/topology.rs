@@ -356,6 +356,17 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Cluster {
+    /// For a test: [`Cluster::new`], or `None` after printing why when this
+    /// machine cannot run a cluster with `programs` (root, `ip`, and the
+    /// servers and clients the test uses). Panics if building it fails.
+    pub fn for_test(cfg: ClusterConfig, programs: &[&str]) -> Option<Self> {
+        if let Some(why) = crate::skip::skip_reason(&crate::skip::Needs::cluster(programs)) {
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        Some(Self::new(cfg).expect("build the cluster"))
+    }
+
     /// Builds the fabric, the nodes and the outside client (no pods, no
     /// agents yet). On error, whatever was built is torn down.
     pub fn new(cfg: ClusterConfig) -> Result<Self> {
