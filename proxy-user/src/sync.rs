@@ -232,11 +232,9 @@ impl Syncer {
         if self.node_object == node {
             return;
         }
-        self.node_eligible = node.as_ref().is_none_or(model::node_eligible);
-        if node.is_none() {
-            // A deleted Node: kube-proxy's SyncNode sees its deletion.
-            self.node_eligible = false;
-        }
+        // A deleted Node is not eligible either: kube-proxy's SyncNode sees
+        // its deletion.
+        self.node_eligible = node.as_ref().is_some_and(model::node_eligible);
         let zone = node.as_ref().and_then(model::node_zone);
         if zone != self.node.zone {
             tracing::info!(node = %self.node.name, zone = ?zone, "this node's zone changed: topology hints are matched against it");
