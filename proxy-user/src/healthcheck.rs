@@ -39,15 +39,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, watch},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     health::AgentHealth,
-    http::{self, Request, Response},
+    http::{self, Connections, Request, Response},
     model::{ServiceModel, ServiceName},
 };
 
@@ -56,8 +52,8 @@ use crate::{
 pub const DEFAULT_BIND_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// How often [`run`] retries ports that could not be bound.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
-/// Connections served at once over all ports; more wait in the backlogs.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections held at once over all ports (the oldest closed for a new one).
+const MAX_CONNECTIONS: usize = 512;
 
 /// What one service asks of the responder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,7 +210,7 @@ pub struct Responder {
     current: Arc<RwLock<HealthChecks>>,
     listeners: BTreeMap<u16, JoinHandle<()>>,
     failed: BTreeMap<u16, String>,
-    permits: Arc<Semaphore>,
+    connections: Arc<Connections>,
 }
 
 impl Responder {
@@ -227,7 +223,7 @@ impl Responder {
             current: Arc::new(RwLock::new(HealthChecks::new())),
             listeners: BTreeMap::new(),
             failed: BTreeMap::new(),
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            connections: Connections::new(MAX_CONNECTIONS),
         }
     }
 
@@ -271,7 +267,7 @@ impl Responder {
                         *port,
                         Arc::clone(&self.current),
                         Arc::clone(&self.health),
-                        Arc::clone(&self.permits),
+                        Arc::clone(&self.connections),
                     ));
                     self.listeners.insert(*port, task);
                     report.opened.push(*port);
@@ -340,7 +336,7 @@ async fn serve(
     port: u16,
     current: Arc<RwLock<HealthChecks>>,
     health: Arc<AgentHealth>,
-    permits: Arc<Semaphore>,
+    connections: Arc<Connections>,
 ) {
     let handler = Arc::new(move |_: &Request<'_>| {
         let svc = current
@@ -358,7 +354,7 @@ async fn serve(
             None => Response::text(503, "no service on this port"),
         }
     });
-    if let Err(e) = http::serve(listener, permits, handler).await {
+    if let Err(e) = http::serve(listener, connections, handler).await {
         tracing::error!(port, "health check port stopped: {e}");
     }
 }

@@ -1,36 +1,58 @@
-//! The agent's small HTTP/1 servers: the one request reader, response writer
-//! and serve loop behind `/metrics` (module `metrics`), `/healthz` and
-//! `/readyz` (module `health`) and the `healthCheckNodePort`s (module
+//! The agent's small HTTP/1 servers, on hyper: the one serve loop behind
+//! `/metrics` (module `metrics`), `/healthz`, `/readyz` and `/livez`
+//! (module `health`) and the `healthCheckNodePort`s (module
 //! `healthcheck`). It knows none of them.
 //!
 //! One request per connection (`Connection: close`). A request head is at
 //! most [`MAX_REQUEST`] bytes (larger: `431`) and must arrive within
-//! [`REQUEST_TIMEOUT`]; a request line that is not `METHOD TARGET HTTP/1.x`
-//! gets `400`. `HEAD` gets the head of what `GET` would get. Connections are
-//! served at most as many at once as the permits a server is given; the
-//! others wait in the listen backlog.
+//! [`HEADER_TIMEOUT`]; a connection lives at most [`CONNECTION_TIMEOUT`],
+//! writing its answer included; a request hyper cannot parse gets `400`.
+//! `HEAD` gets the head of what `GET` would get.
+//!
+//! A server holds at most as many connections as its [`Connections`]
+//! allows, and a new one is always accepted: when the table is full the
+//! oldest connection is closed. A probe sends its request at once and is
+//! answered in microseconds, so idle or slow clients (slowloris) cannot
+//! keep it out; they only push each other out.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
-
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
-/// Longest request head read (request line and headers).
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{self, HeaderName, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, task::AbortHandle};
+
+/// Longest request head read (request line and headers); hyper's smallest.
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// Time a client has to send its request head.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections one metrics or health server serves at once.
-pub const MAX_CONNECTIONS: usize = 32;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of a connection: its request head, the answer, and
+/// writing it to a client that reads slowly.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one metrics or health server holds at once. Large enough
+/// that a burst of new connections cannot push out a probe before its
+/// task has read the request already waiting in its socket (an idle
+/// connection costs a task and hyper's buffer, about 10 KiB).
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// A request, as the servers here see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request<'a> {
     /// The method, as sent.
     pub method: &'a str,
-    /// The target without its query string or fragment.
+    /// The target's path (without its query string).
     pub path: &'a str,
 }
 
@@ -71,42 +93,125 @@ impl Response {
         self
     }
 
-    /// The response head (status line and headers, up to the blank line),
-    /// followed by the body unless `head_only`.
-    fn to_bytes(&self, head_only: bool) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\n",
-            self.status,
-            reason_phrase(self.status),
-            self.content_type,
-            self.body.len()
+    /// The hyper response (hyper leaves the body out for `HEAD`).
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut out = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *out.status_mut() = hyper::StatusCode::from_u16(self.status)
+            .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = out.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
         );
-        for (name, value) in &self.headers {
-            out.push_str(&format!("{name}: {value}\r\n"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        for (name, value) in self.headers {
+            // from_bytes lowers the case, as HTTP/1 in hyper wants it.
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::try_from(value),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                _ => tracing::warn!(header = name, "header left out: not a valid name or value"),
+            }
         }
-        out.push_str("Connection: close\r\n\r\n");
-        if !head_only {
-            out.push_str(&self.body);
-        }
-        out.into_bytes()
+        out
     }
 }
 
 /// What a server answers to one request.
 pub type Handler = Arc<dyn Fn(&Request<'_>) -> Response + Send + Sync>;
 
-/// Serves `handler` on `listener` until the task is aborted, each connection
-/// in a task of its own holding one of `permits` (accepting waits for one).
+/// The connections of one server (or of several sharing one budget):
+/// at most `cap`, the oldest closed to make room for a new one.
+pub struct Connections {
+    cap: usize,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    live: BTreeMap<u64, AbortHandle>,
+    evicted: u64,
+}
+
+impl Connections {
+    /// A table of at most `cap` connections (at least one).
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap: cap.max(1),
+            table: Mutex::new(Table::default()),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Connections closed so far to make room for newer ones.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `conn` in a task of its own, in the table (closing the oldest
+    /// connection first when the table is full); it leaves the table when
+    /// it ends.
+    fn spawn<F>(self: &Arc<Self>, conn: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut t = self.lock();
+        while t.live.len() >= self.cap {
+            let Some((_, oldest)) = t.live.pop_first() else {
+                break;
+            };
+            oldest.abort();
+            t.evicted += 1;
+        }
+        let id = t.next;
+        t.next += 1;
+        let me = Arc::clone(self);
+        // The task cannot take its entry out before it is in: that needs
+        // the lock held here.
+        let task = tokio::spawn(async move {
+            let _leave = Leave { table: me, id };
+            conn.await;
+        });
+        t.live.insert(id, task.abort_handle());
+    }
+}
+
+/// Takes a connection out of its table when its task ends or is aborted.
+struct Leave {
+    table: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.table.lock().live.remove(&self.id);
+    }
+}
+
+/// Serves `handler` on `listener` until the task is aborted, each
+/// connection in a task of its own in `connections`.
 pub async fn serve(
     listener: TcpListener,
-    permits: Arc<Semaphore>,
+    connections: Arc<Connections>,
     handler: Handler,
 ) -> io::Result<()> {
     let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return Ok(());
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -117,18 +222,35 @@ pub async fn serve(
             }
         };
         let handler = Arc::clone(&handler);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = answer(stream, &*handler).await {
-                tracing::debug!(port, "http connection: {e}");
+        connections.spawn(async move {
+            let service = service_fn(move |req: hyper::Request<Incoming>| {
+                let request = Request {
+                    method: req.method().as_str(),
+                    path: req.uri().path(),
+                };
+                let response = handler(&request).into_hyper();
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(port, "http connection: {e}"),
+                Err(_) => {
+                    tracing::debug!(port, "http connection closed after {CONNECTION_TIMEOUT:?}")
+                }
             }
         });
     }
 }
 
 /// Serves `GET` and `HEAD` with `route(path)`, and `405` (`Allow: GET,
-/// HEAD`) to any other method, on `listener` with [`MAX_CONNECTIONS`]
-/// permits of its own, until the task is aborted.
+/// HEAD`) to any other method, on `listener` with a table of
+/// [`MAX_CONNECTIONS`] of its own, until the task is aborted.
 pub async fn serve_get(
     listener: TcpListener,
     route: impl Fn(&str) -> Response + Send + Sync + 'static,
@@ -137,83 +259,7 @@ pub async fn serve_get(
         "GET" | "HEAD" => route(req.path),
         _ => Response::text(405, "only GET and HEAD").with_header("Allow", "GET, HEAD".to_owned()),
     });
-    serve(listener, Arc::new(Semaphore::new(MAX_CONNECTIONS)), handler).await
-}
-
-/// Reads one request head and writes the answer.
-async fn answer(
-    mut stream: TcpStream,
-    handler: &(dyn Fn(&Request<'_>) -> Response + Send + Sync),
-) -> io::Result<()> {
-    let (response, head_only) = match read_request_line(&mut stream).await? {
-        None => (Response::text(431, "request header too large"), false),
-        Some(line) => match parse_request_line(&line) {
-            Some(req) => (handler(&req), req.method == "HEAD"),
-            None => (Response::text(400, "bad request"), false),
-        },
-    };
-    stream.write_all(&response.to_bytes(head_only)).await?;
-    stream.shutdown().await
-}
-
-/// `METHOD TARGET HTTP/1.x`, the target cut at `?` or `#`.
-fn parse_request_line(line: &str) -> Option<Request<'_>> {
-    let mut parts = line.split(' ');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(method), Some(target), Some(v)) if v.starts_with("HTTP/1.") => Some(Request {
-            method,
-            path: target.split(['?', '#']).next().unwrap_or_default(),
-        }),
-        _ => None,
-    }
-}
-
-/// Reads an HTTP/1 request head (at most [`MAX_REQUEST`] bytes, within
-/// [`REQUEST_TIMEOUT`]) and returns its request line; `Ok(None)` when the
-/// head is too large.
-async fn read_request_line(stream: &mut TcpStream) -> io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0_u8; 1024];
-        loop {
-            if let Some(end) = find_head_end(&buf) {
-                return Ok(Some(end));
-            }
-            if buf.len() >= MAX_REQUEST {
-                return Ok(None);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    Ok(head.map(|end| {
-        let text = String::from_utf8_lossy(&buf[..end]);
-        text.lines().next().unwrap_or_default().to_owned()
-    }))
-}
-
-/// End of the request head (index of the blank line), if it arrived.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    }
+    serve(listener, Connections::new(MAX_CONNECTIONS), handler).await
 }
 
 /// Binds `addr`, retrying every few seconds while it fails (the port of a
@@ -235,20 +281,5 @@ pub async fn bind_retrying(addr: SocketAddr, what: &str) -> TcpListener {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn head_end_is_found_with_either_line_ending() {
-        assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(23)
-        );
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n"), Some(14));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
     }
 }

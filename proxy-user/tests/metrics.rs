@@ -890,3 +890,113 @@ async fn the_sampler_reads_counts_capacities_and_conntrack_from_the_maps() {
     })
     .await;
 }
+
+/// The kubelet's default probe timeout: every probe must be answered
+/// within it, whatever other clients do.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A probe of `path` that must be answered within [`PROBE_TIMEOUT`].
+async fn probe(addr: SocketAddr, path: &str) -> HttpResponse {
+    match tokio::time::timeout(PROBE_TIMEOUT, get(addr, path)).await {
+        Ok(r) => r,
+        Err(_) => panic!("{path} not answered within {PROBE_TIMEOUT:?}"),
+    }
+}
+
+/// Hostile and broken clients (1,000 idle connections, slowloris clients
+/// sending a header byte every 200 ms, a 1 MiB header) cannot keep the
+/// kubelet's probes out: each probe is answered within its timeout, the
+/// idle connections are closed (the oldest make room for new ones, the
+/// rest when their head does not arrive in time), the huge head gets 431
+/// or a closed connection, never an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_while_hostile_clients_hold_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
+        health.last_pass_ms.store(unix_ms_now(), Ordering::Relaxed);
+        health.synced.store(true, Ordering::Relaxed);
+        let (addr, server) = start_health(Arc::clone(&health)).await;
+
+        let mut idle = Vec::new();
+        for _ in 0..1000 {
+            idle.push(
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .expect("an idle connection"),
+            );
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut slow = Vec::new();
+        for _ in 0..50 {
+            let stop = Arc::clone(&stop);
+            slow.push(tokio::spawn(async move {
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
+                if s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    if s.write_all(b"a").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }));
+        }
+        let huge = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut head = b"GET /healthz HTTP/1.1\r\nX-Huge: ".to_vec();
+            head.resize(head.len() + (1 << 20), b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            // The server may close before all of it is written.
+            let _ = s.write_all(&head).await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        });
+
+        for round in 0..20 {
+            let r = probe(addr, "/healthz").await;
+            assert_eq!(r.status, 200, "probe {round}: {}", r.body);
+            assert_eq!(probe(addr, "/livez").await.status, 200, "probe {round}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(15), huge)
+            .await
+            .expect("the huge head's connection is closed")
+            .expect("the huge client");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "a 1 MiB head was answered: {:?}",
+            answer.lines().next()
+        );
+
+        // The idle connections were all closed by the server: the oldest
+        // to make room, the rest once their head was late.
+        let mut closed = 0;
+        for mut s in idle {
+            let mut buf = [0_u8; 64];
+            match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => closed += 1,
+                Ok(Ok(n)) => panic!(
+                    "an idle connection was answered: {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Err(_) => {}
+            }
+        }
+        assert_eq!(closed, 1000, "idle connections the server closed");
+        stop.store(true, Ordering::Relaxed);
+        for t in slow {
+            t.await.expect("a slow client");
+        }
+        assert_eq!(probe(addr, "/healthz").await.status, 200);
+        server.abort();
+    })
+    .await;
+}
