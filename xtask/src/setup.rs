@@ -4,7 +4,9 @@
 //! Steps: the nightly toolchain with rust-src and clippy (the eBPF crate builds
 //! `core` itself), clippy and rustfmt for the pinned stable toolchain,
 //! bpf-linker built against the nightly's own libLLVM, the Debian packages the
-//! end-to-end tests use, and bpffs at /sys/fs/bpf.
+//! end-to-end tests use, Helm's SDK for rendering the chart in tests
+//! (helm-python-sdk from PyPI: Helm's Go SDK in a wheel, no helm binary in
+//! Debian), and bpffs at /sys/fs/bpf.
 //!
 //! A plain `cargo install bpf-linker` links the newest LLVM it supports from
 //! the system (none of the right version on Debian 12); building it against
@@ -51,6 +53,17 @@ const PACKAGES: &[(&str, &str)] = &[
 
 const BPFFS: &str = "/sys/fs/bpf";
 
+/// helm-python-sdk: Helm's own Go SDK (v4) behind a Python module, which
+/// `proxy-user/tests/helm_chart.rs` renders and lints the chart with.
+const HELM_SDK: &str = "helm-python-sdk==0.2.2";
+
+/// Where [`HELM_SDK`] is installed (`pip install --target`), under the
+/// workspace's target folder; the tests find it there or in
+/// `SVCNAT_HELM_SDK`.
+pub fn helm_sdk_dir(root: &Path) -> PathBuf {
+    root.join("target/tools/helm-python")
+}
+
 /// What the eBPF build needs to know about the toolchain setup prepared.
 pub struct Toolchain {
     /// rustup name of the nightly toolchain (`cargo +<nightly>`).
@@ -73,6 +86,7 @@ pub fn run(root: &Path) -> Result<Toolchain> {
     ensure_stable_components(root)?;
     let linker_dir = ensure_bpf_linker(root, &info)?;
     ensure_packages()?;
+    ensure_helm_sdk(root)?;
     ensure_bpffs()?;
     Ok(Toolchain {
         nightly,
@@ -418,6 +432,48 @@ fn ensure_packages() -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()
+}
+
+fn ensure_helm_sdk(root: &Path) -> Result<()> {
+    let step = "Helm SDK for the chart tests";
+    let dir = helm_sdk_dir(root);
+    let stamp = dir.join(".installed");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == HELM_SDK) {
+        report(step, "ok");
+        return Ok(());
+    }
+    if which("python3").is_none() {
+        report(
+            step,
+            "warning: no python3 (install it; the Helm chart tests skip)",
+        );
+        return Ok(());
+    }
+    report(step, &format!("installing {HELM_SDK} in {}", dir.display()));
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    let installed = Cmd::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--root-user-action=ignore", "--no-deps", "--target"])
+        .arg(&dir)
+        .arg(HELM_SDK)
+        .run();
+    if let Err(e) = installed {
+        // No pip, or no PyPI: only the chart tests need it.
+        report(
+            step,
+            &format!("warning: not installed ({e:#}); the Helm chart tests skip"),
+        );
+        return Ok(());
+    }
+    fs::write(&stamp, HELM_SDK).with_context(|| format!("cannot write {}", stamp.display()))
 }
 
 fn bpffs_mounted() -> bool {

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::{
     cmd::{Cmd, is_root},
-    ebpf,
+    ebpf, setup,
 };
 
 /// Runs `cargo test` for the default members (every crate but the eBPF one,
@@ -27,6 +27,7 @@ pub fn run(root: &Path, object: &Path, extra: &[String]) -> Result<()> {
         .arg(root.join("Cargo.toml"))
         .args(extra)
         .dir(root)
+        .env("SVCNAT_HELM_SDK", setup::helm_sdk_dir(root))
         .env_remove("RUST_TEST_THREADS");
     ebpf::embed(cmd, root, object).run()
 }
