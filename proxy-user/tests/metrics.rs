@@ -358,56 +358,63 @@ fn stat_values() -> Vec<(Reason, StatValue)> {
 
 // ---------------------------------------------------------------------------
 
+/// Metrics with a value recorded in every family (the kube source's
+/// included).
+fn populated_metrics() -> Arc<Metrics> {
+    let stats = Arc::new(SyncStats::default());
+    stats.passes.store(3, Ordering::Relaxed);
+    stats.upserts.store(5, Ordering::Relaxed);
+    stats.deletes.store(1, Ordering::Relaxed);
+    stats.skipped.store(2, Ordering::Relaxed);
+    stats.repaired.store(4, Ordering::Relaxed);
+    stats.source_errors.store(7, Ordering::Relaxed);
+    stats.udp_flows_cleared.store(8, Ordering::Relaxed);
+    stats.udp_sockets_closed.store(9, Ordering::Relaxed);
+    let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
+    health
+        .last_pass_ms
+        .store(1_700_000_000_500, Ordering::Relaxed);
+    let kube = Arc::new(KubeSourceStats::default());
+    kube.watch_restarts.store(1, Ordering::Relaxed);
+    kube.watch_errors.store(6, Ordering::Relaxed);
+    let metrics = Arc::new(Metrics::new(stats, health, Some(kube)));
+    metrics.observe_pass_duration(Duration::from_millis(3));
+    metrics.observe_pass_duration(Duration::from_millis(30));
+    metrics.observe_programming_latencies(&[
+        Duration::from_millis(2),
+        Duration::from_millis(40),
+        Duration::from_secs(7),
+    ]);
+    let capacity = MapSizes {
+        services: 10,
+        slots: 20,
+        backends: 30,
+        revnat: 40,
+        conntrack: 50,
+        fragments: 60,
+        snat: 70,
+        node_addresses: 80,
+        affinity: 90,
+        source_ranges: 100,
+    };
+    metrics.set_datapath(DatapathSample {
+        frontends: 3,
+        backends: 4,
+        backend_slots: 5,
+        capacity,
+        stats: stat_values(),
+        ct_created: 1000,
+        ct_removed: 3,
+    });
+    metrics.set_conntrack_entries(42);
+    metrics.set_conntrack_evictions(7);
+    metrics
+}
+
 #[tokio::test]
 async fn metrics_expose_every_family_with_the_recorded_values() {
     within(async {
-        let stats = Arc::new(SyncStats::default());
-        stats.passes.store(3, Ordering::Relaxed);
-        stats.upserts.store(5, Ordering::Relaxed);
-        stats.deletes.store(1, Ordering::Relaxed);
-        stats.skipped.store(2, Ordering::Relaxed);
-        stats.repaired.store(4, Ordering::Relaxed);
-        stats.source_errors.store(7, Ordering::Relaxed);
-        stats.udp_flows_cleared.store(8, Ordering::Relaxed);
-        stats.udp_sockets_closed.store(9, Ordering::Relaxed);
-        let health = Arc::new(AgentHealth::new(Duration::from_secs(3600)));
-        health
-            .last_pass_ms
-            .store(1_700_000_000_500, Ordering::Relaxed);
-        let kube = Arc::new(KubeSourceStats::default());
-        kube.watch_restarts.store(1, Ordering::Relaxed);
-        kube.watch_errors.store(6, Ordering::Relaxed);
-        let metrics = Arc::new(Metrics::new(stats, health, Some(kube)));
-        metrics.observe_pass_duration(Duration::from_millis(3));
-        metrics.observe_pass_duration(Duration::from_millis(30));
-        metrics.observe_programming_latencies(&[
-            Duration::from_millis(2),
-            Duration::from_millis(40),
-            Duration::from_secs(7),
-        ]);
-        let capacity = MapSizes {
-            services: 10,
-            slots: 20,
-            backends: 30,
-            revnat: 40,
-            conntrack: 50,
-            fragments: 60,
-            snat: 70,
-            node_addresses: 80,
-            affinity: 90,
-            source_ranges: 100,
-        };
-        metrics.set_datapath(DatapathSample {
-            frontends: 3,
-            backends: 4,
-            backend_slots: 5,
-            capacity,
-            stats: stat_values(),
-            ct_created: 1000,
-            ct_removed: 3,
-        });
-        metrics.set_conntrack_entries(42);
-        metrics.set_conntrack_evictions(7);
+        let metrics = populated_metrics();
         let (addr, server) = start_metrics(metrics).await;
         let m = scrape(addr).await;
 
@@ -997,6 +1004,146 @@ async fn probes_are_answered_while_hostile_clients_hold_connections() {
         }
         assert_eq!(probe(addr, "/healthz").await.status, 200);
         server.abort();
+    })
+    .await;
+}
+
+/// Every query string of a Grafana dashboard (panel targets and template
+/// variables).
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                match (k.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(q)) => out.push(q.clone()),
+                    _ => dashboard_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| dashboard_queries(v, out)),
+        _ => {}
+    }
+}
+
+/// A `label op "value"` matcher of a series selector.
+type Matcher = (String, String, String);
+
+/// The series selectors of a PromQL expression: each `svcnat_*` name with
+/// its matchers.
+fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("svcnat_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].to_owned();
+        let mut matchers = Vec::new();
+        let after = &tail[end..];
+        if let Some(inner) = after.strip_prefix('{') {
+            let close = inner.find('}').expect("a closed selector");
+            for m in inner[..close].split(',').filter(|m| !m.trim().is_empty()) {
+                let op_at = m.find(['=', '!']).expect("a matcher operator");
+                let label = m[..op_at].trim().to_owned();
+                let op_len = m[op_at..].find('"').expect("a quoted matcher value");
+                let op = m[op_at..op_at + op_len].to_owned();
+                let value = m[op_at + op_len..].trim().trim_matches('"').to_owned();
+                matchers.push((label, op, value));
+            }
+        }
+        out.push((name, matchers));
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Whether `value` matches the alternatives of `pattern` (`a_.*|b`: each a
+/// literal, or a prefix followed by `.*`).
+fn matches_alternatives(pattern: &str, value: &str) -> bool {
+    pattern.split('|').any(|alt| match alt.strip_suffix(".*") {
+        Some(prefix) => value.starts_with(prefix),
+        None => value == alt,
+    })
+}
+
+/// deploy/grafana/svcnat.json queries only what the exporter exports: each
+/// metric it names is a family (or a histogram's `_bucket`/`_sum`/`_count`),
+/// each `label="value"` matcher names a label value some sample has, and
+/// each alternative of a `label=~"..."` matcher matches one.
+#[tokio::test]
+async fn every_series_the_grafana_dashboard_queries_is_exported() {
+    within(async {
+        let (addr, server) = start_metrics(populated_metrics()).await;
+        let m = scrape(addr).await;
+        server.abort();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/svcnat.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read the dashboard"))
+                .expect("the dashboard is JSON");
+        let mut queries = Vec::new();
+        dashboard_queries(&dashboard["panels"], &mut queries);
+        dashboard_queries(&dashboard["templating"], &mut queries);
+        assert!(queries.len() >= 20, "{queries:?}");
+        let mut families_used = BTreeSet::new();
+        for q in &queries {
+            let sels = selectors(q);
+            assert!(!sels.is_empty(), "a query of no svcnat series: {q}");
+            for (name, matchers) in sels {
+                let family = if m.contains_key(&name) {
+                    name.as_str()
+                } else {
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .filter(|f| m.get(*f).is_some_and(|f| f.kind == "histogram"))
+                        .unwrap_or_else(|| panic!("{name} is not exported (in {q})"))
+                };
+                families_used.insert(family.to_owned());
+                let samples = &m[family].samples;
+                for (label, op, value) in matchers {
+                    if label == "instance" {
+                        // Added by Prometheus, not the exporter.
+                        continue;
+                    }
+                    let values: BTreeSet<&str> = samples
+                        .iter()
+                        .filter_map(|s| s.labels.get(&label).map(String::as_str))
+                        .collect();
+                    assert!(!values.is_empty(), "{family} has no label {label} (in {q})");
+                    match op.as_str() {
+                        "=" => assert!(
+                            values.contains(value.as_str()),
+                            "{family}{{{label}=\"{value}\"}} matches nothing: {values:?}"
+                        ),
+                        "=~" => {
+                            for alt in value.split('|') {
+                                assert!(
+                                    values.iter().any(|v| matches_alternatives(alt, v)),
+                                    "{family}{{{label}=~\"{alt}\"}} matches nothing: {values:?}"
+                                );
+                            }
+                        }
+                        other => panic!("matcher {other} not checked (in {q})"),
+                    }
+                }
+            }
+        }
+        // What the issue asks the dashboard to show.
+        for needed in [
+            "svcnat_network_programming_duration_seconds",
+            "svcnat_datapath_packets_total",
+            "svcnat_map_capacity_entries",
+            "svcnat_conntrack_evictions_total",
+            "svcnat_kube_watch_restarts_total",
+            "svcnat_sync_skipped_total",
+        ] {
+            assert!(
+                families_used.contains(needed),
+                "the dashboard shows no {needed}"
+            );
+        }
     })
     .await;
 }
