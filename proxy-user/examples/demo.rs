@@ -513,7 +513,10 @@ fn tutorial(args: &Args) -> Result<()> {
         Duration::from_secs(30),
     )?;
     println!("  svcnat (no EndpointSlice in the folder) selected both pods:");
-    for line in svcnat::inspect::render_pods(cluster.manifests_dir(), false)?.lines() {
+    for line in
+        svcnat::inspect::render_pods(cluster.manifests_dir(), &svcnat::inspect::View::default())?
+            .lines()
+    {
         println!("    {line}");
     }
     check_interrupt()?;

@@ -25,8 +25,11 @@ use crate::{
 };
 
 mod pods;
+mod view;
 
 pub use pods::{PodRow, pods, render_pods};
+pub use view::{Output, Requirement, SelectorError, Syntax, View, ViewError, parse_selector};
+use view::{Row, service_parts, show};
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
@@ -511,15 +514,10 @@ pub enum What {
     Pods,
 }
 
-/// A row of one of the `inspect` tables.
-trait Row: Serialize {
-    /// Column titles.
-    const HEADERS: &'static [&'static str];
-    /// The row's cells, in column order.
-    fn cells(&self) -> Vec<String>;
-}
-
 impl Row for ServiceRow {
+    const WHAT: &'static str = "services";
+    // SERVICE KIND FRONTEND PROTO POLICY BACKENDS.
+    const NARROW: &'static [usize] = &[0, 1, 2, 3, 5, 8];
     const HEADERS: &'static [&'static str] = &[
         "SERVICE",
         "KIND",
@@ -532,6 +530,19 @@ impl Row for ServiceRow {
         "BACKENDS",
         "POD BACKENDS",
     ];
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let (ns, name, port_name) = service_parts(&self.name);
+        vec![
+            ("namespace", ns.to_owned()),
+            ("name", name.to_owned()),
+            ("port-name", port_name.to_owned()),
+            ("kind", self.kind.to_owned()),
+            ("vip", self.vip.to_string()),
+            ("port", self.port.to_string()),
+            ("protocol", self.protocol.to_owned()),
+            ("policy", self.traffic_policy.to_owned()),
+        ]
+    }
     fn cells(&self) -> Vec<String> {
         let local = self.traffic_policy == "local";
         let backends = |list: &[String], local: bool| {
@@ -573,7 +584,22 @@ impl Row for ServiceRow {
 }
 
 impl Row for BackendRow {
+    const WHAT: &'static str = "backends";
     const HEADERS: &'static [&'static str] = &["ID", "BACKEND", "PROTO", "FLAGS", "SERVICES"];
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            ("address", self.address.to_string()),
+            ("port", self.port.to_string()),
+            ("protocol", self.protocol.to_owned()),
+        ];
+        out.extend(self.flags.iter().map(|f| ("flag", (*f).to_owned())));
+        for s in &self.services {
+            let (ns, name, _) = service_parts(s);
+            out.push(("namespace", ns.to_owned()));
+            out.push(("service", name.to_owned()));
+        }
+        out
+    }
     fn cells(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
@@ -586,6 +612,9 @@ impl Row for BackendRow {
 }
 
 impl Row for ConntrackRow {
+    const WHAT: &'static str = "conntrack entries";
+    // DIR PROTO SOURCE DESTINATION NAT SERVICE EXPIRES_S.
+    const NARROW: &'static [usize] = &[0, 1, 2, 3, 4, 5, 7];
     const HEADERS: &'static [&'static str] = &[
         "DIR",
         "PROTO",
@@ -597,6 +626,19 @@ impl Row for ConntrackRow {
         "EXPIRES_S",
         "FLAGS",
     ];
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let (ns, name, _) = service_parts(&self.service);
+        let mut out = vec![
+            ("direction", self.direction.to_owned()),
+            ("protocol", self.protocol.to_owned()),
+            ("source", self.source.clone()),
+            ("destination", self.destination.clone()),
+            ("namespace", ns.to_owned()),
+            ("service", name.to_owned()),
+        ];
+        out.extend(self.flags.iter().map(|f| ("flag", (*f).to_owned())));
+        out
+    }
     fn cells(&self) -> Vec<String> {
         vec![
             self.direction.to_string(),
@@ -613,7 +655,11 @@ impl Row for ConntrackRow {
 }
 
 impl Row for StatRow {
+    const WHAT: &'static str = "counters";
     const HEADERS: &'static [&'static str] = &["REASON", "PACKETS", "BYTES"];
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![("reason", self.reason.to_owned())]
+    }
     fn cells(&self) -> Vec<String> {
         vec![
             self.reason.to_string(),
@@ -624,8 +670,18 @@ impl Row for StatRow {
 }
 
 impl Row for LinkRow {
+    const WHAT: &'static str = "links";
+    // PIN KIND ATTACH PROGRAM.
+    const NARROW: &'static [usize] = &[0, 1, 2, 4];
     const HEADERS: &'static [&'static str] =
         &["PIN", "KIND", "ATTACH", "LINK", "PROGRAM", "NETNS COOKIE"];
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("kind", self.kind.to_owned()),
+            ("attach", self.attach.clone()),
+            ("program", self.program.clone()),
+        ]
+    }
     fn cells(&self) -> Vec<String> {
         vec![
             self.pin.clone(),
@@ -638,24 +694,28 @@ impl Row for LinkRow {
     }
 }
 
-/// Rows as pretty JSON or as an aligned table.
-fn show<R: Row>(rows: &[R], json: bool) -> String {
-    if json {
-        return serde_json::to_string_pretty(rows)
-            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    }
-    let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
-    table(R::HEADERS, &cells)
+/// Why `svcnat inspect` shows nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// The pins cannot be read.
+    #[error(transparent)]
+    Pins(#[from] DataplaneError),
+    /// The manifests cannot be read (`inspect pods`).
+    #[error(transparent)]
+    Manifests(#[from] crate::sources::manifests::ManifestError),
+    /// The rows cannot be shown as asked.
+    #[error(transparent)]
+    View(#[from] ViewError),
 }
 
-/// Renders `what` from the pins in `dir` as text or JSON.
-pub fn render(dir: &Path, what: What, json: bool) -> Result<String> {
+/// Renders `what` from the pins in `dir` as `view` asks.
+pub fn render(dir: &Path, what: What, view: &View) -> std::result::Result<String, InspectError> {
     Ok(match what {
-        What::Services => show(&services(dir)?, json),
-        What::Backends => show(&backends(dir)?, json),
-        What::Conntrack => show(&conntrack(dir)?, json),
-        What::Stats => show(&stats(dir)?, json),
-        What::Links => show(&links(dir)?, json),
+        What::Services => show(&services(dir)?, view)?,
+        What::Backends => show(&backends(dir)?, view)?,
+        What::Conntrack => show(&conntrack(dir)?, view)?,
+        What::Stats => show(&stats(dir)?, view)?,
+        What::Links => show(&links(dir)?, view)?,
         // Not in the pins: see [`render_pods`].
         What::Pods => "svcnat inspect pods reads the manifests: give --manifests PATH\n".into(),
     })

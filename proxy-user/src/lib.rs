@@ -38,6 +38,7 @@ pub mod selector;
 pub mod sockdiag;
 pub mod sources;
 pub mod sync;
+pub mod version;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time
 /// (empty when it was not built; loading then fails with a clear error).

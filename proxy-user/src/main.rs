@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use proxy_common::default_sizes;
 use svcnat::{
     agent::{self, AgentConfig, DEFAULT_CGROUP_ROOT, Hairpin, SocketLb, SourceConfig},
@@ -10,12 +10,15 @@ use svcnat::{
     health, healthcheck, inspect, metrics,
     sources::kube::{ApiServerOverride, KubeConfigSource},
     sync::LoopConfig,
+    version,
 };
 
 #[derive(Parser)]
 #[command(
     name = "svcnat",
     version,
+    long_version = svcnat::version::LONG_VERSION,
+    after_help = "Exit status: 0 done; 1 failed (pins or manifests unreadable, the agent stopped on an error); 2 usage error (a flag, selector or configuration that cannot work); 3 `inspect`: no svcnat pins at --bpffs.",
     about = "Kubernetes Services in eBPF: a kube-proxy replacement"
 )]
 struct Cli {
@@ -37,7 +40,8 @@ enum LogFormat {
 enum Command {
     /// Watch Services and EndpointSlices and keep the datapath equal to them.
     Run(RunArgs),
-    /// Show what the pinned maps hold (works while the agent is stopped).
+    /// Show what the pinned maps hold (works while the agent is stopped), as
+    /// `kubectl get` shows objects.
     Inspect {
         /// What to show.
         #[arg(value_enum)]
@@ -45,12 +49,40 @@ enum Command {
         /// Pin folder.
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
-        /// JSON instead of a table.
-        #[arg(long)]
+        /// Output format: text (the main columns), wide (every column),
+        /// json or yaml.
+        #[arg(short, long, value_enum, default_value_t = inspect::Output::Text)]
+        output: inspect::Output,
+        /// Same as `-o json`.
+        #[arg(long, conflicts_with = "output")]
         json: bool,
+        /// Only rows of this namespace (counters and links have none and are
+        /// always shown).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Label selector, as kubectl's (`app=web,tier!=db,env in (a,b),
+        /// !canary`); only Pods have labels.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// Field selector (`kind=node-port,protocol!=udp`); an unknown field
+        /// is an error that lists the known ones.
+        #[arg(long)]
+        field_selector: Option<String>,
         /// For `pods`: the manifests file or folder to read.
         #[arg(long)]
         manifests: Option<PathBuf>,
+    },
+    /// Print the version, the commit it was built from and the pin layout.
+    Version {
+        /// Output format: text, json or yaml (wide is text).
+        #[arg(short, long, value_enum, default_value_t = inspect::Output::Text)]
+        output: inspect::Output,
+    },
+    /// Print a shell completion script (`source <(svcnat completions bash)`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Remove every program link and map pin svcnat installed under the folder.
     Cleanup {
@@ -241,43 +273,32 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Inspect {
-            what: inspect::What::Pods,
+            what,
+            bpffs,
+            output,
             json,
+            namespace,
+            selector,
+            field_selector,
             manifests,
-            ..
         } => {
-            let Some(path) = manifests else {
-                eprintln!(
-                    "svcnat inspect pods: give --manifests PATH (the folder svcnat run reads)"
-                );
-                return ExitCode::FAILURE;
-            };
-            match inspect::render_pods(&path, json) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
+            let view = match view_of(output, json, namespace, selector, field_selector) {
+                Ok(v) => v,
                 Err(e) => {
-                    eprintln!("svcnat inspect pods: {e}");
-                    ExitCode::FAILURE
+                    eprintln!("svcnat inspect: {e}");
+                    return ExitCode::from(EXIT_USAGE);
                 }
-            }
+            };
+            inspect_main(what, &bpffs, manifests.as_deref(), &view)
         }
-        Command::Inspect {
-            what, bpffs, json, ..
-        } => match inspect::render(&bpffs, what, json) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!(
-                    "svcnat inspect: {e} (is svcnat running with --bpffs {}?)",
-                    bpffs.display()
-                );
-                ExitCode::FAILURE
-            }
-        },
+        Command::Version { output } => {
+            print!("{}", version::render(output));
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "svcnat", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Cleanup { bpffs } => match dataplane::cleanup(&bpffs) {
             Ok(removed) => {
                 for p in &removed {
@@ -293,12 +314,83 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit status of a usage error: a flag or selector that does not parse, a
+/// configuration that cannot work (clap's own code for usage errors).
+const EXIT_USAGE: u8 = 2;
+/// Exit status of `svcnat inspect` when there are no svcnat pins at
+/// `--bpffs` (no agent ever ran on this node, or it was cleaned up).
+const EXIT_NO_PINS: u8 = 3;
+
+/// The view `svcnat inspect`'s flags ask for.
+fn view_of(
+    output: inspect::Output,
+    json: bool,
+    namespace: Option<String>,
+    selector: Option<String>,
+    field_selector: Option<String>,
+) -> Result<inspect::View, inspect::SelectorError> {
+    let parse = |s: Option<String>, syntax| {
+        s.map_or(Ok(Vec::new()), |s| inspect::parse_selector(&s, syntax))
+    };
+    Ok(inspect::View {
+        output: if json { inspect::Output::Json } else { output },
+        namespace,
+        labels: parse(selector, inspect::Syntax::Labels)?,
+        fields: parse(field_selector, inspect::Syntax::Fields)?,
+    })
+}
+
+fn inspect_main(
+    what: inspect::What,
+    bpffs: &std::path::Path,
+    manifests: Option<&std::path::Path>,
+    view: &inspect::View,
+) -> ExitCode {
+    let rendered = if what == inspect::What::Pods {
+        let Some(path) = manifests else {
+            eprintln!("svcnat inspect pods: give --manifests PATH (the folder svcnat run reads)");
+            return ExitCode::from(EXIT_USAGE);
+        };
+        inspect::render_pods(path, view)
+    } else {
+        if !bpffs.is_dir() {
+            eprintln!(
+                "svcnat inspect: no svcnat pins at {} (is svcnat running with --bpffs {0}?)",
+                bpffs.display()
+            );
+            return ExitCode::from(EXIT_NO_PINS);
+        }
+        inspect::render(bpffs, what, view)
+    };
+    match rendered {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ inspect::InspectError::View(_)) => {
+            eprintln!("svcnat inspect: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e @ inspect::InspectError::Pins(_)) => {
+            eprintln!(
+                "svcnat inspect: {e} (is svcnat running with --bpffs {}?)",
+                bpffs.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("svcnat inspect: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(args: RunArgs) -> ExitCode {
     let config = match build_config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("svcnat run: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -781,7 +781,8 @@ fn inspect_shows_ipv6_frontends_and_backends_in_brackets() {
         "{r:?}"
     );
     assert_eq!(r.backends, ["[2001:db8:2::1]:8080", "[2001:db8:2::2]:8080"]);
-    let text = inspect::render(&dir.0, inspect::What::Services, false).expect("text");
+    let text =
+        inspect::render(&dir.0, inspect::What::Services, &inspect::View::default()).expect("text");
     let line = text
         .lines()
         .find(|l| l.contains("[2001:db8:1::10]:80"))
@@ -791,7 +792,12 @@ fn inspect_shows_ipv6_frontends_and_backends_in_brackets() {
         "{line}"
     );
     assert!(text.contains("198.19.0.10:80"), "{text}");
-    let json = inspect::render(&dir.0, inspect::What::Services, true).expect("json");
+    let json = inspect::render(
+        &dir.0,
+        inspect::What::Services,
+        &inspect::View::new(inspect::Output::Json),
+    )
+    .expect("json");
     let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     assert!(
         v.as_array()
@@ -814,7 +820,8 @@ fn inspect_shows_ipv6_frontends_and_backends_in_brackets() {
         ]
     );
     assert!(backends.iter().all(|b| b.services == ["shop/web:http"]));
-    let text = inspect::render(&dir.0, inspect::What::Backends, false).expect("text");
+    let text =
+        inspect::render(&dir.0, inspect::What::Backends, &inspect::View::default()).expect("text");
     assert!(text.contains("[2001:db8:2::2]:8080"), "{text}");
 }
 
@@ -1538,7 +1545,20 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
     assert_eq!((r.kind, r.traffic_policy), ("external-ip", "local"));
     assert!(r.backends.is_empty());
 
-    let text = inspect::render(&dir.0, inspect::What::Services, false).expect("text");
+    // `-o text` shows the main columns, `-o wide` every one (kubectl's).
+    let narrow =
+        inspect::render(&dir.0, inspect::What::Services, &inspect::View::default()).expect("text");
+    let header = narrow.lines().next().expect("header");
+    assert!(
+        header.contains("BACKENDS") && header.contains("POLICY"),
+        "{header}"
+    );
+    assert!(
+        !header.contains("AFFINITY") && !header.contains("POD BACKENDS"),
+        "{header}"
+    );
+    let wide = inspect::View::new(inspect::Output::Wide);
+    let text = inspect::render(&dir.0, inspect::What::Services, &wide).expect("wide");
     let header = text.lines().next().expect("header");
     for h in [
         "KIND",
@@ -1569,8 +1589,73 @@ fn inspect_shows_kinds_policies_scopes_source_ranges_and_affinity() {
         "{ext_line}"
     );
 
-    let json = inspect::render(&dir.0, inspect::What::Services, true).expect("json");
+    // Filters: -n, --field-selector (an unknown field is an error naming the
+    // known ones), -l (the maps have no labels: an error).
+    let view = |namespace: Option<&str>, fields: &str| inspect::View {
+        output: inspect::Output::Json,
+        namespace: namespace.map(str::to_owned),
+        fields: inspect::parse_selector(fields, inspect::Syntax::Fields).expect("selector"),
+        labels: Vec::new(),
+    };
+    let names = |v: &inspect::View| -> Vec<String> {
+        let json = inspect::render(&dir.0, inspect::What::Services, v).expect("filtered");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("JSON");
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["name"].as_str().unwrap_or_default(),
+                    r["kind"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let lb = names(&view(None, "kind=load-balancer"));
+    assert!(
+        !lb.is_empty() && lb.iter().all(|n| n.ends_with(" load-balancer")),
+        "{lb:?}"
+    );
+    assert!(
+        names(&view(Some("shop"), ""))
+            .iter()
+            .any(|n| n.starts_with("shop/lb:http"))
+    );
+    assert!(names(&view(Some("elsewhere"), "")).is_empty());
+    assert!(
+        names(&view(None, "name=lb,kind!=load-balancer"))
+            .iter()
+            .all(|n| n.starts_with("shop/lb:") && !n.ends_with(" load-balancer"))
+    );
+    let unknown = inspect::render(&dir.0, inspect::What::Services, &view(None, "colour=red"))
+        .expect_err("an unknown field");
+    assert!(unknown.to_string().contains("kind"), "{unknown}");
+    let labels = inspect::View {
+        labels: inspect::parse_selector("app=web", inspect::Syntax::Labels).expect("selector"),
+        ..inspect::View::default()
+    };
+    let no_labels = inspect::render(&dir.0, inspect::What::Services, &labels)
+        .expect_err("services have no labels");
+    assert!(
+        no_labels.to_string().contains("--field-selector"),
+        "{no_labels}"
+    );
+    // YAML holds the same rows as JSON.
+    let yaml = inspect::render(
+        &dir.0,
+        inspect::What::Services,
+        &inspect::View::new(inspect::Output::Yaml),
+    )
+    .expect("yaml");
+    let from_yaml: serde_json::Value = serde_saphyr::from_str(&yaml).expect("YAML");
+
+    let json = inspect::render(
+        &dir.0,
+        inspect::What::Services,
+        &inspect::View::new(inspect::Output::Json),
+    )
+    .expect("json");
     let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(from_yaml, v, "YAML and JSON rows differ");
     let np = v
         .as_array()
         .expect("array")

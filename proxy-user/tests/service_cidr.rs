@@ -252,8 +252,12 @@ fn unallocated_addresses_of_a_service_cidr_are_dropped_and_counted_in_both_famil
 
     // The drops are in the stats `svcnat inspect stats` and the metrics read.
     assert_eq!(counted(&dp, Reason::DropUnallocatedServiceIp), 8);
-    let shown = svcnat::inspect::render(&dir.0, svcnat::inspect::What::Stats, false)
-        .expect("inspect stats");
+    let shown = svcnat::inspect::render(
+        &dir.0,
+        svcnat::inspect::What::Stats,
+        &svcnat::inspect::View::default(),
+    )
+    .expect("inspect stats");
     assert!(
         shown
             .lines()

@@ -2,11 +2,14 @@
 //! Service the Pods it selected and why the others were not. Reads the
 //! manifests, not the pins.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use serde::Serialize;
 
-use super::{Row, show};
+use super::{InspectError, Row, View, service_parts, show};
 use crate::sources::manifests::ManifestError;
 
 /// One Pod of a Service's namespace, as the selector step saw it.
@@ -23,9 +26,24 @@ pub struct PodRow {
     pub conditions: Vec<&'static str>,
     /// Why it is left out (or left out of a port).
     pub why: Vec<String>,
+    /// The Pod's labels (`-l` matches them).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Row for PodRow {
+    const WHAT: &'static str = "pods";
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let (ns, name, _) = service_parts(&self.service);
+        vec![
+            ("namespace", ns.to_owned()),
+            ("service", name.to_owned()),
+            ("pod", self.pod.clone()),
+            ("selected", self.selected.to_string()),
+        ]
+    }
+    fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        Some(&self.labels)
+    }
     const HEADERS: &'static [&'static str] = &["SERVICE", "POD", "SELECTED", "CONDITIONS", "WHY"];
     fn cells(&self) -> Vec<String> {
         let or_dash = |v: String| if v.is_empty() { "-".to_string() } else { v };
@@ -54,6 +72,21 @@ pub fn pods(path: &Path) -> Result<Vec<PodRow>, ManifestError> {
         }
     }
     let selection = crate::selector::derive(&services, &pods, &nodes);
+    let labels: BTreeMap<(String, String), BTreeMap<String, String>> = pods
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_owned()),
+                    p.metadata.name.clone().unwrap_or_default(),
+                ),
+                p.metadata.labels.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
     let mut rows = Vec::new();
     for (service, sel) in &selection.services {
         let names: BTreeSet<&String> = sel.pods.keys().chain(sel.left_out.keys()).collect();
@@ -76,15 +109,19 @@ pub fn pods(path: &Path) -> Result<Vec<PodRow>, ManifestError> {
                     .flatten()
                     .map(ToString::to_string)
                     .collect(),
+                labels: labels
+                    .get(&(service.namespace.clone(), pod.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
             });
         }
     }
     Ok(rows)
 }
 
-/// [`pods`] as text or JSON.
-pub fn render_pods(path: &Path, json: bool) -> Result<String, ManifestError> {
-    Ok(show(&pods(path)?, json))
+/// [`pods`] as `view` asks.
+pub fn render_pods(path: &Path, view: &View) -> Result<String, InspectError> {
+    Ok(show(&pods(path)?, view)?)
 }
 
 #[cfg(test)]
@@ -136,7 +173,33 @@ mod tests {
             rows.iter()
                 .all(|r| r.service == "default/kubernetes-bootcamp")
         );
-        let text = show(&rows, false);
+        let text = show(&rows, &View::default()).expect("text");
         assert!(text.starts_with("SERVICE"), "{text}");
+        // -l matches the Pods' labels; --field-selector their fields.
+        let view = |labels: &str, fields: &str| View {
+            labels: super::super::parse_selector(labels, super::super::Syntax::Labels)
+                .expect("labels"),
+            fields: super::super::parse_selector(fields, super::super::Syntax::Fields)
+                .expect("fields"),
+            ..View::default()
+        };
+        let shown = |v: &View| -> Vec<String> {
+            show(&rows, v)
+                .expect("shown")
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+                .collect()
+        };
+        assert_eq!(shown(&view("app=kubernetes-bootcamp", "")).len(), 3);
+        assert_eq!(
+            shown(&view("app=kubernetes-bootcamp", "selected=true")),
+            [
+                "kubernetes-bootcamp-855d5cc575-6zw5x",
+                "kubernetes-bootcamp-855d5cc575-q8v4r"
+            ]
+        );
+        assert!(shown(&view("app notin (kubernetes-bootcamp)", "selected=true")).is_empty());
+        assert_eq!(shown(&view("", "")).len(), rows.len());
     }
 }
