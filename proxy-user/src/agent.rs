@@ -342,7 +342,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 // One home for the address logic: the same function as at
                 // start; the Syncer ignores an unchanged set.
                 let now = nodeport_addresses(&address_patterns, &nodeport_cidrs);
-                if addresses_tx.send(SourceEvent::NodeAddresses(now)).await.is_err() {
+                if addresses_tx
+                    .send(SourceEvent::NodeAddresses(now))
+                    .await
+                    .is_err()
+                {
                     tracing::warn!("sync loop gone; node addresses not updated");
                 }
             }
