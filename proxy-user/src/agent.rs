@@ -254,6 +254,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
 
     let (tx, rx) = mpsc::channel::<SourceEvent>(1024);
+    let addresses_tx = tx.clone();
     let mut kube_stats = None;
     let source = match cfg.source.clone() {
         SourceConfig::Manifests(path) => tokio::spawn(async move {
@@ -305,14 +306,50 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             metrics::CONNTRACK_COUNT_EVERY,
         )));
     }
-    // Interfaces appear as pods start: look for new matching ones periodically.
+    // Interfaces appear as pods start: attach on each rtnetlink link event
+    // (a burst of them is one pass), with a slow periodic rescan as the safety
+    // net for events the kernel dropped.
     let attach_dp = dp.clone();
     let patterns = cfg.pod_interfaces.clone();
     let node_patterns = cfg.node_interfaces.clone();
     let mut every = tokio::time::interval(cfg.attach_every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut events = crate::linkwatch::spawn();
+    let attach_metrics = metrics.clone();
+    let address_patterns = cfg.node_interfaces.clone();
+    let nodeport_cidrs = cfg.nodeport_cidrs.clone();
     let attacher = tokio::spawn(async move {
+        let mut events_open = true;
         loop {
-            every.tick().await;
+            let mut first_link = None;
+            let mut reread_addresses = false;
+            tokio::select! {
+                _ = every.tick() => reread_addresses = true,
+                ev = events.recv(), if events_open => match ev {
+                    Some(ev) => {
+                        first_link = link_arrival(ev);
+                        reread_addresses = !matches!(ev, crate::linkwatch::Event::Link(_));
+                    }
+                    None => events_open = false,
+                },
+            }
+            // Coalesce whatever else is already queued into this one pass.
+            while let Ok(ev) = events.try_recv() {
+                first_link = first_link.or(link_arrival(ev));
+                reread_addresses |= !matches!(ev, crate::linkwatch::Event::Link(_));
+            }
+            if reread_addresses {
+                // One home for the address logic: the same function as at
+                // start; the Syncer ignores an unchanged set.
+                let now = nodeport_addresses(&address_patterns, &nodeport_cidrs);
+                if addresses_tx
+                    .send(SourceEvent::NodeAddresses(now))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("sync loop gone; node addresses not updated");
+                }
+            }
             let (pods, nodes) = {
                 let mut dp = sync::lock(&attach_dp);
                 (
@@ -322,7 +359,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             };
             for result in [pods, nodes] {
                 match result {
-                    Ok(r) => report_attach(r),
+                    Ok(r) => {
+                        if let Some(at) = first_link {
+                            for _ in r.attached.iter() {
+                                attach_metrics.observe_interface_attach(at.elapsed());
+                            }
+                        }
+                        report_attach(r);
+                    }
                     Err(e) => tracing::warn!("attach pass failed: {e}"),
                 }
             }
@@ -391,6 +435,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         s.abort();
     }
     Ok(())
+}
+
+/// When a link event arrived, for the attach latency histogram.
+fn link_arrival(ev: crate::linkwatch::Event) -> Option<std::time::Instant> {
+    match ev {
+        crate::linkwatch::Event::Link(at) => Some(at),
+        crate::linkwatch::Event::Address(_) | crate::linkwatch::Event::Rescan => None,
+    }
 }
 
 fn report_attach(r: crate::dataplane::AttachReport) {

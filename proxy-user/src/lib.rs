@@ -30,6 +30,7 @@ pub mod healthcheck;
 pub mod host;
 pub mod http;
 pub mod inspect;
+pub mod linkwatch;
 pub mod metrics;
 pub mod model;
 pub mod plan;

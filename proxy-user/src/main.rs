@@ -168,8 +168,9 @@ struct RunArgs {
     /// Seconds between full drift repairs of the maps.
     #[arg(long, default_value_t = 60)]
     repair_interval: u64,
-    /// Milliseconds between looks for new pod interfaces.
-    #[arg(long, default_value_t = 250)]
+    /// Milliseconds between safety-net rescans for new interfaces (link
+    /// events attach at once; this catches any the kernel dropped).
+    #[arg(long, default_value_t = 10_000)]
     attach_interval_ms: u64,
     /// Address of the Prometheus `/metrics` server; empty to serve none.
     #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR)]

@@ -211,6 +211,7 @@ pub struct Metrics {
     registry: Registry,
     pass_duration: Histogram,
     programming_latency: Histogram,
+    interface_attach: Histogram,
     shared: Arc<Shared>,
 }
 
@@ -243,6 +244,15 @@ impl Metrics {
             Unit::Seconds,
             programming_latency.clone(),
         );
+        // Attaching follows a link event within milliseconds; a missed
+        // event waits for the periodic rescan (seconds).
+        let interface_attach = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register_with_unit(
+            "interface_attach",
+            "Time from a link event's arrival to the programs attached on the new interface",
+            Unit::Seconds,
+            interface_attach.clone(),
+        );
         let shared = Arc::new(Shared {
             sync: stats,
             health,
@@ -256,6 +266,7 @@ impl Metrics {
             registry,
             pass_duration,
             programming_latency,
+            interface_attach,
             shared,
         }
     }
@@ -263,6 +274,11 @@ impl Metrics {
     /// Records the duration of one pass.
     pub fn observe_pass_duration(&self, duration: Duration) {
         self.pass_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Records the time from a link event to an interface's attachment.
+    pub fn observe_interface_attach(&self, latency: Duration) {
+        self.interface_attach.observe(latency.as_secs_f64());
     }
 
     /// Records the programming latencies of one pass

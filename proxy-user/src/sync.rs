@@ -342,6 +342,29 @@ impl Syncer {
                 self.stats.source_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("source error, keeping the last good state: {msg}");
             }
+            SourceEvent::NodeAddresses(addresses) => self.set_node_addresses(addresses, now),
+        }
+    }
+
+    /// Takes this node's NodePort addresses (sorted or not): node ports are
+    /// served on them, and no external IP or LB IP may take one. A change
+    /// makes every service dirty; the same set costs nothing.
+    fn set_node_addresses(&mut self, mut addresses: Vec<std::net::IpAddr>, now: Instant) {
+        addresses.sort();
+        addresses.dedup();
+        if addresses == self.node.addresses {
+            return;
+        }
+        tracing::info!(node = %self.node.name, addresses = ?addresses, "this node's addresses changed: node ports follow");
+        self.policy.node_addresses = addresses.iter().copied().collect();
+        self.node.addresses = addresses;
+        let all: Vec<ServiceName> = self
+            .services
+            .keys()
+            .map(|(ns, n)| ServiceName::new(ns.clone(), n.clone()))
+            .collect();
+        for name in all {
+            self.mark(name, now);
         }
     }
 

@@ -385,6 +385,7 @@ fn populated_metrics() -> Arc<Metrics> {
         Duration::from_millis(40),
         Duration::from_secs(7),
     ]);
+    metrics.observe_interface_attach(Duration::from_micros(1500));
     let capacity = MapSizes {
         services: 10,
         slots: 20,
@@ -422,6 +423,7 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
         let expected: BTreeSet<&str> = [
             "svcnat_sync_pass_duration_seconds",
             "svcnat_network_programming_duration_seconds",
+            "svcnat_interface_attach_seconds",
             "svcnat_sync_last_timestamp_seconds",
             "svcnat_sync_passes_total",
             "svcnat_sync_frontend_upserts_total",
@@ -535,6 +537,16 @@ async fn metrics_expose_every_family_with_the_recorded_values() {
             .value("svcnat_network_programming_duration_seconds_sum", &[])
             .expect("a _sum");
         assert!((sum - 7.042).abs() < 1e-9, "{sum}");
+
+        let attach = &m["svcnat_interface_attach_seconds"];
+        assert_eq!(attach.kind, "histogram");
+        assert_eq!(
+            attach.value("svcnat_interface_attach_seconds_count", &[]),
+            Some(1.0)
+        );
+        // 1.5 ms: above the 1 ms bucket, inside the 2 ms one.
+        assert_eq!(attach.bucket(0.001), Some(0.0));
+        assert_eq!(attach.bucket(0.002), Some(1.0));
 
         let pass = &m["svcnat_sync_pass_duration_seconds"];
         assert_eq!(

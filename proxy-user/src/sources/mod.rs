@@ -114,4 +114,8 @@ pub enum SourceEvent {
     },
     /// A source could not read its input; the last good state stays in force.
     Error(String),
+    /// This node's NodePort addresses, the complete current set (re-read
+    /// by the agent on rtnetlink address events, with
+    /// [`crate::agent::nodeport_addresses`]).
+    NodeAddresses(Vec<std::net::IpAddr>),
 }
