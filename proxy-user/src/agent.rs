@@ -316,7 +316,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = crate::linkwatch::spawn();
     let attach_metrics = metrics.clone();
-    let address_patterns = cfg.node_interfaces.clone();
     let nodeport_cidrs = cfg.nodeport_cidrs.clone();
     let attacher = tokio::spawn(async move {
         let mut events_open = true;
@@ -328,20 +327,21 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 ev = events.recv(), if events_open => match ev {
                     Some(ev) => {
                         first_link = link_arrival(ev);
-                        reread_addresses = !matches!(ev, crate::linkwatch::Event::Link(_));
+                        reread_addresses = first_link.is_none();
                     }
                     None => events_open = false,
                 },
             }
             // Coalesce whatever else is already queued into this one pass.
             while let Ok(ev) = events.try_recv() {
-                first_link = first_link.or(link_arrival(ev));
-                reread_addresses |= !matches!(ev, crate::linkwatch::Event::Link(_));
+                let link = link_arrival(ev);
+                reread_addresses |= link.is_none();
+                first_link = first_link.or(link);
             }
             if reread_addresses {
                 // One home for the address logic: the same function as at
                 // start; the Syncer ignores an unchanged set.
-                let now = nodeport_addresses(&address_patterns, &nodeport_cidrs);
+                let now = nodeport_addresses(&node_patterns, &nodeport_cidrs);
                 if addresses_tx
                     .send(SourceEvent::NodeAddresses(now))
                     .await
@@ -441,7 +441,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 fn link_arrival(ev: crate::linkwatch::Event) -> Option<std::time::Instant> {
     match ev {
         crate::linkwatch::Event::Link(at) => Some(at),
-        crate::linkwatch::Event::Address(_) | crate::linkwatch::Event::Rescan => None,
+        crate::linkwatch::Event::Address | crate::linkwatch::Event::Rescan => None,
     }
 }
 

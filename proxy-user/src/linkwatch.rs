@@ -14,13 +14,13 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::sync::mpsc;
 
-/// What the kernel told us, with when it arrived.
+/// What the kernel told us (a link event with when it arrived).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// A link appeared or changed (`RTM_NEWLINK`).
     Link(Instant),
     /// An address was added or removed (`RTM_NEWADDR`, `RTM_DELADDR`).
-    Address(Instant),
+    Address,
     /// Events may have been lost (overflow or a socket error): look again.
     Rescan,
 }
@@ -114,7 +114,7 @@ pub fn events(mut datagram: &[u8], at: Instant) -> Vec<Event> {
                 }
                 NetlinkPayload::InnerMessage(
                     RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
-                ) => out.push(Event::Address(at)),
+                ) => out.push(Event::Address),
                 NetlinkPayload::Overrun(_) => out.push(Event::Rescan),
                 _ => {}
             },

@@ -239,14 +239,7 @@ impl Syncer {
         if zone != self.node.zone {
             tracing::info!(node = %self.node.name, zone = ?zone, "this node's zone changed: topology hints are matched against it");
             self.node.zone = zone;
-            let all: Vec<ServiceName> = self
-                .services
-                .keys()
-                .map(|(ns, n)| ServiceName::new(ns.clone(), n.clone()))
-                .collect();
-            for name in all {
-                self.mark(name, now);
-            }
+            self.mark_all(now);
         }
         self.node_object = node;
     }
@@ -358,6 +351,11 @@ impl Syncer {
         tracing::info!(node = %self.node.name, addresses = ?addresses, "this node's addresses changed: node ports follow");
         self.policy.node_addresses = addresses.iter().copied().collect();
         self.node.addresses = addresses;
+        self.mark_all(now);
+    }
+
+    /// Marks every service dirty: something every plan reads changed.
+    fn mark_all(&mut self, now: Instant) {
         let all: Vec<ServiceName> = self
             .services
             .keys()
