@@ -23,7 +23,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use serde::{Deserialize as _, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use support::apiserver::ApiServer;
 use svcnat::{
     rbac::{API_ACCESS, NAME, NAMESPACE},
@@ -87,15 +87,13 @@ fn load() -> Manifests {
             continue;
         }
         let mut docs = 0;
-        for de in serde_yaml::Deserializer::from_str(text) {
-            let value = serde_yaml::Value::deserialize(de)
-                .unwrap_or_else(|e| panic!("{name}: not YAML: {e}"));
-            if value.is_null() {
+        let values: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("{name}: not YAML: {e}"));
+        for doc in values {
+            if doc.is_null() {
                 continue;
             }
             docs += 1;
-            let doc: serde_json::Value = serde_json::to_value(&value)
-                .unwrap_or_else(|e| panic!("{name}: not JSON-compatible: {e}"));
             let api_version = doc["apiVersion"].as_str().unwrap_or_default();
             let kind = doc["kind"].as_str().unwrap_or_default();
             match (api_version, kind) {
@@ -126,7 +124,7 @@ struct Kustomization {
 #[test]
 fn the_kustomization_lists_exactly_the_manifest_files() {
     let files = yaml_files();
-    let k: Kustomization = serde_yaml::from_str(
+    let k: Kustomization = serde_saphyr::from_str(
         files
             .get("kustomization.yaml")
             .expect("deploy/kustomization.yaml"),

@@ -36,7 +36,7 @@ mod tests {
     use super::*;
 
     fn node(yaml: &str) -> Node {
-        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad test Node: {e}\n{yaml}"))
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test Node: {e}\n{yaml}"))
     }
 
     #[test]

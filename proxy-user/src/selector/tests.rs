@@ -12,11 +12,11 @@ use k8s_openapi::api::{
 use super::*;
 
 fn svc(yaml: &str) -> Service {
-    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad test Service: {e}\n{yaml}"))
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test Service: {e}\n{yaml}"))
 }
 
 fn pods(yaml: &str) -> Vec<Pod> {
-    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad test Pods: {e}\n{yaml}"))
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test Pods: {e}\n{yaml}"))
 }
 
 /// (address, ready, serving, terminating, nodeName) of every endpoint of
@@ -181,10 +181,10 @@ fn conditions_follow_readiness_deletion_and_publish_not_ready() {
     ));
     let mut all = all;
     all[1].status.as_mut().expect("status").conditions = Some(vec![
-        serde_yaml::from_str("{type: Ready, status: 'False'}").expect("condition"),
+        serde_saphyr::from_str("{type: Ready, status: 'False'}").expect("condition"),
     ]);
     all[2].metadata.deletion_timestamp =
-        Some(serde_yaml::from_str("'2026-12-03T00:00:00Z'").expect("time"));
+        Some(serde_saphyr::from_str("'2026-12-03T00:00:00Z'").expect("time"));
     let got = derive(&[svc(WEB)], &all, &[]);
     assert_eq!(
         rows(&got.slices, "IPv4")[0].1,
@@ -308,7 +308,7 @@ spec:
   spec: {nodeName: node-b, hostname: b, subdomain: other, containers: [{name: c}]}
   status: {podIP: 198.18.2.10, conditions: [{type: Ready, status: 'True'}]}
 ");
-    let nodes: Vec<Node> = serde_yaml::from_str(
+    let nodes: Vec<Node> = serde_saphyr::from_str(
         "[{metadata: {name: node-a, labels: {topology.kubernetes.io/zone: zone-a}}}]",
     )
     .expect("nodes");
@@ -346,9 +346,9 @@ spec:
 /// the controller's rules): the derived endpoints equal its slice's.
 #[test]
 fn the_derived_slice_equals_the_controllers_on_a_small_dump() {
-    let dump: serde_yaml::Value =
-        serde_yaml::from_str(include_str!("testdata/bootcamp.yaml")).expect("the dump");
-    let items = dump["items"].as_sequence().expect("items");
+    let dump: serde_json::Value =
+        serde_saphyr::from_str(include_str!("testdata/bootcamp.yaml")).expect("the dump");
+    let items = dump["items"].as_array().expect("items");
     let of = |kind: &str| {
         items
             .iter()
@@ -358,15 +358,15 @@ fn the_derived_slice_equals_the_controllers_on_a_small_dump() {
     };
     let services: Vec<Service> = of("Service")
         .into_iter()
-        .map(|v| serde_yaml::from_value(v).expect("a Service"))
+        .map(|v| serde_json::from_value(v).expect("a Service"))
         .collect();
     let pods: Vec<Pod> = of("Pod")
         .into_iter()
-        .map(|v| serde_yaml::from_value(v).expect("a Pod"))
+        .map(|v| serde_json::from_value(v).expect("a Pod"))
         .collect();
     let theirs: Vec<EndpointSlice> = of("EndpointSlice")
         .into_iter()
-        .map(|v| serde_yaml::from_value(v).expect("an EndpointSlice"))
+        .map(|v| serde_json::from_value(v).expect("an EndpointSlice"))
         .collect();
     let ours = derive(&services, &pods, &[]);
     let key = |s: &[EndpointSlice]| {

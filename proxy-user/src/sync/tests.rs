@@ -3,7 +3,7 @@
 use super::*;
 
 fn node(yaml: &str) -> SourceEvent {
-    let n: Node = serde_yaml::from_str(yaml).expect("a Node");
+    let n: Node = serde_saphyr::from_str(yaml).expect("a Node");
     SourceEvent::Apply(Object::Node(Box::new(n)))
 }
 
@@ -15,7 +15,7 @@ fn syncer_with_a_service() -> Syncer {
         },
         Arc::new(SyncStats::default()),
     );
-    let svc: Service = serde_yaml::from_str(
+    let svc: Service = serde_saphyr::from_str(
         "metadata: {namespace: demo, name: web}\nspec: {clusterIP: 198.19.0.10, ports: [{port: 80}]}",
     )
     .expect("a Service");

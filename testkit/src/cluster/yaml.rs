@@ -549,7 +549,6 @@ impl Cluster {
 
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
 
     use super::*;
     use crate::cluster::topology::{pod_addr, pod_addr6};
@@ -571,9 +570,7 @@ mod tests {
             &[Port::tcp("http", 80, 8080), Port::udp("dns", 53, 53)],
             &[Endpoint::of(&pod), Endpoint::bare(pod_addr(1, 10))],
         );
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
-            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
-            .collect();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).expect("yaml");
         assert_eq!(docs.len(), 2);
         let objects = svcnat::sources::manifests::parse_manifests(&yaml).expect("valid objects");
         assert_eq!(objects.len(), 2);
@@ -590,14 +587,14 @@ mod tests {
             &[Port::tcp("http", 80, 80).unnamed()],
             &[],
         );
-        let v: serde_yaml::Value = serde_yaml::from_str(&empty).expect("yaml");
+        let v: serde_json::Value = serde_saphyr::from_str(&empty).expect("yaml");
         assert_eq!(
             svcnat::sources::manifests::parse_manifests(&empty)
                 .expect("valid slice")
                 .len(),
             1
         );
-        assert_eq!(v["endpoints"].as_sequence().map(Vec::len), Some(0));
+        assert_eq!(v["endpoints"].as_array().map(Vec::len), Some(0));
         assert!(v["ports"][0].get("name").is_none());
 
         let vip6: IpAddr = "2001:db8:ff::10".parse().expect("address");
@@ -608,9 +605,7 @@ mod tests {
             &[Port::tcp("http", 80, 80)],
             &dual_stack_endpoints(&[&pod]),
         );
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&dual)
-            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
-            .collect();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&dual).expect("yaml");
         assert_eq!(
             svcnat::sources::manifests::parse_manifests(&dual)
                 .expect("valid objects")
@@ -628,9 +623,9 @@ mod tests {
         assert_eq!(docs[1]["endpoints"][0]["addresses"][0], "198.18.1.10");
         assert_eq!(docs[2]["addressType"], "IPv6");
         assert_eq!(docs[2]["endpoints"][0]["addresses"][0], "2001:db8:1::10");
-        assert_eq!(docs[2]["endpoints"].as_sequence().map(Vec::len), Some(1));
+        assert_eq!(docs[2]["endpoints"].as_array().map(Vec::len), Some(1));
         let single6 = service_yaml_ips("demo", "six", &[vip6], &[], false);
-        let v: serde_yaml::Value = serde_yaml::from_str(&single6).expect("yaml");
+        let v: serde_json::Value = serde_saphyr::from_str(&single6).expect("yaml");
         assert_eq!(v["spec"]["ipFamilyPolicy"], "SingleStack");
         assert_eq!(v["spec"]["ipFamilies"][0], "IPv6");
         assert_eq!(v["spec"]["type"], "ClusterIP");
@@ -648,7 +643,7 @@ mod tests {
                 .len(),
             1
         );
-        let v: serde_yaml::Value = serde_yaml::from_str(&np).expect("yaml");
+        let v: serde_json::Value = serde_saphyr::from_str(&np).expect("yaml");
         assert_eq!(v["spec"]["type"], "NodePort");
         assert_eq!(v["spec"]["ports"][0]["nodePort"], 30053);
         assert_eq!(v["spec"]["ports"][0]["targetPort"], 53);

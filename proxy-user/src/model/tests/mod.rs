@@ -32,11 +32,11 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn service(yaml: &str) -> Service {
-    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad test Service: {e}\n{yaml}"))
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test Service: {e}\n{yaml}"))
 }
 
 fn slice(yaml: &str) -> EndpointSlice {
-    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("bad test EndpointSlice: {e}\n{yaml}"))
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad test EndpointSlice: {e}\n{yaml}"))
 }
 
 fn model(svc: &str, slices: &[&str]) -> ServiceModel {

@@ -338,8 +338,9 @@ spec:
 status: {loadBalancer: {ingress: [{ip: 198.18.100.1}]}}
 ",
         );
-        let extra: k8s_openapi::api::core::v1::ServiceSpec = serde_yaml::from_str(case.spec_extra)
-            .unwrap_or_else(|e| panic!("{}: bad spec: {e}", case.name));
+        let extra: k8s_openapi::api::core::v1::ServiceSpec =
+            serde_saphyr::from_str(case.spec_extra)
+                .unwrap_or_else(|e| panic!("{}: bad spec: {e}", case.name));
         if let Some(spec) = svc.spec.as_mut() {
             spec.external_traffic_policy = extra.external_traffic_policy;
             spec.internal_traffic_policy = extra.internal_traffic_policy;

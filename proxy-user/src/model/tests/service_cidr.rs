@@ -10,7 +10,7 @@ fn cidr(text: &str) -> Cidr {
 }
 
 fn object(yaml: &str) -> ServiceCIDR {
-    serde_yaml::from_str(yaml).expect("a ServiceCIDR")
+    serde_saphyr::from_str(yaml).expect("a ServiceCIDR")
 }
 
 #[test]

@@ -74,11 +74,37 @@ impl RawError {
         }
     }
 
-    pub(super) fn from_yaml(error: &serde_yaml::Error) -> Self {
+    /// A YAML error, placed when the parser knows where. The message is
+    /// the parser's own text without its place (shown in front instead).
+    pub(super) fn from_yaml(error: &serde_saphyr::Error) -> Self {
+        use serde_saphyr::MessageFormatter as _;
         let location = error.location();
-        let line = location.as_ref().map(serde_yaml::Location::line);
-        let column = location.as_ref().map(serde_yaml::Location::column);
-        Self::located(error.to_string(), line, column)
+        let place = |n: u64| usize::try_from(n).ok().filter(|n| *n > 0);
+        let line = location.and_then(|l| place(l.line()));
+        let column = line.and(location.and_then(|l| place(l.column())));
+        let message = serde_saphyr::DefaultMessageFormatter
+            .format_message(error.without_snippet())
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Self {
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// The same error, placed at `location` when it has no place itself.
+    pub(super) fn or_at(mut self, location: Option<serde_saphyr::Location>) -> Self {
+        let place = |n: u64| usize::try_from(n).ok().filter(|n| *n > 0);
+        if self.line.is_none()
+            && let Some(location) = location
+            && let Some(line) = place(location.line())
+        {
+            self.line = Some(line);
+            self.column = place(location.column());
+        }
+        self
     }
 
     /// A JSON error, placed when the parser knows where.

@@ -7,7 +7,7 @@ use std::{
 
 use super::{
     error::ManifestError,
-    format::Format,
+    format::{Format, MAX_FILE_BYTES},
     parse::{dedupe, parse_text},
 };
 use crate::sources::Object;
@@ -30,15 +30,40 @@ pub fn load_path(path: &Path) -> Result<Vec<Object>, ManifestError> {
     let files = list_files(path)?;
     let mut all = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let text = read_text(file)?;
         let parsed =
             parse_text(&text, Format::of(file, &text)).map_err(|e| e.in_file(Some(file)))?;
         all.extend(parsed.into_iter().map(|p| (p, Some(file.as_path()))));
     }
     Ok(dedupe(all.into_iter()))
+}
+
+/// A file's text, when it is no larger than [`MAX_FILE_BYTES`]: a bigger
+/// one is not read at all (nor held in memory past the limit).
+fn read_text(file: &Path) -> Result<String, ManifestError> {
+    use std::io::Read as _;
+    let io_error = |source| ManifestError::Io {
+        path: file.to_path_buf(),
+        source,
+    };
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .map_err(io_error)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io_error)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ManifestError::Parse {
+            path: Some(file.to_path_buf()),
+            line: None,
+            column: None,
+            message: format!(
+                "larger than {} MiB, the most a manifest file may hold; not read",
+                MAX_FILE_BYTES >> 20
+            ),
+        });
+    }
+    Ok(text)
 }
 
 /// The files to read for `path`, sorted by path.

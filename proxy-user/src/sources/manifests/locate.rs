@@ -1,15 +1,19 @@
 //! Placing an error in the text: the document is read again, down the path
 //! where the conversion failed, for the parser to report the line and column.
 
-use std::fmt;
+use std::{cell::RefCell, fmt};
 
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, IgnoredAny, MapAccess, SeqAccess,
     VariantAccess, Visitor,
 };
-use serde_yaml::Value;
+use serde_json::Value;
 
-use super::{error::RawError, format::Format, track::Step};
+use super::{
+    error::RawError,
+    format::{Format, yaml_options},
+    track::Step,
+};
 
 /// Reads document `index` of `text` again, down to `item` of its list and
 /// then along `path`, and fails there with `message`, to get the parser's
@@ -29,10 +33,26 @@ pub(super) fn locate(
     };
     match format {
         Format::Yaml => {
-            let document = serde_yaml::Deserializer::from_str(text).nth(index)?;
-            seed.deserialize(document)
-                .err()
-                .map(|e| RawError::from_yaml(&e))
+            AIM.with_borrow_mut(|aim| {
+                *aim = Some(Aim {
+                    index,
+                    next: 0,
+                    item,
+                    path: path.to_vec(),
+                    message: message.to_owned(),
+                });
+            });
+            let read = serde_saphyr::from_multiple_with_options::<Aimed>(text, yaml_options());
+            AIM.with_borrow_mut(Option::take);
+            let located = RawError::from_yaml(&read.err()?);
+            // At the document itself the parser has no place to give: the
+            // place is where the document's value starts.
+            let start = || {
+                let starts: Vec<serde_saphyr::Spanned<IgnoredAny>> =
+                    serde_saphyr::from_multiple_with_options(text, yaml_options()).ok()?;
+                Some(starts.get(index)?.referenced)
+            };
+            Some(located.or_at(start()))
         }
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
@@ -43,6 +63,50 @@ pub(super) fn locate(
                 .err()
                 .map(|e| RawError::from_json(&e))
         }
+    }
+}
+
+thread_local! {
+    /// What [`Aimed`] is to do: the YAML parser reads a stream of documents
+    /// into a type, not through a seed, so the seed waits here.
+    static AIM: RefCell<Option<Aim>> = const { RefCell::new(None) };
+}
+
+/// The document to read down, and what to read down it.
+struct Aim {
+    index: usize,
+    /// The index of the next document read.
+    next: usize,
+    item: Option<usize>,
+    path: Vec<Step>,
+    message: String,
+}
+
+/// One document of a YAML stream: skipped, or, for the one [`AIM`] names,
+/// read down its path to fail there.
+struct Aimed;
+
+impl<'de> Deserialize<'de> for Aimed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        AIM.with_borrow_mut(|aim| {
+            let Some(aim) = aim.as_mut() else {
+                return IgnoredAny::deserialize(deserializer).map(|_| Self);
+            };
+            let this = aim.next;
+            aim.next += 1;
+            if this != aim.index {
+                return IgnoredAny::deserialize(deserializer).map(|_| Self);
+            }
+            Navigate {
+                item: aim.item,
+                walk: Walk {
+                    path: &aim.path,
+                    message: &aim.message,
+                },
+            }
+            .deserialize(deserializer)
+            .map(|()| Self)
+        })
     }
 }
 
@@ -191,7 +255,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
                 let mut at = 0;
                 while let Some(found) = map.next_key::<Value>()? {
                     let here = match key {
-                        Some(key) => found == *key,
+                        Some(key) => found.as_str() == Some(key.as_str()),
                         None => at == *index,
                     };
                     if here {

@@ -17,6 +17,11 @@
 //! read again, down that path, for the parser to place the error at the value.
 //! The error is always the conversion's: the second read only finds where.
 //!
+//! YAML is read with `serde-saphyr` (the parser kube itself uses) within
+//! budgets against hostile texts: 64 levels of nesting, 100,000 documents,
+//! 8 million nodes and a bounded alias expansion per text, 64 MiB per file
+//! ([`format`] holds the numbers).
+//!
 //! Parts: `parse` (documents, lists, kinds, the last definition), `format`
 //! (YAML or JSON), `track` (the path of a failed conversion), `locate` (the
 //! second read), `error` ([`ManifestError`]), `load` (files and folders) and

@@ -10,13 +10,13 @@ use k8s_openapi::api::{
     networking::v1::ServiceCIDR,
 };
 use serde::de::{Deserialize, Deserializer};
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::{
     error::{ManifestError, RawError},
-    format::Format,
+    format::{Format, yaml_options},
     locate::locate,
-    track::{convert, read_value},
+    track::{Step, at_path, convert, read_value},
 };
 use crate::{
     model::DEFAULT_NAMESPACE,
@@ -61,6 +61,9 @@ impl Target {
 struct Pending {
     /// Index in the document's `items`, for lists.
     item: Option<usize>,
+    /// Where the object is in its document: nowhere for a single object,
+    /// `items[N]` in a list, `[N]` in a bare array.
+    at: Vec<Step>,
     target: Target,
     value: Value,
 }
@@ -76,6 +79,7 @@ pub(super) struct Parsed {
 /// Something wrong with a document's shape, at the document or an item.
 struct ShapeError {
     item: Option<usize>,
+    at: Vec<Step>,
     message: String,
 }
 
@@ -146,8 +150,11 @@ pub(super) fn parse_text(text: &str, format: Format) -> Result<Vec<Parsed>, RawE
     let mut out = Vec::new();
     match format {
         Format::Yaml => {
-            for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-                let value = read_value(document).map_err(|e| RawError::from_yaml(&e))?;
+            // Empty and null documents are left out, here and in `locate`.
+            let documents: Vec<Document> =
+                serde_saphyr::from_multiple_with_options(text, yaml_options())
+                    .map_err(|e| RawError::from_yaml(&e))?;
+            for (index, Document(value)) in documents.into_iter().enumerate() {
                 parse_document(text, format, index, value, &mut out)?;
             }
         }
@@ -162,7 +169,7 @@ pub(super) fn parse_text(text: &str, format: Format) -> Result<Vec<Parsed>, RawE
     Ok(out)
 }
 
-/// One document of a JSON stream, read as [`read_value`] reads it.
+/// One document of a YAML or JSON stream, read as [`read_value`] reads it.
 struct Document(Value);
 
 impl<'de> Deserialize<'de> for Document {
@@ -180,13 +187,15 @@ fn parse_document(
     out: &mut Vec<Parsed>,
 ) -> Result<(), RawError> {
     let document = index + 1;
-    let fail_at = |item: Option<usize>, message: String| {
+    let fail_at = |item: Option<usize>, at: &[Step], message: String| {
+        let message = at_path(at, &message);
         locate(text, format, index, item, &[], &message)
             .unwrap_or_else(|| RawError::unlocated(format!("document {document}: {message}")))
     };
-    let pending = shape(value).map_err(|e| fail_at(e.item, e.message))?;
+    let pending = shape(value).map_err(|e| fail_at(e.item, &e.at, e.message))?;
     for Pending {
         item,
+        at,
         target,
         value,
     } in pending
@@ -203,7 +212,7 @@ fn parse_document(
             }
         };
         let mut object = converted.map_err(|(error, path)| {
-            let message = error.to_string();
+            let message = at_path(&[at.as_slice(), &path].concat(), &error.to_string());
             locate(text, format, index, item, &path, &message).unwrap_or_else(|| {
                 RawError::unlocated(format!("document {document}: {} {message}", target.name()))
             })
@@ -213,6 +222,7 @@ fn parse_document(
         if meta.name.as_deref().unwrap_or_default().is_empty() {
             return Err(fail_at(
                 item,
+                &at,
                 format!("{} without metadata.name", target.name()),
             ));
         }
@@ -237,12 +247,13 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
     let mut out = Vec::new();
     match value {
         Value::Null => {}
-        Value::Sequence(items) => {
+        Value::Array(items) => {
             for (index, item) in items.into_iter().enumerate() {
-                shape_item(item, Some(index), None, &mut out)?;
+                let at = vec![Step::Element(index)];
+                shape_item(item, Some(index), at, None, &mut out)?;
             }
         }
-        Value::Mapping(mut map) => {
+        Value::Object(mut map) => {
             let kind = map
                 .get("kind")
                 .and_then(Value::as_str)
@@ -250,7 +261,7 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
                 .to_owned();
             let is_list = kind == "List" || (kind.ends_with("List") && map.contains_key("items"));
             if !is_list {
-                shape_item(Value::Mapping(map), None, None, &mut out)?;
+                shape_item(Value::Object(map), None, Vec::new(), None, &mut out)?;
                 return Ok(out);
             }
             // Items of a typed list (ServiceList) may omit apiVersion and kind.
@@ -265,14 +276,22 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
                 .map(|item_kind| (api_version.to_owned(), item_kind.to_owned()));
             match map.remove("items") {
                 None | Some(Value::Null) => {}
-                Some(Value::Sequence(items)) => {
+                Some(Value::Array(items)) => {
                     for (index, item) in items.into_iter().enumerate() {
-                        shape_item(item, Some(index), default.as_ref(), &mut out)?;
+                        let at = vec![
+                            Step::Value {
+                                index: 0,
+                                key: Some("items".to_owned()),
+                            },
+                            Step::Element(index),
+                        ];
+                        shape_item(item, Some(index), at, default.as_ref(), &mut out)?;
                     }
                 }
                 Some(_) => {
                     return Err(ShapeError {
                         item: None,
+                        at: Vec::new(),
                         message: "`items` of a list is not a sequence".to_owned(),
                     });
                 }
@@ -281,6 +300,7 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
         other => {
             return Err(ShapeError {
                 item: None,
+                at: Vec::new(),
                 message: format!("expected a Kubernetes object, found {}", value_type(&other)),
             });
         }
@@ -293,12 +313,14 @@ fn shape(value: Value) -> Result<Vec<Pending>, ShapeError> {
 fn shape_item(
     value: Value,
     item: Option<usize>,
+    at: Vec<Step>,
     default: Option<&(String, String)>,
     out: &mut Vec<Pending>,
 ) -> Result<(), ShapeError> {
-    let Value::Mapping(map) = &value else {
+    let Value::Object(map) = &value else {
         return Err(ShapeError {
             item,
+            at,
             message: format!("expected a Kubernetes object, found {}", value_type(&value)),
         });
     };
@@ -312,18 +334,21 @@ fn shape_item(
     let Some(kind) = field("kind", default.map(|d| d.1.as_str())) else {
         return Err(ShapeError {
             item,
+            at,
             message: "the object has no `kind`".to_owned(),
         });
     };
     let Some(api_version) = field("apiVersion", default.map(|d| d.0.as_str())) else {
         return Err(ShapeError {
             item,
+            at,
             message: format!("the {kind} has no `apiVersion`"),
         });
     };
     match Target::of(&api_version, &kind) {
         Some(target) => out.push(Pending {
             item,
+            at,
             target,
             value,
         }),
@@ -338,8 +363,7 @@ fn value_type(value: &Value) -> &'static str {
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Sequence(_) => "a sequence",
-        Value::Mapping(_) => "a mapping",
-        Value::Tagged(_) => "a tagged value",
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a mapping",
     }
 }

@@ -8,14 +8,14 @@ use std::{cell::RefCell, collections::HashSet, fmt};
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, Visitor,
 };
-use serde_yaml::Value;
+use serde_json::Value;
 
 /// A step from an object down to one of its parts, as the conversion took it.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Step {
     /// The value of a mapping's entry: the one with this key, or the
-    /// `index`-th (0-based) when the key was not a scalar.
-    Value { index: usize, key: Option<Value> },
+    /// `index`-th (0-based) when the key was not a string.
+    Value { index: usize, key: Option<String> },
     /// The key of a mapping's `index`-th entry.
     Key(usize),
     /// An element of a sequence.
@@ -41,19 +41,49 @@ impl Chain<'_> {
     }
 }
 
+/// The path in the text form kubectl and the API server use:
+/// `spec.ports[0].port`. A key step names no part: an error at a key is
+/// shown at its mapping.
+pub(super) fn path_text(steps: &[Step]) -> String {
+    let mut out = String::new();
+    for step in steps {
+        match step {
+            Step::Value { key: Some(key), .. } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Step::Value { index, key: None } => out.push_str(&format!("[{index}]")),
+            Step::Element(index) => out.push_str(&format!("[{index}]")),
+            Step::Key(_) => {}
+        }
+    }
+    out
+}
+
+/// `message` behind the path it is about, when there is one.
+pub(super) fn at_path(steps: &[Step], message: &str) -> String {
+    match path_text(steps) {
+        path if path.is_empty() => message.to_owned(),
+        path => format!("{path}: {message}"),
+    }
+}
+
 /// Converts a plain value to `T`; on failure, the error and the path to the
 /// innermost value that failed.
 pub(super) fn convert<'de, T: Deserialize<'de>>(
     value: &'de Value,
-) -> Result<T, (serde_yaml::Error, Vec<Step>)> {
+) -> Result<T, (serde_json::Error, Vec<Step>)> {
     let (result, failure) = tracked(value);
     result.map_err(|error| (error, failure.unwrap_or_default()))
 }
 
 /// Reads a YAML or JSON document as a plain value. A key that its mapping
 /// already has is an error raised while that second copy is read, so the
-/// parser places it there (the value's own check would place it at the
-/// mapping, and `serde_json`'s keeps the last copy without a word).
+/// parser places it there (`serde_json` would keep the last copy without a
+/// word); the message names the mapping's path. A key that is not a string
+/// (`5:` in YAML) is an error at that key: a Kubernetes object has none.
 pub(super) fn read_value<'de, D: Deserializer<'de>>(de: D) -> Result<Value, D::Error> {
     tracked(de).0
 }
@@ -80,23 +110,16 @@ fn tracked<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 /// While a mapping key is read: the slot for it, and the keys read before.
 #[derive(Clone, Copy)]
 struct KeySlot<'a> {
-    key: &'a RefCell<Option<Value>>,
-    seen: &'a HashSet<Value>,
+    key: &'a RefCell<Option<String>>,
+    seen: &'a HashSet<String>,
 }
 
-/// "duplicate entry with key K", as `serde_yaml` words it.
-struct DuplicateKey<'a>(&'a Value);
+/// "duplicate entry with key K".
+struct DuplicateKey<'a>(&'a str);
 
 impl fmt::Display for DuplicateKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("duplicate entry ")?;
-        match self.0 {
-            Value::Null => f.write_str("with null key"),
-            Value::Bool(boolean) => write!(f, "with key `{boolean}`"),
-            Value::Number(number) => write!(f, "with key {number}"),
-            Value::String(string) => write!(f, "with key {string:?}"),
-            Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => f.write_str("in YAML map"),
-        }
+        write!(f, "duplicate entry with key {:?}", self.0)
     }
 }
 
@@ -119,14 +142,14 @@ impl At<'_> {
         error
     }
 
-    /// Notes the scalar key being read; fails when its mapping has it already.
-    fn capture<E: de::Error>(&self, key: impl FnOnce() -> Value) -> Result<(), E> {
+    /// Notes the key being read; fails when its mapping has it already.
+    fn capture<E: de::Error>(&self, key: &str) -> Result<(), E> {
         if let Some(slot) = self.key {
-            let key = key();
-            if slot.seen.contains(&key) {
-                return Err(E::custom(DuplicateKey(&key)));
+            if slot.seen.contains(key) {
+                let duplicate = DuplicateKey(key).to_string();
+                return Err(E::custom(at_path(&self.chain.steps(), &duplicate)));
             }
-            *slot.key.borrow_mut() = Some(key);
+            *slot.key.borrow_mut() = Some(key.to_owned());
         }
         Ok(())
     }
@@ -153,15 +176,36 @@ macro_rules! track_deserialize {
     )*};
 }
 
+/// A string asked for where a mapping key is read: the parser is asked for
+/// whatever is there, so that a key that is not a string (`5:` in YAML,
+/// which a parser would hand over as text when asked for a string) reaches
+/// the visitor as what it is, and is rejected.
+macro_rules! track_key_string {
+    ($($method:ident),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            let at = self.at;
+            let visitor = TrackVisitor { visitor, at };
+            let result = if at.key.is_some() {
+                self.de.deserialize_any(visitor)
+            } else {
+                self.de.$method(visitor)
+            };
+            result.map_err(|error| at.failed(error))
+        }
+    )*};
+}
+
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Track<'_, D> {
     type Error = D::Error;
+
+    track_key_string! { deserialize_str, deserialize_string }
 
     track_deserialize! {
         deserialize_any(), deserialize_bool(), deserialize_i8(), deserialize_i16(),
         deserialize_i32(), deserialize_i64(), deserialize_i128(), deserialize_u8(),
         deserialize_u16(), deserialize_u32(), deserialize_u64(), deserialize_u128(),
-        deserialize_f32(), deserialize_f64(), deserialize_char(), deserialize_str(),
-        deserialize_string(), deserialize_bytes(), deserialize_byte_buf(),
+        deserialize_f32(), deserialize_f64(), deserialize_char(),
+        deserialize_bytes(), deserialize_byte_buf(),
         deserialize_option(), deserialize_unit(), deserialize_unit_struct(name: &'static str),
         deserialize_newtype_struct(name: &'static str), deserialize_seq(),
         deserialize_tuple(len: usize), deserialize_tuple_struct(name: &'static str, len: usize),
@@ -176,7 +220,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Track<'_, D> {
     }
 }
 
-/// The visitor of a [`Track`]: notes scalar keys, follows into sequences,
+/// The visitor of a [`Track`]: notes string keys, follows into sequences,
 /// mappings and wrapped values.
 struct TrackVisitor<'a, V> {
     visitor: V,
@@ -184,9 +228,12 @@ struct TrackVisitor<'a, V> {
 }
 
 macro_rules! track_visit {
-    ($($method:ident($ty:ty) $(=> $key:expr)?),* $(,)?) => {$(
+    ($($method:ident($ty:ty) $($key:ident)?),* $(,)?) => {$(
         fn $method<E: de::Error>(self, v: $ty) -> Result<V::Value, E> {
-            $(self.at.capture(|| ($key)(&v))?;)?
+            $(
+                let $key: &str = v.as_ref();
+                self.at.capture($key)?;
+            )?
             self.visitor.$method(v)
         }
     )*};
@@ -200,17 +247,10 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for TrackVisitor<'_, V> {
     }
 
     track_visit! {
-        visit_bool(bool) => |v: &bool| Value::Bool(*v),
-        visit_i8(i8), visit_i16(i16), visit_i32(i32),
-        visit_i64(i64) => |v: &i64| Value::from(*v),
-        visit_i128(i128), visit_u8(u8), visit_u16(u16), visit_u32(u32),
-        visit_u64(u64) => |v: &u64| Value::from(*v),
-        visit_u128(u128), visit_f32(f32),
-        visit_f64(f64) => |v: &f64| Value::from(*v),
-        visit_char(char),
-        visit_str(&str) => |v: &&str| Value::from(*v),
-        visit_borrowed_str(&'de str) => |v: &&str| Value::from(*v),
-        visit_string(String) => |v: &String| Value::String(v.clone()),
+        visit_bool(bool), visit_i8(i8), visit_i16(i16), visit_i32(i32), visit_i64(i64),
+        visit_i128(i128), visit_u8(u8), visit_u16(u16), visit_u32(u32), visit_u64(u64),
+        visit_u128(u128), visit_f32(f32), visit_f64(f64), visit_char(char),
+        visit_str(&str) key, visit_borrowed_str(&'de str) key, visit_string(String) key,
         visit_bytes(&[u8]), visit_borrowed_bytes(&'de [u8]), visit_byte_buf(Vec<u8>),
     }
 
@@ -219,7 +259,6 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for TrackVisitor<'_, V> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
-        self.at.capture(|| Value::Null)?;
         self.visitor.visit_unit()
     }
 
@@ -303,10 +342,10 @@ struct TrackMap<'a, A> {
     at: At<'a>,
     /// Keys read so far.
     entries: usize,
-    /// The last key read, when it was a scalar.
-    key: Option<Value>,
-    /// The scalar keys read so far.
-    seen: HashSet<Value>,
+    /// The last key read, when it was a string.
+    key: Option<String>,
+    /// The string keys read so far.
+    seen: HashSet<String>,
 }
 
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for TrackMap<'_, A> {

@@ -218,9 +218,9 @@ fn type_errors_of_plain_scalars_point_at_the_value() {
     }
 }
 
-/// A key that a mapping repeats is an error naming the key, placed at the
-/// second copy (YAML and JSON alike), whatever the kind of the object; the
-/// last copy never silently wins.
+/// A key that a mapping repeats is an error naming the key and the path of
+/// its mapping, placed at the second copy (YAML and JSON alike), whatever
+/// the kind of the object; the last copy never silently wins.
 #[test]
 fn duplicate_keys_point_at_the_second_copy() {
     // (name, text, the text that starts at the second copy, its key, message)
@@ -258,7 +258,7 @@ fn duplicate_keys_point_at_the_second_copy() {
             "{\"apiVersion\": \"v1\", \"kind\": \"Service\",\n \"metadata\": {\"namespace\": \"demo\", \"name\": \"a\",\n  \"name\": \"b\"}}\n",
             "\"name\": \"b\"",
             "\"name\"",
-            "duplicate entry with key \"name\"",
+            "metadata: duplicate entry with key \"name\"",
         ),
         (
             "JSON, at the top of the second object of a stream",
@@ -279,7 +279,7 @@ fn duplicate_keys_point_at_the_second_copy() {
             "{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \"a\"}, \"kind\": \"Service\"}]}\n",
             "\"kind\": \"Service\"}]",
             "\"kind\"",
-            "duplicate entry with key \"kind\"",
+            "items[0]: duplicate entry with key \"kind\"",
         ),
     ];
     let mut wrong = Vec::new();

@@ -1,6 +1,7 @@
 //! Tests of the manifests source, one file per part, and the helpers they
 //! share.
 
+mod hostile;
 mod load;
 mod locate;
 mod parse;
