@@ -1,7 +1,9 @@
-//! Watching manifests: inotify (or polling) wakes the loop, file stamps
+//! Watching manifests: inotify (the `inotify` crate; polling where it is
+//! unavailable) wakes the loop, file stamps
 //! confirm a change, and each good read is sent as resyncs.
 
 use std::{
+    collections::BTreeMap,
     hash::{DefaultHasher, Hasher},
     io,
     os::unix::fs::MetadataExt,
@@ -9,6 +11,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures::{FutureExt as _, StreamExt as _};
+use inotify::{EventMask, WatchDescriptor, WatchMask};
 use tokio::sync::mpsc::Sender;
 
 use super::{
@@ -48,6 +52,15 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// [`ManifestError::Io`] right away when `path` does not exist at start (a
 /// mistyped path fails fast rather than waiting forever).
 pub async fn run(path: PathBuf, tx: Sender<SourceEvent>) -> Result<(), ManifestError> {
+    watch(path, tx, POLL_INTERVAL).await
+}
+
+/// [`run`], looking at the files every `poll` when inotify did not wake it.
+pub(super) async fn watch(
+    path: PathBuf,
+    tx: Sender<SourceEvent>,
+    poll: Duration,
+) -> Result<(), ManifestError> {
     tokio::fs::metadata(&path)
         .await
         .map_err(|source| ManifestError::Io {
@@ -57,8 +70,8 @@ pub async fn run(path: PathBuf, tx: Sender<SourceEvent>) -> Result<(), ManifestE
     let mut seen: Option<Fingerprint> = None;
     let mut last_sent: Option<Vec<Object>> = None;
     // Wakes the loop as soon as something changes; polling stays as a fallback.
-    let mut notify = Inotify::new()
-        .map_err(|e| tracing::warn!("inotify unavailable, polling every {POLL_INTERVAL:?}: {e}"))
+    let mut notify = Notify::new()
+        .map_err(|e| tracing::warn!("inotify unavailable, polling every {poll:?}: {e}"))
         .ok();
     // The error last reported, until a good read: it is not repeated.
     let mut last_error: Option<String> = None;
@@ -105,73 +118,61 @@ pub async fn run(path: PathBuf, tx: Sender<SourceEvent>) -> Result<(), ManifestE
                 }
             }
         }
-        if let Some(n) = notify.as_mut() {
-            n.watch_tree(&path);
+        // A folder watched just now may have filled before its watch began
+        // (a new subfolder written at once): look again straight away.
+        if notify.as_mut().is_some_and(|n| n.watch_tree(&path)) && seen.is_some() {
+            continue;
         }
         tokio::select! {
             () = tx.closed() => return Ok(()),
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
-            () = wait_notify(notify.as_ref()) => {}
+            () = tokio::time::sleep(poll) => {}
+            () = wait_notify(notify.as_mut()) => {}
         }
     }
 }
 
 /// An inotify instance watching the manifests' folders.
-struct Inotify {
-    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
-    watched: std::collections::BTreeSet<PathBuf>,
+struct Notify {
+    events: inotify::EventStream<[u8; 4096]>,
+    /// The folders watched, each with its watch.
+    watched: BTreeMap<PathBuf, WatchDescriptor>,
 }
 
-impl Inotify {
+impl Notify {
     fn new() -> io::Result<Self> {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: inotify_init1 returns a new fd or -1.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        // SAFETY: we own `owned` and hand it over; it stays open as long as
-        // the AsyncFd that holds it.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
-        }
-        .map_err(io::Error::from)?;
         Ok(Self {
-            fd,
-            watched: Default::default(),
+            events: inotify::Inotify::init()?.into_event_stream([0; 4096])?,
+            watched: BTreeMap::new(),
         })
     }
 
     /// Watches `path`'s folder (for a file: its parent, so replacements by
-    /// rename are seen) and every folder below it. Idempotent.
-    fn watch_tree(&mut self, path: &Path) {
-        use std::os::fd::AsRawFd as _;
+    /// rename are seen) and every folder below it. Idempotent. True when a
+    /// folder was newly watched: what it held before its watch began has
+    /// to be looked at once more.
+    fn watch_tree(&mut self, path: &Path) -> bool {
         let root = if path.is_dir() {
             path.to_path_buf()
         } else {
             path.parent().unwrap_or(path).to_path_buf()
         };
+        let mask = WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MODIFY
+            | WatchMask::ATTRIB;
+        let mut added = false;
         let mut stack = vec![root];
         while let Some(dir) = stack.pop() {
-            if !self.watched.contains(&dir) {
-                let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-                    continue;
-                };
-                let mask = libc::IN_CLOSE_WRITE
-                    | libc::IN_MOVED_TO
-                    | libc::IN_MOVED_FROM
-                    | libc::IN_CREATE
-                    | libc::IN_DELETE
-                    | libc::IN_MODIFY
-                    | libc::IN_ATTRIB;
-                // SAFETY: a valid fd and NUL-terminated path.
-                if unsafe {
-                    libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), mask)
-                } >= 0
-                {
-                    self.watched.insert(dir.clone());
+            if !self.watched.contains_key(&dir) {
+                match self.events.watches().add(&dir, mask) {
+                    Ok(wd) => {
+                        self.watched.insert(dir.clone(), wd);
+                        added = true;
+                    }
+                    Err(e) => tracing::debug!(folder = %dir.display(), "cannot watch: {e}"),
                 }
             }
             if path.is_dir()
@@ -180,43 +181,37 @@ impl Inotify {
                 stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
             }
         }
-        // Folders that went away lose their watch in the kernel by themselves.
-        self.watched.retain(|d| d.exists());
+        added
+    }
+
+    /// Resolves when inotify reports something, with the events queued
+    /// behind it taken too. A folder whose watch the kernel dropped (it was
+    /// removed) is watched again when it comes back.
+    async fn changed(&mut self) {
+        let Some(Ok(first)) = self.events.next().await else {
+            // The instance is broken: polling goes on alone.
+            return std::future::pending().await;
+        };
+        let mut event = Some(first);
+        while let Some(e) = event {
+            if e.mask.contains(EventMask::IGNORED) {
+                self.watched.retain(|_, wd| *wd != e.wd);
+            }
+            event = self
+                .events
+                .next()
+                .now_or_never()
+                .flatten()
+                .and_then(Result::ok);
+        }
     }
 }
 
-/// Resolves when inotify reports something (its queue is drained); never
-/// resolves without inotify.
-async fn wait_notify(n: Option<&Inotify>) {
-    use std::os::fd::AsRawFd as _;
-    let Some(n) = n else {
-        return std::future::pending().await;
-    };
-    loop {
-        let Ok(mut guard) = n.fd.readable().await else {
-            return std::future::pending().await;
-        };
-        let mut buf = [0u8; 4096];
-        let mut got = false;
-        loop {
-            // SAFETY: reads into a local buffer of the given size.
-            let r = unsafe {
-                libc::read(
-                    n.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            if r > 0 {
-                got = true;
-                continue;
-            }
-            break;
-        }
-        guard.clear_ready();
-        if got {
-            return;
-        }
+/// [`Notify::changed`]; never resolves without inotify.
+async fn wait_notify(n: Option<&mut Notify>) {
+    match n {
+        Some(n) => n.changed().await,
+        None => std::future::pending().await,
     }
 }
 

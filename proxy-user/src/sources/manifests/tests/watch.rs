@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use super::{TempDir, service_of};
 use crate::sources::{
     Kind, SourceEvent,
-    manifests::{ManifestError, parse::object_key, run},
+    manifests::{ManifestError, parse::object_key, run, watch::watch},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -122,6 +122,72 @@ async fn run_resyncs_on_change_and_reports_errors() {
         Ok(Ok(Ok(()))) => {}
         other => panic!("run did not end cleanly: {other:?}"),
     }
+}
+
+/// With polling an hour apart, only inotify can wake the watcher: a file
+/// rewritten in place, a new subfolder written at once, and the `..data`
+/// symbolic link of a mounted ConfigMap swapped to a new folder (as the
+/// kubelet updates it) are each seen.
+#[tokio::test]
+async fn inotify_alone_sees_writes_new_folders_and_configmap_swaps() {
+    use std::os::unix::fs::symlink;
+    const SOON: Duration = Duration::from_secs(10);
+    async fn soon(rx: &mut mpsc::Receiver<SourceEvent>) -> Vec<i32> {
+        let mut ports = tokio::time::timeout(SOON, next_resync(rx))
+            .await
+            .unwrap_or_else(|_| panic!("no resync within {SOON:?}"))
+            .0;
+        ports.sort_unstable();
+        ports
+    }
+    let dir = TempDir::new("inotify");
+    // A mounted ConfigMap: the data in a timestamped folder, `..data`
+    // pointing at it, and each key a link through `..data`.
+    dir.write("..2026_12_03_01/web.yaml", &web(80));
+    symlink("..2026_12_03_01", dir.0.join("..data")).expect("..data");
+    symlink("..data/web.yaml", dir.0.join("web.yaml")).expect("web.yaml");
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = tokio::spawn(watch(dir.0.clone(), tx, Duration::from_secs(3600)));
+    assert_eq!(soon(&mut rx).await, [80]);
+
+    // The kubelet's update: a new folder, a new link renamed over `..data`,
+    // the old folder removed.
+    dir.write("..2026_12_03_02/web.yaml", &web(81));
+    symlink("..2026_12_03_02", dir.0.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).expect("swap");
+    std::fs::remove_dir_all(dir.0.join("..2026_12_03_01")).expect("old data");
+    assert_eq!(soon(&mut rx).await, [81]);
+
+    // A new subfolder, its file written straight after it is made.
+    dir.write(
+        "more/api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: demo, name: api}\nspec: {clusterIP: 198.19.0.11, ports: [{port: 443}]}\n",
+    );
+    assert_eq!(soon(&mut rx).await, [81, 443]);
+
+    // A file rewritten in place, in that new subfolder.
+    dir.write(
+        "more/api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: demo, name: api}\nspec: {clusterIP: 198.19.0.11, ports: [{port: 444}]}\n",
+    );
+    assert_eq!(soon(&mut rx).await, [81, 444]);
+
+    // The subfolder removed and made again: watched anew.
+    std::fs::remove_dir_all(dir.0.join("more")).expect("remove more");
+    assert_eq!(soon(&mut rx).await, [81]);
+    dir.write(
+        "more/api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: demo, name: api}\nspec: {clusterIP: 198.19.0.11, ports: [{port: 445}]}\n",
+    );
+    assert_eq!(soon(&mut rx).await, [81, 445]);
+    dir.write(
+        "more/api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: demo, name: api}\nspec: {clusterIP: 198.19.0.11, ports: [{port: 446}]}\n",
+    );
+    assert_eq!(soon(&mut rx).await, [81, 446]);
+
+    drop(rx);
+    task.abort();
 }
 
 #[tokio::test]
